@@ -1,0 +1,40 @@
+//! Softmax cross-entropy over vocabulary logits, forward and backward as separate passes so
+//! no probability buffer is kept.
+
+use crate::softmax::logsumexp;
+use crate::Float;
+use rayon::prelude::*;
+
+/// losses[N] = logsumexp(logits[n]) - logits[n, target[n]].
+pub fn cross_entropy_forward<T: Float>(losses: &mut [T], logits: &[T], targets: &[u32], v: usize) {
+    losses.par_iter_mut().zip(logits.par_chunks(v)).zip(targets.par_iter()).for_each(|((l, row), &tg)| {
+        *l = logsumexp(row) - row[tg as usize];
+    });
+}
+
+/// dlogits[N, V] = scale * (softmax(logits) - onehot(target)) (overwrites; dlogits may be a
+/// separate buffer or the logits themselves via `cross_entropy_backward_inplace`).
+pub fn cross_entropy_backward<T: Float>(dlogits: &mut [T], logits: &[T], targets: &[u32], v: usize, scale: T) {
+    dlogits.par_chunks_mut(v).zip(logits.par_chunks(v)).zip(targets.par_iter()).for_each(|((d, row), &tg)| {
+        grad_row(d, row, tg as usize, scale);
+    });
+}
+
+/// Same as [`cross_entropy_backward`], overwriting the logits with their gradient.
+pub fn cross_entropy_backward_inplace<T: Float>(logits: &mut [T], targets: &[u32], v: usize, scale: T) {
+    logits.par_chunks_mut(v).zip(targets.par_iter()).for_each(|(row, &tg)| {
+        let lse = logsumexp(row);
+        for x in row.iter_mut() {
+            *x = (*x - lse).exp() * scale;
+        }
+        row[tg as usize] -= scale;
+    });
+}
+
+fn grad_row<T: Float>(d: &mut [T], row: &[T], tg: usize, scale: T) {
+    let lse = logsumexp(row);
+    for (dv, &x) in d.iter_mut().zip(row) {
+        *dv = (x - lse).exp() * scale;
+    }
+    d[tg] -= scale;
+}

@@ -1,0 +1,144 @@
+//! The scalar type every kernel is generic over: `f32` for training and inference, `f64` for
+//! finite-difference gradient checks. Owns only arithmetic and the GEMM entry point per type.
+
+use std::fmt::Debug;
+use std::iter::Sum;
+use std::ops::{Add, AddAssign, Div, Mul, MulAssign, Neg, Sub, SubAssign};
+
+/// A real scalar usable by the kernels.
+pub trait Float:
+    Copy
+    + Send
+    + Sync
+    + Debug
+    + Default
+    + PartialOrd
+    + 'static
+    + Add<Output = Self>
+    + Sub<Output = Self>
+    + Mul<Output = Self>
+    + Div<Output = Self>
+    + Neg<Output = Self>
+    + AddAssign
+    + SubAssign
+    + MulAssign
+    + Sum
+{
+    const ZERO: Self;
+    const ONE: Self;
+    fn from_f64(x: f64) -> Self;
+    fn to_f64(self) -> f64;
+    fn exp(self) -> Self;
+    fn ln(self) -> Self;
+    fn sqrt(self) -> Self;
+    fn sin(self) -> Self;
+    fn cos(self) -> Self;
+    fn abs(self) -> Self;
+    fn max(self, other: Self) -> Self;
+    fn powf(self, e: Self) -> Self;
+    fn is_finite(self) -> bool;
+
+    /// dst[m,n] = alpha * dst + beta * lhs[m,k] @ rhs[k,n], arbitrary strides (in elements).
+    ///
+    /// # Safety
+    /// Pointers must be valid for the given shapes and strides; dst must not alias lhs or rhs.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn gemm_raw(
+        m: usize,
+        n: usize,
+        k: usize,
+        dst: *mut Self,
+        dst_cs: isize,
+        dst_rs: isize,
+        accumulate: bool,
+        lhs: *const Self,
+        lhs_cs: isize,
+        lhs_rs: isize,
+        rhs: *const Self,
+        rhs_cs: isize,
+        rhs_rs: isize,
+        threads: usize,
+    );
+}
+
+macro_rules! impl_float {
+    ($t:ty) => {
+        impl Float for $t {
+            const ZERO: Self = 0.0;
+            const ONE: Self = 1.0;
+            #[inline(always)]
+            fn from_f64(x: f64) -> Self {
+                x as $t
+            }
+            #[inline(always)]
+            fn to_f64(self) -> f64 {
+                self as f64
+            }
+            #[inline(always)]
+            fn exp(self) -> Self {
+                <$t>::exp(self)
+            }
+            #[inline(always)]
+            fn ln(self) -> Self {
+                <$t>::ln(self)
+            }
+            #[inline(always)]
+            fn sqrt(self) -> Self {
+                <$t>::sqrt(self)
+            }
+            #[inline(always)]
+            fn sin(self) -> Self {
+                <$t>::sin(self)
+            }
+            #[inline(always)]
+            fn cos(self) -> Self {
+                <$t>::cos(self)
+            }
+            #[inline(always)]
+            fn abs(self) -> Self {
+                <$t>::abs(self)
+            }
+            #[inline(always)]
+            fn max(self, o: Self) -> Self {
+                <$t>::max(self, o)
+            }
+            #[inline(always)]
+            fn powf(self, e: Self) -> Self {
+                <$t>::powf(self, e)
+            }
+            #[inline(always)]
+            fn is_finite(self) -> bool {
+                <$t>::is_finite(self)
+            }
+            unsafe fn gemm_raw(
+                m: usize,
+                n: usize,
+                k: usize,
+                dst: *mut Self,
+                dst_cs: isize,
+                dst_rs: isize,
+                accumulate: bool,
+                lhs: *const Self,
+                lhs_cs: isize,
+                lhs_rs: isize,
+                rhs: *const Self,
+                rhs_cs: isize,
+                rhs_rs: isize,
+                threads: usize,
+            ) {
+                let par = if threads > 1 {
+                    gemm::Parallelism::Rayon(threads)
+                } else {
+                    gemm::Parallelism::None
+                };
+                // gemm computes dst = alpha*dst + beta*lhs@rhs; alpha is read only if read_dst.
+                gemm::gemm(
+                    m, n, k, dst, dst_cs, dst_rs, accumulate, lhs, lhs_cs, lhs_rs, rhs, rhs_cs,
+                    rhs_rs, 1.0, 1.0, false, false, false, par,
+                );
+            }
+        }
+    };
+}
+impl_float!(f32);
+impl_float!(f64);

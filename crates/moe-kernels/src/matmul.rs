@@ -1,0 +1,113 @@
+//! Dense matrix products through the `gemm` crate (fast) and a triple loop (naive twin).
+//!
+//! Row-major everywhere. A `Mat` is a read-only view with explicit row/column strides, so
+//! transposes are free. `linear_*` are the `nn.Linear` layout used by all weights:
+//! y[N,O] = x[N,I] @ w[O,I]^T.
+
+use crate::Float;
+
+/// Read-only strided matrix view: element (i, j) is `data[i*rs + j*cs]`.
+#[derive(Clone, Copy)]
+pub struct Mat<'a, T> {
+    pub data: &'a [T],
+    pub rows: usize,
+    pub cols: usize,
+    pub rs: usize,
+    pub cs: usize,
+}
+
+impl<'a, T> Mat<'a, T> {
+    /// A row-major (rows, cols) matrix.
+    pub fn new(data: &'a [T], rows: usize, cols: usize) -> Self {
+        debug_assert!(data.len() >= rows * cols);
+        Mat { data, rows, cols, rs: cols, cs: 1 }
+    }
+    /// The transpose view (no copy).
+    pub fn t(self) -> Self {
+        Mat { data: self.data, rows: self.cols, cols: self.rows, rs: self.cs, cs: self.rs }
+    }
+    fn check(&self) {
+        if self.rows > 0 && self.cols > 0 {
+            let last = (self.rows - 1) * self.rs + (self.cols - 1) * self.cs;
+            assert!(last < self.data.len(), "matrix view out of bounds");
+        }
+    }
+}
+
+/// dst[M,N] (row-major) = (accumulate ? dst : 0) + a[M,K] @ b[K,N].
+/// `parallel` lets gemm use all rayon threads; pass false inside an outer parallel loop.
+pub fn matmul<T: Float>(dst: &mut [T], a: Mat<T>, b: Mat<T>, accumulate: bool, parallel: bool) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    assert_eq!(b.rows, k, "inner dimensions differ");
+    assert!(dst.len() >= m * n, "dst too small");
+    a.check();
+    b.check();
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            dst[..m * n].fill(T::ZERO);
+        }
+        return;
+    }
+    let threads = if parallel { rayon::current_num_threads() } else { 1 };
+    // SAFETY: shapes and strides were checked against the slice lengths above; dst is a
+    // distinct &mut borrow so it cannot alias a or b.
+    unsafe {
+        T::gemm_raw(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.data.as_ptr(),
+            a.cs as isize,
+            a.rs as isize,
+            b.data.as_ptr(),
+            b.cs as isize,
+            b.rs as isize,
+            threads,
+        );
+    }
+}
+
+/// Naive twin of [`matmul`].
+pub fn matmul_naive<T: Float>(dst: &mut [T], a: Mat<T>, b: Mat<T>, accumulate: bool) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    assert_eq!(b.rows, k);
+    for i in 0..m {
+        for j in 0..n {
+            let mut s = T::ZERO;
+            for p in 0..k {
+                s += a.data[i * a.rs + p * a.cs] * b.data[p * b.rs + j * b.cs];
+            }
+            let d = &mut dst[i * n + j];
+            *d = if accumulate { *d + s } else { s };
+        }
+    }
+}
+
+/// y[N,O] = x[N,I] @ w[O,I]^T (overwrites y).
+pub fn linear_forward<T: Float>(y: &mut [T], x: &[T], w: &[T], n: usize, i: usize, o: usize, par: bool) {
+    matmul(y, Mat::new(x, n, i), Mat::new(w, o, i).t(), false, par);
+}
+
+/// dx[N,I] += dy[N,O] @ w[O,I]; dw[O,I] += dy^T @ x[N,I].
+#[allow(clippy::too_many_arguments)]
+pub fn linear_backward<T: Float>(
+    dx: &mut [T],
+    dw: &mut [T],
+    dy: &[T],
+    x: &[T],
+    w: &[T],
+    n: usize,
+    i: usize,
+    o: usize,
+    par: bool,
+) {
+    matmul(dx, Mat::new(dy, n, o), Mat::new(w, o, i), true, par);
+    matmul(dw, Mat::new(dy, n, o).t(), Mat::new(x, n, i), true, par);
+}

@@ -1,0 +1,38 @@
+//! Row softmax over the last dimension, computed stably (max subtracted).
+
+use crate::Float;
+
+/// y[N, E] = softmax(x) per row.
+pub fn softmax_forward<T: Float>(y: &mut [T], x: &[T], e: usize) {
+    for (yr, xr) in y.chunks_mut(e).zip(x.chunks(e)) {
+        softmax_row(yr, xr);
+    }
+}
+
+/// One row: y = softmax(x).
+pub fn softmax_row<T: Float>(y: &mut [T], x: &[T]) {
+    let m = x.iter().fold(x[0], |a, &b| a.max(b));
+    let mut s = T::ZERO;
+    for (yv, &xv) in y.iter_mut().zip(x) {
+        *yv = (xv - m).exp();
+        s += *yv;
+    }
+    let inv = T::ONE / s;
+    y.iter_mut().for_each(|v| *v *= inv);
+}
+
+/// dx[N, E] += y * (dy - sum(dy * y)) per row.
+pub fn softmax_backward<T: Float>(dx: &mut [T], dy: &[T], y: &[T], e: usize) {
+    for ((dxr, dyr), yr) in dx.chunks_mut(e).zip(dy.chunks(e)).zip(y.chunks(e)) {
+        let dot: T = dyr.iter().zip(yr).map(|(&a, &b)| a * b).sum();
+        for ((d, &g), &p) in dxr.iter_mut().zip(dyr).zip(yr) {
+            *d += p * (g - dot);
+        }
+    }
+}
+
+/// log(sum(exp(x))) of one row, stably.
+pub fn logsumexp<T: Float>(x: &[T]) -> T {
+    let m = x.iter().fold(x[0], |a, &b| a.max(b));
+    m + x.iter().map(|&v| (v - m).exp()).sum::<T>().ln()
+}

@@ -1,0 +1,34 @@
+//! SwiGLU activation: h = silu(g) * u, with silu(g) = g * sigmoid(g).
+
+use crate::Float;
+use rayon::prelude::*;
+
+#[inline(always)]
+fn sigmoid<T: Float>(x: T) -> T {
+    T::ONE / (T::ONE + (-x).exp())
+}
+
+/// h[R, F] = silu(g) * u, elementwise.
+pub fn swiglu_forward<T: Float>(h: &mut [T], g: &[T], u: &[T]) {
+    h.par_chunks_mut(4096).zip(g.par_chunks(4096)).zip(u.par_chunks(4096)).for_each(|((h, g), u)| {
+        for ((hv, &gv), &uv) in h.iter_mut().zip(g).zip(u) {
+            *hv = gv * sigmoid(gv) * uv;
+        }
+    });
+}
+
+/// dg[R, F] += dh * u * silu'(g); du[R, F] += dh * silu(g).
+pub fn swiglu_backward<T: Float>(dg: &mut [T], du: &mut [T], dh: &[T], g: &[T], u: &[T]) {
+    dg.par_chunks_mut(4096)
+        .zip(du.par_chunks_mut(4096))
+        .zip(dh.par_chunks(4096))
+        .zip(g.par_chunks(4096).zip(u.par_chunks(4096)))
+        .for_each(|(((dg, du), dh), (g, u))| {
+            for i in 0..dg.len() {
+                let s = sigmoid(g[i]);
+                let silu = g[i] * s;
+                dg[i] += dh[i] * u[i] * s * (T::ONE + g[i] * (T::ONE - s));
+                du[i] += dh[i] * silu;
+            }
+        });
+}

@@ -1,0 +1,255 @@
+//! Every kernel: finite-difference checks of the backward in f64 on tiny shapes, and every fast
+//! kernel against its naive twin over a sweep of shapes.
+
+mod common;
+use common::{check_grad, dotp, max_abs_diff, Rng};
+use moe_kernels::adamw::{adamw_update, adamw_update_naive, AdamW};
+use moe_kernels::attention::*;
+use moe_kernels::cross_entropy::*;
+use moe_kernels::embedding::*;
+use moe_kernels::matmul::*;
+use moe_kernels::rmsnorm::*;
+use moe_kernels::rope::*;
+use moe_kernels::softmax::*;
+use moe_kernels::swiglu::*;
+
+#[test]
+fn matmul_matches_naive_over_shapes_and_transposes() {
+    let mut rng = Rng::new(1);
+    for &(m, k, n) in &[(1, 1, 1), (3, 5, 7), (17, 33, 9), (64, 130, 67), (129, 64, 257)] {
+        for &(ta, tb) in &[(false, false), (true, false), (false, true), (true, true)] {
+            let a = rng.vec32(m * k);
+            let b = rng.vec32(k * n);
+            let av = if ta { Mat::new(&a, k, m).t() } else { Mat::new(&a, m, k) };
+            let bv = if tb { Mat::new(&b, n, k).t() } else { Mat::new(&b, k, n) };
+            for acc in [false, true] {
+                let init = rng.vec32(m * n);
+                let (mut fast, mut slow) = (init.clone(), init.clone());
+                matmul(&mut fast, av, bv, acc, true);
+                matmul_naive(&mut slow, av, bv, acc);
+                let err = max_abs_diff(&fast, &slow);
+                assert!(err < 1e-4 * k as f32, "({m},{k},{n}) t=({ta},{tb}) acc={acc}: {err}");
+            }
+        }
+    }
+}
+
+#[test]
+fn linear_backward_finite_difference() {
+    let mut rng = Rng::new(2);
+    for &(n, i, o) in &[(1, 1, 1), (3, 5, 4), (7, 2, 9)] {
+        let (x, w, r) = (rng.vec(n * i), rng.vec(o * i), rng.vec(n * o));
+        let loss = |x: &[f64], w: &[f64]| {
+            let mut y = vec![0.0; n * o];
+            linear_forward(&mut y, x, w, n, i, o, false);
+            dotp(&y, &r)
+        };
+        let (mut dx, mut dw) = (vec![0.0; n * i], vec![0.0; o * i]);
+        linear_backward(&mut dx, &mut dw, &r, &x, &w, n, i, o, false);
+        check_grad("linear dx", &x, &dx, |x| loss(x, &w));
+        check_grad("linear dw", &w, &dw, |w| loss(&x, w));
+    }
+}
+
+#[test]
+fn rmsnorm_backward_finite_difference() {
+    let mut rng = Rng::new(3);
+    for &(n, c) in &[(1, 1), (2, 5), (3, 17)] {
+        let (x, w, r) = (rng.vec(n * c), rng.vec(c), rng.vec(n * c));
+        let loss = |x: &[f64], w: &[f64]| {
+            let (mut y, mut rs) = (vec![0.0; n * c], vec![0.0; n]);
+            rmsnorm_forward(&mut y, &mut rs, x, w, c, 1e-5);
+            dotp(&y, &r)
+        };
+        let (mut y, mut rs) = (vec![0.0; n * c], vec![0.0; n]);
+        rmsnorm_forward(&mut y, &mut rs, &x, &w, c, 1e-5);
+        let (mut dx, mut dw) = (vec![0.0; n * c], vec![0.0; c]);
+        rmsnorm_backward(&mut dx, &mut dw, &r, &x, &w, &rs, c);
+        check_grad("rmsnorm dx", &x, &dx, |x| loss(x, &w));
+        check_grad("rmsnorm dw", &w, &dw, |w| loss(&x, w));
+    }
+}
+
+#[test]
+fn rope_backward_finite_difference_and_position_offset() {
+    let mut rng = Rng::new(4);
+    for &(b, t, nh, d) in &[(1, 1, 1, 2), (2, 3, 2, 4), (1, 5, 3, 8)] {
+        let (mut cos, mut sin) = (vec![0.0; 8 * d / 2], vec![0.0; 8 * d / 2]);
+        rope_tables(&mut cos, &mut sin, 8, d, 10000.0);
+        let (x, r) = (rng.vec(b * t * nh * d), rng.vec(b * t * nh * d));
+        let loss = |x: &[f64]| {
+            let mut y = x.to_vec();
+            rope_forward(&mut y, &cos, &sin, t, nh, d, 0);
+            dotp(&y, &r)
+        };
+        let mut dx = r.clone();
+        rope_backward(&mut dx, &cos, &sin, t, nh, d, 0);
+        check_grad("rope dx", &x, &dx, loss);
+    }
+    // Position offset: rotating the last row of a 3-step sequence equals rotating it alone at pos0=2.
+    let (mut cos, mut sin) = (vec![0.0; 4 * 2], vec![0.0; 4 * 2]);
+    rope_tables(&mut cos, &mut sin, 4, 4, 10000.0);
+    let x = rng.vec(3 * 4);
+    let mut all = x.clone();
+    rope_forward(&mut all, &cos, &sin, 3, 1, 4, 0);
+    let mut last = x[8..].to_vec();
+    rope_forward(&mut last, &cos, &sin, 1, 1, 4, 2);
+    assert!(all[8..].iter().zip(&last).all(|(a, b)| (a - b).abs() < 1e-12));
+}
+
+#[test]
+fn attention_matches_naive_and_backward_finite_difference() {
+    let mut rng = Rng::new(5);
+    for &(b, t, h, g, d) in &[(1, 1, 1, 1, 1), (2, 3, 2, 1, 4), (1, 5, 4, 2, 3), (2, 4, 3, 3, 2)] {
+        let s = AttnDims::causal(b, t, h, g, d);
+        let (q, k, v) = (rng.vec(b * t * h * d), rng.vec(b * t * g * d), rng.vec(b * t * g * d));
+        let r = rng.vec(b * t * h * d);
+        let run = |q: &[f64], k: &[f64], v: &[f64]| {
+            let (mut o, mut a) = (vec![0.0; b * t * h * d], vec![0.0; b * h * t * t]);
+            attention_forward(&mut o, &mut a, q, k, v, s);
+            (o, a)
+        };
+        let (o, a) = run(&q, &k, &v);
+        let (mut on, mut an) = (vec![0.0; o.len()], vec![0.0; a.len()]);
+        attention_forward_naive(&mut on, &mut an, &q, &k, &v, s);
+        assert!(o.iter().zip(&on).all(|(x, y)| (x - y).abs() < 1e-12), "forward vs naive");
+        assert!(a.iter().zip(&an).all(|(x, y)| (x - y).abs() < 1e-12), "probs vs naive");
+        let (mut dq, mut dk, mut dv) = (vec![0.0; q.len()], vec![0.0; k.len()], vec![0.0; v.len()]);
+        attention_backward(&mut dq, &mut dk, &mut dv, &r, &a, &q, &k, &v, s);
+        check_grad("attn dq", &q, &dq, |q| dotp(&run(q, &k, &v).0, &r));
+        check_grad("attn dk", &k, &dk, |k| dotp(&run(&q, k, &v).0, &r));
+        check_grad("attn dv", &v, &dv, |v| dotp(&run(&q, &k, v).0, &r));
+    }
+}
+
+#[test]
+fn attention_decode_suffix_equals_full_sequence() {
+    // Queries that are a suffix of the keys (KV cache) give the last rows of the full pass.
+    let mut rng = Rng::new(6);
+    let (b, t, h, g, d, tcap) = (2, 5, 4, 2, 8, 7);
+    let (q, k, v) = (rng.vec32(b * t * h * d), rng.vec32(b * t * g * d), rng.vec32(b * t * g * d));
+    let full = AttnDims::causal(b, t, h, g, d);
+    let (mut o, mut a) = (vec![0f32; b * t * h * d], vec![0f32; b * h * t * t]);
+    attention_forward(&mut o, &mut a, &q, &k, &v, full);
+    // Cache of capacity 7 holding the 5 positions; one query (the last position).
+    let (mut kc, mut vc) = (vec![0f32; b * tcap * g * d], vec![0f32; b * tcap * g * d]);
+    for bi in 0..b {
+        let src = bi * t * g * d..(bi + 1) * t * g * d;
+        kc[bi * tcap * g * d..][..t * g * d].copy_from_slice(&k[src.clone()]);
+        vc[bi * tcap * g * d..][..t * g * d].copy_from_slice(&v[src]);
+    }
+    let mut qs = vec![0f32; b * h * d];
+    for bi in 0..b {
+        qs[bi * h * d..][..h * d].copy_from_slice(&q[(bi * t + t - 1) * h * d..][..h * d]);
+    }
+    let dec = AttnDims { b, tq: 1, tk: t, tcap, h, g, d };
+    let (mut od, mut ad) = (vec![0f32; b * h * d], vec![0f32; b * h * t]);
+    attention_forward(&mut od, &mut ad, &qs, &kc, &vc, dec);
+    for bi in 0..b {
+        let want = &o[(bi * t + t - 1) * h * d..][..h * d];
+        assert!(max_abs_diff(want, &od[bi * h * d..][..h * d]) < 1e-6);
+    }
+}
+
+#[test]
+fn swiglu_backward_finite_difference() {
+    let mut rng = Rng::new(7);
+    for n in [1, 7, 5000] {
+        let n_check = n.min(64);
+        let (g, u, r) = (rng.vec(n), rng.vec(n), rng.vec(n));
+        let loss = |g: &[f64], u: &[f64]| {
+            let mut h = vec![0.0; g.len()];
+            swiglu_forward(&mut h, g, u);
+            dotp(&h, &r[..g.len()])
+        };
+        let (mut dg, mut du) = (vec![0.0; n], vec![0.0; n]);
+        swiglu_backward(&mut dg, &mut du, &r, &g, &u);
+        // Elementwise: checking a prefix checks the kernel, including past its 4096 block.
+        let (gs, us) = (&g[..n_check], &u[..n_check]);
+        check_grad("swiglu dg", gs, &dg[..n_check], |gv| loss(gv, us));
+        check_grad("swiglu du", us, &du[..n_check], |uv| loss(gs, uv));
+        if n > 4096 {
+            let tail = n - 3..n;
+            let (gt, ut) = (&g[tail.clone()], &u[tail.clone()]);
+            let rt = r[tail.clone()].to_vec();
+            let l = |gv: &[f64]| {
+                let mut h = vec![0.0; 3];
+                swiglu_forward(&mut h, gv, ut);
+                dotp(&h, &rt)
+            };
+            check_grad("swiglu dg tail", gt, &dg[tail], l);
+        }
+    }
+}
+
+#[test]
+fn softmax_backward_finite_difference() {
+    let mut rng = Rng::new(8);
+    for &(n, e) in &[(1, 1), (2, 3), (3, 9)] {
+        let (x, r) = (rng.vec(n * e), rng.vec(n * e));
+        let loss = |x: &[f64]| {
+            let mut y = vec![0.0; n * e];
+            softmax_forward(&mut y, x, e);
+            dotp(&y, &r)
+        };
+        let mut y = vec![0.0; n * e];
+        softmax_forward(&mut y, &x, e);
+        let mut dx = vec![0.0; n * e];
+        softmax_backward(&mut dx, &r, &y, e);
+        check_grad("softmax dx", &x, &dx, loss);
+    }
+}
+
+#[test]
+fn cross_entropy_backward_finite_difference() {
+    let mut rng = Rng::new(9);
+    for &(n, v) in &[(1, 1), (2, 5), (4, 11)] {
+        let x: Vec<f64> = rng.vec(n * v).iter().map(|z| z * 3.0).collect();
+        let targets: Vec<u32> = (0..n).map(|i| ((i * 7 + 3) % v) as u32).collect();
+        let loss = |x: &[f64]| {
+            let mut l = vec![0.0; n];
+            cross_entropy_forward(&mut l, x, &targets, v);
+            l.iter().sum::<f64>() / n as f64
+        };
+        let mut d = vec![0.0; n * v];
+        cross_entropy_backward(&mut d, &x, &targets, v, 1.0 / n as f64);
+        check_grad("ce dlogits", &x, &d, loss);
+        let mut inplace = x.clone();
+        cross_entropy_backward_inplace(&mut inplace, &targets, v, 1.0 / n as f64);
+        assert!(inplace.iter().zip(&d).all(|(a, b)| (a - b).abs() < 1e-14));
+    }
+}
+
+#[test]
+fn embedding_backward_finite_difference() {
+    let mut rng = Rng::new(10);
+    let (v, c, tokens) = (5, 3, vec![1u32, 4, 1, 0]);
+    let (w, r) = (rng.vec(v * c), rng.vec(tokens.len() * c));
+    let loss = |w: &[f64]| {
+        let mut o = vec![0.0; tokens.len() * c];
+        embedding_forward(&mut o, w, &tokens, c);
+        dotp(&o, &r)
+    };
+    let mut dw = vec![0.0; v * c];
+    embedding_backward(&mut dw, &r, &tokens, c);
+    check_grad("embedding dw", &w, &dw, loss);
+}
+
+#[test]
+fn adamw_matches_naive() {
+    let mut rng = Rng::new(11);
+    let h = AdamW { lr: 1e-2, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 };
+    for n in [1, 13, 20000] {
+        let (mut p1, g) = (rng.vec32(n), rng.vec32(n));
+        let (mut m1, mut v1) = (vec![0f32; n], vec![0f32; n]);
+        let (mut p2, mut m2, mut v2) = (p1.clone(), m1.clone(), v1.clone());
+        for step in 1..=3 {
+            for decay in [true, false] {
+                adamw_update(&mut p1, &g, &mut m1, &mut v1, &h, step, decay);
+                adamw_update_naive(&mut p2, &g, &mut m2, &mut v2, &h, step, decay);
+            }
+        }
+        assert!(max_abs_diff(&p1, &p2) < 1e-5, "params");
+        assert!(max_abs_diff(&m1, &m2) < 1e-6 && max_abs_diff(&v1, &v2) < 1e-6, "moments");
+    }
+}
