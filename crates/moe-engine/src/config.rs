@@ -1,0 +1,214 @@
+//! Model configuration as typed data: Hugging Face field names where one exists, presets as
+//! functions, derived sizes in one place, validation with fixable messages. Training settings
+//! live in `train::TrainConfig`, not here.
+
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+
+/// How the Switch load-balancing loss pools its statistics (see `moe::losses`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum BalanceScope {
+    /// Hugging Face's form: token fractions and mean probabilities pooled over all MoE layers.
+    #[default]
+    Global,
+    /// One loss per MoE layer, averaged over the MoE layers.
+    Layer,
+}
+
+/// A decoder-only LLaMA-style transformer whose feed-forward block is dense or MoE per layer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// V
+    pub vocab_size: usize,
+    /// C
+    pub hidden_size: usize,
+    /// L
+    pub num_hidden_layers: usize,
+    /// H
+    pub num_attention_heads: usize,
+    /// G (grouped-query attention when < H)
+    pub num_key_value_heads: usize,
+    /// F of the dense SwiGLU MLP layers.
+    pub intermediate_size: usize,
+    /// Longest sequence (context, T).
+    pub max_position_embeddings: usize,
+    pub rms_norm_eps: f64,
+    pub rope_theta: f64,
+    /// E; 0 means a dense model.
+    pub num_local_experts: usize,
+    /// K
+    pub num_experts_per_tok: usize,
+    /// F of each expert.
+    pub moe_intermediate_size: usize,
+    /// Renormalise the top-k routing weights to sum to 1 (Mixtral: true; Qwen/OLMoE: config).
+    pub norm_topk_prob: bool,
+    /// Coefficient of the Switch load-balancing loss.
+    pub router_aux_loss_coef: f64,
+    /// Coefficient of the router z-loss.
+    pub router_z_loss_coef: f64,
+    #[serde(default)]
+    pub aux_loss_scope: BalanceScope,
+    /// The first k layers stay dense (DeepSeek's `first_k_dense_replace`).
+    #[serde(default)]
+    pub first_k_dense_replace: usize,
+    /// Layer l (0-based) is MoE when (l + 1) % step == 0 (Qwen's `decoder_sparse_step`).
+    #[serde(default = "one")]
+    pub decoder_sparse_step: usize,
+}
+
+fn one() -> usize {
+    1
+}
+
+/// Names of the presets, in the order `--help` lists them.
+pub const PRESETS: &[&str] = &["default", "tiny", "bench-dense", "bench-moe8x2", "bench-moe16x4"];
+
+impl ModelConfig {
+    /// The reference architecture of GUIDE section 6 with a dense MLP of width 1024.
+    pub fn bench_dense() -> Self {
+        ModelConfig {
+            vocab_size: 4096,
+            hidden_size: 384,
+            num_hidden_layers: 6,
+            num_attention_heads: 6,
+            num_key_value_heads: 6,
+            intermediate_size: 1024,
+            max_position_embeddings: 256,
+            rms_norm_eps: 1e-5,
+            rope_theta: 10000.0,
+            num_local_experts: 0,
+            num_experts_per_tok: 0,
+            moe_intermediate_size: 0,
+            norm_topk_prob: true,
+            router_aux_loss_coef: 0.01,
+            router_z_loss_coef: 0.001,
+            aux_loss_scope: BalanceScope::Global,
+            first_k_dense_replace: 0,
+            decoder_sparse_step: 1,
+        }
+    }
+    /// 8 experts, top-2, expert width 512: the active compute of `bench_dense`.
+    pub fn bench_moe8x2() -> Self {
+        ModelConfig { num_local_experts: 8, num_experts_per_tok: 2, moe_intermediate_size: 512, ..Self::bench_dense() }
+    }
+    /// 16 fine-grained experts, top-4, width 256: the same active compute again.
+    pub fn bench_moe16x4() -> Self {
+        ModelConfig { num_local_experts: 16, num_experts_per_tok: 4, moe_intermediate_size: 256, ..Self::bench_dense() }
+    }
+    /// A small MoE that learns visibly on the default corpus within the main job's budget.
+    pub fn default_moe() -> Self {
+        ModelConfig {
+            vocab_size: 4096,
+            hidden_size: 256,
+            num_hidden_layers: 4,
+            num_attention_heads: 4,
+            num_key_value_heads: 4,
+            intermediate_size: 1024,
+            max_position_embeddings: 128,
+            num_local_experts: 8,
+            num_experts_per_tok: 2,
+            moe_intermediate_size: 512,
+            ..Self::bench_dense()
+        }
+    }
+    /// A few thousand parameters, for tests.
+    pub fn tiny() -> Self {
+        ModelConfig {
+            vocab_size: 32,
+            hidden_size: 16,
+            num_hidden_layers: 2,
+            num_attention_heads: 4,
+            num_key_value_heads: 2,
+            intermediate_size: 24,
+            max_position_embeddings: 16,
+            num_local_experts: 4,
+            num_experts_per_tok: 2,
+            moe_intermediate_size: 12,
+            ..Self::bench_dense()
+        }
+    }
+
+    /// Looks a preset up by name.
+    pub fn preset(name: &str) -> Result<Self> {
+        Ok(match name {
+            "default" => Self::default_moe(),
+            "tiny" => Self::tiny(),
+            "bench-dense" => Self::bench_dense(),
+            "bench-moe8x2" => Self::bench_moe8x2(),
+            "bench-moe16x4" => Self::bench_moe16x4(),
+            _ => return Err(Error::UnknownPreset { name: name.into(), choices: PRESETS.join(", ") }),
+        })
+    }
+
+    /// D
+    pub fn head_dim(&self) -> usize {
+        self.hidden_size / self.num_attention_heads
+    }
+    /// Whether layer `l` has an MoE feed-forward block.
+    pub fn is_moe_layer(&self, l: usize) -> bool {
+        self.num_local_experts > 0 && l >= self.first_k_dense_replace && (l + 1) % self.decoder_sparse_step == 0
+    }
+    /// Number of MoE layers.
+    pub fn num_moe_layers(&self) -> usize {
+        (0..self.num_hidden_layers).filter(|&l| self.is_moe_layer(l)).count()
+    }
+
+    /// Checks every constraint the engine relies on.
+    pub fn validate(&self) -> Result<()> {
+        let positive = [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
+            ("num_key_value_heads", self.num_key_value_heads),
+            ("max_position_embeddings", self.max_position_embeddings),
+            ("decoder_sparse_step", self.decoder_sparse_step),
+        ];
+        for (name, v) in positive {
+            if v == 0 {
+                return Err(Error::config(format!("{name} is 0"), format!("set {name} to a positive value")));
+            }
+        }
+        if self.hidden_size % self.num_attention_heads != 0 {
+            return Err(Error::config(
+                format!("hidden_size {} is not divisible by num_attention_heads {}", self.hidden_size, self.num_attention_heads),
+                "pick a head count that divides hidden_size",
+            ));
+        }
+        if self.head_dim() % 2 != 0 {
+            return Err(Error::config(format!("head dim {} is odd", self.head_dim()), "RoPE needs an even head dim"));
+        }
+        if self.num_attention_heads % self.num_key_value_heads != 0 {
+            return Err(Error::config(
+                format!("num_attention_heads {} is not a multiple of num_key_value_heads {}", self.num_attention_heads, self.num_key_value_heads),
+                "use a key/value head count that divides the query head count",
+            ));
+        }
+        let dense_layers = (0..self.num_hidden_layers).any(|l| !self.is_moe_layer(l));
+        if dense_layers && self.intermediate_size == 0 {
+            return Err(Error::config("intermediate_size is 0 but some layers are dense", "set intermediate_size"));
+        }
+        if self.num_local_experts > 0 {
+            if self.num_experts_per_tok == 0 || self.num_experts_per_tok > self.num_local_experts {
+                return Err(Error::config(
+                    format!("num_experts_per_tok (top-k) {} must be in 1..={} (num_local_experts)", self.num_experts_per_tok, self.num_local_experts),
+                    "lower top-k or add experts",
+                ));
+            }
+            if self.moe_intermediate_size == 0 {
+                return Err(Error::config("moe_intermediate_size is 0", "set the expert hidden width"));
+            }
+        }
+        for (name, v) in [("router_aux_loss_coef", self.router_aux_loss_coef), ("router_z_loss_coef", self.router_z_loss_coef), ("rms_norm_eps", self.rms_norm_eps)] {
+            if !(v >= 0.0 && v.is_finite()) {
+                return Err(Error::config(format!("{name} is {v}"), format!("{name} must be a finite number >= 0")));
+            }
+        }
+        if !(self.rope_theta > 0.0) {
+            return Err(Error::config(format!("rope_theta is {}", self.rope_theta), "rope_theta must be > 0"));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,149 @@
+//! Parameter layout: every tensor of a model lives in one flat buffer, viewed by name through
+//! spans computed once from the config. Gradients and optimizer moments share the layout.
+//! Names follow Hugging Face LLaMA; MoE experts are stacked 3-D tensors.
+
+use crate::config::ModelConfig;
+use crate::rng::Rng;
+use moe_kernels::Float;
+
+/// A contiguous region of a flat buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Span {
+    pub off: usize,
+    pub len: usize,
+}
+
+impl Span {
+    pub fn of<'a, T>(&self, buf: &'a [T]) -> &'a [T] {
+        &buf[self.off..self.off + self.len]
+    }
+    pub fn of_mut<'a, T>(&self, buf: &'a mut [T]) -> &'a mut [T] {
+        &mut buf[self.off..self.off + self.len]
+    }
+}
+
+/// One named tensor of the layout.
+#[derive(Clone, Debug)]
+pub struct TensorInfo {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub span: Span,
+    /// Weight decay applies (matrices yes, norms no).
+    pub decay: bool,
+    /// How to initialise it.
+    pub init: Init,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub enum Init {
+    Ones,
+    Normal(f64),
+}
+
+/// Spans of a feed-forward block.
+#[derive(Clone, Debug)]
+pub enum FfnSpans {
+    /// gate[F,C], up[F,C], down[C,F]
+    Dense { gate: Span, up: Span, down: Span },
+    /// router[E,C], gate[E,F,C], up[E,F,C], down[E,C,F]
+    Moe { router: Span, gate: Span, up: Span, down: Span },
+}
+
+/// Spans of one decoder layer.
+#[derive(Clone, Debug)]
+pub struct LayerSpans {
+    pub ln1: Span,
+    pub wq: Span,
+    pub wk: Span,
+    pub wv: Span,
+    pub wo: Span,
+    pub ln2: Span,
+    pub ffn: FfnSpans,
+}
+
+/// The whole layout.
+#[derive(Clone, Debug)]
+pub struct Layout {
+    pub tensors: Vec<TensorInfo>,
+    pub total: usize,
+    pub embed: Span,
+    pub layers: Vec<LayerSpans>,
+    pub norm: Span,
+    pub lm_head: Span,
+}
+
+struct Builder {
+    tensors: Vec<TensorInfo>,
+    total: usize,
+}
+
+impl Builder {
+    fn push(&mut self, name: String, shape: &[usize], init: Init) -> Span {
+        let len = shape.iter().product();
+        let span = Span { off: self.total, len };
+        let decay = !matches!(init, Init::Ones);
+        self.tensors.push(TensorInfo { name, shape: shape.to_vec(), span, decay, init });
+        self.total += len;
+        span
+    }
+}
+
+impl Layout {
+    pub fn new(cfg: &ModelConfig) -> Self {
+        let (c, v, d) = (cfg.hidden_size, cfg.vocab_size, cfg.head_dim());
+        let (h, g) = (cfg.num_attention_heads, cfg.num_key_value_heads);
+        let std = 0.02;
+        // Residual projections scaled down with depth (GPT-2).
+        let std_out = std / (2.0 * cfg.num_hidden_layers as f64).sqrt();
+        let mut b = Builder { tensors: vec![], total: 0 };
+        let embed = b.push("model.embed_tokens.weight".into(), &[v, c], Init::Normal(std));
+        let mut layers = vec![];
+        for l in 0..cfg.num_hidden_layers {
+            let p = format!("model.layers.{l}");
+            let ln1 = b.push(format!("{p}.input_layernorm.weight"), &[c], Init::Ones);
+            let wq = b.push(format!("{p}.self_attn.q_proj.weight"), &[h * d, c], Init::Normal(std));
+            let wk = b.push(format!("{p}.self_attn.k_proj.weight"), &[g * d, c], Init::Normal(std));
+            let wv = b.push(format!("{p}.self_attn.v_proj.weight"), &[g * d, c], Init::Normal(std));
+            let wo = b.push(format!("{p}.self_attn.o_proj.weight"), &[c, h * d], Init::Normal(std_out));
+            let ln2 = b.push(format!("{p}.post_attention_layernorm.weight"), &[c], Init::Ones);
+            let ffn = if cfg.is_moe_layer(l) {
+                let (e, f) = (cfg.num_local_experts, cfg.moe_intermediate_size);
+                FfnSpans::Moe {
+                    router: b.push(format!("{p}.mlp.router.weight"), &[e, c], Init::Normal(std)),
+                    gate: b.push(format!("{p}.mlp.experts.gate_proj"), &[e, f, c], Init::Normal(std)),
+                    up: b.push(format!("{p}.mlp.experts.up_proj"), &[e, f, c], Init::Normal(std)),
+                    down: b.push(format!("{p}.mlp.experts.down_proj"), &[e, c, f], Init::Normal(std_out)),
+                }
+            } else {
+                let f = cfg.intermediate_size;
+                FfnSpans::Dense {
+                    gate: b.push(format!("{p}.mlp.gate_proj.weight"), &[f, c], Init::Normal(std)),
+                    up: b.push(format!("{p}.mlp.up_proj.weight"), &[f, c], Init::Normal(std)),
+                    down: b.push(format!("{p}.mlp.down_proj.weight"), &[c, f], Init::Normal(std_out)),
+                }
+            };
+            layers.push(LayerSpans { ln1, wq, wk, wv, wo, ln2, ffn });
+        }
+        let norm = b.push("model.norm.weight".into(), &[c], Init::Ones);
+        let lm_head = b.push("lm_head.weight".into(), &[v, c], Init::Normal(std));
+        Layout { tensors: b.tensors, total: b.total, embed, layers, norm, lm_head }
+    }
+
+    /// Fresh parameters drawn from the init of each tensor.
+    pub fn init<T: Float>(&self, seed: u64) -> Vec<T> {
+        let mut rng = Rng::new(seed);
+        let mut p = vec![T::ZERO; self.total];
+        for t in &self.tensors {
+            let dst = t.span.of_mut(&mut p);
+            match t.init {
+                Init::Ones => dst.fill(T::ONE),
+                Init::Normal(std) => dst.iter_mut().for_each(|x| *x = T::from_f64(rng.normal() * std)),
+            }
+        }
+        p
+    }
+
+    pub fn find(&self, name: &str) -> Option<&TensorInfo> {
+        self.tensors.iter().find(|t| t.name == name)
+    }
+}
