@@ -5,6 +5,7 @@
 pub mod config;
 pub mod error;
 pub mod ffn;
+pub mod model;
 pub mod moe;
 pub mod params;
 pub mod rng;

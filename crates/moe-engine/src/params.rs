@@ -22,6 +22,20 @@ impl Span {
     }
 }
 
+/// Disjoint mutable views of `spans`, which must be in increasing offset order.
+pub fn spans_mut<'a, T, const M: usize>(buf: &'a mut [T], spans: [Span; M]) -> [&'a mut [T]; M] {
+    let mut rest = buf;
+    let mut base = 0;
+    spans.map(|s| {
+        assert!(s.off >= base, "spans must be in increasing order");
+        let tail = std::mem::take(&mut rest);
+        let (mine, tail) = tail[s.off - base..].split_at_mut(s.len);
+        rest = tail;
+        base = s.off + s.len;
+        mine
+    })
+}
+
 /// One named tensor of the layout.
 #[derive(Clone, Debug)]
 pub struct TensorInfo {

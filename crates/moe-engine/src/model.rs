@@ -1,0 +1,358 @@
+//! The decoder-only transformer: embedding, L x (RMSNorm, GQA attention with RoPE, RMSNorm,
+//! dense or MoE SwiGLU block), final RMSNorm, LM head. `forward` and `backward` read like a
+//! recipe over the kernels; all buffers live in `Acts` and `KvCache`, allocated once.
+//! The same forward serves training (pos0 = 0, the cache holds the whole window) and KV-cache
+//! decoding (new tokens appended at pos0).
+
+use crate::config::{BalanceScope, ModelConfig};
+use crate::error::Result;
+use crate::ffn::{mlp_backward, mlp_forward, MlpActs, MlpGrads, MlpWeights};
+use crate::moe::experts::{ExpertGrads, ExpertWeights};
+use crate::moe::{moe_backward, moe_forward, MoeActs, MoeDims, MoeGrads, MoeStats, MoeWeights};
+use crate::params::{spans_mut, FfnSpans, Layout};
+use moe_kernels::attention::{attention_backward, attention_forward, AttnDims};
+use moe_kernels::cross_entropy::{cross_entropy_backward_inplace, cross_entropy_forward};
+use moe_kernels::embedding::{embedding_backward, embedding_forward};
+use moe_kernels::matmul::{linear_backward, linear_forward};
+use moe_kernels::rmsnorm::{rmsnorm_backward, rmsnorm_forward};
+use moe_kernels::rope::{rope_backward, rope_forward, rope_tables};
+use moe_kernels::Float;
+
+/// A model: config, parameter layout and RoPE tables. Parameters are passed separately.
+pub struct Model<T> {
+    pub cfg: ModelConfig,
+    pub layout: Layout,
+    /// [T_max, D/2]
+    cos: Vec<T>,
+    sin: Vec<T>,
+}
+
+/// Keys and values of every layer: [B, Tcap, G, D] each.
+pub struct KvCache<T> {
+    pub k: Vec<Vec<T>>,
+    pub v: Vec<Vec<T>>,
+    pub b: usize,
+    pub cap: usize,
+}
+
+impl<T: Float> KvCache<T> {
+    pub fn new(cfg: &ModelConfig, b: usize, cap: usize) -> Self {
+        let n = b * cap * cfg.num_key_value_heads * cfg.head_dim();
+        let layers = cfg.num_hidden_layers;
+        KvCache { k: vec![vec![T::ZERO; n]; layers], v: vec![vec![T::ZERO; n]; layers], b, cap }
+    }
+}
+
+/// Feed-forward activations of one layer.
+pub enum FfnActs<T> {
+    /// g, u, h [N,F]
+    Dense { g: Vec<T>, u: Vec<T>, h: Vec<T> },
+    Moe(Box<MoeActs<T>>),
+}
+
+/// Saved activations of one layer for up to N = B * Tq tokens.
+pub struct LayerActs<T> {
+    pub ln1: Vec<T>,
+    pub rstd1: Vec<T>,
+    /// [N, H*D] rotated queries.
+    pub q: Vec<T>,
+    /// [N, G*D] new rotated keys / values before they enter the cache.
+    pub k_new: Vec<T>,
+    pub v_new: Vec<T>,
+    /// [B, H, Tq, Tcap] attention probabilities.
+    pub att: Vec<T>,
+    /// [N, H*D] attention output before o_proj.
+    pub attn: Vec<T>,
+    /// [N, C] residual stream after attention.
+    pub mid: Vec<T>,
+    pub ln2: Vec<T>,
+    pub rstd2: Vec<T>,
+    pub ffn: FfnActs<T>,
+}
+
+/// All activations and backward scratch of one forward over B sequences of up to Tq tokens.
+pub struct Acts<T> {
+    pub b: usize,
+    pub tq_max: usize,
+    /// Tokens in the last forward (B * tq).
+    pub n: usize,
+    /// L+1 residual streams [N, C]: the input of each layer, then the output of the last.
+    pub resid: Vec<Vec<T>>,
+    pub layers: Vec<LayerActs<T>>,
+    pub lnf: Vec<T>,
+    pub rstdf: Vec<T>,
+    /// [N, V] logits; the backward overwrites them with their gradient.
+    pub logits: Vec<T>,
+    /// [N] per-token cross-entropy.
+    pub losses: Vec<T>,
+    // Backward scratch.
+    dres: Vec<T>,
+    dln: Vec<T>,
+    dq: Vec<T>,
+    dk: Vec<T>,
+    dv: Vec<T>,
+    dattn: Vec<T>,
+    dense_scratch: [Vec<T>; 3],
+}
+
+impl<T: Float> Acts<T> {
+    pub fn new(cfg: &ModelConfig, b: usize, tq_max: usize, tcap: usize) -> Self {
+        let n = b * tq_max;
+        let (c, v, d) = (cfg.hidden_size, cfg.vocab_size, cfg.head_dim());
+        let (hd, gd) = (cfg.num_attention_heads * d, cfg.num_key_value_heads * d);
+        let z = |len: usize| vec![T::ZERO; len];
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|l| LayerActs {
+                ln1: z(n * c),
+                rstd1: z(n),
+                q: z(n * hd),
+                k_new: z(n * gd),
+                v_new: z(n * gd),
+                att: z(b * cfg.num_attention_heads * tq_max * tcap),
+                attn: z(n * hd),
+                mid: z(n * c),
+                ln2: z(n * c),
+                rstd2: z(n),
+                ffn: if cfg.is_moe_layer(l) {
+                    let (e, k, f) = (cfg.num_local_experts, cfg.num_experts_per_tok, cfg.moe_intermediate_size);
+                    FfnActs::Moe(Box::new(MoeActs::new(n, c, e, k, f)))
+                } else {
+                    let f = cfg.intermediate_size;
+                    FfnActs::Dense { g: z(n * f), u: z(n * f), h: z(n * f) }
+                },
+            })
+            .collect();
+        let fd = if (0..cfg.num_hidden_layers).any(|l| !cfg.is_moe_layer(l)) { n * cfg.intermediate_size } else { 0 };
+        Acts {
+            b,
+            tq_max,
+            n: 0,
+            resid: (0..=cfg.num_hidden_layers).map(|_| z(n * c)).collect(),
+            layers,
+            lnf: z(n * c),
+            rstdf: z(n),
+            logits: z(n * v),
+            losses: z(n),
+            dres: z(n * c),
+            dln: z(n * c),
+            dq: z(n * hd),
+            dk: z(n * gd),
+            dv: z(n * gd),
+            dattn: z(n * hd),
+            dense_scratch: [z(fd), z(fd), z(fd)],
+        }
+    }
+
+    /// Routing statistics of the MoE layers of the last forward, in layer order.
+    pub fn moe_stats(&self) -> Vec<&MoeStats> {
+        self.layers
+            .iter()
+            .filter_map(|l| match &l.ffn {
+                FfnActs::Moe(m) => Some(&m.stats),
+                FfnActs::Dense { .. } => None,
+            })
+            .collect()
+    }
+}
+
+/// The loss of one forward, split into its terms.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LossParts {
+    /// Mean token cross-entropy.
+    pub ce: f64,
+    /// Switch load-balancing loss (before its coefficient).
+    pub aux: f64,
+    /// Router z-loss averaged over MoE layers (before its coefficient).
+    pub z: f64,
+    /// ce + aux_coef * aux + z_coef * z
+    pub total: f64,
+}
+
+impl<T: Float> Model<T> {
+    pub fn new(cfg: ModelConfig) -> Result<Self> {
+        cfg.validate()?;
+        let layout = Layout::new(&cfg);
+        let (t, half) = (cfg.max_position_embeddings, cfg.head_dim() / 2);
+        let (mut cos, mut sin) = (vec![T::ZERO; t * half], vec![T::ZERO; t * half]);
+        rope_tables(&mut cos, &mut sin, t, cfg.head_dim(), cfg.rope_theta);
+        Ok(Model { cfg, layout, cos, sin })
+    }
+
+    fn moe_dims(&self, n: usize) -> MoeDims {
+        let c = &self.cfg;
+        MoeDims { n, c: c.hidden_size, e: c.num_local_experts, k: c.num_experts_per_tok, f: c.moe_intermediate_size, norm_topk_prob: c.norm_topk_prob }
+    }
+
+    /// Runs tokens[B * tq] (B = a.b) at positions pos0.. through the model; logits land in
+    /// `a.logits[..N*V]`. Keys/values are appended to `cache` at pos0.
+    pub fn forward(&self, p: &[T], a: &mut Acts<T>, cache: &mut KvCache<T>, tokens: &[u32], pos0: usize) {
+        let cfg = &self.cfg;
+        let (b, c, v, d) = (a.b, cfg.hidden_size, cfg.vocab_size, cfg.head_dim());
+        let (h, g) = (cfg.num_attention_heads, cfg.num_key_value_heads);
+        let tq = tokens.len() / b;
+        let n = b * tq;
+        assert!(tq <= a.tq_max && pos0 + tq <= cache.cap && cache.b == b, "forward beyond the allocated buffers");
+        let (hd, gd) = (h * d, g * d);
+        a.n = n;
+        embedding_forward(&mut a.resid[0][..n * c], self.layout.embed.of(p), tokens, c);
+        for (l, ls) in self.layout.layers.iter().enumerate() {
+            let la = &mut a.layers[l];
+            let (before, after) = a.resid.split_at_mut(l + 1);
+            let (x, out) = (&before[l][..n * c], &mut after[0][..n * c]);
+            rmsnorm_forward(&mut la.ln1[..n * c], &mut la.rstd1[..n], x, ls.ln1.of(p), c, cfg.rms_norm_eps);
+            linear_forward(&mut la.q[..n * hd], &la.ln1[..n * c], ls.wq.of(p), n, c, hd, true);
+            linear_forward(&mut la.k_new[..n * gd], &la.ln1[..n * c], ls.wk.of(p), n, c, gd, true);
+            linear_forward(&mut la.v_new[..n * gd], &la.ln1[..n * c], ls.wv.of(p), n, c, gd, true);
+            rope_forward(&mut la.q[..n * hd], &self.cos, &self.sin, tq, h, d, pos0);
+            rope_forward(&mut la.k_new[..n * gd], &self.cos, &self.sin, tq, g, d, pos0);
+            for bi in 0..b {
+                let dst = (bi * cache.cap + pos0) * gd;
+                cache.k[l][dst..dst + tq * gd].copy_from_slice(&la.k_new[bi * tq * gd..(bi + 1) * tq * gd]);
+                cache.v[l][dst..dst + tq * gd].copy_from_slice(&la.v_new[bi * tq * gd..(bi + 1) * tq * gd]);
+            }
+            let dims = AttnDims { b, tq, tk: pos0 + tq, tcap: cache.cap, h, g, d };
+            attention_forward(&mut la.attn[..n * hd], &mut la.att, &la.q[..n * hd], &cache.k[l], &cache.v[l], dims);
+            linear_forward(&mut la.mid[..n * c], &la.attn[..n * hd], ls.wo.of(p), n, hd, c, true);
+            la.mid[..n * c].iter_mut().zip(x).for_each(|(m, &xv)| *m += xv);
+            rmsnorm_forward(&mut la.ln2[..n * c], &mut la.rstd2[..n], &la.mid[..n * c], ls.ln2.of(p), c, cfg.rms_norm_eps);
+            match (&ls.ffn, &mut la.ffn) {
+                (FfnSpans::Dense { gate, up, down }, FfnActs::Dense { g, u, h }) => {
+                    let f = cfg.intermediate_size;
+                    let acts = MlpActs { g: &mut g[..n * f], u: &mut u[..n * f], h: &mut h[..n * f] };
+                    let w = MlpWeights { gate: gate.of(p), up: up.of(p), down: down.of(p) };
+                    mlp_forward(out, acts, &la.ln2[..n * c], w, n, c, f, true);
+                }
+                (FfnSpans::Moe { router, gate, up, down }, FfnActs::Moe(m)) => {
+                    let w = MoeWeights { router: router.of(p), experts: ExpertWeights { gate: gate.of(p), up: up.of(p), down: down.of(p) } };
+                    moe_forward(out, &la.ln2[..n * c], w, m, self.moe_dims(n));
+                }
+                _ => unreachable!("activations are built from the same config as the layout"),
+            }
+            out.iter_mut().zip(&la.mid[..n * c]).for_each(|(o, &m)| *o += m);
+        }
+        let last = &a.resid[cfg.num_hidden_layers][..n * c];
+        rmsnorm_forward(&mut a.lnf[..n * c], &mut a.rstdf[..n], last, self.layout.norm.of(p), c, cfg.rms_norm_eps);
+        linear_forward(&mut a.logits[..n * v], &a.lnf[..n * c], self.layout.lm_head.of(p), n, c, v, true);
+    }
+
+    /// Cross-entropy against targets[N] plus the auxiliary losses of the last forward.
+    pub fn loss(&self, a: &mut Acts<T>, targets: &[u32]) -> LossParts {
+        let (n, v) = (a.n, self.cfg.vocab_size);
+        cross_entropy_forward(&mut a.losses[..n], &a.logits[..n * v], targets, v);
+        let ce = a.losses[..n].iter().map(|l| l.to_f64()).sum::<f64>() / n as f64;
+        let (aux, z) = self.aux_losses(&a.moe_stats());
+        let total = ce + self.cfg.router_aux_loss_coef * aux + self.cfg.router_z_loss_coef * z;
+        LossParts { ce, aux, z, total }
+    }
+
+    /// (balancing loss, z-loss) from the MoE layers' statistics; (0, 0) for a dense model.
+    pub fn aux_losses(&self, stats: &[&MoeStats]) -> (f64, f64) {
+        if stats.is_empty() {
+            return (0.0, 0.0);
+        }
+        let lm = stats.len() as f64;
+        let z = stats.iter().map(|s| s.z_loss).sum::<f64>() / lm;
+        let aux = match self.cfg.aux_loss_scope {
+            BalanceScope::Layer => stats.iter().map(|s| s.switch_loss()).sum::<f64>() / lm,
+            BalanceScope::Global => {
+                let (counts, probs, rows) = pooled(stats);
+                crate::moe::losses::switch_loss(&counts, &probs, rows)
+            }
+        };
+        (aux, z)
+    }
+
+    /// dLoss/dP_{l,e} of each MoE layer (coefficient included).
+    fn balance_grads(&self, stats: &[&MoeStats]) -> Vec<Vec<f64>> {
+        if stats.is_empty() {
+            return vec![];
+        }
+        let lm = stats.len() as f64;
+        let coef = self.cfg.router_aux_loss_coef;
+        let scale = |g: Vec<f64>| g.into_iter().map(|x| x * coef / lm).collect::<Vec<_>>();
+        match self.cfg.aux_loss_scope {
+            BalanceScope::Layer => stats.iter().map(|s| scale(crate::moe::losses::switch_loss_grad(&s.tokens_per_expert, s.tokens))).collect(),
+            BalanceScope::Global => {
+                // P_global = mean_l P_l, so dL/dP_l = dL/dP_global / L.
+                let (counts, _, rows) = pooled(stats);
+                let gr = scale(crate::moe::losses::switch_loss_grad(&counts, rows));
+                vec![gr; stats.len()]
+            }
+        }
+    }
+
+    /// Gradients of `loss` (the total) into `gr` (accumulated, layout of the parameters).
+    /// `loss` must have run on `a`; the logits are overwritten.
+    pub fn backward(&self, p: &[T], gr: &mut [T], a: &mut Acts<T>, cache: &KvCache<T>, tokens: &[u32], targets: &[u32]) {
+        let cfg = &self.cfg;
+        let (b, n, c, v, d) = (a.b, a.n, cfg.hidden_size, cfg.vocab_size, cfg.head_dim());
+        let t = n / b;
+        assert_eq!(t, cache.cap, "backward needs the training shape");
+        let (h, g) = (cfg.num_attention_heads, cfg.num_key_value_heads);
+        let (hd, gd) = (h * d, g * d);
+        let bal = self.balance_grads(&a.moe_stats());
+        let z_scale = if bal.is_empty() { 0.0 } else { cfg.router_z_loss_coef / bal.len() as f64 };
+        cross_entropy_backward_inplace(&mut a.logits[..n * v], targets, v, T::from_f64(1.0 / n as f64));
+        a.dln[..n * c].fill(T::ZERO);
+        linear_backward(&mut a.dln[..n * c], self.layout.lm_head.of_mut(gr), &a.logits[..n * v], &a.lnf[..n * c], self.layout.lm_head.of(p), n, c, v, true);
+        a.dres[..n * c].fill(T::ZERO);
+        let last = &a.resid[cfg.num_hidden_layers][..n * c];
+        rmsnorm_backward(&mut a.dres[..n * c], self.layout.norm.of_mut(gr), &a.dln[..n * c], last, self.layout.norm.of(p), &a.rstdf[..n], c);
+        let mut moe_idx = bal.len();
+        for (l, ls) in self.layout.layers.iter().enumerate().rev() {
+            let la = &mut a.layers[l];
+            let x = &a.resid[l][..n * c];
+            // out = mid + ffn(ln2(mid))
+            a.dln[..n * c].fill(T::ZERO);
+            match (&ls.ffn, &mut la.ffn) {
+                (FfnSpans::Dense { gate, up, down }, FfnActs::Dense { g, u, h }) => {
+                    let f = cfg.intermediate_size;
+                    let w = MlpWeights { gate: gate.of(p), up: up.of(p), down: down.of(p) };
+                    let [s0, s1, s2] = &mut a.dense_scratch;
+                    let [gg, gu, gd] = spans_mut(gr, [*gate, *up, *down]);
+                    let grads = MlpGrads { gate: gg, up: gu, down: gd };
+                    let scratch = [&mut s0[..n * f], &mut s1[..n * f], &mut s2[..n * f]];
+                    mlp_backward(&mut a.dln[..n * c], grads, &a.dres[..n * c], &la.ln2[..n * c], w, &g[..n * f], &u[..n * f], &h[..n * f], scratch, n, c, f, true);
+                }
+                (FfnSpans::Moe { router, gate, up, down }, FfnActs::Moe(m)) => {
+                    moe_idx -= 1;
+                    let w = MoeWeights { router: router.of(p), experts: ExpertWeights { gate: gate.of(p), up: up.of(p), down: down.of(p) } };
+                    let [gr_r, gg, gu, gd] = spans_mut(gr, [*router, *gate, *up, *down]);
+                    let grads = MoeGrads { router: gr_r, experts: ExpertGrads { gate: gg, up: gu, down: gd } };
+                    moe_backward(&mut a.dln[..n * c], grads, &a.dres[..n * c], &la.ln2[..n * c], w, m, self.moe_dims(n), &bal[moe_idx], z_scale);
+                }
+                _ => unreachable!("activations are built from the same config as the layout"),
+            }
+            rmsnorm_backward(&mut a.dres[..n * c], ls.ln2.of_mut(gr), &a.dln[..n * c], &la.mid[..n * c], ls.ln2.of(p), &la.rstd2[..n], c);
+            // mid = x + o_proj(attn)
+            a.dattn[..n * hd].fill(T::ZERO);
+            linear_backward(&mut a.dattn[..n * hd], ls.wo.of_mut(gr), &a.dres[..n * c], &la.attn[..n * hd], ls.wo.of(p), n, hd, c, true);
+            a.dq[..n * hd].fill(T::ZERO);
+            a.dk[..n * gd].fill(T::ZERO);
+            a.dv[..n * gd].fill(T::ZERO);
+            let dims = AttnDims::causal(b, t, h, g, d);
+            attention_backward(&mut a.dq[..n * hd], &mut a.dk[..n * gd], &mut a.dv[..n * gd], &a.dattn[..n * hd], &la.att, &la.q[..n * hd], &cache.k[l], &cache.v[l], dims);
+            rope_backward(&mut a.dq[..n * hd], &self.cos, &self.sin, t, h, d, 0);
+            rope_backward(&mut a.dk[..n * gd], &self.cos, &self.sin, t, g, d, 0);
+            a.dln[..n * c].fill(T::ZERO);
+            linear_backward(&mut a.dln[..n * c], ls.wq.of_mut(gr), &a.dq[..n * hd], &la.ln1[..n * c], ls.wq.of(p), n, c, hd, true);
+            linear_backward(&mut a.dln[..n * c], ls.wk.of_mut(gr), &a.dk[..n * gd], &la.ln1[..n * c], ls.wk.of(p), n, c, gd, true);
+            linear_backward(&mut a.dln[..n * c], ls.wv.of_mut(gr), &a.dv[..n * gd], &la.ln1[..n * c], ls.wv.of(p), n, c, gd, true);
+            rmsnorm_backward(&mut a.dres[..n * c], ls.ln1.of_mut(gr), &a.dln[..n * c], x, ls.ln1.of(p), &la.rstd1[..n], c);
+        }
+        embedding_backward(self.layout.embed.of_mut(gr), &a.dres[..n * c], tokens, c);
+    }
+}
+
+/// Pooled (counts[E], mean probs[E], rows) over MoE layers: Hugging Face's global form.
+fn pooled(stats: &[&MoeStats]) -> (Vec<u32>, Vec<f64>, usize) {
+    let e = stats[0].tokens_per_expert.len();
+    let (mut counts, mut probs, mut rows) = (vec![0u32; e], vec![0.0; e], 0);
+    for s in stats {
+        counts.iter_mut().zip(&s.tokens_per_expert).for_each(|(a, &b)| *a += b);
+        probs.iter_mut().zip(&s.mean_probs).for_each(|(a, &b)| *a += b * s.tokens as f64);
+        rows += s.tokens;
+    }
+    probs.iter_mut().for_each(|p| *p /= rows as f64);
+    (counts, probs, rows)
+}
