@@ -1,1 +1,378 @@
-fn main() {}
+//! `moe`: the command line. Parses flags, validates them into the engine's configs, runs.
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use moe_engine::checkpoint;
+use moe_engine::config::{ModelConfig, PRESETS};
+use moe_engine::corpus::Source;
+use moe_engine::generate::{generate, Sampling};
+use moe_engine::model::Model;
+use moe_engine::run::{run, RunOptions};
+use moe_engine::tokenizer::Tokenizer;
+use moe_engine::train::TrainConfig;
+use std::io::Write;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "moe", version, about = "Train and run Mixture-of-Experts language models on CPUs")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Train a dense or MoE model on a corpus (default: the toolchain's Rust books).
+    Train(TrainArgs),
+    /// Generate text from a checkpoint.
+    Generate(GenerateArgs),
+    /// Show parameters, FLOPs and memory of a preset, config file or checkpoint.
+    Inspect(InspectArgs),
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(BenchCmd),
+}
+
+#[derive(Args)]
+struct ModelArgs {
+    /// Model preset.
+    #[arg(long, default_value = "default", value_parser = clap::builder::PossibleValuesParser::new(PRESETS))]
+    preset: String,
+    /// Model config JSON (Hugging Face field names; see `moe inspect --print-config`); overrides --preset.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Override the number of experts (0 = dense).
+    #[arg(long)]
+    experts: Option<usize>,
+    /// Override top-k (experts per token).
+    #[arg(long)]
+    top_k: Option<usize>,
+    /// Override the expert hidden width.
+    #[arg(long)]
+    expert_size: Option<usize>,
+    /// Override the load-balancing loss coefficient.
+    #[arg(long)]
+    aux_loss_coef: Option<f64>,
+    /// Override the router z-loss coefficient.
+    #[arg(long)]
+    z_loss_coef: Option<f64>,
+}
+
+impl ModelArgs {
+    fn build(&self) -> Result<ModelConfig> {
+        let mut cfg = match &self.config {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).with_context(|| format!("cannot read config {}", p.display()))?;
+                serde_json::from_str(&text).with_context(|| format!("{}: invalid model config; start from `moe inspect --print-config`", p.display()))?
+            }
+            None => ModelConfig::preset(&self.preset)?,
+        };
+        if let Some(e) = self.experts {
+            cfg.num_local_experts = e;
+        }
+        if let Some(k) = self.top_k {
+            cfg.num_experts_per_tok = k;
+        }
+        if let Some(f) = self.expert_size {
+            cfg.moe_intermediate_size = f;
+        }
+        if let Some(a) = self.aux_loss_coef {
+            cfg.router_aux_loss_coef = a;
+        }
+        if let Some(z) = self.z_loss_coef {
+            cfg.router_z_loss_coef = z;
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// UTF-8 text file or directory of text files (default: the Rust documentation books).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Run directory (default: runs/<preset>-<UTC time>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Continue the run in --out from its latest checkpoint.
+    #[arg(long, requires = "out")]
+    resume: bool,
+    /// Optimizer steps of the whole schedule.
+    #[arg(long)]
+    steps: Option<u64>,
+    /// Stop with a checkpoint after this step (the schedule still spans --steps).
+    #[arg(long)]
+    stop_after: Option<u64>,
+    #[arg(long, default_value_t = TrainConfig::default().batch_size)]
+    batch_size: usize,
+    /// Tokens per training sequence (at most the model context).
+    #[arg(long)]
+    seq_len: Option<usize>,
+    #[arg(long, default_value_t = TrainConfig::default().grad_accum)]
+    grad_accum: usize,
+    #[arg(long, default_value_t = TrainConfig::default().lr)]
+    lr: f64,
+    #[arg(long, default_value_t = TrainConfig::default().min_lr_ratio)]
+    min_lr_ratio: f64,
+    #[arg(long, default_value_t = TrainConfig::default().warmup_steps)]
+    warmup: u64,
+    #[arg(long, default_value_t = TrainConfig::default().weight_decay)]
+    weight_decay: f64,
+    /// Global gradient-norm clip (0 = off).
+    #[arg(long, default_value_t = TrainConfig::default().grad_clip)]
+    grad_clip: f64,
+    #[arg(long, default_value_t = TrainConfig::default().eval_every)]
+    eval_every: u64,
+    #[arg(long, default_value_t = TrainConfig::default().eval_batches)]
+    eval_batches: usize,
+    #[arg(long, default_value_t = TrainConfig::default().checkpoint_every)]
+    checkpoint_every: u64,
+    #[arg(long, default_value_t = TrainConfig::default().log_every)]
+    log_every: u64,
+    #[arg(long, default_value_t = TrainConfig::default().seed)]
+    seed: u64,
+    /// Tokenizer and token cache (default: ~/.cache/moe).
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+    /// Prompt of the sample printed at the end.
+    #[arg(long, default_value = "fn main() {")]
+    sample_prompt: String,
+    /// Tokens of the sample printed at the end (0 = none).
+    #[arg(long, default_value_t = 120)]
+    sample_tokens: usize,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    /// Checkpoint directory, or a run directory (its latest checkpoint).
+    #[arg(long)]
+    checkpoint: PathBuf,
+    #[arg(long, default_value = "")]
+    prompt: String,
+    #[arg(long, default_value_t = 200)]
+    max_tokens: usize,
+    /// 0 = greedy.
+    #[arg(long, default_value_t = Sampling::default().temperature)]
+    temperature: f64,
+    /// 0 = off.
+    #[arg(long, default_value_t = Sampling::default().top_k)]
+    top_k: usize,
+    /// 1 = off.
+    #[arg(long, default_value_t = Sampling::default().top_p)]
+    top_p: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+#[derive(Args)]
+struct InspectArgs {
+    /// A preset name, a config JSON file or a checkpoint/run directory.
+    #[arg(default_value = "default")]
+    target: String,
+    /// Micro-batch for the training memory estimate.
+    #[arg(long, default_value_t = 16)]
+    batch_size: usize,
+    /// Sequence length for FLOPs and memory (default: the model context).
+    #[arg(long)]
+    seq_len: Option<usize>,
+    /// Print the config as JSON (a starting point for --config).
+    #[arg(long)]
+    print_config: bool,
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// Training and forward tokens/s of presets on random tokens.
+    Train {
+        /// Presets to measure.
+        #[arg(long, num_args = 1.., default_values = ["bench-dense", "bench-moe8x2"])]
+        presets: Vec<String>,
+        #[arg(long, default_value_t = 16)]
+        batch_size: usize,
+        #[arg(long, default_value_t = 256)]
+        seq_len: usize,
+        #[arg(long, default_value_t = 2)]
+        warmup: usize,
+        #[arg(long, default_value_t = 5)]
+        steps: usize,
+        /// The machine's fp32 peak for MFU (GFLOP/s, 2 threads; GUIDE section 6).
+        #[arg(long, default_value_t = 330.0)]
+        peak_gflops: f64,
+    },
+}
+
+fn main() {
+    if let Err(e) = real_main() {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main() -> Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Train(a) => train(a),
+        Cmd::Generate(a) => generate_cmd(a),
+        Cmd::Inspect(a) => inspect(a),
+        Cmd::Bench(b) => bench(b),
+    }
+}
+
+/// YYYYmmdd-HHMMSS in UTC, for default run directory names.
+fn utc_stamp() -> String {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86400, secs % 86400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719468;
+    let era = z.div_euclid(146097);
+    let doe = z - era * 146097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}{m:02}{d:02}-{:02}{:02}{:02}", rem / 3600, rem / 60 % 60, rem % 60)
+}
+
+fn default_cache_dir() -> PathBuf {
+    std::env::var_os("HOME").map_or_else(|| PathBuf::from(".moe-cache"), |h| PathBuf::from(h).join(".cache/moe"))
+}
+
+fn train(a: TrainArgs) -> Result<()> {
+    let model = a.model.build()?;
+    let defaults = TrainConfig::default();
+    let tc = TrainConfig {
+        steps: a.steps.unwrap_or(defaults.steps),
+        batch_size: a.batch_size,
+        seq_len: a.seq_len.unwrap_or(model.max_position_embeddings),
+        grad_accum: a.grad_accum,
+        lr: a.lr,
+        min_lr_ratio: a.min_lr_ratio,
+        warmup_steps: a.warmup,
+        weight_decay: a.weight_decay,
+        grad_clip: a.grad_clip,
+        eval_every: a.eval_every,
+        eval_batches: a.eval_batches,
+        checkpoint_every: a.checkpoint_every,
+        log_every: a.log_every,
+        seed: a.seed,
+        ..defaults
+    };
+    let name = a.model.config.as_ref().map_or(a.model.preset.clone(), |_| "custom".into());
+    let out = a.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(format!("{name}-{}", utc_stamp())));
+    let opts = RunOptions {
+        model,
+        train: tc,
+        source: a.data.clone().map_or(Source::RustDocs, Source::Path),
+        out_dir: out.clone(),
+        cache_dir: a.cache_dir.clone().unwrap_or_else(default_cache_dir),
+        resume: a.resume,
+        steps_override: a.steps.filter(|_| a.resume),
+        stop_after: a.stop_after,
+        progress: !a.quiet,
+        sample_prompt: a.sample_prompt.clone(),
+        sample_tokens: a.sample_tokens,
+    };
+    eprintln!("moe train: run directory {}", out.display());
+    if !a.resume {
+        eprint!("{}", moe_engine::inspect::report(&opts.model, opts.train.batch_size, opts.train.seq_len));
+    }
+    let log = |m: &str| eprintln!("{m}");
+    let s = run(&opts, &log)?;
+    let last = s.metrics.last();
+    if let Some(m) = last {
+        eprintln!("step {}: train loss {:.4}, {:.0} tokens/s", m.step, m.ce, m.tokens_per_s);
+    }
+    if let Some(&(step, vl)) = s.val.last() {
+        eprintln!("validation loss {vl:.4} at step {step} (unigram entropy of the corpus {:.3})", s.unigram_entropy);
+    }
+    eprintln!("checkpoint {}\nloss plot  {}\nmetrics    {}", s.checkpoint.display(), s.plot.display(), out.join("metrics.jsonl").display());
+    if let Some(text) = s.sample {
+        println!("--- sample ---\n{text}\n--------------");
+    } else if !s.finished {
+        eprintln!("stopped before the end of the schedule; continue with: moe train --resume --out {}", out.display());
+    }
+    Ok(())
+}
+
+fn generate_cmd(a: GenerateArgs) -> Result<()> {
+    let ck = checkpoint::load(&a.checkpoint)?;
+    let tk_path = ck.dir.join("tokenizer.json");
+    if !tk_path.is_file() {
+        bail!("{}: no tokenizer.json in the checkpoint; it was not written by `moe train`", ck.dir.display());
+    }
+    let tk = Tokenizer::load(&tk_path)?;
+    let model = Model::<f32>::new(ck.config)?;
+    let s = Sampling { temperature: a.temperature, top_k: a.top_k, top_p: a.top_p, seed: a.seed };
+    let mut out = std::io::stdout();
+    let _ = write!(out, "{}", a.prompt);
+    let stats = generate(&model, &ck.params, &tk, &a.prompt, a.max_tokens, &s, &mut |piece| {
+        let _ = write!(out, "{piece}");
+        let _ = out.flush();
+    })?;
+    println!();
+    eprintln!(
+        "{} prompt tokens in {:.2}s, {} new tokens at {:.1} tokens/s{}",
+        stats.prompt_tokens,
+        stats.prefill_s,
+        stats.new_tokens,
+        stats.new_tokens as f64 / stats.decode_s.max(1e-9),
+        if stats.hit_context { " (stopped at the model's context length)" } else { "" }
+    );
+    Ok(())
+}
+
+fn inspect(a: InspectArgs) -> Result<()> {
+    let path = PathBuf::from(&a.target);
+    let cfg = if PRESETS.contains(&a.target.as_str()) {
+        ModelConfig::preset(&a.target)?
+    } else if path.is_dir() {
+        checkpoint::load(&path)?.config
+    } else if path.is_file() {
+        let text = std::fs::read_to_string(&path)?;
+        serde_json::from_str(&text).with_context(|| format!("{}: invalid model config", path.display()))?
+    } else {
+        bail!("`{}` is neither a preset ({}) nor a config file or checkpoint directory", a.target, PRESETS.join(", "));
+    };
+    cfg.validate()?;
+    if a.print_config {
+        println!("{}", serde_json::to_string_pretty(&cfg)?);
+        return Ok(());
+    }
+    print!("{}", moe_engine::inspect::report(&cfg, a.batch_size, a.seq_len.unwrap_or(cfg.max_position_embeddings)));
+    Ok(())
+}
+
+fn bench(b: BenchCmd) -> Result<()> {
+    match b {
+        BenchCmd::Train { presets, batch_size, seq_len, warmup, steps, peak_gflops } => {
+            println!("threads: {}; batch {batch_size} x {seq_len}; {warmup} warm-up + {steps} timed steps (median)", rayon_threads());
+            println!("{:<15} {:>10} {:>10} {:>12} {:>12} {:>10} {:>7}", "preset", "params", "active", "train tok/s", "fwd tok/s", "GFLOP/s", "MFU");
+            for p in presets {
+                let cfg = ModelConfig::preset(&p)?;
+                let r = moe_engine::bench::bench_train(&p, cfg, batch_size, seq_len, warmup, steps)?;
+                println!(
+                    "{:<15} {:>9.1}M {:>9.1}M {:>12.0} {:>12.0} {:>10.1} {:>6.1}%",
+                    p,
+                    r.total_params as f64 / 1e6,
+                    r.active_params as f64 / 1e6,
+                    r.train_tokens_per_s(),
+                    r.forward_tokens_per_s(),
+                    r.train_gflops(),
+                    100.0 * r.train_gflops() / peak_gflops
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+fn rayon_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}

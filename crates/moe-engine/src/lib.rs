@@ -2,12 +2,22 @@
 //! training, inference, checkpoints and data. Kernels live in `moe-kernels`; the command line
 //! lives in the `moe` binary.
 
+pub mod bench;
+pub mod checkpoint;
 pub mod config;
+pub mod corpus;
+pub mod dataset;
 pub mod error;
 pub mod ffn;
+pub mod generate;
+pub mod inspect;
 pub mod model;
 pub mod moe;
 pub mod params;
+pub mod plot;
 pub mod rng;
+pub mod run;
+pub mod tokenizer;
+pub mod train;
 
 pub use error::{Error, Result};

@@ -1,0 +1,82 @@
+//! Training throughput benchmark: a few warm-up steps, then timed optimizer steps and timed
+//! forward passes on random tokens; medians reported with FLOP rates.
+
+use crate::config::ModelConfig;
+use crate::error::Result;
+use crate::inspect::sizes;
+use crate::model::{Acts, KvCache};
+use crate::rng::Rng;
+use crate::train::{TrainConfig, Trainer};
+use std::time::Instant;
+
+/// Result of benchmarking one config.
+#[derive(Clone, Debug)]
+pub struct TrainBench {
+    pub name: String,
+    pub tokens_per_step: usize,
+    /// Median seconds of a training step (forward + backward + AdamW).
+    pub step_s: f64,
+    /// Median seconds of a forward pass with loss.
+    pub forward_s: f64,
+    pub train_flops_per_token: f64,
+    pub total_params: usize,
+    pub active_params: usize,
+}
+
+impl TrainBench {
+    pub fn train_tokens_per_s(&self) -> f64 {
+        self.tokens_per_step as f64 / self.step_s
+    }
+    pub fn forward_tokens_per_s(&self) -> f64 {
+        self.tokens_per_step as f64 / self.forward_s
+    }
+    pub fn train_gflops(&self) -> f64 {
+        self.train_tokens_per_s() * self.train_flops_per_token / 1e9
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Benchmarks `cfg` at batch b x t: `warmup` untimed steps, then `steps` timed ones.
+pub fn bench_train(name: &str, cfg: ModelConfig, b: usize, t: usize, warmup: usize, steps: usize) -> Result<TrainBench> {
+    let tc = TrainConfig { batch_size: b, seq_len: t, steps: (warmup + steps) as u64 + 1, warmup_steps: 1, ..TrainConfig::default() };
+    let v = cfg.vocab_size;
+    let mut tr = Trainer::new(cfg.clone(), tc, "bench".into())?;
+    let mut rng = Rng::new(7);
+    let data: Vec<u32> = (0..b * t * 64).map(|_| rng.below(v) as u32).collect();
+    let mut times = vec![];
+    for i in 0..warmup + steps {
+        let t0 = Instant::now();
+        tr.step(&data)?;
+        if i >= warmup {
+            times.push(t0.elapsed().as_secs_f64());
+        }
+    }
+    let step_s = median(times);
+    let mut acts = Acts::new(&cfg, b, t, t);
+    let mut cache = KvCache::new(&cfg, b, t);
+    let x = &data[..b * t];
+    let y = &data[1..b * t + 1];
+    let mut ftimes = vec![];
+    for i in 0..warmup + steps {
+        let t0 = Instant::now();
+        tr.model.forward(&tr.params, &mut acts, &mut cache, x, 0);
+        tr.model.loss(&mut acts, y);
+        if i >= warmup {
+            ftimes.push(t0.elapsed().as_secs_f64());
+        }
+    }
+    let s = sizes(&cfg, b, t);
+    Ok(TrainBench {
+        name: name.into(),
+        tokens_per_step: b * t,
+        step_s,
+        forward_s: median(ftimes),
+        train_flops_per_token: s.train_flops_per_token,
+        total_params: s.total_params,
+        active_params: s.active_params,
+    })
+}

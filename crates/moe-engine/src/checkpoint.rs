@@ -1,0 +1,192 @@
+//! Checkpoints: a directory with config.json (model config), model.safetensors (f32 weights,
+//! named as in `params::Layout`), optional optimizer.safetensors (AdamW moments), state.json
+//! (training state) and tokenizer.json. A checkpoint is written into a temporary directory and
+//! renamed into place only when complete, so a crash never leaves one that loads as valid but
+//! wrong; the run directory's `latest` file (written atomically) names the newest one.
+
+use crate::config::ModelConfig;
+use crate::error::{Error, Result};
+use crate::params::Layout;
+use safetensors::tensor::{Dtype, TensorView};
+use safetensors::SafeTensors;
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Writes `bytes` to `path` atomically: temporary file, fsync, rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    let mut f = std::fs::File::create(&tmp).map_err(Error::io(&tmp))?;
+    f.write_all(bytes).map_err(Error::io(&tmp))?;
+    f.sync_all().map_err(Error::io(&tmp))?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(Error::io(path))
+}
+
+fn to_bytes(x: &[f32]) -> Vec<u8> {
+    x.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+/// Serialises named f32 tensors as safetensors.
+fn safetensors_bytes(tensors: &[(String, Vec<usize>, &[f32])], path: &Path) -> Result<Vec<u8>> {
+    let bytes: Vec<Vec<u8>> = tensors.iter().map(|(_, _, d)| to_bytes(d)).collect();
+    let views: Vec<(String, TensorView)> = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|((name, shape, _), b)| TensorView::new(Dtype::F32, shape.clone(), b).map(|v| (name.clone(), v)))
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| Error::checkpoint(path, e.to_string(), "report this as a bug"))?;
+    safetensors::serialize(views, None).map_err(|e| Error::checkpoint(path, e.to_string(), "report this as a bug"))
+}
+
+/// What a checkpoint holds.
+pub struct Checkpoint {
+    pub dir: PathBuf,
+    pub config: ModelConfig,
+    pub params: Vec<f32>,
+    /// AdamW first and second moments, if saved.
+    pub moments: Option<(Vec<f32>, Vec<f32>)>,
+    /// Training state (JSON), if saved.
+    pub state: Option<serde_json::Value>,
+}
+
+/// What to write.
+pub struct SaveRequest<'a> {
+    pub config: &'a ModelConfig,
+    pub layout: &'a Layout,
+    pub params: &'a [f32],
+    pub moments: Option<(&'a [f32], &'a [f32])>,
+    pub state: Option<&'a serde_json::Value>,
+    /// tokenizer.json content to copy in.
+    pub tokenizer_json: Option<&'a [u8]>,
+}
+
+/// Writes checkpoint `name` under `root` (e.g. runs/x/checkpoints/step-000100), points
+/// `root/latest` at it, and keeps only the newest `keep` checkpoints.
+pub fn save(root: &Path, name: &str, req: &SaveRequest, keep: usize) -> Result<PathBuf> {
+    std::fs::create_dir_all(root).map_err(Error::io(root))?;
+    let dir = root.join(name);
+    let tmp = root.join(format!(".{name}.tmp-{}", std::process::id()));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(Error::io(&tmp))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(Error::io(&tmp))?;
+    let config_json = serde_json::to_vec_pretty(req.config).map_err(|e| Error::checkpoint(&tmp, e.to_string(), "report this as a bug"))?;
+    write_atomic(&tmp.join("config.json"), &config_json)?;
+    let weights: Vec<(String, Vec<usize>, &[f32])> = req.layout.tensors.iter().map(|t| (t.name.clone(), t.shape.clone(), t.span.of(req.params))).collect();
+    write_atomic(&tmp.join("model.safetensors"), &safetensors_bytes(&weights, &tmp)?)?;
+    if let Some((m, v)) = req.moments {
+        let p = req.params.len();
+        let opt = vec![("adamw.m".to_string(), vec![p], m), ("adamw.v".to_string(), vec![p], v)];
+        write_atomic(&tmp.join("optimizer.safetensors"), &safetensors_bytes(&opt, &tmp)?)?;
+    }
+    if let Some(state) = req.state {
+        let json = serde_json::to_vec_pretty(state).map_err(|e| Error::checkpoint(&tmp, e.to_string(), "report this as a bug"))?;
+        write_atomic(&tmp.join("state.json"), &json)?;
+    }
+    if let Some(tk) = req.tokenizer_json {
+        write_atomic(&tmp.join("tokenizer.json"), tk)?;
+    }
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).map_err(Error::io(&dir))?;
+    }
+    std::fs::rename(&tmp, &dir).map_err(Error::io(&dir))?;
+    write_atomic(&root.join("latest"), name.as_bytes())?;
+    prune(root, keep)?;
+    Ok(dir)
+}
+
+fn prune(root: &Path, keep: usize) -> Result<()> {
+    let mut steps: Vec<PathBuf> = std::fs::read_dir(root)
+        .map_err(Error::io(root))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir() && p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("step-")))
+        .collect();
+    steps.sort();
+    let n = steps.len();
+    for old in steps.into_iter().take(n.saturating_sub(keep)) {
+        std::fs::remove_dir_all(&old).map_err(Error::io(&old))?;
+    }
+    Ok(())
+}
+
+/// Resolves a path given by the user: a checkpoint directory, a checkpoints root with a
+/// `latest` file, or a run directory holding `checkpoints/latest`.
+pub fn resolve(path: &Path) -> Result<PathBuf> {
+    if path.join("model.safetensors").is_file() {
+        return Ok(path.to_path_buf());
+    }
+    for root in [path.to_path_buf(), path.join("checkpoints")] {
+        let latest = root.join("latest");
+        if latest.is_file() {
+            let name = std::fs::read_to_string(&latest).map_err(Error::io(&latest))?;
+            return Ok(root.join(name.trim()));
+        }
+    }
+    Err(Error::checkpoint(path, "no checkpoint here (no model.safetensors, no latest)", "pass a directory written by `moe train` (its run directory or one of its checkpoints)"))
+}
+
+fn read_f32_tensors(path: &Path) -> Result<(Vec<u8>, Vec<String>)> {
+    let bytes = std::fs::read(path).map_err(Error::io(path))?;
+    let names = SafeTensors::deserialize(&bytes)
+        .map_err(|e| Error::checkpoint(path, format!("not a valid safetensors file ({e})"), "the file is corrupt or truncated; use an earlier checkpoint"))?
+        .names()
+        .into_iter()
+        .map(str::to_string)
+        .collect();
+    Ok((bytes, names))
+}
+
+fn tensor_f32(st: &SafeTensors, name: &str, expected: &[usize], path: &Path, out: &mut [f32]) -> Result<()> {
+    let t = st.tensor(name).map_err(|_| Error::checkpoint(path, format!("tensor `{name}` is missing"), "the weights do not belong to this config"))?;
+    if t.dtype() != Dtype::F32 {
+        return Err(Error::checkpoint(path, format!("tensor `{name}` is {:?}, expected F32", t.dtype()), "moe checkpoints store f32"));
+    }
+    if t.shape() != expected {
+        return Err(Error::Shape { path: path.to_path_buf(), tensor: name.into(), expected: expected.to_vec(), found: t.shape().to_vec() });
+    }
+    for (o, b) in out.iter_mut().zip(t.data().chunks_exact(4)) {
+        *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+    }
+    Ok(())
+}
+
+/// Loads and checks a checkpoint (see [`resolve`] for the accepted paths).
+pub fn load(path: &Path) -> Result<Checkpoint> {
+    let dir = resolve(path)?;
+    let cfg_path = dir.join("config.json");
+    let cfg_text = std::fs::read_to_string(&cfg_path).map_err(Error::io(&cfg_path))?;
+    let config: ModelConfig = serde_json::from_str(&cfg_text).map_err(|e| Error::checkpoint(&cfg_path, format!("invalid config ({e})"), "restore config.json from the run that wrote the weights"))?;
+    config.validate()?;
+    let layout = Layout::new(&config);
+    let wpath = dir.join("model.safetensors");
+    let (bytes, names) = read_f32_tensors(&wpath)?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| Error::checkpoint(&wpath, e.to_string(), "the file is corrupt"))?;
+    let known: HashMap<&str, ()> = layout.tensors.iter().map(|t| (t.name.as_str(), ())).collect();
+    if let Some(extra) = names.iter().find(|n| !known.contains_key(n.as_str())) {
+        return Err(Error::checkpoint(&wpath, format!("unexpected tensor `{extra}`"), "the weights do not belong to this config"));
+    }
+    let mut params = vec![0f32; layout.total];
+    for t in &layout.tensors {
+        tensor_f32(&st, &t.name, &t.shape, &wpath, t.span.of_mut(&mut params))?;
+    }
+    let opath = dir.join("optimizer.safetensors");
+    let moments = if opath.is_file() {
+        let (ob, _) = read_f32_tensors(&opath)?;
+        let ost = SafeTensors::deserialize(&ob).map_err(|e| Error::checkpoint(&opath, e.to_string(), "the file is corrupt"))?;
+        let (mut m, mut v) = (vec![0f32; layout.total], vec![0f32; layout.total]);
+        tensor_f32(&ost, "adamw.m", &[layout.total], &opath, &mut m)?;
+        tensor_f32(&ost, "adamw.v", &[layout.total], &opath, &mut v)?;
+        Some((m, v))
+    } else {
+        None
+    };
+    let spath = dir.join("state.json");
+    let state = if spath.is_file() {
+        let text = std::fs::read_to_string(&spath).map_err(Error::io(&spath))?;
+        Some(serde_json::from_str(&text).map_err(|e| Error::checkpoint(&spath, format!("invalid state ({e})"), "use an earlier checkpoint"))?)
+    } else {
+        None
+    };
+    Ok(Checkpoint { dir, config, params, moments, state })
+}

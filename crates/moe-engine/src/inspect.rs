@@ -1,0 +1,112 @@
+//! Size accounting of a model config: parameters (total and active per token), FLOPs per token
+//! and memory for training and inference. One place for these formulas.
+
+use crate::config::ModelConfig;
+use crate::params::Layout;
+
+/// Sizes derived from a config.
+#[derive(Clone, Debug)]
+pub struct Sizes {
+    pub total_params: usize,
+    /// Parameters a token touches: embeddings row excluded, K of E experts, router included.
+    pub active_params: usize,
+    /// Of which in matrix products (everything but embeddings and norms).
+    pub active_matmul_params: usize,
+    pub expert_params: usize,
+    /// Forward FLOPs per token at context `t`: 2 * active matmul params + attention scores
+    /// and values (2 * 2 * C * t/2 per layer, causal average).
+    pub forward_flops_per_token: f64,
+    /// Training FLOPs per token: 3x forward (forward + backward).
+    pub train_flops_per_token: f64,
+    /// Bytes of weights (f32), weights + grads + AdamW moments (16 B/param).
+    pub weight_bytes: usize,
+    pub train_state_bytes: usize,
+    /// Activation bytes of one micro-batch (B x T) as allocated by `model::Acts`.
+    pub activation_bytes: usize,
+    /// KV-cache bytes for one sequence of `t` tokens.
+    pub kv_cache_bytes: usize,
+}
+
+pub fn sizes(cfg: &ModelConfig, b: usize, t: usize) -> Sizes {
+    let layout = Layout::new(cfg);
+    let total = layout.total;
+    let (c, v, l) = (cfg.hidden_size, cfg.vocab_size, cfg.num_hidden_layers);
+    let d = cfg.head_dim();
+    let (hd, gd) = (cfg.num_attention_heads * d, cfg.num_key_value_heads * d);
+    let attn = c * hd * 2 + c * gd * 2;
+    let (e, k, fe, fd) = (cfg.num_local_experts, cfg.num_experts_per_tok, cfg.moe_intermediate_size, cfg.intermediate_size);
+    let mut active_mm = c * v; // lm_head
+    let mut experts = 0;
+    for li in 0..l {
+        active_mm += attn;
+        if cfg.is_moe_layer(li) {
+            active_mm += e * c + k * 3 * c * fe;
+            experts += e * 3 * c * fe;
+        } else {
+            active_mm += 3 * c * fd;
+        }
+    }
+    let norms = (2 * l + 1) * c;
+    let active = active_mm + norms + c; // one embedding row
+    let fwd = 2.0 * active_mm as f64 + (l as f64) * 2.0 * 2.0 * hd as f64 * t as f64 / 2.0;
+    // Activations per token, mirroring model::Acts (f32).
+    let n = b * t;
+    let mut per_tok = c * (l + 1) + 2 * c + v + 1 + 1; // resid, lnf, logits, losses, rstdf
+    per_tok += 4 * c + hd * 4 + gd * 4; // backward scratch
+    for li in 0..l {
+        per_tok += 3 * c + 2 + 2 * hd + 2 * gd;
+        per_tok += if cfg.is_moe_layer(li) { 2 * e + 1 + 2 * k + k * (4 * c + 6 * fe + 1) + 2 * e + 2 * k } else { 3 * fd };
+    }
+    let att = l * b * cfg.num_attention_heads * t * t;
+    let kv = l * 2 * t * gd;
+    Sizes {
+        total_params: total,
+        active_params: active,
+        active_matmul_params: active_mm,
+        expert_params: experts,
+        forward_flops_per_token: fwd,
+        train_flops_per_token: 3.0 * fwd,
+        weight_bytes: total * 4,
+        train_state_bytes: total * 16,
+        activation_bytes: (n * per_tok + att + b * kv) * 4,
+        kv_cache_bytes: kv * 4,
+    }
+}
+
+fn human(bytes: usize) -> String {
+    let b = bytes as f64;
+    if b >= 1024f64.powi(3) {
+        format!("{:.2} GiB", b / 1024f64.powi(3))
+    } else {
+        format!("{:.1} MiB", b / 1024f64.powi(2))
+    }
+}
+
+fn count(n: usize) -> String {
+    if n >= 1_000_000_000 {
+        format!("{:.2} B", n as f64 / 1e9)
+    } else {
+        format!("{:.2} M", n as f64 / 1e6)
+    }
+}
+
+/// Human-readable report of a config, with training sizes for a micro-batch of B x T.
+pub fn report(cfg: &ModelConfig, b: usize, t: usize) -> String {
+    let s = sizes(cfg, b, t);
+    let kind = if cfg.num_local_experts == 0 {
+        "dense".to_string()
+    } else {
+        format!("MoE: {} experts, top-{}, expert width {}, {} of {} layers MoE", cfg.num_local_experts, cfg.num_experts_per_tok, cfg.moe_intermediate_size, cfg.num_moe_layers(), cfg.num_hidden_layers)
+    };
+    let mut r = String::new();
+    r += &format!("architecture      decoder-only, {kind}\n");
+    r += &format!("shape             vocab {}, width {}, {} layers, {} heads ({} kv), head dim {}, context {}\n", cfg.vocab_size, cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim(), cfg.max_position_embeddings);
+    if (0..cfg.num_hidden_layers).any(|l| !cfg.is_moe_layer(l)) {
+        r += &format!("dense MLP width   {}\n", cfg.intermediate_size);
+    }
+    r += &format!("parameters        {} total, {} active per token ({} in experts)\n", count(s.total_params), count(s.active_params), count(s.expert_params));
+    r += &format!("FLOPs per token   {:.1} M forward, {:.1} M training (context {t})\n", s.forward_flops_per_token / 1e6, s.train_flops_per_token / 1e6);
+    r += &format!("memory, inference {} weights (f32) + {} KV cache per sequence of {t}\n", human(s.weight_bytes), human(s.kv_cache_bytes));
+    r += &format!("memory, training  {} weights+grads+AdamW, {} activations for batch {b} x {t}\n", human(s.train_state_bytes), human(s.activation_bytes));
+    r
+}

@@ -1,0 +1,190 @@
+//! The `moe train` job around a `Trainer`: prepares the data, starts or resumes, shows a
+//! progress bar, writes metrics (JSONL), validation, checkpoints and the loss plot, and ends
+//! with a sample of generated text.
+
+use crate::checkpoint;
+use crate::config::ModelConfig;
+use crate::corpus::Source;
+use crate::dataset::Dataset;
+use crate::error::{Error, Result};
+use crate::generate::{generate, Sampling};
+use crate::plot::{render, Chart, Series};
+use crate::train::{StepMetrics, TrainConfig, Trainer};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Everything `moe train` needs.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// Model to train (ignored when resuming: the checkpoint's config is used).
+    pub model: ModelConfig,
+    /// Training settings (when resuming, the checkpoint's, except `steps_override`).
+    pub train: TrainConfig,
+    pub source: Source,
+    /// Run directory: metrics.jsonl, loss.png, checkpoints/.
+    pub out_dir: PathBuf,
+    /// Where tokenizers and tokenised corpora are cached.
+    pub cache_dir: PathBuf,
+    pub resume: bool,
+    pub steps_override: Option<u64>,
+    /// Stop (with a checkpoint) after this step, keeping the schedule of `steps`.
+    pub stop_after: Option<u64>,
+    pub progress: bool,
+    /// Prompt and length of the sample printed at the end (0 tokens = no sample).
+    pub sample_prompt: String,
+    pub sample_tokens: usize,
+}
+
+/// What a run produced.
+#[derive(Debug)]
+pub struct RunSummary {
+    pub metrics: Vec<StepMetrics>,
+    /// (step, validation loss)
+    pub val: Vec<(u64, f64)>,
+    pub unigram_entropy: f64,
+    pub checkpoint: PathBuf,
+    pub plot: PathBuf,
+    pub sample: Option<String>,
+    pub finished: bool,
+}
+
+pub fn run(o: &RunOptions, log: &dyn Fn(&str)) -> Result<RunSummary> {
+    let ck_root = o.out_dir.join("checkpoints");
+    let metrics_path = o.out_dir.join("metrics.jsonl");
+    let resume_ck = if o.resume {
+        Some(checkpoint::load(&ck_root).map_err(|e| match e {
+            Error::Checkpoint { what, .. } if !ck_root.join("latest").exists() => {
+                Error::checkpoint(&o.out_dir, format!("nothing to resume ({what})"), "drop --resume to start a new run, or pass the --out of an earlier run")
+            }
+            other => other,
+        })?)
+    } else {
+        if ck_root.join("latest").exists() {
+            return Err(Error::checkpoint(&o.out_dir, "already holds a training run", "pass --resume to continue it, or choose another --out"));
+        }
+        None
+    };
+    let model_cfg = resume_ck.as_ref().map_or(o.model.clone(), |c| c.config.clone());
+    model_cfg.validate()?;
+    let data = Dataset::prepare(&o.source, model_cfg.vocab_size, &o.cache_dir, log)?;
+    let data_key = data.cache_dir.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    if data.tokenizer.vocab_size() > model_cfg.vocab_size {
+        return Err(Error::config(format!("the tokenizer has {} tokens, the model only {}", data.tokenizer.vocab_size(), model_cfg.vocab_size), "raise vocab_size"));
+    }
+    let mut tr = match resume_ck {
+        Some(ck) => {
+            let tr = Trainer::resume(ck, o.steps_override)?;
+            if tr.state.data_key != data_key {
+                return Err(Error::checkpoint(&o.out_dir, "was trained on another corpus or tokenizer", "resume with the same --data as the original run"));
+            }
+            tr
+        }
+        None => Trainer::new(model_cfg, o.train.clone(), data_key)?,
+    };
+    let tc = tr.state.train.clone();
+    data.check_context(tc.seq_len)?;
+    std::fs::create_dir_all(&o.out_dir).map_err(Error::io(&o.out_dir))?;
+    truncate_metrics(&metrics_path, tr.state.step)?;
+    let unigram = data.unigram_entropy();
+    log(&format!(
+        "{} documents, {} training / {} validation tokens; unigram entropy {:.3} nats",
+        data.documents,
+        data.train.len(),
+        data.val.len(),
+        unigram
+    ));
+    let tk_json = std::fs::read(data.cache_dir.join("tokenizer.json")).map_err(Error::io(data.cache_dir.join("tokenizer.json")))?;
+    let mut mf = std::fs::OpenOptions::new().create(true).append(true).open(&metrics_path).map_err(Error::io(&metrics_path))?;
+    let mut write_line = |v: serde_json::Value| -> Result<()> { writeln!(mf, "{v}").map_err(Error::io(&metrics_path)) };
+    let end = o.stop_after.map_or(tc.steps, |s| s.min(tc.steps));
+    let pb = if o.progress { ProgressBar::new(tc.steps) } else { ProgressBar::hidden() };
+    pb.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed_precise}<{eta_precise}]").unwrap_or_else(|_| ProgressStyle::default_bar()));
+    pb.set_position(tr.state.step);
+    let (mut metrics, mut val) = (vec![], vec![]);
+    let mut last_ck = None;
+    while tr.state.step < end {
+        let m = tr.step(&data.train)?;
+        let s = m.step;
+        if s % tc.log_every.max(1) == 0 || s == end {
+            write_line(json!({"kind": "train", "m": m}))?;
+        }
+        pb.set_message(format!("loss {:.3} lr {:.1e} {:.0} tok/s", m.ce, m.lr, m.tokens_per_s));
+        pb.set_position(s);
+        metrics.push(m);
+        if (tc.eval_every > 0 && s % tc.eval_every == 0) || s == tc.steps {
+            let vl = tr.evaluate(&data.val, tc.eval_batches);
+            pb.println(format!("step {s}: validation loss {vl:.4}"));
+            write_line(json!({"kind": "val", "step": s, "tokens": tr.state.tokens, "val_loss": vl}))?;
+            val.push((s, vl));
+        }
+        if (tc.checkpoint_every > 0 && s % tc.checkpoint_every == 0) || s == end {
+            last_ck = Some(tr.save(&ck_root, Some(&tk_json))?);
+        }
+    }
+    pb.finish_and_clear();
+    let checkpoint = match last_ck {
+        Some(c) => c,
+        None => checkpoint::resolve(&ck_root)?,
+    };
+    let plot = o.out_dir.join("loss.png");
+    plot_metrics(&metrics_path, &plot)?;
+    let finished = tr.state.step >= tc.steps;
+    let mut sample = None;
+    if finished && o.sample_tokens > 0 {
+        let s = Sampling { seed: tc.seed, ..Default::default() };
+        let mut text = o.sample_prompt.clone();
+        generate(&tr.model, &tr.params, &data.tokenizer, &o.sample_prompt, o.sample_tokens, &s, &mut |piece| text.push_str(piece))?;
+        sample = Some(text);
+    }
+    Ok(RunSummary { metrics, val, unigram_entropy: unigram, checkpoint, plot, sample, finished })
+}
+
+/// Drops metric lines past `step` (a run that went on after its last checkpoint).
+fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
+    if !path.exists() {
+        return Ok(());
+    }
+    let text = std::fs::read_to_string(path).map_err(Error::io(path))?;
+    let kept: String = text
+        .lines()
+        .filter(|l| line_step(l).is_some_and(|s| s <= step))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    crate::checkpoint::write_atomic(path, kept.as_bytes())
+}
+
+fn line_step(line: &str) -> Option<u64> {
+    let v: serde_json::Value = serde_json::from_str(line).ok()?;
+    v.get("step").or_else(|| v.get("m").and_then(|m| m.get("step"))).and_then(|s| s.as_u64())
+}
+
+/// loss.png: training cross-entropy and validation loss against steps.
+pub fn plot_metrics(metrics: &Path, out: &Path) -> Result<()> {
+    let text = std::fs::read_to_string(metrics).map_err(Error::io(metrics))?;
+    let (mut tr, mut va) = (vec![], vec![]);
+    for line in text.lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        match v.get("kind").and_then(|k| k.as_str()) {
+            Some("train") => {
+                if let (Some(s), Some(l)) = (v["m"]["step"].as_f64(), v["m"]["ce"].as_f64()) {
+                    tr.push((s, l));
+                }
+            }
+            Some("val") => {
+                if let (Some(s), Some(l)) = (v["step"].as_f64(), v["val_loss"].as_f64()) {
+                    va.push((s, l));
+                }
+            }
+            _ => {}
+        }
+    }
+    let chart = Chart {
+        title: "moe train: loss".into(),
+        x_label: "step".into(),
+        y_label: "cross-entropy (nats)".into(),
+        series: vec![Series { label: "train".into(), points: tr }, Series { label: "validation".into(), points: va }],
+    };
+    render(&chart, out, 800, 500)
+}

@@ -1,0 +1,77 @@
+//! Byte-level BPE tokenizers: trained on a corpus with the `tokenizers` crate, or loaded from a
+//! `tokenizer.json` (ours or a Hugging Face model's). Encoding and decoding go through it.
+
+use crate::error::{Error, Result};
+use std::path::Path;
+use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
+use tokenizers::normalizers::NormalizerWrapper;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::{AddedToken, TokenizerBuilder};
+
+/// The document separator our tokenizers add as a special token.
+pub const EOS: &str = "<|endoftext|>";
+
+/// A loaded tokenizer.
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+}
+
+impl Tokenizer {
+    /// Trains a byte-level BPE of `vocab_size` entries (special token included) on `texts`.
+    pub fn train<'a>(texts: impl Iterator<Item = &'a str> + Send, vocab_size: usize) -> Result<Self> {
+        let err = |e: Box<dyn std::error::Error + Send + Sync>| Error::Tokenizer { what: e.to_string(), hint: "check the corpus and the vocabulary size".into() };
+        let alphabet = ByteLevel::alphabet().into_iter().collect();
+        let mut trainer = BpeTrainerBuilder::new()
+            .vocab_size(vocab_size)
+            .min_frequency(2)
+            .show_progress(false)
+            .special_tokens(vec![AddedToken::from(EOS, true)])
+            .initial_alphabet(alphabet)
+            .build();
+        let mut tk = TokenizerBuilder::<BPE, NormalizerWrapper, ByteLevel, ByteLevel, ByteLevelDecoder>::new()
+            .with_model(BPE::default())
+            .with_pre_tokenizer(Some(ByteLevel::new(false, true, true)))
+            .with_post_processor(Some(ByteLevel::new(false, true, true)))
+            .with_decoder(Some(ByteLevelDecoder::default()))
+            .build()
+            .map_err(err)?;
+        // Train on paragraphs: many short sequences parallelise well.
+        let paragraphs = texts.flat_map(|t| t.split("\n\n"));
+        tk.train(&mut trainer, paragraphs).map_err(err)?;
+        let json = tk.to_string(false).map_err(err)?;
+        let inner: tokenizers::Tokenizer = json.parse().map_err(err)?;
+        Ok(Tokenizer { inner })
+    }
+
+    pub fn load(path: &Path) -> Result<Self> {
+        let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| Error::Tokenizer {
+            what: format!("cannot load {}: {e}", path.display()),
+            hint: "the file must be a tokenizer.json written by moe or Hugging Face tokenizers".into(),
+        })?;
+        Ok(Tokenizer { inner })
+    }
+
+    /// Writes tokenizer.json atomically.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let json = self.inner.to_string(false).map_err(|e| Error::Tokenizer { what: e.to_string(), hint: "report this as a bug".into() })?;
+        crate::checkpoint::write_atomic(path, json.as_bytes())
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    pub fn eos_id(&self) -> Option<u32> {
+        self.inner.token_to_id(EOS)
+    }
+
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self.inner.encode(text, false).map_err(|e| Error::Tokenizer { what: e.to_string(), hint: "check the input text".into() })?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.inner.decode(ids, false).map_err(|e| Error::Tokenizer { what: e.to_string(), hint: "check the token ids".into() })
+    }
+}

@@ -1,0 +1,274 @@
+//! One training process in memory: parameters, gradients, AdamW moments, activations and
+//! batch buffers allocated once; `step` runs gradient accumulation, clipping, the warmup +
+//! cosine schedule and AdamW without allocating. The run loop around it (data, logging,
+//! checkpoints, plots) is `run`.
+
+use crate::checkpoint::{self, Checkpoint, SaveRequest};
+use crate::config::ModelConfig;
+use crate::dataset::sample_batch;
+use crate::error::{Error, Result};
+use crate::model::{Acts, KvCache, Model};
+use crate::rng::Rng;
+use moe_kernels::adamw::{adamw_update, AdamW};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Training settings (separate from the model config).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// Optimizer steps of the whole schedule.
+    pub steps: u64,
+    /// Sequences per micro-batch (B).
+    pub batch_size: usize,
+    /// Tokens per sequence (T), at most the model's context.
+    pub seq_len: usize,
+    /// Micro-batches per optimizer step.
+    pub grad_accum: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Final learning rate as a fraction of the peak (cosine decay).
+    pub min_lr_ratio: f64,
+    pub warmup_steps: u64,
+    pub weight_decay: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    /// Global gradient-norm clip; 0 disables.
+    pub grad_clip: f64,
+    /// Validation every n steps (and at the end); 0 = only at the end.
+    pub eval_every: u64,
+    /// Batches per validation.
+    pub eval_batches: usize,
+    /// Checkpoint every n steps (and at the end); 0 = only at the end.
+    pub checkpoint_every: u64,
+    /// Metrics every n steps.
+    pub log_every: u64,
+    pub seed: u64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            steps: 600,
+            batch_size: 16,
+            seq_len: 128,
+            grad_accum: 1,
+            lr: 3e-3,
+            min_lr_ratio: 0.1,
+            warmup_steps: 40,
+            weight_decay: 0.1,
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            grad_clip: 1.0,
+            eval_every: 100,
+            eval_batches: 8,
+            checkpoint_every: 200,
+            log_every: 10,
+            seed: 1234,
+        }
+    }
+}
+
+impl TrainConfig {
+    pub fn validate(&self, model: &ModelConfig) -> Result<()> {
+        let bad = |what: String, hint: &str| Err(Error::config(what, hint));
+        if self.steps == 0 || self.batch_size == 0 || self.grad_accum == 0 || self.seq_len == 0 {
+            return bad("steps, batch size, grad accumulation and sequence length must be positive".into(), "pass positive values");
+        }
+        if self.seq_len > model.max_position_embeddings {
+            return bad(format!("--seq-len {} exceeds the model context {}", self.seq_len, model.max_position_embeddings), "lower --seq-len or raise max_position_embeddings");
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) || !(0.0..=1.0).contains(&self.min_lr_ratio) {
+            return bad(format!("learning rate {} / min ratio {}", self.lr, self.min_lr_ratio), "use lr > 0 and 0 <= min_lr_ratio <= 1");
+        }
+        if !(0.0..1.0).contains(&self.beta1) || !(0.0..1.0).contains(&self.beta2) || self.grad_clip < 0.0 || self.weight_decay < 0.0 {
+            return bad("AdamW betas must be in [0, 1), clip and weight decay >= 0".into(), "fix the optimizer flags");
+        }
+        Ok(())
+    }
+
+    /// Learning rate at `step` (0-based): linear warmup, then cosine to min_lr_ratio * lr.
+    pub fn lr_at(&self, step: u64) -> f64 {
+        if step < self.warmup_steps {
+            return self.lr * (step + 1) as f64 / self.warmup_steps as f64;
+        }
+        let span = (self.steps.saturating_sub(self.warmup_steps)).max(1) as f64;
+        let progress = ((step - self.warmup_steps) as f64 / span).min(1.0);
+        let min = self.lr * self.min_lr_ratio;
+        min + 0.5 * (self.lr - min) * (1.0 + (std::f64::consts::PI * progress).cos())
+    }
+}
+
+/// What one optimizer step measured.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct StepMetrics {
+    pub step: u64,
+    pub loss: f64,
+    pub ce: f64,
+    pub aux: f64,
+    pub z: f64,
+    pub lr: f64,
+    pub grad_norm: f64,
+    pub tokens: u64,
+    pub tokens_per_s: f64,
+    /// [MoE layer][expert] rows routed during the step.
+    pub expert_load: Vec<Vec<u32>>,
+    /// max / mean load per MoE layer.
+    pub max_over_mean_load: Vec<f64>,
+}
+
+/// Mutable training state saved in checkpoints besides the weights and moments.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TrainState {
+    pub step: u64,
+    pub tokens: u64,
+    pub data_rng: Rng,
+    pub train: TrainConfig,
+    /// Identifies the tokenised corpus (cache key); resuming on other data is refused.
+    pub data_key: String,
+}
+
+/// Parameters, gradients, moments and buffers of one run.
+pub struct Trainer {
+    pub model: Model<f32>,
+    pub params: Vec<f32>,
+    pub grads: Vec<f32>,
+    pub m: Vec<f32>,
+    pub v: Vec<f32>,
+    pub state: TrainState,
+    acts: Acts<f32>,
+    cache: KvCache<f32>,
+    x: Vec<u32>,
+    y: Vec<u32>,
+}
+
+impl Trainer {
+    pub fn new(cfg: ModelConfig, train: TrainConfig, data_key: String) -> Result<Self> {
+        train.validate(&cfg)?;
+        let model = Model::new(cfg)?;
+        let params = model.layout.init(train.seed);
+        let state = TrainState { step: 0, tokens: 0, data_rng: Rng::new(train.seed ^ 0xDA7A), train, data_key };
+        Ok(Self::assemble(model, params, None, state))
+    }
+
+    /// Continues from a checkpoint that holds optimizer moments and training state.
+    pub fn resume(ck: Checkpoint, steps_override: Option<u64>) -> Result<Self> {
+        let missing = |what: &str| Error::checkpoint(&ck.dir, format!("no {what} saved"), "resume needs a checkpoint written during `moe train`");
+        let state_json = ck.state.clone().ok_or_else(|| missing("training state (state.json)"))?;
+        let mut state: TrainState = serde_json::from_value(state_json).map_err(|e| Error::checkpoint(&ck.dir, format!("invalid state.json ({e})"), "use an earlier checkpoint"))?;
+        let moments = ck.moments.ok_or_else(|| missing("optimizer moments (optimizer.safetensors)"))?;
+        if let Some(s) = steps_override {
+            state.train.steps = s;
+        }
+        state.train.validate(&ck.config)?;
+        let model = Model::new(ck.config)?;
+        Ok(Self::assemble(model, ck.params, Some(moments), state))
+    }
+
+    fn assemble(model: Model<f32>, params: Vec<f32>, moments: Option<(Vec<f32>, Vec<f32>)>, state: TrainState) -> Self {
+        let (b, t) = (state.train.batch_size, state.train.seq_len);
+        let p = params.len();
+        let (m, v) = moments.unwrap_or_else(|| (vec![0.0; p], vec![0.0; p]));
+        Trainer {
+            acts: Acts::new(&model.cfg, b, t, t),
+            cache: KvCache::new(&model.cfg, b, t),
+            x: vec![0; b * t],
+            y: vec![0; b * t],
+            grads: vec![0.0; p],
+            model,
+            params,
+            m,
+            v,
+            state,
+        }
+    }
+
+    /// One optimizer step on random windows of `train` tokens.
+    pub fn step(&mut self, train: &[u32]) -> Result<StepMetrics> {
+        let t0 = Instant::now();
+        let tc = self.state.train.clone();
+        let (b, t) = (tc.batch_size, tc.seq_len);
+        self.grads.fill(0.0);
+        let mut met = StepMetrics { step: self.state.step + 1, ..Default::default() };
+        for _ in 0..tc.grad_accum {
+            sample_batch(train, &mut self.state.data_rng, b, t, &mut self.x, &mut self.y);
+            self.model.forward(&self.params, &mut self.acts, &mut self.cache, &self.x, 0);
+            let parts = self.model.loss(&mut self.acts, &self.y);
+            if !parts.total.is_finite() {
+                return Err(Error::Diverged { step: met.step, loss: parts.total });
+            }
+            let stats = self.acts.moe_stats();
+            if met.expert_load.is_empty() {
+                met.expert_load = stats.iter().map(|s| vec![0; s.tokens_per_expert.len()]).collect();
+            }
+            for (acc, s) in met.expert_load.iter_mut().zip(&stats) {
+                acc.iter_mut().zip(&s.tokens_per_expert).for_each(|(a, &c)| *a += c);
+            }
+            self.model.backward(&self.params, &mut self.grads, &mut self.acts, &self.cache, &self.x, &self.y);
+            let ga = tc.grad_accum as f64;
+            met.loss += parts.total / ga;
+            met.ce += parts.ce / ga;
+            met.aux += parts.aux / ga;
+            met.z += parts.z / ga;
+        }
+        let scale = 1.0 / tc.grad_accum as f64;
+        let norm = self.grads.par_iter().map(|&g| g as f64 * g as f64).sum::<f64>().sqrt() * scale;
+        met.grad_norm = norm;
+        let clip = if tc.grad_clip > 0.0 && norm > tc.grad_clip { tc.grad_clip / norm } else { 1.0 };
+        let s = (scale * clip) as f32;
+        if s != 1.0 {
+            self.grads.par_iter_mut().for_each(|g| *g *= s);
+        }
+        met.lr = tc.lr_at(self.state.step);
+        let h = AdamW { lr: met.lr, beta1: tc.beta1, beta2: tc.beta2, eps: tc.eps, weight_decay: tc.weight_decay };
+        self.state.step += 1;
+        for tsr in &self.model.layout.tensors {
+            let sp = tsr.span;
+            adamw_update(sp.of_mut(&mut self.params), sp.of(&self.grads), sp.of_mut(&mut self.m), sp.of_mut(&mut self.v), &h, self.state.step, tsr.decay);
+        }
+        let tokens = (b * t * tc.grad_accum) as u64;
+        self.state.tokens += tokens;
+        met.tokens = self.state.tokens;
+        met.tokens_per_s = tokens as f64 / t0.elapsed().as_secs_f64();
+        met.max_over_mean_load = met.expert_load.iter().map(|l| max_over_mean(l)).collect();
+        Ok(met)
+    }
+
+    /// Mean cross-entropy over `batches` fixed windows of `val` (the same windows every call).
+    pub fn evaluate(&mut self, val: &[u32], batches: usize) -> f64 {
+        let (b, t) = (self.state.train.batch_size, self.state.train.seq_len);
+        let mut rng = Rng::new(0xE7A1);
+        let mut total = 0.0;
+        for _ in 0..batches {
+            sample_batch(val, &mut rng, b, t, &mut self.x, &mut self.y);
+            self.model.forward(&self.params, &mut self.acts, &mut self.cache, &self.x, 0);
+            total += self.model.loss(&mut self.acts, &self.y).ce;
+        }
+        total / batches as f64
+    }
+
+    /// Writes a checkpoint `step-NNNNNNN` under `root`.
+    pub fn save(&self, root: &Path, tokenizer_json: Option<&[u8]>) -> Result<PathBuf> {
+        let state = serde_json::to_value(&self.state).map_err(|e| Error::checkpoint(root, e.to_string(), "report this as a bug"))?;
+        let req = SaveRequest {
+            config: &self.model.cfg,
+            layout: &self.model.layout,
+            params: &self.params,
+            moments: Some((&self.m, &self.v)),
+            state: Some(&state),
+            tokenizer_json,
+        };
+        checkpoint::save(root, &format!("step-{:07}", self.state.step), &req, 2)
+    }
+}
+
+fn max_over_mean(load: &[u32]) -> f64 {
+    let total: u64 = load.iter().map(|&c| c as u64).sum();
+    if total == 0 {
+        return 0.0;
+    }
+    *load.iter().max().unwrap_or(&0) as f64 / (total as f64 / load.len() as f64)
+}
