@@ -92,6 +92,8 @@ pub struct Acts<T> {
     dk: Vec<T>,
     dv: Vec<T>,
     dattn: Vec<T>,
+    /// [B, G, T, T] attention backward scratch.
+    datt: Vec<T>,
     dense_scratch: [Vec<T>; 3],
 }
 
@@ -139,6 +141,7 @@ impl<T: Float> Acts<T> {
             dk: z(n * gd),
             dv: z(n * gd),
             dattn: z(n * hd),
+            datt: z(b * cfg.num_key_value_heads * tq_max * tcap),
             dense_scratch: [z(fd), z(fd), z(fd)],
         }
     }
@@ -331,7 +334,7 @@ impl<T: Float> Model<T> {
             a.dk[..n * gd].fill(T::ZERO);
             a.dv[..n * gd].fill(T::ZERO);
             let dims = AttnDims::causal(b, t, h, g, d);
-            attention_backward(&mut a.dq[..n * hd], &mut a.dk[..n * gd], &mut a.dv[..n * gd], &a.dattn[..n * hd], &la.att, &la.q[..n * hd], &cache.k[l], &cache.v[l], dims);
+            attention_backward(&mut a.dq[..n * hd], &mut a.dk[..n * gd], &mut a.dv[..n * gd], &mut a.datt, &a.dattn[..n * hd], &la.att, &la.q[..n * hd], &cache.k[l], &cache.v[l], dims);
             rope_backward(&mut a.dq[..n * hd], &self.cos, &self.sin, t, h, d, 0);
             rope_backward(&mut a.dk[..n * gd], &self.cos, &self.sin, t, g, d, 0);
             a.dln[..n * c].fill(T::ZERO);

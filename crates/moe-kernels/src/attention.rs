@@ -3,6 +3,7 @@
 //! the backward. Queries may be a suffix of the keys (KV-cache decoding): query i sits at
 //! absolute position tk - tq + i and sees keys 0..=that position.
 
+use crate::matmul::{matmul_raw, Mat};
 use crate::{Float, SendPtr};
 use rayon::prelude::*;
 
@@ -34,61 +35,61 @@ impl AttnDims {
     }
 }
 
-#[inline(always)]
-fn dot<T: Float>(a: &[T], b: &[T]) -> T {
-    let mut s = T::ZERO;
-    for i in 0..a.len() {
-        s += a[i] * b[i];
-    }
-    s
+fn view<T>(data: &[T], off: usize, rows: usize, cols: usize, rs: usize) -> Mat<'_, T> {
+    Mat { data: &data[off..], rows, cols, rs, cs: 1 }
 }
 
 /// out[B,Tq,H,D] = softmax(q k^T / sqrt(D), causal) v; att[B,H,Tq,Tk] keeps the probabilities.
-/// q[B,Tq,H,D], k/v[B,Tcap,G,D].
+/// q[B,Tq,H,D], k/v[B,Tcap,G,D]. One job per (b, h): two GEMMs and a masked softmax.
 pub fn attention_forward<T: Float>(out: &mut [T], att: &mut [T], q: &[T], k: &[T], v: &[T], s: AttnDims) {
     let scale = T::from_f64(1.0 / (s.d as f64).sqrt());
-    let (po, pa) = (SendPtr(out.as_mut_ptr()), SendPtr(att.as_mut_ptr()));
     assert!(out.len() >= s.b * s.tq * s.h * s.d && att.len() >= s.b * s.h * s.tq * s.tk);
-    (0..s.b * s.h * s.tq).into_par_iter().for_each(|job| {
-        let (bh, t) = (job / s.tq, job % s.tq);
+    assert!(q.len() >= s.b * s.tq * s.h * s.d && k.len() >= s.b * s.tcap * s.g * s.d && v.len() >= s.b * s.tcap * s.g * s.d);
+    let (po, pa) = (SendPtr(out.as_mut_ptr()), SendPtr(att.as_mut_ptr()));
+    let (hd, gd) = (s.h * s.d, s.g * s.d);
+    (0..s.b * s.h).into_par_iter().for_each(|bh| {
         let (b, h) = (bh / s.h, bh % s.h);
         let g = h / (s.h / s.g);
-        let pos = s.tk - s.tq + t;
-        let qr = &q[s.q_off(b, t, h)..][..s.d];
-        // SAFETY: each job owns row (b,h,t) of att and row (b,t,h) of out.
-        let ar = unsafe { std::slice::from_raw_parts_mut(pa.at(s.a_off(b, h, t)), s.tk) };
-        let or = unsafe { std::slice::from_raw_parts_mut(po.at(s.q_off(b, t, h)), s.d) };
-        let mut m = T::from_f64(f64::NEG_INFINITY);
-        for j in 0..=pos {
-            let sc = dot(qr, &k[s.k_off(b, j, g)..][..s.d]) * scale;
-            ar[j] = sc;
-            m = m.max(sc);
-        }
-        let mut sum = T::ZERO;
-        for a in ar[..=pos].iter_mut() {
-            *a = (*a - m).exp();
-            sum += *a;
-        }
-        let inv = T::ONE / sum;
-        ar[..=pos].iter_mut().for_each(|a| *a *= inv);
-        ar[pos + 1..].iter_mut().for_each(|a| *a = T::ZERO);
-        or.fill(T::ZERO);
-        for j in 0..=pos {
-            let p = ar[j];
-            for (o, &vv) in or.iter_mut().zip(&v[s.k_off(b, j, g)..][..s.d]) {
-                *o += p * vv;
+        let qv = view(q, s.q_off(b, 0, h), s.tq, s.d, hd);
+        let kv = view(k, s.k_off(b, 0, g), s.tk, s.d, gd);
+        let vv = view(v, s.k_off(b, 0, g), s.tk, s.d, gd);
+        // SAFETY: job (b, h) owns the att block [b, h] and the (b, *, h) rows of out.
+        unsafe {
+            let a_ptr = pa.at(s.a_off(b, h, 0));
+            matmul_raw(a_ptr, s.tk, qv, kv.t(), false, false);
+            let block = std::slice::from_raw_parts_mut(a_ptr, s.tq * s.tk);
+            for (t, row) in block.chunks_mut(s.tk).enumerate() {
+                let pos = s.tk - s.tq + t;
+                let (live, masked) = row.split_at_mut(pos + 1);
+                let mut m = T::from_f64(f64::NEG_INFINITY);
+                live.iter_mut().for_each(|x| {
+                    *x *= scale;
+                    m = m.max(*x);
+                });
+                let mut sum = T::ZERO;
+                live.iter_mut().for_each(|x| {
+                    *x = (*x - m).exp();
+                    sum += *x;
+                });
+                let inv = T::ONE / sum;
+                live.iter_mut().for_each(|x| *x *= inv);
+                masked.fill(T::ZERO);
             }
+            let pv = Mat { data: &*block, rows: s.tq, cols: s.tk, rs: s.tk, cs: 1 };
+            matmul_raw(po.at(s.q_off(b, 0, h)), hd, pv, vv, false, false);
         }
     });
 }
 
 /// Backward of the training shape (tq == tk == tcap): dq, dk, dv accumulate.
-/// Parallel over (b, g): each job owns its key/value head and all query heads of its group.
+/// One job per (b, g) owning its key/value head and the query heads of its group.
+/// `scratch` holds at least B*G*T*T elements (overwritten).
 #[allow(clippy::too_many_arguments)]
 pub fn attention_backward<T: Float>(
     dq: &mut [T],
     dk: &mut [T],
     dv: &mut [T],
+    scratch: &mut [T],
     dout: &[T],
     att: &[T],
     q: &[T],
@@ -97,41 +98,37 @@ pub fn attention_backward<T: Float>(
     s: AttnDims,
 ) {
     assert!(s.tq == s.tk && s.tk == s.tcap, "backward needs the training shape");
+    let (t, hd, gd) = (s.tq, s.h * s.d, s.g * s.d);
+    assert!(scratch.len() >= s.b * s.g * t * t && dq.len() >= s.b * t * hd && dk.len() >= s.b * t * gd && dv.len() >= s.b * t * gd);
     let scale = T::from_f64(1.0 / (s.d as f64).sqrt());
     let (pq, pk, pv) = (SendPtr(dq.as_mut_ptr()), SendPtr(dk.as_mut_ptr()), SendPtr(dv.as_mut_ptr()));
     let hpg = s.h / s.g;
-    (0..s.b * s.g).into_par_iter().for_each(|job| {
+    scratch[..s.b * s.g * t * t].par_chunks_mut(t * t).enumerate().for_each(|(job, dp)| {
         let (b, g) = (job / s.g, job % s.g);
-        let mut dp = vec![T::ZERO; s.tk];
+        let kv = view(k, s.k_off(b, 0, g), t, s.d, gd);
+        let vv = view(v, s.k_off(b, 0, g), t, s.d, gd);
         for h in g * hpg..(g + 1) * hpg {
-            for t in 0..s.tq {
-                let ar = &att[s.a_off(b, h, t)..][..s.tk];
-                let dor = &dout[s.q_off(b, t, h)..][..s.d];
-                let qr = &q[s.q_off(b, t, h)..][..s.d];
-                // dp_j = do . v_j ; dv_j += p_j do
-                let mut sum = T::ZERO;
-                for j in 0..=t {
-                    let ko = s.k_off(b, j, g);
-                    dp[j] = dot(dor, &v[ko..][..s.d]);
-                    sum += dp[j] * ar[j];
-                    // SAFETY: (b, g) rows of dk/dv belong to this job only.
-                    let dvr = unsafe { std::slice::from_raw_parts_mut(pv.at(ko), s.d) };
-                    for (d, &o) in dvr.iter_mut().zip(dor) {
-                        *d += ar[j] * o;
-                    }
+            let p = view(att, s.a_off(b, h, 0), t, t, t);
+            let dov = view(dout, s.q_off(b, 0, h), t, s.d, hd);
+            let qv = view(q, s.q_off(b, 0, h), t, s.d, hd);
+            // SAFETY: job (b, g) owns rows (b, *, g) of dk/dv and (b, *, h) of dq for h in g.
+            unsafe {
+                matmul_raw(pv.at(s.k_off(b, 0, g)), gd, p.t(), dov, true, false); // dV += P^T dO
+                matmul_raw(dp.as_mut_ptr(), t, dov, vv.t(), false, false); // dP = dO V^T
+            }
+            // dS = P * (dP - rowsum(P * dP)) * scale
+            for (row, (dpr, pr)) in dp.chunks_mut(t).zip(att[s.a_off(b, h, 0)..][..t * t].chunks(t)).enumerate() {
+                let live = row + 1;
+                let sum: T = dpr[..live].iter().zip(&pr[..live]).map(|(&a, &b)| a * b).sum();
+                for (d, &pp) in dpr[..live].iter_mut().zip(&pr[..live]) {
+                    *d = pp * (*d - sum) * scale;
                 }
-                // ds_j = p_j (dp_j - sum); dq += ds_j k_j scale; dk_j += ds_j q scale
-                // SAFETY: (b, t, h) row of dq belongs to this job (h is in its group).
-                let dqr = unsafe { std::slice::from_raw_parts_mut(pq.at(s.q_off(b, t, h)), s.d) };
-                for j in 0..=t {
-                    let ds = ar[j] * (dp[j] - sum) * scale;
-                    let ko = s.k_off(b, j, g);
-                    let dkr = unsafe { std::slice::from_raw_parts_mut(pk.at(ko), s.d) };
-                    for i in 0..s.d {
-                        dqr[i] += ds * k[ko + i];
-                        dkr[i] += ds * qr[i];
-                    }
-                }
+                dpr[live..].fill(T::ZERO);
+            }
+            let ds = Mat { data: &*dp, rows: t, cols: t, rs: t, cs: 1 };
+            unsafe {
+                matmul_raw(pq.at(s.q_off(b, 0, h)), hd, ds, kv, true, false); // dQ += dS K
+                matmul_raw(pk.at(s.k_off(b, 0, g)), gd, ds.t(), qv, true, false); // dK += dS^T Q
             }
         }
     });

@@ -37,9 +37,14 @@ impl<'a, T> Mat<'a, T> {
 /// dst[M,N] (row-major) = (accumulate ? dst : 0) + a[M,K] @ b[K,N].
 /// `parallel` lets gemm use all rayon threads; pass false inside an outer parallel loop.
 pub fn matmul<T: Float>(dst: &mut [T], a: Mat<T>, b: Mat<T>, accumulate: bool, parallel: bool) {
+    matmul_strided(dst, b.cols, a, b, accumulate, parallel);
+}
+
+/// Like [`matmul`], but row i of dst starts at `i * dst_rs` (dst_rs >= N).
+pub fn matmul_strided<T: Float>(dst: &mut [T], dst_rs: usize, a: Mat<T>, b: Mat<T>, accumulate: bool, parallel: bool) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     assert_eq!(b.rows, k, "inner dimensions differ");
-    assert!(dst.len() >= m * n, "dst too small");
+    assert!(dst_rs >= n && (m == 0 || dst.len() >= (m - 1) * dst_rs + n), "dst too small");
     a.check();
     b.check();
     if m == 0 || n == 0 {
@@ -47,7 +52,7 @@ pub fn matmul<T: Float>(dst: &mut [T], a: Mat<T>, b: Mat<T>, accumulate: bool, p
     }
     if k == 0 {
         if !accumulate {
-            dst[..m * n].fill(T::ZERO);
+            dst.chunks_mut(dst_rs).take(m).for_each(|r| r[..n].fill(T::ZERO));
         }
         return;
     }
@@ -61,7 +66,7 @@ pub fn matmul<T: Float>(dst: &mut [T], a: Mat<T>, b: Mat<T>, accumulate: bool, p
             k,
             dst.as_mut_ptr(),
             1,
-            n as isize,
+            dst_rs as isize,
             accumulate,
             a.data.as_ptr(),
             a.cs as isize,
@@ -72,6 +77,32 @@ pub fn matmul<T: Float>(dst: &mut [T], a: Mat<T>, b: Mat<T>, accumulate: bool, p
             threads,
         );
     }
+}
+
+/// [`matmul_strided`] into a raw destination, for kernels whose parallel jobs write
+/// interleaved but disjoint rows of one buffer.
+///
+/// # Safety
+/// `dst` must be valid for writes of rows `0..M` (`i * dst_rs .. i * dst_rs + N`), and no other
+/// thread may touch those elements during the call.
+pub unsafe fn matmul_raw<T: Float>(dst: *mut T, dst_rs: usize, a: Mat<T>, b: Mat<T>, accumulate: bool, parallel: bool) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    assert_eq!(b.rows, k, "inner dimensions differ");
+    a.check();
+    b.check();
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            for i in 0..m {
+                std::slice::from_raw_parts_mut(dst.add(i * dst_rs), n).fill(T::ZERO);
+            }
+        }
+        return;
+    }
+    let threads = if parallel { rayon::current_num_threads() } else { 1 };
+    T::gemm_raw(m, n, k, dst, 1, dst_rs as isize, accumulate, a.data.as_ptr(), a.cs as isize, a.rs as isize, b.data.as_ptr(), b.cs as isize, b.rs as isize, threads);
 }
 
 /// Naive twin of [`matmul`].
