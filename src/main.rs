@@ -23,7 +23,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Train a dense or MoE model on a corpus (default: the toolchain's Rust books).
-    Train(TrainArgs),
+    Train(Box<TrainArgs>),
     /// Generate text from a checkpoint.
     Generate(GenerateArgs),
     /// Show parameters, FLOPs and memory of a preset, config file or checkpoint.
@@ -63,7 +63,9 @@ impl ModelArgs {
         let mut cfg = match &self.config {
             Some(p) => {
                 let text = std::fs::read_to_string(p).with_context(|| format!("cannot read config {}", p.display()))?;
-                serde_json::from_str(&text).with_context(|| format!("{}: invalid model config; start from `moe inspect --print-config`", p.display()))?
+                serde_json::from_str(&text).with_context(|| {
+                    format!("{}: invalid model config; start from `moe inspect --print-config`", p.display())
+                })?
             }
             None => ModelConfig::preset(&self.preset)?,
         };
@@ -216,7 +218,7 @@ fn main() {
 
 fn real_main() -> Result<()> {
     match Cli::parse().cmd {
-        Cmd::Train(a) => train(a),
+        Cmd::Train(a) => train(*a),
         Cmd::Generate(a) => generate_cmd(a),
         Cmd::Inspect(a) => inspect(a),
         Cmd::Bench(b) => bench(b),
@@ -292,7 +294,12 @@ fn train(a: TrainArgs) -> Result<()> {
     if let Some(&(step, vl)) = s.val.last() {
         eprintln!("validation loss {vl:.4} at step {step} (unigram entropy of the corpus {:.3})", s.unigram_entropy);
     }
-    eprintln!("checkpoint {}\nloss plot  {}\nmetrics    {}", s.checkpoint.display(), s.plot.display(), out.join("metrics.jsonl").display());
+    eprintln!(
+        "checkpoint {}\nloss plot  {}\nmetrics    {}",
+        s.checkpoint.display(),
+        s.plot.display(),
+        out.join("metrics.jsonl").display()
+    );
     if let Some(text) = s.sample {
         println!("--- sample ---\n{text}\n--------------");
     } else if !s.finished {
@@ -352,8 +359,14 @@ fn inspect(a: InspectArgs) -> Result<()> {
 fn bench(b: BenchCmd) -> Result<()> {
     match b {
         BenchCmd::Train { presets, batch_size, seq_len, warmup, steps, peak_gflops } => {
-            println!("threads: {}; batch {batch_size} x {seq_len}; {warmup} warm-up + {steps} timed steps (median)", rayon_threads());
-            println!("{:<15} {:>10} {:>10} {:>12} {:>12} {:>10} {:>7}", "preset", "params", "active", "train tok/s", "fwd tok/s", "GFLOP/s", "MFU");
+            println!(
+                "threads: {}; batch {batch_size} x {seq_len}; {warmup} warm-up + {steps} timed steps (median)",
+                rayon_threads()
+            );
+            println!(
+                "{:<15} {:>10} {:>10} {:>12} {:>12} {:>10} {:>7}",
+                "preset", "params", "active", "train tok/s", "fwd tok/s", "GFLOP/s", "MFU"
+            );
             for p in presets {
                 let cfg = ModelConfig::preset(&p)?;
                 let r = moe_engine::bench::bench_train(&p, cfg, batch_size, seq_len, warmup, steps)?;

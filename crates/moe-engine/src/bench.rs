@@ -41,8 +41,21 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// Benchmarks `cfg` at batch b x t: `warmup` untimed steps, then `steps` timed ones.
-pub fn bench_train(name: &str, cfg: ModelConfig, b: usize, t: usize, warmup: usize, steps: usize) -> Result<TrainBench> {
-    let tc = TrainConfig { batch_size: b, seq_len: t, steps: (warmup + steps) as u64 + 1, warmup_steps: 1, ..TrainConfig::default() };
+pub fn bench_train(
+    name: &str,
+    cfg: ModelConfig,
+    b: usize,
+    t: usize,
+    warmup: usize,
+    steps: usize,
+) -> Result<TrainBench> {
+    let tc = TrainConfig {
+        batch_size: b,
+        seq_len: t,
+        steps: (warmup + steps) as u64 + 1,
+        warmup_steps: 1,
+        ..TrainConfig::default()
+    };
     let v = cfg.vocab_size;
     let mut tr = Trainer::new(cfg.clone(), tc, "bench".into())?;
     let mut rng = Rng::new(7);

@@ -71,9 +71,11 @@ pub fn save(root: &Path, name: &str, req: &SaveRequest, keep: usize) -> Result<P
         std::fs::remove_dir_all(&tmp).map_err(Error::io(&tmp))?;
     }
     std::fs::create_dir_all(&tmp).map_err(Error::io(&tmp))?;
-    let config_json = serde_json::to_vec_pretty(req.config).map_err(|e| Error::checkpoint(&tmp, e.to_string(), "report this as a bug"))?;
+    let config_json = serde_json::to_vec_pretty(req.config)
+        .map_err(|e| Error::checkpoint(&tmp, e.to_string(), "report this as a bug"))?;
     write_atomic(&tmp.join("config.json"), &config_json)?;
-    let weights: Vec<(String, Vec<usize>, &[f32])> = req.layout.tensors.iter().map(|t| (t.name.clone(), t.shape.clone(), t.span.of(req.params))).collect();
+    let weights: Vec<(String, Vec<usize>, &[f32])> =
+        req.layout.tensors.iter().map(|t| (t.name.clone(), t.shape.clone(), t.span.of(req.params))).collect();
     write_atomic(&tmp.join("model.safetensors"), &safetensors_bytes(&weights, &tmp)?)?;
     if let Some((m, v)) = req.moments {
         let p = req.params.len();
@@ -81,7 +83,8 @@ pub fn save(root: &Path, name: &str, req: &SaveRequest, keep: usize) -> Result<P
         write_atomic(&tmp.join("optimizer.safetensors"), &safetensors_bytes(&opt, &tmp)?)?;
     }
     if let Some(state) = req.state {
-        let json = serde_json::to_vec_pretty(state).map_err(|e| Error::checkpoint(&tmp, e.to_string(), "report this as a bug"))?;
+        let json = serde_json::to_vec_pretty(state)
+            .map_err(|e| Error::checkpoint(&tmp, e.to_string(), "report this as a bug"))?;
         write_atomic(&tmp.join("state.json"), &json)?;
     }
     if let Some(tk) = req.tokenizer_json {
@@ -123,13 +126,23 @@ pub fn resolve(path: &Path) -> Result<PathBuf> {
             return Ok(root.join(name.trim()));
         }
     }
-    Err(Error::checkpoint(path, "no checkpoint here (no model.safetensors, no latest)", "pass a directory written by `moe train` (its run directory or one of its checkpoints)"))
+    Err(Error::checkpoint(
+        path,
+        "no checkpoint here (no model.safetensors, no latest)",
+        "pass a directory written by `moe train` (its run directory or one of its checkpoints)",
+    ))
 }
 
 fn read_f32_tensors(path: &Path) -> Result<(Vec<u8>, Vec<String>)> {
     let bytes = std::fs::read(path).map_err(Error::io(path))?;
     let names = SafeTensors::deserialize(&bytes)
-        .map_err(|e| Error::checkpoint(path, format!("not a valid safetensors file ({e})"), "the file is corrupt or truncated; use an earlier checkpoint"))?
+        .map_err(|e| {
+            Error::checkpoint(
+                path,
+                format!("not a valid safetensors file ({e})"),
+                "the file is corrupt or truncated; use an earlier checkpoint",
+            )
+        })?
         .names()
         .into_iter()
         .map(str::to_string)
@@ -138,12 +151,23 @@ fn read_f32_tensors(path: &Path) -> Result<(Vec<u8>, Vec<String>)> {
 }
 
 fn tensor_f32(st: &SafeTensors, name: &str, expected: &[usize], path: &Path, out: &mut [f32]) -> Result<()> {
-    let t = st.tensor(name).map_err(|_| Error::checkpoint(path, format!("tensor `{name}` is missing"), "the weights do not belong to this config"))?;
+    let t = st.tensor(name).map_err(|_| {
+        Error::checkpoint(path, format!("tensor `{name}` is missing"), "the weights do not belong to this config")
+    })?;
     if t.dtype() != Dtype::F32 {
-        return Err(Error::checkpoint(path, format!("tensor `{name}` is {:?}, expected F32", t.dtype()), "moe checkpoints store f32"));
+        return Err(Error::checkpoint(
+            path,
+            format!("tensor `{name}` is {:?}, expected F32", t.dtype()),
+            "moe checkpoints store f32",
+        ));
     }
     if t.shape() != expected {
-        return Err(Error::Shape { path: path.to_path_buf(), tensor: name.into(), expected: expected.to_vec(), found: t.shape().to_vec() });
+        return Err(Error::Shape {
+            path: path.to_path_buf(),
+            tensor: name.into(),
+            expected: expected.to_vec(),
+            found: t.shape().to_vec(),
+        });
     }
     for (o, b) in out.iter_mut().zip(t.data().chunks_exact(4)) {
         *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
@@ -156,15 +180,26 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
     let dir = resolve(path)?;
     let cfg_path = dir.join("config.json");
     let cfg_text = std::fs::read_to_string(&cfg_path).map_err(Error::io(&cfg_path))?;
-    let config: ModelConfig = serde_json::from_str(&cfg_text).map_err(|e| Error::checkpoint(&cfg_path, format!("invalid config ({e})"), "restore config.json from the run that wrote the weights"))?;
+    let config: ModelConfig = serde_json::from_str(&cfg_text).map_err(|e| {
+        Error::checkpoint(
+            &cfg_path,
+            format!("invalid config ({e})"),
+            "restore config.json from the run that wrote the weights",
+        )
+    })?;
     config.validate()?;
     let layout = Layout::new(&config);
     let wpath = dir.join("model.safetensors");
     let (bytes, names) = read_f32_tensors(&wpath)?;
-    let st = SafeTensors::deserialize(&bytes).map_err(|e| Error::checkpoint(&wpath, e.to_string(), "the file is corrupt"))?;
+    let st = SafeTensors::deserialize(&bytes)
+        .map_err(|e| Error::checkpoint(&wpath, e.to_string(), "the file is corrupt"))?;
     let known: HashMap<&str, ()> = layout.tensors.iter().map(|t| (t.name.as_str(), ())).collect();
     if let Some(extra) = names.iter().find(|n| !known.contains_key(n.as_str())) {
-        return Err(Error::checkpoint(&wpath, format!("unexpected tensor `{extra}`"), "the weights do not belong to this config"));
+        return Err(Error::checkpoint(
+            &wpath,
+            format!("unexpected tensor `{extra}`"),
+            "the weights do not belong to this config",
+        ));
     }
     let mut params = vec![0f32; layout.total];
     for t in &layout.tensors {
@@ -173,7 +208,8 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
     let opath = dir.join("optimizer.safetensors");
     let moments = if opath.is_file() {
         let (ob, _) = read_f32_tensors(&opath)?;
-        let ost = SafeTensors::deserialize(&ob).map_err(|e| Error::checkpoint(&opath, e.to_string(), "the file is corrupt"))?;
+        let ost = SafeTensors::deserialize(&ob)
+            .map_err(|e| Error::checkpoint(&opath, e.to_string(), "the file is corrupt"))?;
         let (mut m, mut v) = (vec![0f32; layout.total], vec![0f32; layout.total]);
         tensor_f32(&ost, "adamw.m", &[layout.total], &opath, &mut m)?;
         tensor_f32(&ost, "adamw.v", &[layout.total], &opath, &mut v)?;
@@ -184,7 +220,10 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
     let spath = dir.join("state.json");
     let state = if spath.is_file() {
         let text = std::fs::read_to_string(&spath).map_err(Error::io(&spath))?;
-        Some(serde_json::from_str(&text).map_err(|e| Error::checkpoint(&spath, format!("invalid state ({e})"), "use an earlier checkpoint"))?)
+        Some(
+            serde_json::from_str(&text)
+                .map_err(|e| Error::checkpoint(&spath, format!("invalid state ({e})"), "use an earlier checkpoint"))?,
+        )
     } else {
         None
     };

@@ -148,7 +148,9 @@ impl ModelConfig {
     }
     /// Whether layer `l` has an MoE feed-forward block.
     pub fn is_moe_layer(&self, l: usize) -> bool {
-        self.num_local_experts > 0 && l >= self.first_k_dense_replace && (l + 1) % self.decoder_sparse_step == 0
+        self.num_local_experts > 0
+            && l >= self.first_k_dense_replace
+            && (l + 1).is_multiple_of(self.decoder_sparse_step)
     }
     /// Number of MoE layers.
     pub fn num_moe_layers(&self) -> usize {
@@ -171,18 +173,24 @@ impl ModelConfig {
                 return Err(Error::config(format!("{name} is 0"), format!("set {name} to a positive value")));
             }
         }
-        if self.hidden_size % self.num_attention_heads != 0 {
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return Err(Error::config(
-                format!("hidden_size {} is not divisible by num_attention_heads {}", self.hidden_size, self.num_attention_heads),
+                format!(
+                    "hidden_size {} is not divisible by num_attention_heads {}",
+                    self.hidden_size, self.num_attention_heads
+                ),
                 "pick a head count that divides hidden_size",
             ));
         }
-        if self.head_dim() % 2 != 0 {
+        if !self.head_dim().is_multiple_of(2) {
             return Err(Error::config(format!("head dim {} is odd", self.head_dim()), "RoPE needs an even head dim"));
         }
-        if self.num_attention_heads % self.num_key_value_heads != 0 {
+        if !self.num_attention_heads.is_multiple_of(self.num_key_value_heads) {
             return Err(Error::config(
-                format!("num_attention_heads {} is not a multiple of num_key_value_heads {}", self.num_attention_heads, self.num_key_value_heads),
+                format!(
+                    "num_attention_heads {} is not a multiple of num_key_value_heads {}",
+                    self.num_attention_heads, self.num_key_value_heads
+                ),
                 "use a key/value head count that divides the query head count",
             ));
         }
@@ -193,7 +201,10 @@ impl ModelConfig {
         if self.num_local_experts > 0 {
             if self.num_experts_per_tok == 0 || self.num_experts_per_tok > self.num_local_experts {
                 return Err(Error::config(
-                    format!("num_experts_per_tok (top-k) {} must be in 1..={} (num_local_experts)", self.num_experts_per_tok, self.num_local_experts),
+                    format!(
+                        "num_experts_per_tok (top-k) {} must be in 1..={} (num_local_experts)",
+                        self.num_experts_per_tok, self.num_local_experts
+                    ),
                     "lower top-k or add experts",
                 ));
             }
@@ -201,12 +212,16 @@ impl ModelConfig {
                 return Err(Error::config("moe_intermediate_size is 0", "set the expert hidden width"));
             }
         }
-        for (name, v) in [("router_aux_loss_coef", self.router_aux_loss_coef), ("router_z_loss_coef", self.router_z_loss_coef), ("rms_norm_eps", self.rms_norm_eps)] {
+        for (name, v) in [
+            ("router_aux_loss_coef", self.router_aux_loss_coef),
+            ("router_z_loss_coef", self.router_z_loss_coef),
+            ("rms_norm_eps", self.rms_norm_eps),
+        ] {
             if !(v >= 0.0 && v.is_finite()) {
                 return Err(Error::config(format!("{name} is {v}"), format!("{name} must be a finite number >= 0")));
             }
         }
-        if !(self.rope_theta > 0.0) {
+        if self.rope_theta.is_nan() || self.rope_theta <= 0.0 {
             return Err(Error::config(format!("rope_theta is {}", self.rope_theta), "rope_theta must be > 0"));
         }
         Ok(())

@@ -52,11 +52,19 @@ fn rust_docs_dir() -> Result<PathBuf> {
     let hint = "install them with `rustup component add rust-docs`, or pass --data FILE_OR_DIR";
     let sysroot = match out {
         Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_string(),
-        _ => return Err(Error::Corpus { what: "cannot run `rustc --print sysroot` to find the Rust documentation".into(), hint: hint.into() }),
+        _ => {
+            return Err(Error::Corpus {
+                what: "cannot run `rustc --print sysroot` to find the Rust documentation".into(),
+                hint: hint.into(),
+            })
+        }
     };
     let dir = Path::new(&sysroot).join("share/doc/rust/html");
     if !dir.is_dir() {
-        return Err(Error::Corpus { what: format!("the Rust documentation is not installed ({} is missing)", dir.display()), hint: hint.into() });
+        return Err(Error::Corpus {
+            what: format!("the Rust documentation is not installed ({} is missing)", dir.display()),
+            hint: hint.into(),
+        });
     }
     Ok(dir)
 }
@@ -79,7 +87,8 @@ fn load_rust_docs() -> Result<Vec<Document>> {
         .iter()
         .map(|p| {
             let html = read_utf8(p)?;
-            let name = p.parent().and_then(|d| d.file_name()).map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            let name =
+                p.parent().and_then(|d| d.file_name()).map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
             Ok(Document { name, text: html_to_text(&html) })
         })
         .collect()
@@ -87,13 +96,19 @@ fn load_rust_docs() -> Result<Vec<Document>> {
 
 fn load_path(p: &Path) -> Result<Vec<Document>> {
     if !p.exists() {
-        return Err(Error::Corpus { what: format!("{} does not exist", p.display()), hint: "check the --data path".into() });
+        return Err(Error::Corpus {
+            what: format!("{} does not exist", p.display()),
+            hint: "check the --data path".into(),
+        });
     }
     let mut files = vec![];
     collect_files(p, &mut files)?;
     files.sort();
     if files.is_empty() {
-        return Err(Error::Corpus { what: format!("{} contains no files", p.display()), hint: "point --data at UTF-8 text files".into() });
+        return Err(Error::Corpus {
+            what: format!("{} contains no files", p.display()),
+            hint: "point --data at UTF-8 text files".into(),
+        });
     }
     files.iter().map(|f| Ok(Document { name: f.display().to_string(), text: read_utf8(f)? })).collect()
 }
@@ -122,10 +137,7 @@ fn read_utf8(p: &Path) -> Result<String> {
 /// body; scripts, styles and navigation dropped; block elements end lines; `<pre>` kept verbatim.
 pub fn html_to_text(html: &str) -> String {
     let doc = Html::parse_document(html);
-    let root = ["main", "body"]
-        .iter()
-        .filter_map(|s| Selector::parse(s).ok())
-        .find_map(|sel| doc.select(&sel).next());
+    let root = ["main", "body"].iter().filter_map(|s| Selector::parse(s).ok()).find_map(|sel| doc.select(&sel).next());
     let mut out = String::new();
     if let Some(root) = root {
         walk(root, &mut out, false);
@@ -150,7 +162,28 @@ pub fn html_to_text(html: &str) -> String {
 }
 
 const SKIP: &[&str] = &["script", "style", "nav", "noscript", "template", "head", "button"];
-const BLOCK: &[&str] = &["p", "div", "pre", "li", "h1", "h2", "h3", "h4", "h5", "h6", "tr", "br", "table", "ul", "ol", "blockquote", "section", "dt", "dd", "hr"];
+const BLOCK: &[&str] = &[
+    "p",
+    "div",
+    "pre",
+    "li",
+    "h1",
+    "h2",
+    "h3",
+    "h4",
+    "h5",
+    "h6",
+    "tr",
+    "br",
+    "table",
+    "ul",
+    "ol",
+    "blockquote",
+    "section",
+    "dt",
+    "dd",
+    "hr",
+];
 
 fn walk(el: ElementRef, out: &mut String, in_pre: bool) {
     for child in el.children() {
@@ -179,7 +212,9 @@ fn walk(el: ElementRef, out: &mut String, in_pre: bool) {
                 if SKIP.contains(&name) {
                     continue;
                 }
-                let Some(child_el) = ElementRef::wrap(child) else { continue };
+                let Some(child_el) = ElementRef::wrap(child) else {
+                    continue;
+                };
                 let block = BLOCK.contains(&name);
                 if block && !out.ends_with('\n') && !out.is_empty() {
                     out.push('\n');

@@ -57,7 +57,11 @@ impl Dataset {
             log(&format!("using cached tokenizer and tokens in {}", dir.display()));
             (Tokenizer::load(&tk_path)?, read_tokens(&tok_path)?)
         } else {
-            log(&format!("training a byte-level BPE tokenizer ({vocab_size} tokens) on {} documents, {:.1} MB", docs.len(), chars as f64 / 1e6));
+            log(&format!(
+                "training a byte-level BPE tokenizer ({vocab_size} tokens) on {} documents, {:.1} MB",
+                docs.len(),
+                chars as f64 / 1e6
+            ));
             let tk = Tokenizer::train(docs.iter().map(|d| d.text.as_str()), vocab_size)?;
             log("tokenising the corpus");
             let tokens = encode_documents(&tk, &docs)?;
@@ -75,7 +79,12 @@ impl Dataset {
     pub fn check_context(&self, t: usize) -> Result<()> {
         if self.val.len() < t + 1 || self.train.len() < t + 1 {
             return Err(Error::Corpus {
-                what: format!("the corpus has {} training and {} validation tokens, fewer than one window of {} tokens", self.train.len(), self.val.len(), t + 1),
+                what: format!(
+                    "the corpus has {} training and {} validation tokens, fewer than one window of {} tokens",
+                    self.train.len(),
+                    self.val.len(),
+                    t + 1
+                ),
                 hint: format!("use a larger corpus (at least ~{} tokens) or a shorter context", (t + 1) * VAL_EVERY),
             });
         }
@@ -108,7 +117,10 @@ fn encode_documents(tk: &Tokenizer, docs: &[Document]) -> Result<Vec<u32>> {
 fn read_tokens(path: &Path) -> Result<Vec<u32>> {
     let bytes = std::fs::read(path).map_err(Error::io(path))?;
     if bytes.len() % 4 != 0 {
-        return Err(Error::Corpus { what: format!("{} is truncated", path.display()), hint: "delete the cache directory to rebuild it".into() });
+        return Err(Error::Corpus {
+            what: format!("{} is truncated", path.display()),
+            hint: "delete the cache directory to rebuild it".into(),
+        });
     }
     Ok(bytes.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
 }

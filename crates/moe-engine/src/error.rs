@@ -11,7 +11,9 @@ pub enum Error {
     UnknownPreset { name: String, choices: String },
     #[error("corpus problem: {what}; {hint}")]
     Corpus { what: String, hint: String },
-    #[error("{path}: not valid UTF-8 (first bad byte at offset {offset}); convert it to UTF-8 or leave it out of --data")]
+    #[error(
+        "{path}: not valid UTF-8 (first bad byte at offset {offset}); convert it to UTF-8 or leave it out of --data"
+    )]
     NotUtf8 { path: PathBuf, offset: usize },
     #[error("tokenizer: {what}; {hint}")]
     Tokenizer { what: String, hint: String },

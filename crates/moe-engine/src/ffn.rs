@@ -28,7 +28,16 @@ pub struct MlpActs<'a, T> {
 }
 
 /// y[R,C] = down(silu(x gate^T) * (x up^T)).
-pub fn mlp_forward<T: Float>(y: &mut [T], a: MlpActs<T>, x: &[T], w: MlpWeights<T>, r: usize, c: usize, f: usize, par: bool) {
+pub fn mlp_forward<T: Float>(
+    y: &mut [T],
+    a: MlpActs<T>,
+    x: &[T],
+    w: MlpWeights<T>,
+    r: usize,
+    c: usize,
+    f: usize,
+    par: bool,
+) {
     linear_forward(a.g, x, w.gate, r, c, f, par);
     linear_forward(a.u, x, w.up, r, c, f, par);
     swiglu_forward(a.h, a.g, a.u);

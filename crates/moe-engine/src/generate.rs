@@ -98,14 +98,20 @@ pub fn generate(
         ids.extend(tk.eos_id());
     }
     if ids.is_empty() {
-        return Err(Error::Tokenizer { what: "the prompt is empty and the tokenizer has no end-of-text token".into(), hint: "pass a non-empty --prompt".into() });
+        return Err(Error::Tokenizer {
+            what: "the prompt is empty and the tokenizer has no end-of-text token".into(),
+            hint: "pass a non-empty --prompt".into(),
+        });
     }
     if ids.len() >= ctx {
         ids.drain(..ids.len() + 1 - ctx); // keep the last ctx-1 tokens
     }
     let v = model.cfg.vocab_size;
     if let Some(&bad) = ids.iter().find(|&&t| t as usize >= v) {
-        return Err(Error::Tokenizer { what: format!("token id {bad} is outside the model's vocabulary of {v}"), hint: "use the tokenizer saved with the checkpoint".into() });
+        return Err(Error::Tokenizer {
+            what: format!("token id {bad} is outside the model's vocabulary of {v}"),
+            hint: "use the tokenizer saved with the checkpoint".into(),
+        });
     }
     let mut acts = Acts::new(&model.cfg, 1, ids.len().max(1), ctx);
     let mut cache = KvCache::new(&model.cfg, 1, ctx);

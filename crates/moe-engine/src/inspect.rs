@@ -34,7 +34,8 @@ pub fn sizes(cfg: &ModelConfig, b: usize, t: usize) -> Sizes {
     let d = cfg.head_dim();
     let (hd, gd) = (cfg.num_attention_heads * d, cfg.num_key_value_heads * d);
     let attn = c * hd * 2 + c * gd * 2;
-    let (e, k, fe, fd) = (cfg.num_local_experts, cfg.num_experts_per_tok, cfg.moe_intermediate_size, cfg.intermediate_size);
+    let (e, k, fe, fd) =
+        (cfg.num_local_experts, cfg.num_experts_per_tok, cfg.moe_intermediate_size, cfg.intermediate_size);
     let mut active_mm = c * v; // lm_head
     let mut experts = 0;
     for li in 0..l {
@@ -55,7 +56,8 @@ pub fn sizes(cfg: &ModelConfig, b: usize, t: usize) -> Sizes {
     per_tok += 4 * c + hd * 4 + gd * 4; // backward scratch
     for li in 0..l {
         per_tok += 3 * c + 2 + 2 * hd + 2 * gd;
-        per_tok += if cfg.is_moe_layer(li) { 2 * e + 1 + 2 * k + k * (4 * c + 6 * fe + 1) + 2 * e + 2 * k } else { 3 * fd };
+        per_tok +=
+            if cfg.is_moe_layer(li) { 2 * e + 1 + 2 * k + k * (4 * c + 6 * fe + 1) + 2 * e + 2 * k } else { 3 * fd };
     }
     let att = l * b * cfg.num_attention_heads * t * t;
     let kv = l * 2 * t * gd;
@@ -96,17 +98,50 @@ pub fn report(cfg: &ModelConfig, b: usize, t: usize) -> String {
     let kind = if cfg.num_local_experts == 0 {
         "dense".to_string()
     } else {
-        format!("MoE: {} experts, top-{}, expert width {}, {} of {} layers MoE", cfg.num_local_experts, cfg.num_experts_per_tok, cfg.moe_intermediate_size, cfg.num_moe_layers(), cfg.num_hidden_layers)
+        format!(
+            "MoE: {} experts, top-{}, expert width {}, {} of {} layers MoE",
+            cfg.num_local_experts,
+            cfg.num_experts_per_tok,
+            cfg.moe_intermediate_size,
+            cfg.num_moe_layers(),
+            cfg.num_hidden_layers
+        )
     };
     let mut r = String::new();
     r += &format!("architecture      decoder-only, {kind}\n");
-    r += &format!("shape             vocab {}, width {}, {} layers, {} heads ({} kv), head dim {}, context {}\n", cfg.vocab_size, cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim(), cfg.max_position_embeddings);
+    r += &format!(
+        "shape             vocab {}, width {}, {} layers, {} heads ({} kv), head dim {}, context {}\n",
+        cfg.vocab_size,
+        cfg.hidden_size,
+        cfg.num_hidden_layers,
+        cfg.num_attention_heads,
+        cfg.num_key_value_heads,
+        cfg.head_dim(),
+        cfg.max_position_embeddings
+    );
     if (0..cfg.num_hidden_layers).any(|l| !cfg.is_moe_layer(l)) {
         r += &format!("dense MLP width   {}\n", cfg.intermediate_size);
     }
-    r += &format!("parameters        {} total, {} active per token ({} in experts)\n", count(s.total_params), count(s.active_params), count(s.expert_params));
-    r += &format!("FLOPs per token   {:.1} M forward, {:.1} M training (context {t})\n", s.forward_flops_per_token / 1e6, s.train_flops_per_token / 1e6);
-    r += &format!("memory, inference {} weights (f32) + {} KV cache per sequence of {t}\n", human(s.weight_bytes), human(s.kv_cache_bytes));
-    r += &format!("memory, training  {} weights+grads+AdamW, {} activations for batch {b} x {t}\n", human(s.train_state_bytes), human(s.activation_bytes));
+    r += &format!(
+        "parameters        {} total, {} active per token ({} in experts)\n",
+        count(s.total_params),
+        count(s.active_params),
+        count(s.expert_params)
+    );
+    r += &format!(
+        "FLOPs per token   {:.1} M forward, {:.1} M training (context {t})\n",
+        s.forward_flops_per_token / 1e6,
+        s.train_flops_per_token / 1e6
+    );
+    r += &format!(
+        "memory, inference {} weights (f32) + {} KV cache per sequence of {t}\n",
+        human(s.weight_bytes),
+        human(s.kv_cache_bytes)
+    );
+    r += &format!(
+        "memory, training  {} weights+grads+AdamW, {} activations for batch {b} x {t}\n",
+        human(s.train_state_bytes),
+        human(s.activation_bytes)
+    );
     r
 }

@@ -46,7 +46,11 @@ impl<T: Float> KvCache<T> {
 /// Feed-forward activations of one layer.
 pub enum FfnActs<T> {
     /// g, u, h [N,F]
-    Dense { g: Vec<T>, u: Vec<T>, h: Vec<T> },
+    Dense {
+        g: Vec<T>,
+        u: Vec<T>,
+        h: Vec<T>,
+    },
     Moe(Box<MoeActs<T>>),
 }
 
@@ -183,7 +187,14 @@ impl<T: Float> Model<T> {
 
     fn moe_dims(&self, n: usize) -> MoeDims {
         let c = &self.cfg;
-        MoeDims { n, c: c.hidden_size, e: c.num_local_experts, k: c.num_experts_per_tok, f: c.moe_intermediate_size, norm_topk_prob: c.norm_topk_prob }
+        MoeDims {
+            n,
+            c: c.hidden_size,
+            e: c.num_local_experts,
+            k: c.num_experts_per_tok,
+            f: c.moe_intermediate_size,
+            norm_topk_prob: c.norm_topk_prob,
+        }
     }
 
     /// Runs tokens[B * tq] (B = a.b) at positions pos0.. through the model; logits land in
@@ -217,7 +228,14 @@ impl<T: Float> Model<T> {
             attention_forward(&mut la.attn[..n * hd], &mut la.att, &la.q[..n * hd], &cache.k[l], &cache.v[l], dims);
             linear_forward(&mut la.mid[..n * c], &la.attn[..n * hd], ls.wo.of(p), n, hd, c, true);
             la.mid[..n * c].iter_mut().zip(x).for_each(|(m, &xv)| *m += xv);
-            rmsnorm_forward(&mut la.ln2[..n * c], &mut la.rstd2[..n], &la.mid[..n * c], ls.ln2.of(p), c, cfg.rms_norm_eps);
+            rmsnorm_forward(
+                &mut la.ln2[..n * c],
+                &mut la.rstd2[..n],
+                &la.mid[..n * c],
+                ls.ln2.of(p),
+                c,
+                cfg.rms_norm_eps,
+            );
             match (&ls.ffn, &mut la.ffn) {
                 (FfnSpans::Dense { gate, up, down }, FfnActs::Dense { g, u, h }) => {
                     let f = cfg.intermediate_size;
@@ -226,7 +244,10 @@ impl<T: Float> Model<T> {
                     mlp_forward(out, acts, &la.ln2[..n * c], w, n, c, f, true);
                 }
                 (FfnSpans::Moe { router, gate, up, down }, FfnActs::Moe(m)) => {
-                    let w = MoeWeights { router: router.of(p), experts: ExpertWeights { gate: gate.of(p), up: up.of(p), down: down.of(p) } };
+                    let w = MoeWeights {
+                        router: router.of(p),
+                        experts: ExpertWeights { gate: gate.of(p), up: up.of(p), down: down.of(p) },
+                    };
                     moe_forward(out, &la.ln2[..n * c], w, m, self.moe_dims(n));
                 }
                 _ => unreachable!("activations are built from the same config as the layout"),
@@ -274,7 +295,10 @@ impl<T: Float> Model<T> {
         let coef = self.cfg.router_aux_loss_coef;
         let scale = |g: Vec<f64>| g.into_iter().map(|x| x * coef / lm).collect::<Vec<_>>();
         match self.cfg.aux_loss_scope {
-            BalanceScope::Layer => stats.iter().map(|s| scale(crate::moe::losses::switch_loss_grad(&s.tokens_per_expert, s.tokens))).collect(),
+            BalanceScope::Layer => stats
+                .iter()
+                .map(|s| scale(crate::moe::losses::switch_loss_grad(&s.tokens_per_expert, s.tokens)))
+                .collect(),
             BalanceScope::Global => {
                 // P_global = mean_l P_l, so dL/dP_l = dL/dP_global / L.
                 let (counts, _, rows) = pooled(stats);
@@ -286,7 +310,15 @@ impl<T: Float> Model<T> {
 
     /// Gradients of `loss` (the total) into `gr` (accumulated, layout of the parameters).
     /// `loss` must have run on `a`; the logits are overwritten.
-    pub fn backward(&self, p: &[T], gr: &mut [T], a: &mut Acts<T>, cache: &KvCache<T>, tokens: &[u32], targets: &[u32]) {
+    pub fn backward(
+        &self,
+        p: &[T],
+        gr: &mut [T],
+        a: &mut Acts<T>,
+        cache: &KvCache<T>,
+        tokens: &[u32],
+        targets: &[u32],
+    ) {
         let cfg = &self.cfg;
         let (b, n, c, v, d) = (a.b, a.n, cfg.hidden_size, cfg.vocab_size, cfg.head_dim());
         let t = n / b;
@@ -297,10 +329,28 @@ impl<T: Float> Model<T> {
         let z_scale = if bal.is_empty() { 0.0 } else { cfg.router_z_loss_coef / bal.len() as f64 };
         cross_entropy_backward_inplace(&mut a.logits[..n * v], targets, v, T::from_f64(1.0 / n as f64));
         a.dln[..n * c].fill(T::ZERO);
-        linear_backward(&mut a.dln[..n * c], self.layout.lm_head.of_mut(gr), &a.logits[..n * v], &a.lnf[..n * c], self.layout.lm_head.of(p), n, c, v, true);
+        linear_backward(
+            &mut a.dln[..n * c],
+            self.layout.lm_head.of_mut(gr),
+            &a.logits[..n * v],
+            &a.lnf[..n * c],
+            self.layout.lm_head.of(p),
+            n,
+            c,
+            v,
+            true,
+        );
         a.dres[..n * c].fill(T::ZERO);
         let last = &a.resid[cfg.num_hidden_layers][..n * c];
-        rmsnorm_backward(&mut a.dres[..n * c], self.layout.norm.of_mut(gr), &a.dln[..n * c], last, self.layout.norm.of(p), &a.rstdf[..n], c);
+        rmsnorm_backward(
+            &mut a.dres[..n * c],
+            self.layout.norm.of_mut(gr),
+            &a.dln[..n * c],
+            last,
+            self.layout.norm.of(p),
+            &a.rstdf[..n],
+            c,
+        );
         let mut moe_idx = bal.len();
         for (l, ls) in self.layout.layers.iter().enumerate().rev() {
             let la = &mut a.layers[l];
@@ -315,33 +365,127 @@ impl<T: Float> Model<T> {
                     let [gg, gu, gd] = spans_mut(gr, [*gate, *up, *down]);
                     let grads = MlpGrads { gate: gg, up: gu, down: gd };
                     let scratch = [&mut s0[..n * f], &mut s1[..n * f], &mut s2[..n * f]];
-                    mlp_backward(&mut a.dln[..n * c], grads, &a.dres[..n * c], &la.ln2[..n * c], w, &g[..n * f], &u[..n * f], &h[..n * f], scratch, n, c, f, true);
+                    mlp_backward(
+                        &mut a.dln[..n * c],
+                        grads,
+                        &a.dres[..n * c],
+                        &la.ln2[..n * c],
+                        w,
+                        &g[..n * f],
+                        &u[..n * f],
+                        &h[..n * f],
+                        scratch,
+                        n,
+                        c,
+                        f,
+                        true,
+                    );
                 }
                 (FfnSpans::Moe { router, gate, up, down }, FfnActs::Moe(m)) => {
                     moe_idx -= 1;
-                    let w = MoeWeights { router: router.of(p), experts: ExpertWeights { gate: gate.of(p), up: up.of(p), down: down.of(p) } };
+                    let w = MoeWeights {
+                        router: router.of(p),
+                        experts: ExpertWeights { gate: gate.of(p), up: up.of(p), down: down.of(p) },
+                    };
                     let [gr_r, gg, gu, gd] = spans_mut(gr, [*router, *gate, *up, *down]);
                     let grads = MoeGrads { router: gr_r, experts: ExpertGrads { gate: gg, up: gu, down: gd } };
-                    moe_backward(&mut a.dln[..n * c], grads, &a.dres[..n * c], &la.ln2[..n * c], w, m, self.moe_dims(n), &bal[moe_idx], z_scale);
+                    moe_backward(
+                        &mut a.dln[..n * c],
+                        grads,
+                        &a.dres[..n * c],
+                        &la.ln2[..n * c],
+                        w,
+                        m,
+                        self.moe_dims(n),
+                        &bal[moe_idx],
+                        z_scale,
+                    );
                 }
                 _ => unreachable!("activations are built from the same config as the layout"),
             }
-            rmsnorm_backward(&mut a.dres[..n * c], ls.ln2.of_mut(gr), &a.dln[..n * c], &la.mid[..n * c], ls.ln2.of(p), &la.rstd2[..n], c);
+            rmsnorm_backward(
+                &mut a.dres[..n * c],
+                ls.ln2.of_mut(gr),
+                &a.dln[..n * c],
+                &la.mid[..n * c],
+                ls.ln2.of(p),
+                &la.rstd2[..n],
+                c,
+            );
             // mid = x + o_proj(attn)
             a.dattn[..n * hd].fill(T::ZERO);
-            linear_backward(&mut a.dattn[..n * hd], ls.wo.of_mut(gr), &a.dres[..n * c], &la.attn[..n * hd], ls.wo.of(p), n, hd, c, true);
+            linear_backward(
+                &mut a.dattn[..n * hd],
+                ls.wo.of_mut(gr),
+                &a.dres[..n * c],
+                &la.attn[..n * hd],
+                ls.wo.of(p),
+                n,
+                hd,
+                c,
+                true,
+            );
             a.dq[..n * hd].fill(T::ZERO);
             a.dk[..n * gd].fill(T::ZERO);
             a.dv[..n * gd].fill(T::ZERO);
             let dims = AttnDims::causal(b, t, h, g, d);
-            attention_backward(&mut a.dq[..n * hd], &mut a.dk[..n * gd], &mut a.dv[..n * gd], &mut a.datt, &a.dattn[..n * hd], &la.att, &la.q[..n * hd], &cache.k[l], &cache.v[l], dims);
+            attention_backward(
+                &mut a.dq[..n * hd],
+                &mut a.dk[..n * gd],
+                &mut a.dv[..n * gd],
+                &mut a.datt,
+                &a.dattn[..n * hd],
+                &la.att,
+                &la.q[..n * hd],
+                &cache.k[l],
+                &cache.v[l],
+                dims,
+            );
             rope_backward(&mut a.dq[..n * hd], &self.cos, &self.sin, t, h, d, 0);
             rope_backward(&mut a.dk[..n * gd], &self.cos, &self.sin, t, g, d, 0);
             a.dln[..n * c].fill(T::ZERO);
-            linear_backward(&mut a.dln[..n * c], ls.wq.of_mut(gr), &a.dq[..n * hd], &la.ln1[..n * c], ls.wq.of(p), n, c, hd, true);
-            linear_backward(&mut a.dln[..n * c], ls.wk.of_mut(gr), &a.dk[..n * gd], &la.ln1[..n * c], ls.wk.of(p), n, c, gd, true);
-            linear_backward(&mut a.dln[..n * c], ls.wv.of_mut(gr), &a.dv[..n * gd], &la.ln1[..n * c], ls.wv.of(p), n, c, gd, true);
-            rmsnorm_backward(&mut a.dres[..n * c], ls.ln1.of_mut(gr), &a.dln[..n * c], x, ls.ln1.of(p), &la.rstd1[..n], c);
+            linear_backward(
+                &mut a.dln[..n * c],
+                ls.wq.of_mut(gr),
+                &a.dq[..n * hd],
+                &la.ln1[..n * c],
+                ls.wq.of(p),
+                n,
+                c,
+                hd,
+                true,
+            );
+            linear_backward(
+                &mut a.dln[..n * c],
+                ls.wk.of_mut(gr),
+                &a.dk[..n * gd],
+                &la.ln1[..n * c],
+                ls.wk.of(p),
+                n,
+                c,
+                gd,
+                true,
+            );
+            linear_backward(
+                &mut a.dln[..n * c],
+                ls.wv.of_mut(gr),
+                &a.dv[..n * gd],
+                &la.ln1[..n * c],
+                ls.wv.of(p),
+                n,
+                c,
+                gd,
+                true,
+            );
+            rmsnorm_backward(
+                &mut a.dres[..n * c],
+                ls.ln1.of_mut(gr),
+                &a.dln[..n * c],
+                x,
+                ls.ln1.of(p),
+                &la.rstd1[..n],
+                c,
+            );
         }
         embedding_backward(self.layout.embed.of_mut(gr), &a.dres[..n * c], tokens, c);
     }

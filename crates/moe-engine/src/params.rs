@@ -23,7 +23,7 @@ impl Span {
 }
 
 /// Disjoint mutable views of `spans`, which must be in increasing offset order.
-pub fn spans_mut<'a, T, const M: usize>(buf: &'a mut [T], spans: [Span; M]) -> [&'a mut [T]; M] {
+pub fn spans_mut<T, const M: usize>(buf: &mut [T], spans: [Span; M]) -> [&mut [T]; M] {
     let mut rest = buf;
     let mut base = 0;
     spans.map(|s| {

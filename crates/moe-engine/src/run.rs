@@ -55,14 +55,20 @@ pub fn run(o: &RunOptions, log: &dyn Fn(&str)) -> Result<RunSummary> {
     let metrics_path = o.out_dir.join("metrics.jsonl");
     let resume_ck = if o.resume {
         Some(checkpoint::load(&ck_root).map_err(|e| match e {
-            Error::Checkpoint { what, .. } if !ck_root.join("latest").exists() => {
-                Error::checkpoint(&o.out_dir, format!("nothing to resume ({what})"), "drop --resume to start a new run, or pass the --out of an earlier run")
-            }
+            Error::Checkpoint { what, .. } if !ck_root.join("latest").exists() => Error::checkpoint(
+                &o.out_dir,
+                format!("nothing to resume ({what})"),
+                "drop --resume to start a new run, or pass the --out of an earlier run",
+            ),
             other => other,
         })?)
     } else {
         if ck_root.join("latest").exists() {
-            return Err(Error::checkpoint(&o.out_dir, "already holds a training run", "pass --resume to continue it, or choose another --out"));
+            return Err(Error::checkpoint(
+                &o.out_dir,
+                "already holds a training run",
+                "pass --resume to continue it, or choose another --out",
+            ));
         }
         None
     };
@@ -71,13 +77,24 @@ pub fn run(o: &RunOptions, log: &dyn Fn(&str)) -> Result<RunSummary> {
     let data = Dataset::prepare(&o.source, model_cfg.vocab_size, &o.cache_dir, log)?;
     let data_key = data.cache_dir.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     if data.tokenizer.vocab_size() > model_cfg.vocab_size {
-        return Err(Error::config(format!("the tokenizer has {} tokens, the model only {}", data.tokenizer.vocab_size(), model_cfg.vocab_size), "raise vocab_size"));
+        return Err(Error::config(
+            format!(
+                "the tokenizer has {} tokens, the model only {}",
+                data.tokenizer.vocab_size(),
+                model_cfg.vocab_size
+            ),
+            "raise vocab_size",
+        ));
     }
     let mut tr = match resume_ck {
         Some(ck) => {
             let tr = Trainer::resume(ck, o.steps_override)?;
             if tr.state.data_key != data_key {
-                return Err(Error::checkpoint(&o.out_dir, "was trained on another corpus or tokenizer", "resume with the same --data as the original run"));
+                return Err(Error::checkpoint(
+                    &o.out_dir,
+                    "was trained on another corpus or tokenizer",
+                    "resume with the same --data as the original run",
+                ));
             }
             tr
         }
@@ -95,12 +112,17 @@ pub fn run(o: &RunOptions, log: &dyn Fn(&str)) -> Result<RunSummary> {
         data.val.len(),
         unigram
     ));
-    let tk_json = std::fs::read(data.cache_dir.join("tokenizer.json")).map_err(Error::io(data.cache_dir.join("tokenizer.json")))?;
-    let mut mf = std::fs::OpenOptions::new().create(true).append(true).open(&metrics_path).map_err(Error::io(&metrics_path))?;
+    let tk_json = std::fs::read(data.cache_dir.join("tokenizer.json"))
+        .map_err(Error::io(data.cache_dir.join("tokenizer.json")))?;
+    let mut mf =
+        std::fs::OpenOptions::new().create(true).append(true).open(&metrics_path).map_err(Error::io(&metrics_path))?;
     let mut write_line = |v: serde_json::Value| -> Result<()> { writeln!(mf, "{v}").map_err(Error::io(&metrics_path)) };
     let end = o.stop_after.map_or(tc.steps, |s| s.min(tc.steps));
     let pb = if o.progress { ProgressBar::new(tc.steps) } else { ProgressBar::hidden() };
-    pb.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed_precise}<{eta_precise}]").unwrap_or_else(|_| ProgressStyle::default_bar()));
+    pb.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed_precise}<{eta_precise}]")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
     pb.set_position(tr.state.step);
     let (mut metrics, mut val) = (vec![], vec![]);
     let mut last_ck = None;
@@ -110,12 +132,21 @@ pub fn run(o: &RunOptions, log: &dyn Fn(&str)) -> Result<RunSummary> {
         if s % tc.log_every.max(1) == 0 || s == end {
             write_line(json!({"kind": "train", "m": m}))?;
         }
-        pb.set_message(format!("loss {:.3} lr {:.1e} {:.0} tok/s", m.ce, m.lr, m.tokens_per_s));
+        let status = format!("loss {:.3} lr {:.1e} {:.0} tok/s", m.ce, m.lr, m.tokens_per_s);
+        if pb.is_hidden() && o.progress && s % (10 * tc.log_every.max(1)) == 0 {
+            log(&format!("step {s}/{}: {status}", tc.steps));
+        }
+        pb.set_message(status);
         pb.set_position(s);
         metrics.push(m);
         if (tc.eval_every > 0 && s % tc.eval_every == 0) || s == tc.steps {
             let vl = tr.evaluate(&data.val, tc.eval_batches);
-            pb.println(format!("step {s}: validation loss {vl:.4}"));
+            let msg = format!("step {s}: validation loss {vl:.4}");
+            if pb.is_hidden() {
+                log(&msg);
+            } else {
+                pb.println(msg);
+            }
             write_line(json!({"kind": "val", "step": s, "tokens": tr.state.tokens, "val_loss": vl}))?;
             val.push((s, vl));
         }
@@ -135,7 +166,9 @@ pub fn run(o: &RunOptions, log: &dyn Fn(&str)) -> Result<RunSummary> {
     if finished && o.sample_tokens > 0 {
         let s = Sampling { seed: tc.seed, ..Default::default() };
         let mut text = o.sample_prompt.clone();
-        generate(&tr.model, &tr.params, &data.tokenizer, &o.sample_prompt, o.sample_tokens, &s, &mut |piece| text.push_str(piece))?;
+        generate(&tr.model, &tr.params, &data.tokenizer, &o.sample_prompt, o.sample_tokens, &s, &mut |piece| {
+            text.push_str(piece)
+        })?;
         sample = Some(text);
     }
     Ok(RunSummary { metrics, val, unigram_entropy: unigram, checkpoint, plot, sample, finished })
@@ -147,11 +180,8 @@ fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
         return Ok(());
     }
     let text = std::fs::read_to_string(path).map_err(Error::io(path))?;
-    let kept: String = text
-        .lines()
-        .filter(|l| line_step(l).is_some_and(|s| s <= step))
-        .map(|l| format!("{l}\n"))
-        .collect();
+    let kept: String =
+        text.lines().filter(|l| line_step(l).is_some_and(|s| s <= step)).map(|l| format!("{l}\n")).collect();
     crate::checkpoint::write_atomic(path, kept.as_bytes())
 }
 
@@ -165,7 +195,9 @@ pub fn plot_metrics(metrics: &Path, out: &Path) -> Result<()> {
     let text = std::fs::read_to_string(metrics).map_err(Error::io(metrics))?;
     let (mut tr, mut va) = (vec![], vec![]);
     for line in text.lines() {
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
         match v.get("kind").and_then(|k| k.as_str()) {
             Some("train") => {
                 if let (Some(s), Some(l)) = (v["m"]["step"].as_f64(), v["m"]["ce"].as_f64()) {

@@ -20,7 +20,10 @@ pub struct Tokenizer {
 impl Tokenizer {
     /// Trains a byte-level BPE of `vocab_size` entries (special token included) on `texts`.
     pub fn train<'a>(texts: impl Iterator<Item = &'a str> + Send, vocab_size: usize) -> Result<Self> {
-        let err = |e: Box<dyn std::error::Error + Send + Sync>| Error::Tokenizer { what: e.to_string(), hint: "check the corpus and the vocabulary size".into() };
+        let err = |e: Box<dyn std::error::Error + Send + Sync>| Error::Tokenizer {
+            what: e.to_string(),
+            hint: "check the corpus and the vocabulary size".into(),
+        };
         let alphabet = ByteLevel::alphabet().into_iter().collect();
         let mut trainer = BpeTrainerBuilder::new()
             .vocab_size(vocab_size)
@@ -54,7 +57,10 @@ impl Tokenizer {
 
     /// Writes tokenizer.json atomically.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let json = self.inner.to_string(false).map_err(|e| Error::Tokenizer { what: e.to_string(), hint: "report this as a bug".into() })?;
+        let json = self
+            .inner
+            .to_string(false)
+            .map_err(|e| Error::Tokenizer { what: e.to_string(), hint: "report this as a bug".into() })?;
         crate::checkpoint::write_atomic(path, json.as_bytes())
     }
 
@@ -67,11 +73,16 @@ impl Tokenizer {
     }
 
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self.inner.encode(text, false).map_err(|e| Error::Tokenizer { what: e.to_string(), hint: "check the input text".into() })?;
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| Error::Tokenizer { what: e.to_string(), hint: "check the input text".into() })?;
         Ok(enc.get_ids().to_vec())
     }
 
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        self.inner.decode(ids, false).map_err(|e| Error::Tokenizer { what: e.to_string(), hint: "check the token ids".into() })
+        self.inner
+            .decode(ids, false)
+            .map_err(|e| Error::Tokenizer { what: e.to_string(), hint: "check the token ids".into() })
     }
 }

@@ -76,15 +76,28 @@ impl TrainConfig {
     pub fn validate(&self, model: &ModelConfig) -> Result<()> {
         let bad = |what: String, hint: &str| Err(Error::config(what, hint));
         if self.steps == 0 || self.batch_size == 0 || self.grad_accum == 0 || self.seq_len == 0 {
-            return bad("steps, batch size, grad accumulation and sequence length must be positive".into(), "pass positive values");
+            return bad(
+                "steps, batch size, grad accumulation and sequence length must be positive".into(),
+                "pass positive values",
+            );
         }
         if self.seq_len > model.max_position_embeddings {
-            return bad(format!("--seq-len {} exceeds the model context {}", self.seq_len, model.max_position_embeddings), "lower --seq-len or raise max_position_embeddings");
+            return bad(
+                format!("--seq-len {} exceeds the model context {}", self.seq_len, model.max_position_embeddings),
+                "lower --seq-len or raise max_position_embeddings",
+            );
         }
-        if !(self.lr > 0.0 && self.lr.is_finite()) || !(0.0..=1.0).contains(&self.min_lr_ratio) {
-            return bad(format!("learning rate {} / min ratio {}", self.lr, self.min_lr_ratio), "use lr > 0 and 0 <= min_lr_ratio <= 1");
+        if !(self.lr > 0.0 && self.lr.is_finite() && (0.0..=1.0).contains(&self.min_lr_ratio)) {
+            return bad(
+                format!("learning rate {} / min ratio {}", self.lr, self.min_lr_ratio),
+                "use lr > 0 and 0 <= min_lr_ratio <= 1",
+            );
         }
-        if !(0.0..1.0).contains(&self.beta1) || !(0.0..1.0).contains(&self.beta2) || self.grad_clip < 0.0 || self.weight_decay < 0.0 {
+        if !(0.0..1.0).contains(&self.beta1)
+            || !(0.0..1.0).contains(&self.beta2)
+            || self.grad_clip < 0.0
+            || self.weight_decay < 0.0
+        {
             return bad("AdamW betas must be in [0, 1), clip and weight decay >= 0".into(), "fix the optimizer flags");
         }
         Ok(())
@@ -143,7 +156,11 @@ pub struct Trainer {
     cache: KvCache<f32>,
     x: Vec<u32>,
     y: Vec<u32>,
+    /// Partial sums of squared gradients, one per NORM_CHUNK.
+    norm_parts: Vec<f64>,
 }
+
+const NORM_CHUNK: usize = 1 << 16;
 
 impl Trainer {
     pub fn new(cfg: ModelConfig, train: TrainConfig, data_key: String) -> Result<Self> {
@@ -156,9 +173,17 @@ impl Trainer {
 
     /// Continues from a checkpoint that holds optimizer moments and training state.
     pub fn resume(ck: Checkpoint, steps_override: Option<u64>) -> Result<Self> {
-        let missing = |what: &str| Error::checkpoint(&ck.dir, format!("no {what} saved"), "resume needs a checkpoint written during `moe train`");
+        let missing = |what: &str| {
+            Error::checkpoint(
+                &ck.dir,
+                format!("no {what} saved"),
+                "resume needs a checkpoint written during `moe train`",
+            )
+        };
         let state_json = ck.state.clone().ok_or_else(|| missing("training state (state.json)"))?;
-        let mut state: TrainState = serde_json::from_value(state_json).map_err(|e| Error::checkpoint(&ck.dir, format!("invalid state.json ({e})"), "use an earlier checkpoint"))?;
+        let mut state: TrainState = serde_json::from_value(state_json).map_err(|e| {
+            Error::checkpoint(&ck.dir, format!("invalid state.json ({e})"), "use an earlier checkpoint")
+        })?;
         let moments = ck.moments.ok_or_else(|| missing("optimizer moments (optimizer.safetensors)"))?;
         if let Some(s) = steps_override {
             state.train.steps = s;
@@ -178,6 +203,7 @@ impl Trainer {
             x: vec![0; b * t],
             y: vec![0; b * t],
             grads: vec![0.0; p],
+            norm_parts: vec![0.0; p.div_ceil(NORM_CHUNK)],
             model,
             params,
             m,
@@ -215,7 +241,11 @@ impl Trainer {
             met.z += parts.z / ga;
         }
         let scale = 1.0 / tc.grad_accum as f64;
-        let norm = self.grads.par_iter().map(|&g| g as f64 * g as f64).sum::<f64>().sqrt() * scale;
+        // Fixed-size chunks summed in order: the norm is bitwise reproducible (exact resume).
+        self.norm_parts.par_iter_mut().zip(self.grads.par_chunks(NORM_CHUNK)).for_each(|(part, g)| {
+            *part = g.iter().map(|&x| x as f64 * x as f64).sum();
+        });
+        let norm = self.norm_parts.iter().sum::<f64>().sqrt() * scale;
         met.grad_norm = norm;
         let clip = if tc.grad_clip > 0.0 && norm > tc.grad_clip { tc.grad_clip / norm } else { 1.0 };
         let s = (scale * clip) as f32;
@@ -227,7 +257,15 @@ impl Trainer {
         self.state.step += 1;
         for tsr in &self.model.layout.tensors {
             let sp = tsr.span;
-            adamw_update(sp.of_mut(&mut self.params), sp.of(&self.grads), sp.of_mut(&mut self.m), sp.of_mut(&mut self.v), &h, self.state.step, tsr.decay);
+            adamw_update(
+                sp.of_mut(&mut self.params),
+                sp.of(&self.grads),
+                sp.of_mut(&mut self.m),
+                sp.of_mut(&mut self.v),
+                &h,
+                self.state.step,
+                tsr.decay,
+            );
         }
         let tokens = (b * t * tc.grad_accum) as u64;
         self.state.tokens += tokens;
@@ -252,7 +290,8 @@ impl Trainer {
 
     /// Writes a checkpoint `step-NNNNNNN` under `root`.
     pub fn save(&self, root: &Path, tokenizer_json: Option<&[u8]>) -> Result<PathBuf> {
-        let state = serde_json::to_value(&self.state).map_err(|e| Error::checkpoint(root, e.to_string(), "report this as a bug"))?;
+        let state = serde_json::to_value(&self.state)
+            .map_err(|e| Error::checkpoint(root, e.to_string(), "report this as a bug"))?;
         let req = SaveRequest {
             config: &self.model.cfg,
             layout: &self.model.layout,

@@ -57,7 +57,14 @@ fn check_model(cfg: ModelConfig, seed: u64) {
 }
 
 fn mixed_config(scope: BalanceScope) -> ModelConfig {
-    ModelConfig { num_hidden_layers: 3, first_k_dense_replace: 1, aux_loss_scope: scope, router_aux_loss_coef: 0.1, router_z_loss_coef: 0.05, ..ModelConfig::tiny() }
+    ModelConfig {
+        num_hidden_layers: 3,
+        first_k_dense_replace: 1,
+        aux_loss_scope: scope,
+        router_aux_loss_coef: 0.1,
+        router_z_loss_coef: 0.05,
+        ..ModelConfig::tiny()
+    }
 }
 
 #[test]

@@ -33,7 +33,13 @@ impl Case {
             down: randn(&mut rng, e * c * f, 0.5),
         }
     }
-    fn weights<'a>(&'a self, router: &'a [f64], gate: &'a [f64], up: &'a [f64], down: &'a [f64]) -> MoeWeights<'a, f64> {
+    fn weights<'a>(
+        &'a self,
+        router: &'a [f64],
+        gate: &'a [f64],
+        up: &'a [f64],
+        down: &'a [f64],
+    ) -> MoeWeights<'a, f64> {
         MoeWeights { router, experts: ExpertWeights { gate, up, down } }
     }
     fn acts(&self) -> MoeActs<f64> {
@@ -77,7 +83,8 @@ fn gradient_check(seed: u64, n: usize, c: usize, e: usize, k: usize, f: usize, n
     moe_forward(&mut out, &cs.x, w, &mut a, cs.d);
     let dmp: Vec<f64> = switch_loss_grad(&a.stats.tokens_per_expert, n).iter().map(|g| g * AUX).collect();
     let mut dx = vec![0.0; n * c];
-    let (mut dr, mut dg, mut du, mut dd) = (vec![0.0; e * c], vec![0.0; e * f * c], vec![0.0; e * f * c], vec![0.0; e * c * f]);
+    let (mut dr, mut dg, mut du, mut dd) =
+        (vec![0.0; e * c], vec![0.0; e * f * c], vec![0.0; e * f * c], vec![0.0; e * c * f]);
     let grads = MoeGrads { router: &mut dr, experts: ExpertGrads { gate: &mut dg, up: &mut du, down: &mut dd } };
     moe_backward(&mut dx, grads, &r, &cs.x, w, &mut a, cs.d, &dmp, Z);
     check("dx", &cs.x, &dx, |x| loss(&cs, x, &cs.router, &cs.gate, &cs.up, &cs.down, &r));
@@ -139,7 +146,11 @@ fn grouped_dispatch_equals_naive_per_expert_loop() {
             for &i in chosen {
                 let (fc, cf) = (f * c, c * f);
                 let (mut g, mut u, mut h, mut y) = (vec![0.0; f], vec![0.0; f], vec![0.0; f], vec![0.0; c]);
-                let w = MlpWeights { gate: &cs.gate[i * fc..][..fc], up: &cs.up[i * fc..][..fc], down: &cs.down[i * cf..][..cf] };
+                let w = MlpWeights {
+                    gate: &cs.gate[i * fc..][..fc],
+                    up: &cs.up[i * fc..][..fc],
+                    down: &cs.down[i * cf..][..cf],
+                };
                 mlp_forward(&mut y, MlpActs { g: &mut g, u: &mut u, h: &mut h }, xr, w, 1, c, f, false);
                 let wt = if norm { p[i] / s } else { p[i] };
                 want.iter_mut().zip(&y).for_each(|(o, v)| *o += wt * v);

@@ -23,16 +23,15 @@ pub fn adamw_update(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], h: &
     let inv_bc2_sqrt = (1.0 / bc2.sqrt()) as f32;
     let eps = h.eps as f32;
     let shrink = if decay { (1.0 - h.lr * h.weight_decay) as f32 } else { 1.0 };
-    p.par_chunks_mut(8192)
-        .zip(g.par_chunks(8192))
-        .zip(m.par_chunks_mut(8192).zip(v.par_chunks_mut(8192)))
-        .for_each(|((p, g), (m, v))| {
+    p.par_chunks_mut(8192).zip(g.par_chunks(8192)).zip(m.par_chunks_mut(8192).zip(v.par_chunks_mut(8192))).for_each(
+        |((p, g), (m, v))| {
             for i in 0..p.len() {
                 m[i] = b1 * m[i] + (1.0 - b1) * g[i];
                 v[i] = b2 * v[i] + (1.0 - b2) * g[i] * g[i];
                 p[i] = p[i] * shrink - lr_t * m[i] / (v[i].sqrt() * inv_bc2_sqrt + eps);
             }
-        });
+        },
+    );
 }
 
 /// Naive twin: the textbook formula, one element at a time, in f64.

@@ -44,7 +44,9 @@ fn view<T>(data: &[T], off: usize, rows: usize, cols: usize, rs: usize) -> Mat<'
 pub fn attention_forward<T: Float>(out: &mut [T], att: &mut [T], q: &[T], k: &[T], v: &[T], s: AttnDims) {
     let scale = T::from_f64(1.0 / (s.d as f64).sqrt());
     assert!(out.len() >= s.b * s.tq * s.h * s.d && att.len() >= s.b * s.h * s.tq * s.tk);
-    assert!(q.len() >= s.b * s.tq * s.h * s.d && k.len() >= s.b * s.tcap * s.g * s.d && v.len() >= s.b * s.tcap * s.g * s.d);
+    assert!(
+        q.len() >= s.b * s.tq * s.h * s.d && k.len() >= s.b * s.tcap * s.g * s.d && v.len() >= s.b * s.tcap * s.g * s.d
+    );
     let (po, pa) = (SendPtr(out.as_mut_ptr()), SendPtr(att.as_mut_ptr()));
     let (hd, gd) = (s.h * s.d, s.g * s.d);
     (0..s.b * s.h).into_par_iter().for_each(|bh| {
@@ -99,7 +101,12 @@ pub fn attention_backward<T: Float>(
 ) {
     assert!(s.tq == s.tk && s.tk == s.tcap, "backward needs the training shape");
     let (t, hd, gd) = (s.tq, s.h * s.d, s.g * s.d);
-    assert!(scratch.len() >= s.b * s.g * t * t && dq.len() >= s.b * t * hd && dk.len() >= s.b * t * gd && dv.len() >= s.b * t * gd);
+    assert!(
+        scratch.len() >= s.b * s.g * t * t
+            && dq.len() >= s.b * t * hd
+            && dk.len() >= s.b * t * gd
+            && dv.len() >= s.b * t * gd
+    );
     let scale = T::from_f64(1.0 / (s.d as f64).sqrt());
     let (pq, pk, pv) = (SendPtr(dq.as_mut_ptr()), SendPtr(dk.as_mut_ptr()), SendPtr(dv.as_mut_ptr()));
     let hpg = s.h / s.g;
@@ -128,7 +135,8 @@ pub fn attention_backward<T: Float>(
             let ds = Mat { data: &*dp, rows: t, cols: t, rs: t, cs: 1 };
             unsafe {
                 matmul_raw(pq.at(s.q_off(b, 0, h)), hd, ds, kv, true, false); // dQ += dS K
-                matmul_raw(pk.at(s.k_off(b, 0, g)), gd, ds.t(), qv, true, false); // dK += dS^T Q
+                matmul_raw(pk.at(s.k_off(b, 0, g)), gd, ds.t(), qv, true, false);
+                // dK += dS^T Q
             }
         }
     });

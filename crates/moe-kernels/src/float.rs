@@ -126,15 +126,11 @@ macro_rules! impl_float {
                 rhs_rs: isize,
                 threads: usize,
             ) {
-                let par = if threads > 1 {
-                    gemm::Parallelism::Rayon(threads)
-                } else {
-                    gemm::Parallelism::None
-                };
+                let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
                 // gemm computes dst = alpha*dst + beta*lhs@rhs; alpha is read only if read_dst.
                 gemm::gemm(
-                    m, n, k, dst, dst_cs, dst_rs, accumulate, lhs, lhs_cs, lhs_rs, rhs, rhs_cs,
-                    rhs_rs, 1.0, 1.0, false, false, false, par,
+                    m, n, k, dst, dst_cs, dst_rs, accumulate, lhs, lhs_cs, lhs_rs, rhs, rhs_cs, rhs_rs, 1.0, 1.0,
+                    false, false, false, par,
                 );
             }
         }

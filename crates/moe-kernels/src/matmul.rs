@@ -102,7 +102,22 @@ pub unsafe fn matmul_raw<T: Float>(dst: *mut T, dst_rs: usize, a: Mat<T>, b: Mat
         return;
     }
     let threads = if parallel { rayon::current_num_threads() } else { 1 };
-    T::gemm_raw(m, n, k, dst, 1, dst_rs as isize, accumulate, a.data.as_ptr(), a.cs as isize, a.rs as isize, b.data.as_ptr(), b.cs as isize, b.rs as isize, threads);
+    T::gemm_raw(
+        m,
+        n,
+        k,
+        dst,
+        1,
+        dst_rs as isize,
+        accumulate,
+        a.data.as_ptr(),
+        a.cs as isize,
+        a.rs as isize,
+        b.data.as_ptr(),
+        b.cs as isize,
+        b.rs as isize,
+        threads,
+    );
 }
 
 /// Naive twin of [`matmul`].

@@ -7,34 +7,29 @@ use rayon::prelude::*;
 pub fn rmsnorm_forward<T: Float>(y: &mut [T], rstd: &mut [T], x: &[T], w: &[T], c: usize, eps: f64) {
     let eps = T::from_f64(eps);
     let inv_c = T::from_f64(1.0 / c as f64);
-    y.par_chunks_mut(c)
-        .zip(rstd.par_iter_mut())
-        .zip(x.par_chunks(c))
-        .for_each(|((yr, rs), xr)| {
-            let ms: T = xr.iter().map(|&v| v * v).sum::<T>() * inv_c;
-            let r = T::ONE / (ms + eps).sqrt();
-            *rs = r;
-            for ((yv, &xv), &wv) in yr.iter_mut().zip(xr).zip(w) {
-                *yv = xv * r * wv;
-            }
-        });
+    y.par_chunks_mut(c).zip(rstd.par_iter_mut()).zip(x.par_chunks(c)).for_each(|((yr, rs), xr)| {
+        let ms: T = xr.iter().map(|&v| v * v).sum::<T>() * inv_c;
+        let r = T::ONE / (ms + eps).sqrt();
+        *rs = r;
+        for ((yv, &xv), &wv) in yr.iter_mut().zip(xr).zip(w) {
+            *yv = xv * r * wv;
+        }
+    });
 }
 
 /// dx[N,C] += dL/dx; dw[C] += sum_n dy * x * rstd.
 pub fn rmsnorm_backward<T: Float>(dx: &mut [T], dw: &mut [T], dy: &[T], x: &[T], w: &[T], rstd: &[T], c: usize) {
     let inv_c = T::from_f64(1.0 / c as f64);
-    dx.par_chunks_mut(c)
-        .zip(dy.par_chunks(c))
-        .zip(x.par_chunks(c))
-        .zip(rstd.par_iter())
-        .for_each(|(((dxr, dyr), xr), &r)| {
+    dx.par_chunks_mut(c).zip(dy.par_chunks(c)).zip(x.par_chunks(c)).zip(rstd.par_iter()).for_each(
+        |(((dxr, dyr), xr), &r)| {
             // g = dy*w; dx = r*g - x * r^3 * mean(g*x)
             let dot: T = dyr.iter().zip(w).zip(xr).map(|((&d, &wv), &xv)| d * wv * xv).sum();
             let coef = r * r * r * dot * inv_c;
             for (((dxv, &d), &wv), &xv) in dxr.iter_mut().zip(dyr).zip(w).zip(xr) {
                 *dxv += r * d * wv - coef * xv;
             }
-        });
+        },
+    );
     // Weight gradient: reduce over rows (serial over rows, vectorised over C).
     for ((dyr, xr), &r) in dy.chunks(c).zip(x.chunks(c)).zip(rstd) {
         for ((dwv, &d), &xv) in dw.iter_mut().zip(dyr).zip(xr) {

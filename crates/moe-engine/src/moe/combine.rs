@@ -20,7 +20,16 @@ pub fn combine_forward<T: Float>(out: &mut [T], ys: &[T], topk_w: &[T], rt: &Rou
 }
 
 /// dys[R,C] = w * dout[token] (overwritten); dtopk_w[N,K] = dout[n] . ys[row] (overwritten).
-pub fn combine_backward<T: Float>(dys: &mut [T], dtopk_w: &mut [T], dout: &[T], ys: &[T], topk_w: &[T], rt: &Routing, k: usize, c: usize) {
+pub fn combine_backward<T: Float>(
+    dys: &mut [T],
+    dtopk_w: &mut [T],
+    dout: &[T],
+    ys: &[T],
+    topk_w: &[T],
+    rt: &Routing,
+    k: usize,
+    c: usize,
+) {
     let r = rt.indices.len().min(topk_w.len());
     dys[..r * c].par_chunks_mut(c).zip(rt.indices[..r].par_iter()).for_each(|(d, &a)| {
         let n = a as usize / k;

@@ -16,7 +16,11 @@ pub struct ExpertWeights<'a, T> {
 
 impl<'a, T> ExpertWeights<'a, T> {
     fn expert(&self, i: usize, fc: usize) -> MlpWeights<'a, T> {
-        MlpWeights { gate: &self.gate[i * fc..(i + 1) * fc], up: &self.up[i * fc..(i + 1) * fc], down: &self.down[i * fc..(i + 1) * fc] }
+        MlpWeights {
+            gate: &self.gate[i * fc..(i + 1) * fc],
+            up: &self.up[i * fc..(i + 1) * fc],
+            down: &self.down[i * fc..(i + 1) * fc],
+        }
     }
 }
 
@@ -29,7 +33,17 @@ pub struct ExpertGrads<'a, T> {
 
 /// ys[R,C] = expert_e(xs[R,C]) bin by bin; g, u, h [R,F] saved.
 #[allow(clippy::too_many_arguments)]
-pub fn experts_forward<T: Float>(ys: &mut [T], g: &mut [T], u: &mut [T], h: &mut [T], xs: &[T], w: ExpertWeights<T>, rt: &Routing, c: usize, f: usize) {
+pub fn experts_forward<T: Float>(
+    ys: &mut [T],
+    g: &mut [T],
+    u: &mut [T],
+    h: &mut [T],
+    xs: &[T],
+    w: ExpertWeights<T>,
+    rt: &Routing,
+    c: usize,
+    f: usize,
+) {
     for (i, bin) in rt.bins.windows(2).enumerate() {
         let (lo, hi) = (bin[0], bin[1]);
         if lo == hi {
@@ -66,7 +80,11 @@ pub fn experts_backward<T: Float>(
             continue;
         }
         let (rf, rc) = (lo * f..hi * f, lo * c..hi * c);
-        let grads = MlpGrads { gate: &mut gw.gate[i * fc..(i + 1) * fc], up: &mut gw.up[i * fc..(i + 1) * fc], down: &mut gw.down[i * fc..(i + 1) * fc] };
+        let grads = MlpGrads {
+            gate: &mut gw.gate[i * fc..(i + 1) * fc],
+            up: &mut gw.up[i * fc..(i + 1) * fc],
+            down: &mut gw.down[i * fc..(i + 1) * fc],
+        };
         let scratch = [&mut dh[rf.clone()], &mut dg[rf.clone()], &mut du[rf.clone()]];
         mlp_backward(
             &mut dxs[rc.clone()],

@@ -34,7 +34,16 @@ impl<T: Float> RouterActs<T> {
 }
 
 /// x[N,C], wr[E,C] -> acts (first n rows).
-pub fn router_forward<T: Float>(a: &mut RouterActs<T>, x: &[T], wr: &[T], n: usize, c: usize, e: usize, k: usize, norm_topk: bool) {
+pub fn router_forward<T: Float>(
+    a: &mut RouterActs<T>,
+    x: &[T],
+    wr: &[T],
+    n: usize,
+    c: usize,
+    e: usize,
+    k: usize,
+    norm_topk: bool,
+) {
     linear_forward(&mut a.logits[..n * e], x, wr, n, c, e, true);
     a.probs[..n * e]
         .par_chunks_mut(e)

@@ -1,0 +1,145 @@
+//! Bad input gets a one-line error that names the problem and the fix, never a panic, and a
+//! broken or interrupted checkpoint never loads as valid.
+
+mod common;
+use common::{options, tiny_model, write_corpus};
+use moe_engine::checkpoint;
+use moe_engine::config::ModelConfig;
+use moe_engine::corpus::{self, Source};
+use moe_engine::run::run;
+use moe_engine::Error;
+use std::path::Path;
+
+fn one_line(e: &Error) -> String {
+    let msg = e.to_string();
+    assert!(!msg.contains('\n'), "error spans several lines: {msg}");
+    msg
+}
+
+fn quiet(_: &str) {}
+
+#[test]
+fn missing_empty_and_non_utf8_corpora() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = corpus::load(&Source::Path(dir.path().join("nope.txt"))).unwrap_err();
+    assert!(one_line(&e).contains("does not exist"), "{e}");
+    let empty = dir.path().join("empty.txt");
+    std::fs::write(&empty, "  \n").unwrap();
+    let e = corpus::load(&Source::Path(empty)).unwrap_err();
+    assert!(one_line(&e).contains("holds no text") && e.to_string().contains("--data"), "{e}");
+    let bin = dir.path().join("bin.txt");
+    std::fs::write(&bin, b"hello \xff\xfe world").unwrap();
+    let e = corpus::load(&Source::Path(bin)).unwrap_err();
+    let msg = one_line(&e);
+    assert!(msg.contains("bin.txt") && msg.contains("UTF-8") && msg.contains("offset 6"), "{msg}");
+    let empty_dir = dir.path().join("d");
+    std::fs::create_dir(&empty_dir).unwrap();
+    assert!(one_line(&corpus::load(&Source::Path(empty_dir)).unwrap_err()).contains("no files"));
+}
+
+#[test]
+fn corpus_too_small_for_the_context() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = dir.path().join("small.txt");
+    std::fs::write(&small, "a tiny corpus of a few words only.\n").unwrap();
+    let mut o = options(dir.path(), &small, "run", 4);
+    o.train.seq_len = 16;
+    let e = run(&o, &quiet).unwrap_err();
+    assert!(one_line(&e).contains("fewer than one window"), "{e}");
+}
+
+#[test]
+fn unknown_preset_and_bad_configs() {
+    let e = ModelConfig::preset("gigantic").unwrap_err();
+    let msg = one_line(&e);
+    assert!(msg.contains("gigantic") && msg.contains("bench-moe8x2"), "{msg}");
+    let bad = ModelConfig { num_experts_per_tok: 5, ..ModelConfig::tiny() };
+    assert!(one_line(&bad.validate().unwrap_err()).contains("top-k"));
+    let bad = ModelConfig { num_attention_heads: 3, ..ModelConfig::tiny() };
+    assert!(one_line(&bad.validate().unwrap_err()).contains("divisible"));
+    let bad = ModelConfig { router_aux_loss_coef: -1.0, ..ModelConfig::tiny() };
+    assert!(one_line(&bad.validate().unwrap_err()).contains("router_aux_loss_coef"));
+}
+
+/// Trains 4 steps and returns the run directory.
+fn trained(dir: &Path) -> std::path::PathBuf {
+    let corpus = write_corpus(dir);
+    let o = options(dir, &corpus, "run", 4);
+    run(&o, &quiet).unwrap();
+    o.out_dir
+}
+
+#[test]
+fn corrupt_truncated_and_mismatched_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = trained(dir.path());
+    let ck = checkpoint::resolve(&run_dir).unwrap();
+    assert!(checkpoint::load(&ck).is_ok());
+    let weights = ck.join("model.safetensors");
+    let good = std::fs::read(&weights).unwrap();
+
+    std::fs::write(&weights, &good[..good.len() / 2]).unwrap();
+    let msg = one_line(&checkpoint::load(&ck).err().unwrap());
+    assert!(msg.contains("model.safetensors") && msg.contains("corrupt or truncated"), "{msg}");
+
+    std::fs::write(&weights, b"garbage").unwrap();
+    assert!(one_line(&checkpoint::load(&ck).err().unwrap()).contains("not a valid safetensors"));
+    std::fs::write(&weights, &good).unwrap();
+
+    // Config and weights that do not belong together.
+    let cfg_path = ck.join("config.json");
+    let good_cfg = std::fs::read_to_string(&cfg_path).unwrap();
+    let other = ModelConfig { moe_intermediate_size: 8, ..tiny_model() };
+    std::fs::write(&cfg_path, serde_json::to_string(&other).unwrap()).unwrap();
+    let msg = one_line(&checkpoint::load(&ck).err().unwrap());
+    assert!(
+        msg.contains("mlp.experts.gate_proj") && msg.contains("[4, 8, 16]") && msg.contains("[4, 12, 16]"),
+        "{msg}"
+    );
+    std::fs::write(&cfg_path, "{ not json").unwrap();
+    assert!(one_line(&checkpoint::load(&ck).err().unwrap()).contains("invalid config"));
+    std::fs::write(&cfg_path, good_cfg).unwrap();
+    assert!(checkpoint::load(&ck).is_ok());
+
+    let msg = one_line(&checkpoint::load(&dir.path().join("nowhere")).err().unwrap());
+    assert!(msg.contains("no checkpoint here"), "{msg}");
+}
+
+#[test]
+fn interrupted_checkpoint_write_leaves_the_previous_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = trained(dir.path());
+    let root = run_dir.join("checkpoints");
+    let before = checkpoint::resolve(&run_dir).unwrap();
+    // A writer killed mid-way leaves only its temporary directory behind.
+    let tmp = root.join(".step-0000008.tmp-4242");
+    std::fs::create_dir_all(&tmp).unwrap();
+    std::fs::write(tmp.join("model.safetensors"), b"partial").unwrap();
+    assert_eq!(checkpoint::resolve(&run_dir).unwrap(), before);
+    let ck = checkpoint::load(&run_dir).unwrap();
+    assert_eq!(ck.dir, before);
+    // And `latest` naming a checkpoint that never appeared is an error, not a panic.
+    std::fs::write(root.join("latest"), "step-0000008").unwrap();
+    assert!(one_line(&checkpoint::load(&run_dir).err().unwrap()).contains("step-0000008"));
+}
+
+#[test]
+fn refuses_to_overwrite_or_resume_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = write_corpus(dir.path());
+    let o = options(dir.path(), &corpus, "run", 4);
+    run(&o, &quiet).unwrap();
+    let msg = one_line(&run(&o, &quiet).unwrap_err());
+    assert!(msg.contains("already holds a training run") && msg.contains("--resume"), "{msg}");
+    let mut fresh = options(dir.path(), &corpus, "empty", 4);
+    fresh.resume = true;
+    let msg = one_line(&run(&fresh, &quiet).unwrap_err());
+    assert!(msg.contains("nothing to resume"), "{msg}");
+    // Resuming on another corpus is refused.
+    let other = dir.path().join("other.txt");
+    std::fs::write(&other, std::fs::read_to_string(&corpus).unwrap().replace("expert", "worker")).unwrap();
+    let mut wrong = options(dir.path(), &other, "run", 8);
+    wrong.resume = true;
+    let msg = one_line(&run(&wrong, &quiet).unwrap_err());
+    assert!(msg.contains("another corpus"), "{msg}");
+}
