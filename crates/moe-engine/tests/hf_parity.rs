@@ -1,0 +1,90 @@
+//! Parity with Hugging Face transformers: tiny random MixtralForCausalLM and LlamaForCausalLM
+//! written by `scripts/hf_fixtures.py` (weights, inputs, and transformers' logits, loss and
+//! every parameter's gradient, float64). Our model, in f32 and in f64, must match logits, loss
+//! and all gradients to 1e-4 relative (max abs error over a tensor / max abs of the reference).
+//!
+//! Balancing-loss normalisation: transformers' `load_balancing_loss_func` concatenates the router
+//! logits of all layers, takes f_e = (top-k assignments to e) / rows (so f sums to k) and P_e = mean
+//! softmax probability, and returns E * sum_e f_e P_e: one loss pooled over layers. Ours with
+//! `aux_loss_scope: global` is the same formula (`moe::losses`, `Model::aux_losses`); `layer`
+//! would instead average per-layer losses. The fixture's loss is
+//! cross_entropy + router_aux_loss_coef * aux, and Mixtral has no z-loss (coefficient 0 here).
+
+use moe_engine::checkpoint;
+use moe_engine::model::{Acts, KvCache, Model};
+use moe_kernels::Float;
+use safetensors::SafeTensors;
+use std::path::PathBuf;
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf").join(name)
+}
+
+struct Reference {
+    bytes: Vec<u8>,
+}
+
+impl Reference {
+    fn load(name: &str) -> Self {
+        Reference { bytes: std::fs::read(fixture(name).join("reference.safetensors")).unwrap() }
+    }
+    fn f32s(&self, key: &str) -> Vec<f64> {
+        let st = SafeTensors::deserialize(&self.bytes).unwrap();
+        let t = st.tensor(key).unwrap_or_else(|_| panic!("reference has no {key}"));
+        t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64).collect()
+    }
+    fn ids(&self, key: &str) -> Vec<u32> {
+        let st = SafeTensors::deserialize(&self.bytes).unwrap();
+        let t = st.tensor(key).unwrap();
+        t.data().chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap()) as u32).collect()
+    }
+}
+
+/// max |a - b| / max |b| over a tensor.
+fn rel_err<T: Float>(got: &[T], want: &[f64]) -> f64 {
+    assert_eq!(got.len(), want.len());
+    let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-30);
+    got.iter().zip(want).map(|(a, b)| (a.to_f64() - b).abs()).fold(0.0, f64::max) / scale
+}
+
+fn check<T: Float>(name: &str) {
+    let ck = checkpoint::load(&fixture(name)).unwrap();
+    let r = Reference::load(name);
+    let (x, y) = (r.ids("input_ids"), r.ids("targets"));
+    let (b, t) = (2, x.len() / 2);
+    let m = Model::<T>::new(ck.config.clone()).unwrap();
+    let p: Vec<T> = ck.params.iter().map(|&v| T::from_f64(v as f64)).collect();
+    let mut a = Acts::new(&m.cfg, b, t, t);
+    let mut kv = KvCache::new(&m.cfg, b, t);
+    m.forward(&p, &mut a, &mut kv, &x, 0);
+    let v = m.cfg.vocab_size;
+    let e = rel_err(&a.logits[..b * t * v], &r.f32s("logits"));
+    assert!(e < 1e-4, "{name}: logits differ by {e:e}");
+    let parts = m.loss(&mut a, &y);
+    for (what, got) in [("ce", parts.ce), ("aux", parts.aux), ("loss", parts.total)] {
+        let want = r.f32s(what)[0];
+        assert!((got - want).abs() <= 1e-4 * want.abs().max(1e-6), "{name}: {what} {got} vs transformers {want}");
+    }
+    let mut g = vec![T::ZERO; p.len()];
+    m.backward(&p, &mut g, &mut a, &kv, &x, &y);
+    for tsr in &m.layout.tensors {
+        let e = rel_err(tsr.span.of(&g), &r.f32s(&format!("grad.{}", tsr.name)));
+        assert!(e < 1e-4, "{name}: gradient of {} differs by {e:e}", tsr.name);
+    }
+}
+
+#[test]
+fn mixtral_logits_loss_and_gradients_match_transformers_f32() {
+    check::<f32>("mixtral");
+}
+
+#[test]
+fn mixtral_logits_loss_and_gradients_match_transformers_f64() {
+    check::<f64>("mixtral");
+}
+
+#[test]
+fn llama_logits_loss_and_gradients_match_transformers() {
+    check::<f32>("llama");
+    check::<f64>("llama");
+}
