@@ -1,0 +1,52 @@
+//! GEMM candidates on the MoE training shapes of bench-moe8x2 (GUIDE section 6): the `gemm`
+//! crate (with its x86-v4 AVX-512 kernels, 1 and 2 threads) against `matrixmultiply` and our
+//! naive twin. Prints GFLOP/s (median of repetitions). `cargo bench -p moe-kernels --bench gemm`.
+
+use moe_kernels::matmul::{matmul, matmul_naive, Mat};
+use std::time::Instant;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn time(reps: usize, mut f: impl FnMut()) -> f64 {
+    f();
+    median((0..reps).map(|_| {
+        let t = Instant::now();
+        f();
+        t.elapsed().as_secs_f64()
+    }).collect())
+}
+
+fn main() {
+    // (name, M, K, N, a transposed, b transposed): dst[M,N] = op(a) @ op(b).
+    let shapes = [
+        ("expert up/gate x@W^T", 1024, 384, 512, false, true),
+        ("expert down h@W^T", 1024, 512, 384, false, true),
+        ("expert dW = dY^T@X", 512, 1024, 384, true, false),
+        ("expert dX = dY@W", 1024, 512, 384, false, false),
+        ("attn proj x@W^T", 4096, 384, 384, false, true),
+        ("lm head x@W^T", 4096, 384, 4096, false, true),
+    ];
+    let pool1 = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+    let pool2 = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    println!("{:<22} {:>16} {:>12} {:>12} {:>16} {:>8}", "shape (M,K,N)", "", "gemm 1T", "gemm 2T", "matrixmultiply", "naive");
+    for (name, m, k, n, ta, tb) in shapes {
+        let a: Vec<f32> = (0..m * k).map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.1).collect();
+        let b: Vec<f32> = (0..k * n).map(|i| ((i * 5 % 11) as f32 - 5.0) * 0.1).collect();
+        let av = if ta { Mat::new(&a, k, m).t() } else { Mat::new(&a, m, k) };
+        let bv = if tb { Mat::new(&b, n, k).t() } else { Mat::new(&b, k, n) };
+        let mut c = vec![0f32; m * n];
+        let flops = 2.0 * (m * k * n) as f64;
+        let g1 = pool1.install(|| time(9, || matmul(&mut c, av, bv, false, true)));
+        let g2 = pool2.install(|| time(9, || matmul(&mut c, av, bv, false, true)));
+        let mm = time(9, || unsafe {
+            matrixmultiply::sgemm(m, k, n, 1.0, av.data.as_ptr(), av.rs as isize, av.cs as isize, bv.data.as_ptr(), bv.rs as isize, bv.cs as isize, 0.0, c.as_mut_ptr(), n as isize, 1)
+        });
+        let nv = if m * k * n <= 1024 * 512 * 384 { time(1, || matmul_naive(&mut c, av, bv, false)) } else { f64::NAN };
+        let gf = |s: f64| flops / s / 1e9;
+        println!("{:<22} {:>16} {:>12.1} {:>12.1} {:>16.1} {:>8.1}", name, format!("({m},{k},{n})"), gf(g1), gf(g2), gf(mm), gf(nv));
+    }
+    println!("GFLOP/s; fp32 FMA peak of this machine ~165 per core, ~330 on 2 threads (GUIDE section 6)");
+}
