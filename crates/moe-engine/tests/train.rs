@@ -58,3 +58,23 @@ fn loss_falls_and_artifacts_are_written() {
     let line: serde_json::Value = serde_json::from_str(log.lines().next().unwrap()).unwrap();
     assert_eq!(line["m"]["expert_load"].as_array().unwrap().len(), 2);
 }
+
+#[test]
+fn gradient_accumulation_equals_a_larger_batch() {
+    // Dense model (the balancing loss is per micro-batch, so MoE runs would differ by design):
+    // 2 micro-batches of 1 sequence give the same step as 1 batch of 2 sequences.
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = write_corpus(dir.path());
+    let mut big = options(dir.path(), &corpus, "big", 6);
+    big.model.num_local_experts = 0;
+    let mut acc = options(dir.path(), &corpus, "acc", 6);
+    acc.model.num_local_experts = 0;
+    acc.train.batch_size = 1;
+    acc.train.grad_accum = 2;
+    let (a, b) = (run(&big, &quiet).unwrap(), run(&acc, &quiet).unwrap());
+    for (x, y) in a.metrics.iter().zip(&b.metrics) {
+        assert!((x.loss - y.loss).abs() < 1e-5 * x.loss, "step {}: {} vs {}", x.step, x.loss, y.loss);
+        assert!((x.grad_norm - y.grad_norm).abs() < 1e-4 * x.grad_norm);
+    }
+    assert_eq!(a.metrics.last().unwrap().tokens, b.metrics.last().unwrap().tokens);
+}

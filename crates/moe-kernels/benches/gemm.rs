@@ -12,11 +12,15 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn time(reps: usize, mut f: impl FnMut()) -> f64 {
     f();
-    median((0..reps).map(|_| {
-        let t = Instant::now();
-        f();
-        t.elapsed().as_secs_f64()
-    }).collect())
+    median(
+        (0..reps)
+            .map(|_| {
+                let t = Instant::now();
+                f();
+                t.elapsed().as_secs_f64()
+            })
+            .collect(),
+    )
 }
 
 fn main() {
@@ -31,7 +35,10 @@ fn main() {
     ];
     let pool1 = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
     let pool2 = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
-    println!("{:<22} {:>16} {:>12} {:>12} {:>16} {:>8}", "shape (M,K,N)", "", "gemm 1T", "gemm 2T", "matrixmultiply", "naive");
+    println!(
+        "{:<22} {:>16} {:>12} {:>12} {:>16} {:>8}",
+        "shape (M,K,N)", "", "gemm 1T", "gemm 2T", "matrixmultiply", "naive"
+    );
     for (name, m, k, n, ta, tb) in shapes {
         let a: Vec<f32> = (0..m * k).map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.1).collect();
         let b: Vec<f32> = (0..k * n).map(|i| ((i * 5 % 11) as f32 - 5.0) * 0.1).collect();
@@ -42,11 +49,34 @@ fn main() {
         let g1 = pool1.install(|| time(9, || matmul(&mut c, av, bv, false, true)));
         let g2 = pool2.install(|| time(9, || matmul(&mut c, av, bv, false, true)));
         let mm = time(9, || unsafe {
-            matrixmultiply::sgemm(m, k, n, 1.0, av.data.as_ptr(), av.rs as isize, av.cs as isize, bv.data.as_ptr(), bv.rs as isize, bv.cs as isize, 0.0, c.as_mut_ptr(), n as isize, 1)
+            matrixmultiply::sgemm(
+                m,
+                k,
+                n,
+                1.0,
+                av.data.as_ptr(),
+                av.rs as isize,
+                av.cs as isize,
+                bv.data.as_ptr(),
+                bv.rs as isize,
+                bv.cs as isize,
+                0.0,
+                c.as_mut_ptr(),
+                n as isize,
+                1,
+            )
         });
         let nv = if m * k * n <= 1024 * 512 * 384 { time(1, || matmul_naive(&mut c, av, bv, false)) } else { f64::NAN };
         let gf = |s: f64| flops / s / 1e9;
-        println!("{:<22} {:>16} {:>12.1} {:>12.1} {:>16.1} {:>8.1}", name, format!("({m},{k},{n})"), gf(g1), gf(g2), gf(mm), gf(nv));
+        println!(
+            "{:<22} {:>16} {:>12.1} {:>12.1} {:>16.1} {:>8.1}",
+            name,
+            format!("({m},{k},{n})"),
+            gf(g1),
+            gf(g2),
+            gf(mm),
+            gf(nv)
+        );
     }
     println!("GFLOP/s; fp32 FMA peak of this machine ~165 per core, ~330 on 2 threads (GUIDE section 6)");
 }
