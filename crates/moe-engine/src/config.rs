@@ -14,6 +14,39 @@ pub enum BalanceScope {
     Global,
     /// One loss per MoE layer, averaged over the MoE layers.
     Layer,
+    /// One loss per sequence and MoE layer, averaged (DeepSeek-V3's sequence-wise form).
+    Sequence,
+}
+
+/// How the router scores experts and picks them (see `moe::router`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum RouterKind {
+    /// Softmax over all experts, top-k, weights renormalised when `norm_topk_prob` (Mixtral, Qwen, OLMoE).
+    #[default]
+    SoftmaxTopk,
+    /// Top-k of the logits, then softmax over the k (gpt-oss, the Mixtral paper's form).
+    TopkSoftmax,
+    /// Switch Transformer: softmax, top-1, weight = its probability (needs top-k = 1).
+    Switch,
+    /// DeepSeek-V3: sigmoid scores, top-k of score + selection bias within the best `topk_group`
+    /// of `n_group` groups, weights = unbiased scores (normalised if `norm_topk_prob`) times
+    /// `routed_scaling_factor`.
+    SigmoidGroup,
+    /// Expert choice (Zhou et al. 2022): each expert takes its top tokens by softmax probability,
+    /// capacity = N * K / E * capacity_factor.
+    ExpertChoice,
+}
+
+/// Which routed assignments survive when an expert is over capacity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum DropPolicy {
+    /// Keep the assignments with the highest routing weight.
+    #[default]
+    Probability,
+    /// Keep the earliest tokens of the batch.
+    Position,
 }
 
 /// A decoder-only LLaMA-style transformer whose feed-forward block is dense or MoE per layer.
@@ -56,10 +89,47 @@ pub struct ModelConfig {
     /// Layer l (0-based) is MoE when (l + 1) % step == 0 (Qwen's `decoder_sparse_step`).
     #[serde(default = "one")]
     pub decoder_sparse_step: usize,
+    #[serde(default)]
+    pub router: RouterKind,
+    /// A trainable router bias (gpt-oss).
+    #[serde(default)]
+    pub router_bias: bool,
+    /// Expert groups for group-limited routing (`sigmoid_group`).
+    #[serde(default = "one")]
+    pub n_group: usize,
+    /// Groups a token may use (`sigmoid_group`).
+    #[serde(default = "one")]
+    pub topk_group: usize,
+    /// Routing weights are multiplied by this (`sigmoid_group`).
+    #[serde(default = "one_f")]
+    pub routed_scaling_factor: f64,
+    /// Multiplicative uniform noise on the router input during training: x * U(1-j, 1+j).
+    #[serde(default)]
+    pub router_jitter_noise: f64,
+    /// Expert capacity ceil(K * N / E * factor) with token dropping; 0 = dropless.
+    /// Expert choice uses it for its capacity (0 means 1).
+    #[serde(default)]
+    pub capacity_factor: f64,
+    #[serde(default)]
+    pub drop_policy: DropPolicy,
+    /// Width of the shared expert every token goes through (0 = none).
+    #[serde(default)]
+    pub shared_expert_intermediate_size: usize,
+    /// Scale the shared expert by sigmoid(x . w) (Qwen2-MoE's `shared_expert_gate`).
+    #[serde(default)]
+    pub shared_expert_gate: bool,
+    /// Aux-loss-free balancing: after each step, bias_e += rate * sign(mean load - load_e);
+    /// the bias is used for selection only. 0 = off.
+    #[serde(default)]
+    pub bias_update_rate: f64,
 }
 
 fn one() -> usize {
     1
+}
+
+fn one_f() -> f64 {
+    1.0
 }
 
 /// Names of the presets, in the order `--help` lists them.
@@ -87,6 +157,17 @@ impl ModelConfig {
             aux_loss_scope: BalanceScope::Global,
             first_k_dense_replace: 0,
             decoder_sparse_step: 1,
+            router: RouterKind::SoftmaxTopk,
+            router_bias: false,
+            n_group: 1,
+            topk_group: 1,
+            routed_scaling_factor: 1.0,
+            router_jitter_noise: 0.0,
+            capacity_factor: 0.0,
+            drop_policy: DropPolicy::Probability,
+            shared_expert_intermediate_size: 0,
+            shared_expert_gate: false,
+            bias_update_rate: 0.0,
         }
     }
     /// 8 experts, top-2, expert width 512: the active compute of `bench_dense`.
@@ -157,6 +238,36 @@ impl ModelConfig {
         (0..self.num_hidden_layers).filter(|&l| self.is_moe_layer(l)).count()
     }
 
+    /// Whether MoE layers carry a selection bias (DeepSeek's `e_score_correction_bias`).
+    pub fn has_selection_bias(&self) -> bool {
+        self.router == RouterKind::SigmoidGroup || self.bias_update_rate > 0.0
+    }
+
+    /// Routed rows (assignments) of an MoE layer for `n` tokens: N*K for token choice, E times
+    /// the capacity for expert choice.
+    pub fn routed_rows(&self, n: usize) -> usize {
+        let (e, k) = (self.num_local_experts, self.num_experts_per_tok);
+        match self.router {
+            RouterKind::ExpertChoice => e * self.expert_capacity(n).min(n),
+            _ => n * k,
+        }
+    }
+
+    /// Tokens an expert may take for a batch of `n` tokens, or usize::MAX when dropless.
+    pub fn expert_capacity(&self, n: usize) -> usize {
+        let (e, k) = (self.num_local_experts.max(1), self.num_experts_per_tok);
+        let cf = if self.router == RouterKind::ExpertChoice && self.capacity_factor == 0.0 {
+            1.0
+        } else {
+            self.capacity_factor
+        };
+        if cf == 0.0 {
+            usize::MAX
+        } else {
+            ((k * n) as f64 / e as f64 * cf).ceil() as usize
+        }
+    }
+
     /// Checks every constraint the engine relies on.
     pub fn validate(&self) -> Result<()> {
         let positive = [
@@ -211,6 +322,7 @@ impl ModelConfig {
             if self.moe_intermediate_size == 0 {
                 return Err(Error::config("moe_intermediate_size is 0", "set the expert hidden width"));
             }
+            self.validate_routing()?;
         }
         for (name, v) in [
             ("router_aux_loss_coef", self.router_aux_loss_coef),
@@ -223,6 +335,69 @@ impl ModelConfig {
         }
         if self.rope_theta.is_nan() || self.rope_theta <= 0.0 {
             return Err(Error::config(format!("rope_theta is {}", self.rope_theta), "rope_theta must be > 0"));
+        }
+        Ok(())
+    }
+
+    fn validate_routing(&self) -> Result<()> {
+        let (e, k) = (self.num_local_experts, self.num_experts_per_tok);
+        if self.router == RouterKind::Switch && k != 1 {
+            return Err(Error::config(
+                format!("the switch router needs num_experts_per_tok = 1, not {k}"),
+                "set top-k to 1 or use softmax_topk",
+            ));
+        }
+        if self.n_group == 0 || e % self.n_group != 0 {
+            return Err(Error::config(
+                format!("n_group {} does not divide num_local_experts {e}", self.n_group),
+                "pick a group count that divides the experts",
+            ));
+        }
+        if self.topk_group == 0 || self.topk_group > self.n_group {
+            return Err(Error::config(
+                format!("topk_group {} must be in 1..={} (n_group)", self.topk_group, self.n_group),
+                "lower topk_group or raise n_group",
+            ));
+        }
+        if self.n_group > 1 && self.router != RouterKind::SigmoidGroup {
+            return Err(Error::config(
+                "n_group > 1 needs the sigmoid_group router",
+                "set router to sigmoid_group or n_group to 1",
+            ));
+        }
+        if k > self.topk_group * (e / self.n_group) {
+            return Err(Error::config(
+                format!(
+                    "top-k {k} exceeds the {} experts of the {} allowed groups",
+                    self.topk_group * (e / self.n_group),
+                    self.topk_group
+                ),
+                "raise topk_group or lower top-k",
+            ));
+        }
+        if !(self.capacity_factor >= 0.0 && self.capacity_factor.is_finite()) {
+            return Err(Error::config(
+                format!("capacity_factor is {}", self.capacity_factor),
+                "use 0 (dropless) or a positive factor such as 1.25",
+            ));
+        }
+        if !(0.0..1.0).contains(&self.router_jitter_noise) {
+            return Err(Error::config(
+                format!("router_jitter_noise is {}", self.router_jitter_noise),
+                "use a value in [0, 1), e.g. 0.01",
+            ));
+        }
+        if !(self.routed_scaling_factor > 0.0 && self.routed_scaling_factor.is_finite()) {
+            return Err(Error::config(
+                format!("routed_scaling_factor is {}", self.routed_scaling_factor),
+                "use a positive factor",
+            ));
+        }
+        if !(self.bias_update_rate >= 0.0 && self.bias_update_rate.is_finite()) {
+            return Err(Error::config(
+                format!("bias_update_rate is {}", self.bias_update_rate),
+                "use 0 (off) or a small positive rate such as 0.001",
+            ));
         }
         Ok(())
     }

@@ -8,8 +8,10 @@ use crate::config::{BalanceScope, ModelConfig};
 use crate::error::Result;
 use crate::ffn::{mlp_backward, mlp_forward, MlpActs, MlpGrads, MlpWeights};
 use crate::moe::experts::{ExpertGrads, ExpertWeights};
-use crate::moe::{moe_backward, moe_forward, MoeActs, MoeDims, MoeGrads, MoeStats, MoeWeights};
-use crate::params::{spans_mut, FfnSpans, Layout};
+use crate::moe::router::{RouterGrads, RouterWeights};
+use crate::moe::shared::{SharedGrads, SharedWeights};
+use crate::moe::{moe_backward, moe_forward, MoeActs, MoeGrads, MoeSpec, MoeStats, MoeWeights};
+use crate::params::{spans_mut, FfnSpans, Layout, MoeSpans, SpanCursor};
 use moe_kernels::attention::{attention_backward, attention_forward, AttnDims};
 use moe_kernels::cross_entropy::{cross_entropy_backward_inplace, cross_entropy_forward};
 use moe_kernels::embedding::{embedding_backward, embedding_forward};
@@ -80,6 +82,8 @@ pub struct Acts<T> {
     pub tq_max: usize,
     /// Tokens in the last forward (B * tq).
     pub n: usize,
+    /// Seed of the router jitter noise for the next forward (training); None = no jitter.
+    pub noise_seed: Option<u64>,
     /// L+1 residual streams [N, C]: the input of each layer, then the output of the last.
     pub resid: Vec<Vec<T>>,
     pub layers: Vec<LayerActs<T>>,
@@ -120,8 +124,7 @@ impl<T: Float> Acts<T> {
                 ln2: z(n * c),
                 rstd2: z(n),
                 ffn: if cfg.is_moe_layer(l) {
-                    let (e, k, f) = (cfg.num_local_experts, cfg.num_experts_per_tok, cfg.moe_intermediate_size);
-                    FfnActs::Moe(Box::new(MoeActs::new(n, c, e, k, f)))
+                    FfnActs::Moe(Box::new(MoeActs::new(MoeSpec::new(cfg, n, tq_max))))
                 } else {
                     let f = cfg.intermediate_size;
                     FfnActs::Dense { g: z(n * f), u: z(n * f), h: z(n * f) }
@@ -133,6 +136,7 @@ impl<T: Float> Acts<T> {
             b,
             tq_max,
             n: 0,
+            noise_seed: None,
             resid: (0..=cfg.num_hidden_layers).map(|_| z(n * c)).collect(),
             layers,
             lnf: z(n * c),
@@ -185,16 +189,36 @@ impl<T: Float> Model<T> {
         Ok(Model { cfg, layout, cos, sin })
     }
 
-    fn moe_dims(&self, n: usize) -> MoeDims {
-        let c = &self.cfg;
-        MoeDims {
-            n,
-            c: c.hidden_size,
-            e: c.num_local_experts,
-            k: c.num_experts_per_tok,
-            f: c.moe_intermediate_size,
-            norm_topk_prob: c.norm_topk_prob,
+    /// Views of an MoE block's weights.
+    fn moe_weights<'a>(p: &'a [T], sp: &MoeSpans) -> MoeWeights<'a, T> {
+        MoeWeights {
+            router: RouterWeights {
+                weight: sp.router.of(p),
+                bias: sp.router_bias.map(|s| s.of(p)),
+                selection_bias: sp.selection_bias.map(|s| s.of(p)),
+            },
+            experts: ExpertWeights { gate: sp.gate.of(p), up: sp.up.of(p), down: sp.down.of(p) },
+            shared: sp.shared.map(|[g, u, d]| SharedWeights {
+                mlp: MlpWeights { gate: g.of(p), up: u.of(p), down: d.of(p) },
+                gate: sp.shared_gate.map(|s| s.of(p)),
+            }),
         }
+    }
+
+    /// Views of an MoE block's gradients (spans are taken in layout order).
+    fn moe_grads<'a>(gr: &'a mut [T], sp: &MoeSpans) -> MoeGrads<'a, T> {
+        let mut cur = SpanCursor::new(gr);
+        let weight = cur.take(sp.router);
+        let bias = sp.router_bias.map(|s| cur.take(s));
+        if let Some(s) = sp.selection_bias {
+            cur.take(s); // not trained: no gradient
+        }
+        let (gate, up, down) = (cur.take(sp.gate), cur.take(sp.up), cur.take(sp.down));
+        let shared = sp.shared.map(|[g, u, d]| {
+            let mlp = MlpGrads { gate: cur.take(g), up: cur.take(u), down: cur.take(d) };
+            SharedGrads { mlp, gate: sp.shared_gate.map(|s| cur.take(s)) }
+        });
+        MoeGrads { router: RouterGrads { weight, bias }, experts: ExpertGrads { gate, up, down }, shared }
     }
 
     /// Runs tokens[B * tq] (B = a.b) at positions pos0.. through the model; logits land in
@@ -243,12 +267,10 @@ impl<T: Float> Model<T> {
                     let w = MlpWeights { gate: gate.of(p), up: up.of(p), down: down.of(p) };
                     mlp_forward(out, acts, &la.ln2[..n * c], w, n, c, f, true);
                 }
-                (FfnSpans::Moe { router, gate, up, down }, FfnActs::Moe(m)) => {
-                    let w = MoeWeights {
-                        router: router.of(p),
-                        experts: ExpertWeights { gate: gate.of(p), up: up.of(p), down: down.of(p) },
-                    };
-                    moe_forward(out, &la.ln2[..n * c], w, m, self.moe_dims(n));
+                (FfnSpans::Moe(sp), FfnActs::Moe(m)) => {
+                    let seed = a.noise_seed.map(|s| s ^ (l as u64 + 1).wrapping_mul(0x9E3779B97F4A7C15));
+                    let spec = MoeSpec::new(cfg, n, tq);
+                    moe_forward(out, &la.ln2[..n * c], Self::moe_weights(p, sp), m, spec, seed);
                 }
                 _ => unreachable!("activations are built from the same config as the layout"),
             }
@@ -278,6 +300,7 @@ impl<T: Float> Model<T> {
         let z = stats.iter().map(|s| s.z_loss).sum::<f64>() / lm;
         let aux = match self.cfg.aux_loss_scope {
             BalanceScope::Layer => stats.iter().map(|s| s.switch_loss()).sum::<f64>() / lm,
+            BalanceScope::Sequence => stats.iter().map(|s| s.sequence_switch_loss()).sum::<f64>() / lm,
             BalanceScope::Global => {
                 let (counts, probs, rows) = pooled(stats);
                 crate::moe::losses::switch_loss(&counts, &probs, rows)
@@ -286,24 +309,47 @@ impl<T: Float> Model<T> {
         (aux, z)
     }
 
-    /// dLoss/dP_{l,e} of each MoE layer (coefficient included).
+    /// dLoss/dP[s,e] of each MoE layer (coefficient included), P the per-sequence mean affinity.
     fn balance_grads(&self, stats: &[&MoeStats]) -> Vec<Vec<f64>> {
+        use crate::moe::losses::switch_loss_grad;
         if stats.is_empty() {
             return vec![];
         }
         let lm = stats.len() as f64;
         let coef = self.cfg.router_aux_loss_coef;
-        let scale = |g: Vec<f64>| g.into_iter().map(|x| x * coef / lm).collect::<Vec<_>>();
+        // A batch-level gradient g[E] on P_e = mean_s P[s,e] spreads as g / S over sequences.
+        let per_seq =
+            |g: &[f64], seqs: usize| (0..seqs).flat_map(|_| g.iter().map(move |v| v / seqs as f64)).collect::<Vec<_>>();
         match self.cfg.aux_loss_scope {
             BalanceScope::Layer => stats
                 .iter()
-                .map(|s| scale(crate::moe::losses::switch_loss_grad(&s.tokens_per_expert, s.tokens)))
+                .map(|s| {
+                    per_seq(
+                        &switch_loss_grad(&s.tokens_per_expert, s.tokens)
+                            .iter()
+                            .map(|g| g * coef / lm)
+                            .collect::<Vec<_>>(),
+                        s.seqs,
+                    )
+                })
+                .collect(),
+            BalanceScope::Sequence => stats
+                .iter()
+                .map(|s| {
+                    let e = s.mean_probs.len();
+                    let t = s.tokens / s.seqs;
+                    let scale = coef / (lm * s.seqs as f64);
+                    s.seq_counts
+                        .chunks(e)
+                        .flat_map(|cnt| switch_loss_grad(cnt, t).into_iter().map(move |g| g * scale))
+                        .collect()
+                })
                 .collect(),
             BalanceScope::Global => {
                 // P_global = mean_l P_l, so dL/dP_l = dL/dP_global / L.
                 let (counts, _, rows) = pooled(stats);
-                let gr = scale(crate::moe::losses::switch_loss_grad(&counts, rows));
-                vec![gr; stats.len()]
+                let g: Vec<f64> = switch_loss_grad(&counts, rows).iter().map(|g| g * coef / lm).collect();
+                stats.iter().map(|s| per_seq(&g, s.seqs)).collect()
             }
         }
     }
@@ -381,14 +427,9 @@ impl<T: Float> Model<T> {
                         true,
                     );
                 }
-                (FfnSpans::Moe { router, gate, up, down }, FfnActs::Moe(m)) => {
+                (FfnSpans::Moe(sp), FfnActs::Moe(m)) => {
                     moe_idx -= 1;
-                    let w = MoeWeights {
-                        router: router.of(p),
-                        experts: ExpertWeights { gate: gate.of(p), up: up.of(p), down: down.of(p) },
-                    };
-                    let [gr_r, gg, gu, gd] = spans_mut(gr, [*router, *gate, *up, *down]);
-                    let grads = MoeGrads { router: gr_r, experts: ExpertGrads { gate: gg, up: gu, down: gd } };
+                    let (w, grads) = (Self::moe_weights(p, sp), Self::moe_grads(gr, sp));
                     moe_backward(
                         &mut a.dln[..n * c],
                         grads,
@@ -396,7 +437,7 @@ impl<T: Float> Model<T> {
                         &la.ln2[..n * c],
                         w,
                         m,
-                        self.moe_dims(n),
+                        MoeSpec::new(cfg, n, t),
                         &bal[moe_idx],
                         z_scale,
                     );

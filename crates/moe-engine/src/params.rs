@@ -22,18 +22,31 @@ impl Span {
     }
 }
 
+/// Hands out disjoint mutable views of a buffer for spans taken in increasing offset order.
+pub struct SpanCursor<'a, T> {
+    rest: &'a mut [T],
+    base: usize,
+}
+
+impl<'a, T> SpanCursor<'a, T> {
+    pub fn new(buf: &'a mut [T]) -> Self {
+        SpanCursor { rest: buf, base: 0 }
+    }
+    /// The view of `s`, which must start at or after the end of the previous one.
+    pub fn take(&mut self, s: Span) -> &'a mut [T] {
+        assert!(s.off >= self.base, "spans must be taken in increasing order");
+        let tail = std::mem::take(&mut self.rest);
+        let (mine, tail) = tail[s.off - self.base..].split_at_mut(s.len);
+        self.rest = tail;
+        self.base = s.off + s.len;
+        mine
+    }
+}
+
 /// Disjoint mutable views of `spans`, which must be in increasing offset order.
 pub fn spans_mut<T, const M: usize>(buf: &mut [T], spans: [Span; M]) -> [&mut [T]; M] {
-    let mut rest = buf;
-    let mut base = 0;
-    spans.map(|s| {
-        assert!(s.off >= base, "spans must be in increasing order");
-        let tail = std::mem::take(&mut rest);
-        let (mine, tail) = tail[s.off - base..].split_at_mut(s.len);
-        rest = tail;
-        base = s.off + s.len;
-        mine
-    })
+    let mut cur = SpanCursor::new(buf);
+    spans.map(|s| cur.take(s))
 }
 
 /// One named tensor of the layout.
@@ -42,25 +55,50 @@ pub struct TensorInfo {
     pub name: String,
     pub shape: Vec<usize>,
     pub span: Span,
-    /// Weight decay applies (matrices yes, norms no).
+    /// Weight decay applies (matrices yes, norms and biases no).
     pub decay: bool,
+    /// Updated by the optimizer (false for the aux-loss-free selection bias).
+    pub trainable: bool,
     /// How to initialise it.
     pub init: Init,
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Init {
     Ones,
+    Zeros,
     Normal(f64),
+}
+
+/// Spans of an MoE block. Offsets increase in field order (see `spans_mut`).
+#[derive(Clone, Debug)]
+pub struct MoeSpans {
+    /// [E,C]
+    pub router: Span,
+    /// [E] trainable router bias (gpt-oss).
+    pub router_bias: Option<Span>,
+    /// [E] selection-only bias (aux-loss-free balancing, DeepSeek-V3), not trained.
+    pub selection_bias: Option<Span>,
+    /// [E,F,C], [E,F,C], [E,C,F]
+    pub gate: Span,
+    pub up: Span,
+    pub down: Span,
+    /// Shared expert gate[Fs,C], up[Fs,C], down[C,Fs].
+    pub shared: Option<[Span; 3]>,
+    /// [1,C] sigmoid gate of the shared expert (Qwen2-MoE).
+    pub shared_gate: Option<Span>,
 }
 
 /// Spans of a feed-forward block.
 #[derive(Clone, Debug)]
 pub enum FfnSpans {
     /// gate[F,C], up[F,C], down[C,F]
-    Dense { gate: Span, up: Span, down: Span },
-    /// router[E,C], gate[E,F,C], up[E,F,C], down[E,C,F]
-    Moe { router: Span, gate: Span, up: Span, down: Span },
+    Dense {
+        gate: Span,
+        up: Span,
+        down: Span,
+    },
+    Moe(Box<MoeSpans>),
 }
 
 /// Spans of one decoder layer.
@@ -93,10 +131,13 @@ struct Builder {
 
 impl Builder {
     fn push(&mut self, name: String, shape: &[usize], init: Init) -> Span {
+        self.push_with(name, shape, init, true)
+    }
+    fn push_with(&mut self, name: String, shape: &[usize], init: Init, trainable: bool) -> Span {
         let len = shape.iter().product();
         let span = Span { off: self.total, len };
-        let decay = !matches!(init, Init::Ones);
-        self.tensors.push(TensorInfo { name, shape: shape.to_vec(), span, decay, init });
+        let decay = shape.len() > 1;
+        self.tensors.push(TensorInfo { name, shape: shape.to_vec(), span, decay, trainable, init });
         self.total += len;
         span
     }
@@ -121,13 +162,35 @@ impl Layout {
             let wo = b.push(format!("{p}.self_attn.o_proj.weight"), &[c, h * d], Init::Normal(std_out));
             let ln2 = b.push(format!("{p}.post_attention_layernorm.weight"), &[c], Init::Ones);
             let ffn = if cfg.is_moe_layer(l) {
-                let (e, f) = (cfg.num_local_experts, cfg.moe_intermediate_size);
-                FfnSpans::Moe {
-                    router: b.push(format!("{p}.mlp.router.weight"), &[e, c], Init::Normal(std)),
-                    gate: b.push(format!("{p}.mlp.experts.gate_proj"), &[e, f, c], Init::Normal(std)),
-                    up: b.push(format!("{p}.mlp.experts.up_proj"), &[e, f, c], Init::Normal(std)),
-                    down: b.push(format!("{p}.mlp.experts.down_proj"), &[e, c, f], Init::Normal(std_out)),
-                }
+                let (e, f, fs) =
+                    (cfg.num_local_experts, cfg.moe_intermediate_size, cfg.shared_expert_intermediate_size);
+                let router = b.push(format!("{p}.mlp.router.weight"), &[e, c], Init::Normal(std));
+                let router_bias = cfg.router_bias.then(|| b.push(format!("{p}.mlp.router.bias"), &[e], Init::Zeros));
+                let selection_bias = cfg
+                    .has_selection_bias()
+                    .then(|| b.push_with(format!("{p}.mlp.router.selection_bias"), &[e], Init::Zeros, false));
+                let gate = b.push(format!("{p}.mlp.experts.gate_proj"), &[e, f, c], Init::Normal(std));
+                let up = b.push(format!("{p}.mlp.experts.up_proj"), &[e, f, c], Init::Normal(std));
+                let down = b.push(format!("{p}.mlp.experts.down_proj"), &[e, c, f], Init::Normal(std_out));
+                let shared = (fs > 0).then(|| {
+                    [
+                        b.push(format!("{p}.mlp.shared_expert.gate_proj.weight"), &[fs, c], Init::Normal(std)),
+                        b.push(format!("{p}.mlp.shared_expert.up_proj.weight"), &[fs, c], Init::Normal(std)),
+                        b.push(format!("{p}.mlp.shared_expert.down_proj.weight"), &[c, fs], Init::Normal(std_out)),
+                    ]
+                });
+                let shared_gate = (fs > 0 && cfg.shared_expert_gate)
+                    .then(|| b.push(format!("{p}.mlp.shared_expert_gate.weight"), &[1, c], Init::Normal(std)));
+                FfnSpans::Moe(Box::new(MoeSpans {
+                    router,
+                    router_bias,
+                    selection_bias,
+                    gate,
+                    up,
+                    down,
+                    shared,
+                    shared_gate,
+                }))
             } else {
                 let f = cfg.intermediate_size;
                 FfnSpans::Dense {
@@ -151,6 +214,7 @@ impl Layout {
             let dst = t.span.of_mut(&mut p);
             match t.init {
                 Init::Ones => dst.fill(T::ONE),
+                Init::Zeros => dst.fill(T::ZERO),
                 Init::Normal(std) => dst.iter_mut().for_each(|x| *x = T::from_f64(rng.normal() * std)),
             }
         }

@@ -8,6 +8,8 @@ use crate::config::ModelConfig;
 use crate::dataset::sample_batch;
 use crate::error::{Error, Result};
 use crate::model::{Acts, KvCache, Model};
+use crate::moe::losses::max_over_mean;
+use crate::params::FfnSpans;
 use crate::rng::Rng;
 use moe_kernels::adamw::{adamw_update, AdamW};
 use rayon::prelude::*;
@@ -131,6 +133,12 @@ pub struct StepMetrics {
     pub expert_load: Vec<Vec<u32>>,
     /// max / mean load per MoE layer.
     pub max_over_mean_load: Vec<f64>,
+    /// Fraction of routed assignments dropped for capacity, per MoE layer.
+    #[serde(default)]
+    pub dropped_fraction: Vec<f64>,
+    /// Mean entropy of the routing distribution (nats), per MoE layer.
+    #[serde(default)]
+    pub router_entropy: Vec<f64>,
 }
 
 /// Mutable training state saved in checkpoints besides the weights and moments.
@@ -219,8 +227,11 @@ impl Trainer {
         let (b, t) = (tc.batch_size, tc.seq_len);
         self.grads.fill(0.0);
         let mut met = StepMetrics { step: self.state.step + 1, ..Default::default() };
-        for _ in 0..tc.grad_accum {
+        for micro in 0..tc.grad_accum {
             sample_batch(train, &mut self.state.data_rng, b, t, &mut self.x, &mut self.y);
+            // Router jitter noise: a function of (seed, step, micro-batch), so resumes are exact.
+            self.acts.noise_seed =
+                Some(tc.seed ^ (self.state.step * 64 + micro as u64).wrapping_mul(0xD1B54A32D192ED03));
             self.model.forward(&self.params, &mut self.acts, &mut self.cache, &self.x, 0);
             let parts = self.model.loss(&mut self.acts, &self.y);
             if !parts.total.is_finite() {
@@ -232,6 +243,14 @@ impl Trainer {
             }
             for (acc, s) in met.expert_load.iter_mut().zip(&stats) {
                 acc.iter_mut().zip(&s.tokens_per_expert).for_each(|(a, &c)| *a += c);
+            }
+            for (i, s) in stats.iter().enumerate() {
+                if met.dropped_fraction.len() <= i {
+                    met.dropped_fraction.push(0.0);
+                    met.router_entropy.push(0.0);
+                }
+                met.dropped_fraction[i] += s.dropped_fraction() / tc.grad_accum as f64;
+                met.router_entropy[i] += s.entropy / tc.grad_accum as f64;
             }
             self.model.backward(&self.params, &mut self.grads, &mut self.acts, &self.cache, &self.x, &self.y);
             let ga = tc.grad_accum as f64;
@@ -255,7 +274,7 @@ impl Trainer {
         met.lr = tc.lr_at(self.state.step);
         let h = AdamW { lr: met.lr, beta1: tc.beta1, beta2: tc.beta2, eps: tc.eps, weight_decay: tc.weight_decay };
         self.state.step += 1;
-        for tsr in &self.model.layout.tensors {
+        for tsr in self.model.layout.tensors.iter().filter(|t| t.trainable) {
             let sp = tsr.span;
             adamw_update(
                 sp.of_mut(&mut self.params),
@@ -267,6 +286,7 @@ impl Trainer {
                 tsr.decay,
             );
         }
+        self.update_selection_bias(&met.expert_load);
         let tokens = (b * t * tc.grad_accum) as u64;
         self.state.tokens += tokens;
         met.tokens = self.state.tokens;
@@ -275,11 +295,39 @@ impl Trainer {
         Ok(met)
     }
 
+    /// Aux-loss-free balancing (DeepSeek-V3): after the step, each MoE layer's selection bias
+    /// moves by `bias_update_rate` toward the under-loaded experts: b_e += rate * sign(mean - load_e).
+    fn update_selection_bias(&mut self, loads: &[Vec<u32>]) {
+        let rate = self.model.cfg.bias_update_rate as f32;
+        if rate == 0.0 {
+            return;
+        }
+        let spans = self.model.layout.layers.iter().filter_map(|l| match &l.ffn {
+            FfnSpans::Moe(sp) => sp.selection_bias,
+            FfnSpans::Dense { .. } => None,
+        });
+        for (span, load) in spans.zip(loads) {
+            let mean = load.iter().map(|&c| c as f64).sum::<f64>() / load.len() as f64;
+            for (b, &c) in span.of_mut(&mut self.params).iter_mut().zip(load) {
+                let diff = mean - c as f64;
+                *b += rate
+                    * if diff > 0.0 {
+                        1.0
+                    } else if diff < 0.0 {
+                        -1.0
+                    } else {
+                        0.0
+                    };
+            }
+        }
+    }
+
     /// Mean cross-entropy over `batches` fixed windows of `val` (the same windows every call).
     pub fn evaluate(&mut self, val: &[u32], batches: usize) -> f64 {
         let (b, t) = (self.state.train.batch_size, self.state.train.seq_len);
         let mut rng = Rng::new(0xE7A1);
         let mut total = 0.0;
+        self.acts.noise_seed = None;
         for _ in 0..batches {
             sample_batch(val, &mut rng, b, t, &mut self.x, &mut self.y);
             self.model.forward(&self.params, &mut self.acts, &mut self.cache, &self.x, 0);
@@ -302,12 +350,4 @@ impl Trainer {
         };
         checkpoint::save(root, &format!("step-{:07}", self.state.step), &req, 2)
     }
-}
-
-fn max_over_mean(load: &[u32]) -> f64 {
-    let total: u64 = load.iter().map(|&c| c as u64).sum();
-    if total == 0 {
-        return 0.0;
-    }
-    *load.iter().max().unwrap_or(&0) as f64 / (total as f64 / load.len() as f64)
 }

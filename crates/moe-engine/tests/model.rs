@@ -78,6 +78,23 @@ fn whole_model_gradients_per_layer_balancing_unnormalised_topk() {
 }
 
 #[test]
+fn whole_model_gradients_sequence_balancing_deepseek_style() {
+    use moe_engine::config::RouterKind;
+    let cfg = ModelConfig {
+        router: RouterKind::SigmoidGroup,
+        num_local_experts: 4,
+        n_group: 2,
+        topk_group: 1,
+        routed_scaling_factor: 1.5,
+        shared_expert_intermediate_size: 8,
+        shared_expert_gate: true,
+        router_jitter_noise: 0.0,
+        ..mixed_config(BalanceScope::Sequence)
+    };
+    check_model(cfg, 14);
+}
+
+#[test]
 fn dense_model_gradients() {
     check_model(ModelConfig { num_local_experts: 0, ..ModelConfig::tiny() }, 13);
 }

@@ -1,11 +1,11 @@
 //! Auxiliary losses and routing statistics of one MoE layer.
 //!
-//! Switch load-balancing loss: `E * sum_e f_e * P_e` with f_e = (assignments to e) / N, counting
-//! all K picks (so f sums to K and a perfectly balanced router scores K, as in Hugging Face's
-//! `load_balancing_loss_func`) and P_e = mean over tokens of the softmax probability of e.
-//! f is a count and carries no gradient; dLoss/dP_e = E * f_e. With `BalanceScope::Global` the
-//! f and P of all MoE layers are pooled first (Hugging Face); with `Layer` each layer has its
-//! own loss and the model averages them.
+//! Switch load-balancing loss: `E * sum_e f_e * P_e` with f_e = (assignments the router chose
+//! for e) / tokens, counting all K picks (so f sums to K and a perfectly balanced router scores
+//! K, as in Hugging Face's `load_balancing_loss_func`) and P_e = mean over tokens of the routing
+//! affinity `probs` (softmax; sigmoid normalised per token for `sigmoid_group`). f is a count
+//! and carries no gradient: dLoss/dP_e = E * f_e. The statistics are kept per sequence so the
+//! model can pool them over layers (Hugging Face), per layer, or per sequence (DeepSeek-V3).
 //! Router z-loss: mean over tokens of logsumexp(logits)^2 (ST-MoE).
 
 use moe_kernels::Float;
@@ -13,40 +13,68 @@ use moe_kernels::Float;
 /// Statistics of one MoE layer's forward, returned as values.
 #[derive(Clone, Debug, Default)]
 pub struct MoeStats {
-    /// [E] rows routed to each expert (all K picks).
+    /// [E] assignments the router chose per expert (all K picks).
     pub tokens_per_expert: Vec<u32>,
-    /// [E] mean routing probability of each expert.
+    /// [E] rows each expert processed (after capacity dropping).
+    pub kept_per_expert: Vec<u32>,
+    /// [S,E] chosen assignments per sequence and expert.
+    pub seq_counts: Vec<u32>,
+    /// [S,E] mean affinity per sequence and expert.
+    pub seq_probs: Vec<f64>,
+    /// [E] mean affinity over all tokens.
     pub mean_probs: Vec<f64>,
-    /// Tokens routed (N).
+    /// Tokens (N) and sequences (S) of the batch.
     pub tokens: usize,
+    pub seqs: usize,
+    /// Assignments made and dropped for capacity.
+    pub assignments: usize,
+    pub dropped: usize,
     /// mean_n logsumexp(logits_n)^2
     pub z_loss: f64,
-    /// Mean entropy of the routing distribution (nats).
+    /// Mean entropy of the per-token affinity distribution (nats).
     pub entropy: f64,
 }
 
 impl MoeStats {
-    /// This layer's own Switch loss E * sum f_e P_e.
+    /// This layer's own Switch loss over the whole batch.
     pub fn switch_loss(&self) -> f64 {
         switch_loss(&self.tokens_per_expert, &self.mean_probs, self.tokens)
     }
-    /// max over experts of load / mean load (1 = perfectly balanced).
+    /// Mean over sequences of the per-sequence Switch loss.
+    pub fn sequence_switch_loss(&self) -> f64 {
+        let (e, t) = (self.mean_probs.len(), self.tokens / self.seqs.max(1));
+        (0..self.seqs)
+            .map(|s| switch_loss(&self.seq_counts[s * e..(s + 1) * e], &self.seq_probs[s * e..(s + 1) * e], t))
+            .sum::<f64>()
+            / self.seqs.max(1) as f64
+    }
+    /// max over experts of processed rows / their mean (1 = perfectly balanced).
     pub fn max_over_mean_load(&self) -> f64 {
-        let e = self.tokens_per_expert.len() as f64;
-        let total: u32 = self.tokens_per_expert.iter().sum();
-        let max = *self.tokens_per_expert.iter().max().unwrap_or(&0) as f64;
-        if total == 0 {
+        max_over_mean(&self.kept_per_expert)
+    }
+    /// Fraction of assignments dropped for capacity.
+    pub fn dropped_fraction(&self) -> f64 {
+        if self.assignments == 0 {
             0.0
         } else {
-            max / (total as f64 / e)
+            self.dropped as f64 / self.assignments as f64
         }
     }
 }
 
-/// E * sum_e (counts_e / n) * mean_probs_e.
-pub fn switch_loss(counts: &[u32], mean_probs: &[f64], n: usize) -> f64 {
+/// max / mean of a load vector (0 when empty).
+pub fn max_over_mean(load: &[u32]) -> f64 {
+    let total: u64 = load.iter().map(|&c| c as u64).sum();
+    if total == 0 {
+        return 0.0;
+    }
+    *load.iter().max().unwrap_or(&0) as f64 / (total as f64 / load.len() as f64)
+}
+
+/// E * sum_e (counts_e / n) * probs_e.
+pub fn switch_loss(counts: &[u32], probs: &[f64], n: usize) -> f64 {
     let e = counts.len() as f64;
-    e * counts.iter().zip(mean_probs).map(|(&c, &p)| c as f64 / n as f64 * p).sum::<f64>()
+    e * counts.iter().zip(probs).map(|(&c, &p)| c as f64 / n as f64 * p).sum::<f64>()
 }
 
 /// dLoss/dP_e = E * counts_e / n.
@@ -55,15 +83,42 @@ pub fn switch_loss_grad(counts: &[u32], n: usize) -> Vec<f64> {
     counts.iter().map(|&c| e * c as f64 / n as f64).collect()
 }
 
-/// Fills the statistics from the router outputs: probs[N,E], lse[N].
-pub fn routing_stats<T: Float>(s: &mut MoeStats, probs: &[T], lse: &[T], counts: &[u32], n: usize, e: usize) {
+/// Fills the statistics: probs[N,E], lse[N], chosen experts expert[R] of tokens token[R], kept
+/// rows per expert, dropped count; sequences of `t` tokens.
+#[allow(clippy::too_many_arguments)]
+pub fn routing_stats<T: Float>(
+    s: &mut MoeStats,
+    probs: &[T],
+    lse: &[T],
+    expert: &[u32],
+    token: &[u32],
+    kept: &[u32],
+    dropped: usize,
+    n: usize,
+    t: usize,
+    e: usize,
+) {
+    let seqs = n.div_ceil(t);
+    s.tokens = n;
+    s.seqs = seqs;
+    s.assignments = expert.len();
+    s.dropped = dropped;
+    s.kept_per_expert.clear();
+    s.kept_per_expert.extend_from_slice(kept);
     s.tokens_per_expert.clear();
-    s.tokens_per_expert.extend_from_slice(counts);
-    s.mean_probs.clear();
-    s.mean_probs.resize(e, 0.0);
+    s.tokens_per_expert.resize(e, 0);
+    s.seq_counts.clear();
+    s.seq_counts.resize(seqs * e, 0);
+    for (&x, &tk) in expert.iter().zip(token) {
+        s.tokens_per_expert[x as usize] += 1;
+        s.seq_counts[(tk as usize / t) * e + x as usize] += 1;
+    }
+    s.seq_probs.clear();
+    s.seq_probs.resize(seqs * e, 0.0);
     let mut ent = 0.0;
-    for row in probs[..n * e].chunks(e) {
-        for (m, &p) in s.mean_probs.iter_mut().zip(row) {
+    for (i, row) in probs[..n * e].chunks(e).enumerate() {
+        let acc = &mut s.seq_probs[(i / t) * e..(i / t + 1) * e];
+        for (m, &p) in acc.iter_mut().zip(row) {
             let p = p.to_f64();
             *m += p;
             if p > 0.0 {
@@ -71,8 +126,12 @@ pub fn routing_stats<T: Float>(s: &mut MoeStats, probs: &[T], lse: &[T], counts:
             }
         }
     }
-    s.mean_probs.iter_mut().for_each(|m| *m /= n as f64);
-    s.tokens = n;
+    s.mean_probs.clear();
+    s.mean_probs.resize(e, 0.0);
+    for (i, v) in s.seq_probs.iter_mut().enumerate() {
+        s.mean_probs[i % e] += *v / n as f64;
+        *v /= t as f64;
+    }
     s.entropy = ent / n as f64;
     s.z_loss = lse[..n].iter().map(|&l| l.to_f64() * l.to_f64()).sum::<f64>() / n as f64;
 }

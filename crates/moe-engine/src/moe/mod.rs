@@ -1,90 +1,132 @@
 //! The MoE feed-forward layer as a pipeline of explicit stages, each with a forward and a
 //! backward and no hidden state:
-//! router -> dispatch (counting sort) -> experts (grouped SwiGLU) -> combine, plus the
-//! auxiliary losses and statistics (`losses`). The layer returns its statistics as values;
-//! the model turns them into loss terms and hands their gradients back to `moe_backward`.
-//! Dropless: every token reaches its K experts.
+//! router (`router`, `select`) -> dispatch (counting sort, capacity) -> experts (grouped
+//! SwiGLU) -> combine, plus the optional shared expert (`shared`) and the auxiliary losses and
+//! statistics (`losses`). The layer returns its statistics as values; the model turns them
+//! into loss terms and hands their gradients back to `moe_backward`.
 
 pub mod combine;
 pub mod dispatch;
 pub mod experts;
 pub mod losses;
 pub mod router;
+pub mod select;
+pub mod shared;
 
+use crate::config::{DropPolicy, ModelConfig, RouterKind};
 use combine::{combine_backward, combine_forward};
 use dispatch::{dispatch_backward, dispatch_forward, Routing};
 use experts::{experts_backward, experts_forward, ExpertGrads, ExpertWeights};
 pub use losses::MoeStats;
 use moe_kernels::Float;
-use router::{router_backward, router_forward, RouterActs};
+use router::{router_backward, router_forward, RouterActs, RouterGrads, RouterWeights};
+use shared::{shared_backward, shared_forward, SharedActs, SharedGrads, SharedWeights};
 
-/// Sizes of one MoE layer call: N tokens of width C, E experts of width F, top-K.
+/// Sizes and routing settings of one MoE layer call.
 #[derive(Clone, Copy, Debug)]
-pub struct MoeDims {
+pub struct MoeSpec {
+    /// N tokens of width C in sequences of T; E experts of width F; top-K; shared width Fs.
     pub n: usize,
+    pub t: usize,
     pub c: usize,
     pub e: usize,
     pub k: usize,
     pub f: usize,
+    pub fs: usize,
+    /// Routed rows the buffers hold (see `ModelConfig::routed_rows`).
+    pub rows: usize,
+    /// Rows an expert may take (usize::MAX = dropless).
+    pub capacity: usize,
+    pub router: RouterKind,
     pub norm_topk_prob: bool,
+    pub n_group: usize,
+    pub topk_group: usize,
+    pub routed_scaling_factor: f64,
+    pub jitter: f64,
+    pub drop_by_weight: bool,
 }
 
-/// Weights: router[E,C] and the stacked experts.
+impl MoeSpec {
+    /// The spec of `cfg`'s MoE layers for N = n tokens in sequences of t.
+    pub fn new(cfg: &ModelConfig, n: usize, t: usize) -> Self {
+        MoeSpec {
+            n,
+            t,
+            c: cfg.hidden_size,
+            e: cfg.num_local_experts,
+            k: cfg.num_experts_per_tok,
+            f: cfg.moe_intermediate_size,
+            fs: cfg.shared_expert_intermediate_size,
+            rows: cfg.routed_rows(n),
+            capacity: cfg.expert_capacity(n),
+            router: cfg.router,
+            norm_topk_prob: cfg.norm_topk_prob,
+            n_group: cfg.n_group,
+            topk_group: cfg.topk_group,
+            routed_scaling_factor: cfg.routed_scaling_factor,
+            jitter: cfg.router_jitter_noise,
+            drop_by_weight: cfg.drop_policy == DropPolicy::Probability,
+        }
+    }
+}
+
+/// Weights of the layer.
 #[derive(Clone, Copy)]
 pub struct MoeWeights<'a, T> {
-    pub router: &'a [T],
+    pub router: RouterWeights<'a, T>,
     pub experts: ExpertWeights<'a, T>,
+    pub shared: Option<SharedWeights<'a, T>>,
 }
 
 /// Gradients, same shapes as [`MoeWeights`].
 pub struct MoeGrads<'a, T> {
-    pub router: &'a mut [T],
+    pub router: RouterGrads<'a, T>,
     pub experts: ExpertGrads<'a, T>,
+    pub shared: Option<SharedGrads<'a, T>>,
 }
 
 /// Everything the forward saves plus the backward's scratch, allocated once for N tokens.
 pub struct MoeActs<T> {
+    pub spec: MoeSpec,
     pub router: RouterActs<T>,
     pub routing: Routing,
-    /// [R,C] token rows in expert order.
+    /// [rows,C] token rows in expert order.
     pub xs: Vec<T>,
-    /// [R,F] expert pre-activations and activation.
+    /// [rows,F] expert pre-activations and activation.
     pub g: Vec<T>,
     pub u: Vec<T>,
     pub h: Vec<T>,
-    /// [R,C] expert outputs in expert order.
+    /// [rows,C] expert outputs in expert order.
     pub ys: Vec<T>,
+    pub shared: Option<SharedActs<T>>,
     pub stats: MoeStats,
-    // Backward scratch.
     dys: Vec<T>,
     dxs: Vec<T>,
-    dtopk_w: Vec<T>,
-    dprobs: Vec<T>,
-    dlogits: Vec<T>,
+    dweight: Vec<T>,
     dh: Vec<T>,
     dg: Vec<T>,
     du: Vec<T>,
 }
 
 impl<T: Float> MoeActs<T> {
-    /// Buffers for up to `n` tokens.
-    pub fn new(n: usize, c: usize, e: usize, k: usize, f: usize) -> Self {
-        let r = n * k;
+    /// Buffers for up to `spec.n` tokens.
+    pub fn new(spec: MoeSpec) -> Self {
+        let (n, c, e, f, r) = (spec.n, spec.c, spec.e, spec.f, spec.rows);
         let z = |len| vec![T::ZERO; len];
         MoeActs {
-            router: RouterActs::new(n, e, k),
-            routing: Routing::new(e, r),
+            spec,
+            router: RouterActs::new(&spec),
+            routing: Routing::new(e, n, r),
             xs: z(r * c),
             g: z(r * f),
             u: z(r * f),
             h: z(r * f),
             ys: z(r * c),
+            shared: (spec.fs > 0).then(|| SharedActs::new(n, c, spec.fs)),
             stats: MoeStats::default(),
             dys: z(r * c),
             dxs: z(r * c),
-            dtopk_w: z(r),
-            dprobs: z(n * e),
-            dlogits: z(n * e),
+            dweight: z(r),
             dh: z(r * f),
             dg: z(r * f),
             du: z(r * f),
@@ -92,24 +134,45 @@ impl<T: Float> MoeActs<T> {
     }
 }
 
-/// out[N,C] = MoE(x[N,C]); statistics land in `acts.stats`.
-pub fn moe_forward<T: Float>(out: &mut [T], x: &[T], w: MoeWeights<T>, a: &mut MoeActs<T>, d: MoeDims) {
-    let (n, c, e, k, f) = (d.n, d.c, d.e, d.k, d.f);
-    let r = n * k;
-    router_forward(&mut a.router, x, w.router, n, c, e, k, d.norm_topk_prob);
-    let ids = &a.router.topk_ids[..r];
-    a.routing.indices.truncate(r);
-    a.routing.positions.truncate(r);
-    a.routing.indices.resize(r, 0);
-    a.routing.positions.resize(r, 0);
-    dispatch_forward(&mut a.routing, &mut a.xs, &x[..n * c], ids, k, c);
+/// out[N,C] = MoE(x[N,C]) for the first `s.n` tokens (s.n <= the allocated N; s.t divides it).
+/// `noise_seed` turns the router jitter on (training). Statistics land in `a.stats`.
+pub fn moe_forward<T: Float>(
+    out: &mut [T],
+    x: &[T],
+    w: MoeWeights<T>,
+    a: &mut MoeActs<T>,
+    s: MoeSpec,
+    noise_seed: Option<u64>,
+) {
+    let (n, c, f) = (s.n, s.c, s.f);
+    router_forward(&mut a.router, x, w.router, &s, noise_seed);
+    let r = a.router.r;
+    let (expert, token, weight) = (&a.router.expert[..r], &a.router.token[..r], &a.router.weight[..r]);
+    let capacity = if s.router == RouterKind::ExpertChoice { usize::MAX } else { s.capacity };
+    a.routing.build(expert, token, weight, n, capacity, s.drop_by_weight);
+    dispatch_forward(&mut a.xs, &x[..n * c], &a.routing, token, c);
     experts_forward(&mut a.ys, &mut a.g, &mut a.u, &mut a.h, &a.xs, w.experts, &a.routing, c, f);
-    combine_forward(&mut out[..n * c], &a.ys, &a.router.topk_w[..r], &a.routing, k, c);
-    losses::routing_stats(&mut a.stats, &a.router.probs, &a.router.lse, &a.routing.tokens_per_expert, n, e);
+    combine_forward(&mut out[..n * c], &a.ys, weight, &a.routing, c);
+    if let (Some(sw), Some(sa)) = (w.shared, a.shared.as_mut()) {
+        shared_forward(out, x, sw, sa, n, c, s.fs);
+    }
+    let rt = &a.routing;
+    losses::routing_stats(
+        &mut a.stats,
+        &a.router.probs,
+        &a.router.lse,
+        expert,
+        token,
+        &rt.tokens_per_expert,
+        rt.dropped,
+        n,
+        s.t,
+        s.e,
+    );
 }
 
-/// dx[N,C] += dL/dx; gradients accumulate. `dmean_probs`[E] is dLoss/dP_e of the balancing
-/// loss (coefficient included); `z_scale` is dLoss/d(this layer's z-loss).
+/// dx[N,C] += dL/dx; gradients accumulate. `dprobs_seq`[S,E] is dLoss/d(per-sequence mean
+/// affinity) of the balancing loss (coefficient included); `z_scale` is dLoss/d(z-loss).
 #[allow(clippy::too_many_arguments)]
 pub fn moe_backward<T: Float>(
     dx: &mut [T],
@@ -118,36 +181,20 @@ pub fn moe_backward<T: Float>(
     x: &[T],
     w: MoeWeights<T>,
     a: &mut MoeActs<T>,
-    d: MoeDims,
-    dmean_probs: &[f64],
+    s: MoeSpec,
+    dprobs_seq: &[f64],
     z_scale: f64,
 ) {
-    let (n, c, e, k, f) = (d.n, d.c, d.e, d.k, d.f);
-    let r = n * k;
-    combine_backward(&mut a.dys, &mut a.dtopk_w, &dout[..n * c], &a.ys, &a.router.topk_w[..r], &a.routing, k, c);
+    let (n, c, f) = (s.n, s.c, s.f);
+    let r = a.router.r;
+    let token = &a.router.token[..r];
+    combine_backward(&mut a.dys, &mut a.dweight, &dout[..n * c], &a.ys, &a.router.weight[..r], token, &a.routing, c);
     let scratch = [&mut a.dh[..], &mut a.dg[..], &mut a.du[..]];
     experts_backward(&mut a.dxs, gw.experts, &a.dys, &a.xs, w.experts, &a.g, &a.u, &a.h, scratch, &a.routing, c, f);
-    dispatch_backward(&mut dx[..n * c], &a.dxs, &a.routing, k, c);
-    // Balancing loss on the mean probabilities: dP_e / dp_{n,e} = 1/N.
-    for row in a.dprobs[..n * e].chunks_mut(e) {
-        for (dp, &g) in row.iter_mut().zip(dmean_probs) {
-            *dp = T::from_f64(g / n as f64);
-        }
+    dispatch_backward(&mut dx[..n * c], &a.dxs, &a.routing, c);
+    if let (Some(sw), Some(sg), Some(sa)) = (w.shared, gw.shared, a.shared.as_mut()) {
+        shared_backward(dx, sg, dout, x, sw, sa, n, c, s.fs);
     }
-    router_backward(
-        &mut dx[..n * c],
-        gw.router,
-        &mut a.dprobs,
-        &mut a.dlogits,
-        &a.dtopk_w[..r],
-        &a.router,
-        &x[..n * c],
-        w.router,
-        n,
-        c,
-        e,
-        k,
-        d.norm_topk_prob,
-        z_scale,
-    );
+    let dweight = &a.dweight[..r];
+    router_backward(dx, gw.router, dweight, dprobs_seq, z_scale, &mut a.router, x, w.router, &s);
 }

@@ -1,140 +1,313 @@
-//! Router stage: x -> logits[N,E] (linear, no bias) -> probabilities (softmax over all E, in
-//! the model's float type, f32 at least) -> top-k expert ids and routing weights, renormalised
-//! over the k when `norm_topk_prob` (Mixtral) or left as probabilities (Qwen/OLMoE default).
+//! Router stage: x (optionally jittered) -> logits[N,E] (linear, optional bias) -> scores
+//! (softmax, or sigmoid for `sigmoid_group`) -> assignments (token, expert, weight) by the
+//! configured `RouterKind` (see `select` for how experts are picked). Also keeps the normalised
+//! affinities `probs` that the balancing loss averages, and logsumexp for the z-loss.
+//! The backward runs the weight gradients and the balancing-loss gradient back to the input,
+//! the router weight and its bias. Router math runs in the model's float type (f32 or f64).
 
+use super::select::{expert_choice, topk_grouped};
+use super::MoeSpec;
+use crate::config::RouterKind;
+use crate::rng::Rng;
 use moe_kernels::matmul::{linear_backward, linear_forward};
 use moe_kernels::softmax::{logsumexp, softmax_backward, softmax_row};
 use moe_kernels::Float;
 use rayon::prelude::*;
 
-/// Router outputs kept for the backward and the statistics.
+/// Router weights: weight[E,C], optional trainable bias[E], optional selection-only bias[E].
+#[derive(Clone, Copy)]
+pub struct RouterWeights<'a, T> {
+    pub weight: &'a [T],
+    pub bias: Option<&'a [T]>,
+    pub selection_bias: Option<&'a [T]>,
+}
+
+/// Router gradients (the selection bias has none).
+pub struct RouterGrads<'a, T> {
+    pub weight: &'a mut [T],
+    pub bias: Option<&'a mut [T]>,
+}
+
+/// Router outputs kept for the backward and the statistics, plus scratch.
 pub struct RouterActs<T> {
-    /// [N,E]
+    /// [N,E] logits (bias included).
     pub logits: Vec<T>,
-    /// [N,E] softmax of the logits.
+    /// [N,E] softmax of the logits, or their sigmoid for `sigmoid_group`.
+    pub scores: Vec<T>,
+    /// [N,E] affinities averaged by the balancing loss: the softmax, or sigmoid / its row sum.
     pub probs: Vec<T>,
-    /// [N] logsumexp of each logit row (for the z-loss).
+    /// [N] logsumexp of each logit row (z-loss).
     pub lse: Vec<T>,
-    /// [N,K] selected experts, best first.
-    pub topk_ids: Vec<u32>,
-    /// [N,K] routing weights.
-    pub topk_w: Vec<T>,
+    /// [N,C] jitter factors and the jittered input (empty when jitter is off).
+    noise: Vec<T>,
+    xr: Vec<T>,
+    /// Whether the last forward jittered its input.
+    jittered: bool,
+    /// Assignments actually made (R of them): expert[R], token[R], weight[R].
+    pub r: usize,
+    pub expert: Vec<u32>,
+    pub token: Vec<u32>,
+    pub weight: Vec<T>,
+    keys: Vec<T>,
+    groups: Vec<T>,
+    group_ids: Vec<u32>,
+    ec_scratch: Vec<u32>,
+    dscores: Vec<T>,
+    dlogits: Vec<T>,
+    dxr: Vec<T>,
 }
 
 impl<T: Float> RouterActs<T> {
-    pub fn new(n: usize, e: usize, k: usize) -> Self {
+    pub fn new(s: &MoeSpec) -> Self {
+        let (n, c, e, r) = (s.n, s.c, s.e, s.rows);
+        let z = |len| vec![T::ZERO; len];
+        let jit = if s.jitter > 0.0 { n * c } else { 0 };
+        let ec = if s.router == RouterKind::ExpertChoice { e * n } else { 0 };
         RouterActs {
-            logits: vec![T::ZERO; n * e],
-            probs: vec![T::ZERO; n * e],
-            lse: vec![T::ZERO; n],
-            topk_ids: vec![0; n * k],
-            topk_w: vec![T::ZERO; n * k],
+            logits: z(n * e),
+            scores: z(n * e),
+            probs: z(n * e),
+            lse: z(n),
+            noise: z(jit),
+            xr: z(jit),
+            jittered: false,
+            r: 0,
+            expert: vec![0; r],
+            token: vec![0; r],
+            weight: z(r),
+            keys: z(n * e),
+            groups: z(n * s.n_group),
+            group_ids: vec![0; n * s.topk_group],
+            ec_scratch: vec![0; ec],
+            dscores: z(n * e),
+            dlogits: z(n * e),
+            dxr: z(jit),
         }
     }
 }
 
-/// x[N,C], wr[E,C] -> acts (first n rows).
+/// Routes x[N,C]. `noise_seed` enables the input jitter (training); None means inference.
 pub fn router_forward<T: Float>(
     a: &mut RouterActs<T>,
     x: &[T],
-    wr: &[T],
-    n: usize,
-    c: usize,
-    e: usize,
-    k: usize,
-    norm_topk: bool,
+    w: RouterWeights<T>,
+    s: &MoeSpec,
+    noise_seed: Option<u64>,
 ) {
-    linear_forward(&mut a.logits[..n * e], x, wr, n, c, e, true);
-    a.probs[..n * e]
+    let (n, c, e, k) = (s.n, s.c, s.e, s.k);
+    let jitter = s.jitter > 0.0 && noise_seed.is_some();
+    a.jittered = jitter;
+    let input: &[T] = if jitter {
+        let mut rng = Rng::new(noise_seed.unwrap_or(0));
+        let j = s.jitter;
+        for ((nv, xv), &xi) in a.noise[..n * c].iter_mut().zip(a.xr.iter_mut()).zip(&x[..n * c]) {
+            *nv = T::from_f64(1.0 - j + 2.0 * j * rng.uniform());
+            *xv = xi * *nv;
+        }
+        &a.xr[..n * c]
+    } else {
+        &x[..n * c]
+    };
+    linear_forward(&mut a.logits[..n * e], input, w.weight, n, c, e, true);
+    if let Some(b) = w.bias {
+        a.logits[..n * e].par_chunks_mut(e).for_each(|row| row.iter_mut().zip(b).for_each(|(l, &bv)| *l += bv));
+    }
+    let sigmoid = s.router == RouterKind::SigmoidGroup;
+    a.scores[..n * e]
         .par_chunks_mut(e)
-        .zip(a.logits.par_chunks(e))
-        .zip(a.lse.par_iter_mut())
-        .zip(a.topk_ids.par_chunks_mut(k).zip(a.topk_w.par_chunks_mut(k)))
-        .for_each(|(((p, lg), lse), (ids, w))| {
-            softmax_row(p, lg);
+        .zip(a.probs.par_chunks_mut(e))
+        .zip(a.logits.par_chunks(e).zip(a.lse.par_iter_mut()))
+        .for_each(|((sc, p), (lg, lse))| {
             *lse = logsumexp(lg);
-            select_topk(ids, p);
-            let mut sum = T::ZERO;
-            for (wj, &id) in w.iter_mut().zip(ids.iter()) {
-                *wj = p[id as usize];
-                sum += *wj;
-            }
-            if norm_topk {
-                let inv = T::ONE / sum;
-                w.iter_mut().for_each(|v| *v *= inv);
+            if sigmoid {
+                sc.iter_mut().zip(lg).for_each(|(sv, &l)| *sv = T::ONE / (T::ONE + (-l).exp()));
+                let sum: T = sc.iter().copied().sum();
+                p.iter_mut().zip(sc.iter()).for_each(|(pv, &sv)| *pv = sv / sum);
+            } else {
+                softmax_row(sc, lg);
+                p.copy_from_slice(sc);
             }
         });
-}
-
-/// The k largest entries of `p`, best first; ties go to the lower expert id.
-fn select_topk<T: Float>(ids: &mut [u32], p: &[T]) {
-    let k = ids.len();
-    let mut filled = 0;
-    for (i, &v) in p.iter().enumerate() {
-        // Insertion into a sorted list of length <= k.
-        let mut pos = filled;
-        while pos > 0 && p[ids[pos - 1] as usize] < v {
-            pos -= 1;
-        }
-        if pos < k {
-            let end = filled.min(k - 1);
-            for j in (pos..end).rev() {
-                ids[j + 1] = ids[j];
-            }
-            ids[pos] = i as u32;
-            filled = (filled + 1).min(k);
-        }
+    if s.router == RouterKind::ExpertChoice {
+        select_expert_choice(a, s);
+    } else {
+        a.r = n * k;
+        select_token_choice(a, w.selection_bias, s);
     }
 }
 
-/// Backward of the router. Inputs: dtopk_w[N,K] (from combine), dprobs_extra[N,E] already
-/// holding the auxiliary-loss gradient on the probabilities; `z_scale` = dLoss/d(z-loss).
-/// Outputs: dx[N,C] +=, dwr[E,C] +=. `dlogits` [N,E] is scratch.
-#[allow(clippy::too_many_arguments)]
-pub fn router_backward<T: Float>(
-    dx: &mut [T],
-    dwr: &mut [T],
-    dprobs: &mut [T],
-    dlogits: &mut [T],
-    dtopk_w: &[T],
-    a: &RouterActs<T>,
-    x: &[T],
-    wr: &[T],
-    n: usize,
-    c: usize,
-    e: usize,
-    k: usize,
-    norm_topk: bool,
-    z_scale: f64,
-) {
-    // Routing weights -> probabilities of the selected experts.
-    dprobs[..n * e]
+fn select_token_choice<T: Float>(a: &mut RouterActs<T>, sel_bias: Option<&[T]>, s: &MoeSpec) {
+    let (n, e, k) = (s.n, s.e, s.k);
+    let (ng, tg) = (s.n_group, s.topk_group);
+    let kind = s.router;
+    let rsf = T::from_f64(s.routed_scaling_factor);
+    let keys_from_logits = kind == RouterKind::TopkSoftmax;
+    a.keys[..n * e]
         .par_chunks_mut(e)
-        .zip(a.topk_ids.par_chunks(k))
-        .zip(dtopk_w.par_chunks(k).zip(a.topk_w.par_chunks(k)))
-        .zip(a.probs.par_chunks(e))
-        .for_each(|(((dp, ids), (dw, w)), p)| {
-            if norm_topk {
-                // w_j = p_j / S  =>  dp_j = (dw_j - sum_i dw_i w_i) / S
-                let s: T = ids.iter().map(|&i| p[i as usize]).sum();
-                let dot: T = dw.iter().zip(w).map(|(&a, &b)| a * b).sum();
-                for (&i, &d) in ids.iter().zip(dw) {
-                    dp[i as usize] += (d - dot) / s;
+        .zip(a.groups.par_chunks_mut(ng).zip(a.group_ids.par_chunks_mut(tg)))
+        .zip(a.expert.par_chunks_mut(k).zip(a.weight.par_chunks_mut(k)))
+        .zip(a.token.par_chunks_mut(k).enumerate())
+        .zip(a.scores.par_chunks(e).zip(a.logits.par_chunks(e)))
+        .for_each(|((((keys, (groups, gids)), (ids, wts)), (n_idx, toks)), (sc, lg))| {
+            keys.copy_from_slice(if keys_from_logits { lg } else { sc });
+            if let Some(b) = sel_bias {
+                keys.iter_mut().zip(b).for_each(|(kv, &bv)| *kv += bv);
+            }
+            topk_grouped(ids, keys, ng, groups, gids);
+            toks.fill(n_idx as u32);
+            match kind {
+                RouterKind::TopkSoftmax => {
+                    // softmax over the selected logits
+                    let m = ids.iter().map(|&i| lg[i as usize]).fold(lg[ids[0] as usize], |x, y| x.max(y));
+                    let mut sum = T::ZERO;
+                    for (wv, &i) in wts.iter_mut().zip(ids.iter()) {
+                        *wv = (lg[i as usize] - m).exp();
+                        sum += *wv;
+                    }
+                    wts.iter_mut().for_each(|v| *v = *v / sum);
                 }
-            } else {
-                for (&i, &d) in ids.iter().zip(dw) {
-                    dp[i as usize] += d;
+                _ => {
+                    let mut sum = T::ZERO;
+                    for (wv, &i) in wts.iter_mut().zip(ids.iter()) {
+                        *wv = sc[i as usize];
+                        sum += *wv;
+                    }
+                    let norm = s.norm_topk_prob && kind != RouterKind::Switch;
+                    let scale = if norm { T::ONE / sum } else { T::ONE }
+                        * if kind == RouterKind::SigmoidGroup { rsf } else { T::ONE };
+                    wts.iter_mut().for_each(|v| *v *= scale);
                 }
             }
         });
-    dlogits[..n * e].fill(T::ZERO);
-    softmax_backward(&mut dlogits[..n * e], &dprobs[..n * e], &a.probs[..n * e], e);
-    // z-loss = mean_n lse_n^2  =>  dlogits += z_scale * 2 lse_n p_n / N
-    let zs = T::from_f64(2.0 * z_scale / n as f64);
-    dlogits[..n * e].par_chunks_mut(e).zip(a.probs.par_chunks(e)).zip(a.lse.par_iter()).for_each(|((d, p), &l)| {
-        for (dv, &pv) in d.iter_mut().zip(p) {
-            *dv += zs * l * pv;
-        }
+}
+
+fn select_expert_choice<T: Float>(a: &mut RouterActs<T>, s: &MoeSpec) {
+    let (n, e) = (s.n, s.e);
+    let cap = s.capacity.min(n);
+    a.r = e * cap;
+    let probs = &a.probs;
+    a.expert[..e * cap]
+        .par_chunks_mut(cap.max(1))
+        .zip(a.token.par_chunks_mut(cap.max(1)))
+        .zip(a.weight.par_chunks_mut(cap.max(1)))
+        .zip(a.ec_scratch.par_chunks_mut(n))
+        .enumerate()
+        .for_each(|(ex, (((exp, tok), wts), scratch))| {
+            expert_choice(tok, n, |t| probs[t * e + ex], scratch);
+            exp.fill(ex as u32);
+            for (wv, &t) in wts.iter_mut().zip(tok.iter()) {
+                *wv = probs[t as usize * e + ex];
+            }
+        });
+}
+
+/// Backward of the router. dweight[R]: gradient of each assignment's weight (zero if dropped);
+/// dprobs_seq[S,E]: gradient of the per-sequence mean of `probs` (balancing loss); z_scale:
+/// dLoss/d(z-loss). Accumulates into dx[N,C] and the router gradients.
+#[allow(clippy::too_many_arguments)]
+pub fn router_backward<T: Float>(
+    dx: &mut [T],
+    g: RouterGrads<T>,
+    dweight: &[T],
+    dprobs_seq: &[f64],
+    z_scale: f64,
+    a: &mut RouterActs<T>,
+    x: &[T],
+    w: RouterWeights<T>,
+    s: &MoeSpec,
+) {
+    let (n, c, e, k) = (s.n, s.c, s.e, s.k);
+    let kind = s.router;
+    // Balancing loss: dP[s,e] spreads evenly over the sequence's tokens.
+    let inv_t = 1.0 / s.t as f64;
+    a.dscores[..n * e].par_chunks_mut(e).enumerate().for_each(|(tok, row)| {
+        let dp = &dprobs_seq[(tok / s.t) * e..(tok / s.t + 1) * e];
+        row.iter_mut().zip(dp).for_each(|(d, &g)| *d = T::from_f64(g * inv_t));
     });
-    linear_backward(dx, dwr, &dlogits[..n * e], x, wr, n, c, e, true);
+    if kind == RouterKind::SigmoidGroup {
+        // probs = sigmoid / rowsum  =>  ds_j = (dp_j - sum_i dp_i p_i) / rowsum
+        a.dscores[..n * e].par_chunks_mut(e).zip(a.probs.par_chunks(e).zip(a.scores.par_chunks(e))).for_each(
+            |(d, (p, sc))| {
+                let dot: T = d.iter().zip(p).map(|(&x, &y)| x * y).sum();
+                let sum: T = sc.iter().copied().sum();
+                d.iter_mut().for_each(|v| *v = (*v - dot) / sum);
+            },
+        );
+    }
+    a.dlogits[..n * e].fill(T::ZERO);
+    // Routing weights -> scores (or logits for topk_softmax).
+    let rsf = T::from_f64(s.routed_scaling_factor);
+    match kind {
+        RouterKind::ExpertChoice => {
+            for ((&t, &x), &d) in a.token[..a.r].iter().zip(&a.expert[..a.r]).zip(dweight) {
+                a.dscores[t as usize * e + x as usize] += d;
+            }
+        }
+        _ => {
+            let norm = s.norm_topk_prob && kind != RouterKind::Switch;
+            a.dscores[..n * e]
+                .par_chunks_mut(e)
+                .zip(a.dlogits.par_chunks_mut(e))
+                .zip(a.expert.par_chunks(k).zip(a.weight.par_chunks(k)))
+                .zip(dweight.par_chunks(k).zip(a.scores.par_chunks(e)))
+                .for_each(|(((ds, dl), (ids, wts)), (dw, sc))| match kind {
+                    RouterKind::TopkSoftmax => {
+                        let dot: T = dw.iter().zip(wts).map(|(&x, &y)| x * y).sum();
+                        for ((&i, &wv), &d) in ids.iter().zip(wts).zip(dw) {
+                            dl[i as usize] += wv * (d - dot);
+                        }
+                    }
+                    _ => {
+                        let scale = if kind == RouterKind::SigmoidGroup { rsf } else { T::ONE };
+                        if norm {
+                            // w_j = scale * s_j / S  =>  ds_j = scale / S * (dw_j - sum_i dw_i s_i / S)
+                            let sum: T = ids.iter().map(|&i| sc[i as usize]).sum();
+                            let dot: T = ids.iter().zip(dw).map(|(&i, &d)| d * sc[i as usize]).sum::<T>() / sum;
+                            for (&i, &d) in ids.iter().zip(dw) {
+                                ds[i as usize] += scale * (d - dot) / sum;
+                            }
+                        } else {
+                            for (&i, &d) in ids.iter().zip(dw) {
+                                ds[i as usize] += scale * d;
+                            }
+                        }
+                    }
+                });
+        }
+    }
+    // Scores -> logits.
+    if kind == RouterKind::SigmoidGroup {
+        a.dlogits[..n * e]
+            .par_iter_mut()
+            .zip(a.dscores.par_iter().zip(a.scores.par_iter()))
+            .for_each(|(dl, (&d, &sv))| *dl += d * sv * (T::ONE - sv));
+    } else {
+        softmax_backward(&mut a.dlogits[..n * e], &a.dscores[..n * e], &a.scores[..n * e], e);
+    }
+    // z-loss = mean_n lse_n^2  =>  dlogits += z_scale * 2 lse_n softmax_n / N
+    let zs = T::from_f64(2.0 * z_scale / n as f64);
+    if z_scale != 0.0 {
+        a.dlogits[..n * e].par_chunks_mut(e).zip(a.logits.par_chunks(e)).zip(a.lse.par_iter()).for_each(
+            |((d, lg), &l)| {
+                for (dv, &lv) in d.iter_mut().zip(lg) {
+                    *dv += zs * l * (lv - l).exp();
+                }
+            },
+        );
+    }
+    if let Some(db) = g.bias {
+        for row in a.dlogits[..n * e].chunks(e) {
+            db.iter_mut().zip(row).for_each(|(d, &v)| *d += v);
+        }
+    }
+    if a.jittered {
+        a.dxr[..n * c].fill(T::ZERO);
+        linear_backward(&mut a.dxr[..n * c], g.weight, &a.dlogits[..n * e], &a.xr[..n * c], w.weight, n, c, e, true);
+        dx[..n * c]
+            .par_iter_mut()
+            .zip(a.dxr.par_iter().zip(a.noise.par_iter()))
+            .for_each(|(d, (&g, &nv))| *d += g * nv);
+    } else {
+        linear_backward(&mut dx[..n * c], g.weight, &a.dlogits[..n * e], &x[..n * c], w.weight, n, c, e, true);
+    }
 }

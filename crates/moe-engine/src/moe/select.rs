@@ -1,0 +1,70 @@
+//! Expert selection: top-k of a token's selection keys (optionally limited to its best groups,
+//! DeepSeek-V3), and expert choice (each expert takes its top tokens). Selection is not
+//! differentiable; gradients flow through the routing weights the router computes from it.
+
+use moe_kernels::Float;
+
+/// The k largest keys among the allowed experts, best first; ties go to the lower expert id.
+pub fn topk<T: Float>(ids: &mut [u32], keys: &[T], allowed: impl Fn(usize) -> bool) {
+    let k = ids.len();
+    let mut filled = 0;
+    for (i, &v) in keys.iter().enumerate() {
+        if !allowed(i) {
+            continue;
+        }
+        let mut pos = filled;
+        while pos > 0 && keys[ids[pos - 1] as usize] < v {
+            pos -= 1;
+        }
+        if pos < k {
+            let end = filled.min(k - 1);
+            for j in (pos..end).rev() {
+                ids[j + 1] = ids[j];
+            }
+            ids[pos] = i as u32;
+            filled = (filled + 1).min(k);
+        }
+    }
+}
+
+/// Group-limited top-k: experts form `n_group` equal groups; a group scores the sum of its two
+/// best keys (its only key when a group has one expert); only the best `topk_group` groups are
+/// eligible, `topk_group` being the length of the scratch `group_ids`. With n_group = 1 this is plain top-k.
+pub fn topk_grouped<T: Float>(
+    ids: &mut [u32],
+    keys: &[T],
+    n_group: usize,
+    group_scores: &mut [T],
+    group_ids: &mut [u32],
+) {
+    if n_group <= 1 {
+        return topk(ids, keys, |_| true);
+    }
+    let per = keys.len() / n_group;
+    for (g, gs) in group_scores.iter_mut().enumerate() {
+        let grp = &keys[g * per..(g + 1) * per];
+        let mut best = [0u32; 2];
+        let take = per.min(2);
+        topk(&mut best[..take], grp, |_| true);
+        *gs = best[..take].iter().map(|&i| grp[i as usize]).sum();
+    }
+    topk(group_ids, group_scores, |_| true);
+    topk(ids, keys, |i| group_ids.contains(&((i / per) as u32)));
+}
+
+/// Expert choice for one expert: the `cap` tokens with the highest `col(token)`, best first (ties
+/// to the lower token). `scratch` holds N token ids.
+pub fn expert_choice<T: Float>(out: &mut [u32], n: usize, col: impl Fn(usize) -> T, scratch: &mut [u32]) {
+    let cap = out.len();
+    for (i, s) in scratch[..n].iter_mut().enumerate() {
+        *s = i as u32;
+    }
+    let cmp = |a: &u32, b: &u32| {
+        col(*b as usize).partial_cmp(&col(*a as usize)).unwrap_or(std::cmp::Ordering::Equal).then(a.cmp(b))
+    };
+    if cap < n {
+        scratch[..n].select_nth_unstable_by(cap, cmp);
+    }
+    scratch[..cap].sort_by(cmp);
+    out.copy_from_slice(&scratch[..cap]);
+}
