@@ -43,7 +43,6 @@ const NAMES: [&str; 10] = [
 ];
 
 struct Case {
-    cfg: ModelConfig,
     spec: MoeSpec,
     x: Vec<f64>,
     p: Params,
@@ -70,7 +69,7 @@ fn case(cfg: ModelConfig, n: usize, t: usize, seed: u64) -> Case {
     let p = Params(sizes.iter().map(|&len| randn(&mut rng, len, 0.7)).collect());
     let x = randn(&mut rng, n * c, 1.0);
     let seed = (cfg.router_jitter_noise > 0.0).then_some(seed + 7);
-    Case { cfg, spec, x, p, seed }
+    Case { spec, x, p, seed }
 }
 
 fn weights(p: &Params) -> MoeWeights<'_, f64> {
