@@ -103,3 +103,102 @@ def build(kind):
 if __name__ == "__main__":
     build("mixtral")
     build("llama")
+
+
+# ---------------------------------------------------------------------------------------------
+# MoE layers alone: DeepSeek-V3 (sigmoid routing with e_score_correction_bias, group-limited
+# top-k, routed_scaling_factor, shared experts) and Qwen2-MoE (softmax, norm_topk_prob false,
+# shared expert with sigmoid gate). Writes tests/fixtures/hf/layer_<kind>/ with config.json
+# (ours), layer.safetensors (our tensor names: router.weight, router.selection_bias,
+# experts.{gate,up,down}_proj, shared_expert.{gate,up,down}_proj, shared_expert_gate) and
+# reference.safetensors (x, r, router_logits, topk_indices/topk_weights sorted by expert id per
+# token, output, and grad.<name> of sum(output * r) for x and every weight).
+
+def build_layer(kind):
+    from transformers import DeepseekV3Config, Qwen2MoeConfig
+    from transformers.models.deepseek_v3.modeling_deepseek_v3 import DeepseekV3MoE
+    from transformers.models.qwen2_moe.modeling_qwen2_moe import Qwen2MoeSparseMoeBlock
+
+    torch.manual_seed(2 if kind == "deepseek_v3" else 3)
+    c, n = 16, 12
+    if kind == "deepseek_v3":
+        hf = DeepseekV3Config(hidden_size=c, moe_intermediate_size=8, n_routed_experts=8, num_experts_per_tok=2,
+                              n_group=4, topk_group=2, routed_scaling_factor=2.5, norm_topk_prob=True,
+                              n_shared_experts=1, num_attention_heads=4, num_key_value_heads=4,
+                              experts_implementation="eager")
+        block = DeepseekV3MoE(hf)
+        cfg = our_config_layer(c, 8, 2, 8, "sigmoid_group", True, n_group=4, topk_group=2, rsf=2.5,
+                               shared=8, shared_gate=False)
+        router = block.gate
+    else:
+        hf = Qwen2MoeConfig(hidden_size=c, moe_intermediate_size=8, num_experts=6, num_experts_per_tok=2,
+                            norm_topk_prob=False, shared_expert_intermediate_size=12, num_attention_heads=4,
+                            num_key_value_heads=4, experts_implementation="eager")
+        block = Qwen2MoeSparseMoeBlock(hf)
+        cfg = our_config_layer(c, 6, 2, 8, "softmax_topk", False, shared=12, shared_gate=True)
+        router = block.gate
+    block = block.double()
+    with torch.no_grad():
+        for p in block.parameters():
+            p.copy_(0.3 * torch.randn_like(p))
+        if kind == "deepseek_v3":
+            router.e_score_correction_bias.copy_(0.1 * torch.randn_like(router.e_score_correction_bias))
+    x = torch.randn(1, n, c, dtype=torch.float64, requires_grad=True)
+    r = torch.randn(1, n, c, dtype=torch.float64)
+    logits, weights, indices = router(x.detach().reshape(n, c))
+    order = indices.argsort(dim=-1)
+    out = block(x)
+    (out * r).sum().backward()
+    f = 8
+    named = {k: v for k, v in block.named_parameters()}
+    ours = {"router.weight": named["gate.weight"],
+            "experts.gate_proj": named["experts.gate_up_proj"][:, :f, :],
+            "experts.up_proj": named["experts.gate_up_proj"][:, f:, :],
+            "experts.down_proj": named["experts.down_proj"]}
+    grads = {k: None for k in ours}
+    shared_prefix = "shared_experts" if kind == "deepseek_v3" else "shared_expert"
+    for proj in ["gate_proj", "up_proj", "down_proj"]:
+        ours[f"shared_expert.{proj}"] = named[f"{shared_prefix}.{proj}.weight"]
+    if kind == "qwen2_moe":
+        ours["shared_expert_gate"] = named["shared_expert_gate.weight"]
+    weights_out = {k: v.detach().float().contiguous() for k, v in ours.items()}
+    if kind == "deepseek_v3":
+        weights_out["router.selection_bias"] = router.e_score_correction_bias.detach().float().contiguous()
+    for k, v in ours.items():
+        if k.startswith("experts.") and k != "experts.down_proj":
+            g = named["experts.gate_up_proj"].grad
+            grads[k] = g[:, :f, :] if k == "experts.gate_proj" else g[:, f:, :]
+        else:
+            grads[k] = v.grad if v.grad is not None else None
+    grads["experts.down_proj"] = named["experts.down_proj"].grad
+    ref = {"x": x.detach().float().reshape(n, c).contiguous(), "r": r.float().reshape(n, c).contiguous(),
+           "router_logits": logits.detach().float().contiguous(),
+           "topk_indices": indices.gather(1, order).to(torch.int64).contiguous(),
+           "topk_weights": weights.detach().gather(1, order).float().contiguous(),
+           "output": out.detach().float().reshape(n, c).contiguous(),
+           "grad.x": x.grad.float().reshape(n, c).contiguous()}
+    ref.update({"grad." + k: g.detach().float().contiguous() for k, g in grads.items()})
+    d = os.path.join(OUT, "layer_" + kind)
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, "config.json"), "w") as fh:
+        json.dump(cfg, fh, indent=2)
+    save_file(weights_out, os.path.join(d, "layer.safetensors"))
+    save_file(ref, os.path.join(d, "reference.safetensors"))
+    print(f"layer {kind}: {len(weights_out)} tensors -> {d}")
+
+
+def our_config_layer(c, experts, top_k, f, router, norm, n_group=1, topk_group=1, rsf=1.0, shared=0, shared_gate=False):
+    return {
+        "vocab_size": 64, "hidden_size": c, "num_hidden_layers": 1, "num_attention_heads": 4,
+        "num_key_value_heads": 4, "intermediate_size": 32, "max_position_embeddings": 32, "rms_norm_eps": 1e-6,
+        "rope_theta": 10000.0, "num_local_experts": experts, "num_experts_per_tok": top_k,
+        "moe_intermediate_size": f, "norm_topk_prob": norm, "router_aux_loss_coef": 0.0,
+        "router_z_loss_coef": 0.0, "router": router, "n_group": n_group, "topk_group": topk_group,
+        "routed_scaling_factor": rsf, "shared_expert_intermediate_size": shared,
+        "shared_expert_gate": shared_gate,
+    }
+
+
+if __name__ == "__main__":
+    build_layer("deepseek_v3")
+    build_layer("qwen2_moe")
