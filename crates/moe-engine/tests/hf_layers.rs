@@ -13,9 +13,9 @@ use moe_engine::moe::shared::{SharedGrads, SharedWeights};
 use moe_engine::moe::{moe_backward, moe_forward, MoeActs, MoeGrads, MoeSpec, MoeWeights};
 use safetensors::SafeTensors;
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-fn read(dir: &PathBuf, file: &str) -> HashMap<String, Vec<f64>> {
+fn read(dir: &Path, file: &str) -> HashMap<String, Vec<f64>> {
     let bytes = std::fs::read(dir.join(file)).unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
     st.tensors()
