@@ -3,7 +3,7 @@
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use moe_engine::checkpoint;
-use moe_engine::config::{ModelConfig, PRESETS};
+use moe_engine::config::{BalanceScope, DropPolicy, ModelConfig, RouterKind, PRESETS};
 use moe_engine::corpus::Source;
 use moe_engine::generate::{generate, Sampling};
 use moe_engine::model::Model;
@@ -28,9 +28,43 @@ enum Cmd {
     Generate(GenerateArgs),
     /// Show parameters, FLOPs and memory of a preset, config file or checkpoint.
     Inspect(InspectArgs),
+    /// Plot one run (loss, expert-load heatmap, load balance) or compare several.
+    Plot(PlotArgs),
+    /// Which experts the tokens of each document and of prose vs code go to.
+    Routes(RoutesArgs),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCmd),
+}
+
+#[derive(Args)]
+struct RoutesArgs {
+    /// Checkpoint directory, or a run directory (its latest checkpoint).
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// UTF-8 text file or directory (default: the Rust documentation books). Markdown ``` fences
+    /// mark code in text files; `<pre>` blocks in the books.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Tokens routed per document.
+    #[arg(long, default_value_t = 20000)]
+    max_tokens: usize,
+    /// Where routes_domain.png and routes_documents.png go (default: the checkpoint's run directory).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct PlotArgs {
+    /// Run directories (written by `moe train`).
+    #[arg(long, num_args = 1.., required = true)]
+    runs: Vec<PathBuf>,
+    /// Names of the runs in legends and the table (default: directory names).
+    #[arg(long, num_args = 1..)]
+    labels: Vec<String>,
+    /// Where comparison plots go (default: the run directory for one run, else required).
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -56,6 +90,52 @@ struct ModelArgs {
     /// Override the router z-loss coefficient.
     #[arg(long)]
     z_loss_coef: Option<f64>,
+    /// Router: softmax_topk, topk_softmax, switch, sigmoid_group, expert_choice.
+    #[arg(long, value_parser = parse_enum::<RouterKind>)]
+    router: Option<RouterKind>,
+    /// Renormalise the top-k routing weights (true/false).
+    #[arg(long)]
+    norm_topk_prob: Option<bool>,
+    /// Balancing-loss pooling: global (Hugging Face), layer, sequence.
+    #[arg(long, value_parser = parse_enum::<BalanceScope>)]
+    aux_loss_scope: Option<BalanceScope>,
+    /// Aux-loss-free balancing: selection-bias update rate per step (0 = off).
+    #[arg(long)]
+    bias_update_rate: Option<f64>,
+    /// Expert capacity factor with token dropping (0 = dropless).
+    #[arg(long)]
+    capacity_factor: Option<f64>,
+    /// Which assignments an over-full expert keeps: probability or position.
+    #[arg(long, value_parser = parse_enum::<DropPolicy>)]
+    drop_policy: Option<DropPolicy>,
+    /// Router input jitter (multiplicative uniform noise, training only).
+    #[arg(long)]
+    router_jitter: Option<f64>,
+    /// Expert groups and groups per token (sigmoid_group routing).
+    #[arg(long)]
+    n_group: Option<usize>,
+    #[arg(long)]
+    topk_group: Option<usize>,
+    /// Routing weight scale (sigmoid_group routing).
+    #[arg(long)]
+    routed_scaling_factor: Option<f64>,
+    /// Width of a shared expert every token uses (0 = none).
+    #[arg(long)]
+    shared_expert_size: Option<usize>,
+    /// Gate the shared expert with sigmoid(x . w) (Qwen2-MoE).
+    #[arg(long)]
+    shared_expert_gate: Option<bool>,
+    /// The first N layers stay dense.
+    #[arg(long)]
+    first_dense: Option<usize>,
+    /// Only every N-th layer is MoE.
+    #[arg(long)]
+    moe_every: Option<usize>,
+}
+
+/// Parses a config enum from its snake_case name.
+fn parse_enum<T: serde::de::DeserializeOwned>(s: &str) -> std::result::Result<T, String> {
+    serde_json::from_value(serde_json::Value::String(s.to_string())).map_err(|e| e.to_string())
 }
 
 impl ModelArgs {
@@ -84,8 +164,28 @@ impl ModelArgs {
         if let Some(z) = self.z_loss_coef {
             cfg.router_z_loss_coef = z;
         }
+        set(&mut cfg.router, self.router);
+        set(&mut cfg.norm_topk_prob, self.norm_topk_prob);
+        set(&mut cfg.aux_loss_scope, self.aux_loss_scope);
+        set(&mut cfg.bias_update_rate, self.bias_update_rate);
+        set(&mut cfg.capacity_factor, self.capacity_factor);
+        set(&mut cfg.drop_policy, self.drop_policy);
+        set(&mut cfg.router_jitter_noise, self.router_jitter);
+        set(&mut cfg.n_group, self.n_group);
+        set(&mut cfg.topk_group, self.topk_group);
+        set(&mut cfg.routed_scaling_factor, self.routed_scaling_factor);
+        set(&mut cfg.shared_expert_intermediate_size, self.shared_expert_size);
+        set(&mut cfg.shared_expert_gate, self.shared_expert_gate);
+        set(&mut cfg.first_k_dense_replace, self.first_dense);
+        set(&mut cfg.decoder_sparse_step, self.moe_every);
         cfg.validate()?;
         Ok(cfg)
+    }
+}
+
+fn set<T>(field: &mut T, value: Option<T>) {
+    if let Some(v) = value {
+        *field = v;
     }
 }
 
@@ -221,6 +321,8 @@ fn real_main() -> Result<()> {
         Cmd::Train(a) => train(*a),
         Cmd::Generate(a) => generate_cmd(a),
         Cmd::Inspect(a) => inspect(a),
+        Cmd::Plot(a) => plot(a),
+        Cmd::Routes(a) => routes(a),
         Cmd::Bench(b) => bench(b),
     }
 }
@@ -353,6 +455,56 @@ fn inspect(a: InspectArgs) -> Result<()> {
         return Ok(());
     }
     print!("{}", moe_engine::inspect::report(&cfg, a.batch_size, a.seq_len.unwrap_or(cfg.max_position_embeddings)));
+    Ok(())
+}
+
+fn routes(a: RoutesArgs) -> Result<()> {
+    let ck = checkpoint::load(&a.checkpoint)?;
+    if ck.config.num_local_experts == 0 {
+        bail!("{}: a dense model has no routing to analyse", ck.dir.display());
+    }
+    let tk = Tokenizer::load(&ck.dir.join("tokenizer.json"))?;
+    let docs = moe_engine::corpus::load(&a.data.clone().map_or(Source::RustDocs, Source::Path))?;
+    let model = Model::<f32>::new(ck.config)?;
+    let (domain, docs_table) = moe_engine::routes::analyse(&model, &ck.params, &tk, &docs, a.max_tokens)?;
+    println!("## By domain (share of each layer's assignments per expert, %)\n\n{}", domain.markdown());
+    for l in 0..domain.counts[0].len() {
+        println!("layer {l}: prose vs code routing distance (total variation) {:.3}", domain.distance(0, 1, l));
+    }
+    println!("\n## By document\n\n{}", docs_table.markdown());
+    let out =
+        a.out.unwrap_or_else(|| ck.dir.parent().and_then(|p| p.parent()).map_or(ck.dir.clone(), |p| p.to_path_buf()));
+    std::fs::create_dir_all(&out)?;
+    domain.plot("expert share / uniform share: prose vs code", &out.join("routes_domain.png"))?;
+    docs_table.plot("expert share / uniform share per document", &out.join("routes_documents.png"))?;
+    println!("\nplots: {} {}", out.join("routes_domain.png").display(), out.join("routes_documents.png").display());
+    Ok(())
+}
+
+fn plot(a: PlotArgs) -> Result<()> {
+    if a.runs.len() == 1 && a.out.is_none() {
+        for p in moe_engine::report::plot_run(&a.runs[0])? {
+            println!("{}", p.display());
+        }
+        return Ok(());
+    }
+    let Some(out) = a.out else { bail!("comparing several runs needs --out DIR for the plots") };
+    if !a.labels.is_empty() && a.labels.len() != a.runs.len() {
+        bail!("{} labels for {} runs; give one label per run or none", a.labels.len(), a.runs.len());
+    }
+    let runs: Vec<(String, PathBuf)> =
+        a.runs
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let name = a.labels.get(i).cloned().unwrap_or_else(|| {
+                    p.file_name().map_or(p.display().to_string(), |n| n.to_string_lossy().into_owned())
+                });
+                (name, p.clone())
+            })
+            .collect();
+    print!("{}", moe_engine::report::compare_runs(&runs, &out)?);
+    println!("plots: {} {}", out.join("val_loss.png").display(), out.join("load_balance.png").display());
     Ok(())
 }
 

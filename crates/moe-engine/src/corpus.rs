@@ -11,6 +11,35 @@ use std::path::{Path, PathBuf};
 pub struct Document {
     pub name: String,
     pub text: String,
+    /// Byte ranges of `text` that are code (HTML `<pre>` blocks, Markdown ``` fences).
+    pub code: Vec<(usize, usize)>,
+}
+
+impl Document {
+    /// A plain-text document; Markdown code fences mark its code.
+    pub fn from_text(name: String, text: String) -> Self {
+        let mut code = vec![];
+        let mut open = None;
+        let mut at = 0;
+        for line in text.split_inclusive('\n') {
+            if line.trim_start().starts_with("```") {
+                match open.take() {
+                    Some(start) => code.push((start, at)),
+                    None => open = Some(at + line.len()),
+                }
+            }
+            at += line.len();
+        }
+        if let Some(start) = open {
+            code.push((start, text.len()));
+        }
+        Document { name, text, code }
+    }
+
+    /// Whether byte `at` lies in code.
+    pub fn is_code(&self, at: usize) -> bool {
+        self.code.iter().any(|&(a, b)| at >= a && at < b)
+    }
 }
 
 /// Where a corpus comes from.
@@ -89,7 +118,8 @@ fn load_rust_docs() -> Result<Vec<Document>> {
             let html = read_utf8(p)?;
             let name =
                 p.parent().and_then(|d| d.file_name()).map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-            Ok(Document { name, text: html_to_text(&html) })
+            let (text, code) = html_to_text_with_code(&html);
+            Ok(Document { name, text, code })
         })
         .collect()
 }
@@ -110,7 +140,7 @@ fn load_path(p: &Path) -> Result<Vec<Document>> {
             hint: "point --data at UTF-8 text files".into(),
         });
     }
-    files.iter().map(|f| Ok(Document { name: f.display().to_string(), text: read_utf8(f)? })).collect()
+    files.iter().map(|f| Ok(Document::from_text(f.display().to_string(), read_utf8(f)?))).collect()
 }
 
 fn collect_files(p: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
@@ -133,9 +163,37 @@ fn read_utf8(p: &Path) -> Result<String> {
     String::from_utf8(bytes).map_err(|e| Error::NotUtf8 { path: p.to_path_buf(), offset: e.utf8_error().valid_up_to() })
 }
 
+/// Marks the start and end of a `<pre>` block during the walk (private-use characters).
+const CODE_START: char = '\u{E000}';
+const CODE_END: char = '\u{E001}';
+
 /// Plain text of an HTML page: the `<main>` element if there is one (mdBook pages), else the
 /// body; scripts, styles and navigation dropped; block elements end lines; `<pre>` kept verbatim.
 pub fn html_to_text(html: &str) -> String {
+    html_to_text_with_code(html).0
+}
+
+/// [`html_to_text`] and the byte ranges of the text that came from `<pre>` blocks.
+pub fn html_to_text_with_code(html: &str) -> (String, Vec<(usize, usize)>) {
+    let marked = html_to_marked_text(html);
+    let mut text = String::with_capacity(marked.len());
+    let mut code = vec![];
+    let mut start = None;
+    for ch in marked.chars() {
+        match ch {
+            CODE_START => start = Some(text.len()),
+            CODE_END => {
+                if let Some(s) = start.take() {
+                    code.push((s, text.len()));
+                }
+            }
+            _ => text.push(ch),
+        }
+    }
+    (text, code)
+}
+
+fn html_to_marked_text(html: &str) -> String {
     let doc = Html::parse_document(html);
     let root = ["main", "body"].iter().filter_map(|s| Selector::parse(s).ok()).find_map(|sel| doc.select(&sel).next());
     let mut out = String::new();
@@ -219,7 +277,14 @@ fn walk(el: ElementRef, out: &mut String, in_pre: bool) {
                 if block && !out.ends_with('\n') && !out.is_empty() {
                     out.push('\n');
                 }
+                let starts_code = name == "pre" && !in_pre;
+                if starts_code {
+                    out.push(CODE_START);
+                }
                 walk(child_el, out, in_pre || name == "pre");
+                if starts_code {
+                    out.push(CODE_END);
+                }
                 if block && !out.ends_with('\n') {
                     out.push('\n');
                 }

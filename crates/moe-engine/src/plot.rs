@@ -119,6 +119,85 @@ fn fmt_tick(v: f64) -> String {
     }
 }
 
+/// A heatmap: `values[row][col]` coloured from low (dark blue) to high (yellow) over [lo, hi].
+pub struct Heatmap {
+    pub title: String,
+    pub x_label: String,
+    pub row_labels: Vec<String>,
+    /// Labels of the first and last column.
+    pub x_range: (String, String),
+    pub values: Vec<Vec<f64>>,
+    pub range: (f64, f64),
+}
+
+fn colour(t: f64) -> [u8; 3] {
+    // Viridis-like ramp through five anchors.
+    const A: [[f64; 3]; 5] =
+        [[68.0, 1.0, 84.0], [59.0, 82.0, 139.0], [33.0, 145.0, 140.0], [94.0, 201.0, 98.0], [253.0, 231.0, 37.0]];
+    let t = t.clamp(0.0, 1.0) * 4.0;
+    let i = (t.floor() as usize).min(3);
+    let f = t - i as f64;
+    let mut c = [0u8; 3];
+    for k in 0..3 {
+        c[k] = (A[i][k] + (A[i + 1][k] - A[i][k]) * f) as u8;
+    }
+    c
+}
+
+/// Renders a heatmap to a PNG of `w` x `h` pixels, with a colour bar.
+pub fn render_heatmap(hm: &Heatmap, path: &Path, w: usize, h: usize) -> Result<()> {
+    let mut cv = Canvas::new(w, h);
+    let black = [0, 0, 0];
+    let label_w = 8 * hm.row_labels.iter().map(|l| l.len()).max().unwrap_or(0) as i64 + 12;
+    let (left, right, top, bottom) = (label_w, 90i64, 30i64, 40i64);
+    let (pw, ph) = (w as i64 - left - right, h as i64 - top - bottom);
+    let rows = hm.values.len().max(1);
+    let cols = hm.values.iter().map(|r| r.len()).max().unwrap_or(1).max(1);
+    let (lo, hi) = hm.range;
+    for (ri, row) in hm.values.iter().enumerate() {
+        let (y0, y1) = (top + ri as i64 * ph / rows as i64, top + (ri as i64 + 1) * ph / rows as i64);
+        for (ci, &v) in row.iter().enumerate() {
+            let (x0, x1) = (left + ci as i64 * pw / cols as i64, left + (ci as i64 + 1) * pw / cols as i64);
+            let col = colour((v - lo) / (hi - lo).max(1e-12));
+            for y in y0..y1.max(y0 + 1) {
+                for x in x0..x1.max(x0 + 1) {
+                    cv.set(x, y, col);
+                }
+            }
+        }
+    }
+    // Row labels, thinned to fit.
+    let every = (rows as i64 * 10 / ph.max(1) + 1).max(1) as usize;
+    for (ri, label) in hm.row_labels.iter().enumerate().filter(|(i, _)| i % every == 0) {
+        let y = top + ri as i64 * ph / rows as i64 + (ph / rows as i64) / 2 - 4;
+        cv.text(left - 6 - 8 * label.len() as i64, y, label, black);
+    }
+    cv.text(left + pw / 2 - 4 * hm.title.len() as i64, 10, &hm.title, black);
+    cv.text(left, top + ph + 6, &hm.x_range.0, black);
+    cv.text(left + pw - 8 * hm.x_range.1.len() as i64, top + ph + 6, &hm.x_range.1, black);
+    cv.text(left + pw / 2 - 4 * hm.x_label.len() as i64, h as i64 - 16, &hm.x_label, black);
+    // Colour bar.
+    let bx = left + pw + 20;
+    for y in 0..ph {
+        let col = colour(1.0 - y as f64 / ph as f64);
+        cv.line((bx, top + y), (bx + 14, top + y), col, 1);
+    }
+    cv.text(bx + 18, top, &fmt_tick(hi), black);
+    cv.text(bx + 18, top + ph - 8, &fmt_tick(lo), black);
+    write_png(&cv, path)
+}
+
+fn write_png(cv: &Canvas, path: &Path) -> Result<()> {
+    let file = std::fs::File::create(path).map_err(Error::io(path))?;
+    let mut enc = png::Encoder::new(std::io::BufWriter::new(file), cv.w as u32, cv.h as u32);
+    enc.set_color(png::ColorType::Rgb);
+    enc.set_depth(png::BitDepth::Eight);
+    let io = |e: png::EncodingError| Error::Io { path: path.to_path_buf(), source: std::io::Error::other(e) };
+    let mut wr = enc.write_header().map_err(io)?;
+    wr.write_image_data(&cv.px).map_err(io)?;
+    wr.finish().map_err(io)
+}
+
 /// Renders the chart to a PNG of `w` x `h` pixels.
 pub fn render(chart: &Chart, path: &Path, w: usize, h: usize) -> Result<()> {
     let mut cv = Canvas::new(w, h);
@@ -176,12 +255,5 @@ pub fn render(chart: &Chart, path: &Path, w: usize, h: usize) -> Result<()> {
         cv.line((lx, ly + 3), (lx + 16, ly + 3), c, 2);
         cv.text(lx + 22, ly, &s.label, black);
     }
-    let file = std::fs::File::create(path).map_err(Error::io(path))?;
-    let mut enc = png::Encoder::new(std::io::BufWriter::new(file), w as u32, h as u32);
-    enc.set_color(png::ColorType::Rgb);
-    enc.set_depth(png::BitDepth::Eight);
-    let io = |e: png::EncodingError| Error::Io { path: path.to_path_buf(), source: std::io::Error::other(e) };
-    let mut wr = enc.write_header().map_err(io)?;
-    wr.write_image_data(&cv.px).map_err(io)?;
-    wr.finish().map_err(io)
+    write_png(&cv, path)
 }

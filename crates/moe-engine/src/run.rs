@@ -8,7 +8,6 @@ use crate::corpus::Source;
 use crate::dataset::Dataset;
 use crate::error::{Error, Result};
 use crate::generate::{generate, Sampling};
-use crate::plot::{render, Chart, Series};
 use crate::train::{StepMetrics, TrainConfig, Trainer};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
@@ -159,8 +158,8 @@ pub fn run(o: &RunOptions, log: &dyn Fn(&str)) -> Result<RunSummary> {
         Some(c) => c,
         None => checkpoint::resolve(&ck_root)?,
     };
-    let plot = o.out_dir.join("loss.png");
-    plot_metrics(&metrics_path, &plot)?;
+    let plots = crate::report::plot_run(&o.out_dir)?;
+    let plot = plots[0].clone();
     let finished = tr.state.step >= tc.steps;
     let mut sample = None;
     if finished && o.sample_tokens > 0 {
@@ -188,35 +187,4 @@ fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
 fn line_step(line: &str) -> Option<u64> {
     let v: serde_json::Value = serde_json::from_str(line).ok()?;
     v.get("step").or_else(|| v.get("m").and_then(|m| m.get("step"))).and_then(|s| s.as_u64())
-}
-
-/// loss.png: training cross-entropy and validation loss against steps.
-pub fn plot_metrics(metrics: &Path, out: &Path) -> Result<()> {
-    let text = std::fs::read_to_string(metrics).map_err(Error::io(metrics))?;
-    let (mut tr, mut va) = (vec![], vec![]);
-    for line in text.lines() {
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
-            continue;
-        };
-        match v.get("kind").and_then(|k| k.as_str()) {
-            Some("train") => {
-                if let (Some(s), Some(l)) = (v["m"]["step"].as_f64(), v["m"]["ce"].as_f64()) {
-                    tr.push((s, l));
-                }
-            }
-            Some("val") => {
-                if let (Some(s), Some(l)) = (v["step"].as_f64(), v["val_loss"].as_f64()) {
-                    va.push((s, l));
-                }
-            }
-            _ => {}
-        }
-    }
-    let chart = Chart {
-        title: "moe train: loss".into(),
-        x_label: "step".into(),
-        y_label: "cross-entropy (nats)".into(),
-        series: vec![Series { label: "train".into(), points: tr }, Series { label: "validation".into(), points: va }],
-    };
-    render(&chart, out, 800, 500)
 }
