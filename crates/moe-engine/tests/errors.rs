@@ -143,3 +143,23 @@ fn refuses_to_overwrite_or_resume_nothing() {
     let msg = one_line(&run(&wrong, &quiet).unwrap_err());
     assert!(msg.contains("another corpus"), "{msg}");
 }
+
+#[test]
+fn bad_routing_configs() {
+    use moe_engine::config::RouterKind;
+    let msg = |c: ModelConfig| one_line(&c.validate().unwrap_err());
+    let ds = ModelConfig { router: RouterKind::SigmoidGroup, num_local_experts: 4, n_group: 2, ..ModelConfig::tiny() };
+    assert!(msg(ModelConfig { topk_group: 3, ..ds.clone() }).contains("topk_group 3 must be in 1..=2"));
+    assert!(msg(ModelConfig { n_group: 3, ..ds.clone() }).contains("does not divide"));
+    assert!(msg(ModelConfig { capacity_factor: -1.0, ..ModelConfig::tiny() }).contains("capacity_factor"));
+    assert!(msg(ModelConfig { router: RouterKind::Switch, ..ModelConfig::tiny() })
+        .contains("switch router needs num_experts_per_tok = 1"));
+    assert!(msg(ModelConfig { router_jitter_noise: 1.5, ..ModelConfig::tiny() }).contains("router_jitter_noise"));
+    assert!(msg(ModelConfig { bias_update_rate: -0.1, ..ModelConfig::tiny() }).contains("bias_update_rate"));
+    assert!(msg(ModelConfig { num_experts_per_tok: 3, topk_group: 1, ..ds }).contains("exceeds the 2 experts"));
+    // An unknown router in a config file names the valid ones.
+    let mut v = serde_json::to_value(ModelConfig::tiny()).unwrap();
+    v["router"] = "random".into();
+    let e = serde_json::from_value::<ModelConfig>(v).unwrap_err().to_string();
+    assert!(e.contains("unknown variant `random`") && e.contains("sigmoid_group"), "{e}");
+}

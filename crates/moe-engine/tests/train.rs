@@ -78,3 +78,64 @@ fn gradient_accumulation_equals_a_larger_batch() {
     }
     assert_eq!(a.metrics.last().unwrap().tokens, b.metrics.last().unwrap().tokens);
 }
+
+#[test]
+fn aux_loss_free_bias_moves_toward_balance() {
+    use moe_engine::params::FfnSpans;
+    use moe_engine::train::{TrainConfig, Trainer};
+    let cfg =
+        moe_engine::config::ModelConfig { bias_update_rate: 0.01, router_aux_loss_coef: 0.0, ..common::tiny_model() };
+    let tc = TrainConfig { steps: 2, batch_size: 2, seq_len: 16, ..TrainConfig::default() };
+    let mut tr = Trainer::new(cfg, tc, "test".into()).unwrap();
+    let data: Vec<u32> = (0..4000).map(|i| (i * 7 % 300) as u32).collect();
+    let m = tr.step(&data).unwrap();
+    let bias_spans: Vec<_> = tr
+        .model
+        .layout
+        .layers
+        .iter()
+        .filter_map(|l| if let FfnSpans::Moe(s) = &l.ffn { s.selection_bias } else { None })
+        .collect();
+    assert_eq!(bias_spans.len(), 2);
+    for (span, load) in bias_spans.iter().zip(&m.expert_load) {
+        let mean = load.iter().sum::<u32>() as f64 / load.len() as f64;
+        for (&b, &c) in span.of(&tr.params).iter().zip(load) {
+            let want = if (c as f64) < mean {
+                0.01
+            } else if (c as f64) > mean {
+                -0.01
+            } else {
+                0.0
+            };
+            assert!((b - want).abs() < 1e-7, "load {c} (mean {mean}): bias {b}, want {want}");
+        }
+    }
+}
+
+#[test]
+fn routes_separate_prose_and_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = write_corpus(dir.path());
+    let mut text = std::fs::read_to_string(&corpus).unwrap();
+    text += "```\nfn main() { let x = 1; }\n```\n";
+    std::fs::write(&corpus, text).unwrap();
+    let o = options(dir.path(), &corpus, "run", 4);
+    run(&o, &quiet).unwrap();
+    let ck = checkpoint::load(&dir.path().join("run")).unwrap();
+    let tk = moe_engine::tokenizer::Tokenizer::load(&ck.dir.join("tokenizer.json")).unwrap();
+    let docs = moe_engine::corpus::load(&moe_engine::corpus::Source::Path(corpus)).unwrap();
+    assert_eq!(docs[0].code.len(), 1);
+    let model = moe_engine::model::Model::<f32>::new(ck.config).unwrap();
+    let (domain, by_doc) = moe_engine::routes::analyse(&model, &ck.params, &tk, &docs, 100_000).unwrap();
+    let (prose, code) = (domain.tokens[0], domain.tokens[1]);
+    assert!(prose > 1000 && code > 5 && code < 40, "prose {prose}, code {code}");
+    // Every token's K assignments are counted, per layer.
+    for l in 0..2 {
+        let total: u64 = domain.counts.iter().map(|g| g[l].iter().sum::<u64>()).sum();
+        assert_eq!(total, 2 * (prose + code));
+    }
+    assert_eq!(by_doc.tokens[0], prose + code);
+    assert!(dir.path().join("run/expert_load.png").is_file() && dir.path().join("run/load_balance.png").is_file());
+    domain.plot("t", &dir.path().join("r.png")).unwrap();
+    assert!(domain.markdown().contains("| code |"));
+}
