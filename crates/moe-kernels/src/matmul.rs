@@ -42,41 +42,11 @@ pub fn matmul<T: Float>(dst: &mut [T], a: Mat<T>, b: Mat<T>, accumulate: bool, p
 
 /// Like [`matmul`], but row i of dst starts at `i * dst_rs` (dst_rs >= N).
 pub fn matmul_strided<T: Float>(dst: &mut [T], dst_rs: usize, a: Mat<T>, b: Mat<T>, accumulate: bool, parallel: bool) {
-    let (m, k, n) = (a.rows, a.cols, b.cols);
-    assert_eq!(b.rows, k, "inner dimensions differ");
+    let (m, n) = (a.rows, b.cols);
     assert!(dst_rs >= n && (m == 0 || dst.len() >= (m - 1) * dst_rs + n), "dst too small");
-    a.check();
-    b.check();
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        if !accumulate {
-            dst.chunks_mut(dst_rs).take(m).for_each(|r| r[..n].fill(T::ZERO));
-        }
-        return;
-    }
-    let threads = if parallel { rayon::current_num_threads() } else { 1 };
-    // SAFETY: shapes and strides were checked against the slice lengths above; dst is a
-    // distinct &mut borrow so it cannot alias a or b.
-    unsafe {
-        T::gemm_raw(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            dst_rs as isize,
-            accumulate,
-            a.data.as_ptr(),
-            a.cs as isize,
-            a.rs as isize,
-            b.data.as_ptr(),
-            b.cs as isize,
-            b.rs as isize,
-            threads,
-        );
-    }
+    // SAFETY: dst was checked to hold M rows of stride dst_rs; it is a distinct &mut borrow, so
+    // no other thread can touch it and it cannot alias a or b.
+    unsafe { matmul_raw(dst.as_mut_ptr(), dst_rs, a, b, accumulate, parallel) }
 }
 
 /// [`matmul_strided`] into a raw destination, for kernels whose parallel jobs write
