@@ -13,4 +13,5 @@ common=(--steps "$steps" --eval-every 50 --sample-tokens 0 --quiet --z-loss-coef
 [ -d $out/none ] || $moe train --out $out/none "${common[@]}" --aux-loss-coef 0
 [ -d $out/switch ] || $moe train --out $out/switch "${common[@]}" --aux-loss-coef 0.01
 [ -d $out/aux-free ] || $moe train --out $out/aux-free "${common[@]}" --aux-loss-coef 0 --bias-update-rate 0.001
-$moe plot --runs $out/none $out/switch $out/aux-free --labels none switch aux-free --out $out
+[ -d $out/switch-layer ] || $moe train --out $out/switch-layer "${common[@]}" --aux-loss-coef 0.01 --aux-loss-scope layer
+$moe plot --runs $out/none $out/switch $out/switch-layer $out/aux-free --labels none switch-global switch-layer aux-free --out $out

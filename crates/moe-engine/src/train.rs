@@ -139,6 +139,11 @@ pub struct StepMetrics {
     /// Mean entropy of the routing distribution (nats), per MoE layer.
     #[serde(default)]
     pub router_entropy: Vec<f64>,
+    /// Each MoE layer's own Switch loss and z-loss (before coefficients).
+    #[serde(default)]
+    pub layer_aux: Vec<f64>,
+    #[serde(default)]
+    pub layer_z: Vec<f64>,
 }
 
 /// Mutable training state saved in checkpoints besides the weights and moments.
@@ -246,11 +251,15 @@ impl Trainer {
             }
             for (i, s) in stats.iter().enumerate() {
                 if met.dropped_fraction.len() <= i {
-                    met.dropped_fraction.push(0.0);
-                    met.router_entropy.push(0.0);
+                    for v in [&mut met.dropped_fraction, &mut met.router_entropy, &mut met.layer_aux, &mut met.layer_z] {
+                        v.push(0.0);
+                    }
                 }
-                met.dropped_fraction[i] += s.dropped_fraction() / tc.grad_accum as f64;
-                met.router_entropy[i] += s.entropy / tc.grad_accum as f64;
+                let ga = tc.grad_accum as f64;
+                met.dropped_fraction[i] += s.dropped_fraction() / ga;
+                met.router_entropy[i] += s.entropy / ga;
+                met.layer_aux[i] += s.switch_loss() / ga;
+                met.layer_z[i] += s.z_loss / ga;
             }
             self.model.backward(&self.params, &mut self.grads, &mut self.acts, &self.cache, &self.x, &self.y);
             let ga = tc.grad_accum as f64;
