@@ -251,7 +251,8 @@ impl Trainer {
             }
             for (i, s) in stats.iter().enumerate() {
                 if met.dropped_fraction.len() <= i {
-                    for v in [&mut met.dropped_fraction, &mut met.router_entropy, &mut met.layer_aux, &mut met.layer_z] {
+                    for v in [&mut met.dropped_fraction, &mut met.router_entropy, &mut met.layer_aux, &mut met.layer_z]
+                    {
                         v.push(0.0);
                     }
                 }
