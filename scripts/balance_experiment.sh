@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Load-balancing experiment of RESULTS.md: the default MoE trained three times on the default
+# Load-balancing experiment of RESULTS.md: the default MoE trained several times on the default
 # corpus, same data and seed, with (a) no balancing, (b) the Switch loss, (c) aux-loss-free
 # bias balancing; then `moe plot` compares them.
 #   bash scripts/balance_experiment.sh [STEPS]      # from the project root; ~25 min on 2 cores
