@@ -1,0 +1,33 @@
+//! Typed errors of the inference crate. Each names the file and tensor at fault and how to fix it.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {msg}")]
+    Format { path: PathBuf, msg: String },
+    #[error("{dir}: no tensor `{name}` in any shard; is this a complete {arch} checkpoint?")]
+    MissingTensor { dir: PathBuf, name: String, arch: String },
+    #[error("{path}: tensor `{name}` has shape {got:?}, the config needs {want:?}; config.json and weights disagree")]
+    Shape { path: PathBuf, name: String, got: Vec<usize>, want: Vec<usize> },
+    #[error("{path}: tensor `{name}` has dtype {dtype}, supported are F32, F16, BF16 (and U8 MXFP4 expert blocks)")]
+    Dtype { path: PathBuf, name: String, dtype: String },
+    #[error("{path}: {msg}")]
+    Config { path: PathBuf, msg: String },
+    #[error("{path}: tokenizer: {msg}")]
+    Tokenizer { path: PathBuf, msg: String },
+    #[error("chat template: {0}")]
+    Template(String),
+    #[error("{0}")]
+    Input(String),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Attaches a path to an io::Error.
+pub fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
+    let path = path.into();
+    move |source| Error::Io { path, source }
+}

@@ -1,0 +1,17 @@
+//! moe inference: run Hugging Face MoE checkpoints (Mixtral, Qwen2/3-MoE, OLMoE, DeepSeek-V3,
+//! Granite-MoE, PhiMoE, gpt-oss) from their safetensors, memory-mapped, with their tokenizer
+//! and chat template.
+
+pub mod attention;
+pub mod config;
+pub mod error;
+pub mod linear;
+pub mod load;
+pub mod model;
+pub mod moe;
+pub mod rope;
+pub mod store;
+pub mod weight;
+
+pub use error::{Error, Result};
+pub use model::{Cache, Model};

@@ -1,0 +1,106 @@
+//! y = x W^T + b over a memory-mapped weight of any dtype. F32 weights are multiplied in place;
+//! others are decoded in panels of rows into a small per-thread buffer and multiplied panel by
+//! panel, so the weights are never copied whole.
+
+use crate::weight::Weight;
+use moe_kernels::matmul::{matmul, matmul_strided, Mat};
+use rayon::prelude::*;
+use std::cell::RefCell;
+
+/// Floats decoded per panel (256 KiB).
+const PANEL: usize = 1 << 16;
+
+thread_local! {
+    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+#[derive(Clone)]
+pub struct Linear {
+    pub w: Weight,
+    /// false: w is [out, in] (nn.Linear); true: w is [in, out] (gpt-oss experts).
+    pub transposed: bool,
+    pub bias: Option<Vec<f32>>,
+    pub inp: usize,
+    pub out: usize,
+}
+
+impl Linear {
+    pub fn new(w: Weight, bias: Option<Vec<f32>>) -> Self {
+        let (out, inp) = (w.rows, w.cols);
+        Linear { w, transposed: false, bias, inp, out }
+    }
+    pub fn transposed(w: Weight, bias: Option<Vec<f32>>) -> Self {
+        let (inp, out) = (w.rows, w.cols);
+        Linear { w, transposed: true, bias, inp, out }
+    }
+
+    /// y[n, out] = x[n, inp] W^T (+ b).
+    pub fn forward(&self, x: &[f32], n: usize, y: &mut [f32]) {
+        let (i, o) = (self.inp, self.out);
+        let (x, y) = (&x[..n * i], &mut y[..n * o]);
+        let par = n * i * o > 1 << 18;
+        match (self.w.as_f32(), self.transposed) {
+            (Some(w), false) => matmul(y, Mat::new(x, n, i), Mat::new(w, o, i).t(), false, par),
+            (Some(w), true) => matmul(y, Mat::new(x, n, i), Mat::new(w, i, o), false, par),
+            (None, false) if n == 1 => self.decode_rows_vec(x, y),
+            (None, false) => self.panels_out(x, n, y, par),
+            (None, true) => self.panels_in(x, n, y, par),
+        }
+        if let Some(b) = &self.bias {
+            for row in y.chunks_exact_mut(o) {
+                row.iter_mut().zip(b).for_each(|(v, b)| *v += b);
+            }
+        }
+    }
+
+    /// One token: output rows in parallel panels, each decoded then dotted with x.
+    fn decode_rows_vec(&self, x: &[f32], y: &mut [f32]) {
+        let per = (PANEL / self.inp).max(1);
+        y.par_chunks_mut(per).enumerate().for_each(|(p, ys)| {
+            with_scratch(ys.len() * self.inp, |buf| {
+                self.w.rows_f32(p * per, buf);
+                for (yv, wr) in ys.iter_mut().zip(buf.chunks_exact(self.inp)) {
+                    *yv = wr.iter().zip(x).map(|(a, b)| a * b).sum();
+                }
+            })
+        });
+    }
+
+    /// [out, in] weight: panel of output rows -> columns of y.
+    fn panels_out(&self, x: &[f32], n: usize, y: &mut [f32], par: bool) {
+        let per = (PANEL / self.inp).max(1);
+        for o0 in (0..self.out).step_by(per) {
+            let m = per.min(self.out - o0);
+            with_scratch(m * self.inp, |buf| {
+                self.w.rows_f32(o0, buf);
+                let b = Mat::new(&buf[..], m, self.inp).t();
+                matmul_strided(&mut y[o0..], self.out, Mat::new(x, n, self.inp), b, false, par);
+            });
+        }
+    }
+
+    /// [in, out] weight: panel of input rows, accumulated into y.
+    fn panels_in(&self, x: &[f32], n: usize, y: &mut [f32], par: bool) {
+        let per = (PANEL / self.out).max(1);
+        for i0 in (0..self.inp).step_by(per) {
+            let m = per.min(self.inp - i0);
+            with_scratch(m * self.out, |buf| {
+                self.w.rows_f32(i0, buf);
+                let a = Mat { data: &x[i0..], rows: n, cols: m, rs: self.inp, cs: 1 };
+                matmul(y, a, Mat::new(&buf[..], m, self.out), i0 > 0, par);
+            });
+        }
+    }
+}
+
+/// Runs f on a scratch buffer of `len` floats, reused per thread. The buffer is taken out of
+/// the thread slot for the call, so a rayon task stolen while f waits gets its own.
+fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    let mut buf = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
+    if buf.len() < len {
+        buf.resize(len, 0.0);
+    }
+    let r = f(&mut buf[..len]);
+    SCRATCH.with(|s| *s.borrow_mut() = buf);
+    r
+}

@@ -1,0 +1,253 @@
+//! A Hugging Face MoE model at inference: weights memory-mapped from the checkpoint, a KV
+//! cache, and the forward pass of every supported architecture (one sequence at a time).
+
+use crate::attention::{attend, Dims};
+use crate::config::{Act, Norm, QkNorm, Spec};
+use crate::error::{Error, Result};
+use crate::load::{load, Attn, FfnW, Layer, NormW, Weights};
+use crate::moe::{experts_forward, route, Routing};
+use crate::store::TensorStore;
+use std::path::Path;
+
+pub struct Model {
+    pub spec: Spec,
+    pub store: TensorStore,
+    pub w: Weights,
+}
+
+/// Keys and values of every layer for positions 0..len: k [len, G, Dk], v [len, G, Dv], and
+/// the tokens they came from.
+pub struct Cache {
+    pub k: Vec<Vec<f32>>,
+    pub v: Vec<Vec<f32>>,
+    pub len: usize,
+    pub tokens: Vec<u32>,
+}
+
+impl Cache {
+    pub fn new(spec: &Spec) -> Self {
+        Cache { k: vec![vec![]; spec.layers], v: vec![vec![]; spec.layers], len: 0, tokens: vec![] }
+    }
+    fn clear(&mut self) {
+        self.k.iter_mut().chain(self.v.iter_mut()).for_each(|x| x.clear());
+        self.len = 0;
+        self.tokens.clear();
+    }
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        4 * self.k.iter().chain(&self.v).map(|x| x.len()).sum::<usize>()
+    }
+}
+
+impl Model {
+    /// Opens a checkpoint directory: config.json and the safetensors shards (memory-mapped).
+    pub fn load(dir: &Path) -> Result<Model> {
+        let spec = Spec::from_dir(dir)?;
+        let store = TensorStore::open(dir)?;
+        let w = load(&store, &spec)?;
+        Ok(Model { spec, store, w })
+    }
+
+    /// Runs `tokens` at positions cache.len.. and appends them to the cache. Returns the logits
+    /// [T, V] of every new position when `all`, else [1, V] of the last.
+    ///
+    /// LongRoPE switches its schedule once the sequence outgrows original_max_position_embeddings;
+    /// like transformers' generate, the cached positions are then recomputed with the long one.
+    pub fn forward(&self, tokens: &[u32], cache: &mut Cache, all: bool) -> Result<Vec<f32>> {
+        if tokens.is_empty() {
+            return Err(Error::Input("no tokens to run".into()));
+        }
+        if let Some(&bad) = tokens.iter().find(|&&id| id as usize >= self.spec.vocab) {
+            return Err(Error::Input(format!("token id {bad} is outside the vocabulary (size {})", self.spec.vocab)));
+        }
+        let orig = self.spec.rope.original;
+        if self.spec.rope.long.is_some() && cache.len > 0 && cache.len <= orig && cache.len + tokens.len() > orig {
+            let (t, mut seq) = (tokens.len(), std::mem::take(&mut cache.tokens));
+            seq.extend_from_slice(tokens);
+            cache.clear();
+            let logits = self.run(&seq, cache, all)?;
+            return Ok(if all { logits[(seq.len() - t) * self.spec.vocab..].to_vec() } else { logits });
+        }
+        self.run(tokens, cache, all)
+    }
+
+    fn run(&self, tokens: &[u32], cache: &mut Cache, all: bool) -> Result<Vec<f32>> {
+        let s = &self.spec;
+        let (t, c, pos0) = (tokens.len(), s.hidden, cache.len);
+        let mut x = vec![0.0f32; t * c];
+        for (row, &id) in x.chunks_exact_mut(c).zip(tokens) {
+            self.w.embed.row_f32(id as usize, row);
+            row.iter_mut().for_each(|v| *v *= s.embed_mult);
+        }
+        let (cos, sin) = s.rope.tables(pos0, t, pos0 + t);
+        let mut hn = vec![0.0f32; t * c];
+        let mut out = vec![0.0f32; t * c];
+        for (li, layer) in self.w.layers.iter().enumerate() {
+            norm(s, &layer.in_norm, &x, &mut hn);
+            self.attention(li, layer, &hn, t, cache, &cos, &sin, &mut out);
+            x.iter_mut().zip(&out).for_each(|(a, b)| *a += b * s.residual_mult);
+            norm(s, &layer.post_norm, &x, &mut hn);
+            self.ffn(&layer.ffn, &hn, t, &mut out);
+            x.iter_mut().zip(&out).for_each(|(a, b)| *a += b * s.residual_mult);
+        }
+        cache.len += t;
+        cache.tokens.extend_from_slice(tokens);
+        let rows = if all { 0 } else { t - 1 };
+        let xs = &x[rows * c..];
+        let mut last = vec![0.0; xs.len()];
+        norm(s, &self.w.norm, xs, &mut last);
+        let n = t - rows;
+        let mut logits = vec![0.0; n * s.vocab];
+        self.w.lm_head.forward(&last, n, &mut logits);
+        if s.logits_div != 1.0 {
+            logits.iter_mut().for_each(|v| *v /= s.logits_div);
+        }
+        Ok(logits)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &self,
+        li: usize,
+        layer: &Layer,
+        x: &[f32],
+        t: usize,
+        cache: &mut Cache,
+        cos: &[f32],
+        sin: &[f32],
+        out: &mut [f32],
+    ) {
+        let s = &self.spec;
+        let (nh, g, d, dv) = (s.heads, s.kv_heads, s.head_dim, s.v_dim);
+        let half = s.rope.dim / 2;
+        let rot = |v: &mut [f32], heads: usize, stride: usize, off: usize| {
+            for i in 0..t {
+                for hh in 0..heads {
+                    let at = (i * heads + hh) * stride + off;
+                    s.rope.apply(&mut v[at..at + s.rope.dim], &cos[i * half..][..half], &sin[i * half..][..half]);
+                }
+            }
+        };
+        let mut q = vec![0.0; t * nh * d];
+        let mut heads_out = vec![0.0; t * nh * dv];
+        let (o, sinks) = match &layer.attn {
+            Attn::Std { q: qp, k: kp, v: vp, o, q_norm, k_norm, sinks } => {
+                let (mut k, mut v) = (vec![0.0; t * g * d], vec![0.0; t * g * d]);
+                qp.forward(x, t, &mut q);
+                kp.forward(x, t, &mut k);
+                vp.forward(x, t, &mut v);
+                if let (Some(qn), Some(kn)) = (q_norm, k_norm) {
+                    let (qw, kw) = if s.qk_norm == QkNorm::PerHead { (d, d) } else { (nh * d, g * d) };
+                    rms_rows(&mut q, qn, qw, s.eps);
+                    rms_rows(&mut k, kn, kw, s.eps);
+                }
+                if let Some(lim) = s.clip_qkv {
+                    for a in q.iter_mut().chain(k.iter_mut()).chain(v.iter_mut()) {
+                        *a = a.clamp(-lim, lim);
+                    }
+                }
+                rot(&mut q, nh, d, 0);
+                rot(&mut k, g, d, 0);
+                cache.k[li].extend_from_slice(&k);
+                cache.v[li].extend_from_slice(&v);
+                (o, sinks.as_deref())
+            }
+            Attn::Mla { q_a, q: qp, kv_a, kv_norm, kv_b, o } => {
+                let m = s.mla.expect("an MLA layer has an MLA spec");
+                match q_a {
+                    Some((qa, qn)) => {
+                        let mut lat = vec![0.0; t * qa.out];
+                        qa.forward(x, t, &mut lat);
+                        rms_rows(&mut lat, qn, qa.out, s.eps);
+                        qp.forward(&lat, t, &mut q);
+                    }
+                    None => qp.forward(x, t, &mut q),
+                }
+                let w = m.kv_lora + m.rope;
+                let mut ckv = vec![0.0; t * w];
+                kv_a.forward(x, t, &mut ckv);
+                let mut lat = vec![0.0; t * m.kv_lora];
+                for (l, r) in lat.chunks_exact_mut(m.kv_lora).zip(ckv.chunks_exact(w)) {
+                    l.copy_from_slice(&r[..m.kv_lora]);
+                }
+                rms_rows(&mut lat, kv_norm, m.kv_lora, s.eps);
+                rot(&mut q, nh, d, m.nope);
+                rot(&mut ckv, 1, w, m.kv_lora);
+                let mut kv = vec![0.0; t * nh * (m.nope + m.v)];
+                kv_b.forward(&lat, t, &mut kv);
+                let (kc, vc) = (&mut cache.k[li], &mut cache.v[li]);
+                for i in 0..t {
+                    for hh in 0..nh {
+                        let src = &kv[(i * nh + hh) * (m.nope + m.v)..][..m.nope + m.v];
+                        kc.extend_from_slice(&src[..m.nope]);
+                        kc.extend_from_slice(&ckv[i * w + m.kv_lora..][..m.rope]);
+                        vc.extend_from_slice(&src[m.nope..]);
+                    }
+                }
+                (o, None)
+            }
+        };
+        let dims = Dims { t, pos0: cache.len, h: nh, g, dk: d, dv };
+        attend(&mut heads_out, &q, &cache.k[li], &cache.v[li], dims, s.attn_scale, s.windows[li], sinks);
+        o.forward(&heads_out, t, out);
+    }
+
+    fn ffn(&self, f: &FfnW, x: &[f32], t: usize, out: &mut [f32]) {
+        let s = &self.spec;
+        let c = s.hidden;
+        match f {
+            FfnW::Dense(mlp) => mlp.forward(x, t, Act::Swiglu, out),
+            FfnW::Moe(m) => {
+                let e = s.moe.experts;
+                let k = s.moe.top_k;
+                let mut logits = vec![0.0; t * e];
+                m.router.forward(x, t, &mut logits);
+                let mut r = Routing { ids: vec![0; t * k], weights: vec![0.0; t * k] };
+                for i in 0..t {
+                    let (ids, w) = (&mut r.ids[i * k..][..k], &mut r.weights[i * k..][..k]);
+                    route(&s.moe, &logits[i * e..][..e], m.score_bias.as_deref(), ids, w);
+                }
+                out[..t * c].fill(0.0);
+                experts_forward(&s.moe, &m.experts, x, t, &r, out);
+                if let Some(sh) = &m.shared {
+                    let mut y = vec![0.0; t * c];
+                    sh.forward(x, t, Act::Swiglu, &mut y);
+                    let mut gate = vec![1.0; t];
+                    if let Some(g) = &m.shared_gate {
+                        g.forward(x, t, &mut gate);
+                        gate.iter_mut().for_each(|v| *v = 1.0 / (1.0 + (-*v).exp()));
+                    }
+                    for ((o, yr), gv) in out.chunks_exact_mut(c).zip(y.chunks_exact(c)).zip(&gate) {
+                        o.iter_mut().zip(yr).for_each(|(a, b)| *a += gv * b);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// y = norm(x) row by row (RMSNorm, or LayerNorm with bias).
+fn norm(s: &Spec, n: &NormW, x: &[f32], y: &mut [f32]) {
+    let c = n.w.len();
+    for (yr, xr) in y.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
+        let (mean, var) = match s.norm {
+            Norm::Rms => (0.0, xr.iter().map(|v| v * v).sum::<f32>() / c as f32),
+            Norm::Layer => {
+                let m = xr.iter().sum::<f32>() / c as f32;
+                (m, xr.iter().map(|v| (v - m) * (v - m)).sum::<f32>() / c as f32)
+            }
+        };
+        let r = 1.0 / (var + s.eps as f32).sqrt();
+        for (i, (o, &v)) in yr.iter_mut().zip(xr).enumerate() {
+            *o = (v - mean) * r * n.w[i] + n.b.as_ref().map_or(0.0, |b| b[i]);
+        }
+    }
+}
+
+/// In-place RMSNorm over rows of width `w`.
+fn rms_rows(x: &mut [f32], n: &NormW, w: usize, eps: f64) {
+    for row in x.chunks_exact_mut(w) {
+        let r = 1.0 / (row.iter().map(|v| v * v).sum::<f32>() / w as f32 + eps as f32).sqrt();
+        row.iter_mut().zip(&n.w).for_each(|(v, g)| *v = *v * r * g);
+    }
+}

@@ -1,0 +1,160 @@
+//! A weight matrix inside a memory map: dtype, rows x cols, decoded to f32 a row at a time.
+//! F32 (read in place when aligned), F16, BF16, and MXFP4 (OCP microscaling: 32 E2M1 values
+//! share one E8M0 power-of-two scale; gpt-oss expert blocks). Rows are the leading dimensions
+//! flattened: a 3-D expert tensor [E, R, C] is E*R rows, and `rows(e*R, R)` is expert e.
+
+use memmap2::Mmap;
+use std::sync::Arc;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dtype {
+    F32,
+    F16,
+    BF16,
+    /// Raw bytes; only valid as the parts of an MXFP4 weight.
+    U8,
+    /// Packed E2M1 pairs (low nibble first) with one scale byte per 32 values.
+    Mxfp4,
+}
+
+impl Dtype {
+    pub fn parse(s: &str) -> Option<Dtype> {
+        Some(match s {
+            "F32" => Dtype::F32,
+            "F16" => Dtype::F16,
+            "BF16" => Dtype::BF16,
+            "U8" => Dtype::U8,
+            _ => return None,
+        })
+    }
+    pub fn is_float(self) -> bool {
+        matches!(self, Dtype::F32 | Dtype::F16 | Dtype::BF16)
+    }
+}
+
+/// E2M1 code -> value.
+const FP4: [f32; 16] = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0];
+
+#[derive(Clone)]
+pub struct Weight {
+    map: Arc<Mmap>,
+    /// Byte offset of row 0 in `map`.
+    start: usize,
+    pub dtype: Dtype,
+    pub rows: usize,
+    pub cols: usize,
+    /// MXFP4 only: the scales' map and the byte offset of row 0's scales.
+    scales: Option<(Arc<Mmap>, usize)>,
+}
+
+impl Weight {
+    /// `shape`'s last dimension is cols; the others flatten into rows (a 1-D tensor is one row).
+    pub(crate) fn new(map: Arc<Mmap>, start: usize, end: usize, dtype: Dtype, shape: &[usize]) -> Self {
+        let cols = shape.last().copied().unwrap_or(1);
+        let rows = shape.iter().rev().skip(1).product();
+        let w = Weight { map, start, dtype, rows, cols, scales: None };
+        debug_assert_eq!(end - start, w.row_bytes() * rows);
+        w
+    }
+
+    /// MXFP4 from its U8 parts: blocks [rows, cols/32, 16] and scales [rows, cols/32].
+    pub(crate) fn mxfp4(blocks: Weight, scales: Weight, rows: usize, cols: usize) -> Self {
+        Weight {
+            map: blocks.map,
+            start: blocks.start,
+            dtype: Dtype::Mxfp4,
+            rows,
+            cols,
+            scales: Some((scales.map, scales.start)),
+        }
+    }
+
+    /// Bytes of one row.
+    pub fn row_bytes(&self) -> usize {
+        match self.dtype {
+            Dtype::F32 => 4 * self.cols,
+            Dtype::F16 | Dtype::BF16 => 2 * self.cols,
+            Dtype::U8 => self.cols,
+            Dtype::Mxfp4 => self.cols / 2,
+        }
+    }
+
+    /// Bytes of the whole matrix (scales included).
+    pub fn bytes(&self) -> usize {
+        self.rows * (self.row_bytes() + if self.dtype == Dtype::Mxfp4 { self.cols / 32 } else { 0 })
+    }
+
+    /// Rows r0..r0+n as a weight of their own.
+    pub fn rows(&self, r0: usize, n: usize) -> Weight {
+        assert!(r0 + n <= self.rows, "row range out of bounds");
+        let mut w = self.clone();
+        w.start += r0 * self.row_bytes();
+        w.rows = n;
+        if let Some((m, s)) = &self.scales {
+            w.scales = Some((m.clone(), s + r0 * self.cols / 32));
+        }
+        w
+    }
+
+    fn raw(&self) -> &[u8] {
+        &self.map[self.start..self.start + self.rows * self.row_bytes()]
+    }
+
+    /// The data as f32 in place, when it is F32 and 4-byte aligned.
+    pub fn as_f32(&self) -> Option<&[f32]> {
+        if self.dtype != Dtype::F32 {
+            return None;
+        }
+        let raw = self.raw();
+        // SAFETY: f32 has no invalid bit patterns; align_to returns only the aligned middle.
+        let (pre, mid, post) = unsafe { raw.align_to::<f32>() };
+        (pre.is_empty() && post.is_empty()).then_some(mid)
+    }
+
+    /// Decodes rows r0..r0+out.len()/cols into `out` (row-major f32).
+    pub fn rows_f32(&self, r0: usize, out: &mut [f32]) {
+        for (i, o) in out.chunks_exact_mut(self.cols).enumerate() {
+            self.row_f32(r0 + i, o);
+        }
+    }
+
+    /// Decodes row r into out[cols].
+    pub fn row_f32(&self, r: usize, out: &mut [f32]) {
+        let rb = self.row_bytes();
+        let b = &self.map[self.start + r * rb..self.start + (r + 1) * rb];
+        match self.dtype {
+            Dtype::F32 => {
+                for (o, c) in out.iter_mut().zip(b.chunks_exact(4)) {
+                    *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                }
+            }
+            Dtype::BF16 => {
+                for (o, c) in out.iter_mut().zip(b.chunks_exact(2)) {
+                    *o = f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16);
+                }
+            }
+            Dtype::F16 => {
+                for (o, c) in out.iter_mut().zip(b.chunks_exact(2)) {
+                    *o = half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32();
+                }
+            }
+            Dtype::U8 => {
+                for (o, &c) in out.iter_mut().zip(b) {
+                    *o = c as f32;
+                }
+            }
+            Dtype::Mxfp4 => {
+                let (m, s0) = self.scales.as_ref().expect("an MXFP4 weight always has scales");
+                let nb = self.cols / 32;
+                let scales = &m[s0 + r * nb..s0 + (r + 1) * nb];
+                for ((o, blk), &e) in out.chunks_exact_mut(32).zip(b.chunks_exact(16)).zip(scales) {
+                    let scale = (2.0f32).powi(e as i32 - 127);
+                    for (pair, &byte) in o.chunks_exact_mut(2).zip(blk) {
+                        pair[0] = FP4[(byte & 15) as usize] * scale;
+                        pair[1] = FP4[(byte >> 4) as usize] * scale;
+                    }
+                }
+            }
+        }
+    }
+}
