@@ -43,7 +43,7 @@ pub struct MoeW {
 }
 
 pub enum FfnW {
-    Dense(Expert),
+    Dense(Box<Expert>),
     Moe(Box<MoeW>),
 }
 
@@ -260,7 +260,7 @@ pub fn load(st: &TensorStore, spec: &Spec) -> Result<Weights> {
                 post_norm: l.norm(&format!("{p}post_attention_layernorm"), h, ln)?,
                 attn: l.attn(&format!("{p}self_attn."))?,
                 ffn: match spec.ffn[li] {
-                    crate::config::Ffn::Dense(inter) => FfnW::Dense(l.mlp(&format!("{p}mlp."), inter)?),
+                    crate::config::Ffn::Dense(inter) => FfnW::Dense(Box::new(l.mlp(&format!("{p}mlp."), inter)?)),
                     crate::config::Ffn::Moe => FfnW::Moe(Box::new(l.moe(&p)?)),
                 },
             })
