@@ -1,5 +1,7 @@
 //! `moe`: the command line. Parses flags, validates them into the engine's configs, runs.
 
+mod hf;
+
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use moe_engine::checkpoint;
@@ -24,10 +26,12 @@ struct Cli {
 enum Cmd {
     /// Train a dense or MoE model on a corpus (default: the toolchain's Rust books).
     Train(Box<TrainArgs>),
-    /// Generate text from a checkpoint.
+    /// Generate text from a checkpoint of ours or a Hugging Face model directory.
     Generate(GenerateArgs),
-    /// Show parameters, FLOPs and memory of a preset, config file or checkpoint.
+    /// Show parameters, FLOPs and memory of a preset, config file, checkpoint or Hugging Face model.
     Inspect(InspectArgs),
+    /// Write the float32 logits of every position of a Hugging Face model to a .npy file.
+    Logits(hf::LogitsArgs),
     /// Plot one run (loss, expert-load heatmap, load balance) or compare several.
     Plot(PlotArgs),
     /// Which experts the tokens of each document and of prose vs code go to.
@@ -253,10 +257,19 @@ struct TrainArgs {
 #[derive(Args)]
 struct GenerateArgs {
     /// Checkpoint directory, or a run directory (its latest checkpoint).
+    #[arg(long, required_unless_present = "model", conflicts_with = "model")]
+    checkpoint: Option<PathBuf>,
+    /// A Hugging Face model directory (config.json, *.safetensors, tokenizer.json).
     #[arg(long)]
-    checkpoint: PathBuf,
+    model: Option<PathBuf>,
     #[arg(long, default_value = "")]
     prompt: String,
+    /// Send the prompt as a user message through the model's chat template (--model only).
+    #[arg(long, requires = "model")]
+    chat: bool,
+    /// System message for --chat.
+    #[arg(long, requires = "chat")]
+    system: Option<String>,
     #[arg(long, default_value_t = 200)]
     max_tokens: usize,
     /// 0 = greedy.
@@ -274,7 +287,7 @@ struct GenerateArgs {
 
 #[derive(Args)]
 struct InspectArgs {
-    /// A preset name, a config JSON file or a checkpoint/run directory.
+    /// A preset name, a config JSON file, a checkpoint/run directory or a Hugging Face model directory.
     #[arg(default_value = "default")]
     target: String,
     /// Micro-batch for the training memory estimate.
@@ -321,6 +334,7 @@ fn real_main() -> Result<()> {
         Cmd::Train(a) => train(*a),
         Cmd::Generate(a) => generate_cmd(a),
         Cmd::Inspect(a) => inspect(a),
+        Cmd::Logits(a) => hf::logits(a),
         Cmd::Plot(a) => plot(a),
         Cmd::Routes(a) => routes(a),
         Cmd::Bench(b) => bench(b),
@@ -411,14 +425,19 @@ fn train(a: TrainArgs) -> Result<()> {
 }
 
 fn generate_cmd(a: GenerateArgs) -> Result<()> {
-    let ck = checkpoint::load(&a.checkpoint)?;
+    let s = Sampling { temperature: a.temperature, top_k: a.top_k, top_p: a.top_p, seed: a.seed };
+    let ck_path = match (&a.model, &a.checkpoint) {
+        (Some(dir), _) => return hf::generate_cmd(dir, &a.prompt, a.chat, a.system.as_deref(), a.max_tokens, &s),
+        (None, Some(p)) => p,
+        (None, None) => bail!("pass --checkpoint DIR (a model trained by moe) or --model DIR (a Hugging Face model)"),
+    };
+    let ck = checkpoint::load(ck_path)?;
     let tk_path = ck.dir.join("tokenizer.json");
     if !tk_path.is_file() {
         bail!("{}: no tokenizer.json in the checkpoint; it was not written by `moe train`", ck.dir.display());
     }
     let tk = Tokenizer::load(&tk_path)?;
     let model = Model::<f32>::new(ck.config)?;
-    let s = Sampling { temperature: a.temperature, top_k: a.top_k, top_p: a.top_p, seed: a.seed };
     let mut out = std::io::stdout();
     let _ = write!(out, "{}", a.prompt);
     let stats = generate(&model, &ck.params, &tk, &a.prompt, a.max_tokens, &s, &mut |piece| {
@@ -439,6 +458,9 @@ fn generate_cmd(a: GenerateArgs) -> Result<()> {
 
 fn inspect(a: InspectArgs) -> Result<()> {
     let path = PathBuf::from(&a.target);
+    if path.is_dir() && hf::is_hf_dir(&path) {
+        return hf::inspect(&path);
+    }
     let cfg = if PRESETS.contains(&a.target.as_str()) {
         ModelConfig::preset(&a.target)?
     } else if path.is_dir() {

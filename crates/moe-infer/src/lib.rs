@@ -5,12 +5,16 @@
 pub mod attention;
 pub mod config;
 pub mod error;
+pub mod generate;
+pub mod inspect;
 pub mod linear;
 pub mod load;
 pub mod model;
 pub mod moe;
+pub mod npy;
 pub mod rope;
 pub mod store;
+pub mod tokenizer;
 pub mod weight;
 
 pub use error::{Error, Result};

@@ -1,0 +1,67 @@
+//! Tokenizer and chat template against transformers (ids written by scripts/hf_checkpoints.py):
+//! the prompt's ids, and apply_chat_template's ids, for a template in chat_template.jinja
+//! (transformers 5) and one inside tokenizer_config.json (older hub repositories).
+
+use moe_infer::tokenizer::HfTokenizer;
+use safetensors::SafeTensors;
+use std::path::PathBuf;
+
+/// The texts of scripts/hf_checkpoints.py.
+const PROMPT: &str = "the router sends a token to the experts";
+
+fn dir(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+fn ids(name: &str, key: &str) -> Vec<u32> {
+    let bytes = std::fs::read(dir(name).join("reference.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    st.tensor(key).unwrap().data().chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap()) as u32).collect()
+}
+
+fn chat() -> Vec<(String, String)> {
+    vec![("system".into(), "be brief".into()), ("user".into(), "what is a router".into())]
+}
+
+#[test]
+fn prompt_ids_match_transformers() {
+    for name in ["mixtral", "deepseek_v3"] {
+        let tok = HfTokenizer::load(&dir(name)).unwrap();
+        assert_eq!(tok.encode(PROMPT, true).unwrap(), ids(name, "input_ids"), "{name}");
+    }
+}
+
+#[test]
+fn chat_template_from_jinja_file_matches_transformers() {
+    let tok = HfTokenizer::load(&dir("mixtral")).unwrap();
+    assert!(dir("mixtral").join("chat_template.jinja").is_file());
+    assert_eq!(tok.encode_chat(&chat()).unwrap(), ids("mixtral", "chat_ids"));
+    let text = tok.render_chat(&chat(), true).unwrap();
+    assert_eq!(text, "<s><|system|>be brief</s><|user|>what is a router</s><|assistant|>");
+}
+
+#[test]
+fn chat_template_from_tokenizer_config_matches_transformers() {
+    assert!(!dir("qwen2_moe").join("chat_template.jinja").exists());
+    let tok = HfTokenizer::load(&dir("qwen2_moe")).unwrap();
+    assert_eq!(tok.encode_chat(&chat()).unwrap(), ids("qwen2_moe", "chat_ids"));
+}
+
+#[test]
+fn template_errors_are_reported_not_panics() {
+    let mut tok = HfTokenizer::load(&dir("mixtral")).unwrap();
+    tok.template = Some("{% if messages|length > 1 %}{{ raise_exception('only one message') }}{% endif %}".into());
+    let e = tok.render_chat(&chat(), true).unwrap_err().to_string();
+    assert!(e.contains("only one message"), "{e}");
+    tok.template = Some("{% for %}".into());
+    assert!(tok.render_chat(&chat(), true).unwrap_err().to_string().contains("does not parse"));
+    tok.template = None;
+    assert!(tok.render_chat(&chat(), true).unwrap_err().to_string().contains("no chat template"));
+}
+
+#[test]
+fn python_string_methods_work_in_templates() {
+    let mut tok = HfTokenizer::load(&dir("mixtral")).unwrap();
+    tok.template = Some("{% for m in messages %}{{ m['content'].strip().upper() }}|{% endfor %}".into());
+    assert_eq!(tok.render_chat(&chat(), false).unwrap(), "BE BRIEF|WHAT IS A ROUTER|");
+}

@@ -1,0 +1,116 @@
+//! The commands on Hugging Face checkpoints: `generate --model`, `inspect DIR`, `logits`.
+
+use anyhow::{bail, Result};
+use clap::Args;
+use moe_engine::generate::{GenStats, Sampling};
+use moe_infer::generate::{eos_ids, generate};
+use moe_infer::tokenizer::HfTokenizer;
+use moe_infer::{Cache, Model};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// True when `dir` holds a Hugging Face checkpoint (config.json naming an architecture).
+pub fn is_hf_dir(dir: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(dir.join("config.json")) else { return false };
+    serde_json::from_str::<serde_json::Value>(&text)
+        .map(|v| v.get("architectures").is_some() || v.get("model_type").is_some())
+        .unwrap_or(false)
+}
+
+fn load(dir: &Path) -> Result<Model> {
+    let t0 = std::time::Instant::now();
+    let m = Model::load(dir)?;
+    eprintln!("loaded {} in {:.2}s (memory-mapped)", m.spec.arch.name(), t0.elapsed().as_secs_f64());
+    Ok(m)
+}
+
+/// `moe generate --model DIR`.
+pub fn generate_cmd(
+    dir: &Path,
+    prompt: &str,
+    chat: bool,
+    system: Option<&str>,
+    max_new: usize,
+    s: &Sampling,
+) -> Result<()> {
+    let model = load(dir)?;
+    let tok = HfTokenizer::load(dir)?;
+    let ids = if chat {
+        let mut msgs = vec![];
+        if let Some(sys) = system {
+            msgs.push(("system".to_string(), sys.to_string()));
+        }
+        msgs.push(("user".to_string(), prompt.to_string()));
+        tok.encode_chat(&msgs)?
+    } else {
+        let mut ids = tok.encode(prompt, true)?;
+        if ids.is_empty() {
+            ids.extend(model.spec.bos);
+        }
+        ids
+    };
+    if ids.is_empty() {
+        bail!("the prompt is empty and the model has no BOS token; pass a non-empty --prompt");
+    }
+    let eos = eos_ids(dir, &model, &tok);
+    let mut out = std::io::stdout();
+    if !chat {
+        let _ = write!(out, "{prompt}");
+    }
+    let (_, stats) = generate(&model, &tok, &ids, max_new, s, &eos, &mut |piece| {
+        let _ = write!(out, "{piece}");
+        let _ = out.flush();
+    })?;
+    println!();
+    report(&stats);
+    Ok(())
+}
+
+fn report(s: &GenStats) {
+    eprintln!(
+        "{} prompt tokens in {:.2}s ({:.1} tokens/s), {} new tokens at {:.2} tokens/s{}",
+        s.prompt_tokens,
+        s.prefill_s,
+        s.prompt_tokens as f64 / s.prefill_s.max(1e-9),
+        s.new_tokens,
+        s.new_tokens as f64 / s.decode_s.max(1e-9),
+        if s.hit_context { " (stopped at the model's context length)" } else { "" }
+    );
+}
+
+/// `moe inspect DIR` on a Hugging Face checkpoint.
+pub fn inspect(dir: &Path) -> Result<()> {
+    let m = Model::load(dir)?;
+    print!("{}", moe_infer::inspect::report(&m));
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct LogitsArgs {
+    /// Hugging Face checkpoint directory.
+    #[arg(long)]
+    model: PathBuf,
+    /// Comma-separated token ids.
+    #[arg(long, value_delimiter = ',', required_unless_present = "prompt")]
+    ids: Vec<u32>,
+    /// Text to tokenize instead of --ids.
+    #[arg(long, conflicts_with = "ids")]
+    prompt: Option<String>,
+    /// Output .npy file: float32 logits [T, vocab].
+    #[arg(long)]
+    out: PathBuf,
+}
+
+/// `moe logits`: float32 logits of every position to a .npy file.
+pub fn logits(a: LogitsArgs) -> Result<()> {
+    let m = load(&a.model)?;
+    let ids = match &a.prompt {
+        Some(p) => HfTokenizer::load(&a.model)?.encode(p, true)?,
+        None => a.ids,
+    };
+    let mut cache = Cache::new(&m.spec);
+    let logits = m.forward(&ids, &mut cache, true)?;
+    moe_infer::npy::write_npy(&a.out, &logits, &[ids.len(), m.spec.vocab])?;
+    eprintln!("wrote {} ([{}, {}] float32)", a.out.display(), ids.len(), m.spec.vocab);
+    Ok(())
+}
