@@ -8,8 +8,8 @@ pub enum Error {
     Io { path: PathBuf, source: std::io::Error },
     #[error("{path}: {msg}")]
     Format { path: PathBuf, msg: String },
-    #[error("{dir}: no tensor `{name}` in any shard; is this a complete {arch} checkpoint?")]
-    MissingTensor { dir: PathBuf, name: String, arch: String },
+    #[error("{dir}: no tensor `{name}` in any shard; the checkpoint is incomplete or not the architecture config.json names")]
+    MissingTensor { dir: PathBuf, name: String },
     #[error("{path}: tensor `{name}` has shape {got:?}, the config needs {want:?}; config.json and weights disagree")]
     Shape { path: PathBuf, name: String, got: Vec<usize>, want: Vec<usize> },
     #[error("{path}: tensor `{name}` has dtype {dtype}, supported are F32, F16, BF16 (and U8 MXFP4 expert blocks)")]

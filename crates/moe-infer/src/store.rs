@@ -128,11 +128,10 @@ impl TensorStore {
 
     /// The tensor `name`, checked to have shape `want` (and a float dtype unless `raw`).
     fn get(&self, name: &str, want: &[usize], raw: bool) -> Result<Weight> {
-        let e = self.entries.get(name).ok_or_else(|| Error::MissingTensor {
-            dir: self.dir.clone(),
-            name: name.to_string(),
-            arch: "this architecture's".into(),
-        })?;
+        let e = self
+            .entries
+            .get(name)
+            .ok_or_else(|| Error::MissingTensor { dir: self.dir.clone(), name: name.to_string() })?;
         let path = &self.files[e.shard];
         if e.shape != want {
             return Err(Error::Shape {
