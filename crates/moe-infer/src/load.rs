@@ -225,7 +225,6 @@ impl L<'_> {
             return Err(Error::MissingTensor {
                 dir: self.st.dir.clone(),
                 name: format!("{x}0.{}.weight (or fused {gu_name})", names[0]),
-                arch: s.arch.name().into(),
             });
         }
         (0..e)
