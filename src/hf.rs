@@ -63,7 +63,26 @@ pub fn generate_cmd(
     })?;
     println!();
     report(&stats);
+    memory_report();
     Ok(())
+}
+
+/// Peak and current resident memory, split into anonymous (our allocations) and file-backed
+/// (the memory-mapped weights, shared with the page cache) — Linux only.
+fn memory_report() {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else { return };
+    let field = |k: &str| {
+        status.lines().find(|l| l.starts_with(k)).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+    };
+    if let (Some(hwm), Some(anon), Some(file)) = (field("VmHWM:"), field("RssAnon:"), field("RssFile:")) {
+        let g = |kb: f64| kb / (1024.0 * 1024.0);
+        eprintln!(
+            "memory: peak RSS {:.2} GiB; now {:.2} GiB allocated + {:.2} GiB of mapped weights",
+            g(hwm),
+            g(anon),
+            g(file)
+        );
+    }
 }
 
 fn report(s: &GenStats) {
@@ -112,5 +131,6 @@ pub fn logits(a: LogitsArgs) -> Result<()> {
     let logits = m.forward(&ids, &mut cache, true)?;
     moe_infer::npy::write_npy(&a.out, &logits, &[ids.len(), m.spec.vocab])?;
     eprintln!("wrote {} ([{}, {}] float32)", a.out.display(), ids.len(), m.spec.vocab);
+    memory_report();
     Ok(())
 }

@@ -46,3 +46,50 @@ fn bad_input_gives_one_error_line() {
     assert_eq!(code, 2, "clap rejects unknown presets: {err}");
     assert!(err.contains("bench-moe8x2"));
 }
+
+const HF: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/crates/moe-infer/tests/fixtures");
+
+#[test]
+fn hugging_face_model_commands() {
+    let mixtral = format!("{HF}/mixtral");
+    let (code, out, err) = moe(&["inspect", &mixtral]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("MixtralForCausalLM") && out.contains("top-2") && out.contains("active per token"), "{out}");
+
+    // greedy generation streams the text of transformers' greedy ids (scripts/hf_checkpoints.py)
+    let (code, out, err) = moe(&[
+        "generate",
+        "--model",
+        &mixtral,
+        "--prompt",
+        "the router sends a token to the experts",
+        "--max-tokens",
+        "8",
+        "--temperature",
+        "0",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("the router sends a token to the experts") && out.len() > 40, "{out}");
+    assert!(err.contains("tokens/s") && err.contains("peak RSS"), "{err}");
+
+    let (code, _, err) = moe(&["generate", "--model", &mixtral, "--chat", "--prompt", "hi", "--max-tokens", "4"]);
+    assert_eq!(code, 0, "{err}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let npy = dir.path().join("logits.npy");
+    let (code, _, err) = moe(&["logits", "--model", &mixtral, "--ids", "1,2,3", "--out", npy.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let bytes = std::fs::read(&npy).unwrap();
+    assert!(bytes.starts_with(b"\x93NUMPY") && String::from_utf8_lossy(&bytes[..128]).contains("'shape': (3, 128)"));
+    assert_eq!(bytes.len(), 128 + 3 * 128 * 4);
+
+    for args in [
+        vec!["logits", "--model", "/nonexistent", "--ids", "1", "--out", "/tmp/never.npy"],
+        vec!["logits", "--model", &mixtral, "--ids", "999999", "--out", "/tmp/never.npy"],
+        vec!["generate", "--model", "/nonexistent", "--prompt", "x"],
+    ] {
+        let (code, _, err) = moe(&args);
+        assert_eq!(code, 1, "{args:?}: {err}");
+        assert!(err.lines().filter(|l| l.starts_with("error:")).count() == 1 && !err.contains("panicked"), "{err}");
+    }
+}
