@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod checkpoint;
+pub mod clock;
 pub mod config;
 pub mod corpus;
 pub mod dataset;

@@ -128,18 +128,7 @@ impl HfTokenizer {
 
 /// Today's date in a strftime subset (%Y %m %d %b %B %y), for templates that print it.
 fn strftime_now(fmt: &str) -> String {
-    let days = (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-        / 86_400) as i64;
-    // civil date from days since 1970-01-01 (H. Hinnant's algorithm)
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
+    let (y, m, d) = moe_engine::clock::civil_date((moe_engine::clock::unix_secs() / 86_400) as i64);
     const MONTHS: [&str; 12] = [
         "January",
         "February",
@@ -154,7 +143,7 @@ fn strftime_now(fmt: &str) -> String {
         "November",
         "December",
     ];
-    let name = MONTHS[(m - 1) as usize];
+    let name = MONTHS[m as usize - 1];
     fmt.replace("%Y", &y.to_string())
         .replace("%y", &format!("{:02}", y % 100))
         .replace("%m", &format!("{m:02}"))
