@@ -64,4 +64,8 @@ fn python_string_methods_work_in_templates() {
     let mut tok = HfTokenizer::load(&dir("mixtral")).unwrap();
     tok.template = Some("{% for m in messages %}{{ m['content'].strip().upper() }}|{% endfor %}".into());
     assert_eq!(tok.render_chat(&chat(), false).unwrap(), "BE BRIEF|WHAT IS A ROUTER|");
+    tok.template = Some("{{ strftime_now('%d %b %Y') }}".into());
+    let date = tok.render_chat(&chat(), false).unwrap();
+    let parts: Vec<&str> = date.split(' ').collect();
+    assert!(parts.len() == 3 && parts[0].len() == 2 && parts[1].len() == 3 && parts[2].len() == 4, "{date}");
 }
