@@ -48,6 +48,17 @@ fn main() {
         let flops = 2.0 * (m * k * n) as f64;
         let g1 = pool1.install(|| time(9, || matmul(&mut c, av, bv, false, true)));
         let g2 = pool2.install(|| time(9, || matmul(&mut c, av, bv, false, true)));
+        // two single-threaded GEMMs on the halves of M (or of N when M is small)
+        let split = pool2.install(|| {
+            time(9, || {
+                let h = m / 2;
+                let (c0, c1) = c.split_at_mut(h * n);
+                let a0 = Mat { rows: h, ..av };
+                let a1 = Mat { data: &av.data[h * av.rs..], rows: m - h, ..av };
+                rayon::join(|| matmul(c0, a0, bv, false, false), || matmul(c1, a1, bv, false, false));
+            })
+        });
+        println!("  split-M 2T: {:.1}", flops / split / 1e9);
         let mm = time(9, || unsafe {
             matrixmultiply::sgemm(
                 m,

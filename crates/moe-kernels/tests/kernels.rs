@@ -254,3 +254,19 @@ fn adamw_matches_naive() {
         assert!(max_abs_diff(&m1, &m2) < 1e-6 && max_abs_diff(&v1, &v2) < 1e-6, "moments");
     }
 }
+
+#[test]
+fn fast_exp_matches_libm() {
+    use moe_kernels::float::exp_f32;
+    let mut worst = 0.0f64;
+    for i in 0..=2_000_000 {
+        let x = -87.0 + 175.0 * i as f32 / 2_000_000.0;
+        let (got, want) = (exp_f32(x) as f64, (x as f64).exp());
+        worst = worst.max((got - want).abs() / want);
+    }
+    assert!(worst < 3e-7, "relative error {worst:e}");
+    assert_eq!(exp_f32(f32::NEG_INFINITY), 0.0);
+    assert_eq!(exp_f32(-100.0), 0.0);
+    assert_eq!(exp_f32(0.0), 1.0);
+    assert!(exp_f32(1000.0).is_finite());
+}
