@@ -10,6 +10,8 @@
 //! (`*_naive`) that the tests compare against.
 
 pub mod adamw;
+#[cfg(target_arch = "x86_64")]
+pub mod amx;
 pub mod attention;
 pub mod cross_entropy;
 pub mod embedding;

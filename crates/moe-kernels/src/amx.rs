@@ -1,0 +1,216 @@
+//! bf16 matrix products on Intel AMX (`tdpbf16ps`): dst[M,N] (+)= bf16(a)[M,K] @ bf16(b)[K,N]
+//! with f32 accumulation. Operands are rounded to bf16 (nearest even) while packing: A into
+//! row-major [Mp, Kp], B into AMX's pair-interleaved layout, both zero-padded to
+//! multiples of 32. The micro-kernel keeps a 32x32 block of C in four tiles (tmm0-3) and streams
+//! two A tiles (tmm4-5, 16 rows x 32 k) and two B tiles (tmm6-7, 16 k-pairs x 16 columns) per
+//! 32 k. B is packed in blocks of 32 columns so that its tiles are contiguous; panels of B columns
+//! stay in cache while the row blocks stream past them. Blocks of 32 rows run in parallel. Linux needs the process to ask for the tile state
+//! (`arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`), done once by [`available`].
+
+use crate::matmul::Mat;
+use crate::SendPtr;
+use rayon::prelude::*;
+use std::cell::RefCell;
+use std::sync::OnceLock;
+
+/// True when the CPU has AMX-BF16 and the kernel granted this process the tile state.
+pub fn available() -> bool {
+    static OK: OnceLock<bool> = OnceLock::new();
+    *OK.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let leaf7 = std::arch::x86_64::__cpuid_count(7, 0);
+            let (bf16, tile) = ((leaf7.edx >> 22) & 1 == 1, (leaf7.edx >> 24) & 1 == 1);
+            if !(bf16 && tile) {
+                return false;
+            }
+            const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+            const XFEATURE_XTILEDATA: libc::c_long = 18;
+            // SAFETY: a plain syscall with integer arguments.
+            unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0 }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        false
+    })
+}
+
+/// f32 -> bf16 bits, round to nearest even.
+#[inline(always)]
+pub fn to_bf16(x: f32) -> u16 {
+    let u = x.to_bits();
+    ((u + 0x7fff + ((u >> 16) & 1)) >> 16) as u16
+}
+
+/// bf16 bits -> f32.
+#[inline(always)]
+pub fn from_bf16(b: u16) -> f32 {
+    f32::from_bits((b as u32) << 16)
+}
+
+fn pad32(x: usize) -> usize {
+    x.div_ceil(32) * 32
+}
+
+thread_local! {
+    static PACK: RefCell<(Vec<u16>, Vec<u16>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// A[M,K] -> bf16 row-major [Mp, Kp] (rows of the padded tail zero).
+fn pack_a(out: &mut Vec<u16>, a: Mat<f32>, mp: usize, kp: usize) {
+    out.clear();
+    out.resize(mp * kp, 0);
+    out.par_chunks_mut(32 * kp).enumerate().for_each(|(bi, blk)| {
+        let rows = 32.min(a.rows.saturating_sub(bi * 32));
+        if a.cs == 1 {
+            for (i, row) in blk.chunks_exact_mut(kp).take(rows).enumerate() {
+                let src = &a.data[(bi * 32 + i) * a.rs..][..a.cols];
+                row.iter_mut().zip(src).for_each(|(o, &v)| *o = to_bf16(v));
+            }
+        } else {
+            // rows of A are strided (A = X^T): read along rows, 32 at a time
+            for p in 0..a.cols {
+                let src = &a.data[p * a.cs + bi * 32 * a.rs..];
+                for i in 0..rows {
+                    blk[i * kp + p] = to_bf16(src[i * a.rs]);
+                }
+            }
+        }
+    });
+}
+
+/// B[K,N] -> bf16 in blocks of 32 columns, each [Kp/2, 32, 2]: element (k, n) at
+/// (n/32)*Kp*32 + (k/2)*64 + (n%32)*2 + k%2, so a block's 16 x 32 tiles are contiguous rows of 128 bytes.
+fn pack_b(out: &mut Vec<u16>, b: Mat<f32>, kp: usize, np: usize) {
+    out.clear();
+    out.resize(kp * np, 0);
+    let (k, n) = (b.rows, b.cols);
+    out.par_chunks_mut(kp * 32).enumerate().for_each(|(jb, blk)| {
+        let cols = 32.min(n.saturating_sub(jb * 32));
+        if b.rs == 1 {
+            // columns of B are contiguous (B = W^T): read along k
+            for c in 0..cols {
+                let col = &b.data[(jb * 32 + c) * b.cs..];
+                for r in 0..k {
+                    blk[(r / 2) * 64 + c * 2 + r % 2] = to_bf16(col[r]);
+                }
+            }
+        } else {
+            for r in 0..k {
+                let row = &b.data[r * b.rs..];
+                for c in 0..cols {
+                    blk[(r / 2) * 64 + c * 2 + r % 2] = to_bf16(row[(jb * 32 + c) * b.cs]);
+                }
+            }
+        }
+    });
+}
+
+/// Tile configuration: palette 1, eight tiles of 16 rows x 64 bytes.
+#[repr(C, align(64))]
+struct TileCfg {
+    palette: u8,
+    start_row: u8,
+    reserved: [u8; 14],
+    colsb: [u16; 16],
+    rows: [u8; 16],
+}
+
+static CFG: TileCfg = TileCfg {
+    palette: 1,
+    start_row: 0,
+    reserved: [0; 14],
+    colsb: [64, 64, 64, 64, 64, 64, 64, 64, 0, 0, 0, 0, 0, 0, 0, 0],
+    rows: [16, 16, 16, 16, 16, 16, 16, 16, 0, 0, 0, 0, 0, 0, 0, 0],
+};
+
+/// c[32][32] f32 = A rows (32 x 32*kb, row stride sa bytes) @ B (16*kb pair-rows, stride sb bytes,
+/// 32 columns). The tile configuration must be loaded on this thread.
+///
+/// # Safety
+/// AMX available and configured; a, b, c valid for the extents above.
+#[cfg(target_arch = "x86_64")]
+unsafe fn kernel_32x32(a: *const u16, sa: usize, b: *const u16, sb: usize, kb: usize, c: *mut f32) {
+    std::arch::asm!(
+        "tilezero tmm0",
+        "tilezero tmm1",
+        "tilezero tmm2",
+        "tilezero tmm3",
+        "2:",
+        "tileloadd tmm4, [{a} + {sa}*1]",
+        "tileloadd tmm5, [{a2} + {sa}*1]",
+        "tileloadd tmm6, [{b} + {sb}*1]",
+        "tileloadd tmm7, [{b2} + {sb}*1]",
+        "tdpbf16ps tmm0, tmm4, tmm6",
+        "tdpbf16ps tmm1, tmm4, tmm7",
+        "tdpbf16ps tmm2, tmm5, tmm6",
+        "tdpbf16ps tmm3, tmm5, tmm7",
+        "add {a}, 64",
+        "add {a2}, 64",
+        "add {b}, {bstep}",
+        "add {b2}, {bstep}",
+        "dec {kb}",
+        "jnz 2b",
+        "tilestored [{c} + {sc}*1], tmm0",
+        "add {c}, 64",
+        "tilestored [{c} + {sc}*1], tmm1",
+        "add {c}, 1984",
+        "tilestored [{c} + {sc}*1], tmm2",
+        "add {c}, 64",
+        "tilestored [{c} + {sc}*1], tmm3",
+        a = inout(reg) a => _,
+        a2 = inout(reg) a.byte_add(16 * sa) => _,
+        b = inout(reg) b => _,
+        b2 = inout(reg) b.byte_add(64) => _,
+        sa = in(reg) sa,
+        sb = in(reg) sb,
+        bstep = in(reg) 16 * sb,
+        kb = inout(reg) kb => _,
+        c = inout(reg) c => _,
+        sc = in(reg) 128usize,
+        options(nostack)
+    );
+}
+
+/// dst (row i at dst + i*dst_rs) (+)= bf16(a) @ bf16(b), accumulated in f32.
+///
+/// # Safety
+/// [`available`] returned true; dst valid for writes of M rows of N at stride dst_rs, touched
+/// by no other thread during the call.
+#[cfg(target_arch = "x86_64")]
+pub unsafe fn matmul_bf16(dst: *mut f32, dst_rs: usize, a: Mat<f32>, b: Mat<f32>, accumulate: bool) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    let (mp, kp, np) = (pad32(m), pad32(k), pad32(n));
+    let (mut pa, mut pb) = PACK.with(|p| std::mem::take(&mut *p.borrow_mut()));
+    rayon::join(|| pack_a(&mut pa, a, mp, kp), || pack_b(&mut pb, b, kp, np));
+    let dst = SendPtr(dst);
+    let (pa_ref, pb_ref) = (&pa, &pb);
+    // panels of PANEL columns of B stay in L2 while every row block streams past them
+    const PANEL: usize = 8;
+    let nb = np / 32;
+    for jp in (0..nb).step_by(PANEL) {
+        (0..mp / 32).into_par_iter().for_each(|bi| {
+            let mut c = [0f32; 32 * 32];
+            // SAFETY: AMX is available (caller); the config is static and valid.
+            std::arch::asm!("ldtilecfg [{}]", in(reg) &CFG, options(nostack));
+            let ap = pa_ref.as_ptr().add(bi * 32 * kp);
+            for bj in jp..nb.min(jp + PANEL) {
+                kernel_32x32(ap, kp * 2, pb_ref.as_ptr().add(bj * 32 * kp), 128, kp / 32, c.as_mut_ptr());
+                let rows = 32.min(m - bi * 32);
+                let cols = 32.min(n - bj * 32);
+                for r in 0..rows {
+                    // SAFETY: row bi*32+r < M and columns bj*32.. < N are inside dst; each row
+                    // block belongs to one task.
+                    let d = std::slice::from_raw_parts_mut(dst.at((bi * 32 + r) * dst_rs + bj * 32), cols);
+                    let src = &c[r * 32..r * 32 + cols];
+                    if accumulate {
+                        d.iter_mut().zip(src).for_each(|(x, y)| *x += y);
+                    } else {
+                        d.copy_from_slice(src);
+                    }
+                }
+            }
+            std::arch::asm!("tilerelease", options(nostack));
+        });
+    }
+    PACK.with(|p| *p.borrow_mut() = (pa, pb));
+}

@@ -1,0 +1,57 @@
+//! The AMX bf16 matrix product against the naive product of the same bf16-rounded operands
+//! (f64 sums): shapes that are and are not multiples of the 32-block, transposed views, strided
+//! destinations, accumulation. Skipped with a message on CPUs without AMX.
+#![cfg(target_arch = "x86_64")]
+
+use moe_kernels::amx::{available, from_bf16, matmul_bf16, to_bf16};
+use moe_kernels::matmul::Mat;
+
+fn data(n: usize, seed: usize) -> Vec<f32> {
+    (0..n).map(|i| (((i * 7919 + seed * 104729) % 1000) as f32 / 500.0 - 1.0) * 1.7).collect()
+}
+
+#[test]
+fn amx_bf16_matmul_matches_naive() {
+    if !available() {
+        eprintln!("no AMX on this machine: skipped");
+        return;
+    }
+    for &(m, k, n, ta, tb, acc) in &[
+        (32, 32, 32, false, false, false),
+        (64, 96, 64, false, true, false),
+        (1, 5, 3, false, false, false),
+        (37, 70, 45, true, false, true),
+        (100, 384, 77, true, true, true),
+        (256, 64, 256, false, true, false),
+    ] {
+        let (a, b) = (data(m * k, 1), data(k * n, 2));
+        let av = if ta { Mat::new(&a, k, m).t() } else { Mat::new(&a, m, k) };
+        let bv = if tb { Mat::new(&b, n, k).t() } else { Mat::new(&b, k, n) };
+        let rs = n + 3;
+        let init = data(m * rs, 3);
+        let mut dst = init.clone();
+        unsafe { matmul_bf16(dst.as_mut_ptr(), rs, av, bv, acc) };
+        let r = |x: f32| from_bf16(to_bf16(x)) as f64;
+        for i in 0..m {
+            for j in 0..n {
+                let mut s: f64 =
+                    (0..k).map(|p| r(av.data[i * av.rs + p * av.cs]) * r(bv.data[p * bv.rs + j * bv.cs])).sum();
+                if acc {
+                    s += init[i * rs + j] as f64;
+                }
+                let got = dst[i * rs + j] as f64;
+                assert!((got - s).abs() <= 1e-4 * (1.0 + s.abs()), "({m},{k},{n}) [{i},{j}]: {got} vs {s}");
+            }
+            // the padding columns of the strided destination are untouched
+            assert_eq!(&dst[i * rs + n..i * rs + rs], &init[i * rs + n..i * rs + rs]);
+        }
+    }
+}
+
+#[test]
+fn bf16_rounding_is_nearest_even() {
+    assert_eq!(to_bf16(1.0), 0x3f80);
+    assert_eq!(from_bf16(to_bf16(1.0 + 1.0 / 256.0)), 1.0); // tie to even
+    assert_eq!(from_bf16(to_bf16(1.0 + 3.0 / 256.0)), 1.0 + 4.0 / 256.0);
+    assert_eq!(from_bf16(to_bf16(-2.5)), -2.5);
+}
