@@ -11,7 +11,7 @@ use moe_engine::generate::{generate, Sampling};
 use moe_engine::model::Model;
 use moe_engine::run::{run, RunOptions};
 use moe_engine::tokenizer::Tokenizer;
-use moe_engine::train::TrainConfig;
+use moe_engine::train::{Precision, TrainConfig};
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -240,6 +240,9 @@ struct TrainArgs {
     log_every: u64,
     #[arg(long, default_value_t = TrainConfig::default().seed)]
     seed: u64,
+    /// Matrix products in fp32, or bf16 on AMX with fp32 accumulation and fp32 master weights.
+    #[arg(long, value_parser = parse_enum::<Precision>, default_value = "fp32")]
+    precision: Precision,
     /// Tokenizer and token cache (default: ~/.cache/moe).
     #[arg(long)]
     cache_dir: Option<PathBuf>,
@@ -319,6 +322,9 @@ enum BenchCmd {
         /// The machine's fp32 peak for MFU (GFLOP/s, 2 threads; GUIDE section 6).
         #[arg(long, default_value_t = 330.0)]
         peak_gflops: f64,
+        /// Matrix products in fp32, or bf16 on AMX (MFU is still against the fp32 peak).
+        #[arg(long, value_parser = parse_enum::<Precision>, default_value = "fp32")]
+        precision: Precision,
     },
 }
 
@@ -371,6 +377,7 @@ fn train(a: TrainArgs) -> Result<()> {
         checkpoint_every: a.checkpoint_every,
         log_every: a.log_every,
         seed: a.seed,
+        precision: a.precision,
         ..defaults
     };
     let name = a.model.config.as_ref().map_or(a.model.preset.clone(), |_| "custom".into());
@@ -523,9 +530,9 @@ fn plot(a: PlotArgs) -> Result<()> {
 
 fn bench(b: BenchCmd) -> Result<()> {
     match b {
-        BenchCmd::Train { presets, batch_size, seq_len, warmup, steps, peak_gflops } => {
+        BenchCmd::Train { presets, batch_size, seq_len, warmup, steps, peak_gflops, precision } => {
             println!(
-                "threads: {}; batch {batch_size} x {seq_len}; {warmup} warm-up + {steps} timed steps (median)",
+                "threads: {}; batch {batch_size} x {seq_len}; {warmup} warm-up + {steps} timed steps (median); {precision:?} matmuls",
                 rayon_threads()
             );
             println!(
@@ -534,7 +541,7 @@ fn bench(b: BenchCmd) -> Result<()> {
             );
             for p in presets {
                 let cfg = ModelConfig::preset(&p)?;
-                let r = moe_engine::bench::bench_train(&p, cfg, batch_size, seq_len, warmup, steps)?;
+                let r = moe_engine::bench::bench_train(&p, cfg, batch_size, seq_len, warmup, steps, precision)?;
                 println!(
                     "{:<15} {:>9.1}M {:>9.1}M {:>12.0} {:>12.0} {:>10.1} {:>6.1}%",
                     p,

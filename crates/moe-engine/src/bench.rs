@@ -6,7 +6,7 @@ use crate::error::Result;
 use crate::inspect::sizes;
 use crate::model::{Acts, KvCache};
 use crate::rng::Rng;
-use crate::train::{TrainConfig, Trainer};
+use crate::train::{Precision, TrainConfig, Trainer};
 use std::time::Instant;
 
 /// Result of benchmarking one config.
@@ -48,12 +48,14 @@ pub fn bench_train(
     t: usize,
     warmup: usize,
     steps: usize,
+    precision: Precision,
 ) -> Result<TrainBench> {
     let tc = TrainConfig {
         batch_size: b,
         seq_len: t,
         steps: (warmup + steps) as u64 + 1,
         warmup_steps: 1,
+        precision,
         ..TrainConfig::default()
     };
     let v = cfg.vocab_size;

@@ -48,6 +48,31 @@ pub struct TrainConfig {
     /// Metrics every n steps.
     pub log_every: u64,
     pub seed: u64,
+    /// Matrix products in f32, or in bf16 on AMX with f32 accumulation (master weights,
+    /// gradients, optimizer and element-wise work stay f32).
+    #[serde(default)]
+    pub precision: Precision,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    Fp32,
+    Bf16,
+}
+
+impl Precision {
+    /// Sets the process-wide matmul precision; bf16 needs AMX.
+    pub fn apply(self) -> Result<()> {
+        if !moe_kernels::matmul::set_bf16_matmul(self == Precision::Bf16) {
+            return Err(Error::config(
+                "--precision bf16 needs a CPU with AMX-BF16 (Sapphire Rapids or newer) and Linux 5.16+",
+                "train with --precision fp32",
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Default for TrainConfig {
@@ -70,6 +95,7 @@ impl Default for TrainConfig {
             checkpoint_every: 200,
             log_every: 10,
             seed: 1234,
+            precision: Precision::Fp32,
         }
     }
 }
@@ -178,6 +204,7 @@ const NORM_CHUNK: usize = 1 << 16;
 impl Trainer {
     pub fn new(cfg: ModelConfig, train: TrainConfig, data_key: String) -> Result<Self> {
         train.validate(&cfg)?;
+        train.precision.apply()?;
         let model = Model::new(cfg)?;
         let params = model.layout.init(train.seed);
         let state = TrainState { step: 0, tokens: 0, data_rng: Rng::new(train.seed ^ 0xDA7A), train, data_key };
@@ -202,6 +229,7 @@ impl Trainer {
             state.train.steps = s;
         }
         state.train.validate(&ck.config)?;
+        state.train.precision.apply()?;
         let model = Model::new(ck.config)?;
         Ok(Self::assemble(model, ck.params, Some(moments), state))
     }

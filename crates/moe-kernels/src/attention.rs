@@ -63,17 +63,10 @@ pub fn attention_forward<T: Float>(out: &mut [T], att: &mut [T], q: &[T], k: &[T
             for (t, row) in block.chunks_mut(s.tk).enumerate() {
                 let pos = s.tk - s.tq + t;
                 let (live, masked) = row.split_at_mut(pos + 1);
-                let mut m = T::from_f64(f64::NEG_INFINITY);
-                live.iter_mut().for_each(|x| {
-                    *x *= scale;
-                    m = m.max(*x);
-                });
-                let mut sum = T::ZERO;
-                live.iter_mut().for_each(|x| {
-                    *x = (*x - m).exp();
-                    sum += *x;
-                });
-                let inv = T::ONE / sum;
+                live.iter_mut().for_each(|x| *x *= scale);
+                let m = crate::float::max(live);
+                live.iter_mut().for_each(|x| *x = (*x - m).exp());
+                let inv = T::ONE / crate::float::sum(live);
                 live.iter_mut().for_each(|x| *x *= inv);
                 masked.fill(T::ZERO);
             }
@@ -126,7 +119,7 @@ pub fn attention_backward<T: Float>(
             // dS = P * (dP - rowsum(P * dP)) * scale
             for (row, (dpr, pr)) in dp.chunks_mut(t).zip(att[s.a_off(b, h, 0)..][..t * t].chunks(t)).enumerate() {
                 let live = row + 1;
-                let sum: T = dpr[..live].iter().zip(&pr[..live]).map(|(&a, &b)| a * b).sum();
+                let sum = crate::float::dot(&dpr[..live], &pr[..live]);
                 for (d, &pp) in dpr[..live].iter_mut().zip(&pr[..live]) {
                     *d = pp * (*d - sum) * scale;
                 }

@@ -61,6 +61,55 @@ pub trait Float:
     );
 }
 
+/// Lanes of the partial sums of [`sum`] and [`dot`]: enough independent chains for the
+/// compiler to vectorise (AVX-512: one register of f32).
+const LANES: usize = 16;
+
+/// x[0] + x[1] + ... with LANES interleaved partial sums (so the loop vectorises; the rounding
+/// differs from a strictly sequential sum).
+#[inline]
+pub fn sum<T: Float>(x: &[T]) -> T {
+    let mut acc = [T::ZERO; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += v;
+        }
+    }
+    acc.iter().copied().chain(tail.iter().copied()).fold(T::ZERO, |a, b| a + b)
+}
+
+/// sum_i a[i] * b[i], vectorised like [`sum`].
+#[inline]
+pub fn dot<T: Float>(a: &[T], b: &[T]) -> T {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [T::ZERO; LANES];
+    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let tail: T = ca.remainder().iter().zip(cb.remainder()).fold(T::ZERO, |s, (&x, &y)| s + x * y);
+    for (x, y) in ca.zip(cb) {
+        for ((s, &u), &v) in acc.iter_mut().zip(x).zip(y) {
+            *s += u * v;
+        }
+    }
+    acc.iter().copied().fold(tail, |a, b| a + b)
+}
+
+/// Largest element (the first of a NaN-free slice); -inf for an empty one.
+#[inline]
+pub fn max<T: Float>(x: &[T]) -> T {
+    let mut acc = [T::from_f64(f64::NEG_INFINITY); LANES];
+    let chunks = x.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a = a.max(v);
+        }
+    }
+    acc.iter().copied().chain(tail.iter().copied()).fold(T::from_f64(f64::NEG_INFINITY), |a, b| a.max(b))
+}
+
 /// e^x in f32 without a libm call, so loops over slices vectorise (AVX-512: 16 lanes). Cephes'
 /// expf: x = n ln2 + r with |r| <= ln2/2, a degree-6 polynomial for e^r, 2^n through the exponent
 /// bits; within 2 ulp of `f32::exp` on [-87.3, 88]. Below -87.3 (including -inf) it returns 0;

@@ -8,7 +8,7 @@ pub fn rmsnorm_forward<T: Float>(y: &mut [T], rstd: &mut [T], x: &[T], w: &[T], 
     let eps = T::from_f64(eps);
     let inv_c = T::from_f64(1.0 / c as f64);
     y.par_chunks_mut(c).zip(rstd.par_iter_mut()).zip(x.par_chunks(c)).for_each(|((yr, rs), xr)| {
-        let ms: T = xr.iter().map(|&v| v * v).sum::<T>() * inv_c;
+        let ms: T = crate::float::dot(xr, xr) * inv_c;
         let r = T::ONE / (ms + eps).sqrt();
         *rs = r;
         for ((yv, &xv), &wv) in yr.iter_mut().zip(xr).zip(w) {

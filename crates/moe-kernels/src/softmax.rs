@@ -1,5 +1,6 @@
 //! Row softmax over the last dimension, computed stably (max subtracted).
 
+use crate::float::{dot, max, sum};
 use crate::Float;
 
 /// y[N, E] = softmax(x) per row.
@@ -11,20 +12,18 @@ pub fn softmax_forward<T: Float>(y: &mut [T], x: &[T], e: usize) {
 
 /// One row: y = softmax(x).
 pub fn softmax_row<T: Float>(y: &mut [T], x: &[T]) {
-    let m = x.iter().fold(x[0], |a, &b| a.max(b));
-    let mut s = T::ZERO;
+    let m = max(x);
     for (yv, &xv) in y.iter_mut().zip(x) {
         *yv = (xv - m).exp();
-        s += *yv;
     }
-    let inv = T::ONE / s;
+    let inv = T::ONE / sum(y);
     y.iter_mut().for_each(|v| *v *= inv);
 }
 
 /// dx[N, E] += y * (dy - sum(dy * y)) per row.
 pub fn softmax_backward<T: Float>(dx: &mut [T], dy: &[T], y: &[T], e: usize) {
     for ((dxr, dyr), yr) in dx.chunks_mut(e).zip(dy.chunks(e)).zip(y.chunks(e)) {
-        let dot: T = dyr.iter().zip(yr).map(|(&a, &b)| a * b).sum();
+        let dot = dot(dyr, yr);
         for ((d, &g), &p) in dxr.iter_mut().zip(dyr).zip(yr) {
             *d += p * (g - dot);
         }
@@ -33,6 +32,14 @@ pub fn softmax_backward<T: Float>(dx: &mut [T], dy: &[T], y: &[T], e: usize) {
 
 /// log(sum(exp(x))) of one row, stably.
 pub fn logsumexp<T: Float>(x: &[T]) -> T {
-    let m = x.iter().fold(x[0], |a, &b| a.max(b));
-    m + x.iter().map(|&v| (v - m).exp()).sum::<T>().ln()
+    let m = max(x);
+    // exponentials a block at a time on the stack, so both loops vectorise
+    let mut buf = [T::ZERO; 256];
+    let mut s = T::ZERO;
+    for c in x.chunks(256) {
+        let b = &mut buf[..c.len()];
+        b.iter_mut().zip(c).for_each(|(o, &v)| *o = (v - m).exp());
+        s += sum(b);
+    }
+    m + s.ln()
 }
