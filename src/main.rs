@@ -536,21 +536,23 @@ fn bench(b: BenchCmd) -> Result<()> {
                 rayon_threads()
             );
             println!(
-                "{:<15} {:>10} {:>10} {:>12} {:>12} {:>10} {:>7}",
-                "preset", "params", "active", "train tok/s", "fwd tok/s", "GFLOP/s", "MFU"
+                "{:<15} {:>10} {:>10} {:>12} {:>12} {:>10} {:>7} {:>10}",
+                "preset", "params", "active", "train tok/s", "fwd tok/s", "GFLOP/s", "MFU", "train RSS"
             );
             for p in presets {
                 let cfg = ModelConfig::preset(&p)?;
                 let r = moe_engine::bench::bench_train(&p, cfg, batch_size, seq_len, warmup, steps, precision)?;
+                let rss = r.train_rss_mb.map_or("?".into(), |m| format!("{m:.0} MB"));
                 println!(
-                    "{:<15} {:>9.1}M {:>9.1}M {:>12.0} {:>12.0} {:>10.1} {:>6.1}%",
+                    "{:<15} {:>9.1}M {:>9.1}M {:>12.0} {:>12.0} {:>10.1} {:>6.1}% {:>10}",
                     p,
                     r.total_params as f64 / 1e6,
                     r.active_params as f64 / 1e6,
                     r.train_tokens_per_s(),
                     r.forward_tokens_per_s(),
                     r.train_gflops(),
-                    100.0 * r.train_gflops() / peak_gflops
+                    100.0 * r.train_gflops() / peak_gflops,
+                    rss
                 );
             }
             Ok(())

@@ -21,6 +21,16 @@ pub struct TrainBench {
     pub train_flops_per_token: f64,
     pub total_params: usize,
     pub active_params: usize,
+    /// Resident memory (MB) right after the timed training steps: weights, gradients, AdamW
+    /// moments and activations of one batch (Linux; None elsewhere).
+    pub train_rss_mb: Option<f64>,
+}
+
+/// VmRSS of this process in MB.
+fn rss_mb() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: f64 = s.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
 }
 
 impl TrainBench {
@@ -71,6 +81,7 @@ pub fn bench_train(
         }
     }
     let step_s = median(times);
+    let train_rss_mb = rss_mb();
     let mut acts = Acts::new(&cfg, b, t, t);
     let mut cache = KvCache::new(&cfg, b, t);
     let x = &data[..b * t];
@@ -93,5 +104,6 @@ pub fn bench_train(
         train_flops_per_token: s.train_flops_per_token,
         total_params: s.total_params,
         active_params: s.active_params,
+        train_rss_mb,
     })
 }

@@ -1,10 +1,29 @@
 //! Expert stage: one SwiGLU MLP per expert over its contiguous bin of rows, weights stacked
-//! as gate[E,F,C], up[E,F,C], down[E,C,F]. Experts run one after another, each GEMM using all
-//! threads (grouped GEMM without per-row overhead; faster grouping is the speed issue's).
+//! as gate[E,F,C], up[E,F,C], down[E,C,F]. Experts run in parallel, each on one thread with
+//! single-threaded GEMMs: small-M GEMMs scale poorly inside, and the bins, activations and
+//! gradients of different experts are disjoint.
 
 use super::dispatch::Routing;
 use crate::ffn::{mlp_backward, mlp_forward, MlpActs, MlpGrads, MlpWeights};
 use moe_kernels::Float;
+use rayon::prelude::*;
+
+/// The first `e` pieces of `fc` elements of `buf` (one expert's weights each).
+fn per_expert<T>(buf: &mut [T], fc: usize, e: usize) -> Vec<&mut [T]> {
+    buf.chunks_mut(fc).take(e).collect()
+}
+
+/// Splits `buf` into the consecutive pieces [bins[i]*w, bins[i+1]*w).
+fn carve<'a, T>(mut buf: &'a mut [T], bins: &[usize], w: usize) -> Vec<&'a mut [T]> {
+    let mut out = Vec::with_capacity(bins.len().saturating_sub(1));
+    buf = &mut buf[bins[0] * w..];
+    for b in bins.windows(2) {
+        let (head, rest) = buf.split_at_mut((b[1] - b[0]) * w);
+        out.push(head);
+        buf = rest;
+    }
+    out
+}
 
 /// Stacked expert weights.
 #[derive(Clone, Copy)]
@@ -44,14 +63,16 @@ pub fn experts_forward<T: Float>(
     c: usize,
     f: usize,
 ) {
-    for (i, bin) in rt.bins.windows(2).enumerate() {
-        let (lo, hi) = (bin[0], bin[1]);
-        if lo == hi {
-            continue;
+    let b = &rt.bins;
+    let jobs: Vec<_> =
+        carve(ys, b, c).into_iter().zip(carve(g, b, f)).zip(carve(u, b, f)).zip(carve(h, b, f)).collect();
+    jobs.into_par_iter().enumerate().for_each(|(i, (((y, g), u), h))| {
+        let (lo, hi) = (b[i], b[i + 1]);
+        if lo < hi {
+            let acts = MlpActs { g, u, h };
+            mlp_forward(y, acts, &xs[lo * c..hi * c], w.expert(i, f * c), hi - lo, c, f, false);
         }
-        let acts = MlpActs { g: &mut g[lo * f..hi * f], u: &mut u[lo * f..hi * f], h: &mut h[lo * f..hi * f] };
-        mlp_forward(&mut ys[lo * c..hi * c], acts, &xs[lo * c..hi * c], w.expert(i, f * c), hi - lo, c, f, true);
-    }
+    });
 }
 
 /// dxs[R,C] (overwritten) and expert gradients (accumulated) from dys[R,C].
@@ -74,32 +95,36 @@ pub fn experts_backward<T: Float>(
     let fc = f * c;
     let r = *rt.bins.last().unwrap_or(&0);
     dxs[..r * c].fill(T::ZERO);
-    for (i, bin) in rt.bins.windows(2).enumerate() {
-        let (lo, hi) = (bin[0], bin[1]);
-        if lo == hi {
-            continue;
+    let b = &rt.bins;
+    let e = b.len() - 1;
+    let (gg, gu, gd) = (per_expert(gw.gate, fc, e), per_expert(gw.up, fc, e), per_expert(gw.down, fc, e));
+    let jobs: Vec<_> = carve(dxs, b, c)
+        .into_iter()
+        .zip(carve(dh, b, f))
+        .zip(carve(dg, b, f))
+        .zip(carve(du, b, f))
+        .zip(gg.into_iter().zip(gu).zip(gd))
+        .collect();
+    jobs.into_par_iter().enumerate().for_each(|(i, ((((dx, dh), dg), du), ((gate, up), down)))| {
+        let (lo, hi) = (b[i], b[i + 1]);
+        if lo < hi {
+            let (rf, rc) = (lo * f..hi * f, lo * c..hi * c);
+            let grads = MlpGrads { gate, up, down };
+            mlp_backward(
+                dx,
+                grads,
+                &dys[rc.clone()],
+                &xs[rc],
+                w.expert(i, fc),
+                &g[rf.clone()],
+                &u[rf.clone()],
+                &h[rf],
+                [dh, dg, du],
+                hi - lo,
+                c,
+                f,
+                false,
+            );
         }
-        let (rf, rc) = (lo * f..hi * f, lo * c..hi * c);
-        let grads = MlpGrads {
-            gate: &mut gw.gate[i * fc..(i + 1) * fc],
-            up: &mut gw.up[i * fc..(i + 1) * fc],
-            down: &mut gw.down[i * fc..(i + 1) * fc],
-        };
-        let scratch = [&mut dh[rf.clone()], &mut dg[rf.clone()], &mut du[rf.clone()]];
-        mlp_backward(
-            &mut dxs[rc.clone()],
-            grads,
-            &dys[rc.clone()],
-            &xs[rc],
-            w.expert(i, fc),
-            &g[rf.clone()],
-            &u[rf.clone()],
-            &h[rf],
-            scratch,
-            hi - lo,
-            c,
-            f,
-            true,
-        );
-    }
+    });
 }
