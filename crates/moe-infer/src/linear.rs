@@ -7,6 +7,9 @@ use moe_kernels::matmul::{matmul, matmul_strided, Mat};
 use rayon::prelude::*;
 use std::cell::RefCell;
 
+/// Up to this many tokens, products read each weight row once as dot products (decoding).
+const DOT_ROWS: usize = 4;
+
 /// Floats decoded per panel (256 KiB).
 const PANEL: usize = 1 << 16;
 
@@ -40,9 +43,9 @@ impl Linear {
         let (x, y) = (&x[..n * i], &mut y[..n * o]);
         let par = n * i * o > 1 << 18;
         match (self.w.as_f32(), self.transposed) {
+            (_, false) if n <= DOT_ROWS => self.dot_rows(x, n, y),
             (Some(w), false) => matmul(y, Mat::new(x, n, i), Mat::new(w, o, i).t(), false, par),
             (Some(w), true) => matmul(y, Mat::new(x, n, i), Mat::new(w, i, o), false, par),
-            (None, false) if n == 1 => self.decode_rows_vec(x, y),
             (None, false) => self.panels_out(x, n, y, par),
             (None, true) => self.panels_in(x, n, y, par),
         }
@@ -53,17 +56,24 @@ impl Linear {
         }
     }
 
-    /// One token: output rows in parallel panels, each decoded then dotted with x.
-    fn decode_rows_vec(&self, x: &[f32], y: &mut [f32]) {
-        let per = (PANEL / self.inp).max(1);
-        y.par_chunks_mut(per).enumerate().for_each(|(p, ys)| {
-            with_scratch(ys.len() * self.inp, |buf| {
-                self.w.rows_f32(p * per, buf);
-                for (yv, wr) in ys.iter_mut().zip(buf.chunks_exact(self.inp)) {
-                    *yv = wr.iter().zip(x).map(|(a, b)| a * b).sum();
+    /// A few tokens (decoding): each weight row is read once, in place, and dotted with every
+    /// token; output rows are split over the threads.
+    fn dot_rows(&self, x: &[f32], n: usize, y: &mut [f32]) {
+        let (i, o) = (self.inp, self.out);
+        const CHUNK: usize = 64;
+        let mut t = vec![0.0f32; n * o]; // [o, n], so parallel chunks are contiguous
+        t.par_chunks_mut(CHUNK * n).enumerate().for_each(|(c, ts)| {
+            for (k, tr) in ts.chunks_exact_mut(n).enumerate() {
+                for (tok, v) in tr.iter_mut().enumerate() {
+                    *v = self.w.dot_row(c * CHUNK + k, &x[tok * i..(tok + 1) * i]);
                 }
-            })
+            }
         });
+        for tok in 0..n {
+            for r in 0..o {
+                y[tok * o + r] = t[r * n + tok];
+            }
+        }
     }
 
     /// [out, in] weight: panel of output rows -> columns of y.

@@ -118,6 +118,52 @@ impl Weight {
         }
     }
 
+    /// sum_j row_r[j] * x[j] without materialising the row: BF16 and F32 are read in place
+    /// (16 partial sums, so the loop vectorises and streams at memory speed); other dtypes are
+    /// decoded 256 values at a time on the stack.
+    pub fn dot_row(&self, r: usize, x: &[f32]) -> f32 {
+        let rb = self.row_bytes();
+        let b = &self.map[self.start + r * rb..self.start + (r + 1) * rb];
+        let mut acc = [0.0f32; 16];
+        match self.dtype {
+            Dtype::BF16 => {
+                let (cb, cx) = (b.chunks_exact(32), x.chunks_exact(16));
+                let tail: f32 = cb
+                    .remainder()
+                    .chunks_exact(2)
+                    .zip(cx.remainder())
+                    .map(|(c, &xv)| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16) * xv)
+                    .sum();
+                for (c, xs) in cb.zip(cx) {
+                    for ((a, w), &xv) in acc.iter_mut().zip(c.chunks_exact(2)).zip(xs) {
+                        *a += f32::from_bits((u16::from_le_bytes([w[0], w[1]]) as u32) << 16) * xv;
+                    }
+                }
+                acc.iter().sum::<f32>() + tail
+            }
+            Dtype::F32 => {
+                let (cb, cx) = (b.chunks_exact(64), x.chunks_exact(16));
+                let tail: f32 = cb
+                    .remainder()
+                    .chunks_exact(4)
+                    .zip(cx.remainder())
+                    .map(|(c, &xv)| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) * xv)
+                    .sum();
+                for (c, xs) in cb.zip(cx) {
+                    for ((a, w), &xv) in acc.iter_mut().zip(c.chunks_exact(4)).zip(xs) {
+                        *a += f32::from_le_bytes([w[0], w[1], w[2], w[3]]) * xv;
+                    }
+                }
+                acc.iter().sum::<f32>() + tail
+            }
+            _ => {
+                let mut row = vec![0.0f32; self.cols];
+                self.row_f32(r, &mut row);
+                row.iter().zip(x).map(|(a, b)| a * b).sum()
+            }
+        }
+    }
+
     /// Decodes row r into out[cols].
     pub fn row_f32(&self, r: usize, out: &mut [f32]) {
         let rb = self.row_bytes();
