@@ -32,6 +32,21 @@ impl Dtype {
     }
 }
 
+/// sum_j decode(bytes of element j) * x[j] for elements of S bytes, with 16 partial sums
+/// so the loop vectorises.
+#[inline(always)]
+fn dot_in_place<const S: usize>(b: &[u8], x: &[f32], decode: impl Fn(&[u8]) -> f32) -> f32 {
+    let mut acc = [0.0f32; 16];
+    let (cb, cx) = (b.chunks_exact(16 * S), x.chunks_exact(16));
+    let tail: f32 = cb.remainder().chunks_exact(S).zip(cx.remainder()).map(|(w, &xv)| decode(w) * xv).sum();
+    for (c, xs) in cb.zip(cx) {
+        for ((a, w), &xv) in acc.iter_mut().zip(c.chunks_exact(S)).zip(xs) {
+            *a += decode(w) * xv;
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
 /// E2M1 code -> value.
 const FP4: [f32; 16] = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0];
 
@@ -124,38 +139,9 @@ impl Weight {
     pub fn dot_row(&self, r: usize, x: &[f32]) -> f32 {
         let rb = self.row_bytes();
         let b = &self.map[self.start + r * rb..self.start + (r + 1) * rb];
-        let mut acc = [0.0f32; 16];
         match self.dtype {
-            Dtype::BF16 => {
-                let (cb, cx) = (b.chunks_exact(32), x.chunks_exact(16));
-                let tail: f32 = cb
-                    .remainder()
-                    .chunks_exact(2)
-                    .zip(cx.remainder())
-                    .map(|(c, &xv)| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16) * xv)
-                    .sum();
-                for (c, xs) in cb.zip(cx) {
-                    for ((a, w), &xv) in acc.iter_mut().zip(c.chunks_exact(2)).zip(xs) {
-                        *a += f32::from_bits((u16::from_le_bytes([w[0], w[1]]) as u32) << 16) * xv;
-                    }
-                }
-                acc.iter().sum::<f32>() + tail
-            }
-            Dtype::F32 => {
-                let (cb, cx) = (b.chunks_exact(64), x.chunks_exact(16));
-                let tail: f32 = cb
-                    .remainder()
-                    .chunks_exact(4)
-                    .zip(cx.remainder())
-                    .map(|(c, &xv)| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) * xv)
-                    .sum();
-                for (c, xs) in cb.zip(cx) {
-                    for ((a, w), &xv) in acc.iter_mut().zip(c.chunks_exact(4)).zip(xs) {
-                        *a += f32::from_le_bytes([w[0], w[1], w[2], w[3]]) * xv;
-                    }
-                }
-                acc.iter().sum::<f32>() + tail
-            }
+            Dtype::BF16 => dot_in_place::<2>(b, x, |w| f32::from_bits((u16::from_le_bytes([w[0], w[1]]) as u32) << 16)),
+            Dtype::F32 => dot_in_place::<4>(b, x, |w| f32::from_le_bytes([w[0], w[1], w[2], w[3]])),
             _ => {
                 let mut row = vec![0.0f32; self.cols];
                 self.row_f32(r, &mut row);
