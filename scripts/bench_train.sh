@@ -10,7 +10,9 @@ read -r -a presets <<< "${presets[*]}"
 uptime
 cargo build --release --quiet
 for prec in fp32 bf16; do
-  ./target/release/moe bench train --presets "${presets[@]}" --warmup 2 --steps 5 --precision "$prec"
+  for p in "${presets[@]}"; do  # one process per preset, so its resident memory is its own
+    ./target/release/moe bench train --presets "$p" --warmup 2 --steps 5 --precision "$prec"
+  done
 done
 peer=../shared/bench/torch_train_bench.py
 if python3 -c "import torch, transformers" 2>/dev/null && [ -f "$peer" ]; then
