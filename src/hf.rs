@@ -17,23 +17,33 @@ pub fn is_hf_dir(dir: &Path) -> bool {
         .unwrap_or(false)
 }
 
-fn load(dir: &Path) -> Result<Model> {
+fn load(dir: &Path, quant: Option<&str>) -> Result<Model> {
     let t0 = std::time::Instant::now();
-    let m = Model::load(dir)?;
+    let mut m = Model::load(dir)?;
     eprintln!("loaded {} in {:.2}s (memory-mapped)", m.spec.arch.name(), t0.elapsed().as_secs_f64());
+    if let Some(q) = quant {
+        let t0 = std::time::Instant::now();
+        let bytes = match q {
+            "q8_0" => m.quantize_q8_0(),
+            other => bail!("unknown quantisation `{other}`; use q8_0"),
+        };
+        let gib = bytes as f64 / (1u64 << 30) as f64;
+        eprintln!("quantised to {q} in {:.2}s: {gib:.2} GiB in memory", t0.elapsed().as_secs_f64());
+    }
     Ok(m)
 }
 
+/// Options of `moe generate --model`.
+pub struct GenOpts<'a> {
+    pub chat: bool,
+    pub system: Option<&'a str>,
+    pub quant: Option<&'a str>,
+}
+
 /// `moe generate --model DIR`.
-pub fn generate_cmd(
-    dir: &Path,
-    prompt: &str,
-    chat: bool,
-    system: Option<&str>,
-    max_new: usize,
-    s: &Sampling,
-) -> Result<()> {
-    let model = load(dir)?;
+pub fn generate_cmd(dir: &Path, prompt: &str, o: &GenOpts, max_new: usize, s: &Sampling) -> Result<()> {
+    let (chat, system) = (o.chat, o.system);
+    let model = load(dir, o.quant)?;
     let tok = HfTokenizer::load(dir)?;
     let ids = if chat {
         let mut msgs = vec![];
@@ -118,11 +128,14 @@ pub struct LogitsArgs {
     /// Output .npy file: float32 logits [T, vocab].
     #[arg(long)]
     out: PathBuf,
+    /// Quantise the weight matrices on load: q8_0.
+    #[arg(long, value_parser = ["q8_0"])]
+    quant: Option<String>,
 }
 
 /// `moe logits`: float32 logits of every position to a .npy file.
 pub fn logits(a: LogitsArgs) -> Result<()> {
-    let m = load(&a.model)?;
+    let m = load(&a.model, a.quant.as_deref())?;
     let ids = match &a.prompt {
         Some(p) => HfTokenizer::load(&a.model)?.encode(p, true)?,
         None => a.ids,

@@ -273,6 +273,9 @@ struct GenerateArgs {
     /// System message for --chat.
     #[arg(long, requires = "chat")]
     system: Option<String>,
+    /// Quantise the weight matrices on load (--model only): q8_0 (blocks of 32 int8 + f16 scale).
+    #[arg(long, requires = "model", value_parser = ["q8_0"])]
+    quant: Option<String>,
     #[arg(long, default_value_t = 200)]
     max_tokens: usize,
     /// 0 = greedy.
@@ -425,7 +428,10 @@ fn train(a: TrainArgs) -> Result<()> {
 fn generate_cmd(a: GenerateArgs) -> Result<()> {
     let s = Sampling { temperature: a.temperature, top_k: a.top_k, top_p: a.top_p, seed: a.seed };
     let ck_path = match (&a.model, &a.checkpoint) {
-        (Some(dir), _) => return hf::generate_cmd(dir, &a.prompt, a.chat, a.system.as_deref(), a.max_tokens, &s),
+        (Some(dir), _) => {
+            let opts = hf::GenOpts { chat: a.chat, system: a.system.as_deref(), quant: a.quant.as_deref() };
+            return hf::generate_cmd(dir, &a.prompt, &opts, a.max_tokens, &s);
+        }
         (None, Some(p)) => p,
         (None, None) => bail!("pass --checkpoint DIR (a model trained by moe) or --model DIR (a Hugging Face model)"),
     };

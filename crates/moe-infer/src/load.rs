@@ -61,6 +61,44 @@ pub struct Weights {
     pub layers: Vec<Layer>,
 }
 
+impl Expert {
+    fn linears_mut(&mut self) -> Vec<&mut Linear> {
+        let mut v = match &mut self.gate_up {
+            GateUp::Split(g, u) => vec![g, u],
+            GateUp::Fused { lin, .. } => vec![lin],
+        };
+        v.push(&mut self.down);
+        v
+    }
+}
+
+impl Weights {
+    /// Every matrix that quantisation applies to: attention projections, experts, shared experts,
+    /// dense MLPs and the LM head (not the embedding, routers or gates, which are small and
+    /// decide routing).
+    pub fn linears_mut(&mut self) -> Vec<&mut Linear> {
+        let mut v: Vec<&mut Linear> = vec![&mut self.lm_head];
+        for l in &mut self.layers {
+            match &mut l.attn {
+                Attn::Std { q, k, v: vp, o, .. } => v.extend([q, k, vp, o]),
+                Attn::Mla { q_a, q, kv_a, kv_b, o, .. } => {
+                    v.extend(q_a.as_mut().map(|(l, _)| l));
+                    v.extend([q, kv_a, kv_b, o]);
+                }
+            }
+            match &mut l.ffn {
+                FfnW::Dense(m) => v.extend(m.linears_mut()),
+                FfnW::Moe(m) => {
+                    for e in m.experts.iter_mut().chain(m.shared.as_mut()) {
+                        v.extend(e.linears_mut());
+                    }
+                }
+            }
+        }
+        v
+    }
+}
+
 struct L<'a> {
     st: &'a TensorStore,
     s: &'a Spec,

@@ -48,6 +48,19 @@ impl Model {
         Ok(Model { spec, store, w })
     }
 
+    /// Quantises the weight matrices to Q8_0 in memory (see `Weights::linears_mut`); matrices whose
+    /// width is not a multiple of 32 stay as they are. Returns the bytes now held in memory.
+    pub fn quantize_q8_0(&mut self) -> usize {
+        let mut bytes = 0;
+        for lin in self.w.linears_mut() {
+            if let Some(q) = lin.w.quantize_q8_0() {
+                bytes += q.bytes();
+                lin.w = q;
+            }
+        }
+        bytes
+    }
+
     /// Runs `tokens` at positions cache.len.. and appends them to the cache. Returns the logits
     /// [T, V] of every new position when `all`, else [1, V] of the last.
     ///

@@ -3,7 +3,7 @@
 //! Nothing is copied at open time; `Weight`s point into the maps.
 
 use crate::error::{io, Error, Result};
-use crate::weight::{Dtype, Weight};
+use crate::weight::{Bytes, Dtype, Weight};
 use memmap2::Mmap;
 use safetensors::SafeTensors;
 use std::collections::{BTreeSet, HashMap};
@@ -24,7 +24,7 @@ pub struct Entry {
 pub struct TensorStore {
     pub dir: PathBuf,
     pub files: Vec<PathBuf>,
-    maps: Vec<Arc<Mmap>>,
+    maps: Vec<Arc<Bytes>>,
     pub entries: HashMap<String, Entry>,
 }
 
@@ -113,7 +113,7 @@ impl TensorStore {
             }
         }
         self.files.push(path.to_path_buf());
-        self.maps.push(Arc::new(map));
+        self.maps.push(Arc::new(Bytes::Map(map)));
         Ok(())
     }
 

@@ -1,10 +1,29 @@
-//! A weight matrix inside a memory map: dtype, rows x cols, decoded to f32 a row at a time.
-//! F32 (read in place when aligned), F16, BF16, and MXFP4 (OCP microscaling: 32 E2M1 values
-//! share one E8M0 power-of-two scale; gpt-oss expert blocks). Rows are the leading dimensions
-//! flattened: a 3-D expert tensor [E, R, C] is E*R rows, and `rows(e*R, R)` is expert e.
+//! A weight matrix inside a memory map (or, once quantised on load, in memory): dtype, rows x
+//! cols, decoded to f32 a row at a time or dotted with a vector in place. F32 (read in place
+//! when aligned), F16, BF16, MXFP4 (OCP microscaling: 32 E2M1 values share one E8M0
+//! power-of-two scale; gpt-oss expert blocks) and Q8_0 (llama.cpp's layout: blocks of 32 int8
+//! values after one f16 scale, 34 bytes). Rows are the leading dimensions flattened: a 3-D
+//! expert tensor [E, R, C] is E*R rows, and `rows(e*R, R)` is expert e.
 
 use memmap2::Mmap;
+use rayon::prelude::*;
 use std::sync::Arc;
+
+/// Where a weight's bytes live.
+pub enum Bytes {
+    Map(Mmap),
+    Heap(Vec<u8>),
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Bytes::Map(m) => m,
+            Bytes::Heap(v) => v,
+        }
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Dtype {
@@ -15,6 +34,8 @@ pub enum Dtype {
     U8,
     /// Packed E2M1 pairs (low nibble first) with one scale byte per 32 values.
     Mxfp4,
+    /// Blocks of 32: f16 scale d, then 32 int8 q; value = d * q.
+    Q8_0,
 }
 
 impl Dtype {
@@ -52,19 +73,19 @@ const FP4: [f32; 16] = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0
 
 #[derive(Clone)]
 pub struct Weight {
-    map: Arc<Mmap>,
+    map: Arc<Bytes>,
     /// Byte offset of row 0 in `map`.
     start: usize,
     pub dtype: Dtype,
     pub rows: usize,
     pub cols: usize,
     /// MXFP4 only: the scales' map and the byte offset of row 0's scales.
-    scales: Option<(Arc<Mmap>, usize)>,
+    scales: Option<(Arc<Bytes>, usize)>,
 }
 
 impl Weight {
     /// `shape`'s last dimension is cols; the others flatten into rows (a 1-D tensor is one row).
-    pub(crate) fn new(map: Arc<Mmap>, start: usize, end: usize, dtype: Dtype, shape: &[usize]) -> Self {
+    pub(crate) fn new(map: Arc<Bytes>, start: usize, end: usize, dtype: Dtype, shape: &[usize]) -> Self {
         let cols = shape.last().copied().unwrap_or(1);
         let rows = shape.iter().rev().skip(1).product();
         let w = Weight { map, start, dtype, rows, cols, scales: None };
@@ -91,7 +112,41 @@ impl Weight {
             Dtype::F16 | Dtype::BF16 => 2 * self.cols,
             Dtype::U8 => self.cols,
             Dtype::Mxfp4 => self.cols / 2,
+            Dtype::Q8_0 => self.cols / 32 * 34,
         }
+    }
+
+    /// This matrix quantised to Q8_0 in memory (per block of 32: d = max|x| / 127, q = round(x / d)),
+    /// or None when cols is not a multiple of 32.
+    pub fn quantize_q8_0(&self) -> Option<Weight> {
+        if self.cols % 32 != 0 || self.dtype == Dtype::Q8_0 {
+            return None;
+        }
+        let rb = self.cols / 32 * 34;
+        let mut out = vec![0u8; self.rows * rb];
+        out.par_chunks_mut(rb).enumerate().for_each_init(
+            || vec![0.0f32; self.cols],
+            |row, (r, dst)| {
+                self.row_f32(r, row);
+                for (blk, x) in dst.chunks_exact_mut(34).zip(row.chunks_exact(32)) {
+                    let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                    let d = half::f16::from_f32(amax / 127.0);
+                    let inv = if d.to_f32() > 0.0 { 1.0 / d.to_f32() } else { 0.0 };
+                    blk[..2].copy_from_slice(&d.to_bits().to_le_bytes());
+                    for (q, &v) in blk[2..].iter_mut().zip(x) {
+                        *q = (v * inv).round().clamp(-127.0, 127.0) as i8 as u8;
+                    }
+                }
+            },
+        );
+        Some(Weight {
+            map: Arc::new(Bytes::Heap(out)),
+            start: 0,
+            dtype: Dtype::Q8_0,
+            rows: self.rows,
+            cols: self.cols,
+            scales: None,
+        })
     }
 
     /// Bytes of the whole matrix (scales included).
@@ -142,6 +197,19 @@ impl Weight {
         match self.dtype {
             Dtype::BF16 => dot_in_place::<2>(b, x, |w| f32::from_bits((u16::from_le_bytes([w[0], w[1]]) as u32) << 16)),
             Dtype::F32 => dot_in_place::<4>(b, x, |w| f32::from_le_bytes([w[0], w[1], w[2], w[3]])),
+            Dtype::Q8_0 => {
+                // one accumulator vector across blocks; a single horizontal sum at the end
+                let mut acc = [0.0f32; 32];
+                for (blk, xs) in b.chunks_exact(34).zip(x.chunks_exact(32)) {
+                    let d = half::f16::from_bits(u16::from_le_bytes([blk[0], blk[1]])).to_f32();
+                    let q: &[u8; 32] = blk[2..].try_into().expect("a Q8_0 block holds 32 values");
+                    let xs: &[f32; 32] = xs.try_into().expect("chunks of 32");
+                    for j in 0..32 {
+                        acc[j] += d * (q[j] as i8 as f32) * xs[j];
+                    }
+                }
+                acc.iter().sum()
+            }
             _ => {
                 let mut row = vec![0.0f32; self.cols];
                 self.row_f32(r, &mut row);
@@ -173,6 +241,12 @@ impl Weight {
             Dtype::U8 => {
                 for (o, &c) in out.iter_mut().zip(b) {
                     *o = c as f32;
+                }
+            }
+            Dtype::Q8_0 => {
+                for (o, blk) in out.chunks_exact_mut(32).zip(b.chunks_exact(34)) {
+                    let d = half::f16::from_bits(u16::from_le_bytes([blk[0], blk[1]])).to_f32();
+                    o.iter_mut().zip(&blk[2..]).for_each(|(v, &q)| *v = d * q as i8 as f32);
                 }
             }
             Dtype::Mxfp4 => {
