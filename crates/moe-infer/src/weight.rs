@@ -119,7 +119,7 @@ impl Weight {
     /// This matrix quantised to Q8_0 in memory (per block of 32: d = max|x| / 127, q = round(x / d)),
     /// or None when cols is not a multiple of 32.
     pub fn quantize_q8_0(&self) -> Option<Weight> {
-        if self.cols % 32 != 0 || self.dtype == Dtype::Q8_0 {
+        if !self.cols.is_multiple_of(32) || self.dtype == Dtype::Q8_0 {
             return None;
         }
         let rb = self.cols / 32 * 34;
