@@ -2,7 +2,7 @@
 //! others are decoded in panels of rows into a small per-thread buffer and multiplied panel by
 //! panel, so the weights are never copied whole.
 
-use crate::weight::Weight;
+use crate::weight::{quantize_q8_row, Dtype, Weight};
 use moe_kernels::matmul::{matmul, matmul_strided, Mat};
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -62,13 +62,30 @@ impl Linear {
         let (i, o) = (self.inp, self.out);
         const CHUNK: usize = 64;
         let mut t = vec![0.0f32; n * o]; // [o, n], so parallel chunks are contiguous
-        t.par_chunks_mut(CHUNK * n).enumerate().for_each(|(c, ts)| {
-            for (k, tr) in ts.chunks_exact_mut(n).enumerate() {
-                for (tok, v) in tr.iter_mut().enumerate() {
-                    *v = self.w.dot_row(c * CHUNK + k, &x[tok * i..(tok + 1) * i]);
-                }
+        if self.w.dtype == Dtype::Q8_0 {
+            // integer dot products against the tokens quantised to Q8_0 blocks
+            let (mut xq, mut xd) = (vec![0i8; n * i], vec![0.0f32; n * i / 32]);
+            for tok in 0..n {
+                let r = tok * i..(tok + 1) * i;
+                quantize_q8_row(&x[r.clone()], &mut xq[r], &mut xd[tok * i / 32..(tok + 1) * i / 32]);
             }
-        });
+            t.par_chunks_mut(CHUNK * n).enumerate().for_each(|(c, ts)| {
+                for (k, tr) in ts.chunks_exact_mut(n).enumerate() {
+                    for (tok, v) in tr.iter_mut().enumerate() {
+                        let (q, d) = (&xq[tok * i..(tok + 1) * i], &xd[tok * i / 32..(tok + 1) * i / 32]);
+                        *v = self.w.dot_row_q8(c * CHUNK + k, q, d);
+                    }
+                }
+            });
+        } else {
+            t.par_chunks_mut(CHUNK * n).enumerate().for_each(|(c, ts)| {
+                for (k, tr) in ts.chunks_exact_mut(n).enumerate() {
+                    for (tok, v) in tr.iter_mut().enumerate() {
+                        *v = self.w.dot_row(c * CHUNK + k, &x[tok * i..(tok + 1) * i]);
+                    }
+                }
+            });
+        }
         for tok in 0..n {
             for r in 0..o {
                 y[tok * o + r] = t[r * n + tok];

@@ -53,6 +53,18 @@ impl Dtype {
     }
 }
 
+/// x as Q8_0 blocks: int8 values and one scale per 32 (max |x| / 127).
+pub fn quantize_q8_row(x: &[f32], q: &mut [i8], d: &mut [f32]) {
+    for ((xs, qs), dv) in x.chunks_exact(32).zip(q.chunks_exact_mut(32)).zip(d.iter_mut()) {
+        let amax = xs.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        *dv = amax / 127.0;
+        let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
+        for (o, &v) in qs.iter_mut().zip(xs) {
+            *o = (v * inv).round() as i8;
+        }
+    }
+}
+
 /// sum_j decode(bytes of element j) * x[j] for elements of S bytes, with 16 partial sums
 /// so the loop vectorises.
 #[inline(always)]
@@ -216,6 +228,25 @@ impl Weight {
                 row.iter().zip(x).map(|(a, b)| a * b).sum()
             }
         }
+    }
+
+    /// Q8_0 only: row r dotted with x given as Q8_0 blocks too (xq int8 values, xd one scale per
+    /// 32), in integer arithmetic per block as llama.cpp does: sum_b dw_b * dx_b * sum_j qw_j qx_j.
+    pub fn dot_row_q8(&self, r: usize, xq: &[i8], xd: &[f32]) -> f32 {
+        let rb = self.row_bytes();
+        let b = &self.map[self.start + r * rb..self.start + (r + 1) * rb];
+        let mut acc = 0.0f32;
+        for ((blk, qx), &dx) in b.chunks_exact(34).zip(xq.chunks_exact(32)).zip(xd) {
+            let d = half::f16::from_bits(u16::from_le_bytes([blk[0], blk[1]])).to_f32();
+            let q: &[u8; 32] = blk[2..].try_into().expect("a Q8_0 block holds 32 values");
+            let qx: &[i8; 32] = qx.try_into().expect("chunks of 32");
+            let mut s = 0i32;
+            for j in 0..32 {
+                s += (q[j] as i8 as i32) * (qx[j] as i32);
+            }
+            acc += d * dx * s as f32;
+        }
+        acc
     }
 
     /// Decodes row r into out[cols].

@@ -25,6 +25,11 @@ fn q8_0_round_trip_and_dot() {
         }
         let want: f32 = b.iter().zip(&x).map(|(u, v)| u * v).sum();
         assert!((q.dot_row(r, &x) - want).abs() < 1e-5, "row {r}");
+        // integer path: x quantised to Q8_0 too; its error is at most sum |w| * step_x / 2
+        let (mut xq, mut xd) = (vec![0i8; 32], vec![0.0f32; 1]);
+        moe_infer::weight::quantize_q8_row(&x, &mut xq, &mut xd);
+        let bound: f32 = b.iter().map(|v| v.abs()).sum::<f32>() * xd[0] / 2.0 + 1e-5;
+        assert!((q.dot_row_q8(r, &xq, &xd) - want).abs() <= bound, "row {r}: integer dot");
     }
 }
 
@@ -37,7 +42,14 @@ fn q8_0_logits_stay_close_to_full_precision() {
         let ids = [1u32, 5, 9, 17, 33, 40, 61, 70];
         let a = full.forward(&ids, &mut Cache::new(&full.spec), true).unwrap();
         let b = q.forward(&ids, &mut Cache::new(&q.spec), true).unwrap();
+        // decoding one token goes through the integer dot products
+        let (mut ca, mut cb) = (Cache::new(&full.spec), Cache::new(&q.spec));
+        full.forward(&ids, &mut ca, false).unwrap();
+        q.forward(&ids, &mut cb, false).unwrap();
+        let (da, db) = (full.forward(&[3], &mut ca, false).unwrap(), q.forward(&[3], &mut cb, false).unwrap());
+        let derr = da.iter().zip(&db).map(|(u, v)| (u - v).abs()).fold(0.0f32, f32::max);
         let scale = a.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        assert!(derr < 0.05 * scale, "{name}: q8_0 decode logits differ by {derr} of {scale}");
         let err = a.iter().zip(&b).map(|(u, v)| (u - v).abs()).fold(0.0f32, f32::max);
         eprintln!("{name}: q8_0 logits max abs diff {err:.4} (max |logit| {scale:.2})");
         assert!(err < 0.05 * scale, "{name}: q8_0 logits differ by {err} of {scale}");
