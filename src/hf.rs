@@ -23,10 +23,21 @@ fn load(dir: &Path, quant: Option<&str>) -> Result<Model> {
     eprintln!("loaded {} in {:.2}s (memory-mapped)", m.spec.arch.name(), t0.elapsed().as_secs_f64());
     if let Some(q) = quant {
         let t0 = std::time::Instant::now();
+        let pb = indicatif::ProgressBar::new(0);
+        pb.set_style(
+            indicatif::ProgressStyle::with_template(
+                "quantising {bar:30} {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} [{eta}]",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
         let bytes = match q {
-            "q8_0" => m.quantize_q8_0(),
+            "q8_0" => m.quantize_q8_0(&mut |done, total| {
+                pb.set_length(total);
+                pb.set_position(done);
+            }),
             other => bail!("unknown quantisation `{other}`; use q8_0"),
         };
+        pb.finish_and_clear();
         let gib = bytes as f64 / (1u64 << 30) as f64;
         eprintln!("quantised to {q} in {:.2}s: {gib:.2} GiB in memory", t0.elapsed().as_secs_f64());
     }

@@ -49,14 +49,19 @@ impl Model {
     }
 
     /// Quantises the weight matrices to Q8_0 in memory (see `Weights::linears_mut`); matrices whose
-    /// width is not a multiple of 32 stay as they are. Returns the bytes now held in memory.
-    pub fn quantize_q8_0(&mut self) -> usize {
-        let mut bytes = 0;
-        for lin in self.w.linears_mut() {
+    /// width is not a multiple of 32 stay as they are. `progress(done, total)` is called with
+    /// bytes of source weights processed. Returns the bytes now held in memory.
+    pub fn quantize_q8_0(&mut self, progress: &mut dyn FnMut(u64, u64)) -> usize {
+        let mut lins = self.w.linears_mut();
+        let total: u64 = lins.iter().map(|l| l.w.bytes() as u64).sum();
+        let (mut done, mut bytes) = (0u64, 0);
+        for lin in lins.iter_mut() {
+            done += lin.w.bytes() as u64;
             if let Some(q) = lin.w.quantize_q8_0() {
                 bytes += q.bytes();
                 lin.w = q;
             }
+            progress(done, total);
         }
         bytes
     }

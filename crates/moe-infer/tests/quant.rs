@@ -38,7 +38,9 @@ fn q8_0_logits_stay_close_to_full_precision() {
     for name in ["mixtral", "qwen3_moe", "deepseek_v3"] {
         let full = Model::load(&dir(name)).unwrap();
         let mut q = Model::load(&dir(name)).unwrap();
-        assert!(q.quantize_q8_0() > 0, "{name}: nothing quantised");
+        let mut last = (0, 1);
+        assert!(q.quantize_q8_0(&mut |d, t| last = (d, t)) > 0, "{name}: nothing quantised");
+        assert_eq!(last.0, last.1, "{name}: progress ends at the total");
         let ids = [1u32, 5, 9, 17, 33, 40, 61, 70];
         let a = full.forward(&ids, &mut Cache::new(&full.spec), true).unwrap();
         let b = q.forward(&ids, &mut Cache::new(&q.spec), true).unwrap();
