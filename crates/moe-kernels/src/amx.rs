@@ -66,8 +66,30 @@ fn pack_a(out: &mut Vec<u16>, a: Mat<f32>, mp: usize, kp: usize) {
                 let src = &a.data[(bi * 32 + i) * a.rs..][..a.cols];
                 row.iter_mut().zip(src).for_each(|(o, &v)| *o = to_bf16(v));
             }
+        } else if a.rs == 1 && rows == 32 {
+            // A = X^T: columns of A are contiguous. Transpose 32 x 32 tiles through the stack:
+            // contiguous reads of 32 columns, then contiguous writes of 32 rows.
+            let full = a.cols / 32 * 32;
+            let mut tile = [[0f32; 32]; 32];
+            for p0 in (0..full).step_by(32) {
+                for (pp, t) in tile.iter_mut().enumerate() {
+                    t.copy_from_slice(&a.data[(p0 + pp) * a.cs + bi * 32..][..32]);
+                }
+                for i in 0..32 {
+                    let out: &mut [u16; 32] = (&mut blk[i * kp + p0..][..32]).try_into().expect("32 values");
+                    for (pp, o) in out.iter_mut().enumerate() {
+                        *o = to_bf16(tile[pp][i]);
+                    }
+                }
+            }
+            for p in full..a.cols {
+                let src = &a.data[p * a.cs + bi * 32..];
+                for i in 0..32 {
+                    blk[i * kp + p] = to_bf16(src[i]);
+                }
+            }
         } else {
-            // rows of A are strided (A = X^T): read along rows, 32 at a time
+            // strided rows: element by element
             for p in 0..a.cols {
                 let src = &a.data[p * a.cs + bi * 32 * a.rs..];
                 for i in 0..rows {
@@ -86,7 +108,30 @@ fn pack_b(out: &mut Vec<u16>, b: Mat<f32>, kp: usize, np: usize) {
     let (k, n) = (b.rows, b.cols);
     out.par_chunks_mut(kp * 32).enumerate().for_each(|(jb, blk)| {
         let cols = 32.min(n.saturating_sub(jb * 32));
-        if b.rs == 1 {
+        if b.rs == 1 && cols == 32 {
+            // B = W^T: columns of B are contiguous. Transpose 32 x 32 tiles through the stack:
+            // contiguous reads of 32 columns, then contiguous writes of 16 pair-rows.
+            let full = k / 32 * 32;
+            let mut tile = [[0f32; 32]; 32];
+            for k0 in (0..full).step_by(32) {
+                for (c, t) in tile.iter_mut().enumerate() {
+                    t.copy_from_slice(&b.data[(jb * 32 + c) * b.cs + k0..][..32]);
+                }
+                for pr in 0..16 {
+                    let out: &mut [u16; 64] = (&mut blk[(k0 / 2 + pr) * 64..][..64]).try_into().expect("64 values");
+                    for c in 0..32 {
+                        out[2 * c] = to_bf16(tile[c][2 * pr]);
+                        out[2 * c + 1] = to_bf16(tile[c][2 * pr + 1]);
+                    }
+                }
+            }
+            for c in 0..32 {
+                let col = &b.data[(jb * 32 + c) * b.cs..];
+                for r in full..k {
+                    blk[(r / 2) * 64 + c * 2 + r % 2] = to_bf16(col[r]);
+                }
+            }
+        } else if b.rs == 1 {
             // columns of B are contiguous (B = W^T): read along k
             for c in 0..cols {
                 let col = &b.data[(jb * 32 + c) * b.cs..];
