@@ -61,31 +61,30 @@ impl Linear {
     fn dot_rows(&self, x: &[f32], n: usize, y: &mut [f32]) {
         let (i, o) = (self.inp, self.out);
         const CHUNK: usize = 64;
-        let mut t = vec![0.0f32; n * o]; // [o, n], so parallel chunks are contiguous
-        if self.w.dtype == Dtype::Q8_0 {
-            // integer dot products against the tokens quantised to Q8_0 blocks
-            let (mut xq, mut xd) = (vec![0i8; n * i], vec![0.0f32; n * i / 32]);
+        // Q8_0 weights: integer dot products against the tokens quantised to Q8_0 blocks
+        let q8 = self.w.dtype == Dtype::Q8_0;
+        let (mut xq, mut xd) = (vec![0i8; if q8 { n * i } else { 0 }], vec![0.0f32; if q8 { n * i / 32 } else { 0 }]);
+        if q8 {
             for tok in 0..n {
                 let r = tok * i..(tok + 1) * i;
                 quantize_q8_row(&x[r.clone()], &mut xq[r], &mut xd[tok * i / 32..(tok + 1) * i / 32]);
             }
-            t.par_chunks_mut(CHUNK * n).enumerate().for_each(|(c, ts)| {
-                for (k, tr) in ts.chunks_exact_mut(n).enumerate() {
-                    for (tok, v) in tr.iter_mut().enumerate() {
-                        let (q, d) = (&xq[tok * i..(tok + 1) * i], &xd[tok * i / 32..(tok + 1) * i / 32]);
-                        *v = self.w.dot_row_q8(c * CHUNK + k, q, d);
-                    }
-                }
-            });
-        } else {
-            t.par_chunks_mut(CHUNK * n).enumerate().for_each(|(c, ts)| {
-                for (k, tr) in ts.chunks_exact_mut(n).enumerate() {
-                    for (tok, v) in tr.iter_mut().enumerate() {
-                        *v = self.w.dot_row(c * CHUNK + k, &x[tok * i..(tok + 1) * i]);
-                    }
-                }
-            });
         }
+        let dot = |row: usize, tok: usize| {
+            if q8 {
+                self.w.dot_row_q8(row, &xq[tok * i..(tok + 1) * i], &xd[tok * i / 32..(tok + 1) * i / 32])
+            } else {
+                self.w.dot_row(row, &x[tok * i..(tok + 1) * i])
+            }
+        };
+        let mut t = vec![0.0f32; n * o]; // [o, n], so parallel chunks are contiguous
+        t.par_chunks_mut(CHUNK * n).enumerate().for_each(|(c, ts)| {
+            for (k, tr) in ts.chunks_exact_mut(n).enumerate() {
+                for (tok, v) in tr.iter_mut().enumerate() {
+                    *v = dot(c * CHUNK + k, tok);
+                }
+            }
+        });
         for tok in 0..n {
             for r in 0..o {
                 y[tok * o + r] = t[r * n + tok];

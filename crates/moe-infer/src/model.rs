@@ -7,6 +7,7 @@ use crate::error::{Error, Result};
 use crate::load::{load, Attn, FfnW, Layer, NormW, Weights};
 use crate::moe::{experts_forward, route, Routing};
 use crate::store::TensorStore;
+use moe_kernels::float::dot;
 use std::path::Path;
 
 pub struct Model {
@@ -249,7 +250,7 @@ fn norm(s: &Spec, n: &NormW, x: &[f32], y: &mut [f32]) {
     let c = n.w.len();
     for (yr, xr) in y.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
         let (mean, var) = match s.norm {
-            Norm::Rms => (0.0, xr.iter().map(|v| v * v).sum::<f32>() / c as f32),
+            Norm::Rms => (0.0, dot(xr, xr) / c as f32),
             Norm::Layer => {
                 let m = xr.iter().sum::<f32>() / c as f32;
                 (m, xr.iter().map(|v| (v - m) * (v - m)).sum::<f32>() / c as f32)
@@ -265,7 +266,7 @@ fn norm(s: &Spec, n: &NormW, x: &[f32], y: &mut [f32]) {
 /// In-place RMSNorm over rows of width `w`.
 fn rms_rows(x: &mut [f32], n: &NormW, w: usize, eps: f64) {
     for row in x.chunks_exact_mut(w) {
-        let r = 1.0 / (row.iter().map(|v| v * v).sum::<f32>() / w as f32 + eps as f32).sqrt();
+        let r = 1.0 / (dot(row, row) / w as f32 + eps as f32).sqrt();
         row.iter_mut().zip(&n.w).for_each(|(v, g)| *v = *v * r * g);
     }
 }

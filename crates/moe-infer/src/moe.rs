@@ -41,16 +41,21 @@ impl Expert {
                 }
             }
         }
-        for (gv, &uv) in g.iter_mut().zip(&u) {
-            *gv = match act {
-                Act::Swiglu => *gv / (1.0 + (-*gv).exp()) * uv,
-                Act::ClampedSwiglu { alpha, limit } => {
+        let h = match act {
+            Act::Swiglu => {
+                let mut h = vec![0.0; n * inter];
+                moe_kernels::swiglu::swiglu_forward(&mut h, &g, &u);
+                h
+            }
+            Act::ClampedSwiglu { alpha, limit } => {
+                for (gv, &uv) in g.iter_mut().zip(&u) {
                     let (gc, uc) = (gv.min(limit), uv.clamp(-limit, limit));
-                    gc / (1.0 + (-gc * alpha).exp()) * (uc + 1.0)
+                    *gv = gc / (1.0 + (-gc * alpha).exp()) * (uc + 1.0);
                 }
-            };
-        }
-        self.down.forward(&g, n, y);
+                g
+            }
+        };
+        self.down.forward(&h, n, y);
     }
 }
 
@@ -136,10 +141,9 @@ fn normalize(w: &mut [f32], eps: f32) {
 }
 
 fn softmax(x: &[f32]) -> Vec<f32> {
-    let m = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let e: Vec<f32> = x.iter().map(|&v| (v - m).exp()).collect();
-    let s: f32 = e.iter().sum();
-    e.into_iter().map(|v| v / s).collect()
+    let mut y = vec![0.0; x.len()];
+    moe_kernels::softmax::softmax_row(&mut y, x);
+    y
 }
 
 /// Chosen experts and weights of every token, [n, k] each.
