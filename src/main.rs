@@ -1,17 +1,20 @@
 //! `moe`: the command line. Parses flags, validates them into the engine's configs, runs.
 
+mod args;
+mod compare_cmd;
 mod hf;
+mod train_cmd;
 
 use anyhow::{bail, Context, Result};
+use args::parse_enum;
 use clap::{Args, Parser, Subcommand};
 use moe_engine::checkpoint;
-use moe_engine::config::{BalanceScope, DropPolicy, ModelConfig, RouterKind, PRESETS};
+use moe_engine::config::{ModelConfig, PRESETS};
 use moe_engine::corpus::Source;
 use moe_engine::generate::{generate, Sampling};
 use moe_engine::model::Model;
-use moe_engine::run::{run, RunOptions};
 use moe_engine::tokenizer::Tokenizer;
-use moe_engine::train::{Precision, TrainConfig};
+use moe_engine::train::Precision;
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -25,7 +28,13 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Train a dense or MoE model on a corpus (default: the toolchain's Rust books).
-    Train(Box<TrainArgs>),
+    Train(Box<train_cmd::TrainArgs>),
+    /// Train a dense model and MoE models of equal active compute in lockstep and report which
+    /// reaches which validation loss how fast (or a trade-off sweep with --sweep).
+    Compare(Box<compare_cmd::CompareArgs>),
+    /// Initialise an MoE from a trained dense checkpoint and train it against an MoE from scratch
+    /// and the dense model continued, for the same extra compute.
+    Upcycle(Box<compare_cmd::UpcycleArgs>),
     /// Generate text from a checkpoint of ours or a Hugging Face model directory.
     Generate(GenerateArgs),
     /// Show parameters, FLOPs and memory of a preset, config file, checkpoint or Hugging Face model.
@@ -69,192 +78,6 @@ struct PlotArgs {
     /// Where comparison plots go (default: the run directory for one run, else required).
     #[arg(long)]
     out: Option<PathBuf>,
-}
-
-#[derive(Args)]
-struct ModelArgs {
-    /// Model preset.
-    #[arg(long, default_value = "default", value_parser = clap::builder::PossibleValuesParser::new(PRESETS))]
-    preset: String,
-    /// Model config JSON (Hugging Face field names; see `moe inspect --print-config`); overrides --preset.
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// Override the number of experts (0 = dense).
-    #[arg(long)]
-    experts: Option<usize>,
-    /// Override top-k (experts per token).
-    #[arg(long)]
-    top_k: Option<usize>,
-    /// Override the expert hidden width.
-    #[arg(long)]
-    expert_size: Option<usize>,
-    /// Override the load-balancing loss coefficient.
-    #[arg(long)]
-    aux_loss_coef: Option<f64>,
-    /// Override the router z-loss coefficient.
-    #[arg(long)]
-    z_loss_coef: Option<f64>,
-    /// Router: softmax_topk, topk_softmax, switch, sigmoid_group, expert_choice.
-    #[arg(long, value_parser = parse_enum::<RouterKind>)]
-    router: Option<RouterKind>,
-    /// Renormalise the top-k routing weights (true/false).
-    #[arg(long)]
-    norm_topk_prob: Option<bool>,
-    /// Balancing-loss pooling: global (Hugging Face), layer, sequence.
-    #[arg(long, value_parser = parse_enum::<BalanceScope>)]
-    aux_loss_scope: Option<BalanceScope>,
-    /// Aux-loss-free balancing: selection-bias update rate per step (0 = off).
-    #[arg(long)]
-    bias_update_rate: Option<f64>,
-    /// Expert capacity factor with token dropping (0 = dropless).
-    #[arg(long)]
-    capacity_factor: Option<f64>,
-    /// Which assignments an over-full expert keeps: probability or position.
-    #[arg(long, value_parser = parse_enum::<DropPolicy>)]
-    drop_policy: Option<DropPolicy>,
-    /// Router input jitter (multiplicative uniform noise, training only).
-    #[arg(long)]
-    router_jitter: Option<f64>,
-    /// Expert groups and groups per token (sigmoid_group routing).
-    #[arg(long)]
-    n_group: Option<usize>,
-    #[arg(long)]
-    topk_group: Option<usize>,
-    /// Routing weight scale (sigmoid_group routing).
-    #[arg(long)]
-    routed_scaling_factor: Option<f64>,
-    /// Width of a shared expert every token uses (0 = none).
-    #[arg(long)]
-    shared_expert_size: Option<usize>,
-    /// Gate the shared expert with sigmoid(x . w) (Qwen2-MoE).
-    #[arg(long)]
-    shared_expert_gate: Option<bool>,
-    /// The first N layers stay dense.
-    #[arg(long)]
-    first_dense: Option<usize>,
-    /// Only every N-th layer is MoE.
-    #[arg(long)]
-    moe_every: Option<usize>,
-}
-
-/// Parses a config enum from its snake_case name.
-fn parse_enum<T: serde::de::DeserializeOwned>(s: &str) -> std::result::Result<T, String> {
-    serde_json::from_value(serde_json::Value::String(s.to_string())).map_err(|e| e.to_string())
-}
-
-impl ModelArgs {
-    fn build(&self) -> Result<ModelConfig> {
-        let mut cfg = match &self.config {
-            Some(p) => {
-                let text = std::fs::read_to_string(p).with_context(|| format!("cannot read config {}", p.display()))?;
-                serde_json::from_str(&text).with_context(|| {
-                    format!("{}: invalid model config; start from `moe inspect --print-config`", p.display())
-                })?
-            }
-            None => ModelConfig::preset(&self.preset)?,
-        };
-        if let Some(e) = self.experts {
-            cfg.num_local_experts = e;
-        }
-        if let Some(k) = self.top_k {
-            cfg.num_experts_per_tok = k;
-        }
-        if let Some(f) = self.expert_size {
-            cfg.moe_intermediate_size = f;
-        }
-        if let Some(a) = self.aux_loss_coef {
-            cfg.router_aux_loss_coef = a;
-        }
-        if let Some(z) = self.z_loss_coef {
-            cfg.router_z_loss_coef = z;
-        }
-        set(&mut cfg.router, self.router);
-        set(&mut cfg.norm_topk_prob, self.norm_topk_prob);
-        set(&mut cfg.aux_loss_scope, self.aux_loss_scope);
-        set(&mut cfg.bias_update_rate, self.bias_update_rate);
-        set(&mut cfg.capacity_factor, self.capacity_factor);
-        set(&mut cfg.drop_policy, self.drop_policy);
-        set(&mut cfg.router_jitter_noise, self.router_jitter);
-        set(&mut cfg.n_group, self.n_group);
-        set(&mut cfg.topk_group, self.topk_group);
-        set(&mut cfg.routed_scaling_factor, self.routed_scaling_factor);
-        set(&mut cfg.shared_expert_intermediate_size, self.shared_expert_size);
-        set(&mut cfg.shared_expert_gate, self.shared_expert_gate);
-        set(&mut cfg.first_k_dense_replace, self.first_dense);
-        set(&mut cfg.decoder_sparse_step, self.moe_every);
-        cfg.validate()?;
-        Ok(cfg)
-    }
-}
-
-fn set<T>(field: &mut T, value: Option<T>) {
-    if let Some(v) = value {
-        *field = v;
-    }
-}
-
-#[derive(Args)]
-struct TrainArgs {
-    #[command(flatten)]
-    model: ModelArgs,
-    /// UTF-8 text file or directory of text files (default: the Rust documentation books).
-    #[arg(long)]
-    data: Option<PathBuf>,
-    /// Run directory (default: runs/<preset>-<UTC time>).
-    #[arg(long)]
-    out: Option<PathBuf>,
-    /// Continue the run in --out from its latest checkpoint.
-    #[arg(long, requires = "out")]
-    resume: bool,
-    /// Optimizer steps of the whole schedule.
-    #[arg(long)]
-    steps: Option<u64>,
-    /// Stop with a checkpoint after this step (the schedule still spans --steps).
-    #[arg(long)]
-    stop_after: Option<u64>,
-    #[arg(long, default_value_t = TrainConfig::default().batch_size)]
-    batch_size: usize,
-    /// Tokens per training sequence (at most the model context).
-    #[arg(long)]
-    seq_len: Option<usize>,
-    #[arg(long, default_value_t = TrainConfig::default().grad_accum)]
-    grad_accum: usize,
-    #[arg(long, default_value_t = TrainConfig::default().lr)]
-    lr: f64,
-    #[arg(long, default_value_t = TrainConfig::default().min_lr_ratio)]
-    min_lr_ratio: f64,
-    #[arg(long, default_value_t = TrainConfig::default().warmup_steps)]
-    warmup: u64,
-    #[arg(long, default_value_t = TrainConfig::default().weight_decay)]
-    weight_decay: f64,
-    /// Global gradient-norm clip (0 = off).
-    #[arg(long, default_value_t = TrainConfig::default().grad_clip)]
-    grad_clip: f64,
-    #[arg(long, default_value_t = TrainConfig::default().eval_every)]
-    eval_every: u64,
-    #[arg(long, default_value_t = TrainConfig::default().eval_batches)]
-    eval_batches: usize,
-    #[arg(long, default_value_t = TrainConfig::default().checkpoint_every)]
-    checkpoint_every: u64,
-    #[arg(long, default_value_t = TrainConfig::default().log_every)]
-    log_every: u64,
-    #[arg(long, default_value_t = TrainConfig::default().seed)]
-    seed: u64,
-    /// Matrix products in fp32, or bf16 on AMX with fp32 accumulation and fp32 master weights.
-    #[arg(long, value_parser = parse_enum::<Precision>, default_value = "fp32")]
-    precision: Precision,
-    /// Tokenizer and token cache (default: ~/.cache/moe).
-    #[arg(long)]
-    cache_dir: Option<PathBuf>,
-    /// Prompt of the sample printed at the end.
-    #[arg(long, default_value = "fn main() {")]
-    sample_prompt: String,
-    /// Tokens of the sample printed at the end (0 = none).
-    #[arg(long, default_value_t = 120)]
-    sample_tokens: usize,
-    /// No progress bar.
-    #[arg(long)]
-    quiet: bool,
 }
 
 #[derive(Args)]
@@ -340,7 +163,9 @@ fn main() {
 
 fn real_main() -> Result<()> {
     match Cli::parse().cmd {
-        Cmd::Train(a) => train(*a),
+        Cmd::Train(a) => train_cmd::train(*a),
+        Cmd::Compare(a) => compare_cmd::compare(*a),
+        Cmd::Upcycle(a) => compare_cmd::upcycle_cmd(*a),
         Cmd::Generate(a) => generate_cmd(a),
         Cmd::Inspect(a) => inspect(a),
         Cmd::Logits(a) => hf::logits(a),
@@ -348,81 +173,6 @@ fn real_main() -> Result<()> {
         Cmd::Routes(a) => routes(a),
         Cmd::Bench(b) => bench(b),
     }
-}
-
-/// YYYYmmdd-HHMMSS in UTC, for default run directory names.
-fn utc_stamp() -> String {
-    let secs = moe_engine::clock::unix_secs();
-    let (y, m, d) = moe_engine::clock::civil_date((secs / 86400) as i64);
-    let rem = secs % 86400;
-    format!("{y:04}{m:02}{d:02}-{:02}{:02}{:02}", rem / 3600, rem / 60 % 60, rem % 60)
-}
-
-fn default_cache_dir() -> PathBuf {
-    std::env::var_os("HOME").map_or_else(|| PathBuf::from(".moe-cache"), |h| PathBuf::from(h).join(".cache/moe"))
-}
-
-fn train(a: TrainArgs) -> Result<()> {
-    let model = a.model.build()?;
-    let defaults = TrainConfig::default();
-    let tc = TrainConfig {
-        steps: a.steps.unwrap_or(defaults.steps),
-        batch_size: a.batch_size,
-        seq_len: a.seq_len.unwrap_or(model.max_position_embeddings),
-        grad_accum: a.grad_accum,
-        lr: a.lr,
-        min_lr_ratio: a.min_lr_ratio,
-        warmup_steps: a.warmup,
-        weight_decay: a.weight_decay,
-        grad_clip: a.grad_clip,
-        eval_every: a.eval_every,
-        eval_batches: a.eval_batches,
-        checkpoint_every: a.checkpoint_every,
-        log_every: a.log_every,
-        seed: a.seed,
-        precision: a.precision,
-        ..defaults
-    };
-    let name = a.model.config.as_ref().map_or(a.model.preset.clone(), |_| "custom".into());
-    let out = a.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(format!("{name}-{}", utc_stamp())));
-    let opts = RunOptions {
-        model,
-        train: tc,
-        source: a.data.clone().map_or(Source::RustDocs, Source::Path),
-        out_dir: out.clone(),
-        cache_dir: a.cache_dir.clone().unwrap_or_else(default_cache_dir),
-        resume: a.resume,
-        steps_override: a.steps.filter(|_| a.resume),
-        stop_after: a.stop_after,
-        progress: !a.quiet,
-        sample_prompt: a.sample_prompt.clone(),
-        sample_tokens: a.sample_tokens,
-    };
-    eprintln!("moe train: run directory {}", out.display());
-    if !a.resume {
-        eprint!("{}", moe_engine::inspect::report(&opts.model, opts.train.batch_size, opts.train.seq_len));
-    }
-    let log = |m: &str| eprintln!("{m}");
-    let s = run(&opts, &log)?;
-    let last = s.metrics.last();
-    if let Some(m) = last {
-        eprintln!("step {}: train loss {:.4}, {:.0} tokens/s", m.step, m.ce, m.tokens_per_s);
-    }
-    if let Some(&(step, vl)) = s.val.last() {
-        eprintln!("validation loss {vl:.4} at step {step} (unigram entropy of the corpus {:.3})", s.unigram_entropy);
-    }
-    eprintln!(
-        "checkpoint {}\nloss plot  {}\nmetrics    {}",
-        s.checkpoint.display(),
-        s.plot.display(),
-        out.join("metrics.jsonl").display()
-    );
-    if let Some(text) = s.sample {
-        println!("--- sample ---\n{text}\n--------------");
-    } else if !s.finished {
-        eprintln!("stopped before the end of the schedule; continue with: moe train --resume --out {}", out.display());
-    }
-    Ok(())
 }
 
 fn generate_cmd(a: GenerateArgs) -> Result<()> {

@@ -41,7 +41,9 @@ pub fn sizes(cfg: &ModelConfig, b: usize, t: usize) -> Sizes {
     for li in 0..l {
         active_mm += attn;
         if cfg.is_moe_layer(li) {
-            active_mm += e * c + k * 3 * c * fe;
+            let fs = cfg.shared_expert_intermediate_size;
+            let shared = if fs > 0 { 3 * c * fs + usize::from(cfg.shared_expert_gate) * c } else { 0 };
+            active_mm += e * c + k * 3 * c * fe + shared;
             experts += e * 3 * c * fe;
         } else {
             active_mm += 3 * c * fd;

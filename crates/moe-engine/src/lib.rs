@@ -5,6 +5,7 @@
 pub mod bench;
 pub mod checkpoint;
 pub mod clock;
+pub mod compare;
 pub mod config;
 pub mod corpus;
 pub mod dataset;

@@ -203,10 +203,22 @@ const NORM_CHUNK: usize = 1 << 16;
 
 impl Trainer {
     pub fn new(cfg: ModelConfig, train: TrainConfig, data_key: String) -> Result<Self> {
+        let params = crate::params::Layout::new(&cfg).init(train.seed);
+        Self::with_params(cfg, train, data_key, params)
+    }
+
+    /// Starts from the given parameters (upcycled, or a model trained further) with fresh
+    /// optimizer moments and schedule.
+    pub fn with_params(cfg: ModelConfig, train: TrainConfig, data_key: String, params: Vec<f32>) -> Result<Self> {
         train.validate(&cfg)?;
         train.precision.apply()?;
         let model = Model::new(cfg)?;
-        let params = model.layout.init(train.seed);
+        if params.len() != model.layout.total {
+            return Err(Error::config(
+                format!("{} initial parameters for a model of {}", params.len(), model.layout.total),
+                "initialise from a checkpoint of this config",
+            ));
+        }
         let state = TrainState { step: 0, tokens: 0, data_rng: Rng::new(train.seed ^ 0xDA7A), train, data_key };
         Ok(Self::assemble(model, params, None, state))
     }

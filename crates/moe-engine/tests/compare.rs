@@ -1,0 +1,155 @@
+//! `moe compare` and `moe upcycle`: variant derivation keeps the active compute, the time-to-loss
+//! interpolation, upcycled models compute the dense model's function, and lockstep training
+//! equals training each model alone.
+
+mod common;
+use common::{options, write_corpus};
+use moe_engine::compare::report::{reach, rows};
+use moe_engine::compare::spec::{dense_reference, Spec};
+use moe_engine::compare::upcycle::upcycle;
+use moe_engine::compare::{run, Budget, CompareOptions, ValPoint, Variant};
+use moe_engine::config::ModelConfig;
+use moe_engine::inspect::sizes;
+use moe_engine::model::{Acts, KvCache, Model};
+use moe_engine::params::Layout;
+
+fn quiet(_: &str) {}
+
+fn dense() -> ModelConfig {
+    ModelConfig { intermediate_size: 24, ..dense_reference(&ModelConfig::tiny()) }
+}
+
+#[test]
+fn specs_keep_the_active_compute() {
+    let d = dense();
+    let router = |cfg: &ModelConfig| cfg.num_moe_layers() * cfg.num_local_experts * cfg.hidden_size;
+    for (text, e, k, f, shared) in
+        [("8x2", 8, 2, 12, 0), ("16x4", 16, 4, 6, 0), ("4x1", 4, 1, 24, 0), ("8x3+1", 8, 3, 6, 6)]
+    {
+        let cfg = Spec::parse(text).unwrap().config(&d).unwrap();
+        assert_eq!(
+            (
+                cfg.num_local_experts,
+                cfg.num_experts_per_tok,
+                cfg.moe_intermediate_size,
+                cfg.shared_expert_intermediate_size
+            ),
+            (e, k, f, shared),
+            "{text}"
+        );
+        let (sd, sm) = (sizes(&d, 1, 16), sizes(&cfg, 1, 16));
+        assert_eq!(sm.active_params, sd.active_params + router(&cfg), "{text}: active parameters differ from dense");
+        assert!(sm.total_params > sd.total_params);
+    }
+    let explicit = Spec::parse("8x2:5").unwrap().config(&d).unwrap();
+    assert_eq!(explicit.moe_intermediate_size, 5);
+    assert_eq!(Spec::parse("dense").unwrap().config(&d).unwrap(), d);
+    for bad in ["8", "x2", "2x3", "8x0", "8x2:0", "8x2+q", "axb"] {
+        let e = Spec::parse(bad).unwrap_err().to_string();
+        assert!(e.contains(bad) && e.contains("8x2"), "{bad}: {e}");
+    }
+}
+
+fn vp(tokens: u64, seconds: f64, loss: f64) -> ValPoint {
+    ValPoint { step: tokens / 10, tokens, seconds, loss }
+}
+
+#[test]
+fn reach_interpolates_the_first_crossing() {
+    let val = [vp(100, 1.0, 5.0), vp(200, 2.0, 4.0), vp(300, 4.0, 3.0), vp(400, 5.0, 3.5)];
+    assert_eq!(reach(&val, 4.5), Some((150.0, 1.5)));
+    assert_eq!(reach(&val, 3.5), Some((250.0, 3.0)));
+    assert_eq!(reach(&val, 6.0), Some((100.0, 1.0)));
+    assert_eq!(reach(&val, 2.9), None);
+}
+
+fn logits(cfg: &ModelConfig, p: &[f32], tokens: &[u32]) -> Vec<f32> {
+    let m = Model::<f32>::new(cfg.clone()).unwrap();
+    let t = tokens.len();
+    let mut a = Acts::new(cfg, 1, t, t);
+    let mut cache = KvCache::new(cfg, 1, t);
+    m.forward(p, &mut a, &mut cache, tokens, 0);
+    a.logits[..t * cfg.vocab_size].to_vec()
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+#[test]
+fn upcycled_model_computes_the_dense_function() {
+    let d = dense();
+    let dp: Vec<f32> = Layout::new(&d).init(3);
+    let tokens: Vec<u32> = (0..12).map(|i| (i * 37 % 300) as u32).collect();
+    let want = logits(&d, &dp, &tokens);
+    // Copies: any renormalised top-k mixture of identical experts is the dense MLP.
+    let copies =
+        Spec::parse("4x2").unwrap().config(&d).map(|c| ModelConfig { moe_intermediate_size: 24, ..c }).unwrap();
+    let p = upcycle(&d, &dp, &copies, 1, 0.02, 9).unwrap();
+    assert!(max_diff(&logits(&copies, &p, &tokens), &want) < 1e-4);
+    // Two half-width slices, both chosen with weight 1/2 (zero router): their sum is the dense MLP.
+    let halves = Spec::parse("2x2").unwrap().config(&d).unwrap();
+    assert_eq!(halves.moe_intermediate_size, 12);
+    let p = upcycle(&d, &dp, &halves, 2, 0.0, 9).unwrap();
+    assert!(max_diff(&logits(&halves, &p, &tokens), &want) < 1e-4);
+    // A nonzero router moves the halves' weights away from 1/2: no longer the dense function.
+    let p = upcycle(&d, &dp, &halves, 2, 0.5, 9).unwrap();
+    assert!(max_diff(&logits(&halves, &p, &tokens), &want) > 1e-4);
+    // Mismatches are refused with a reason.
+    let e = upcycle(&d, &dp, &halves, 1, 0.0, 9).unwrap_err().to_string();
+    assert!(e.contains("split"), "{e}");
+    let e = upcycle(&copies, &p, &halves, 2, 0.0, 9).unwrap_err().to_string();
+    assert!(e.contains("already an MoE"), "{e}");
+}
+
+#[test]
+fn lockstep_runs_equal_separate_runs_and_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = write_corpus(dir.path());
+    let base = options(dir.path(), &corpus, "alone", 8);
+    let d = dense();
+    let moe = Spec::parse("4x2").unwrap().config(&d).unwrap();
+    let o = CompareOptions {
+        variants: vec![
+            Variant { label: "dense".into(), model: d.clone(), init: None },
+            Variant { label: "4x2".into(), model: moe.clone(), init: None },
+        ],
+        train: base.train.clone(),
+        budget: Budget::Tokens(8 * 2 * 16),
+        evals: 4,
+        source: base.source.clone(),
+        out_dir: dir.path().join("cmp"),
+        cache_dir: base.cache_dir.clone(),
+        progress: false,
+    };
+    let runs = run(&o, &quiet).unwrap();
+    assert_eq!(runs.iter().map(|r| r.steps).collect::<Vec<_>>(), vec![8, 8]);
+    // Each variant trained alone with `moe train`'s loop gives the same validation losses.
+    for r in &runs {
+        let mut alone = options(dir.path(), &corpus, &format!("alone-{}", r.label), 8);
+        alone.model = r.model.clone();
+        alone.train.eval_every = 2;
+        let s = moe_engine::run::run(&alone, &quiet).unwrap();
+        let lock: Vec<(u64, f64)> = r.val.iter().map(|v| (v.step, v.loss)).collect();
+        assert_eq!(lock, s.val, "{}: lockstep differs from a separate run", r.label);
+        assert!(r.checkpoint.join("model.safetensors").is_file());
+        assert_eq!(r.step_seconds.len(), 8);
+    }
+    let (md, plots) = moe_engine::compare::report::write(&o.out_dir, &runs, &o.train, "").unwrap();
+    assert!(md.contains("| dense |") && md.contains("| 4x2 |"), "{md}");
+    assert!(plots.iter().all(|p| std::fs::metadata(p).unwrap().len() > 1000));
+    assert!(o.out_dir.join("compare.json").is_file());
+    let table = rows(&runs, &o.train);
+    assert_eq!(table[0].speedup_tokens, Some(1.0));
+    assert!(table[1].total_params > table[0].total_params);
+    // An existing comparison is not overwritten.
+    let e = run(&o, &quiet).unwrap_err().to_string();
+    assert!(e.contains("already holds a comparison"), "{e}");
+    // A FLOPs budget gives each variant steps in inverse proportion to its FLOPs per token.
+    let f = sizes(&moe, 2, 16).train_flops_per_token * 2.0 * 16.0 * 5.0;
+    let o2 = CompareOptions { budget: Budget::Flops(f), out_dir: dir.path().join("cmp2"), ..o.clone() };
+    let runs = run(&o2, &quiet).unwrap();
+    assert_eq!(runs[1].steps, 5);
+    let ratio = sizes(&moe, 2, 16).train_flops_per_token / sizes(&d, 2, 16).train_flops_per_token;
+    assert_eq!(runs[0].steps, (5.0 * ratio).round() as u64);
+}

@@ -1,0 +1,91 @@
+//! `moe train`: flags, then one training run (`moe_engine::run`) with its report.
+
+use crate::args::{utc_stamp, ModelArgs, TrainFlags};
+use anyhow::Result;
+use clap::Args;
+use moe_engine::run::{run, RunOptions};
+use moe_engine::train::TrainConfig;
+use std::path::PathBuf;
+
+#[derive(Args)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    flags: TrainFlags,
+    /// Run directory (default: runs/<preset>-<UTC time>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Continue the run in --out from its latest checkpoint.
+    #[arg(long, requires = "out")]
+    resume: bool,
+    /// Optimizer steps of the whole schedule.
+    #[arg(long)]
+    steps: Option<u64>,
+    /// Stop with a checkpoint after this step (the schedule still spans --steps).
+    #[arg(long)]
+    stop_after: Option<u64>,
+    #[arg(long, default_value_t = TrainConfig::default().eval_every)]
+    eval_every: u64,
+    #[arg(long, default_value_t = TrainConfig::default().checkpoint_every)]
+    checkpoint_every: u64,
+    #[arg(long, default_value_t = TrainConfig::default().log_every)]
+    log_every: u64,
+    /// Prompt of the sample printed at the end.
+    #[arg(long, default_value = "fn main() {")]
+    sample_prompt: String,
+    /// Tokens of the sample printed at the end (0 = none).
+    #[arg(long, default_value_t = 120)]
+    sample_tokens: usize,
+}
+
+pub fn train(a: TrainArgs) -> Result<()> {
+    let model = a.model.build()?;
+    let tc = TrainConfig {
+        steps: a.steps.unwrap_or(TrainConfig::default().steps),
+        eval_every: a.eval_every,
+        checkpoint_every: a.checkpoint_every,
+        log_every: a.log_every,
+        ..a.flags.config(&model)
+    };
+    let name = a.model.config.as_ref().map_or(a.model.preset.clone(), |_| "custom".into());
+    let out = a.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(format!("{name}-{}", utc_stamp())));
+    let opts = RunOptions {
+        model,
+        train: tc,
+        source: a.flags.source(),
+        out_dir: out.clone(),
+        cache_dir: a.flags.cache_dir(),
+        resume: a.resume,
+        steps_override: a.steps.filter(|_| a.resume),
+        stop_after: a.stop_after,
+        progress: !a.flags.quiet,
+        sample_prompt: a.sample_prompt.clone(),
+        sample_tokens: a.sample_tokens,
+    };
+    eprintln!("moe train: run directory {}", out.display());
+    if !a.resume {
+        eprint!("{}", moe_engine::inspect::report(&opts.model, opts.train.batch_size, opts.train.seq_len));
+    }
+    let log = |m: &str| eprintln!("{m}");
+    let s = run(&opts, &log)?;
+    let last = s.metrics.last();
+    if let Some(m) = last {
+        eprintln!("step {}: train loss {:.4}, {:.0} tokens/s", m.step, m.ce, m.tokens_per_s);
+    }
+    if let Some(&(step, vl)) = s.val.last() {
+        eprintln!("validation loss {vl:.4} at step {step} (unigram entropy of the corpus {:.3})", s.unigram_entropy);
+    }
+    eprintln!(
+        "checkpoint {}\nloss plot  {}\nmetrics    {}",
+        s.checkpoint.display(),
+        s.plot.display(),
+        out.join("metrics.jsonl").display()
+    );
+    if let Some(text) = s.sample {
+        println!("--- sample ---\n{text}\n--------------");
+    } else if !s.finished {
+        eprintln!("stopped before the end of the schedule; continue with: moe train --resume --out {}", out.display());
+    }
+    Ok(())
+}
