@@ -9,6 +9,7 @@ pub mod compare;
 pub mod config;
 pub mod corpus;
 pub mod dataset;
+pub mod dist;
 pub mod error;
 pub mod ffn;
 pub mod generate;

@@ -3,7 +3,6 @@
 //! single-threaded GEMMs: small-M GEMMs scale poorly inside, and the bins, activations and
 //! gradients of different experts are disjoint.
 
-use super::dispatch::Routing;
 use crate::ffn::{mlp_backward, mlp_forward, MlpActs, MlpGrads, MlpWeights};
 use moe_kernels::Float;
 use rayon::prelude::*;
@@ -50,7 +49,7 @@ pub struct ExpertGrads<'a, T> {
     pub down: &'a mut [T],
 }
 
-/// ys[R,C] = expert_e(xs[R,C]) bin by bin; g, u, h [R,F] saved.
+/// ys[R,C] = expert_e(xs[R,C]) bin by bin (`bins`[E+1] row offsets); g, u, h [R,F] saved.
 #[allow(clippy::too_many_arguments)]
 pub fn experts_forward<T: Float>(
     ys: &mut [T],
@@ -59,11 +58,11 @@ pub fn experts_forward<T: Float>(
     h: &mut [T],
     xs: &[T],
     w: ExpertWeights<T>,
-    rt: &Routing,
+    bins: &[usize],
     c: usize,
     f: usize,
 ) {
-    let b = &rt.bins;
+    let b = bins;
     let jobs: Vec<_> =
         carve(ys, b, c).into_iter().zip(carve(g, b, f)).zip(carve(u, b, f)).zip(carve(h, b, f)).collect();
     jobs.into_par_iter().enumerate().for_each(|(i, (((y, g), u), h))| {
@@ -87,15 +86,15 @@ pub fn experts_backward<T: Float>(
     u: &[T],
     h: &[T],
     scratch: [&mut [T]; 3],
-    rt: &Routing,
+    bins: &[usize],
     c: usize,
     f: usize,
 ) {
     let [dh, dg, du] = scratch;
     let fc = f * c;
-    let r = *rt.bins.last().unwrap_or(&0);
+    let r = *bins.last().unwrap_or(&0);
     dxs[..r * c].fill(T::ZERO);
-    let b = &rt.bins;
+    let b = bins;
     let e = b.len() - 1;
     let (gg, gu, gd) = (per_expert(gw.gate, fc, e), per_expert(gw.up, fc, e), per_expert(gw.down, fc, e));
     let jobs: Vec<_> = carve(dxs, b, c)

@@ -14,6 +14,7 @@ pub mod select;
 pub mod shared;
 
 use crate::config::{DropPolicy, ModelConfig, RouterKind};
+use crate::dist::ExpertParallel;
 use combine::{combine_backward, combine_forward};
 use dispatch::{dispatch_backward, dispatch_forward, Routing};
 use experts::{experts_backward, experts_forward, ExpertGrads, ExpertWeights};
@@ -100,6 +101,8 @@ pub struct MoeActs<T> {
     pub ys: Vec<T>,
     pub shared: Option<SharedActs<T>>,
     pub stats: MoeStats,
+    /// Expert parallelism: the expert stage runs on the experts' owner ranks.
+    pub ep: Option<ExpertParallel<T>>,
     dys: Vec<T>,
     dxs: Vec<T>,
     dweight: Vec<T>,
@@ -124,6 +127,7 @@ impl<T: Float> MoeActs<T> {
             ys: z(r * c),
             shared: (spec.fs > 0).then(|| SharedActs::new(n, c, spec.fs)),
             stats: MoeStats::default(),
+            ep: None,
             dys: z(r * c),
             dxs: z(r * c),
             dweight: z(r),
@@ -151,7 +155,10 @@ pub fn moe_forward<T: Float>(
     let capacity = if s.router == RouterKind::ExpertChoice { usize::MAX } else { s.capacity };
     a.routing.build(expert, token, weight, n, capacity, s.drop_by_weight);
     dispatch_forward(&mut a.xs, &x[..n * c], &a.routing, token, c);
-    experts_forward(&mut a.ys, &mut a.g, &mut a.u, &mut a.h, &a.xs, w.experts, &a.routing, c, f);
+    match a.ep.as_mut() {
+        Some(ep) => ep.forward(&mut a.ys, &a.xs, &a.routing.tokens_per_expert, &a.routing.bins, w.experts),
+        None => experts_forward(&mut a.ys, &mut a.g, &mut a.u, &mut a.h, &a.xs, w.experts, &a.routing.bins, c, f),
+    }
     combine_forward(&mut out[..n * c], &a.ys, weight, &a.routing, c);
     if let (Some(sw), Some(sa)) = (w.shared, a.shared.as_mut()) {
         shared_forward(out, x, sw, sa, n, c, s.fs);
@@ -189,8 +196,14 @@ pub fn moe_backward<T: Float>(
     let r = a.router.r;
     let token = &a.router.token[..r];
     combine_backward(&mut a.dys, &mut a.dweight, &dout[..n * c], &a.ys, &a.router.weight[..r], token, &a.routing, c);
-    let scratch = [&mut a.dh[..], &mut a.dg[..], &mut a.du[..]];
-    experts_backward(&mut a.dxs, gw.experts, &a.dys, &a.xs, w.experts, &a.g, &a.u, &a.h, scratch, &a.routing, c, f);
+    match a.ep.as_mut() {
+        Some(ep) => ep.backward(&mut a.dxs, gw.experts, &a.dys, w.experts),
+        None => {
+            let scratch = [&mut a.dh[..], &mut a.dg[..], &mut a.du[..]];
+            let b = &a.routing.bins;
+            experts_backward(&mut a.dxs, gw.experts, &a.dys, &a.xs, w.experts, &a.g, &a.u, &a.h, scratch, b, c, f);
+        }
+    }
     dispatch_backward(&mut dx[..n * c], &a.dxs, &a.routing, c);
     if let (Some(sw), Some(sg), Some(sa)) = (w.shared, gw.shared, a.shared.as_mut()) {
         shared_backward(dx, sg, dout, x, sw, sa, n, c, s.fs);
