@@ -71,15 +71,11 @@ impl Layer {
     }
 }
 
-/// Forward and backward of `w` on x[N,C] with output gradient r[N,C]: (out, dx, grads, bytes sent).
-fn run(
-    spec: MoeSpec,
-    w: &Layer,
-    x: &[f64],
-    r: &[f64],
-    z: f64,
-    comm: Option<Arc<dyn Comm>>,
-) -> (Vec<f64>, Vec<f64>, Layer, u64) {
+/// (output, input gradient, parameter gradients, bytes sent) of one rank.
+type RankResult = (Vec<f64>, Vec<f64>, Layer, u64);
+
+/// Forward and backward of `w` on x[N,C] with output gradient r[N,C].
+fn run(spec: MoeSpec, w: &Layer, x: &[f64], r: &[f64], z: f64, comm: Option<Arc<dyn Comm>>) -> RankResult {
     let mut a = MoeActs::new(spec);
     if let Some(cm) = comm {
         a.ep = Some(ExpertParallel::new(cm, spec.e, spec.c, spec.f));
@@ -133,9 +129,8 @@ fn ranks_equal_one_rank(p: usize) {
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
-    let cat = |f: fn(&(Vec<f64>, Vec<f64>, Layer, u64)) -> &Vec<f64>| {
-        results.iter().flat_map(|res| f(res).iter().copied()).collect::<Vec<f64>>()
-    };
+    let cat =
+        |f: fn(&RankResult) -> &Vec<f64>| results.iter().flat_map(|res| f(res).iter().copied()).collect::<Vec<f64>>();
     assert!(max_diff(&cat(|r| &r.0), &out) < 1e-12, "P={p}: outputs differ");
     assert!(max_diff(&cat(|r| &r.1), &dx) < 1e-12, "P={p}: input gradients differ");
     for i in [1, 2, 3] {
