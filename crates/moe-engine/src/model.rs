@@ -5,6 +5,7 @@
 //! decoding (new tokens appended at pos0).
 
 use crate::config::{BalanceScope, ModelConfig};
+use crate::dist::{Comm, ExpertParallel, Shard};
 use crate::error::Result;
 use crate::ffn::{mlp_backward, mlp_forward, MlpActs, MlpGrads, MlpWeights};
 use crate::moe::experts::{ExpertGrads, ExpertWeights};
@@ -23,6 +24,8 @@ use moe_kernels::Float;
 /// A model: config, parameter layout and RoPE tables. Parameters are passed separately.
 pub struct Model<T> {
     pub cfg: ModelConfig,
+    /// Which experts this process holds (all of them unless expert-parallel).
+    pub shard: Shard,
     pub layout: Layout,
     /// [T_max, D/2]
     cos: Vec<T>,
@@ -154,6 +157,36 @@ impl<T: Float> Acts<T> {
         }
     }
 
+    /// Runs every MoE layer's expert stage on the experts' owner ranks of `comm`.
+    pub fn attach_expert_parallel(&mut self, cfg: &ModelConfig, comm: std::sync::Arc<dyn Comm>) {
+        for l in &mut self.layers {
+            if let FfnActs::Moe(m) = &mut l.ffn {
+                let (e, c, f) = (cfg.num_local_experts, cfg.hidden_size, cfg.moe_intermediate_size);
+                m.ep = Some(ExpertParallel::new(comm.clone(), e, c, f));
+            }
+        }
+    }
+
+    /// Mutable routing statistics of the MoE layers (expert parallelism pools them over ranks).
+    pub fn moe_stats_mut(&mut self) -> Vec<&mut MoeStats> {
+        self.layers
+            .iter_mut()
+            .filter_map(|l| match &mut l.ffn {
+                FfnActs::Moe(m) => Some(&mut m.stats),
+                FfnActs::Dense { .. } => None,
+            })
+            .collect()
+    }
+
+    /// Bytes the expert stages sent so far (all ranks' share of the all-to-alls), and of
+    /// those to other ranks.
+    pub fn expert_parallel_bytes(&self) -> (u64, u64) {
+        self.layers.iter().fold((0, 0), |acc, l| match &l.ffn {
+            FfnActs::Moe(m) => m.ep.as_ref().map_or(acc, |ep| (acc.0 + ep.bytes_sent, acc.1 + ep.bytes_sent_remote)),
+            FfnActs::Dense { .. } => acc,
+        })
+    }
+
     /// Routing statistics of the MoE layers of the last forward, in layer order.
     pub fn moe_stats(&self) -> Vec<&MoeStats> {
         self.layers
@@ -181,12 +214,23 @@ pub struct LossParts {
 
 impl<T: Float> Model<T> {
     pub fn new(cfg: ModelConfig) -> Result<Self> {
+        Self::sharded(cfg, Shard::SINGLE)
+    }
+
+    /// The model of one rank of an expert-parallel job: its layout holds the rank's experts.
+    pub fn sharded(cfg: ModelConfig, shard: Shard) -> Result<Self> {
         cfg.validate()?;
-        let layout = Layout::new(&cfg);
+        if cfg.num_local_experts > 0 && !cfg.num_local_experts.is_multiple_of(shard.ranks) {
+            return Err(crate::error::Error::config(
+                format!("{} experts cannot be split evenly over {} ranks", cfg.num_local_experts, shard.ranks),
+                "use a rank count that divides the number of experts",
+            ));
+        }
+        let layout = Layout::sharded(&cfg, shard);
         let (t, half) = (cfg.max_position_embeddings, cfg.head_dim() / 2);
         let (mut cos, mut sin) = (vec![T::ZERO; t * half], vec![T::ZERO; t * half]);
         rope_tables(&mut cos, &mut sin, t, cfg.head_dim(), cfg.rope_theta);
-        Ok(Model { cfg, layout, cos, sin })
+        Ok(Model { cfg, shard, layout, cos, sin })
     }
 
     /// Views of an MoE block's weights.

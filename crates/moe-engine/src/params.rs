@@ -1,8 +1,10 @@
 //! Parameter layout: every tensor of a model lives in one flat buffer, viewed by name through
 //! spans computed once from the config. Gradients and optimizer moments share the layout.
-//! Names follow Hugging Face LLaMA; MoE experts are stacked 3-D tensors.
+//! Names follow Hugging Face LLaMA; MoE experts are stacked 3-D tensors. Under expert
+//! parallelism a rank's layout holds only its shard of every expert tensor.
 
 use crate::config::ModelConfig;
+use crate::dist::Shard;
 use crate::rng::Rng;
 use moe_kernels::Float;
 
@@ -61,6 +63,12 @@ pub struct TensorInfo {
     pub trainable: bool,
     /// How to initialise it.
     pub init: Init,
+    /// For a rank's shard of an expert tensor: the elements of the whole tensor and where the
+    /// shard starts in it.
+    pub shard_of: Option<(usize, usize)>,
+    /// A stacked expert tensor (sharded under expert parallelism; its gradient is not
+    /// all-reduced).
+    pub expert: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -137,14 +145,41 @@ impl Builder {
         let len = shape.iter().product();
         let span = Span { off: self.total, len };
         let decay = shape.len() > 1;
-        self.tensors.push(TensorInfo { name, shape: shape.to_vec(), span, decay, trainable, init });
+        self.tensors.push(TensorInfo {
+            name,
+            shape: shape.to_vec(),
+            span,
+            decay,
+            trainable,
+            init,
+            shard_of: None,
+            expert: false,
+        });
         self.total += len;
+        span
+    }
+    /// The rank's experts of a stacked expert tensor of shape [E, ...].
+    fn push_experts(&mut self, name: String, shape: &[usize], init: Init, shard: Shard) -> Span {
+        let e = shape[0];
+        let per_expert: usize = shape[1..].iter().product();
+        let local: Vec<usize> = std::iter::once(shard.local_experts(e)).chain(shape[1..].iter().copied()).collect();
+        let span = self.push(name, &local, init);
+        let last = self.tensors.len() - 1;
+        self.tensors[last].expert = true;
+        if shard.ranks > 1 {
+            self.tensors[last].shard_of = Some((e * per_expert, shard.first_expert(e) * per_expert));
+        }
         span
     }
 }
 
 impl Layout {
     pub fn new(cfg: &ModelConfig) -> Self {
+        Self::sharded(cfg, Shard::SINGLE)
+    }
+
+    /// The layout of one rank: all tensors, but only the rank's experts of each expert tensor.
+    pub fn sharded(cfg: &ModelConfig, shard: Shard) -> Self {
         let (c, v, d) = (cfg.hidden_size, cfg.vocab_size, cfg.head_dim());
         let (h, g) = (cfg.num_attention_heads, cfg.num_key_value_heads);
         let std = 0.02;
@@ -169,9 +204,10 @@ impl Layout {
                 let selection_bias = cfg
                     .has_selection_bias()
                     .then(|| b.push_with(format!("{p}.mlp.router.selection_bias"), &[e], Init::Zeros, false));
-                let gate = b.push(format!("{p}.mlp.experts.gate_proj"), &[e, f, c], Init::Normal(std));
-                let up = b.push(format!("{p}.mlp.experts.up_proj"), &[e, f, c], Init::Normal(std));
-                let down = b.push(format!("{p}.mlp.experts.down_proj"), &[e, c, f], Init::Normal(std_out));
+                let gate = b.push_experts(format!("{p}.mlp.experts.gate_proj"), &[e, f, c], Init::Normal(std), shard);
+                let up = b.push_experts(format!("{p}.mlp.experts.up_proj"), &[e, f, c], Init::Normal(std), shard);
+                let down =
+                    b.push_experts(format!("{p}.mlp.experts.down_proj"), &[e, c, f], Init::Normal(std_out), shard);
                 let shared = (fs > 0).then(|| {
                     [
                         b.push(format!("{p}.mlp.shared_expert.gate_proj.weight"), &[fs, c], Init::Normal(std)),
@@ -215,7 +251,18 @@ impl Layout {
             match t.init {
                 Init::Ones => dst.fill(T::ONE),
                 Init::Zeros => dst.fill(T::ZERO),
-                Init::Normal(std) => dst.iter_mut().for_each(|x| *x = T::from_f64(rng.normal() * std)),
+                Init::Normal(std) => {
+                    // A shard draws the whole tensor's values and keeps its own: every rank
+                    // count starts from the same weights.
+                    let (full, start) = t.shard_of.unwrap_or((t.span.len, 0));
+                    (0..start).for_each(|_| {
+                        rng.normal();
+                    });
+                    dst.iter_mut().for_each(|x| *x = T::from_f64(rng.normal() * std));
+                    (start + t.span.len..full).for_each(|_| {
+                        rng.normal();
+                    });
+                }
             }
         }
         p

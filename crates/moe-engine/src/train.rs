@@ -6,6 +6,7 @@
 use crate::checkpoint::{self, Checkpoint, SaveRequest};
 use crate::config::ModelConfig;
 use crate::dataset::sample_batch;
+use crate::dist::{take_shard, Dist};
 use crate::error::{Error, Result};
 use crate::model::{Acts, KvCache, Model};
 use crate::moe::losses::max_over_mean;
@@ -195,6 +196,11 @@ pub struct Trainer {
     cache: KvCache<f32>,
     x: Vec<u32>,
     y: Vec<u32>,
+    /// Expert parallelism: this rank's place in the job, and the global batch [P*B, T] every
+    /// rank draws (keeping its slice), so any rank count sees the same data.
+    dist: Option<Dist>,
+    x_all: Vec<u32>,
+    y_all: Vec<u32>,
     /// Partial sums of squared gradients, one per NORM_CHUNK.
     norm_parts: Vec<f64>,
 }
@@ -205,6 +211,72 @@ impl Trainer {
     pub fn new(cfg: ModelConfig, train: TrainConfig, data_key: String) -> Result<Self> {
         let params = crate::params::Layout::new(&cfg).init(train.seed);
         Self::with_params(cfg, train, data_key, params)
+    }
+
+    /// One rank of an expert-parallel job: the rank's experts and a replica of the rest,
+    /// initialised as the single-process model would be; `train.batch_size` sequences per rank.
+    pub fn distributed(cfg: ModelConfig, train: TrainConfig, data_key: String, dist: Dist) -> Result<Self> {
+        train.validate(&cfg)?;
+        train.precision.apply()?;
+        let model = Model::sharded(cfg, dist.shard)?;
+        let params = model.layout.init(train.seed);
+        let state = TrainState { step: 0, tokens: 0, data_rng: Rng::new(train.seed ^ 0xDA7A), train, data_key };
+        Ok(Self::assemble(model, params, None, state).with_dist(dist))
+    }
+
+    /// Resumes one rank of an expert-parallel job from a whole-model checkpoint (written by any
+    /// number of ranks).
+    pub fn resume_distributed(ck: Checkpoint, steps_override: Option<u64>, dist: Dist) -> Result<Self> {
+        let full = crate::params::Layout::new(&ck.config);
+        let local = crate::params::Layout::sharded(&ck.config, dist.shard);
+        let shard = |v: &[f32]| take_shard(&full, &local, v);
+        let ck = Checkpoint {
+            params: shard(&ck.params),
+            moments: ck.moments.as_ref().map(|(m, v)| (shard(m), shard(v))),
+            ..ck
+        };
+        let single = Self::resume_parts(ck, steps_override)?;
+        let model = Model::sharded(single.0, dist.shard)?;
+        Ok(Self::assemble(model, single.1, Some(single.2), single.3).with_dist(dist))
+    }
+
+    fn with_dist(mut self, dist: Dist) -> Self {
+        let (b, t) = (self.state.train.batch_size, self.state.train.seq_len);
+        let p = dist.shard.ranks;
+        self.acts.attach_expert_parallel(&self.model.cfg, dist.comm.clone());
+        self.x_all = vec![0; p * b * t];
+        self.y_all = vec![0; p * b * t];
+        self.dist = Some(dist);
+        self
+    }
+
+    /// The next micro-batch of this process (its slice of the global batch when distributed).
+    fn next_batch(&mut self, stream: &[u32], rng: &mut Rng) {
+        let (b, t) = (self.state.train.batch_size, self.state.train.seq_len);
+        match &self.dist {
+            None => sample_batch(stream, rng, b, t, &mut self.x, &mut self.y),
+            Some(d) => {
+                let p = d.shard.ranks;
+                sample_batch(stream, rng, p * b, t, &mut self.x_all, &mut self.y_all);
+                let mine = d.shard.rank * b * t..(d.shard.rank + 1) * b * t;
+                self.x.copy_from_slice(&self.x_all[mine.clone()]);
+                self.y.copy_from_slice(&self.y_all[mine]);
+            }
+        }
+    }
+
+    /// Loss terms of the last forward, pooled over ranks when distributed.
+    fn pooled_loss(&mut self) -> crate::model::LossParts {
+        if let Some(d) = &self.dist {
+            d.pool_stats(self.acts.moe_stats_mut(), self.model.cfg.aux_loss_scope);
+        }
+        let mut parts = self.model.loss(&mut self.acts, &self.y);
+        if let Some(d) = &self.dist {
+            let mut v = [parts.ce, parts.aux, parts.z, parts.total];
+            d.mean(&mut v);
+            parts = crate::model::LossParts { ce: v[0], aux: v[1], z: v[2], total: v[3] };
+        }
+        parts
     }
 
     /// Starts from the given parameters (upcycled, or a model trained further) with fresh
@@ -225,6 +297,16 @@ impl Trainer {
 
     /// Continues from a checkpoint that holds optimizer moments and training state.
     pub fn resume(ck: Checkpoint, steps_override: Option<u64>) -> Result<Self> {
+        let (cfg, params, moments, state) = Self::resume_parts(ck, steps_override)?;
+        let model = Model::new(cfg)?;
+        Ok(Self::assemble(model, params, Some(moments), state))
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn resume_parts(
+        ck: Checkpoint,
+        steps_override: Option<u64>,
+    ) -> Result<(ModelConfig, Vec<f32>, (Vec<f32>, Vec<f32>), TrainState)> {
         let missing = |what: &str| {
             Error::checkpoint(
                 &ck.dir,
@@ -242,8 +324,7 @@ impl Trainer {
         }
         state.train.validate(&ck.config)?;
         state.train.precision.apply()?;
-        let model = Model::new(ck.config)?;
-        Ok(Self::assemble(model, ck.params, Some(moments), state))
+        Ok((ck.config, ck.params, moments, state))
     }
 
     fn assemble(model: Model<f32>, params: Vec<f32>, moments: Option<(Vec<f32>, Vec<f32>)>, state: TrainState) -> Self {
@@ -255,6 +336,9 @@ impl Trainer {
             cache: KvCache::new(&model.cfg, b, t),
             x: vec![0; b * t],
             y: vec![0; b * t],
+            dist: None,
+            x_all: vec![],
+            y_all: vec![],
             grads: vec![0.0; p],
             norm_parts: vec![0.0; p.div_ceil(NORM_CHUNK)],
             model,
@@ -273,12 +357,14 @@ impl Trainer {
         self.grads.fill(0.0);
         let mut met = StepMetrics { step: self.state.step + 1, ..Default::default() };
         for micro in 0..tc.grad_accum {
-            sample_batch(train, &mut self.state.data_rng, b, t, &mut self.x, &mut self.y);
+            let mut rng = self.state.data_rng.clone();
+            self.next_batch(train, &mut rng);
+            self.state.data_rng = rng;
             // Router jitter noise: a function of (seed, step, micro-batch), so resumes are exact.
             self.acts.noise_seed =
                 Some(tc.seed ^ (self.state.step * 64 + micro as u64).wrapping_mul(0xD1B54A32D192ED03));
             self.model.forward(&self.params, &mut self.acts, &mut self.cache, &self.x, 0);
-            let parts = self.model.loss(&mut self.acts, &self.y);
+            let parts = self.pooled_loss();
             if !parts.total.is_finite() {
                 return Err(Error::Diverged { step: met.step, loss: parts.total });
             }
@@ -310,11 +396,19 @@ impl Trainer {
             met.z += parts.z / ga;
         }
         let scale = 1.0 / tc.grad_accum as f64;
-        // Fixed-size chunks summed in order: the norm is bitwise reproducible (exact resume).
-        self.norm_parts.par_iter_mut().zip(self.grads.par_chunks(NORM_CHUNK)).for_each(|(part, g)| {
-            *part = g.iter().map(|&x| x as f64 * x as f64).sum();
-        });
-        let norm = self.norm_parts.iter().sum::<f64>().sqrt() * scale;
+        let norm = match &self.dist {
+            Some(d) => {
+                d.sync_grads(&self.model.layout, &mut self.grads);
+                d.grad_norm_sq(&self.model.layout, &self.grads).sqrt() * scale
+            }
+            None => {
+                // Fixed-size chunks summed in order: the norm is bitwise reproducible (exact resume).
+                self.norm_parts.par_iter_mut().zip(self.grads.par_chunks(NORM_CHUNK)).for_each(|(part, g)| {
+                    *part = g.iter().map(|&x| x as f64 * x as f64).sum();
+                });
+                self.norm_parts.iter().sum::<f64>().sqrt() * scale
+            }
+        };
         met.grad_norm = norm;
         let clip = if tc.grad_clip > 0.0 && norm > tc.grad_clip { tc.grad_clip / norm } else { 1.0 };
         let s = (scale * clip) as f32;
@@ -337,7 +431,8 @@ impl Trainer {
             );
         }
         self.update_selection_bias(&met.expert_load);
-        let tokens = (b * t * tc.grad_accum) as u64;
+        let ranks = self.dist.as_ref().map_or(1, |d| d.shard.ranks);
+        let tokens = (ranks * b * t * tc.grad_accum) as u64;
         self.state.tokens += tokens;
         met.tokens = self.state.tokens;
         met.tokens_per_s = tokens as f64 / t0.elapsed().as_secs_f64();
@@ -379,25 +474,63 @@ impl Trainer {
         let mut total = 0.0;
         self.acts.noise_seed = None;
         for _ in 0..batches {
-            sample_batch(val, &mut rng, b, t, &mut self.x, &mut self.y);
+            self.next_batch(val, &mut rng);
             self.model.forward(&self.params, &mut self.acts, &mut self.cache, &self.x, 0);
-            total += self.model.loss(&mut self.acts, &self.y).ce;
+            total += self.pooled_loss().ce;
         }
         total / batches as f64
     }
 
-    /// Writes a checkpoint `step-NNNNNNN` under `root`.
+    /// Writes a checkpoint `step-NNNNNNN` under `root`. Expert-parallel ranks gather the whole
+    /// model on rank 0, which writes it; every rank returns the checkpoint's path.
     pub fn save(&self, root: &Path, tokenizer_json: Option<&[u8]>) -> Result<PathBuf> {
+        let name = format!("step-{:07}", self.state.step);
         let state = serde_json::to_value(&self.state)
             .map_err(|e| Error::checkpoint(root, e.to_string(), "report this as a bug"))?;
-        let req = SaveRequest {
-            config: &self.model.cfg,
-            layout: &self.model.layout,
-            params: &self.params,
-            moments: Some((&self.m, &self.v)),
-            state: Some(&state),
-            tokenizer_json,
+        let Some(d) = &self.dist else {
+            let req = SaveRequest {
+                config: &self.model.cfg,
+                layout: &self.model.layout,
+                params: &self.params,
+                moments: Some((&self.m, &self.v)),
+                state: Some(&state),
+                tokenizer_json,
+            };
+            return checkpoint::save(root, &name, &req, 2);
         };
-        checkpoint::save(root, &format!("step-{:07}", self.state.step), &req, 2)
+        let full = crate::params::Layout::new(&self.model.cfg);
+        let gathered = [&self.params, &self.m, &self.v].map(|b| d.gather(&full, &self.model.layout, b));
+        let result = match gathered {
+            [Some(params), Some(m), Some(v)] => {
+                let req = SaveRequest {
+                    config: &self.model.cfg,
+                    layout: &full,
+                    params: &params,
+                    moments: Some((&m, &v)),
+                    state: Some(&state),
+                    tokenizer_json,
+                };
+                checkpoint::save(root, &name, &req, 2).map(|_| ())
+            }
+            _ => Ok(()),
+        };
+        // Every rank learns whether rank 0 wrote it.
+        let mut failed = [f64::from(u8::from(result.is_err()))];
+        d.mean(&mut failed);
+        result?;
+        if failed[0] > 0.0 {
+            return Err(Error::checkpoint(root, "rank 0 could not write the checkpoint", "see rank 0's error"));
+        }
+        Ok(root.join(name))
+    }
+
+    /// This process's rank and the job's rank count (0 and 1 unless expert-parallel).
+    pub fn rank(&self) -> (usize, usize) {
+        self.dist.as_ref().map_or((0, 1), |d| (d.shard.rank, d.shard.ranks))
+    }
+
+    /// Bytes the expert-parallel all-to-alls sent from this rank so far (all, to other ranks).
+    pub fn comm_bytes(&self) -> (u64, u64) {
+        self.acts.expert_parallel_bytes()
     }
 }

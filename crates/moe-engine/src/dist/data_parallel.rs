@@ -1,0 +1,162 @@
+//! Data parallelism around the expert-parallel layers. Every rank trains on its own slice of
+//! the global batch with a replica of the non-expert weights and its shard of the experts:
+//! the replicated gradients are summed over ranks and every gradient divided by the rank
+//! count (the global loss is the mean of the ranks' losses); routing statistics are pooled so
+//! the balancing loss sees the global batch; expert shards are gathered on rank 0 for
+//! checkpoints and cut out of whole-model buffers on load.
+
+use super::comm::{Comm, CommResult};
+use super::expert_parallel::Shard;
+use crate::config::BalanceScope;
+use crate::moe::MoeStats;
+use crate::params::Layout;
+use std::sync::Arc;
+
+/// This process's place in an expert-parallel job.
+#[derive(Clone)]
+pub struct Dist {
+    pub comm: Arc<dyn Comm>,
+    pub shard: Shard,
+}
+
+impl Dist {
+    pub fn new(comm: Arc<dyn Comm>) -> Self {
+        let shard = Shard { rank: comm.rank(), ranks: comm.size() };
+        Dist { comm, shard }
+    }
+
+    /// The value, or the end of the job with the error on every rank.
+    fn ok<T>(&self, r: CommResult<T>) -> T {
+        r.unwrap_or_else(|e| self.comm.abort(&e.to_string()))
+    }
+
+    /// Element-wise mean over ranks.
+    pub fn mean(&self, v: &mut [f64]) {
+        self.ok(self.comm.all_reduce_sum_f64(v));
+        let p = self.shard.ranks as f64;
+        v.iter_mut().for_each(|x| *x /= p);
+    }
+
+    /// Sums the replicated tensors' gradients over ranks, then divides every gradient by P.
+    pub fn sync_grads(&self, layout: &Layout, grads: &mut [f32]) {
+        let mut run: Option<(usize, usize)> = None;
+        let flush = |run: &mut Option<(usize, usize)>, grads: &mut [f32]| {
+            if let Some((a, b)) = run.take() {
+                self.ok(self.comm.all_reduce_sum_f32(&mut grads[a..b]));
+            }
+        };
+        for t in &layout.tensors {
+            let (a, b) = (t.span.off, t.span.off + t.span.len);
+            if t.expert {
+                flush(&mut run, grads);
+            } else {
+                run = Some(match run {
+                    Some((s, e)) if e == a => (s, b),
+                    Some(r) => {
+                        flush(&mut Some(r), grads);
+                        (a, b)
+                    }
+                    None => (a, b),
+                });
+            }
+        }
+        flush(&mut run, grads);
+        let inv = 1.0 / self.shard.ranks as f32;
+        grads.iter_mut().for_each(|g| *g *= inv);
+    }
+
+    /// Squared norm of the whole model's gradient: the replicated part once, the expert
+    /// shards summed over ranks.
+    pub fn grad_norm_sq(&self, layout: &Layout, grads: &[f32]) -> f64 {
+        let mut parts = [0.0f64; 2];
+        for t in &layout.tensors {
+            let s: f64 = t.span.of(grads).iter().map(|&g| g as f64 * g as f64).sum();
+            parts[usize::from(t.expert)] += s;
+        }
+        let mut ex = [parts[1]];
+        self.ok(self.comm.all_reduce_sum_f64(&mut ex));
+        parts[0] + ex[0]
+    }
+
+    /// Pools the routing statistics of every MoE layer over ranks: expert loads, drops, and the
+    /// mean z-loss and entropy always; for the global and per-layer balancing scopes also the
+    /// token count and mean affinities, so the Switch loss and its gradient are those of the
+    /// global batch (the per-sequence scope is local to each sequence).
+    pub fn pool_stats(&self, stats: Vec<&mut MoeStats>, scope: BalanceScope) {
+        let pooled = scope != BalanceScope::Sequence;
+        let mut buf = vec![];
+        for s in &stats {
+            buf.extend(s.tokens_per_expert.iter().chain(&s.kept_per_expert).map(|&c| c as f64));
+            buf.extend([s.assignments as f64, s.dropped as f64, s.tokens as f64]);
+            buf.extend(s.mean_probs.iter().map(|&p| p / self.shard.ranks as f64));
+            buf.extend([s.z_loss / self.shard.ranks as f64, s.entropy / self.shard.ranks as f64]);
+        }
+        self.ok(self.comm.all_reduce_sum_f64(&mut buf));
+        let mut it = buf.into_iter();
+        for s in stats {
+            let e = s.tokens_per_expert.len();
+            for c in s.tokens_per_expert.iter_mut().chain(s.kept_per_expert.iter_mut()) {
+                *c = it.next().unwrap_or(0.0) as u32;
+            }
+            s.assignments = it.next().unwrap_or(0.0) as usize;
+            s.dropped = it.next().unwrap_or(0.0) as usize;
+            let tokens = it.next().unwrap_or(0.0) as usize;
+            let probs: Vec<f64> = it.by_ref().take(e).collect();
+            if pooled {
+                s.tokens = tokens;
+                s.mean_probs = probs;
+            }
+            s.z_loss = it.next().unwrap_or(0.0);
+            s.entropy = it.next().unwrap_or(0.0);
+        }
+    }
+
+    /// On rank 0, the whole model's buffer (layout `full`) assembled from every rank's
+    /// `local` buffer (layout `local`); None on the other ranks.
+    pub fn gather(&self, full: &Layout, local: &Layout, buf: &[f32]) -> Option<Vec<f32>> {
+        let p = self.shard.ranks;
+        let mine: Vec<u8> = local
+            .tensors
+            .iter()
+            .filter(|t| t.expert)
+            .flat_map(|t| t.span.of(buf).iter().flat_map(|x| x.to_le_bytes()))
+            .collect();
+        let root = self.shard.rank == 0;
+        let mut send_counts = vec![0; p];
+        send_counts[0] = mine.len();
+        let recv_counts = if root { vec![mine.len(); p] } else { vec![0; p] };
+        let mut recv = vec![0u8; recv_counts.iter().sum()];
+        self.ok(self.comm.all_to_all_v(&mine, &send_counts, &mut recv, &recv_counts));
+        if !root {
+            return None;
+        }
+        let mut out = vec![0.0f32; full.total];
+        let mut cursor = vec![0usize; p];
+        for (ft, lt) in full.tensors.iter().zip(&local.tensors) {
+            let dst = ft.span.of_mut(&mut out);
+            if !lt.expert {
+                dst.copy_from_slice(lt.span.of(buf));
+                continue;
+            }
+            let n = lt.span.len;
+            for (s, piece) in dst.chunks_exact_mut(n).enumerate() {
+                let src = &recv[s * mine.len() + cursor[s] * 4..][..n * 4];
+                for (d, b) in piece.iter_mut().zip(src.chunks_exact(4)) {
+                    *d = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                }
+                cursor[s] += n;
+            }
+        }
+        Some(out)
+    }
+}
+
+/// The shard (layout `local`) of a whole-model buffer (layout `full`).
+pub fn take_shard(full: &Layout, local: &Layout, buf: &[f32]) -> Vec<f32> {
+    let mut out = vec![0.0f32; local.total];
+    for (ft, lt) in full.tensors.iter().zip(&local.tensors) {
+        let start = lt.shard_of.map_or(0, |(_, start)| start);
+        lt.span.of_mut(&mut out).copy_from_slice(&ft.span.of(buf)[start..start + lt.span.len]);
+    }
+    out
+}

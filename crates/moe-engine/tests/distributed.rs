@@ -1,0 +1,154 @@
+//! Expert-parallel training with in-process ranks (threads): P ranks with B sequences each
+//! follow the single-process run with P*B sequences (losses, gradient norms, parameters) for
+//! every balancing scope; checkpoints written by P ranks load on any rank count and resume
+//! exactly; communication volume matches tokens x K x hidden x bytes.
+
+use moe_engine::checkpoint;
+use moe_engine::config::{BalanceScope, ModelConfig};
+use moe_engine::dist::{take_shard, thread_ranks, Dist};
+use moe_engine::params::Layout;
+use moe_engine::rng::Rng;
+use moe_engine::train::{TrainConfig, Trainer};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+fn cfg(scope: BalanceScope, bias_rate: f64) -> ModelConfig {
+    ModelConfig {
+        num_local_experts: 4,
+        num_experts_per_tok: 2,
+        aux_loss_scope: scope,
+        router_aux_loss_coef: 0.05,
+        router_z_loss_coef: 0.01,
+        bias_update_rate: bias_rate,
+        ..ModelConfig::tiny()
+    }
+}
+
+fn train_cfg(batch: usize) -> TrainConfig {
+    TrainConfig {
+        steps: 4,
+        batch_size: batch,
+        seq_len: 8,
+        grad_accum: 2,
+        warmup_steps: 1,
+        lr: 1e-2,
+        ..TrainConfig::default()
+    }
+}
+
+fn data() -> Vec<u32> {
+    let mut rng = Rng::new(3);
+    (0..4000).map(|_| rng.below(300) as u32).collect()
+}
+
+/// (loss, grad norm) per step and the final parameters of the single-process run.
+type Trace = (Vec<(f64, f64)>, Vec<f32>);
+
+fn single(cfg: &ModelConfig, batch: usize, steps: u64, data: &[u32]) -> (Trace, Trainer) {
+    let mut tr = Trainer::new(cfg.clone(), train_cfg(batch), "d".into()).unwrap();
+    let trace = (0..steps).map(|_| tr.step(data).map(|m| (m.loss, m.grad_norm)).unwrap()).collect();
+    ((trace, tr.params.clone()), tr)
+}
+
+/// Runs `f` on P thread ranks and returns their results in rank order.
+fn on_ranks<R: Send>(p: usize, f: impl Fn(Dist) -> R + Sync) -> Vec<R> {
+    let comms = thread_ranks(p, Duration::from_secs(60));
+    std::thread::scope(|s| {
+        let hs: Vec<_> = comms.into_iter().map(|c| s.spawn(|| f(Dist::new(Arc::new(c))))).collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+fn assert_close(what: &str, a: f64, b: f64, tol: f64) {
+    assert!((a - b).abs() <= tol * (1.0 + b.abs()), "{what}: {a} vs {b}");
+}
+
+fn compare(p: usize, cfg: &ModelConfig, data: &[u32]) {
+    let b = 2;
+    let ((want, params), _) = single(cfg, p * b, 3, data);
+    let runs = on_ranks(p, |d| {
+        let mut tr = Trainer::distributed(cfg.clone(), train_cfg(b), "d".into(), d).unwrap();
+        let trace: Vec<(f64, f64)> = (0..3).map(|_| tr.step(data).map(|m| (m.loss, m.grad_norm)).unwrap()).collect();
+        (trace, tr.params.clone(), tr.model.layout.clone())
+    });
+    let full = Layout::new(cfg);
+    for (rank, (trace, local, layout)) in runs.iter().enumerate() {
+        for (s, (got, exp)) in trace.iter().zip(&want).enumerate() {
+            assert_close(&format!("P={p} rank {rank} step {s} loss"), got.0, exp.0, 1e-5);
+            assert_close(&format!("P={p} rank {rank} step {s} grad norm"), got.1, exp.1, 1e-4);
+        }
+        let expected = take_shard(&full, layout, &params);
+        let diff = local.iter().zip(&expected).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        assert!(diff < 1e-5, "P={p} rank {rank}: parameters differ by {diff}");
+    }
+}
+
+#[test]
+fn ranks_follow_the_single_process_run() {
+    let data = data();
+    for p in [2, 4] {
+        compare(p, &cfg(BalanceScope::Global, 0.0), &data);
+    }
+    compare(2, &cfg(BalanceScope::Layer, 0.01), &data);
+    compare(2, &cfg(BalanceScope::Sequence, 0.0), &data);
+}
+
+#[test]
+fn checkpoints_of_p_ranks_resume_on_any_rank_count() {
+    let data = data();
+    let cfg = cfg(BalanceScope::Global, 0.0);
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("ck");
+    // Two ranks train two steps and save.
+    let paths = on_ranks(2, |d| {
+        let mut tr = Trainer::distributed(cfg.clone(), train_cfg(2), "d".into(), d).unwrap();
+        tr.step(&data).unwrap();
+        tr.step(&data).unwrap();
+        tr.save(&root, None).unwrap()
+    });
+    assert_eq!(paths[0], paths[1]);
+    let ((want, _), _) = single(&cfg, 4, 3, &data);
+    let third = |trace: &[f64]| assert_close("resumed third step", trace[0], want[2].0, 1e-5);
+    // One process resumes (batch 4 = the global batch) ...
+    let loaded = checkpoint::load(&paths[0]).unwrap();
+    let st = state_with_batch(&loaded, 4);
+    let ck = checkpoint::Checkpoint { state: Some(serde_json::to_value(st).unwrap()), ..loaded };
+    let mut one = Trainer::resume(ck, None).unwrap();
+    third(&[one.step(&data).unwrap().loss]);
+    // ... and so do four ranks with one sequence each.
+    let losses = on_ranks(4, |d| {
+        let loaded = checkpoint::load(&paths[0]).unwrap();
+        let st = state_with_batch(&loaded, 1);
+        let ck = checkpoint::Checkpoint { state: Some(serde_json::to_value(st).unwrap()), ..loaded };
+        let mut tr = Trainer::resume_distributed(ck, None, d).unwrap();
+        tr.step(&data).unwrap().loss
+    });
+    losses.iter().for_each(|&l| third(&[l]));
+    assert!(Path::new(&paths[0]).join("model.safetensors").is_file());
+}
+
+/// The saved training state with another per-rank batch (the global batch stays 4).
+fn state_with_batch(ck: &checkpoint::Checkpoint, b: usize) -> moe_engine::train::TrainState {
+    let mut st: moe_engine::train::TrainState = serde_json::from_value(ck.state.clone().unwrap()).unwrap();
+    st.train.batch_size = b;
+    st
+}
+
+#[test]
+fn communication_volume_matches_the_formula() {
+    let data = data();
+    let cfg = cfg(BalanceScope::Global, 0.0);
+    let (b, t, k, c) = (2, 8, cfg.num_experts_per_tok, cfg.hidden_size);
+    let bytes = on_ranks(2, |d| {
+        let mut tr = Trainer::distributed(cfg.clone(), train_cfg(b), "d".into(), d).unwrap();
+        tr.step(&data).unwrap();
+        tr.comm_bytes()
+    });
+    // Per step and MoE layer, 4 all-to-alls (forward there and back, backward there and back)
+    // each move every routed row once: tokens x K x hidden x 4 bytes, over all ranks.
+    let tokens = 2 * b * t * train_cfg(b).grad_accum;
+    let want = (4 * cfg.num_moe_layers() * tokens * k * c * 4) as u64;
+    assert_eq!(bytes.iter().map(|x| x.0).sum::<u64>(), want);
+    assert!(bytes.iter().all(|x| x.1 < x.0));
+}
