@@ -469,7 +469,6 @@ impl Trainer {
 
     /// Mean cross-entropy over `batches` fixed windows of `val` (the same windows every call).
     pub fn evaluate(&mut self, val: &[u32], batches: usize) -> f64 {
-        let (b, t) = (self.state.train.batch_size, self.state.train.seq_len);
         let mut rng = Rng::new(0xE7A1);
         let mut total = 0.0;
         self.acts.noise_seed = None;
