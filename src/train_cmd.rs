@@ -3,6 +3,7 @@
 use crate::args::{utc_stamp, ModelArgs, TrainFlags};
 use anyhow::Result;
 use clap::Args;
+use moe_engine::dist::Dist;
 use moe_engine::run::{run, RunOptions};
 use moe_engine::train::TrainConfig;
 use std::path::PathBuf;
@@ -37,6 +38,31 @@ pub struct TrainArgs {
     /// Tokens of the sample printed at the end (0 = none).
     #[arg(long, default_value_t = 120)]
     sample_tokens: usize,
+    /// Spread the experts over N MPI ranks (start with `mpirun -np N`; needs the `mpi` build
+    /// feature). --batch-size is per rank; every rank needs --out on a shared filesystem.
+    #[arg(long, requires = "out")]
+    expert_parallel: Option<usize>,
+}
+
+/// This process's rank of an `mpirun -np N` job.
+#[cfg(feature = "mpi")]
+fn join_mpi_job(n: usize) -> Result<Dist> {
+    use moe_engine::dist::Comm;
+    let comm = moe_mpi::MpiComm::init().map_err(anyhow::Error::msg)?;
+    if comm.size() != n {
+        anyhow::bail!(
+            "--expert-parallel {n}, but this job has {} processes; start it with `mpirun -np {n} moe train --expert-parallel {n} ...`",
+            comm.size()
+        );
+    }
+    Ok(Dist::new(std::sync::Arc::new(comm)))
+}
+
+#[cfg(not(feature = "mpi"))]
+fn join_mpi_job(_: usize) -> Result<Dist> {
+    anyhow::bail!(
+        "this moe was built without MPI; build it with `cargo build --release --features mpi` (Debian: apt install libopenmpi-dev openmpi-bin libclang-dev)"
+    )
 }
 
 pub fn train(a: TrainArgs) -> Result<()> {
@@ -48,6 +74,12 @@ pub fn train(a: TrainArgs) -> Result<()> {
         log_every: a.log_every,
         ..a.flags.config(&model)
     };
+    let dist = match a.expert_parallel {
+        Some(0) => anyhow::bail!("--expert-parallel needs at least 1 rank"),
+        Some(n) if n > 1 => Some(join_mpi_job(n)?),
+        _ => None,
+    };
+    let lead = dist.as_ref().is_none_or(|d| d.shard.rank == 0);
     let name = a.model.config.as_ref().map_or(a.model.preset.clone(), |_| "custom".into());
     let out = a.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(format!("{name}-{}", utc_stamp())));
     let opts = RunOptions {
@@ -62,13 +94,32 @@ pub fn train(a: TrainArgs) -> Result<()> {
         progress: !a.flags.quiet,
         sample_prompt: a.sample_prompt.clone(),
         sample_tokens: a.sample_tokens,
+        dist: dist.clone(),
     };
-    eprintln!("moe train: run directory {}", out.display());
-    if !a.resume {
-        eprint!("{}", moe_engine::inspect::report(&opts.model, opts.train.batch_size, opts.train.seq_len));
+    if lead {
+        eprintln!("moe train: run directory {}", out.display());
+        if let Some(d) = &dist {
+            eprintln!(
+                "expert parallelism over {} ranks: {} experts per rank, global batch {} sequences",
+                d.shard.ranks,
+                d.shard.local_experts(opts.model.num_local_experts),
+                d.shard.ranks * opts.train.batch_size
+            );
+        }
+        if !a.resume {
+            eprint!("{}", moe_engine::inspect::report(&opts.model, opts.train.batch_size, opts.train.seq_len));
+        }
     }
     let log = |m: &str| eprintln!("{m}");
-    let s = run(&opts, &log)?;
+    let s = match (run(&opts, &log), &dist) {
+        (Ok(s), _) => s,
+        (Err(e), None) => return Err(e.into()),
+        // A rank that fails ends the whole job: the others may be waiting in a collective.
+        (Err(e), Some(d)) => d.comm.abort(&e.to_string()),
+    };
+    if !lead {
+        return Ok(());
+    }
     let last = s.metrics.last();
     if let Some(m) = last {
         eprintln!("step {}: train loss {:.4}, {:.0} tokens/s", m.step, m.ce, m.tokens_per_s);

@@ -6,6 +6,7 @@ use crate::checkpoint;
 use crate::config::ModelConfig;
 use crate::corpus::Source;
 use crate::dataset::Dataset;
+use crate::dist::Dist;
 use crate::error::{Error, Result};
 use crate::generate::{generate, Sampling};
 use crate::train::{StepMetrics, TrainConfig, Trainer};
@@ -34,6 +35,9 @@ pub struct RunOptions {
     /// Prompt and length of the sample printed at the end (0 tokens = no sample).
     pub sample_prompt: String,
     pub sample_tokens: usize,
+    /// Expert parallelism: this process's rank of the job. Every rank trains; rank 0 alone
+    /// logs, writes metrics, plots and the sample, and checkpoints (gathered from all ranks).
+    pub dist: Option<Dist>,
 }
 
 /// What a run produced.
@@ -49,7 +53,59 @@ pub struct RunSummary {
     pub finished: bool,
 }
 
+/// Every rank's agreement on `failed` (true if any rank failed), or None when not distributed.
+fn any_failed(dist: Option<&Dist>, failed: bool) -> bool {
+    dist.is_some_and(|d| {
+        let mut v = [f64::from(u8::from(failed))];
+        d.mean(&mut v);
+        v[0] > 0.0
+    })
+}
+
+/// Prepares the data; under expert parallelism rank 0 first (it may train the tokenizer),
+/// then the others from its cache.
+fn prepare_data(o: &RunOptions, vocab: usize, log: &dyn Fn(&str)) -> Result<Dataset> {
+    let Some(d) = &o.dist else { return Dataset::prepare(&o.source, vocab, &o.cache_dir, log) };
+    let lead = d.shard.rank == 0;
+    let first = if lead { Some(Dataset::prepare(&o.source, vocab, &o.cache_dir, log)) } else { None };
+    if any_failed(Some(d), first.as_ref().is_some_and(|r| r.is_err())) {
+        return match first {
+            Some(Err(e)) => Err(e),
+            _ => Err(Error::config("rank 0 could not prepare the data", "see rank 0's error")),
+        };
+    }
+    match first {
+        Some(r) => r,
+        None => Dataset::prepare(&o.source, vocab, &o.cache_dir, &|_| {}),
+    }
+}
+
+/// Ends the job on every rank if the ranks disagree on the model, the training settings or
+/// the data (e.g. different flags per rank).
+fn check_agreement(d: &Dist, what: &str) -> Result<()> {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in what.bytes() {
+        h = (h ^ b as u64).wrapping_mul(0x100000001b3);
+    }
+    let mut root = h.to_le_bytes();
+    d.comm.broadcast(&mut root, 0).map_err(|e| Error::config(e.to_string(), "check that every rank is running"))?;
+    let differs = u64::from_le_bytes(root) != h;
+    if any_failed(Some(d), differs) {
+        return Err(Error::config(
+            format!(
+                "the ranks of this job disagree on the model, training settings or data{}",
+                if differs { format!(" (rank {} differs from rank 0)", d.shard.rank) } else { String::new() }
+            ),
+            "start every rank with the same flags and data",
+        ));
+    }
+    Ok(())
+}
+
 pub fn run(o: &RunOptions, log: &dyn Fn(&str)) -> Result<RunSummary> {
+    let lead = o.dist.as_ref().is_none_or(|d| d.shard.rank == 0);
+    let quiet = |_: &str| {};
+    let log: &dyn Fn(&str) = if lead { log } else { &quiet };
     let ck_root = o.out_dir.join("checkpoints");
     let metrics_path = o.out_dir.join("metrics.jsonl");
     let resume_ck = if o.resume {
@@ -73,7 +129,7 @@ pub fn run(o: &RunOptions, log: &dyn Fn(&str)) -> Result<RunSummary> {
     };
     let model_cfg = resume_ck.as_ref().map_or(o.model.clone(), |c| c.config.clone());
     model_cfg.validate()?;
-    let data = Dataset::prepare(&o.source, model_cfg.vocab_size, &o.cache_dir, log)?;
+    let data = prepare_data(o, model_cfg.vocab_size, log)?;
     let data_key = data.cache_dir.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     if data.tokenizer.vocab_size() > model_cfg.vocab_size {
         return Err(Error::config(
@@ -85,9 +141,17 @@ pub fn run(o: &RunOptions, log: &dyn Fn(&str)) -> Result<RunSummary> {
             "raise vocab_size",
         ));
     }
+    if let Some(d) = &o.dist {
+        let resume_step = resume_ck.as_ref().map(|c| c.state.clone());
+        let what = serde_json::json!([model_cfg, o.train, data_key, resume_step, o.steps_override, o.stop_after]);
+        check_agreement(d, &what.to_string())?;
+    }
     let mut tr = match resume_ck {
         Some(ck) => {
-            let tr = Trainer::resume(ck, o.steps_override)?;
+            let tr = match &o.dist {
+                Some(d) => Trainer::resume_distributed(ck, o.steps_override, d.clone())?,
+                None => Trainer::resume(ck, o.steps_override)?,
+            };
             if tr.state.data_key != data_key {
                 return Err(Error::checkpoint(
                     &o.out_dir,
@@ -97,12 +161,17 @@ pub fn run(o: &RunOptions, log: &dyn Fn(&str)) -> Result<RunSummary> {
             }
             tr
         }
-        None => Trainer::new(model_cfg, o.train.clone(), data_key)?,
+        None => match &o.dist {
+            Some(d) => Trainer::distributed(model_cfg, o.train.clone(), data_key, d.clone())?,
+            None => Trainer::new(model_cfg, o.train.clone(), data_key)?,
+        },
     };
     let tc = tr.state.train.clone();
     data.check_context(tc.seq_len)?;
     std::fs::create_dir_all(&o.out_dir).map_err(Error::io(&o.out_dir))?;
-    truncate_metrics(&metrics_path, tr.state.step)?;
+    if lead {
+        truncate_metrics(&metrics_path, tr.state.step)?;
+    }
     let unigram = data.unigram_entropy();
     log(&format!(
         "{} documents, {} training / {} validation tokens; unigram entropy {:.3} nats",
@@ -113,11 +182,21 @@ pub fn run(o: &RunOptions, log: &dyn Fn(&str)) -> Result<RunSummary> {
     ));
     let tk_json = std::fs::read(data.cache_dir.join("tokenizer.json"))
         .map_err(Error::io(data.cache_dir.join("tokenizer.json")))?;
-    let mut mf =
-        std::fs::OpenOptions::new().create(true).append(true).open(&metrics_path).map_err(Error::io(&metrics_path))?;
-    let mut write_line = |v: serde_json::Value| -> Result<()> { writeln!(mf, "{v}").map_err(Error::io(&metrics_path)) };
+    let mut mf = match lead {
+        true => Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&metrics_path)
+                .map_err(Error::io(&metrics_path))?,
+        ),
+        false => None,
+    };
+    let mut write_line = |v: serde_json::Value| -> Result<()> {
+        mf.as_mut().map_or(Ok(()), |f| writeln!(f, "{v}").map_err(Error::io(&metrics_path)))
+    };
     let end = o.stop_after.map_or(tc.steps, |s| s.min(tc.steps));
-    let pb = if o.progress { ProgressBar::new(tc.steps) } else { ProgressBar::hidden() };
+    let pb = if o.progress && lead { ProgressBar::new(tc.steps) } else { ProgressBar::hidden() };
     pb.set_style(
         ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed_precise}<{eta_precise}]")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
@@ -158,16 +237,26 @@ pub fn run(o: &RunOptions, log: &dyn Fn(&str)) -> Result<RunSummary> {
         Some(c) => c,
         None => checkpoint::resolve(&ck_root)?,
     };
+    let finished = tr.state.step >= tc.steps;
+    if !lead {
+        let plot = o.out_dir.join("loss.png");
+        return Ok(RunSummary { metrics, val, unigram_entropy: unigram, checkpoint, plot, sample: None, finished });
+    }
     let plots = crate::report::plot_run(&o.out_dir)?;
     let plot = plots[0].clone();
-    let finished = tr.state.step >= tc.steps;
     let mut sample = None;
     if finished && o.sample_tokens > 0 {
         let s = Sampling { seed: tc.seed, ..Default::default() };
         let mut text = o.sample_prompt.clone();
-        generate(&tr.model, &tr.params, &data.tokenizer, &o.sample_prompt, o.sample_tokens, &s, &mut |piece| {
-            text.push_str(piece)
-        })?;
+        let mut push = |piece: &str| text.push_str(piece);
+        if o.dist.is_some() {
+            // The ranks hold shards; the sample runs the whole model from the checkpoint.
+            let ck = checkpoint::load(&checkpoint)?;
+            let model = crate::model::Model::<f32>::new(ck.config)?;
+            generate(&model, &ck.params, &data.tokenizer, &o.sample_prompt, o.sample_tokens, &s, &mut push)?;
+        } else {
+            generate(&tr.model, &tr.params, &data.tokenizer, &o.sample_prompt, o.sample_tokens, &s, &mut push)?;
+        }
         sample = Some(text);
     }
     Ok(RunSummary { metrics, val, unigram_entropy: unigram, checkpoint, plot, sample, finished })

@@ -19,6 +19,12 @@ pub struct Dist {
     pub shard: Shard,
 }
 
+impl std::fmt::Debug for Dist {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Dist {{ rank: {}, ranks: {} }}", self.shard.rank, self.shard.ranks)
+    }
+}
+
 impl Dist {
     pub fn new(comm: Arc<dyn Comm>) -> Self {
         let shard = Shard { rank: comm.rank(), ranks: comm.size() };

@@ -7,6 +7,6 @@ pub mod comm;
 pub mod data_parallel;
 pub mod expert_parallel;
 
-pub use comm::{thread_ranks, Comm, CommError, SingleRank, ThreadRank};
+pub use comm::{thread_ranks, Comm, CommError, CommResult, SingleRank, ThreadRank};
 pub use data_parallel::{take_shard, Dist};
 pub use expert_parallel::{ExpertParallel, Shard};

@@ -55,5 +55,6 @@ pub fn options(dir: &Path, corpus: &Path, out: &str, steps: u64) -> RunOptions {
         progress: false,
         sample_prompt: "the".into(),
         sample_tokens: 0,
+        dist: None,
     }
 }
