@@ -178,13 +178,20 @@ impl<T: Float> Acts<T> {
             .collect()
     }
 
-    /// Bytes the expert stages sent so far (all ranks' share of the all-to-alls), and of
-    /// those to other ranks.
-    pub fn expert_parallel_bytes(&self) -> (u64, u64) {
-        self.layers.iter().fold((0, 0), |acc, l| match &l.ffn {
-            FfnActs::Moe(m) => m.ep.as_ref().map_or(acc, |ep| (acc.0 + ep.bytes_sent, acc.1 + ep.bytes_sent_remote)),
-            FfnActs::Dense { .. } => acc,
-        })
+    /// Counters of the expert-parallel stages so far, summed over layers.
+    pub fn expert_parallel_counters(&self) -> EpCounters {
+        let mut c = EpCounters::default();
+        for l in &self.layers {
+            if let FfnActs::Moe(m) = &l.ffn {
+                if let Some(ep) = &m.ep {
+                    c.bytes += ep.bytes_sent;
+                    c.bytes_remote += ep.bytes_sent_remote;
+                    c.rows += ep.rows_processed;
+                    c.comm_seconds += ep.comm_seconds;
+                }
+            }
+        }
+        c
     }
 
     /// Routing statistics of the MoE layers of the last forward, in layer order.
@@ -197,6 +204,16 @@ impl<T: Float> Acts<T> {
             })
             .collect()
     }
+}
+
+/// What this rank's expert-parallel stages did: bytes sent in all-to-alls (all, to other
+/// ranks), rows its experts processed, seconds in all-to-alls (waiting included).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EpCounters {
+    pub bytes: u64,
+    pub bytes_remote: u64,
+    pub rows: u64,
+    pub comm_seconds: f64,
 }
 
 /// The loss of one forward, split into its terms.

@@ -233,6 +233,9 @@ pub fn run(o: &RunOptions, log: &dyn Fn(&str)) -> Result<RunSummary> {
         }
     }
     pb.finish_and_clear();
+    if let Some(line) = rank_summary(&metrics) {
+        log(&line);
+    }
     let checkpoint = match last_ck {
         Some(c) => c,
         None => checkpoint::resolve(&ck_root)?,
@@ -276,4 +279,30 @@ fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
 fn line_step(line: &str) -> Option<u64> {
     let v: serde_json::Value = serde_json::from_str(line).ok()?;
     v.get("step").or_else(|| v.get("m").and_then(|m| m.get("step"))).and_then(|s| s.as_u64())
+}
+
+/// Per-rank expert rows and all-to-all seconds over the run (expert parallelism only).
+fn rank_summary(metrics: &[StepMetrics]) -> Option<String> {
+    let p = metrics.first()?.rank_rows.len();
+    if p == 0 {
+        return None;
+    }
+    let mut rows = vec![0.0; p];
+    let mut wait = vec![0.0; p];
+    let mut bytes = 0u64;
+    for m in metrics {
+        rows.iter_mut().zip(&m.rank_rows).for_each(|(a, b)| *a += b);
+        wait.iter_mut().zip(&m.rank_comm_s).for_each(|(a, b)| *a += b);
+        bytes += m.comm_bytes;
+    }
+    let mean = rows.iter().sum::<f64>() / p as f64;
+    let max = rows.iter().cloned().fold(0.0, f64::max);
+    let n = metrics.len() as f64;
+    Some(format!(
+        "expert parallelism: rows per rank and step {}; max/mean {:.2}; all-to-all seconds per step {}; {:.2} MB sent per step",
+        rows.iter().map(|r| format!("{:.0}", r / n)).collect::<Vec<_>>().join(" / "),
+        max / mean.max(1e-9),
+        wait.iter().map(|w| format!("{:.3}", w / n)).collect::<Vec<_>>().join(" / "),
+        bytes as f64 / n / 1e6
+    ))
 }

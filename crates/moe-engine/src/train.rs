@@ -171,6 +171,14 @@ pub struct StepMetrics {
     pub layer_aux: Vec<f64>,
     #[serde(default)]
     pub layer_z: Vec<f64>,
+    /// Expert parallelism, per rank: rows its experts processed in the step and seconds in
+    /// all-to-alls (waiting for slower ranks included); bytes all ranks sent in all-to-alls.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rank_rows: Vec<f64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rank_comm_s: Vec<f64>,
+    #[serde(default)]
+    pub comm_bytes: u64,
 }
 
 /// Mutable training state saved in checkpoints besides the weights and moments.
@@ -356,6 +364,7 @@ impl Trainer {
         let (b, t) = (tc.batch_size, tc.seq_len);
         self.grads.fill(0.0);
         let mut met = StepMetrics { step: self.state.step + 1, ..Default::default() };
+        let counters = self.acts.expert_parallel_counters();
         for micro in 0..tc.grad_accum {
             let mut rng = self.state.data_rng.clone();
             self.next_batch(train, &mut rng);
@@ -395,6 +404,7 @@ impl Trainer {
             met.aux += parts.aux / ga;
             met.z += parts.z / ga;
         }
+        self.rank_load(counters, &mut met);
         let scale = 1.0 / tc.grad_accum as f64;
         let norm = match &self.dist {
             Some(d) => {
@@ -530,6 +540,24 @@ impl Trainer {
 
     /// Bytes the expert-parallel all-to-alls sent from this rank so far (all, to other ranks).
     pub fn comm_bytes(&self) -> (u64, u64) {
-        self.acts.expert_parallel_bytes()
+        let c = self.acts.expert_parallel_counters();
+        (c.bytes, c.bytes_remote)
+    }
+
+    /// Per-rank expert rows and all-to-all seconds of the step since `before`, and the bytes
+    /// all ranks sent.
+    fn rank_load(&self, before: crate::model::EpCounters, met: &mut StepMetrics) {
+        let Some(d) = &self.dist else { return };
+        let now = self.acts.expert_parallel_counters();
+        let p = d.shard.ranks;
+        let mut v = vec![0.0; 2 * p + 1];
+        v[d.shard.rank] = (now.rows - before.rows) as f64;
+        v[p + d.shard.rank] = now.comm_seconds - before.comm_seconds;
+        v[2 * p] = (now.bytes - before.bytes) as f64;
+        d.mean(&mut v);
+        v.iter_mut().for_each(|x| *x *= p as f64);
+        met.rank_rows = v[..p].to_vec();
+        met.rank_comm_s = v[p..2 * p].to_vec();
+        met.comm_bytes = v[2 * p].round() as u64;
     }
 }

@@ -142,13 +142,20 @@ fn communication_volume_matches_the_formula() {
     let (b, t, k, c) = (2, 8, cfg.num_experts_per_tok, cfg.hidden_size);
     let bytes = on_ranks(2, |d| {
         let mut tr = Trainer::distributed(cfg.clone(), train_cfg(b), "d".into(), d).unwrap();
-        tr.step(&data).unwrap();
-        tr.comm_bytes()
+        let m = tr.step(&data).unwrap();
+        (tr.comm_bytes(), m)
     });
     // Per step and MoE layer, 4 all-to-alls (forward there and back, backward there and back)
     // each move every routed row once: tokens x K x hidden x 4 bytes, over all ranks.
     let tokens = 2 * b * t * train_cfg(b).grad_accum;
     let want = (4 * cfg.num_moe_layers() * tokens * k * c * 4) as u64;
-    assert_eq!(bytes.iter().map(|x| x.0).sum::<u64>(), want);
-    assert!(bytes.iter().all(|x| x.1 < x.0));
+    assert_eq!(bytes.iter().map(|x| x.0 .0).sum::<u64>(), want);
+    assert!(bytes.iter().all(|x| x.0 .1 < x.0 .0));
+    // The step's metrics carry the same volume, and the rows each rank's experts processed
+    // add up to every routed row of the global batch.
+    for (_, m) in &bytes {
+        assert_eq!(m.comm_bytes, want);
+        assert_eq!(m.rank_rows.iter().sum::<f64>(), (cfg.num_moe_layers() * tokens * k) as f64);
+        assert!(m.rank_comm_s.len() == 2 && m.rank_comm_s.iter().all(|&s| s >= 0.0));
+    }
 }

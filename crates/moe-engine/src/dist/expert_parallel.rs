@@ -82,6 +82,10 @@ pub struct ExpertParallel<T> {
     /// itself included), and of those, to other ranks.
     pub bytes_sent: u64,
     pub bytes_sent_remote: u64,
+    /// Rows this rank's experts processed (forward), and seconds spent in the layer's
+    /// all-to-alls, waiting for slower ranks included.
+    pub rows_processed: u64,
+    pub comm_seconds: f64,
 }
 
 impl<T: Float> ExpertParallel<T> {
@@ -112,6 +116,8 @@ impl<T: Float> ExpertParallel<T> {
             du: vec![],
             bytes_sent: 0,
             bytes_sent_remote: 0,
+            rows_processed: 0,
+            comm_seconds: 0.0,
         }
     }
 
@@ -130,9 +136,11 @@ impl<T: Float> ExpertParallel<T> {
         self.bytes_sent += total as u64;
         self.bytes_sent_remote += (total - sc[self.comm.rank()]) as u64;
         let (ns, nr) = (send_rows.iter().sum::<usize>() * self.c, recv_rows.iter().sum::<usize>() * self.c);
+        let t0 = std::time::Instant::now();
         if let Err(e) = self.comm.all_to_all_v(bytes(&send[..ns]), &sc, bytes_mut(&mut recv[..nr]), &rc) {
             self.comm.abort(&format!("expert-parallel all-to-all failed: {e}"));
         }
+        self.comm_seconds += t0.elapsed().as_secs_f64();
     }
 
     /// ys[R,C] (this rank's rows in global expert order) = experts(xs[R,C]), the experts living
@@ -155,6 +163,7 @@ impl<T: Float> ExpertParallel<T> {
             self.recv_rows[q] = self.recv_counts[q * el..(q + 1) * el].iter().map(|&x| x as usize).sum();
         }
         let rl: usize = self.recv_rows.iter().sum();
+        self.rows_processed += rl as u64;
         for v in [&mut self.stage, &mut self.xs, &mut self.ys, &mut self.dys, &mut self.dxs] {
             grow(v, rl * c);
         }
