@@ -2,6 +2,7 @@
 
 mod args;
 mod compare_cmd;
+mod dist_cmd;
 mod hf;
 mod train_cmd;
 
@@ -45,6 +46,8 @@ enum Cmd {
     Plot(PlotArgs),
     /// Which experts the tokens of each document and of prose vs code go to.
     Routes(RoutesArgs),
+    /// Place a run's experts on ranks: max/mean tokens per rank before and after balancing.
+    Balance(dist_cmd::BalanceArgs),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCmd),
@@ -172,6 +175,7 @@ fn real_main() -> Result<()> {
         Cmd::Plot(a) => plot(a),
         Cmd::Routes(a) => routes(a),
         Cmd::Bench(b) => bench(b),
+        Cmd::Balance(a) => dist_cmd::balance_cmd(a),
     }
 }
 

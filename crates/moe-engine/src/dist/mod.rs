@@ -1,11 +1,12 @@
 //! Distributed execution: the communication trait and its in-process implementations
-//! (`comm`), expert parallelism inside the MoE layer (`expert_parallel`) and data parallelism
-//! around it (`data_parallel`). MPI lives in the
+//! (`comm`), expert parallelism inside the MoE layer (`expert_parallel`) data parallelism
+//! around it (`data_parallel`), and load-balanced expert placement (`placement`). MPI lives in the
 //! `moe-mpi` crate, behind the `mpi` feature of the `moe` binary.
 
 pub mod comm;
 pub mod data_parallel;
 pub mod expert_parallel;
+pub mod placement;
 
 pub use comm::{thread_ranks, Comm, CommError, CommResult, SingleRank, ThreadRank};
 pub use data_parallel::{take_shard, Dist};
