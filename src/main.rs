@@ -4,6 +4,7 @@ mod args;
 mod compare_cmd;
 mod dist_cmd;
 mod hf;
+mod plan_cmd;
 mod train_cmd;
 
 use anyhow::{bail, Context, Result};
@@ -48,6 +49,8 @@ enum Cmd {
     Routes(RoutesArgs),
     /// Place a run's experts on ranks: max/mean tokens per rank before and after balancing.
     Balance(dist_cmd::BalanceArgs),
+    /// Memory of training and inference and the fewest devices that hold a model, with placement.
+    Plan(plan_cmd::PlanArgs),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCmd),
@@ -176,6 +179,7 @@ fn real_main() -> Result<()> {
         Cmd::Routes(a) => routes(a),
         Cmd::Bench(b) => bench(b),
         Cmd::Balance(a) => dist_cmd::balance_cmd(a),
+        Cmd::Plan(a) => plan_cmd::plan_cmd(a),
     }
 }
 

@@ -17,6 +17,7 @@ pub mod inspect;
 pub mod model;
 pub mod moe;
 pub mod params;
+pub mod plan;
 pub mod plot;
 pub mod report;
 pub mod rng;
