@@ -30,13 +30,13 @@ fn load(dir: &Path, quant: Option<&str>) -> Result<Model> {
             )
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
-        let bytes = match q {
-            "q8_0" => m.quantize_q8_0(&mut |done, total| {
-                pb.set_length(total);
-                pb.set_position(done);
-            }),
-            other => bail!("unknown quantisation `{other}`; use q8_0"),
+        let Some(kind) = moe_infer::weight::Quant::parse(q) else {
+            bail!("unknown quantisation `{q}`; use q8_0 or q4_0")
         };
+        let bytes = m.quantize(kind, &mut |done, total| {
+            pb.set_length(total);
+            pb.set_position(done);
+        });
         pb.finish_and_clear();
         let gib = bytes as f64 / (1u64 << 30) as f64;
         eprintln!("quantised to {q} in {:.2}s: {gib:.2} GiB in memory", t0.elapsed().as_secs_f64());
@@ -140,7 +140,7 @@ pub struct LogitsArgs {
     #[arg(long)]
     out: PathBuf,
     /// Quantise the weight matrices on load: q8_0.
-    #[arg(long, value_parser = ["q8_0"])]
+    #[arg(long, value_parser = ["q8_0", "q4_0"])]
     quant: Option<String>,
 }
 

@@ -103,7 +103,7 @@ struct GenerateArgs {
     #[arg(long, requires = "chat")]
     system: Option<String>,
     /// Quantise the weight matrices on load (--model only): q8_0 (blocks of 32 int8 + f16 scale).
-    #[arg(long, requires = "model", value_parser = ["q8_0"])]
+    #[arg(long, requires = "model", value_parser = ["q8_0", "q4_0"])]
     quant: Option<String>,
     #[arg(long, default_value_t = 200)]
     max_tokens: usize,

@@ -7,6 +7,7 @@ use crate::error::{Error, Result};
 use crate::load::{load, Attn, FfnW, Layer, NormW, Weights};
 use crate::moe::{experts_forward, route, Routing};
 use crate::store::TensorStore;
+use crate::weight::Quant;
 use moe_kernels::float::dot;
 use std::path::Path;
 
@@ -49,22 +50,30 @@ impl Model {
         Ok(Model { spec, store, w })
     }
 
-    /// Quantises the weight matrices to Q8_0 in memory (see `Weights::linears_mut`); matrices whose
+    /// Quantises the weight matrices in memory (see `Weights::linears_mut`); matrices whose
     /// width is not a multiple of 32 stay as they are. `progress(done, total)` is called with
     /// bytes of source weights processed. Returns the bytes now held in memory.
-    pub fn quantize_q8_0(&mut self, progress: &mut dyn FnMut(u64, u64)) -> usize {
+    pub fn quantize(&mut self, kind: Quant, progress: &mut dyn FnMut(u64, u64)) -> usize {
         let mut lins = self.w.linears_mut();
         let total: u64 = lins.iter().map(|l| l.w.bytes() as u64).sum();
         let (mut done, mut bytes) = (0u64, 0);
         for lin in lins.iter_mut() {
             done += lin.w.bytes() as u64;
-            if let Some(q) = lin.w.quantize_q8_0() {
+            if let Some(q) = lin.w.quantize(kind) {
                 bytes += q.bytes();
                 lin.w = q;
             }
             progress(done, total);
         }
         bytes
+    }
+
+    /// Replaces every weight matrix by its f32 decoding (a quantised model's exact float twin,
+    /// to tell quantisation error from kernel error).
+    pub fn dequantize(&mut self) {
+        for lin in self.w.linears_mut() {
+            lin.w = lin.w.dequantize();
+        }
     }
 
     /// Runs `tokens` at positions cache.len.. and appends them to the cache. Returns the logits

@@ -1,8 +1,10 @@
 //! A weight matrix inside a memory map (or, once quantised on load, in memory): dtype, rows x
 //! cols, decoded to f32 a row at a time or dotted with a vector in place. F32 (read in place
 //! when aligned), F16, BF16, MXFP4 (OCP microscaling: 32 E2M1 values share one E8M0
-//! power-of-two scale; gpt-oss expert blocks) and Q8_0 (llama.cpp's layout: blocks of 32 int8
-//! values after one f16 scale, 34 bytes). Rows are the leading dimensions flattened: a 3-D
+//! power-of-two scale; gpt-oss expert blocks), Q8_0 (llama.cpp's layout: blocks of 32 int8
+//! values after one f16 scale, 34 bytes) and Q4_0 (llama.cpp's: blocks of 32 4-bit values
+//! after one f16 scale, 18 bytes; byte j holds value j in its low nibble and j + 16 in its high
+//! one; value = d * (q - 8)). Rows are the leading dimensions flattened: a 3-D
 //! expert tensor [E, R, C] is E*R rows, and `rows(e*R, R)` is expert e.
 
 use memmap2::Mmap;
@@ -36,6 +38,36 @@ pub enum Dtype {
     Mxfp4,
     /// Blocks of 32: f16 scale d, then 32 int8 q; value = d * q.
     Q8_0,
+    /// Blocks of 32: f16 scale d, then 16 bytes of nibbles; value = d * (q - 8).
+    Q4_0,
+}
+
+/// A quantisation applied on load.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Quant {
+    Q8_0,
+    Q4_0,
+}
+
+impl Quant {
+    pub fn parse(s: &str) -> Option<Quant> {
+        match s {
+            "q8_0" => Some(Quant::Q8_0),
+            "q4_0" => Some(Quant::Q4_0),
+            _ => None,
+        }
+    }
+}
+
+/// The 32 values (q - 8) of a Q4_0 block's 16 nibble bytes.
+#[inline(always)]
+fn q4_values(nibbles: &[u8]) -> [i8; 32] {
+    let mut q = [0i8; 32];
+    for j in 0..16 {
+        q[j] = (nibbles[j] & 15) as i8 - 8;
+        q[j + 16] = (nibbles[j] >> 4) as i8 - 8;
+    }
+    q
 }
 
 impl Dtype {
@@ -125,28 +157,48 @@ impl Weight {
             Dtype::U8 => self.cols,
             Dtype::Mxfp4 => self.cols / 2,
             Dtype::Q8_0 => self.cols / 32 * 34,
+            Dtype::Q4_0 => self.cols / 32 * 18,
         }
     }
 
-    /// This matrix quantised to Q8_0 in memory (per block of 32: d = max|x| / 127, q = round(x / d)),
-    /// or None when cols is not a multiple of 32.
-    pub fn quantize_q8_0(&self) -> Option<Weight> {
-        if !self.cols.is_multiple_of(32) || self.dtype == Dtype::Q8_0 {
+    /// This matrix quantised in memory, or None when cols is not a multiple of 32 or it is
+    /// quantised already. Q8_0 per block of 32: d = max|x| / 127, q = round(x / d). Q4_0 as
+    /// llama.cpp: m = the value of largest magnitude, d = m / -8, q = min(15, trunc(x / d + 8.5)).
+    pub fn quantize(&self, kind: Quant) -> Option<Weight> {
+        if !self.cols.is_multiple_of(32) || matches!(self.dtype, Dtype::Q8_0 | Dtype::Q4_0) {
             return None;
         }
-        let rb = self.cols / 32 * 34;
+        let (dtype, blk) = match kind {
+            Quant::Q8_0 => (Dtype::Q8_0, 34),
+            Quant::Q4_0 => (Dtype::Q4_0, 18),
+        };
+        let rb = self.cols / 32 * blk;
         let mut out = vec![0u8; self.rows * rb];
         out.par_chunks_mut(rb).enumerate().for_each_init(
             || vec![0.0f32; self.cols],
             |row, (r, dst)| {
                 self.row_f32(r, row);
-                for (blk, x) in dst.chunks_exact_mut(34).zip(row.chunks_exact(32)) {
-                    let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-                    let d = half::f16::from_f32(amax / 127.0);
-                    let inv = if d.to_f32() > 0.0 { 1.0 / d.to_f32() } else { 0.0 };
-                    blk[..2].copy_from_slice(&d.to_bits().to_le_bytes());
-                    for (q, &v) in blk[2..].iter_mut().zip(x) {
-                        *q = (v * inv).round().clamp(-127.0, 127.0) as i8 as u8;
+                for (b, x) in dst.chunks_exact_mut(blk).zip(row.chunks_exact(32)) {
+                    match kind {
+                        Quant::Q8_0 => {
+                            let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                            let d = half::f16::from_f32(amax / 127.0);
+                            let inv = if d.to_f32() > 0.0 { 1.0 / d.to_f32() } else { 0.0 };
+                            b[..2].copy_from_slice(&d.to_bits().to_le_bytes());
+                            for (q, &v) in b[2..].iter_mut().zip(x) {
+                                *q = (v * inv).round().clamp(-127.0, 127.0) as i8 as u8;
+                            }
+                        }
+                        Quant::Q4_0 => {
+                            let m = x.iter().fold(0.0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
+                            let d = m / -8.0;
+                            let inv = if d != 0.0 { 1.0 / d } else { 0.0 };
+                            b[..2].copy_from_slice(&half::f16::from_f32(d).to_bits().to_le_bytes());
+                            let q = |v: f32| ((v * inv + 8.5) as i32).clamp(0, 15) as u8;
+                            for j in 0..16 {
+                                b[2 + j] = q(x[j]) | (q(x[j + 16]) << 4);
+                            }
+                        }
                     }
                 }
             },
@@ -154,11 +206,26 @@ impl Weight {
         Some(Weight {
             map: Arc::new(Bytes::Heap(out)),
             start: 0,
-            dtype: Dtype::Q8_0,
+            dtype,
             rows: self.rows,
             cols: self.cols,
             scales: None,
         })
+    }
+
+    /// The matrix decoded to f32 in memory (what a quantised matrix stands for).
+    pub fn dequantize(&self) -> Weight {
+        let mut v = vec![0.0f32; self.rows * self.cols];
+        self.rows_f32(0, &mut v);
+        let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        Weight {
+            map: Arc::new(Bytes::Heap(bytes)),
+            start: 0,
+            dtype: Dtype::F32,
+            rows: self.rows,
+            cols: self.cols,
+            scales: None,
+        }
     }
 
     /// Bytes of the whole matrix (scales included).
@@ -222,6 +289,18 @@ impl Weight {
                 }
                 acc.iter().sum()
             }
+            Dtype::Q4_0 => {
+                let mut acc = [0.0f32; 32];
+                for (blk, xs) in b.chunks_exact(18).zip(x.chunks_exact(32)) {
+                    let d = half::f16::from_bits(u16::from_le_bytes([blk[0], blk[1]])).to_f32();
+                    let q = q4_values(&blk[2..]);
+                    let xs: &[f32; 32] = xs.try_into().expect("chunks of 32");
+                    for j in 0..32 {
+                        acc[j] += d * q[j] as f32 * xs[j];
+                    }
+                }
+                acc.iter().sum()
+            }
             _ => {
                 let mut row = vec![0.0f32; self.cols];
                 self.row_f32(r, &mut row);
@@ -230,19 +309,26 @@ impl Weight {
         }
     }
 
-    /// Q8_0 only: row r dotted with x given as Q8_0 blocks too (xq int8 values, xd one scale per
-    /// 32), in integer arithmetic per block as llama.cpp does: sum_b dw_b * dx_b * sum_j qw_j qx_j.
+    /// Q8_0 and Q4_0 only: row r dotted with x given as Q8_0 blocks (xq int8 values, xd one
+    /// scale per 32), in integer arithmetic per block as llama.cpp does:
+    /// sum_b dw_b * dx_b * sum_j qw_j qx_j.
     pub fn dot_row_q8(&self, r: usize, xq: &[i8], xd: &[f32]) -> f32 {
         let rb = self.row_bytes();
         let b = &self.map[self.start + r * rb..self.start + (r + 1) * rb];
+        let blk_bytes = if self.dtype == Dtype::Q4_0 { 18 } else { 34 };
         let mut acc = 0.0f32;
-        for ((blk, qx), &dx) in b.chunks_exact(34).zip(xq.chunks_exact(32)).zip(xd) {
+        for ((blk, qx), &dx) in b.chunks_exact(blk_bytes).zip(xq.chunks_exact(32)).zip(xd) {
             let d = half::f16::from_bits(u16::from_le_bytes([blk[0], blk[1]])).to_f32();
-            let q: &[u8; 32] = blk[2..].try_into().expect("a Q8_0 block holds 32 values");
             let qx: &[i8; 32] = qx.try_into().expect("chunks of 32");
+            let q: [i8; 32] = if self.dtype == Dtype::Q4_0 {
+                q4_values(&blk[2..])
+            } else {
+                let raw: &[u8; 32] = blk[2..].try_into().expect("a Q8_0 block holds 32 values");
+                raw.map(|v| v as i8)
+            };
             let mut s = 0i32;
             for j in 0..32 {
-                s += (q[j] as i8 as i32) * (qx[j] as i32);
+                s += (q[j] as i32) * (qx[j] as i32);
             }
             acc += d * dx * s as f32;
         }
@@ -278,6 +364,12 @@ impl Weight {
                 for (o, blk) in out.chunks_exact_mut(32).zip(b.chunks_exact(34)) {
                     let d = half::f16::from_bits(u16::from_le_bytes([blk[0], blk[1]])).to_f32();
                     o.iter_mut().zip(&blk[2..]).for_each(|(v, &q)| *v = d * q as i8 as f32);
+                }
+            }
+            Dtype::Q4_0 => {
+                for (o, blk) in out.chunks_exact_mut(32).zip(b.chunks_exact(18)) {
+                    let d = half::f16::from_bits(u16::from_le_bytes([blk[0], blk[1]])).to_f32();
+                    o.iter_mut().zip(q4_values(&blk[2..])).for_each(|(v, q)| *v = d * q as f32);
                 }
             }
             Dtype::Mxfp4 => {
