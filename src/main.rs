@@ -13,7 +13,7 @@ use clap::{Args, Parser, Subcommand};
 use moe_engine::checkpoint;
 use moe_engine::config::{ModelConfig, PRESETS};
 use moe_engine::corpus::Source;
-use moe_engine::generate::{generate, Sampling};
+use moe_engine::generate::{generate_on, Sampling};
 use moe_engine::model::Model;
 use moe_engine::tokenizer::Tokenizer;
 use moe_engine::train::Precision;
@@ -118,6 +118,10 @@ struct GenerateArgs {
     top_p: f64,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Spread the checkpoint's experts over N MPI ranks (`mpirun -np N`, `mpi` build feature);
+    /// every rank decodes the same tokens, rank 0 prints.
+    #[arg(long, requires = "checkpoint")]
+    expert_parallel: Option<usize>,
 }
 
 #[derive(Args)]
@@ -199,13 +203,43 @@ fn generate_cmd(a: GenerateArgs) -> Result<()> {
         bail!("{}: no tokenizer.json in the checkpoint; it was not written by `moe train`", ck.dir.display());
     }
     let tk = Tokenizer::load(&tk_path)?;
-    let model = Model::<f32>::new(ck.config)?;
+    let dist = match a.expert_parallel {
+        Some(n) if n > 1 => Some(train_cmd::join_mpi_job(n)?),
+        _ => None,
+    };
+    let lead = dist.as_ref().is_none_or(|d| d.shard.rank == 0);
+    let (model, params) = match &dist {
+        None => (Model::<f32>::new(ck.config)?, ck.params),
+        Some(d) => {
+            let model = Model::<f32>::sharded(ck.config, d.shard)?;
+            let full = moe_engine::params::Layout::new(&model.cfg);
+            let params = moe_engine::dist::take_shard(&full, &model.layout, &ck.params);
+            (model, params)
+        }
+    };
     let mut out = std::io::stdout();
-    let _ = write!(out, "{}", a.prompt);
-    let stats = generate(&model, &ck.params, &tk, &a.prompt, a.max_tokens, &s, &mut |piece| {
-        let _ = write!(out, "{piece}");
-        let _ = out.flush();
-    })?;
+    if lead {
+        let _ = write!(out, "{}", a.prompt);
+    }
+    let comm = dist.as_ref().map(|d| d.comm.clone());
+    let stats = generate_on(
+        &model,
+        &params,
+        &tk,
+        &a.prompt,
+        a.max_tokens,
+        &s,
+        &mut |piece| {
+            if lead {
+                let _ = write!(out, "{piece}");
+                let _ = out.flush();
+            }
+        },
+        comm,
+    )?;
+    if !lead {
+        return Ok(());
+    }
     println!();
     eprintln!(
         "{} prompt tokens in {:.2}s, {} new tokens at {:.1} tokens/s{}",

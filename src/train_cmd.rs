@@ -46,12 +46,12 @@ pub struct TrainArgs {
 
 /// This process's rank of an `mpirun -np N` job.
 #[cfg(feature = "mpi")]
-fn join_mpi_job(n: usize) -> Result<Dist> {
+pub fn join_mpi_job(n: usize) -> Result<Dist> {
     use moe_engine::dist::Comm;
     let comm = moe_mpi::MpiComm::init().map_err(anyhow::Error::msg)?;
     if comm.size() != n {
         anyhow::bail!(
-            "--expert-parallel {n}, but this job has {} processes; start it with `mpirun -np {n} moe train --expert-parallel {n} ...`",
+            "--expert-parallel {n}, but this job has {} processes; start it with `mpirun -np {n} moe ... --expert-parallel {n}`",
             comm.size()
         );
     }
@@ -59,7 +59,7 @@ fn join_mpi_job(n: usize) -> Result<Dist> {
 }
 
 #[cfg(not(feature = "mpi"))]
-fn join_mpi_job(_: usize) -> Result<Dist> {
+pub fn join_mpi_job(_: usize) -> Result<Dist> {
     anyhow::bail!(
         "this moe was built without MPI; build it with `cargo build --release --features mpi` (Debian: apt install libopenmpi-dev openmpi-bin libclang-dev)"
     )

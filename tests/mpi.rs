@@ -1,6 +1,7 @@
 //! Expert parallelism across processes with Open MPI (`--features mpi`; needs `mpirun`):
 //! `mpirun -np 2` and `-np 4` (oversubscribed) training equals the single process with the
-//! same global batch (losses, gradient norms, parameters to 1e-5); ranks started with
+//! same global batch (losses, gradient norms, parameters to 1e-5) and generation over 2 ranks
+//! prints what one process prints; ranks started with
 //! different settings, and a rank that dies, end the job with an error instead of hanging.
 #![cfg(feature = "mpi")]
 
@@ -119,6 +120,22 @@ fn mpirun_ranks_equal_the_single_process() {
         let diff = ck.params.iter().zip(&single.params).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
         assert!(diff < 1e-5, "np {np}: checkpoint parameters differ by {diff}");
     }
+    // Generation with the experts spread over 2 ranks prints what one process prints.
+    let gen =
+        ["generate", "--max-tokens", "10", "--temperature", "0.8", "--seed", "3", "--prompt", "the", "--checkpoint"];
+    let ck_dir = d.join("single").display().to_string();
+    let one = run({
+        let mut c = Command::new(MOE);
+        c.args(gen).arg(&ck_dir);
+        c
+    });
+    let two = run({
+        let mut c = mpirun(2);
+        c.args(gen).arg(&ck_dir).args(["--expert-parallel", "2"]);
+        c
+    });
+    assert!(one.stdout.len() > 3);
+    assert_eq!(String::from_utf8_lossy(&two.stdout), String::from_utf8_lossy(&one.stdout));
 }
 
 #[test]

@@ -92,6 +92,23 @@ pub fn generate(
     s: &Sampling,
     emit: &mut dyn FnMut(&str),
 ) -> Result<GenStats> {
+    generate_on(model, params, tk, prompt, max_new, s, emit, None)
+}
+
+/// As [`generate`]; with `comm`, `model` and `params` are this rank's shard of an
+/// expert-parallel job whose ranks all run the same call: every rank decodes the same tokens
+/// (identical logits, same seed) while each holds only its experts.
+#[allow(clippy::too_many_arguments)]
+pub fn generate_on(
+    model: &Model<f32>,
+    params: &[f32],
+    tk: &Tokenizer,
+    prompt: &str,
+    max_new: usize,
+    s: &Sampling,
+    emit: &mut dyn FnMut(&str),
+    comm: Option<std::sync::Arc<dyn crate::dist::Comm>>,
+) -> Result<GenStats> {
     let ctx = model.cfg.max_position_embeddings;
     let mut ids = tk.encode(prompt)?;
     if ids.is_empty() {
@@ -114,6 +131,9 @@ pub fn generate(
         });
     }
     let mut acts = Acts::new(&model.cfg, 1, ids.len().max(1), ctx);
+    if let Some(c) = comm {
+        acts.attach_expert_parallel(&model.cfg, c);
+    }
     let mut cache = KvCache::new(&model.cfg, 1, ctx);
     let mut rng = Rng::new(s.seed);
     let mut scratch = Vec::with_capacity(v);

@@ -3,6 +3,7 @@
 //! every balancing scope; checkpoints written by P ranks load on any rank count and resume
 //! exactly; communication volume matches tokens x K x hidden x bytes.
 
+mod common;
 use moe_engine::checkpoint;
 use moe_engine::config::{BalanceScope, ModelConfig};
 use moe_engine::dist::{take_shard, thread_ranks, Dist};
@@ -158,4 +159,31 @@ fn communication_volume_matches_the_formula() {
         assert_eq!(m.rank_rows.iter().sum::<f64>(), (cfg.num_moe_layers() * tokens * k) as f64);
         assert!(m.rank_comm_s.len() == 2 && m.rank_comm_s.iter().all(|&s| s >= 0.0));
     }
+}
+
+#[test]
+fn expert_parallel_generation_equals_one_process() {
+    use moe_engine::generate::{generate_on, Sampling};
+    use moe_engine::model::Model;
+    use moe_engine::tokenizer::Tokenizer;
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = common::write_corpus(dir.path());
+    let mut o = common::options(dir.path(), &corpus, "run", 20);
+    o.train.lr = 1e-2;
+    moe_engine::run::run(&o, &|_| {}).unwrap();
+    let ck = checkpoint::load(&dir.path().join("run")).unwrap();
+    let tk = Tokenizer::load(&ck.dir.join("tokenizer.json")).unwrap();
+    let s = Sampling { temperature: 0.8, seed: 5, ..Default::default() };
+    let model = Model::<f32>::new(ck.config.clone()).unwrap();
+    let mut want = String::new();
+    generate_on(&model, &ck.params, &tk, "the", 12, &s, &mut |p| want.push_str(p), None).unwrap();
+    let texts = on_ranks(2, |d| {
+        let model = Model::<f32>::sharded(ck.config.clone(), d.shard).unwrap();
+        let params = take_shard(&Layout::new(&ck.config), &model.layout, &ck.params);
+        let mut text = String::new();
+        generate_on(&model, &params, &tk, "the", 12, &s, &mut |p| text.push_str(p), Some(d.comm.clone())).unwrap();
+        text
+    });
+    assert!(!want.is_empty());
+    assert_eq!(texts, vec![want.clone(), want]);
 }
