@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# The MoE-advantage section of RESULTS.md, from the commands it quotes:
+# The MoE-advantage sections of RESULTS.md, from the commands they quote:
 #   1. `moe compare`: dense vs 8x2 vs 16x4 at equal active compute, 2.4 M tokens each;
 #   2. `moe compare --sweep`: 8 configurations, 1.2 M tokens each;
 #   3. `moe upcycle`: the dense model of (1) upcycled to 8x2 vs 8x2 from scratch vs dense
-#      continued, 1.2 M more tokens each.
-# Every step is skipped when its output exists; the tables are spliced into RESULTS.md between
-# the <!-- BEGIN name --> / <!-- END name --> markers and the plots copied to results/.
-#   bash scripts/moe_advantage.sh        # from the project root; about 80 min on 2 cores
+#      continued, 1.2 M more tokens each;
+#   4. `moe compare` with aux-loss-free balancing: dense vs 8x2, 1.2 M tokens;
+#   5. `moe balance`: the measured expert loads of (1) placed on 4 ranks.
+# Every step is skipped when its output exists; tables are spliced into RESULTS.md between the
+# <!-- BEGIN name --> / <!-- END name --> markers and the plots copied to results/.
+#   bash scripts/moe_advantage.sh        # from the project root; about 2 hours on 2 cores
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --quiet
@@ -17,16 +19,25 @@ common=(--eval-batches 16)
 [ -f $out/sweep/compare.md ] || $moe compare --sweep --tokens 1.2M --out $out/sweep "${common[@]}"
 [ -f $out/upcycle/compare.md ] ||
     $moe upcycle --from $out/compare/dense --moe 8x2 --tokens 1.2M --out $out/upcycle "${common[@]}"
+[ -f $out/aux-free/compare.md ] ||
+    $moe compare --moe 8x2 --aux-loss-coef 0 --bias-update-rate 0.001 --tokens 1.2M --out $out/aux-free "${common[@]}"
+for m in 8x2 16x4; do
+    $moe balance --run $out/compare/$m --ranks 4 --redundant 4 > $out/balance-$m.md
+done
 
-# Copies the plots and splices compare.md (without its title line) into RESULTS.md.
-for name in compare sweep upcycle; do
-    mkdir -p results/$name
-    cp $out/$name/val_vs_tokens.png $out/$name/val_vs_seconds.png results/$name/
-    body=$(tail -n +3 $out/$name/compare.md)
-    BODY="$body" awk -v name="$name" '
+# Replaces the text between the markers of NAME in RESULTS.md by FILE.
+splice() {
+    BODY="$(cat "$2")" awk -v name="$1" '
         $0 == "<!-- BEGIN " name " -->" { print; print ENVIRON["BODY"]; skip = 1; next }
         $0 == "<!-- END " name " -->" { skip = 0 }
         !skip { print }
     ' RESULTS.md > RESULTS.md.tmp && mv RESULTS.md.tmp RESULTS.md
+}
+for name in compare sweep upcycle aux-free; do
+    mkdir -p results/$name
+    cp $out/$name/val_vs_tokens.png $out/$name/val_vs_seconds.png results/$name/
+    tail -n +3 $out/$name/compare.md > $out/$name/body.md
+    splice $name $out/$name/body.md
 done
-echo "RESULTS.md updated; plots in results/compare, results/sweep, results/upcycle"
+for m in 8x2 16x4; do splice balance-$m $out/balance-$m.md; done
+echo "RESULTS.md updated; plots in results/"

@@ -107,7 +107,7 @@ pub struct UpcycleArgs {
 }
 
 fn header(title: &str, c: &CompareCommon, tc: &TrainConfig, budget: Budget) -> String {
-    let cmd: Vec<String> = std::env::args().collect();
+    let cmd: Vec<String> = std::iter::once("moe".to_string()).chain(std::env::args().skip(1)).collect();
     format!(
         "# {title}\n\n`{}`\n\n{} UTC; batch {} x {} tokens (x{} accumulation), lr {}, warmup {}, seed {}, {:?} matmuls, budget {:?}, data {}.\n\n",
         cmd.join(" "),
