@@ -61,6 +61,13 @@ pub struct ExpertParallel<T> {
     recv_rows: Vec<usize>,
     /// [P*El] rows from source s for local expert j (as sent: u32).
     recv_counts: Vec<u32>,
+    /// Scratch of the exchanges: [P] byte counts each way, [P] first received row of each
+    /// source, the counts as bytes ([E] sent, [P*El] received).
+    sc: Vec<usize>,
+    rc: Vec<usize>,
+    src_start: Vec<usize>,
+    count_send: Vec<u8>,
+    count_recv: Vec<u8>,
     /// [El+1] bins of the received rows regrouped by local expert.
     pub bins: Vec<usize>,
     /// [Rl] for each local (expert-major) row, its row in the received (source-major) order.
@@ -101,6 +108,11 @@ impl<T: Float> ExpertParallel<T> {
             send_rows: vec![0; ranks],
             recv_rows: vec![0; ranks],
             recv_counts: vec![0; e],
+            sc: vec![0; ranks],
+            rc: vec![0; ranks],
+            src_start: vec![0; ranks],
+            count_send: vec![0; 4 * e],
+            count_recv: vec![0; 4 * e],
             bins: vec![0; e / ranks + 1],
             perm: vec![],
             stage: vec![],
@@ -126,18 +138,22 @@ impl<T: Float> ExpertParallel<T> {
         self.bins[self.el]
     }
 
-    /// Sends `rows` (counts per rank, in rows of C) and receives into `recv`; ends the job on
-    /// a communication failure (a rank that died or disagrees).
-    fn all_to_all(&mut self, send: &[T], send_rows: &[usize], recv: &mut [T], recv_rows: &[usize]) {
+    /// Sends this rank's rows to the experts' owners (`back` = false: send_rows out, recv_rows
+    /// in) or returns them (`back` = true); ends the job on a communication failure (a rank that
+    /// died or disagrees).
+    fn all_to_all(&mut self, send: &[T], recv: &mut [T], back: bool) {
         let w = self.c * std::mem::size_of::<T>();
-        let sc: Vec<usize> = send_rows.iter().map(|r| r * w).collect();
-        let rc: Vec<usize> = recv_rows.iter().map(|r| r * w).collect();
-        let total: usize = sc.iter().sum();
+        let (out_rows, in_rows) =
+            if back { (&self.recv_rows, &self.send_rows) } else { (&self.send_rows, &self.recv_rows) };
+        self.sc.iter_mut().zip(out_rows).for_each(|(b, r)| *b = r * w);
+        self.rc.iter_mut().zip(in_rows).for_each(|(b, r)| *b = r * w);
+        let total: usize = self.sc.iter().sum();
         self.bytes_sent += total as u64;
-        self.bytes_sent_remote += (total - sc[self.comm.rank()]) as u64;
-        let (ns, nr) = (send_rows.iter().sum::<usize>() * self.c, recv_rows.iter().sum::<usize>() * self.c);
+        self.bytes_sent_remote += (total - self.sc[self.comm.rank()]) as u64;
+        let ns = total / std::mem::size_of::<T>();
+        let nr = self.rc.iter().sum::<usize>() / std::mem::size_of::<T>();
         let t0 = std::time::Instant::now();
-        if let Err(e) = self.comm.all_to_all_v(bytes(&send[..ns]), &sc, bytes_mut(&mut recv[..nr]), &rc) {
+        if let Err(e) = self.comm.all_to_all_v(bytes(&send[..ns]), &self.sc, bytes_mut(&mut recv[..nr]), &self.rc) {
             self.comm.abort(&format!("expert-parallel all-to-all failed: {e}"));
         }
         self.comm_seconds += t0.elapsed().as_secs_f64();
@@ -149,13 +165,14 @@ impl<T: Float> ExpertParallel<T> {
     pub fn forward(&mut self, ys: &mut [T], xs: &[T], tokens_per_expert: &[u32], bins: &[usize], w: ExpertWeights<T>) {
         let (p, el, c, f) = (self.ranks, self.el, self.c, self.f);
         // Counts: rank q learns how many rows of each of its experts every rank sends.
-        let mut counts = vec![0u8; 4 * p * el];
-        let per = vec![4 * el; p];
-        let sent: Vec<u8> = tokens_per_expert.iter().flat_map(|x| x.to_le_bytes()).collect();
-        if let Err(e) = self.comm.all_to_all_v(&sent, &per, &mut counts, &per) {
+        for (dst, x) in self.count_send.chunks_exact_mut(4).zip(tokens_per_expert) {
+            dst.copy_from_slice(&x.to_le_bytes());
+        }
+        self.sc.fill(4 * el);
+        if let Err(e) = self.comm.all_to_all_v(&self.count_send, &self.sc, &mut self.count_recv, &self.sc) {
             self.comm.abort(&format!("expert-parallel count exchange failed: {e}"));
         }
-        for (dst, b) in self.recv_counts.iter_mut().zip(counts.chunks_exact(4)) {
+        for (dst, b) in self.recv_counts.iter_mut().zip(self.count_recv.chunks_exact(4)) {
             *dst = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
         }
         for q in 0..p {
@@ -172,17 +189,16 @@ impl<T: Float> ExpertParallel<T> {
         }
         self.perm.resize(rl, 0);
         let mut stage = std::mem::take(&mut self.stage);
-        let (sr, rr) = (self.send_rows.clone(), self.recv_rows.clone());
-        self.all_to_all(xs, &sr, &mut stage, &rr);
+        self.all_to_all(xs, &mut stage, false);
         // Regroup source-major (source, expert) runs into expert-major (expert, source) order.
-        let mut src_start = vec![0usize; p];
+        self.src_start[0] = 0;
         for s in 1..p {
-            src_start[s] = src_start[s - 1] + self.recv_rows[s - 1];
+            self.src_start[s] = self.src_start[s - 1] + self.recv_rows[s - 1];
         }
         let mut row = 0;
         for j in 0..el {
             self.bins[j] = row;
-            for (s, &first) in src_start.iter().enumerate() {
+            for (s, &first) in self.src_start.iter().enumerate() {
                 let before: usize = self.recv_counts[s * el..s * el + j].iter().map(|&x| x as usize).sum();
                 let start = first + before;
                 for i in 0..self.recv_counts[s * el + j] as usize {
@@ -201,7 +217,7 @@ impl<T: Float> ExpertParallel<T> {
             let src = src as usize;
             stage[src * c..(src + 1) * c].copy_from_slice(&self.ys[r * c..(r + 1) * c]);
         }
-        self.all_to_all(&stage, &rr, ys, &sr);
+        self.all_to_all(&stage, ys, true);
         self.stage = stage;
     }
 
@@ -210,8 +226,7 @@ impl<T: Float> ExpertParallel<T> {
     pub fn backward(&mut self, dxs: &mut [T], gw: ExpertGrads<T>, dys: &[T], w: ExpertWeights<T>) {
         let (c, f) = (self.c, self.f);
         let mut stage = std::mem::take(&mut self.stage);
-        let (sr, rr) = (self.send_rows.clone(), self.recv_rows.clone());
-        self.all_to_all(dys, &sr, &mut stage, &rr);
+        self.all_to_all(dys, &mut stage, false);
         for (r, &src) in self.perm.iter().enumerate() {
             let src = src as usize;
             self.dys[r * c..(r + 1) * c].copy_from_slice(&stage[src * c..(src + 1) * c]);
@@ -235,7 +250,7 @@ impl<T: Float> ExpertParallel<T> {
             let src = src as usize;
             stage[src * c..(src + 1) * c].copy_from_slice(&self.dxs[r * c..(r + 1) * c]);
         }
-        self.all_to_all(&stage, &rr, dxs, &sr);
+        self.all_to_all(&stage, dxs, true);
         self.stage = stage;
     }
 }
