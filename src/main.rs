@@ -211,7 +211,7 @@ fn generate_cmd(a: GenerateArgs) -> Result<()> {
     let (model, params) = match &dist {
         None => (Model::<f32>::new(ck.config)?, ck.params),
         Some(d) => {
-            let model = Model::<f32>::sharded(ck.config, d.shard)?;
+            let model = Model::<f32>::sharded(ck.config, d.shard.clone())?;
             let full = moe_engine::params::Layout::new(&model.cfg);
             let params = moe_engine::dist::take_shard(&full, &model.layout, &ck.params);
             (model, params)

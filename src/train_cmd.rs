@@ -102,7 +102,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
             eprintln!(
                 "expert parallelism over {} ranks: {} experts per rank, global batch {} sequences",
                 d.shard.ranks,
-                d.shard.local_experts(opts.model.num_local_experts),
+                d.shard.slots_per_rank(opts.model.num_local_experts),
                 d.shard.ranks * opts.train.batch_size
             );
         }

@@ -132,7 +132,7 @@ pub fn generate_on(
     }
     let mut acts = Acts::new(&model.cfg, 1, ids.len().max(1), ctx);
     if let Some(c) = comm {
-        acts.attach_expert_parallel(&model.cfg, c);
+        acts.attach_expert_parallel(&model.cfg, c, &model.shard);
     }
     let mut cache = KvCache::new(&model.cfg, 1, ctx);
     let mut rng = Rng::new(s.seed);

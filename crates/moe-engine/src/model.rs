@@ -157,13 +157,16 @@ impl<T: Float> Acts<T> {
         }
     }
 
-    /// Runs every MoE layer's expert stage on the experts' owner ranks of `comm`.
-    pub fn attach_expert_parallel(&mut self, cfg: &ModelConfig, comm: std::sync::Arc<dyn Comm>) {
-        for l in &mut self.layers {
-            if let FfnActs::Moe(m) = &mut l.ffn {
-                let (e, c, f) = (cfg.num_local_experts, cfg.hidden_size, cfg.moe_intermediate_size);
-                m.ep = Some(ExpertParallel::new(comm.clone(), e, c, f));
-            }
+    /// Runs every MoE layer's expert stage on the ranks of `comm` that host its experts
+    /// (placements of `shard`).
+    pub fn attach_expert_parallel(&mut self, cfg: &ModelConfig, comm: std::sync::Arc<dyn Comm>, shard: &Shard) {
+        let (e, c, f) = (cfg.num_local_experts, cfg.hidden_size, cfg.moe_intermediate_size);
+        let moe = self.layers.iter_mut().filter_map(|l| match &mut l.ffn {
+            FfnActs::Moe(m) => Some(m),
+            FfnActs::Dense { .. } => None,
+        });
+        for (i, m) in moe.enumerate() {
+            m.ep = Some(ExpertParallel::new(comm.clone(), &shard.placement(i, e), c, f));
         }
     }
 
@@ -231,19 +234,16 @@ pub struct LossParts {
 
 impl<T: Float> Model<T> {
     pub fn new(cfg: ModelConfig) -> Result<Self> {
-        Self::sharded(cfg, Shard::SINGLE)
+        Self::sharded(cfg, Shard::single())
     }
 
     /// The model of one rank of an expert-parallel job: its layout holds the rank's experts.
     pub fn sharded(cfg: ModelConfig, shard: Shard) -> Result<Self> {
         cfg.validate()?;
-        if cfg.num_local_experts > 0 && !cfg.num_local_experts.is_multiple_of(shard.ranks) {
-            return Err(crate::error::Error::config(
-                format!("{} experts cannot be split evenly over {} ranks", cfg.num_local_experts, shard.ranks),
-                "use a rank count that divides the number of experts",
-            ));
+        if cfg.num_local_experts > 0 {
+            shard.validate(cfg.num_moe_layers(), cfg.num_local_experts)?;
         }
-        let layout = Layout::sharded(&cfg, shard);
+        let layout = Layout::sharded(&cfg, &shard);
         let (t, half) = (cfg.max_position_embeddings, cfg.head_dim() / 2);
         let (mut cos, mut sin) = (vec![T::ZERO; t * half], vec![T::ZERO; t * half]);
         rope_tables(&mut cos, &mut sin, t, cfg.head_dim(), cfg.rope_theta);

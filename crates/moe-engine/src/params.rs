@@ -63,12 +63,27 @@ pub struct TensorInfo {
     pub trainable: bool,
     /// How to initialise it.
     pub init: Init,
-    /// For a rank's shard of an expert tensor: the elements of the whole tensor and where the
-    /// shard starts in it.
-    pub shard_of: Option<(usize, usize)>,
-    /// A stacked expert tensor (sharded under expert parallelism; its gradient is not
-    /// all-reduced).
-    pub expert: bool,
+    /// A stacked expert tensor [S, ...] (one slot per expert this rank holds; its gradient
+    /// is all-reduced only between replicas of an expert).
+    pub experts: Option<ExpertSlots>,
+}
+
+/// The slots of a rank's expert tensor.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExpertSlots {
+    /// Which MoE layer (0 = the first MoE layer).
+    pub moe_layer: usize,
+    /// E: experts of the whole tensor.
+    pub total: usize,
+    /// [S] the expert each slot holds.
+    pub slots: Vec<usize>,
+}
+
+impl TensorInfo {
+    /// Elements of one expert (one slot) of an expert tensor.
+    pub fn per_expert(&self) -> usize {
+        self.shape[1..].iter().product()
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -145,41 +160,28 @@ impl Builder {
         let len = shape.iter().product();
         let span = Span { off: self.total, len };
         let decay = shape.len() > 1;
-        self.tensors.push(TensorInfo {
-            name,
-            shape: shape.to_vec(),
-            span,
-            decay,
-            trainable,
-            init,
-            shard_of: None,
-            expert: false,
-        });
+        self.tensors.push(TensorInfo { name, shape: shape.to_vec(), span, decay, trainable, init, experts: None });
         self.total += len;
         span
     }
-    /// The rank's experts of a stacked expert tensor of shape [E, ...].
-    fn push_experts(&mut self, name: String, shape: &[usize], init: Init, shard: Shard) -> Span {
-        let e = shape[0];
-        let per_expert: usize = shape[1..].iter().product();
-        let local: Vec<usize> = std::iter::once(shard.local_experts(e)).chain(shape[1..].iter().copied()).collect();
+    /// The rank's slots of a stacked expert tensor of shape [E, ...] in MoE layer `moe_layer`.
+    fn push_experts(&mut self, name: String, shape: &[usize], init: Init, shard: &Shard, moe_layer: usize) -> Span {
+        let slots = shard.slots(moe_layer, shape[0]);
+        let local: Vec<usize> = std::iter::once(slots.len()).chain(shape[1..].iter().copied()).collect();
         let span = self.push(name, &local, init);
         let last = self.tensors.len() - 1;
-        self.tensors[last].expert = true;
-        if shard.ranks > 1 {
-            self.tensors[last].shard_of = Some((e * per_expert, shard.first_expert(e) * per_expert));
-        }
+        self.tensors[last].experts = Some(ExpertSlots { moe_layer, total: shape[0], slots });
         span
     }
 }
 
 impl Layout {
     pub fn new(cfg: &ModelConfig) -> Self {
-        Self::sharded(cfg, Shard::SINGLE)
+        Self::sharded(cfg, &Shard::single())
     }
 
     /// The layout of one rank: all tensors, but only the rank's experts of each expert tensor.
-    pub fn sharded(cfg: &ModelConfig, shard: Shard) -> Self {
+    pub fn sharded(cfg: &ModelConfig, shard: &Shard) -> Self {
         let (c, v, d) = (cfg.hidden_size, cfg.vocab_size, cfg.head_dim());
         let (h, g) = (cfg.num_attention_heads, cfg.num_key_value_heads);
         let std = 0.02;
@@ -188,6 +190,7 @@ impl Layout {
         let mut b = Builder { tensors: vec![], total: 0 };
         let embed = b.push("model.embed_tokens.weight".into(), &[v, c], Init::Normal(std));
         let mut layers = vec![];
+        let mut moe_layer = 0;
         for l in 0..cfg.num_hidden_layers {
             let p = format!("model.layers.{l}");
             let ln1 = b.push(format!("{p}.input_layernorm.weight"), &[c], Init::Ones);
@@ -204,10 +207,24 @@ impl Layout {
                 let selection_bias = cfg
                     .has_selection_bias()
                     .then(|| b.push_with(format!("{p}.mlp.router.selection_bias"), &[e], Init::Zeros, false));
-                let gate = b.push_experts(format!("{p}.mlp.experts.gate_proj"), &[e, f, c], Init::Normal(std), shard);
-                let up = b.push_experts(format!("{p}.mlp.experts.up_proj"), &[e, f, c], Init::Normal(std), shard);
-                let down =
-                    b.push_experts(format!("{p}.mlp.experts.down_proj"), &[e, c, f], Init::Normal(std_out), shard);
+                let (gate, up, down) = (
+                    b.push_experts(
+                        format!("{p}.mlp.experts.gate_proj"),
+                        &[e, f, c],
+                        Init::Normal(std),
+                        shard,
+                        moe_layer,
+                    ),
+                    b.push_experts(format!("{p}.mlp.experts.up_proj"), &[e, f, c], Init::Normal(std), shard, moe_layer),
+                    b.push_experts(
+                        format!("{p}.mlp.experts.down_proj"),
+                        &[e, c, f],
+                        Init::Normal(std_out),
+                        shard,
+                        moe_layer,
+                    ),
+                );
+                moe_layer += 1;
                 let shared = (fs > 0).then(|| {
                     [
                         b.push(format!("{p}.mlp.shared_expert.gate_proj.weight"), &[fs, c], Init::Normal(std)),
@@ -251,18 +268,18 @@ impl Layout {
             match t.init {
                 Init::Ones => dst.fill(T::ONE),
                 Init::Zeros => dst.fill(T::ZERO),
-                Init::Normal(std) => {
-                    // A shard draws the whole tensor's values and keeps its own: every rank
-                    // count starts from the same weights.
-                    let (full, start) = t.shard_of.unwrap_or((t.span.len, 0));
-                    (0..start).for_each(|_| {
-                        rng.normal();
-                    });
-                    dst.iter_mut().for_each(|x| *x = T::from_f64(rng.normal() * std));
-                    (start + t.span.len..full).for_each(|_| {
-                        rng.normal();
-                    });
-                }
+                Init::Normal(std) => match &t.experts {
+                    None => dst.iter_mut().for_each(|x| *x = T::from_f64(rng.normal() * std)),
+                    // A rank draws the whole expert tensor and keeps its slots' experts: every
+                    // rank count and placement starts from the same weights.
+                    Some(ex) => {
+                        let n = t.per_expert();
+                        let whole: Vec<f64> = (0..ex.total * n).map(|_| rng.normal() * std).collect();
+                        for (slot, &x) in dst.chunks_exact_mut(n).zip(&ex.slots) {
+                            slot.iter_mut().zip(&whole[x * n..]).for_each(|(d, &w)| *d = T::from_f64(w));
+                        }
+                    }
+                },
             }
         }
         p

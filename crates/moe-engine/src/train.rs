@@ -226,7 +226,7 @@ impl Trainer {
     pub fn distributed(cfg: ModelConfig, train: TrainConfig, data_key: String, dist: Dist) -> Result<Self> {
         train.validate(&cfg)?;
         train.precision.apply()?;
-        let model = Model::sharded(cfg, dist.shard)?;
+        let model = Model::sharded(cfg, dist.shard.clone())?;
         let params = model.layout.init(train.seed);
         let state = TrainState { step: 0, tokens: 0, data_rng: Rng::new(train.seed ^ 0xDA7A), train, data_key };
         Ok(Self::assemble(model, params, None, state).with_dist(dist))
@@ -236,7 +236,7 @@ impl Trainer {
     /// number of ranks).
     pub fn resume_distributed(ck: Checkpoint, steps_override: Option<u64>, dist: Dist) -> Result<Self> {
         let full = crate::params::Layout::new(&ck.config);
-        let local = crate::params::Layout::sharded(&ck.config, dist.shard);
+        let local = crate::params::Layout::sharded(&ck.config, &dist.shard);
         let shard = |v: &[f32]| take_shard(&full, &local, v);
         let ck = Checkpoint {
             params: shard(&ck.params),
@@ -244,14 +244,14 @@ impl Trainer {
             ..ck
         };
         let single = Self::resume_parts(ck, steps_override)?;
-        let model = Model::sharded(single.0, dist.shard)?;
+        let model = Model::sharded(single.0, dist.shard.clone())?;
         Ok(Self::assemble(model, single.1, Some(single.2), single.3).with_dist(dist))
     }
 
     fn with_dist(mut self, dist: Dist) -> Self {
         let (b, t) = (self.state.train.batch_size, self.state.train.seq_len);
         let p = dist.shard.ranks;
-        self.acts.attach_expert_parallel(&self.model.cfg, dist.comm.clone());
+        self.acts.attach_expert_parallel(&self.model.cfg, dist.comm.clone(), &dist.shard);
         self.x_all = vec![0; p * b * t];
         self.y_all = vec![0; p * b * t];
         self.dist = Some(dist);

@@ -1,10 +1,12 @@
 //! Expert parallelism: an MoE layer whose experts are spread over P in-process ranks, each rank
 //! routing its own slice of the tokens, equals the layer on one rank over all tokens (outputs,
-//! input gradients and every parameter gradient); the bytes exchanged match the formula; the
+//! input gradients and every parameter gradient), for contiguous placements and for balanced
+//! ones that move experts and replicate hot ones; the bytes exchanged match the formula; the
 //! in-process communicator fails with an error instead of hanging when a rank is missing.
 
 use moe_engine::config::ModelConfig;
-use moe_engine::dist::{thread_ranks, Comm, ExpertParallel, Shard};
+use moe_engine::dist::placement::balance;
+use moe_engine::dist::{thread_ranks, Comm, ExpertParallel, Placement};
 use moe_engine::ffn::{MlpGrads, MlpWeights};
 use moe_engine::moe::experts::{ExpertGrads, ExpertWeights};
 use moe_engine::moe::router::{RouterGrads, RouterWeights};
@@ -47,14 +49,12 @@ impl Layer {
                 .collect(),
         )
     }
-    /// The same layer with only the experts of `shard`.
-    fn shard(&self, cfg: &ModelConfig, s: Shard) -> Layer {
-        let e = cfg.num_local_experts;
+    /// The same layer with only the experts of `slots`, in slot order.
+    fn slots(&self, cfg: &ModelConfig, slots: &[usize]) -> Layer {
         let fc = cfg.moe_intermediate_size * cfg.hidden_size;
-        let (lo, el) = (s.first_expert(e), s.local_experts(e));
         let mut v = self.0.clone();
         for w in &mut v[1..4] {
-            *w = w[lo * fc..(lo + el) * fc].to_vec();
+            *w = slots.iter().flat_map(|&x| w[x * fc..(x + 1) * fc].to_vec()).collect();
         }
         Layer(v)
     }
@@ -75,10 +75,10 @@ impl Layer {
 type RankResult = (Vec<f64>, Vec<f64>, Layer, u64);
 
 /// Forward and backward of `w` on x[N,C] with output gradient r[N,C].
-fn run(spec: MoeSpec, w: &Layer, x: &[f64], r: &[f64], z: f64, comm: Option<Arc<dyn Comm>>) -> RankResult {
+fn run(spec: MoeSpec, w: &Layer, x: &[f64], r: &[f64], z: f64, ep: Option<(Arc<dyn Comm>, &Placement)>) -> RankResult {
     let mut a = MoeActs::new(spec);
-    if let Some(cm) = comm {
-        a.ep = Some(ExpertParallel::new(cm, spec.e, spec.c, spec.f));
+    if let Some((cm, placement)) = ep {
+        a.ep = Some(ExpertParallel::new(cm, placement, spec.c, spec.f));
     }
     let mut out = vec![0.0; spec.n * spec.c];
     moe_forward(&mut out, x, w.weights(), &mut a, spec, None);
@@ -103,8 +103,8 @@ fn max_diff(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)
 }
 
-fn ranks_equal_one_rank(p: usize) {
-    let cfg = cfg();
+fn ranks_equal_one_rank(placement: &Placement) {
+    let (cfg, p) = (cfg(), placement.ranks.len());
     let (n, t, c) = (6, 3, cfg.hidden_size);
     let total = p * n;
     let mut rng = Rng::new(11);
@@ -120,10 +120,11 @@ fn ranks_equal_one_rank(p: usize) {
             .map(|(rank, cm)| {
                 let (cfg, w, x, r) = (&cfg, &w, &x, &r);
                 s.spawn(move || {
-                    let local = w.shard(cfg, Shard { rank, ranks: p });
+                    let local = w.slots(cfg, &placement.ranks[rank]);
                     let rows = rank * n * c..(rank + 1) * n * c;
                     // The z-loss is a mean over the rank's tokens: its share of the global mean is 1/P.
-                    run(MoeSpec::new(cfg, n, t), &local, &x[rows.clone()], &r[rows], z / p as f64, Some(Arc::new(cm)))
+                    let ep: (Arc<dyn Comm>, _) = (Arc::new(cm), placement);
+                    run(MoeSpec::new(cfg, n, t), &local, &x[rows.clone()], &r[rows], z / p as f64, Some(ep))
                 })
             })
             .collect();
@@ -133,8 +134,15 @@ fn ranks_equal_one_rank(p: usize) {
         |f: fn(&RankResult) -> &Vec<f64>| results.iter().flat_map(|res| f(res).iter().copied()).collect::<Vec<f64>>();
     assert!(max_diff(&cat(|r| &r.0), &out) < 1e-12, "P={p}: outputs differ");
     assert!(max_diff(&cat(|r| &r.1), &dx) < 1e-12, "P={p}: input gradients differ");
+    // An expert's gradient is the sum of its replicas' gradients.
     for i in [1, 2, 3] {
-        let experts: Vec<f64> = results.iter().flat_map(|res| res.2 .0[i].iter().copied()).collect();
+        let per = g.0[i].len() / cfg.num_local_experts;
+        let mut experts = vec![0.0; g.0[i].len()];
+        for (res, slots) in results.iter().zip(&placement.ranks) {
+            for (&x, grad) in slots.iter().zip(res.2 .0[i].chunks_exact(per)) {
+                experts[x * per..(x + 1) * per].iter_mut().zip(grad).for_each(|(s, v)| *s += v);
+            }
+        }
         assert!(max_diff(&experts, &g.0[i]) < 1e-12, "P={p}: expert gradient {i} differs");
     }
     for i in [0, 4, 5, 6, 7] {
@@ -153,7 +161,19 @@ fn ranks_equal_one_rank(p: usize) {
 #[test]
 fn expert_parallel_layer_equals_single_rank() {
     for p in [1, 2, 4] {
-        ranks_equal_one_rank(p);
+        ranks_equal_one_rank(&Placement::contiguous(8, p).unwrap());
+    }
+}
+
+#[test]
+fn moved_and_replicated_experts_equal_single_rank() {
+    // A skewed load: the balancer moves experts off contiguous ranks and replicates hot ones.
+    let load = [40.0, 3.0, 1.0, 25.0, 2.0, 9.0, 30.0, 1.0];
+    for (p, redundant) in [(2, 0), (2, 2), (4, 4), (4, 8)] {
+        let placement = balance(&load, p, redundant).unwrap();
+        assert_ne!(placement, Placement::contiguous(8, p).unwrap(), "P={p}: the balancer changed nothing");
+        assert_eq!(placement.replicas.iter().sum::<usize>(), 8 + redundant);
+        ranks_equal_one_rank(&placement);
     }
 }
 

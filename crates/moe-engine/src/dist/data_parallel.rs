@@ -2,11 +2,12 @@
 //! the global batch with a replica of the non-expert weights and its shard of the experts:
 //! the replicated gradients are summed over ranks and every gradient divided by the rank
 //! count (the global loss is the mean of the ranks' losses); routing statistics are pooled so
-//! the balancing loss sees the global batch; expert shards are gathered on rank 0 for
-//! checkpoints and cut out of whole-model buffers on load.
+//! the balancing loss sees the global batch; the gradients of an expert with several replicas
+//! are summed over its replicas; expert shards are gathered on rank 0 for checkpoints and cut
+//! out of whole-model buffers on load.
 
 use super::comm::{Comm, CommResult};
-use super::expert_parallel::Shard;
+use super::placement::Shard;
 use crate::config::BalanceScope;
 use crate::moe::MoeStats;
 use crate::params::Layout;
@@ -27,7 +28,7 @@ impl std::fmt::Debug for Dist {
 
 impl Dist {
     pub fn new(comm: Arc<dyn Comm>) -> Self {
-        let shard = Shard { rank: comm.rank(), ranks: comm.size() };
+        let shard = Shard::contiguous(comm.rank(), comm.size());
         Dist { comm, shard }
     }
 
@@ -43,8 +44,10 @@ impl Dist {
         v.iter_mut().for_each(|x| *x /= p);
     }
 
-    /// Sums the replicated tensors' gradients over ranks, then divides every gradient by P.
+    /// Sums the replicated tensors' gradients over ranks and those of replicated experts over
+    /// their replicas, then divides every gradient by P.
     pub fn sync_grads(&self, layout: &Layout, grads: &mut [f32]) {
+        self.sync_expert_replicas(layout, grads);
         let mut run: Option<(usize, usize)> = None;
         let flush = |run: &mut Option<(usize, usize)>, grads: &mut [f32]| {
             if let Some((a, b)) = run.take() {
@@ -53,7 +56,7 @@ impl Dist {
         };
         for t in &layout.tensors {
             let (a, b) = (t.span.off, t.span.off + t.span.len);
-            if t.expert {
+            if t.experts.is_some() {
                 flush(&mut run, grads);
             } else {
                 run = Some(match run {
@@ -71,13 +74,52 @@ impl Dist {
         grads.iter_mut().for_each(|g| *g *= inv);
     }
 
+    /// Sums the gradient of every expert with several replicas over its replicas (all ranks
+    /// take part in one all-reduce per expert tensor that has replicated experts).
+    fn sync_expert_replicas(&self, layout: &Layout, grads: &mut [f32]) {
+        if self.shard.placements.is_none() {
+            return;
+        }
+        for t in &layout.tensors {
+            let Some(ex) = &t.experts else { continue };
+            let pl = self.shard.placement(ex.moe_layer, ex.total);
+            // [X] the replicated experts, in id order; buf [X, per-expert]
+            let shared: Vec<usize> = (0..ex.total).filter(|&x| pl.replicas[x] > 1).collect();
+            if shared.is_empty() {
+                continue;
+            }
+            let n = t.per_expert();
+            let mut buf = vec![0.0f32; shared.len() * n];
+            let g = t.span.of_mut(grads);
+            let mine = || ex.slots.iter().enumerate().filter_map(|(j, x)| Some((j, shared.binary_search(x).ok()?)));
+            for (j, i) in mine() {
+                buf[i * n..(i + 1) * n].iter_mut().zip(&g[j * n..(j + 1) * n]).for_each(|(b, &v)| *b += v);
+            }
+            self.ok(self.comm.all_reduce_sum_f32(&mut buf));
+            for (j, i) in mine() {
+                g[j * n..(j + 1) * n].copy_from_slice(&buf[i * n..(i + 1) * n]);
+            }
+        }
+    }
+
     /// Squared norm of the whole model's gradient: the replicated part once, the expert
-    /// shards summed over ranks.
+    /// shards summed over ranks (each expert once, from its first replica).
     pub fn grad_norm_sq(&self, layout: &Layout, grads: &[f32]) -> f64 {
         let mut parts = [0.0f64; 2];
+        let sq = |v: &[f32]| v.iter().map(|&g| g as f64 * g as f64).sum::<f64>();
         for t in &layout.tensors {
-            let s: f64 = t.span.of(grads).iter().map(|&g| g as f64 * g as f64).sum();
-            parts[usize::from(t.expert)] += s;
+            match &t.experts {
+                None => parts[0] += sq(t.span.of(grads)),
+                Some(ex) => {
+                    let pl = self.shard.placement(ex.moe_layer, ex.total);
+                    let n = t.per_expert();
+                    for (j, (&x, g)) in ex.slots.iter().zip(t.span.of(grads).chunks_exact(n)).enumerate() {
+                        if pl.replicas[x] == 1 || pl.hosts(x)[0] == (self.shard.rank, j) {
+                            parts[1] += sq(g);
+                        }
+                    }
+                }
+            }
         }
         let mut ex = [parts[1]];
         self.ok(self.comm.all_reduce_sum_f64(&mut ex));
@@ -124,7 +166,7 @@ impl Dist {
         let mine: Vec<u8> = local
             .tensors
             .iter()
-            .filter(|t| t.expert)
+            .filter(|t| t.experts.is_some())
             .flat_map(|t| t.span.of(buf).iter().flat_map(|x| x.to_le_bytes()))
             .collect();
         let root = self.shard.rank == 0;
@@ -140,15 +182,20 @@ impl Dist {
         let mut cursor = vec![0usize; p];
         for (ft, lt) in full.tensors.iter().zip(&local.tensors) {
             let dst = ft.span.of_mut(&mut out);
-            if !lt.expert {
+            let Some(ex) = &lt.experts else {
                 dst.copy_from_slice(lt.span.of(buf));
                 continue;
-            }
-            let n = lt.span.len;
-            for (s, piece) in dst.chunks_exact_mut(n).enumerate() {
+            };
+            // Rank s sent its slots in its slot order; a replicated expert is written once per
+            // replica, with equal values.
+            let (n, per) = (lt.span.len, lt.per_expert());
+            let pl = self.shard.placement(ex.moe_layer, ex.total);
+            for (s, slots) in pl.ranks.iter().enumerate() {
                 let src = &recv[s * mine.len() + cursor[s] * 4..][..n * 4];
-                for (d, b) in piece.iter_mut().zip(src.chunks_exact(4)) {
-                    *d = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                for (&x, bytes) in slots.iter().zip(src.chunks_exact(per * 4)) {
+                    for (d, b) in dst[x * per..(x + 1) * per].iter_mut().zip(bytes.chunks_exact(4)) {
+                        *d = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                    }
                 }
                 cursor[s] += n;
             }
@@ -161,8 +208,16 @@ impl Dist {
 pub fn take_shard(full: &Layout, local: &Layout, buf: &[f32]) -> Vec<f32> {
     let mut out = vec![0.0f32; local.total];
     for (ft, lt) in full.tensors.iter().zip(&local.tensors) {
-        let start = lt.shard_of.map_or(0, |(_, start)| start);
-        lt.span.of_mut(&mut out).copy_from_slice(&ft.span.of(buf)[start..start + lt.span.len]);
+        let whole = ft.span.of(buf);
+        match &lt.experts {
+            None => lt.span.of_mut(&mut out).copy_from_slice(whole),
+            Some(ex) => {
+                let n = lt.per_expert();
+                for (slot, &x) in lt.span.of_mut(&mut out).chunks_exact_mut(n).zip(&ex.slots) {
+                    slot.copy_from_slice(&whole[x * n..(x + 1) * n]);
+                }
+            }
+        }
     }
     out
 }

@@ -1,34 +1,17 @@
-//! Expert parallelism inside one MoE layer: the experts are split evenly over the ranks (rank
-//! r holds experts [r*E/P, (r+1)*E/P)); after dispatch each rank's rows (already grouped by
-//! expert, so grouped by owner) go to their owners with one all-to-all, are regrouped by local
-//! expert, run through the rank's experts, and return with a second all-to-all before combine.
+//! Expert parallelism inside one MoE layer: the experts are placed on the ranks (by default
+//! rank r holds experts [r*E/P, (r+1)*E/P); a balanced placement moves experts and gives hot
+//! ones several replicas, each taking an even share of every rank's rows). After dispatch
+//! each rank's rows (grouped by expert) go to the slots that host their experts with one
+//! all-to-all, are regrouped by local slot, run through the rank's experts, and return with a
+//! second all-to-all before combine.
 //! The backward runs the same exchange on the output gradients. Only the expert stage is
 //! replaced; router, dispatch and combine stay local to the rank's tokens.
 
 use super::comm::Comm;
+use super::placement::Placement;
 use crate::moe::experts::{experts_backward, experts_forward, ExpertGrads, ExpertWeights};
 use moe_kernels::Float;
 use std::sync::Arc;
-
-/// Which experts a rank holds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Shard {
-    pub rank: usize,
-    pub ranks: usize,
-}
-
-impl Shard {
-    /// Everything on one rank.
-    pub const SINGLE: Shard = Shard { rank: 0, ranks: 1 };
-    /// El: experts per rank.
-    pub fn local_experts(&self, e: usize) -> usize {
-        e / self.ranks
-    }
-    /// The first expert this rank holds.
-    pub fn first_expert(&self, e: usize) -> usize {
-        self.rank * self.local_experts(e)
-    }
-}
 
 /// Bytes of a slice of f32 or f64.
 fn bytes<T: Float>(s: &[T]) -> &[u8] {
@@ -51,28 +34,39 @@ fn grow<T: Float>(v: &mut Vec<T>, len: usize) {
 /// largest number of rows a rank has received; no allocation once warm).
 pub struct ExpertParallel<T> {
     pub comm: Arc<dyn Comm>,
-    /// P, El, C, F
+    /// P, this rank, S (expert slots per rank), C, F
     ranks: usize,
+    rank: usize,
     el: usize,
     c: usize,
     f: usize,
+    /// [E] the (rank, slot) of every replica of each expert.
+    hosts: Vec<Vec<(usize, usize)>>,
+    /// The placement is contiguous without replicas: rows in expert order are already in
+    /// send order.
+    identity: bool,
+    /// [P*S] for each destination slot, the range (first row, rows) of this rank's rows in
+    /// expert order that go to it: an expert's rows are split evenly over its replicas.
+    send_ranges: Vec<(usize, usize)>,
     /// [P] rows this rank sends to / receives from each rank.
     send_rows: Vec<usize>,
     recv_rows: Vec<usize>,
-    /// [P*El] rows from source s for local expert j (as sent: u32).
+    /// [P*S] rows from source s for local slot j (as sent: u32).
     recv_counts: Vec<u32>,
     /// Scratch of the exchanges: [P] byte counts each way, [P] first received row of each
-    /// source, the counts as bytes ([E] sent, [P*El] received).
+    /// source, the counts as bytes ([P*S] sent, [P*S] received).
     sc: Vec<usize>,
     rc: Vec<usize>,
     src_start: Vec<usize>,
     count_send: Vec<u8>,
     count_recv: Vec<u8>,
-    /// [El+1] bins of the received rows regrouped by local expert.
+    /// [S+1] bins of the received rows regrouped by local slot.
     pub bins: Vec<usize>,
-    /// [Rl] for each local (expert-major) row, its row in the received (source-major) order.
+    /// [Rl] for each local (slot-major) row, its row in the received (source-major) order.
     perm: Vec<u32>,
-    /// [Rl, C] staging buffer in source-major order.
+    /// [R, C] this rank's rows in send order (unless `identity`); [Rl, C] received rows in
+    /// source-major order.
+    out: Vec<T>,
     stage: Vec<T>,
     /// [Rl, C] and [Rl, F]: the local expert stage's inputs, activations and gradients.
     xs: Vec<T>,
@@ -96,25 +90,33 @@ pub struct ExpertParallel<T> {
 }
 
 impl<T: Float> ExpertParallel<T> {
-    /// Exchange state for E experts of width F over the ranks of `comm` (E divisible by P).
-    pub fn new(comm: Arc<dyn Comm>, e: usize, c: usize, f: usize) -> Self {
-        let ranks = comm.size();
+    /// Exchange state for the experts of width F placed by `placement` over the ranks of `comm`.
+    pub fn new(comm: Arc<dyn Comm>, placement: &Placement, c: usize, f: usize) -> Self {
+        let (ranks, rank) = (comm.size(), comm.rank());
+        let e = placement.replicas.len();
+        let el = placement.ranks[0].len();
+        let identity = placement.ranks.iter().flatten().copied().eq(0..e);
         ExpertParallel {
             comm,
             ranks,
-            el: e / ranks,
+            rank,
+            el,
             c,
             f,
+            hosts: (0..e).map(|x| placement.hosts(x)).collect(),
+            identity,
+            send_ranges: vec![(0, 0); ranks * el],
             send_rows: vec![0; ranks],
             recv_rows: vec![0; ranks],
-            recv_counts: vec![0; e],
+            recv_counts: vec![0; ranks * el],
             sc: vec![0; ranks],
             rc: vec![0; ranks],
             src_start: vec![0; ranks],
-            count_send: vec![0; 4 * e],
-            count_recv: vec![0; 4 * e],
-            bins: vec![0; e / ranks + 1],
+            count_send: vec![0; 4 * ranks * el],
+            count_recv: vec![0; 4 * ranks * el],
+            bins: vec![0; el + 1],
             perm: vec![],
+            out: vec![],
             stage: vec![],
             xs: vec![],
             ys: vec![],
@@ -159,14 +161,56 @@ impl<T: Float> ExpertParallel<T> {
         self.comm_seconds += t0.elapsed().as_secs_f64();
     }
 
+    /// `dst`[R,C] in send order from `src`[R,C] in expert order (`back`: the reverse).
+    fn reorder(&self, dst: &mut [T], src: &[T], back: bool) {
+        let c = self.c;
+        let mut row = 0;
+        for &(first, len) in &self.send_ranges {
+            let (to, from) = if back { (first, row) } else { (row, first) };
+            dst[to * c..(to + len) * c].copy_from_slice(&src[from * c..(from + len) * c]);
+            row += len;
+        }
+    }
+
+    /// Sends this rank's rows in expert order `rows` to their slots, receiving into `stage`.
+    fn send_out(&mut self, rows: &[T], stage: &mut [T]) {
+        if self.identity {
+            return self.all_to_all(rows, stage, false);
+        }
+        let mut out = std::mem::take(&mut self.out);
+        self.reorder(&mut out, rows, false);
+        self.all_to_all(&out, stage, false);
+        self.out = out;
+    }
+
+    /// Returns the rows in `stage` to their senders, into `rows` in expert order.
+    fn send_back(&mut self, stage: &[T], rows: &mut [T]) {
+        if self.identity {
+            return self.all_to_all(stage, rows, true);
+        }
+        let mut out = std::mem::take(&mut self.out);
+        self.all_to_all(stage, &mut out, true);
+        self.reorder(rows, &out, true);
+        self.out = out;
+    }
+
     /// ys[R,C] (this rank's rows in global expert order) = experts(xs[R,C]), the experts living
-    /// on their owners. `tokens_per_expert`[E] and `bins`[E+1] describe xs; `w` holds the
-    /// rank's El experts.
-    pub fn forward(&mut self, ys: &mut [T], xs: &[T], tokens_per_expert: &[u32], bins: &[usize], w: ExpertWeights<T>) {
+    /// on the ranks that host them; an expert with several replicas gets an even share of the
+    /// rows on each. `bins`[E+1] describes xs; `w` holds the rank's S expert slots.
+    pub fn forward(&mut self, ys: &mut [T], xs: &[T], bins: &[usize], w: ExpertWeights<T>) {
         let (p, el, c, f) = (self.ranks, self.el, self.c, self.f);
-        // Counts: rank q learns how many rows of each of its experts every rank sends.
-        for (dst, x) in self.count_send.chunks_exact_mut(4).zip(tokens_per_expert) {
-            dst.copy_from_slice(&x.to_le_bytes());
+        for (x, hosts) in self.hosts.iter().enumerate() {
+            let (mut row, n, k) = (bins[x], bins[x + 1] - bins[x], hosts.len());
+            for i in 0..k {
+                let len = n / k + usize::from(i < n % k);
+                let (q, j) = hosts[(i + self.rank) % k];
+                self.send_ranges[q * el + j] = (row, len);
+                row += len;
+            }
+        }
+        // Counts: rank q learns how many rows of each of its slots every rank sends.
+        for (dst, &(_, len)) in self.count_send.chunks_exact_mut(4).zip(&self.send_ranges) {
+            dst.copy_from_slice(&(len as u32).to_le_bytes());
         }
         self.sc.fill(4 * el);
         if let Err(e) = self.comm.all_to_all_v(&self.count_send, &self.sc, &mut self.count_recv, &self.sc) {
@@ -176,11 +220,14 @@ impl<T: Float> ExpertParallel<T> {
             *dst = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
         }
         for q in 0..p {
-            self.send_rows[q] = bins[(q + 1) * el] - bins[q * el];
+            self.send_rows[q] = self.send_ranges[q * el..(q + 1) * el].iter().map(|r| r.1).sum();
             self.recv_rows[q] = self.recv_counts[q * el..(q + 1) * el].iter().map(|&x| x as usize).sum();
         }
         let rl: usize = self.recv_rows.iter().sum();
         self.rows_processed += rl as u64;
+        if !self.identity {
+            grow(&mut self.out, bins[self.hosts.len()] * c);
+        }
         for v in [&mut self.stage, &mut self.xs, &mut self.ys, &mut self.dys, &mut self.dxs] {
             grow(v, rl * c);
         }
@@ -189,7 +236,7 @@ impl<T: Float> ExpertParallel<T> {
         }
         self.perm.resize(rl, 0);
         let mut stage = std::mem::take(&mut self.stage);
-        self.all_to_all(xs, &mut stage, false);
+        self.send_out(xs, &mut stage);
         // Regroup source-major (source, expert) runs into expert-major (expert, source) order.
         self.src_start[0] = 0;
         for s in 1..p {
@@ -217,7 +264,7 @@ impl<T: Float> ExpertParallel<T> {
             let src = src as usize;
             stage[src * c..(src + 1) * c].copy_from_slice(&self.ys[r * c..(r + 1) * c]);
         }
-        self.all_to_all(&stage, ys, true);
+        self.send_back(&stage, ys);
         self.stage = stage;
     }
 
@@ -226,7 +273,7 @@ impl<T: Float> ExpertParallel<T> {
     pub fn backward(&mut self, dxs: &mut [T], gw: ExpertGrads<T>, dys: &[T], w: ExpertWeights<T>) {
         let (c, f) = (self.c, self.f);
         let mut stage = std::mem::take(&mut self.stage);
-        self.all_to_all(dys, &mut stage, false);
+        self.send_out(dys, &mut stage);
         for (r, &src) in self.perm.iter().enumerate() {
             let src = src as usize;
             self.dys[r * c..(r + 1) * c].copy_from_slice(&stage[src * c..(src + 1) * c]);
@@ -250,7 +297,7 @@ impl<T: Float> ExpertParallel<T> {
             let src = src as usize;
             stage[src * c..(src + 1) * c].copy_from_slice(&self.dxs[r * c..(r + 1) * c]);
         }
-        self.all_to_all(&stage, dxs, true);
+        self.send_back(&stage, dxs);
         self.stage = stage;
     }
 }

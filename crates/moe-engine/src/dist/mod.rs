@@ -10,4 +10,5 @@ pub mod placement;
 
 pub use comm::{thread_ranks, Comm, CommError, CommResult, SingleRank, ThreadRank};
 pub use data_parallel::{take_shard, Dist};
-pub use expert_parallel::{ExpertParallel, Shard};
+pub use expert_parallel::ExpertParallel;
+pub use placement::{Placement, Shard};

@@ -3,8 +3,82 @@
 //! share of its expert's tokens), then replicas are packed heaviest first onto the least
 //! loaded rank with a free slot, keeping replicas of one expert on different ranks where it
 //! can. The default placement is contiguous: rank r holds experts [r*E/P, (r+1)*E/P).
+//! A `Shard` is one rank's view: its rank and the placement of every MoE layer.
 
 use crate::error::{Error, Result};
+use std::sync::Arc;
+
+/// Which experts a rank holds: its place in the job and the placement of every MoE layer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Shard {
+    pub rank: usize,
+    pub ranks: usize,
+    /// One placement per MoE layer, in layer order; None: contiguous in every layer.
+    pub placements: Option<Arc<Vec<Placement>>>,
+}
+
+impl Shard {
+    /// Everything on one rank.
+    pub fn single() -> Shard {
+        Shard::contiguous(0, 1)
+    }
+
+    /// Rank `rank` of `ranks` with contiguous placements.
+    pub fn contiguous(rank: usize, ranks: usize) -> Shard {
+        Shard { rank, ranks, placements: None }
+    }
+
+    /// The placement of MoE layer `moe_layer` (E experts; E divisible by the ranks when
+    /// contiguous, which `Model::sharded` checks).
+    pub fn placement(&self, moe_layer: usize, e: usize) -> Placement {
+        match &self.placements {
+            Some(p) => p[moe_layer].clone(),
+            None => {
+                let per = e / self.ranks;
+                let ranks = (0..self.ranks).map(|r| (r * per..(r + 1) * per).collect()).collect();
+                Placement { ranks, replicas: vec![1; e] }
+            }
+        }
+    }
+
+    /// The experts of this rank's slots in MoE layer `moe_layer`.
+    pub fn slots(&self, moe_layer: usize, e: usize) -> Vec<usize> {
+        self.placement(moe_layer, e).ranks.swap_remove(self.rank)
+    }
+
+    /// Slots per rank in every MoE layer (E/P, or (E + redundant)/P).
+    pub fn slots_per_rank(&self, e: usize) -> usize {
+        self.placements.as_ref().and_then(|p| p.first()).map_or(e / self.ranks, |p| p.ranks[0].len())
+    }
+
+    /// Checks the placements against the model: one per MoE layer, over the job's ranks, the
+    /// same slot count everywhere, every expert hosted.
+    pub fn validate(&self, moe_layers: usize, e: usize) -> Result<()> {
+        if self.placements.is_none() && !e.is_multiple_of(self.ranks) {
+            return Err(Error::config(
+                format!("{e} experts cannot be split evenly over {} ranks", self.ranks),
+                "use a rank count that divides the number of experts",
+            ));
+        }
+        let Some(ps) = &self.placements else { return Ok(()) };
+        let bad = |what: String| Err(Error::config(what, "report this as a bug"));
+        if ps.len() != moe_layers {
+            return bad(format!("{} placements for {moe_layers} MoE layers", ps.len()));
+        }
+        let slots = self.slots_per_rank(e);
+        for (l, p) in ps.iter().enumerate() {
+            let hosted = |x: usize| p.ranks.iter().flatten().filter(|&&y| y == x).count();
+            if p.ranks.len() != self.ranks
+                || p.ranks.iter().any(|r| r.len() != slots || r.iter().any(|&x| x >= e))
+                || p.replicas.len() != e
+                || (0..e).any(|x| p.replicas[x] == 0 || hosted(x) != p.replicas[x])
+            {
+                return bad(format!("the placement of MoE layer {l} does not fit {e} experts on {} ranks", self.ranks));
+            }
+        }
+        Ok(())
+    }
+}
 
 /// Which experts each rank hosts; an expert with several replicas splits its tokens evenly.
 #[derive(Clone, Debug, PartialEq)]
@@ -26,6 +100,15 @@ impl Placement {
         }
         let per = e / p;
         Ok(Placement { ranks: (0..p).map(|r| (r * per..(r + 1) * per).collect()).collect(), replicas: vec![1; e] })
+    }
+
+    /// The (rank, slot) of every replica of expert `x`, in rank order.
+    pub fn hosts(&self, x: usize) -> Vec<(usize, usize)> {
+        let mut v = vec![];
+        for (r, slots) in self.ranks.iter().enumerate() {
+            v.extend(slots.iter().enumerate().filter(|(_, &y)| y == x).map(|(j, _)| (r, j)));
+        }
+        v
     }
 
     /// Tokens each rank processes for expert loads `load`[E].

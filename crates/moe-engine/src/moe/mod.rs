@@ -156,7 +156,7 @@ pub fn moe_forward<T: Float>(
     a.routing.build(expert, token, weight, n, capacity, s.drop_by_weight);
     dispatch_forward(&mut a.xs, &x[..n * c], &a.routing, token, c);
     match a.ep.as_mut() {
-        Some(ep) => ep.forward(&mut a.ys, &a.xs, &a.routing.tokens_per_expert, &a.routing.bins, w.experts),
+        Some(ep) => ep.forward(&mut a.ys, &a.xs, &a.routing.bins, w.experts),
         None => experts_forward(&mut a.ys, &mut a.g, &mut a.u, &mut a.h, &a.xs, w.experts, &a.routing.bins, c, f),
     }
     combine_forward(&mut out[..n * c], &a.ys, weight, &a.routing, c);
