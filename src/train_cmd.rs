@@ -42,6 +42,14 @@ pub struct TrainArgs {
     /// feature). --batch-size is per rank; every rank needs --out on a shared filesystem.
     #[arg(long, requires = "out")]
     expert_parallel: Option<usize>,
+    /// With --expert-parallel: re-place the experts every N steps for the loads routed since
+    /// the last placement, moving them and replicating hot ones (0 = keep them contiguous).
+    #[arg(long, default_value_t = 0, requires = "expert_parallel")]
+    rebalance_every: u64,
+    /// With --rebalance-every: extra expert slots per MoE layer for replicas of hot experts;
+    /// experts + redundant must be a multiple of the ranks.
+    #[arg(long, default_value_t = 0, requires = "rebalance_every")]
+    redundant_experts: usize,
 }
 
 /// This process's rank of an `mpirun -np N` job.
@@ -72,6 +80,8 @@ pub fn train(a: TrainArgs) -> Result<()> {
         eval_every: a.eval_every,
         checkpoint_every: a.checkpoint_every,
         log_every: a.log_every,
+        rebalance_every: a.rebalance_every,
+        redundant_experts: a.redundant_experts,
         ..a.flags.config(&model)
     };
     let dist = match a.expert_parallel {

@@ -1,6 +1,7 @@
 //! Expert parallelism across processes with Open MPI (`--features mpi`; needs `mpirun`):
 //! `mpirun -np 2` and `-np 4` (oversubscribed) training equals the single process with the
-//! same global batch (losses, gradient norms, parameters to 1e-5) and generation over 2 ranks
+//! same global batch (losses, gradient norms, parameters to 1e-5), also while the experts are
+//! re-placed with replicas between steps, and generation over 2 ranks
 //! prints what one process prints; ranks started with
 //! different settings, and a rank that dies, end the job with an error instead of hanging.
 #![cfg(feature = "mpi")]
@@ -103,13 +104,18 @@ fn mpirun_ranks_equal_the_single_process() {
     });
     let want = trace(&d.join("single"));
     let single = moe_engine::checkpoint::load(&d.join("single")).unwrap();
-    for np in [2, 4] {
-        let name = format!("np{np}");
-        run({
+    // Contiguous experts on 2 and 4 ranks; on 2 ranks re-placed after every step with two
+    // replicas of hot experts (3 slots per rank).
+    let rebalance = ["--rebalance-every", "1", "--redundant-experts", "2"];
+    for (np, extra) in [(2, &[][..]), (4, &[][..]), (2, &rebalance[..])] {
+        let name = format!("np{np}-{}", extra.len());
+        let out = run({
             let mut c = mpirun(np);
-            c.args(args(d, &name, 4 / np, 4)).args(["--expert-parallel", &np.to_string()]);
+            c.args(args(d, &name, 4 / np, 4)).args(["--expert-parallel", &np.to_string()]).args(extra);
             c
         });
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.matches("experts re-placed").count(), if extra.is_empty() { 0 } else { 4 }, "{err}");
         let got = trace(&d.join(&name));
         assert_eq!(got.len(), want.len());
         for (s, (g, w)) in got.iter().zip(&want).enumerate() {

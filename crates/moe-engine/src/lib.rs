@@ -19,6 +19,7 @@ pub mod moe;
 pub mod params;
 pub mod plan;
 pub mod plot;
+pub mod rebalance;
 pub mod report;
 pub mod rng;
 pub mod routes;

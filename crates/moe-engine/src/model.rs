@@ -158,7 +158,7 @@ impl<T: Float> Acts<T> {
     }
 
     /// Runs every MoE layer's expert stage on the ranks of `comm` that host its experts
-    /// (placements of `shard`).
+    /// (placements of `shard`); a layer that had a placement keeps its traffic counters.
     pub fn attach_expert_parallel(&mut self, cfg: &ModelConfig, comm: std::sync::Arc<dyn Comm>, shard: &Shard) {
         let (e, c, f) = (cfg.num_local_experts, cfg.hidden_size, cfg.moe_intermediate_size);
         let moe = self.layers.iter_mut().filter_map(|l| match &mut l.ffn {
@@ -166,7 +166,11 @@ impl<T: Float> Acts<T> {
             FfnActs::Dense { .. } => None,
         });
         for (i, m) in moe.enumerate() {
-            m.ep = Some(ExpertParallel::new(comm.clone(), &shard.placement(i, e), c, f));
+            let mut ep = ExpertParallel::new(comm.clone(), &shard.placement(i, e), c, f);
+            if let Some(old) = &m.ep {
+                ep.carry_counters(old);
+            }
+            m.ep = Some(ep);
         }
     }
 

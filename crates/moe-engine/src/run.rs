@@ -214,6 +214,17 @@ pub fn run(o: &RunOptions, log: &dyn Fn(&str)) -> Result<RunSummary> {
         if pb.is_hidden() && o.progress && s % (10 * tc.log_every.max(1)) == 0 {
             log(&format!("step {s}/{}: {status}", tc.steps));
         }
+        if let Some(r) = m.rebalanced {
+            let msg = format!(
+                "step {s}: experts re-placed; max/mean tokens per rank over the last {} steps {:.2} -> {:.2}",
+                r.steps, r.before, r.after
+            );
+            if pb.is_hidden() {
+                log(&msg);
+            } else {
+                pb.println(msg);
+            }
+        }
         pb.set_message(status);
         pb.set_position(s);
         metrics.push(m);

@@ -53,6 +53,13 @@ pub struct TrainConfig {
     /// gradients, optimizer and element-wise work stay f32).
     #[serde(default)]
     pub precision: Precision,
+    /// Expert parallelism: re-place the experts every n steps for the loads routed since the
+    /// last placement, moving them and replicating hot ones (0 = keep the contiguous placement).
+    #[serde(default)]
+    pub rebalance_every: u64,
+    /// Extra expert slots per MoE layer for replicas of hot experts when re-placing.
+    #[serde(default)]
+    pub redundant_experts: usize,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -97,6 +104,8 @@ impl Default for TrainConfig {
             log_every: 10,
             seed: 1234,
             precision: Precision::Fp32,
+            rebalance_every: 0,
+            redundant_experts: 0,
         }
     }
 }
@@ -179,6 +188,18 @@ pub struct StepMetrics {
     pub rank_comm_s: Vec<f64>,
     #[serde(default)]
     pub comm_bytes: u64,
+    /// Set when the experts were re-placed after this step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rebalanced: Option<Rebalanced>,
+}
+
+/// A live re-placement of the experts: max/mean tokens per rank of the loads it was computed
+/// from, under the old placement and the new one (mean over MoE layers).
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+pub struct Rebalanced {
+    pub steps: u64,
+    pub before: f64,
+    pub after: f64,
 }
 
 /// Mutable training state saved in checkpoints besides the weights and moments.
@@ -200,20 +221,22 @@ pub struct Trainer {
     pub m: Vec<f32>,
     pub v: Vec<f32>,
     pub state: TrainState,
-    acts: Acts<f32>,
+    pub(crate) acts: Acts<f32>,
     cache: KvCache<f32>,
     x: Vec<u32>,
     y: Vec<u32>,
     /// Expert parallelism: this rank's place in the job, and the global batch [P*B, T] every
     /// rank draws (keeping its slice), so any rank count sees the same data.
-    dist: Option<Dist>,
+    pub(crate) dist: Option<Dist>,
+    /// [MoE layer][expert] global loads routed since the experts were last placed.
+    pub(crate) load_window: Vec<Vec<f64>>,
     x_all: Vec<u32>,
     y_all: Vec<u32>,
     /// Partial sums of squared gradients, one per NORM_CHUNK.
-    norm_parts: Vec<f64>,
+    pub(crate) norm_parts: Vec<f64>,
 }
 
-const NORM_CHUNK: usize = 1 << 16;
+pub(crate) const NORM_CHUNK: usize = 1 << 16;
 
 impl Trainer {
     pub fn new(cfg: ModelConfig, train: TrainConfig, data_key: String) -> Result<Self> {
@@ -229,7 +252,7 @@ impl Trainer {
         let model = Model::sharded(cfg, dist.shard.clone())?;
         let params = model.layout.init(train.seed);
         let state = TrainState { step: 0, tokens: 0, data_rng: Rng::new(train.seed ^ 0xDA7A), train, data_key };
-        Ok(Self::assemble(model, params, None, state).with_dist(dist))
+        Self::assemble(model, params, None, state).with_dist(dist)
     }
 
     /// Resumes one rank of an expert-parallel job from a whole-model checkpoint (written by any
@@ -245,17 +268,18 @@ impl Trainer {
         };
         let single = Self::resume_parts(ck, steps_override)?;
         let model = Model::sharded(single.0, dist.shard.clone())?;
-        Ok(Self::assemble(model, single.1, Some(single.2), single.3).with_dist(dist))
+        Self::assemble(model, single.1, Some(single.2), single.3).with_dist(dist)
     }
 
-    fn with_dist(mut self, dist: Dist) -> Self {
+    fn with_dist(mut self, dist: Dist) -> Result<Self> {
+        crate::rebalance::check(&self.model.cfg, &self.state.train, dist.shard.ranks)?;
         let (b, t) = (self.state.train.batch_size, self.state.train.seq_len);
         let p = dist.shard.ranks;
         self.acts.attach_expert_parallel(&self.model.cfg, dist.comm.clone(), &dist.shard);
         self.x_all = vec![0; p * b * t];
         self.y_all = vec![0; p * b * t];
         self.dist = Some(dist);
-        self
+        Ok(self)
     }
 
     /// The next micro-batch of this process (its slice of the global batch when distributed).
@@ -345,6 +369,7 @@ impl Trainer {
             x: vec![0; b * t],
             y: vec![0; b * t],
             dist: None,
+            load_window: vec![],
             x_all: vec![],
             y_all: vec![],
             grads: vec![0.0; p],
@@ -441,6 +466,7 @@ impl Trainer {
             );
         }
         self.update_selection_bias(&met.expert_load);
+        self.maybe_rebalance(&mut met)?;
         let ranks = self.dist.as_ref().map_or(1, |d| d.shard.ranks);
         let tokens = (ranks * b * t * tc.grad_accum) as u64;
         self.state.tokens += tokens;

@@ -1,12 +1,13 @@
 //! Expert-parallel training with in-process ranks (threads): P ranks with B sequences each
 //! follow the single-process run with P*B sequences (losses, gradient norms, parameters) for
-//! every balancing scope; checkpoints written by P ranks load on any rank count and resume
-//! exactly; communication volume matches tokens x K x hidden x bytes.
+//! every balancing scope, and while the experts are re-placed (moved and replicated) between
+//! steps; checkpoints written by P ranks load on any rank count and resume exactly;
+//! communication volume matches tokens x K x hidden x bytes.
 
 mod common;
 use moe_engine::checkpoint;
 use moe_engine::config::{BalanceScope, ModelConfig};
-use moe_engine::dist::{take_shard, thread_ranks, Dist};
+use moe_engine::dist::{take_shard, thread_ranks, Dist, Shard};
 use moe_engine::params::Layout;
 use moe_engine::rng::Rng;
 use moe_engine::train::{TrainConfig, Trainer};
@@ -66,15 +67,34 @@ fn assert_close(what: &str, a: f64, b: f64, tol: f64) {
 }
 
 fn compare(p: usize, cfg: &ModelConfig, data: &[u32]) {
+    compare_with(p, cfg, data, TrainConfig::default());
+}
+
+/// As `compare`, the ranks with the rebalancing settings of `rb`; returns each rank's
+/// trainer's final placements and the steps that re-placed experts.
+fn compare_with(p: usize, cfg: &ModelConfig, data: &[u32], rb: TrainConfig) -> Vec<(Shard, Vec<u64>)> {
     let b = 2;
     let ((want, params), _) = single(cfg, p * b, 3, data);
     let runs = on_ranks(p, |d| {
-        let mut tr = Trainer::distributed(cfg.clone(), train_cfg(b), "d".into(), d).unwrap();
-        let trace: Vec<(f64, f64)> = (0..3).map(|_| tr.step(data).map(|m| (m.loss, m.grad_norm)).unwrap()).collect();
-        (trace, tr.params.clone(), tr.model.layout.clone())
+        let tc = TrainConfig {
+            rebalance_every: rb.rebalance_every,
+            redundant_experts: rb.redundant_experts,
+            ..train_cfg(b)
+        };
+        let mut tr = Trainer::distributed(cfg.clone(), tc, "d".into(), d).unwrap();
+        let mut moved = vec![];
+        let mut trace = vec![];
+        for _ in 0..3 {
+            let m = tr.step(data).unwrap();
+            if m.rebalanced.is_some() {
+                moved.push(m.step);
+            }
+            trace.push((m.loss, m.grad_norm));
+        }
+        (trace, tr.params.clone(), tr.model.layout.clone(), (tr.model.shard.clone(), moved))
     });
     let full = Layout::new(cfg);
-    for (rank, (trace, local, layout)) in runs.iter().enumerate() {
+    for (rank, (trace, local, layout, _)) in runs.iter().enumerate() {
         for (s, (got, exp)) in trace.iter().zip(&want).enumerate() {
             assert_close(&format!("P={p} rank {rank} step {s} loss"), got.0, exp.0, 1e-5);
             assert_close(&format!("P={p} rank {rank} step {s} grad norm"), got.1, exp.1, 1e-4);
@@ -82,6 +102,58 @@ fn compare(p: usize, cfg: &ModelConfig, data: &[u32]) {
         let expected = take_shard(&full, layout, &params);
         let diff = local.iter().zip(&expected).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
         assert!(diff < 1e-5, "P={p} rank {rank}: parameters differ by {diff}");
+    }
+    runs.into_iter().map(|r| r.3).collect()
+}
+
+#[test]
+fn ranks_follow_the_single_process_run_while_experts_move() {
+    let data = data();
+    let cfg = cfg(BalanceScope::Global, 0.0);
+    // Re-placed after every step: moved only (P=2), with replicas (P=2: 3 slots per rank;
+    // P=4: 2 slots per rank, every expert twice).
+    for (p, redundant) in [(2, 0), (2, 2), (4, 4)] {
+        let rb = TrainConfig { rebalance_every: 1, redundant_experts: redundant, ..TrainConfig::default() };
+        let shards = compare_with(p, &cfg, &data, rb);
+        for (rank, (shard, moved)) in shards.iter().enumerate() {
+            assert_eq!(moved, &[1, 2, 3], "P={p} rank {rank}: re-placed after every step");
+            let placements = shard.placements.as_ref().expect("a balanced placement");
+            assert_eq!(placements.len(), cfg.num_moe_layers());
+            assert!(placements.iter().all(|pl| pl.replicas.iter().sum::<usize>() == 4 + redundant));
+        }
+    }
+}
+
+#[test]
+fn checkpoints_after_experts_moved_hold_the_whole_model() {
+    let data = data();
+    let cfg = cfg(BalanceScope::Global, 0.0);
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("ck");
+    let paths = on_ranks(2, |d| {
+        let tc = TrainConfig { rebalance_every: 1, redundant_experts: 2, ..train_cfg(2) };
+        let mut tr = Trainer::distributed(cfg.clone(), tc, "d".into(), d).unwrap();
+        tr.step(&data).unwrap();
+        tr.step(&data).unwrap();
+        assert!(tr.model.shard.placements.is_some());
+        tr.save(&root, None).unwrap()
+    });
+    let ((_, want), _) = single(&cfg, 4, 2, &data);
+    let got = checkpoint::load(&paths[0]).unwrap().params;
+    let diff = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+    assert!(diff < 1e-5, "checkpoint differs from the single-process model by {diff}");
+}
+
+#[test]
+fn rebalancing_settings_that_do_not_fit_are_refused() {
+    let cfg = cfg(BalanceScope::Global, 0.0);
+    let errors = on_ranks(2, |d| {
+        let tc = TrainConfig { rebalance_every: 1, redundant_experts: 1, ..train_cfg(2) };
+        Trainer::distributed(cfg.clone(), tc, "d".into(), d).err().map(|e| e.to_string())
+    });
+    for e in errors {
+        let e = e.expect("4 experts + 1 replica on 2 ranks is refused");
+        assert!(e.contains("do not fill 2 ranks") && e.contains("--redundant-experts"), "{e}");
     }
 }
 
@@ -178,7 +250,7 @@ fn expert_parallel_generation_equals_one_process() {
     let mut want = String::new();
     generate_on(&model, &ck.params, &tk, "the", 12, &s, &mut |p| want.push_str(p), None).unwrap();
     let texts = on_ranks(2, |d| {
-        let model = Model::<f32>::sharded(ck.config.clone(), d.shard).unwrap();
+        let model = Model::<f32>::sharded(ck.config.clone(), d.shard.clone()).unwrap();
         let params = take_shard(&Layout::new(&ck.config), &model.layout, &ck.params);
         let mut text = String::new();
         generate_on(&model, &params, &tk, "the", 12, &s, &mut |p| text.push_str(p), Some(d.comm.clone())).unwrap();

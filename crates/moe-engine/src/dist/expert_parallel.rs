@@ -135,6 +135,14 @@ impl<T: Float> ExpertParallel<T> {
         }
     }
 
+    /// Continues the traffic counters of the layer's previous exchange (a new placement).
+    pub fn carry_counters(&mut self, old: &Self) {
+        self.bytes_sent = old.bytes_sent;
+        self.bytes_sent_remote = old.bytes_sent_remote;
+        self.rows_processed = old.rows_processed;
+        self.comm_seconds = old.comm_seconds;
+    }
+
     /// Rows received for the rank's experts in the last forward.
     pub fn local_rows(&self) -> usize {
         self.bins[self.el]
