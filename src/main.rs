@@ -197,26 +197,20 @@ fn generate_cmd(a: GenerateArgs) -> Result<()> {
         (None, Some(p)) => p,
         (None, None) => bail!("pass --checkpoint DIR (a model trained by moe) or --model DIR (a Hugging Face model)"),
     };
-    let ck = checkpoint::load(ck_path)?;
-    let tk_path = ck.dir.join("tokenizer.json");
-    if !tk_path.is_file() {
-        bail!("{}: no tokenizer.json in the checkpoint; it was not written by `moe train`", ck.dir.display());
-    }
-    let tk = Tokenizer::load(&tk_path)?;
     let dist = match a.expert_parallel {
         Some(n) if n > 1 => Some(train_cmd::join_mpi_job(n)?),
         _ => None,
     };
     let lead = dist.as_ref().is_none_or(|d| d.shard.rank == 0);
-    let (model, params) = match &dist {
-        None => (Model::<f32>::new(ck.config)?, ck.params),
-        Some(d) => {
-            let model = Model::<f32>::sharded(ck.config, d.shard.clone())?;
-            let full = moe_engine::params::Layout::new(&model.cfg);
-            let params = moe_engine::dist::take_shard(&full, &model.layout, &ck.params);
-            (model, params)
-        }
-    };
+    // Each rank reads only its own experts.
+    let shard = dist.as_ref().map_or_else(moe_engine::dist::Shard::single, |d| d.shard.clone());
+    let ck = checkpoint::load_sharded(ck_path, &shard)?;
+    let tk_path = ck.dir.join("tokenizer.json");
+    if !tk_path.is_file() {
+        bail!("{}: no tokenizer.json in the checkpoint; it was not written by `moe train`", ck.dir.display());
+    }
+    let tk = Tokenizer::load(&tk_path)?;
+    let (model, params) = (Model::<f32>::sharded(ck.config, shard)?, ck.params);
     let mut out = std::io::stdout();
     if lead {
         let _ = write!(out, "{}", a.prompt);

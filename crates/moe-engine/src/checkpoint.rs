@@ -5,8 +5,9 @@
 //! wrong; the run directory's `latest` file (written atomically) names the newest one.
 
 use crate::config::ModelConfig;
+use crate::dist::Shard;
 use crate::error::{Error, Result};
-use crate::params::Layout;
+use crate::params::{Layout, TensorInfo};
 use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
 use std::collections::HashMap;
@@ -64,16 +65,7 @@ pub struct SaveRequest<'a> {
 /// Writes checkpoint `name` under `root` (e.g. runs/x/checkpoints/step-000100), points
 /// `root/latest` at it, and keeps only the newest `keep` checkpoints.
 pub fn save(root: &Path, name: &str, req: &SaveRequest, keep: usize) -> Result<PathBuf> {
-    std::fs::create_dir_all(root).map_err(Error::io(root))?;
-    let dir = root.join(name);
-    let tmp = root.join(format!(".{name}.tmp-{}", std::process::id()));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(Error::io(&tmp))?;
-    }
-    std::fs::create_dir_all(&tmp).map_err(Error::io(&tmp))?;
-    let config_json = serde_json::to_vec_pretty(req.config)
-        .map_err(|e| Error::checkpoint(&tmp, e.to_string(), "report this as a bug"))?;
-    write_atomic(&tmp.join("config.json"), &config_json)?;
+    let tmp = start(root, name, &format!("{}", std::process::id()), req)?;
     let weights: Vec<(String, Vec<usize>, &[f32])> =
         req.layout.tensors.iter().map(|t| (t.name.clone(), t.shape.clone(), t.span.of(req.params))).collect();
     write_atomic(&tmp.join("model.safetensors"), &safetensors_bytes(&weights, &tmp)?)?;
@@ -82,6 +74,21 @@ pub fn save(root: &Path, name: &str, req: &SaveRequest, keep: usize) -> Result<P
         let opt = vec![("adamw.m".to_string(), vec![p], m), ("adamw.v".to_string(), vec![p], v)];
         write_atomic(&tmp.join("optimizer.safetensors"), &safetensors_bytes(&opt, &tmp)?)?;
     }
+    finish(root, name, &tmp, keep)
+}
+
+/// Creates the temporary directory of checkpoint `name` (suffix `tag`) with config.json,
+/// state.json and tokenizer.json.
+pub(crate) fn start(root: &Path, name: &str, tag: &str, req: &SaveRequest) -> Result<PathBuf> {
+    std::fs::create_dir_all(root).map_err(Error::io(root))?;
+    let tmp = root.join(format!(".{name}.tmp-{tag}"));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(Error::io(&tmp))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(Error::io(&tmp))?;
+    let config_json = serde_json::to_vec_pretty(req.config)
+        .map_err(|e| Error::checkpoint(&tmp, e.to_string(), "report this as a bug"))?;
+    write_atomic(&tmp.join("config.json"), &config_json)?;
     if let Some(state) = req.state {
         let json = serde_json::to_vec_pretty(state)
             .map_err(|e| Error::checkpoint(&tmp, e.to_string(), "report this as a bug"))?;
@@ -90,10 +97,16 @@ pub fn save(root: &Path, name: &str, req: &SaveRequest, keep: usize) -> Result<P
     if let Some(tk) = req.tokenizer_json {
         write_atomic(&tmp.join("tokenizer.json"), tk)?;
     }
+    Ok(tmp)
+}
+
+/// Renames the complete temporary directory into place, updates `latest` and prunes.
+pub(crate) fn finish(root: &Path, name: &str, tmp: &Path, keep: usize) -> Result<PathBuf> {
+    let dir = root.join(name);
     if dir.exists() {
         std::fs::remove_dir_all(&dir).map_err(Error::io(&dir))?;
     }
-    std::fs::rename(&tmp, &dir).map_err(Error::io(&dir))?;
+    std::fs::rename(tmp, &dir).map_err(Error::io(&dir))?;
     write_atomic(&root.join("latest"), name.as_bytes())?;
     prune(root, keep)?;
     Ok(dir)
@@ -133,24 +146,23 @@ pub fn resolve(path: &Path) -> Result<PathBuf> {
     ))
 }
 
-fn read_f32_tensors(path: &Path) -> Result<(Vec<u8>, Vec<String>)> {
-    let bytes = std::fs::read(path).map_err(Error::io(path))?;
-    let names = SafeTensors::deserialize(&bytes)
-        .map_err(|e| {
-            Error::checkpoint(
-                path,
-                format!("not a valid safetensors file ({e})"),
-                "the file is corrupt or truncated; use an earlier checkpoint",
-            )
-        })?
-        .names()
-        .into_iter()
-        .map(str::to_string)
-        .collect();
-    Ok((bytes, names))
+/// The file memory-mapped (a rank reads only the pages of its own experts) and its tensors.
+fn map_f32_tensors(path: &Path) -> Result<memmap2::Mmap> {
+    let file = std::fs::File::open(path).map_err(Error::io(path))?;
+    // SAFETY: the map is read-only and private to this load; checkpoints are written into a
+    // temporary directory and renamed, never modified in place.
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(Error::io(path))?;
+    SafeTensors::deserialize(&map).map_err(|e| {
+        Error::checkpoint(
+            path,
+            format!("not a valid safetensors file ({e})"),
+            "the file is corrupt or truncated; use an earlier checkpoint",
+        )
+    })?;
+    Ok(map)
 }
 
-fn tensor_f32(st: &SafeTensors, name: &str, expected: &[usize], path: &Path, out: &mut [f32]) -> Result<()> {
+fn tensor_f32<'a>(st: &'a SafeTensors, name: &str, expected: &[usize], path: &Path) -> Result<&'a [u8]> {
     let t = st.tensor(name).map_err(|_| {
         Error::checkpoint(path, format!("tensor `{name}` is missing"), "the weights do not belong to this config")
     })?;
@@ -169,14 +181,38 @@ fn tensor_f32(st: &SafeTensors, name: &str, expected: &[usize], path: &Path, out
             found: t.shape().to_vec(),
         });
     }
-    for (o, b) in out.iter_mut().zip(t.data().chunks_exact(4)) {
+    Ok(t.data())
+}
+
+fn decode(dst: &mut [f32], src: &[u8]) {
+    for (o, b) in dst.iter_mut().zip(src.chunks_exact(4)) {
         *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
     }
-    Ok(())
+}
+
+/// `local`'s part (its slots, for an expert tensor) of a whole tensor's f32 bytes `whole`.
+fn decode_local(dst: &mut [f32], whole: &[u8], local: &TensorInfo) {
+    match &local.experts {
+        None => decode(dst, whole),
+        Some(ex) => {
+            let n = local.per_expert();
+            for (slot, &x) in dst.chunks_exact_mut(n).zip(&ex.slots) {
+                decode(slot, &whole[x * n * 4..(x + 1) * n * 4]);
+            }
+        }
+    }
 }
 
 /// Loads and checks a checkpoint (see [`resolve`] for the accepted paths).
 pub fn load(path: &Path) -> Result<Checkpoint> {
+    load_sharded(path, &Shard::single())
+}
+
+/// Loads the part of a checkpoint that one rank of an expert-parallel job holds: every
+/// replicated tensor and the experts of its slots (parameters and moments in the layout
+/// `Layout::sharded(config, shard)`); the files are memory-mapped, so a rank reads only its
+/// own experts.
+pub fn load_sharded(path: &Path, shard: &Shard) -> Result<Checkpoint> {
     let dir = resolve(path)?;
     let cfg_path = dir.join("config.json");
     let cfg_text = std::fs::read_to_string(&cfg_path).map_err(Error::io(&cfg_path))?;
@@ -188,13 +224,16 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
         )
     })?;
     config.validate()?;
-    let layout = Layout::new(&config);
+    if config.num_local_experts > 0 {
+        shard.validate(config.num_moe_layers(), config.num_local_experts)?;
+    }
+    let (full, layout) = (Layout::new(&config), Layout::sharded(&config, shard));
     let wpath = dir.join("model.safetensors");
-    let (bytes, names) = read_f32_tensors(&wpath)?;
-    let st = SafeTensors::deserialize(&bytes)
-        .map_err(|e| Error::checkpoint(&wpath, e.to_string(), "the file is corrupt"))?;
-    let known: HashMap<&str, ()> = layout.tensors.iter().map(|t| (t.name.as_str(), ())).collect();
-    if let Some(extra) = names.iter().find(|n| !known.contains_key(n.as_str())) {
+    let map = map_f32_tensors(&wpath)?;
+    let st =
+        SafeTensors::deserialize(&map).map_err(|e| Error::checkpoint(&wpath, e.to_string(), "the file is corrupt"))?;
+    let known: HashMap<&str, ()> = full.tensors.iter().map(|t| (t.name.as_str(), ())).collect();
+    if let Some(extra) = st.names().into_iter().find(|n| !known.contains_key(n)) {
         return Err(Error::checkpoint(
             &wpath,
             format!("unexpected tensor `{extra}`"),
@@ -202,17 +241,23 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
         ));
     }
     let mut params = vec![0f32; layout.total];
-    for t in &layout.tensors {
-        tensor_f32(&st, &t.name, &t.shape, &wpath, t.span.of_mut(&mut params))?;
+    for (ft, lt) in full.tensors.iter().zip(&layout.tensors) {
+        decode_local(lt.span.of_mut(&mut params), tensor_f32(&st, &ft.name, &ft.shape, &wpath)?, lt);
     }
     let opath = dir.join("optimizer.safetensors");
     let moments = if opath.is_file() {
-        let (ob, _) = read_f32_tensors(&opath)?;
-        let ost = SafeTensors::deserialize(&ob)
+        let omap = map_f32_tensors(&opath)?;
+        let ost = SafeTensors::deserialize(&omap)
             .map_err(|e| Error::checkpoint(&opath, e.to_string(), "the file is corrupt"))?;
-        let (mut m, mut v) = (vec![0f32; layout.total], vec![0f32; layout.total]);
-        tensor_f32(&ost, "adamw.m", &[layout.total], &opath, &mut m)?;
-        tensor_f32(&ost, "adamw.v", &[layout.total], &opath, &mut v)?;
+        let mut mv = [vec![0f32; layout.total], vec![0f32; layout.total]];
+        for (name, out) in ["adamw.m", "adamw.v"].into_iter().zip(&mut mv) {
+            let flat = tensor_f32(&ost, name, &[full.total], &opath)?;
+            for (ft, lt) in full.tensors.iter().zip(&layout.tensors) {
+                let whole = &flat[ft.span.off * 4..(ft.span.off + ft.span.len) * 4];
+                decode_local(lt.span.of_mut(out), whole, lt);
+            }
+        }
+        let [m, v] = mv;
         Some((m, v))
     } else {
         None

@@ -8,7 +8,7 @@ use crate::corpus::Source;
 use crate::dataset::Dataset;
 use crate::dist::Dist;
 use crate::error::{Error, Result};
-use crate::generate::{generate, Sampling};
+use crate::generate::{generate_on, Sampling};
 use crate::train::{StepMetrics, TrainConfig, Trainer};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
@@ -53,22 +53,13 @@ pub struct RunSummary {
     pub finished: bool,
 }
 
-/// Every rank's agreement on `failed` (true if any rank failed), or None when not distributed.
-fn any_failed(dist: Option<&Dist>, failed: bool) -> bool {
-    dist.is_some_and(|d| {
-        let mut v = [f64::from(u8::from(failed))];
-        d.mean(&mut v);
-        v[0] > 0.0
-    })
-}
-
 /// Prepares the data; under expert parallelism rank 0 first (it may train the tokenizer),
 /// then the others from its cache.
 fn prepare_data(o: &RunOptions, vocab: usize, log: &dyn Fn(&str)) -> Result<Dataset> {
     let Some(d) = &o.dist else { return Dataset::prepare(&o.source, vocab, &o.cache_dir, log) };
     let lead = d.shard.rank == 0;
     let first = if lead { Some(Dataset::prepare(&o.source, vocab, &o.cache_dir, log)) } else { None };
-    if any_failed(Some(d), first.as_ref().is_some_and(|r| r.is_err())) {
+    if d.any_failed(first.as_ref().is_some_and(|r| r.is_err())) {
         return match first {
             Some(Err(e)) => Err(e),
             _ => Err(Error::config("rank 0 could not prepare the data", "see rank 0's error")),
@@ -90,7 +81,7 @@ fn check_agreement(d: &Dist, what: &str) -> Result<()> {
     let mut root = h.to_le_bytes();
     d.comm.broadcast(&mut root, 0).map_err(|e| Error::config(e.to_string(), "check that every rank is running"))?;
     let differs = u64::from_le_bytes(root) != h;
-    if any_failed(Some(d), differs) {
+    if d.any_failed(differs) {
         return Err(Error::config(
             format!(
                 "the ranks of this job disagree on the model, training settings or data{}",
@@ -109,7 +100,8 @@ pub fn run(o: &RunOptions, log: &dyn Fn(&str)) -> Result<RunSummary> {
     let ck_root = o.out_dir.join("checkpoints");
     let metrics_path = o.out_dir.join("metrics.jsonl");
     let resume_ck = if o.resume {
-        Some(checkpoint::load(&ck_root).map_err(|e| match e {
+        let shard = o.dist.as_ref().map_or_else(crate::dist::Shard::single, |d| d.shard.clone());
+        Some(checkpoint::load_sharded(&ck_root, &shard).map_err(|e| match e {
             Error::Checkpoint { what, .. } if !ck_root.join("latest").exists() => Error::checkpoint(
                 &o.out_dir,
                 format!("nothing to resume ({what})"),
@@ -252,27 +244,23 @@ pub fn run(o: &RunOptions, log: &dyn Fn(&str)) -> Result<RunSummary> {
         None => checkpoint::resolve(&ck_root)?,
     };
     let finished = tr.state.step >= tc.steps;
+    let mut sample = None;
+    if finished && o.sample_tokens > 0 {
+        // Under expert parallelism every rank takes part, each with its own experts.
+        let s = Sampling { seed: tc.seed, ..Default::default() };
+        let mut text = o.sample_prompt.clone();
+        let mut push = |piece: &str| text.push_str(piece);
+        let comm = o.dist.as_ref().map(|d| d.comm.clone());
+        let (p, n) = (&o.sample_prompt, o.sample_tokens);
+        generate_on(&tr.model, &tr.params, &data.tokenizer, p, n, &s, &mut push, comm)?;
+        sample = Some(text);
+    }
     if !lead {
         let plot = o.out_dir.join("loss.png");
         return Ok(RunSummary { metrics, val, unigram_entropy: unigram, checkpoint, plot, sample: None, finished });
     }
     let plots = crate::report::plot_run(&o.out_dir)?;
     let plot = plots[0].clone();
-    let mut sample = None;
-    if finished && o.sample_tokens > 0 {
-        let s = Sampling { seed: tc.seed, ..Default::default() };
-        let mut text = o.sample_prompt.clone();
-        let mut push = |piece: &str| text.push_str(piece);
-        if o.dist.is_some() {
-            // The ranks hold shards; the sample runs the whole model from the checkpoint.
-            let ck = checkpoint::load(&checkpoint)?;
-            let model = crate::model::Model::<f32>::new(ck.config)?;
-            generate(&model, &ck.params, &data.tokenizer, &o.sample_prompt, o.sample_tokens, &s, &mut push)?;
-        } else {
-            generate(&tr.model, &tr.params, &data.tokenizer, &o.sample_prompt, o.sample_tokens, &s, &mut push)?;
-        }
-        sample = Some(text);
-    }
     Ok(RunSummary { metrics, val, unigram_entropy: unigram, checkpoint, plot, sample, finished })
 }
 

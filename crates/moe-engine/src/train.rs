@@ -6,7 +6,7 @@
 use crate::checkpoint::{self, Checkpoint, SaveRequest};
 use crate::config::ModelConfig;
 use crate::dataset::sample_batch;
-use crate::dist::{take_shard, Dist};
+use crate::dist::Dist;
 use crate::error::{Error, Result};
 use crate::model::{Acts, KvCache, Model};
 use crate::moe::losses::max_over_mean;
@@ -255,20 +255,18 @@ impl Trainer {
         Self::assemble(model, params, None, state).with_dist(dist)
     }
 
-    /// Resumes one rank of an expert-parallel job from a whole-model checkpoint (written by any
-    /// number of ranks).
+    /// Resumes one rank of an expert-parallel job from its part of a checkpoint (written by any
+    /// number of ranks), loaded with `checkpoint::load_sharded(path, &dist.shard)`.
     pub fn resume_distributed(ck: Checkpoint, steps_override: Option<u64>, dist: Dist) -> Result<Self> {
-        let full = crate::params::Layout::new(&ck.config);
-        let local = crate::params::Layout::sharded(&ck.config, &dist.shard);
-        let shard = |v: &[f32]| take_shard(&full, &local, v);
-        let ck = Checkpoint {
-            params: shard(&ck.params),
-            moments: ck.moments.as_ref().map(|(m, v)| (shard(m), shard(v))),
-            ..ck
-        };
-        let single = Self::resume_parts(ck, steps_override)?;
-        let model = Model::sharded(single.0, dist.shard.clone())?;
-        Self::assemble(model, single.1, Some(single.2), single.3).with_dist(dist)
+        let (cfg, params, moments, state) = Self::resume_parts(ck, steps_override)?;
+        let model = Model::sharded(cfg, dist.shard.clone())?;
+        if params.len() != model.layout.total {
+            return Err(Error::config(
+                format!("{} parameters for this rank's shard of {}", params.len(), model.layout.total),
+                "load the checkpoint with checkpoint::load_sharded for this rank",
+            ));
+        }
+        Self::assemble(model, params, Some(moments), state).with_dist(dist)
     }
 
     fn with_dist(mut self, dist: Dist) -> Result<Self> {
@@ -516,47 +514,24 @@ impl Trainer {
         total / batches as f64
     }
 
-    /// Writes a checkpoint `step-NNNNNNN` under `root`. Expert-parallel ranks gather the whole
-    /// model on rank 0, which writes it; every rank returns the checkpoint's path.
+    /// Writes a checkpoint `step-NNNNNNN` under `root`. Expert-parallel ranks each write their
+    /// own experts into it; every rank returns the checkpoint's path.
     pub fn save(&self, root: &Path, tokenizer_json: Option<&[u8]>) -> Result<PathBuf> {
         let name = format!("step-{:07}", self.state.step);
         let state = serde_json::to_value(&self.state)
             .map_err(|e| Error::checkpoint(root, e.to_string(), "report this as a bug"))?;
-        let Some(d) = &self.dist else {
-            let req = SaveRequest {
-                config: &self.model.cfg,
-                layout: &self.model.layout,
-                params: &self.params,
-                moments: Some((&self.m, &self.v)),
-                state: Some(&state),
-                tokenizer_json,
-            };
-            return checkpoint::save(root, &name, &req, 2);
+        let req = SaveRequest {
+            config: &self.model.cfg,
+            layout: &self.model.layout,
+            params: &self.params,
+            moments: Some((&self.m, &self.v)),
+            state: Some(&state),
+            tokenizer_json,
         };
-        let full = crate::params::Layout::new(&self.model.cfg);
-        let gathered = [&self.params, &self.m, &self.v].map(|b| d.gather(&full, &self.model.layout, b));
-        let result = match gathered {
-            [Some(params), Some(m), Some(v)] => {
-                let req = SaveRequest {
-                    config: &self.model.cfg,
-                    layout: &full,
-                    params: &params,
-                    moments: Some((&m, &v)),
-                    state: Some(&state),
-                    tokenizer_json,
-                };
-                checkpoint::save(root, &name, &req, 2).map(|_| ())
-            }
-            _ => Ok(()),
-        };
-        // Every rank learns whether rank 0 wrote it.
-        let mut failed = [f64::from(u8::from(result.is_err()))];
-        d.mean(&mut failed);
-        result?;
-        if failed[0] > 0.0 {
-            return Err(Error::checkpoint(root, "rank 0 could not write the checkpoint", "see rank 0's error"));
+        match &self.dist {
+            None => checkpoint::save(root, &name, &req, 2),
+            Some(d) => crate::dist::save::save_from_ranks(d, root, &name, &req, 2),
         }
-        Ok(root.join(name))
     }
 
     /// This process's rank and the job's rank count (0 and 1 unless expert-parallel).

@@ -191,7 +191,7 @@ fn checkpoints_of_p_ranks_resume_on_any_rank_count() {
     third(&[one.step(&data).unwrap().loss]);
     // ... and so do four ranks with one sequence each.
     let losses = on_ranks(4, |d| {
-        let loaded = checkpoint::load(&paths[0]).unwrap();
+        let loaded = checkpoint::load_sharded(&paths[0], &d.shard).unwrap();
         let st = state_with_batch(&loaded, 1);
         let ck = checkpoint::Checkpoint { state: Some(serde_json::to_value(st).unwrap()), ..loaded };
         let mut tr = Trainer::resume_distributed(ck, None, d).unwrap();

@@ -3,8 +3,7 @@
 //! the replicated gradients are summed over ranks and every gradient divided by the rank
 //! count (the global loss is the mean of the ranks' losses); routing statistics are pooled so
 //! the balancing loss sees the global batch; the gradients of an expert with several replicas
-//! are summed over its replicas; expert shards are gathered on rank 0 for checkpoints and cut
-//! out of whole-model buffers on load.
+//! are summed over its replicas; `take_shard` cuts a rank's part out of a whole-model buffer.
 
 use super::comm::{Comm, CommResult};
 use super::placement::Shard;
@@ -35,6 +34,13 @@ impl Dist {
     /// The value, or the end of the job with the error on every rank.
     fn ok<T>(&self, r: CommResult<T>) -> T {
         r.unwrap_or_else(|e| self.comm.abort(&e.to_string()))
+    }
+
+    /// True on every rank if `failed` is true on any rank.
+    pub fn any_failed(&self, failed: bool) -> bool {
+        let mut v = [f64::from(u8::from(failed))];
+        self.mean(&mut v);
+        v[0] > 0.0
     }
 
     /// Element-wise mean over ranks.
@@ -157,50 +163,6 @@ impl Dist {
             s.z_loss = it.next().unwrap_or(0.0);
             s.entropy = it.next().unwrap_or(0.0);
         }
-    }
-
-    /// On rank 0, the whole model's buffer (layout `full`) assembled from every rank's
-    /// `local` buffer (layout `local`); None on the other ranks.
-    pub fn gather(&self, full: &Layout, local: &Layout, buf: &[f32]) -> Option<Vec<f32>> {
-        let p = self.shard.ranks;
-        let mine: Vec<u8> = local
-            .tensors
-            .iter()
-            .filter(|t| t.experts.is_some())
-            .flat_map(|t| t.span.of(buf).iter().flat_map(|x| x.to_le_bytes()))
-            .collect();
-        let root = self.shard.rank == 0;
-        let mut send_counts = vec![0; p];
-        send_counts[0] = mine.len();
-        let recv_counts = if root { vec![mine.len(); p] } else { vec![0; p] };
-        let mut recv = vec![0u8; recv_counts.iter().sum()];
-        self.ok(self.comm.all_to_all_v(&mine, &send_counts, &mut recv, &recv_counts));
-        if !root {
-            return None;
-        }
-        let mut out = vec![0.0f32; full.total];
-        let mut cursor = vec![0usize; p];
-        for (ft, lt) in full.tensors.iter().zip(&local.tensors) {
-            let dst = ft.span.of_mut(&mut out);
-            let Some(ex) = &lt.experts else {
-                dst.copy_from_slice(lt.span.of(buf));
-                continue;
-            };
-            // Rank s sent its slots in its slot order; a replicated expert is written once per
-            // replica, with equal values.
-            let (n, per) = (lt.span.len, lt.per_expert());
-            let pl = self.shard.placement(ex.moe_layer, ex.total);
-            for (s, slots) in pl.ranks.iter().enumerate() {
-                let src = &recv[s * mine.len() + cursor[s] * 4..][..n * 4];
-                for (&x, bytes) in slots.iter().zip(src.chunks_exact(per * 4)) {
-                    for (d, b) in dst[x * per..(x + 1) * per].iter_mut().zip(bytes.chunks_exact(4)) {
-                        *d = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-                    }
-                }
-                cursor[s] += n;
-            }
-        }
-        Some(out)
     }
 }
 
