@@ -2,12 +2,14 @@
 
 use anyhow::{bail, Result};
 use clap::Args;
+use moe_engine::dist::Comm;
 use moe_engine::generate::{GenStats, Sampling};
 use moe_infer::generate::{eos_ids, generate};
 use moe_infer::tokenizer::HfTokenizer;
 use moe_infer::{Cache, Model};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// True when `dir` holds a Hugging Face checkpoint (config.json naming an architecture).
 pub fn is_hf_dir(dir: &Path) -> bool {
@@ -17,13 +19,20 @@ pub fn is_hf_dir(dir: &Path) -> bool {
         .unwrap_or(false)
 }
 
-fn load(dir: &Path, quant: Option<&str>) -> Result<Model> {
+/// Opens a model; with `comm`, keeps only this rank's experts (before quantising).
+fn load(dir: &Path, quant: Option<&str>, comm: Option<Arc<dyn Comm>>) -> Result<Model> {
     let t0 = std::time::Instant::now();
     let mut m = Model::load(dir)?;
-    eprintln!("loaded {} in {:.2}s (memory-mapped)", m.spec.arch.name(), t0.elapsed().as_secs_f64());
+    let lead = comm.as_ref().is_none_or(|c| c.rank() == 0);
+    if let Some(c) = comm {
+        m.shard_experts(c)?;
+    }
+    if lead {
+        eprintln!("loaded {} in {:.2}s (memory-mapped)", m.spec.arch.name(), t0.elapsed().as_secs_f64());
+    }
     if let Some(q) = quant {
         let t0 = std::time::Instant::now();
-        let pb = indicatif::ProgressBar::new(0);
+        let pb = if lead { indicatif::ProgressBar::new(0) } else { indicatif::ProgressBar::hidden() };
         pb.set_style(
             indicatif::ProgressStyle::with_template(
                 "quantising {bar:30} {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} [{eta}]",
@@ -39,7 +48,9 @@ fn load(dir: &Path, quant: Option<&str>) -> Result<Model> {
         });
         pb.finish_and_clear();
         let gib = bytes as f64 / (1u64 << 30) as f64;
-        eprintln!("quantised to {q} in {:.2}s: {gib:.2} GiB in memory", t0.elapsed().as_secs_f64());
+        if lead {
+            eprintln!("quantised to {q} in {:.2}s: {gib:.2} GiB in memory", t0.elapsed().as_secs_f64());
+        }
     }
     Ok(m)
 }
@@ -49,12 +60,16 @@ pub struct GenOpts<'a> {
     pub chat: bool,
     pub system: Option<&'a str>,
     pub quant: Option<&'a str>,
+    /// Expert parallelism: this process's rank of an MPI job (each keeps 1/N of the experts).
+    pub comm: Option<Arc<dyn Comm>>,
 }
 
 /// `moe generate --model DIR`.
 pub fn generate_cmd(dir: &Path, prompt: &str, o: &GenOpts, max_new: usize, s: &Sampling) -> Result<()> {
     let (chat, system) = (o.chat, o.system);
-    let model = load(dir, o.quant)?;
+    let model = load(dir, o.quant, o.comm.clone())?;
+    let rank = o.comm.as_ref().map(|c| c.rank());
+    let lead = rank.is_none_or(|r| r == 0);
     let tok = HfTokenizer::load(dir)?;
     let ids = if chat {
         let mut msgs = vec![];
@@ -75,22 +90,26 @@ pub fn generate_cmd(dir: &Path, prompt: &str, o: &GenOpts, max_new: usize, s: &S
     }
     let eos = eos_ids(dir, &model, &tok);
     let mut out = std::io::stdout();
-    if !chat {
+    if !chat && lead {
         let _ = write!(out, "{prompt}");
     }
     let (_, stats) = generate(&model, &tok, &ids, max_new, s, &eos, &mut |piece| {
-        let _ = write!(out, "{piece}");
-        let _ = out.flush();
+        if lead {
+            let _ = write!(out, "{piece}");
+            let _ = out.flush();
+        }
     })?;
-    println!();
-    report(&stats);
-    memory_report();
+    if lead {
+        println!();
+        report(&stats);
+    }
+    memory_report(rank);
     Ok(())
 }
 
 /// Peak and current resident memory, split into anonymous (our allocations) and file-backed
 /// (the memory-mapped weights, shared with the page cache) — Linux only.
-fn memory_report() {
+fn memory_report(rank: Option<usize>) {
     let Ok(status) = std::fs::read_to_string("/proc/self/status") else { return };
     let field = |k: &str| {
         status.lines().find(|l| l.starts_with(k)).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
@@ -98,7 +117,8 @@ fn memory_report() {
     if let (Some(hwm), Some(anon), Some(file)) = (field("VmHWM:"), field("RssAnon:"), field("RssFile:")) {
         let g = |kb: f64| kb / (1024.0 * 1024.0);
         eprintln!(
-            "memory: peak RSS {:.2} GiB; now {:.2} GiB allocated + {:.2} GiB of mapped weights",
+            "{}memory: peak RSS {:.2} GiB; now {:.2} GiB allocated + {:.2} GiB of mapped weights",
+            rank.map_or(String::new(), |r| format!("rank {r}: ")),
             g(hwm),
             g(anon),
             g(file)
@@ -146,7 +166,7 @@ pub struct LogitsArgs {
 
 /// `moe logits`: float32 logits of every position to a .npy file.
 pub fn logits(a: LogitsArgs) -> Result<()> {
-    let m = load(&a.model, a.quant.as_deref())?;
+    let m = load(&a.model, a.quant.as_deref(), None)?;
     let ids = match &a.prompt {
         Some(p) => HfTokenizer::load(&a.model)?.encode(p, true)?,
         None => a.ids,
@@ -155,6 +175,6 @@ pub fn logits(a: LogitsArgs) -> Result<()> {
     let logits = m.forward(&ids, &mut cache, true)?;
     moe_infer::npy::write_npy(&a.out, &logits, &[ids.len(), m.spec.vocab])?;
     eprintln!("wrote {} ([{}, {}] float32)", a.out.display(), ids.len(), m.spec.vocab);
-    memory_report();
+    memory_report(None);
     Ok(())
 }

@@ -118,9 +118,9 @@ struct GenerateArgs {
     top_p: f64,
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Spread the checkpoint's experts over N MPI ranks (`mpirun -np N`, `mpi` build feature);
-    /// every rank decodes the same tokens, rank 0 prints.
-    #[arg(long, requires = "checkpoint")]
+    /// Spread the model's experts over N MPI ranks (`mpirun -np N`, `mpi` build feature); every
+    /// rank decodes the same tokens, rank 0 prints.
+    #[arg(long)]
     expert_parallel: Option<usize>,
 }
 
@@ -189,17 +189,23 @@ fn real_main() -> Result<()> {
 
 fn generate_cmd(a: GenerateArgs) -> Result<()> {
     let s = Sampling { temperature: a.temperature, top_k: a.top_k, top_p: a.top_p, seed: a.seed };
-    let ck_path = match (&a.model, &a.checkpoint) {
-        (Some(dir), _) => {
-            let opts = hf::GenOpts { chat: a.chat, system: a.system.as_deref(), quant: a.quant.as_deref() };
-            return hf::generate_cmd(dir, &a.prompt, &opts, a.max_tokens, &s);
-        }
-        (None, Some(p)) => p,
-        (None, None) => bail!("pass --checkpoint DIR (a model trained by moe) or --model DIR (a Hugging Face model)"),
-    };
     let dist = match a.expert_parallel {
         Some(n) if n > 1 => Some(train_cmd::join_mpi_job(n)?),
         _ => None,
+    };
+    let ck_path = match (&a.model, &a.checkpoint) {
+        (Some(dir), _) => {
+            let comm = dist.as_ref().map(|d| d.comm.clone());
+            let opts = hf::GenOpts { chat: a.chat, system: a.system.as_deref(), quant: a.quant.as_deref(), comm };
+            let r = hf::generate_cmd(dir, &a.prompt, &opts, a.max_tokens, &s);
+            return match (r, &dist) {
+                // A failing rank ends the job: the others may wait in an all-reduce.
+                (Err(e), Some(d)) => d.comm.abort(&e.to_string()),
+                (r, _) => r,
+            };
+        }
+        (None, Some(p)) => p,
+        (None, None) => bail!("pass --checkpoint DIR (a model trained by moe) or --model DIR (a Hugging Face model)"),
     };
     let lead = dist.as_ref().is_none_or(|d| d.shard.rank == 0);
     // Each rank reads only its own experts.

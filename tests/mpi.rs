@@ -153,6 +153,35 @@ fn mpirun_ranks_equal_the_single_process() {
 }
 
 #[test]
+fn mpirun_hugging_face_generation_equals_one_process() {
+    // Sampled (not greedy) decoding of a Qwen3-MoE and a DeepSeek-V3 fixture, f32 and Q8_0,
+    // with the experts spread over 2 ranks.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("crates/moe-infer/tests/fixtures");
+    for (arch, quant) in [("qwen3_moe", "none"), ("deepseek_v3", "q8_0")] {
+        let dir = root.join(arch).display().to_string();
+        let mut gen = vec!["generate", "--model", &dir, "--prompt", "hello world", "--max-tokens", "12", "--seed", "3"];
+        if quant != "none" {
+            gen.extend(["--quant", quant]);
+        }
+        let one = run({
+            let mut c = Command::new(MOE);
+            c.args(&gen);
+            c
+        });
+        let two = run({
+            let mut c = mpirun(2);
+            c.args(&gen).args(["--expert-parallel", "2"]);
+            c
+        });
+        let text = String::from_utf8_lossy(&one.stdout);
+        assert!(text.len() > "hello world".len() + 3, "{arch}: {text}");
+        assert_eq!(String::from_utf8_lossy(&two.stdout), text, "{arch} {quant}");
+        let err = String::from_utf8_lossy(&two.stderr);
+        assert!(err.contains("rank 0: memory") && err.contains("rank 1: memory"), "{err}");
+    }
+}
+
+#[test]
 fn ranks_with_different_settings_stop_with_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();

@@ -37,7 +37,8 @@ pub enum Attn {
 pub struct MoeW {
     pub router: Linear,
     pub score_bias: Option<Vec<f32>>,
-    pub experts: Vec<Expert>,
+    /// [E] the routed experts; None for those another rank holds (expert parallelism).
+    pub experts: Vec<Option<Expert>>,
     pub shared: Option<Expert>,
     pub shared_gate: Option<Linear>,
 }
@@ -89,7 +90,7 @@ impl Weights {
             match &mut l.ffn {
                 FfnW::Dense(m) => v.extend(m.linears_mut()),
                 FfnW::Moe(m) => {
-                    for e in m.experts.iter_mut().chain(m.shared.as_mut()) {
+                    for e in m.experts.iter_mut().flatten().chain(m.shared.as_mut()) {
                         v.extend(e.linears_mut());
                     }
                 }
@@ -191,7 +192,7 @@ impl L<'_> {
             Arch::DeepseekV3 => Some(self.st.vector(&format!("{blk}gate.e_score_correction_bias"), e)?),
             _ => None,
         };
-        let experts = self.experts(&blk)?;
+        let experts = self.experts(&blk)?.into_iter().map(Some).collect();
         let (shared, shared_gate) = match (s.arch, m.shared) {
             (Arch::Qwen2Moe, Some((w, _))) => (
                 Some(self.mlp(&format!("{blk}shared_expert."), w)?),

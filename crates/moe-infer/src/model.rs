@@ -8,13 +8,17 @@ use crate::load::{load, Attn, FfnW, Layer, NormW, Weights};
 use crate::moe::{experts_forward, route, Routing};
 use crate::store::TensorStore;
 use crate::weight::Quant;
+use moe_engine::dist::Comm;
 use moe_kernels::float::dot;
 use std::path::Path;
+use std::sync::Arc;
 
 pub struct Model {
     pub spec: Spec,
     pub store: TensorStore,
     pub w: Weights,
+    /// Expert parallelism: the ranks that hold the other experts (see `shard_experts`).
+    pub ep: Option<Arc<dyn Comm>>,
 }
 
 /// Keys and values of every layer for positions 0..len: k [len, G, Dk], v [len, G, Dv], and
@@ -47,7 +51,32 @@ impl Model {
         let spec = Spec::from_dir(dir)?;
         let store = TensorStore::open(dir)?;
         let w = load(&store, &spec)?;
-        Ok(Model { spec, store, w })
+        Ok(Model { spec, store, w, ep: None })
+    }
+
+    /// Keeps only this rank's experts of every MoE layer (rank r of P holds experts
+    /// [r*E/P, (r+1)*E/P); the others are dropped before their memory-mapped pages are ever
+    /// read, and before quantisation). Every rank runs the same tokens through the replicated
+    /// weights and its own experts; the MoE outputs are summed over ranks with one all-reduce
+    /// per layer.
+    pub fn shard_experts(&mut self, comm: Arc<dyn Comm>) -> Result<()> {
+        let (p, r, e) = (comm.size(), comm.rank(), self.spec.moe.experts);
+        if e == 0 || !e.is_multiple_of(p) {
+            return Err(Error::Input(format!(
+                "{e} experts cannot be split evenly over {p} ranks; use a rank count that divides the experts"
+            )));
+        }
+        for l in &mut self.w.layers {
+            if let FfnW::Moe(m) = &mut l.ffn {
+                for (x, slot) in m.experts.iter_mut().enumerate() {
+                    if x / (e / p) != r {
+                        *slot = None;
+                    }
+                }
+            }
+        }
+        self.ep = Some(comm);
+        Ok(())
     }
 
     /// Quantises the weight matrices in memory (see `Weights::linears_mut`); matrices whose
@@ -115,7 +144,7 @@ impl Model {
             self.attention(li, layer, &hn, t, cache, &cos, &sin, &mut out);
             x.iter_mut().zip(&out).for_each(|(a, b)| *a += b * s.residual_mult);
             norm(s, &layer.post_norm, &x, &mut hn);
-            self.ffn(&layer.ffn, &hn, t, &mut out);
+            self.ffn(&layer.ffn, &hn, t, &mut out)?;
             x.iter_mut().zip(&out).for_each(|(a, b)| *a += b * s.residual_mult);
         }
         cache.len += t;
@@ -220,7 +249,7 @@ impl Model {
         o.forward(&heads_out, t, out);
     }
 
-    fn ffn(&self, f: &FfnW, x: &[f32], t: usize, out: &mut [f32]) {
+    fn ffn(&self, f: &FfnW, x: &[f32], t: usize, out: &mut [f32]) -> Result<()> {
         let s = &self.spec;
         let c = s.hidden;
         match f {
@@ -237,6 +266,10 @@ impl Model {
                 }
                 out[..t * c].fill(0.0);
                 experts_forward(&s.moe, &m.experts, x, t, &r, out);
+                if let Some(comm) = &self.ep {
+                    comm.all_reduce_sum_f32(&mut out[..t * c])
+                        .map_err(|e| Error::Input(format!("expert-parallel all-reduce failed: {e}")))?;
+                }
                 if let Some(sh) = &m.shared {
                     let mut y = vec![0.0; t * c];
                     sh.forward(x, t, Act::Swiglu, &mut y);
@@ -251,6 +284,7 @@ impl Model {
                 }
             }
         }
+        Ok(())
     }
 }
 

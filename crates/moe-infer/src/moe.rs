@@ -153,8 +153,8 @@ pub struct Routing {
 }
 
 /// y[n, H] += sum over each token's experts of weight * expert(x). Experts run in parallel,
-/// each on all of its tokens at once.
-pub fn experts_forward(spec: &MoeSpec, experts: &[Expert], x: &[f32], n: usize, r: &Routing, y: &mut [f32]) {
+/// each on all of its tokens at once; experts this rank does not hold (None) are skipped.
+pub fn experts_forward(spec: &MoeSpec, experts: &[Option<Expert>], x: &[f32], n: usize, r: &Routing, y: &mut [f32]) {
     let (k, c) = (spec.top_k, x.len() / n.max(1));
     let mut rows: Vec<Vec<(usize, f32)>> = vec![vec![]; experts.len()];
     for t in 0..n {
@@ -166,9 +166,7 @@ pub fn experts_forward(spec: &MoeSpec, experts: &[Expert], x: &[f32], n: usize, 
         .par_iter()
         .zip(&rows)
         .map(|(ex, rs)| {
-            if rs.is_empty() {
-                return vec![];
-            }
+            let Some(ex) = ex.as_ref().filter(|_| !rs.is_empty()) else { return vec![] };
             let xs: Vec<f32> = rs.iter().flat_map(|&(t, _)| x[t * c..(t + 1) * c].iter().copied()).collect();
             let mut out = vec![0.0; rs.len() * c];
             ex.forward(&xs, rs.len(), spec.act, &mut out);
