@@ -11,6 +11,29 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// Where the tokenizer of `model` lives: `flag`, else the model directory, else (a GGUF file)
+/// the directory that holds it.
+pub fn tokenizer_dir(model: &Path, flag: Option<&Path>) -> PathBuf {
+    match flag {
+        Some(d) => d.to_path_buf(),
+        None if model.is_file() => model.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf),
+        None => model.to_path_buf(),
+    }
+}
+
+/// The tokenizer of `model`; a GGUF file's embedded vocabulary is not read, so its
+/// tokenizer.json must sit next to it or be named by --tokenizer.
+fn tokenizer(model: &Path, flag: Option<&Path>) -> Result<HfTokenizer> {
+    let dir = tokenizer_dir(model, flag);
+    HfTokenizer::load(&dir).map_err(|e| {
+        if model.is_file() && flag.is_none() {
+            anyhow::anyhow!("{e} (a GGUF file's embedded tokenizer is not read: put the model's Hugging Face tokenizer.json next to {}, or pass --tokenizer DIR)", model.display())
+        } else {
+            e.into()
+        }
+    })
+}
+
 /// True when `dir` holds a Hugging Face checkpoint (config.json naming an architecture).
 pub fn is_hf_dir(dir: &Path) -> bool {
     let Ok(text) = std::fs::read_to_string(dir.join("config.json")) else { return false };
@@ -60,6 +83,8 @@ pub struct GenOpts<'a> {
     pub chat: bool,
     pub system: Option<&'a str>,
     pub quant: Option<&'a str>,
+    /// Directory of the tokenizer.json (default: the model directory, or the GGUF file's).
+    pub tokenizer: Option<&'a Path>,
     /// Expert parallelism: this process's rank of an MPI job (each keeps 1/N of the experts).
     pub comm: Option<Arc<dyn Comm>>,
 }
@@ -70,7 +95,7 @@ pub fn generate_cmd(dir: &Path, prompt: &str, o: &GenOpts, max_new: usize, s: &S
     let model = load(dir, o.quant, o.comm.clone())?;
     let rank = o.comm.as_ref().map(|c| c.rank());
     let lead = rank.is_none_or(|r| r == 0);
-    let tok = HfTokenizer::load(dir)?;
+    let tok = tokenizer(dir, o.tokenizer)?;
     let ids = if chat {
         let mut msgs = vec![];
         if let Some(sys) = system {
@@ -88,7 +113,7 @@ pub fn generate_cmd(dir: &Path, prompt: &str, o: &GenOpts, max_new: usize, s: &S
     if ids.is_empty() {
         bail!("the prompt is empty and the model has no BOS token; pass a non-empty --prompt");
     }
-    let eos = eos_ids(dir, &model, &tok);
+    let eos = eos_ids(&tokenizer_dir(dir, o.tokenizer), &model, &tok);
     let mut out = std::io::stdout();
     if !chat && lead {
         let _ = write!(out, "{prompt}");
@@ -147,9 +172,12 @@ pub fn inspect(dir: &Path) -> Result<()> {
 
 #[derive(Args)]
 pub struct LogitsArgs {
-    /// Hugging Face checkpoint directory.
+    /// Hugging Face checkpoint directory, or a llama.cpp GGUF file.
     #[arg(long)]
     model: PathBuf,
+    /// Directory of the tokenizer.json (default: the model directory, or the GGUF file's).
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
     /// Comma-separated token ids.
     #[arg(long, value_delimiter = ',', required_unless_present = "prompt")]
     ids: Vec<u32>,
@@ -168,7 +196,7 @@ pub struct LogitsArgs {
 pub fn logits(a: LogitsArgs) -> Result<()> {
     let m = load(&a.model, a.quant.as_deref(), None)?;
     let ids = match &a.prompt {
-        Some(p) => HfTokenizer::load(&a.model)?.encode(p, true)?,
+        Some(p) => tokenizer(&a.model, a.tokenizer.as_deref())?.encode(p, true)?,
         None => a.ids,
     };
     let mut cache = Cache::new(&m.spec);

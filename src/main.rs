@@ -91,9 +91,13 @@ struct GenerateArgs {
     /// Checkpoint directory, or a run directory (its latest checkpoint).
     #[arg(long, required_unless_present = "model", conflicts_with = "model")]
     checkpoint: Option<PathBuf>,
-    /// A Hugging Face model directory (config.json, *.safetensors, tokenizer.json).
+    /// A Hugging Face model directory (config.json, *.safetensors, tokenizer.json), or a
+    /// llama.cpp GGUF file (Mixtral, Qwen2/3-MoE, OLMoE) with its tokenizer.json beside it.
     #[arg(long)]
     model: Option<PathBuf>,
+    /// Directory of the tokenizer.json (default: the model directory, or the GGUF file's).
+    #[arg(long, requires = "model")]
+    tokenizer: Option<PathBuf>,
     #[arg(long, default_value = "")]
     prompt: String,
     /// Send the prompt as a user message through the model's chat template (--model only).
@@ -196,7 +200,13 @@ fn generate_cmd(a: GenerateArgs) -> Result<()> {
     let ck_path = match (&a.model, &a.checkpoint) {
         (Some(dir), _) => {
             let comm = dist.as_ref().map(|d| d.comm.clone());
-            let opts = hf::GenOpts { chat: a.chat, system: a.system.as_deref(), quant: a.quant.as_deref(), comm };
+            let opts = hf::GenOpts {
+                chat: a.chat,
+                system: a.system.as_deref(),
+                quant: a.quant.as_deref(),
+                tokenizer: a.tokenizer.as_deref(),
+                comm,
+            };
             let r = hf::generate_cmd(dir, &a.prompt, &opts, a.max_tokens, &s);
             return match (r, &dist) {
                 // A failing rank ends the job: the others may wait in an all-reduce.
@@ -254,7 +264,7 @@ fn generate_cmd(a: GenerateArgs) -> Result<()> {
 
 fn inspect(a: InspectArgs) -> Result<()> {
     let path = PathBuf::from(&a.target);
-    if path.is_dir() && hf::is_hf_dir(&path) {
+    if (path.is_dir() && hf::is_hf_dir(&path)) || moe_infer::gguf_model::is_gguf(&path) {
         return hf::inspect(&path);
     }
     let cfg = if PRESETS.contains(&a.target.as_str()) {
@@ -322,7 +332,13 @@ fn plot(a: PlotArgs) -> Result<()> {
             })
             .collect();
     print!("{}", moe_engine::report::compare_runs(&runs, &out)?);
-    println!("plots: {} {}", out.join("val_loss.png").display(), out.join("load_balance.png").display());
+    let plots: Vec<String> = ["val_loss.png", "load_balance.png", "rank_balance.png"]
+        .iter()
+        .map(|f| out.join(f))
+        .filter(|p| p.is_file())
+        .map(|p| p.display().to_string())
+        .collect();
+    println!("plots: {}", plots.join(" "));
     Ok(())
 }
 

@@ -93,3 +93,22 @@ fn hugging_face_model_commands() {
         assert!(err.lines().filter(|l| l.starts_with("error:")).count() == 1 && !err.contains("panicked"), "{err}");
     }
 }
+
+#[test]
+fn gguf_files_run_like_their_hugging_face_checkpoint() {
+    let f = concat!(env!("CARGO_MANIFEST_DIR"), "/crates/moe-infer/tests/fixtures");
+    let (hf, gguf) = (format!("{f}/mixtral"), format!("{f}/gguf/mixtral-f32.gguf"));
+    let gen = ["generate", "--prompt", "hello world", "--max-tokens", "8", "--seed", "3", "--model"];
+    let (code, want, err) = moe(&[&gen[..], &[&hf]].concat());
+    assert_eq!(code, 0, "{err}");
+    let (code, got, err) = moe(&[&gen[..], &[&gguf, "--tokenizer", &hf]].concat());
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(got, want);
+    // Without a tokenizer beside it, the error says where to put one.
+    let (code, _, err) = moe(&[&gen[..], &[&gguf]].concat());
+    assert_eq!(code, 1);
+    assert!(err.contains("--tokenizer DIR") && err.contains("tokenizer.json"), "{err}");
+    let (code, out, _) = moe(&["inspect", &format!("{f}/gguf/mixtral-q8_0.gguf")]);
+    assert_eq!(code, 0);
+    assert!(out.contains("MixtralForCausalLM") && out.contains("Q8_0"), "{out}");
+}

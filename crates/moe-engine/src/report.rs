@@ -65,6 +65,12 @@ impl RunMetrics {
     }
 }
 
+/// max / mean rows per rank of an expert-parallel step (None for one process).
+fn rank_imbalance(s: &StepMetrics) -> Option<f64> {
+    let m = mean(&s.rank_rows);
+    (m > 0.0).then(|| s.rank_rows.iter().cloned().fold(0.0, f64::max) / m)
+}
+
 fn mean(v: &[f64]) -> f64 {
     if v.is_empty() {
         0.0
@@ -152,7 +158,8 @@ pub fn plot_run(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-/// Compares runs: val_loss.png and load_balance.png in `out_dir`, and a Markdown table.
+/// Compares runs: val_loss.png, load_balance.png and, for expert-parallel runs,
+/// rank_balance.png in `out_dir`, and a Markdown table.
 pub fn compare_runs(runs: &[(String, PathBuf)], out_dir: &Path) -> Result<String> {
     std::fs::create_dir_all(out_dir).map_err(Error::io(out_dir))?;
     let data: Vec<(String, RunMetrics)> =
@@ -185,13 +192,31 @@ pub fn compare_runs(runs: &[(String, PathBuf)], out_dir: &Path) -> Result<String
             .collect(),
     };
     render(&bal, &out_dir.join("load_balance.png"), 800, 500)?;
-    let mut t = String::from("| run | steps | final validation loss | max/mean load (last 20% of steps) | dropped | tokens/s |\n|---|---:|---:|---:|---:|---:|\n");
+    if data.iter().any(|(_, m)| m.train.iter().any(|s| !s.rank_rows.is_empty())) {
+        let ranks = Chart {
+            title: "expert parallelism: max / mean expert rows per rank".into(),
+            x_label: "step".into(),
+            y_label: "max / mean".into(),
+            series: data
+                .iter()
+                .map(|(l, m)| Series {
+                    label: l.clone(),
+                    points: m.train.iter().filter_map(|s| Some((s.step as f64, rank_imbalance(s)?))).collect(),
+                })
+                .collect(),
+        };
+        render(&ranks, &out_dir.join("rank_balance.png"), 800, 500)?;
+    }
+    let mut t = String::from("| run | steps | final validation loss | max/mean load (last 20% of steps) | dropped | max/mean rows per rank | tokens/s |\n|---|---:|---:|---:|---:|---:|---:|\n");
     for (l, m) in &data {
         let last = m.train.last().map_or(0, |s| s.step);
         let vl = m.val.last().map_or(f64::NAN, |v| v.1);
-        let tps = mean(&m.tail(0.2).iter().map(|s| s.tokens_per_s).collect::<Vec<_>>());
+        let tail = m.tail(0.2);
+        let tps = mean(&tail.iter().map(|s| s.tokens_per_s).collect::<Vec<_>>());
+        let ranks: Vec<f64> = tail.iter().filter_map(rank_imbalance).collect();
+        let ranks = if ranks.is_empty() { "-".to_string() } else { format!("{:.2}", mean(&ranks)) };
         t += &format!(
-            "| {l} | {last} | {vl:.4} | {:.2} | {:.1}% | {tps:.0} |\n",
+            "| {l} | {last} | {vl:.4} | {:.2} | {:.1}% | {ranks} | {tps:.0} |\n",
             m.final_max_over_mean(0.2),
             100.0 * m.final_dropped(0.2)
         );

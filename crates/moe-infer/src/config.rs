@@ -228,7 +228,8 @@ impl Spec {
         if rope_dim % 2 != 0 || rope_dim > 512 {
             return Err(c.err(format!("rotary dimension {rope_dim} must be even and at most 512")));
         }
-        let interleave = arch == DeepseekV3 && c.bool_or("rope_interleave", true);
+        // DeepSeek-V3 interleaves; so does a Mixtral read from GGUF (its Q/K rows permuted).
+        let interleave = matches!(arch, DeepseekV3 | Mixtral) && c.bool_or("rope_interleave", arch == DeepseekV3);
         let rope = Rope::from_config(v, rope_dim, max_pos, interleave, arch == Phimoe).map_err(|m| c.err(m))?;
         let mut attn_scale = (head_dim as f64).powf(-0.5);
         if arch == GraniteMoe {

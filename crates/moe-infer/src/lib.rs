@@ -1,11 +1,13 @@
 //! moe inference: run Hugging Face MoE checkpoints (Mixtral, Qwen2/3-MoE, OLMoE, DeepSeek-V3,
-//! Granite-MoE, PhiMoE, gpt-oss) from their safetensors, memory-mapped, with their tokenizer
-//! and chat template.
+//! Granite-MoE, PhiMoE, gpt-oss) from their safetensors, and llama.cpp GGUF files of Mixtral,
+//! Qwen2/3-MoE and OLMoE, memory-mapped, with their tokenizer and chat template.
 
 pub mod attention;
 pub mod config;
 pub mod error;
 pub mod generate;
+pub mod gguf;
+pub mod gguf_model;
 pub mod inspect;
 pub mod linear;
 pub mod load;

@@ -256,6 +256,18 @@ impl L<'_> {
                 })
                 .collect());
         }
+        if self.st.contains(&format!("{x}gate_proj")) {
+            // stacked [E, I, H], [E, I, H] and [E, H, I] (GGUF's ffn_{gate,up,down}_exps)
+            let g = self.st.weight(&format!("{x}gate_proj"), &[e, i, h])?;
+            let u = self.st.weight(&format!("{x}up_proj"), &[e, i, h])?;
+            let d = self.st.weight(&format!("{x}down_proj"), &[e, h, i])?;
+            return Ok((0..e)
+                .map(|k| Expert {
+                    gate_up: GateUp::Split(Linear::new(g.rows(k * i, i), None), Linear::new(u.rows(k * i, i), None)),
+                    down: Linear::new(d.rows(k * h, h), None),
+                })
+                .collect());
+        }
         let names = match s.arch {
             Arch::Mixtral | Arch::Phimoe => ["w1", "w3", "w2"],
             _ => ["gate_proj", "up_proj", "down_proj"],

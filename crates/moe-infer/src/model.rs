@@ -46,10 +46,15 @@ impl Cache {
 }
 
 impl Model {
-    /// Opens a checkpoint directory: config.json and the safetensors shards (memory-mapped).
+    /// Opens a checkpoint directory (config.json and the safetensors shards) or a GGUF file,
+    /// memory-mapped.
     pub fn load(dir: &Path) -> Result<Model> {
-        let spec = Spec::from_dir(dir)?;
-        let store = TensorStore::open(dir)?;
+        let (spec, store) = if crate::gguf_model::is_gguf(dir) {
+            let (config, store) = crate::gguf_model::open(dir)?;
+            (Spec::parse(&config, dir)?, store)
+        } else {
+            (Spec::from_dir(dir)?, TensorStore::open(dir)?)
+        };
         let w = load(&store, &spec)?;
         Ok(Model { spec, store, w, ep: None })
     }

@@ -117,6 +117,11 @@ impl TensorStore {
         Ok(())
     }
 
+    /// A store over one map with the given entries (a GGUF file).
+    pub(crate) fn from_map(path: &Path, map: Arc<Bytes>, entries: HashMap<String, Entry>) -> Self {
+        TensorStore { dir: path.to_path_buf(), files: vec![path.to_path_buf()], maps: vec![map], entries }
+    }
+
     pub fn contains(&self, name: &str) -> bool {
         self.entries.contains_key(name)
     }
@@ -141,11 +146,9 @@ impl TensorStore {
                 want: want.to_vec(),
             });
         }
-        let dtype = Dtype::parse(&e.dtype).filter(|d| d.is_float() || raw).ok_or_else(|| Error::Dtype {
-            path: path.clone(),
-            name: name.into(),
-            dtype: e.dtype.clone(),
-        })?;
+        let dtype = Dtype::parse(&e.dtype)
+            .filter(|d| d.is_float() || d.is_block_quant() || raw)
+            .ok_or_else(|| Error::Dtype { path: path.clone(), name: name.into(), dtype: e.dtype.clone() })?;
         Ok(Weight::new(self.maps[e.shard].clone(), e.start, e.end, dtype, want))
     }
 

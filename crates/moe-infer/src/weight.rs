@@ -77,11 +77,17 @@ impl Dtype {
             "F16" => Dtype::F16,
             "BF16" => Dtype::BF16,
             "U8" => Dtype::U8,
+            "Q8_0" => Dtype::Q8_0,
+            "Q4_0" => Dtype::Q4_0,
             _ => return None,
         })
     }
     pub fn is_float(self) -> bool {
         matches!(self, Dtype::F32 | Dtype::F16 | Dtype::BF16)
+    }
+    /// llama.cpp's block quantisations (GGUF files, or quantised on load).
+    pub fn is_block_quant(self) -> bool {
+        matches!(self, Dtype::Q8_0 | Dtype::Q4_0)
     }
 }
 

@@ -1,0 +1,173 @@
+//! GGUF files written by llama.cpp's own converter from the Hugging Face fixtures
+//! (`scripts/gguf_fixtures.py`): f32 files give transformers' logits (1e-4) and greedy tokens;
+//! Q8_0 and Q4_0 files hold the f32 weights within one quantisation step and run like the f32
+//! model holding exactly their decoded weights; truncated, corrupted and unsupported files give
+//! errors naming the problem, never a panic (a deterministic fuzz loop over the header and
+//! tensor directory).
+
+use moe_infer::{Cache, Model};
+use safetensors::SafeTensors;
+use std::path::PathBuf;
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn gguf(name: &str) -> PathBuf {
+    fixtures().join("gguf").join(format!("{name}.gguf"))
+}
+
+/// (prompt ids, transformers logits [T, V], greedy continuation) of a Hugging Face fixture.
+fn reference(hf: &str) -> (Vec<u32>, Vec<f32>, Vec<u32>) {
+    let bytes = std::fs::read(fixtures().join(hf).join("reference.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let ids = |k: &str| -> Vec<u32> {
+        st.tensor(k).unwrap().data().chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap()) as u32).collect()
+    };
+    let logits = st.tensor("logits").unwrap().data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap()));
+    (ids("input_ids"), logits.collect(), ids("greedy"))
+}
+
+/// Max abs difference of the GGUF model's logits from transformers', and its greedy tokens.
+fn run(file: &str, hf: &str) -> (f32, Vec<u32>, Vec<u32>) {
+    let m = Model::load(&gguf(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+    let (ids, want, greedy) = reference(hf);
+    let got = m.forward(&ids, &mut Cache::new(&m.spec), true).unwrap();
+    assert_eq!(got.len(), want.len(), "{file}: logits size");
+    let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    let mut cache = Cache::new(&m.spec);
+    let mut logits = m.forward(&ids, &mut cache, false).unwrap();
+    let mut out = vec![];
+    for _ in 0..greedy.len() {
+        let next = moe_engine::generate::argmax(&logits);
+        out.push(next);
+        logits = m.forward(&[next], &mut cache, false).unwrap();
+    }
+    (err, out, greedy)
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+#[test]
+fn f32_gguf_files_give_the_logits_of_transformers() {
+    for (file, hf) in [("mixtral-f32", "mixtral"), ("qwen3_moe-f32", "qwen3_moe")] {
+        let (err, got, want) = run(file, hf);
+        assert!(err < 1e-4, "{file}: logits differ from transformers by {err:e}");
+        assert_eq!(got, want, "{file}: greedy generation differs from transformers");
+    }
+}
+
+#[test]
+fn olmoe_gguf_equals_the_hugging_face_checkpoint_without_qkv_clipping() {
+    // llama.cpp's converter drops OLMoE's clip_qkv (the fixture sets 0.8; released OLMoE
+    // models have none), so the GGUF file is compared with the same checkpoint read from
+    // safetensors with the clipping removed from its config.
+    let tmp = tempfile::tempdir().unwrap();
+    for f in std::fs::read_dir(fixtures().join("olmoe")).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, tmp.path().join(f.file_name().unwrap())).unwrap();
+    }
+    let cfg_path = tmp.path().join("config.json");
+    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    cfg.as_object_mut().unwrap().remove("clip_qkv");
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    let hf = Model::load(tmp.path()).unwrap();
+    let g = Model::load(&gguf("olmoe-f32")).unwrap();
+    let ids = [1u32, 5, 9, 17, 33, 40, 61, 70];
+    let a = g.forward(&ids, &mut Cache::new(&g.spec), true).unwrap();
+    let b = hf.forward(&ids, &mut Cache::new(&hf.spec), true).unwrap();
+    assert!(max_diff(&a, &b) < 1e-4, "olmoe: GGUF and safetensors differ by {}", max_diff(&a, &b));
+}
+
+#[test]
+fn quantised_gguf_files_hold_llama_cpp_blocks_read_in_place() {
+    let f32m = Model::load(&gguf("mixtral-f32")).unwrap();
+    for (file, dtype, levels) in [("mixtral-q8_0", "Q8_0", 127.0f32), ("mixtral-q4_0", "Q4_0", 8.0)] {
+        let q = Model::load(&gguf(file)).unwrap();
+        // Every quantised tensor is the f32 one within one step (block max / levels).
+        let mut quantised = 0;
+        for (name, e) in &q.store.entries {
+            let wq = q.store.weight(name, &e.shape).unwrap();
+            if wq.dtype.is_float() {
+                continue;
+            }
+            quantised += 1;
+            let wf = f32m.store.weight(name, &e.shape).unwrap();
+            let (mut rq, mut rf) = (vec![0.0; wq.cols], vec![0.0; wf.cols]);
+            for r in 0..wq.rows {
+                wq.row_f32(r, &mut rq);
+                wf.row_f32(r, &mut rf);
+                for (bq, bf) in rq.chunks_exact(32).zip(rf.chunks_exact(32)) {
+                    let step = bf.iter().fold(0.0f32, |m, v| m.max(v.abs())) / levels;
+                    assert!(max_diff(bq, bf) <= step * 1.01 + 1e-6, "{file} {name} row {r}");
+                }
+            }
+        }
+        assert!(quantised >= 10, "{file}: only {quantised} {dtype} tensors");
+        // Run in place, they give the logits of the f32 model holding their decoded weights
+        // (activations are quantised to Q8_0 for the integer dot products: close, not equal).
+        let mut twin = Model::load(&gguf(file)).unwrap();
+        twin.dequantize();
+        let ids = [1u32, 5, 9, 17, 33, 40, 61, 70];
+        let a = q.forward(&ids, &mut Cache::new(&q.spec), true).unwrap();
+        let b = twin.forward(&ids, &mut Cache::new(&twin.spec), true).unwrap();
+        let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        assert!(max_diff(&a, &b) < 0.05 * scale, "{file}: differs from its float twin by {}", max_diff(&a, &b));
+    }
+}
+
+/// Where the type field of tensor `name` sits in the directory of `bytes`.
+fn type_offset(bytes: &[u8], name: &str) -> usize {
+    let at = bytes.windows(name.len()).position(|w| w == name.as_bytes()).expect("tensor in the directory");
+    let after = at + name.len();
+    let n_dims = u32::from_le_bytes(bytes[after..after + 4].try_into().unwrap()) as usize;
+    after + 4 + 8 * n_dims
+}
+
+fn load_bytes(bytes: &[u8]) -> Result<Model, String> {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("m.gguf");
+    std::fs::write(&p, bytes).unwrap();
+    Model::load(&p).map_err(|e| e.to_string())
+}
+
+#[test]
+fn unsupported_tensor_types_are_refused_by_name() {
+    let mut bytes = std::fs::read(gguf("mixtral-q8_0")).unwrap();
+    let at = type_offset(&bytes, "blk.0.ffn_up_exps.weight");
+    bytes[at..at + 4].copy_from_slice(&12u32.to_le_bytes()); // Q4_K
+    let e = load_bytes(&bytes).map(|_| ()).unwrap_err();
+    assert!(e.contains("Q4_K") && e.contains("experts.up_proj") && e.contains("m.gguf"), "{e}");
+}
+
+#[test]
+fn truncated_and_corrupted_files_are_errors_not_panics() {
+    let bytes = std::fs::read(gguf("mixtral-q8_0")).unwrap();
+    // Truncated anywhere: an error naming the file's problem.
+    for cut in (0..bytes.len()).step_by(97).chain([4, 8, 16, 24, bytes.len() - 1]) {
+        let e = load_bytes(&bytes[..cut]).map(|_| ()).unwrap_err();
+        assert!(e.contains("m.gguf"), "cut at {cut}: {e}");
+    }
+    // Random bytes of the header and directory overwritten: Ok or an error, never a panic.
+    let dir_end = type_offset(&bytes, "output.weight") + 12;
+    let mut rng = moe_engine::rng::Rng::new(7);
+    let mut errors = 0;
+    for _ in 0..400 {
+        let mut b = bytes.clone();
+        for _ in 0..1 + rng.below(4) {
+            let at = rng.below(dir_end);
+            b[at] = rng.below(256) as u8;
+        }
+        let r = std::panic::catch_unwind(|| load_bytes(&b));
+        assert!(r.is_ok(), "a corrupted file made the loader panic");
+        errors += usize::from(r.unwrap().is_err());
+    }
+    assert!(errors > 100, "only {errors} of 400 corruptions were noticed");
+    let e = load_bytes(b"GGUF\x07\0\0\0").map(|_| ()).unwrap_err();
+    assert!(e.contains("version 7"), "{e}");
+    let e = load_bytes(b"NOPE and more bytes").map(|_| ()).unwrap_err();
+    assert!(e.contains("GGUF") || e.contains("config.json"), "{e}");
+}

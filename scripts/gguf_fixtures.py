@@ -1,0 +1,70 @@
+"""GGUF fixtures for crates/moe-infer/tests/gguf.rs, written by llama.cpp's own converter.
+
+The tiny Hugging Face checkpoints of scripts/hf_checkpoints.py (Mixtral, Qwen3-MoE, OLMoE)
+go through llama.cpp's convert_hf_to_gguf.py in f32 (and Mixtral also in Q8_0); a Q4_0
+copy of the Mixtral file is made the way llama-quantize does (every 2-D weight whose rows are
+whole blocks of 32, except the router) with gguf-py's reference quantiser. The tests compare
+the logits of each GGUF file with transformers' logits stored in the Hugging Face fixture.
+
+Run by hand, never by CI (needs torch, transformers and a llama.cpp source tree, e.g. the one
+in llama-cpp-python's PyPI sdist, vendor/llama.cpp):
+    python3 scripts/gguf_fixtures.py LLAMA_CPP_DIR
+"""
+import os
+import sys
+
+import numpy as np
+
+here = os.path.dirname(os.path.abspath(__file__))
+fixtures = os.path.join(here, "..", "crates", "moe-infer", "tests", "fixtures")
+out_dir = os.path.join(fixtures, "gguf")
+llama = os.path.abspath(sys.argv[1])
+sys.path.insert(0, llama)
+sys.path.insert(1, os.path.join(llama, "gguf-py"))
+import convert_hf_to_gguf as convert  # noqa: E402
+import gguf  # noqa: E402
+from conversion import base  # noqa: E402
+
+known_pre = base.TextModel.get_vocab_base_pre
+
+
+def any_pre(self, tokenizer):
+    # The fixtures' tiny random tokenizers are not in llama.cpp's table of pre-tokenizers.
+    try:
+        return known_pre(self, tokenizer)
+    except NotImplementedError:
+        return "default"
+
+
+base.TextModel.get_vocab_base_pre = any_pre
+os.makedirs(out_dir, exist_ok=True)
+# (The Qwen2-MoE fixture has a dense layer, which llama.cpp's qwen2moe cannot convert.)
+for name, outtype in [("mixtral", "f32"), ("mixtral", "q8_0"), ("qwen3_moe", "f32"), ("olmoe", "f32")]:
+    out = os.path.join(out_dir, f"{name}-{outtype}.gguf")
+    sys.argv = ["convert_hf_to_gguf.py", os.path.join(fixtures, name), "--outtype", outtype, "--outfile", out]
+    convert.main()
+    print("wrote", out)
+
+# Q4_0 as llama-quantize makes it, from the f32 file.
+src = gguf.GGUFReader(os.path.join(out_dir, "mixtral-f32.gguf"))
+arch = src.fields["general.architecture"].contents()
+w = gguf.GGUFWriter(os.path.join(out_dir, "mixtral-q4_0.gguf"), arch)
+for field in src.fields.values():
+    if field.name.startswith("GGUF.") or field.name == "general.architecture":
+        continue
+    vtype = field.types[0]
+    sub = field.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
+    w.add_key_value(field.name, field.contents(), vtype, sub_type=sub)
+for t in src.tensors:
+    data = np.array(t.data)
+    shape = [int(x) for x in reversed(t.shape)]
+    if data.ndim >= 2 and shape[-1] % 32 == 0 and "ffn_gate_inp" not in t.name:
+        q = gguf.quants.quantize(data.reshape(shape).astype(np.float32), gguf.GGMLQuantizationType.Q4_0)
+        w.add_tensor(t.name, q, raw_shape=q.shape, raw_dtype=gguf.GGMLQuantizationType.Q4_0)
+    else:
+        w.add_tensor(t.name, data.reshape(shape).astype(np.float32))
+w.write_header_to_file()
+w.write_kv_data_to_file()
+w.write_tensors_to_file()
+w.close()
+print("wrote", os.path.join(out_dir, "mixtral-q4_0.gguf"))
