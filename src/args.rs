@@ -75,6 +75,28 @@ pub struct ModelArgs {
 }
 
 /// Parses a config enum from its snake_case name.
+/// A memory size: a number with an optional unit, B, K/KiB, M/MiB, G/GiB, T/TiB (powers of
+/// 1024) or KB, MB, GB, TB (powers of 1000): `4GiB`, `512M`, `1.5GB`.
+pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let x: f64 = num.parse().map_err(|_| format!("`{s}` is not a size; write e.g. 4GiB, 512MiB or 1.5GB"))?;
+    let mult = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kib" => 1024.0,
+        "m" | "mib" => 1024f64.powi(2),
+        "g" | "gib" => 1024f64.powi(3),
+        "t" | "tib" => 1024f64.powi(4),
+        "kb" => 1e3,
+        "mb" => 1e6,
+        "gb" => 1e9,
+        "tb" => 1e12,
+        u => return Err(format!("unknown size unit `{u}` in `{s}`; use KiB, MiB, GiB (or KB, MB, GB)")),
+    };
+    Ok((x * mult) as u64)
+}
+
 pub fn parse_enum<T: serde::de::DeserializeOwned>(s: &str) -> std::result::Result<T, String> {
     serde_json::from_value(serde_json::Value::String(s.to_string())).map_err(|e| e.to_string())
 }

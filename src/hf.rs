@@ -85,6 +85,8 @@ pub struct GenOpts<'a> {
     pub quant: Option<&'a str>,
     /// Directory of the tokenizer.json (default: the model directory, or the GGUF file's).
     pub tokenizer: Option<&'a Path>,
+    /// A memory budget for the weights, in bytes.
+    pub max_memory: Option<u64>,
     /// Expert parallelism: this process's rank of an MPI job (each keeps 1/N of the experts).
     pub comm: Option<Arc<dyn Comm>>,
 }
@@ -92,9 +94,15 @@ pub struct GenOpts<'a> {
 /// `moe generate --model DIR`.
 pub fn generate_cmd(dir: &Path, prompt: &str, o: &GenOpts, max_new: usize, s: &Sampling) -> Result<()> {
     let (chat, system) = (o.chat, o.system);
-    let model = load(dir, o.quant, o.comm.clone())?;
+    let mut model = load(dir, o.quant, o.comm.clone())?;
     let rank = o.comm.as_ref().map(|c| c.rank());
     let lead = rank.is_none_or(|r| r == 0);
+    if let Some(max) = o.max_memory {
+        let budget = model.set_max_memory(max)?;
+        if lead {
+            eprintln!("memory budget {}: {} for experts (LRU cache, next layer prefetched)", gib(max), gib(budget));
+        }
+    }
     let tok = tokenizer(dir, o.tokenizer)?;
     let ids = if chat {
         let mut msgs = vec![];
@@ -127,6 +135,18 @@ pub fn generate_cmd(dir: &Path, prompt: &str, o: &GenOpts, max_new: usize, s: &S
     if lead {
         println!();
         report(&stats);
+        if let Some(c) = model.cache_stats() {
+            eprintln!(
+                "expert cache: hit rate {:.1}% ({} hits, {} misses), {} read, {} evictions; prefetch: {} experts read ahead, {} of them used",
+                100.0 * c.hit_rate(),
+                c.hits,
+                c.misses,
+                gib(c.bytes_read),
+                c.evictions,
+                c.prefetched,
+                c.prefetch_used
+            );
+        }
     }
     memory_report(rank);
     Ok(())
@@ -148,6 +168,16 @@ fn memory_report(rank: Option<usize>) {
             g(anon),
             g(file)
         );
+    }
+}
+
+/// Bytes in GiB, MiB or KiB.
+fn gib(bytes: u64) -> String {
+    let b = bytes as f64;
+    match bytes {
+        b0 if b0 >= 1 << 30 => format!("{:.2} GiB", b / (1u64 << 30) as f64),
+        b0 if b0 >= 1 << 20 => format!("{:.1} MiB", b / (1u64 << 20) as f64),
+        _ => format!("{:.1} KiB", b / 1024.0),
     }
 }
 

@@ -109,6 +109,11 @@ struct GenerateArgs {
     /// Quantise the weight matrices on load (--model only): q8_0 (blocks of 32 int8 + f16 scale).
     #[arg(long, requires = "model", value_parser = ["q8_0", "q4_0"])]
     quant: Option<String>,
+    /// Keep the weights within this much memory (--model only; e.g. 4GiB): the shared weights
+    /// stay resident, experts are read on demand into an LRU cache of what is left, the next
+    /// layer's likely experts prefetched.
+    #[arg(long, requires = "model", value_parser = args::parse_size)]
+    max_memory: Option<u64>,
     #[arg(long, default_value_t = 200)]
     max_tokens: usize,
     /// 0 = greedy.
@@ -205,6 +210,7 @@ fn generate_cmd(a: GenerateArgs) -> Result<()> {
                 system: a.system.as_deref(),
                 quant: a.quant.as_deref(),
                 tokenizer: a.tokenizer.as_deref(),
+                max_memory: a.max_memory,
                 comm,
             };
             let r = hf::generate_cmd(dir, &a.prompt, &opts, a.max_tokens, &s);

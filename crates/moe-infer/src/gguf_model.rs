@@ -195,6 +195,6 @@ pub fn open(path: &Path) -> Result<(Value, TensorStore)> {
         }
         entries.insert(name, Entry { shard: 0, dtype, shape, start: t.start, end: t.end });
     }
-    let store = TensorStore::from_map(path, Arc::new(Bytes::Map(map)), entries);
+    let store = TensorStore::from_map(path, Arc::new(Bytes::Map(map, file)), entries);
     Ok((config, store))
 }

@@ -5,6 +5,7 @@
 pub mod attention;
 pub mod config;
 pub mod error;
+pub mod expert_cache;
 pub mod generate;
 pub mod gguf;
 pub mod gguf_model;

@@ -4,6 +4,7 @@
 use crate::attention::{attend, Dims};
 use crate::config::{Act, Norm, QkNorm, Spec};
 use crate::error::{Error, Result};
+use crate::expert_cache::{CacheStats, ExpertCache};
 use crate::load::{load, Attn, FfnW, Layer, NormW, Weights};
 use crate::moe::{experts_forward, route, Routing};
 use crate::store::TensorStore;
@@ -11,7 +12,7 @@ use crate::weight::Quant;
 use moe_engine::dist::Comm;
 use moe_kernels::float::dot;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 pub struct Model {
     pub spec: Spec,
@@ -19,6 +20,8 @@ pub struct Model {
     pub w: Weights,
     /// Expert parallelism: the ranks that hold the other experts (see `shard_experts`).
     pub ep: Option<Arc<dyn Comm>>,
+    /// A memory budget for the experts (see `set_max_memory`).
+    pub cache: Option<Mutex<ExpertCache>>,
 }
 
 /// Keys and values of every layer for positions 0..len: k [len, G, Dk], v [len, G, Dv], and
@@ -56,7 +59,42 @@ impl Model {
             (Spec::from_dir(dir)?, TensorStore::open(dir)?)
         };
         let w = load(&store, &spec)?;
-        Ok(Model { spec, store, w, ep: None })
+        Ok(Model { spec, store, w, ep: None, cache: None })
+    }
+
+    /// Keeps the weights within `max_bytes`: the shared weights stay resident and the experts
+    /// share what is left as a cache (see `expert_cache`). Returns the experts' budget. The KV
+    /// cache and activations come on top.
+    pub fn set_max_memory(&mut self, max_bytes: u64) -> Result<u64> {
+        let experts = self.w.layers.iter().filter_map(|l| match &l.ffn {
+            FfnW::Moe(m) => Some(m.experts.iter().flatten()),
+            FfnW::Dense(_) => None,
+        });
+        if experts.flatten().flat_map(|e| e.weights()).any(|w| !w.is_mapped()) {
+            return Err(Error::Input(
+                "--max-memory keeps experts memory-mapped; it cannot be combined with --quant (a Q8_0 or Q4_0 GGUF file is mapped and works)".into(),
+            ));
+        }
+        let mut cache = ExpertCache::new(&self.w, 0);
+        let total: u64 = self.store.entries.values().map(|e| (e.end - e.start) as u64).sum();
+        let shared = total.saturating_sub(cache.expert_bytes());
+        let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+        if max_bytes <= shared {
+            return Err(Error::Input(format!(
+                "--max-memory {:.2} GiB does not hold the shared (non-expert) weights, {:.2} GiB; raise it",
+                gib(max_bytes),
+                gib(shared)
+            )));
+        }
+        let budget = max_bytes - shared;
+        cache.budget = budget;
+        self.cache = Some(Mutex::new(cache));
+        Ok(budget)
+    }
+
+    /// What the expert cache did so far (None without a memory budget).
+    pub fn cache_stats(&self) -> Option<CacheStats> {
+        self.cache.as_ref().map(|c| c.lock().unwrap_or_else(|e| e.into_inner()).stats)
     }
 
     /// Keeps only this rank's experts of every MoE layer (rank r of P holds experts
@@ -149,7 +187,7 @@ impl Model {
             self.attention(li, layer, &hn, t, cache, &cos, &sin, &mut out);
             x.iter_mut().zip(&out).for_each(|(a, b)| *a += b * s.residual_mult);
             norm(s, &layer.post_norm, &x, &mut hn);
-            self.ffn(&layer.ffn, &hn, t, &mut out)?;
+            self.ffn(li, &hn, t, &mut out)?;
             x.iter_mut().zip(&out).for_each(|(a, b)| *a += b * s.residual_mult);
         }
         cache.len += t;
@@ -254,21 +292,54 @@ impl Model {
         o.forward(&heads_out, t, out);
     }
 
-    fn ffn(&self, f: &FfnW, x: &[f32], t: usize, out: &mut [f32]) -> Result<()> {
+    /// Experts used by the routing `ids` [T*K], in id order.
+    fn distinct(ids: &[u32]) -> Vec<usize> {
+        let mut used: Vec<usize> = ids.iter().map(|&x| x as usize).collect();
+        used.sort_unstable();
+        used.dedup();
+        used
+    }
+
+    /// The top-k routing of x[T, C] by the router of MoE block `m`.
+    fn route_all(&self, m: &crate::load::MoeW, x: &[f32], t: usize) -> Routing {
+        let s = &self.spec;
+        let (e, k) = (s.moe.experts, s.moe.top_k);
+        let mut logits = vec![0.0; t * e];
+        m.router.forward(x, t, &mut logits);
+        let mut r = Routing { ids: vec![0; t * k], weights: vec![0.0; t * k] };
+        for i in 0..t {
+            let (ids, w) = (&mut r.ids[i * k..][..k], &mut r.weights[i * k..][..k]);
+            route(&s.moe, &logits[i * e..][..e], m.score_bias.as_deref(), ids, w);
+        }
+        r
+    }
+
+    /// With a memory budget: makes layer `li`'s routed experts resident and prefetches those
+    /// the next MoE layer's router picks for the same hidden state x[T, C].
+    fn fetch_experts(&self, li: usize, r: &Routing, x: &[f32], t: usize) {
+        let Some(cache) = &self.cache else { return };
+        let is_moe = |l: &Layer| matches!(l.ffn, FfnW::Moe(_));
+        let mi = self.w.layers[..li].iter().filter(|l| is_moe(l)).count();
+        let next = self.w.layers[li + 1..].iter().find_map(|l| match &l.ffn {
+            FfnW::Moe(m) => Some(m),
+            FfnW::Dense(_) => None,
+        });
+        let predicted = next.map(|m| Self::distinct(&self.route_all(m, x, t).ids));
+        let mut c = cache.lock().unwrap_or_else(|e| e.into_inner());
+        c.fetch(&self.w, mi, &Self::distinct(&r.ids));
+        if let Some(p) = predicted {
+            c.prefetch(&self.w, mi + 1, &p);
+        }
+    }
+
+    fn ffn(&self, li: usize, x: &[f32], t: usize, out: &mut [f32]) -> Result<()> {
         let s = &self.spec;
         let c = s.hidden;
-        match f {
+        match &self.w.layers[li].ffn {
             FfnW::Dense(mlp) => mlp.forward(x, t, Act::Swiglu, out),
             FfnW::Moe(m) => {
-                let e = s.moe.experts;
-                let k = s.moe.top_k;
-                let mut logits = vec![0.0; t * e];
-                m.router.forward(x, t, &mut logits);
-                let mut r = Routing { ids: vec![0; t * k], weights: vec![0.0; t * k] };
-                for i in 0..t {
-                    let (ids, w) = (&mut r.ids[i * k..][..k], &mut r.weights[i * k..][..k]);
-                    route(&s.moe, &logits[i * e..][..e], m.score_bias.as_deref(), ids, w);
-                }
+                let r = self.route_all(m, x, t);
+                self.fetch_experts(li, &r, x, t);
                 out[..t * c].fill(0.0);
                 experts_forward(&s.moe, &m.experts, x, t, &r, out);
                 if let Some(comm) = &self.ep {

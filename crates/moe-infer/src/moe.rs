@@ -19,6 +19,16 @@ pub struct Expert {
 }
 
 impl Expert {
+    /// Its weight matrices.
+    pub fn weights(&self) -> Vec<&crate::weight::Weight> {
+        let mut v = match &self.gate_up {
+            GateUp::Split(g, u) => vec![&g.w, &u.w],
+            GateUp::Fused { lin, .. } => vec![&lin.w],
+        };
+        v.push(&self.down.w);
+        v
+    }
+
     /// y[n, H] = down(act(gate(x), up(x))) for x[n, in].
     pub fn forward(&self, x: &[f32], n: usize, act: Act, y: &mut [f32]) {
         let inter = self.down.inp;

@@ -113,7 +113,7 @@ impl TensorStore {
             }
         }
         self.files.push(path.to_path_buf());
-        self.maps.push(Arc::new(Bytes::Map(map)));
+        self.maps.push(Arc::new(Bytes::Map(map, file)));
         Ok(())
     }
 

@@ -13,7 +13,8 @@ use std::sync::Arc;
 
 /// Where a weight's bytes live.
 pub enum Bytes {
-    Map(Mmap),
+    /// A read-only map of the whole file (kept open to drop evicted pages from the page cache).
+    Map(Mmap, std::fs::File),
     Heap(Vec<u8>),
 }
 
@@ -21,7 +22,7 @@ impl std::ops::Deref for Bytes {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
         match self {
-            Bytes::Map(m) => m,
+            Bytes::Map(m, _) => m,
             Bytes::Heap(v) => v,
         }
     }
@@ -249,6 +250,42 @@ impl Weight {
             w.scales = Some((m.clone(), s + r0 * self.cols / 32));
         }
         w
+    }
+
+    /// True when the matrix is read from a memory map (not quantised into memory on load).
+    pub fn is_mapped(&self) -> bool {
+        matches!(&*self.map, Bytes::Map(..))
+    }
+
+    /// Bytes this matrix occupies (MXFP4: blocks and scales).
+    pub fn resident_bytes(&self) -> usize {
+        self.rows * self.row_bytes() + self.scales.as_ref().map_or(0, |_| self.rows * self.cols / 32)
+    }
+
+    /// For a memory-mapped matrix: `release` drops its pages from this process and from the
+    /// OS page cache (the next use reads them from disk again), else asks the kernel to read
+    /// them ahead. No-op for matrices in memory (quantised on load).
+    pub fn advise(&self, release: bool) {
+        let len = self.rows * self.row_bytes();
+        let parts = [(&self.map, self.start, len)]
+            .into_iter()
+            .chain(self.scales.as_ref().map(|(m, s)| (m, *s, self.rows * self.cols / 32)));
+        for (map, start, len) in parts {
+            let Bytes::Map(m, file) = &**map else { continue };
+            // Only whole pages inside the range, so neighbouring tensors keep theirs.
+            let page = 4096;
+            let (a, b) = (start.next_multiple_of(page), (start + len) / page * page);
+            if release && b > a {
+                // SAFETY: the map is a read-only private file mapping that is never written:
+                // dropped pages read back the same bytes from the file on the next access.
+                let _ = unsafe { m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, a, b - a) };
+                use std::os::fd::AsRawFd;
+                // SAFETY: a plain advisory call on an open descriptor; it cannot touch memory.
+                unsafe { libc::posix_fadvise(file.as_raw_fd(), a as i64, (b - a) as i64, libc::POSIX_FADV_DONTNEED) };
+            } else if !release && len > 0 {
+                let _ = m.advise_range(memmap2::Advice::WillNeed, start, len);
+            }
+        }
     }
 
     fn raw(&self) -> &[u8] {
