@@ -110,7 +110,7 @@ struct GenerateArgs {
     #[arg(long, requires = "model", value_parser = ["q8_0", "q4_0"])]
     quant: Option<String>,
     /// Keep the weights within this much memory (--model only; e.g. 4GiB): the shared weights
-    /// stay resident, experts are read on demand into an LRU cache of what is left, the next
+    /// stay resident, experts are read on demand into a cache of what is left (least used evicted), the next
     /// layer's likely experts prefetched.
     #[arg(long, requires = "model", value_parser = args::parse_size)]
     max_memory: Option<u64>,
