@@ -100,7 +100,11 @@ pub fn generate_cmd(dir: &Path, prompt: &str, o: &GenOpts, max_new: usize, s: &S
     if let Some(max) = o.max_memory {
         let budget = model.set_max_memory(max)?;
         if lead {
-            eprintln!("memory budget {}: {} for experts (least-used experts evicted, next layer prefetched)", gib(max), gib(budget));
+            eprintln!(
+                "memory budget {}: {} for experts (least-used experts evicted, next layer prefetched)",
+                gib(max),
+                gib(budget)
+            );
         }
     }
     let tok = tokenizer(dir, o.tokenizer)?;

@@ -1,6 +1,7 @@
 //! `moe`: the command line. Parses flags, validates them into the engine's configs, runs.
 
 mod args;
+mod bench_infer;
 mod compare_cmd;
 mod dist_cmd;
 mod hf;
@@ -171,6 +172,9 @@ enum BenchCmd {
         #[arg(long, value_parser = parse_enum::<Precision>, default_value = "fp32")]
         precision: Precision,
     },
+    /// Prefill and decode tokens/s of a Hugging Face or GGUF model, bytes of weights per token,
+    /// fraction of the memory bandwidth, and llama.cpp on the same GGUF file.
+    Infer(bench_infer::InferBenchArgs),
 }
 
 fn main() {
@@ -377,6 +381,7 @@ fn bench(b: BenchCmd) -> Result<()> {
             }
             Ok(())
         }
+        BenchCmd::Infer(a) => bench_infer::bench_infer(a),
     }
 }
 

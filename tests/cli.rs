@@ -112,3 +112,14 @@ fn gguf_files_run_like_their_hugging_face_checkpoint() {
     assert_eq!(code, 0);
     assert!(out.contains("MixtralForCausalLM") && out.contains("Q8_0"), "{out}");
 }
+
+#[test]
+fn bench_infer_reports_speed_bytes_and_bandwidth() {
+    let f = concat!(env!("CARGO_MANIFEST_DIR"), "/crates/moe-infer/tests/fixtures/gguf/mixtral-q8_0.gguf");
+    let args = ["bench", "infer", "--model", f, "--prompt-tokens", "16", "--gen-tokens", "4", "--reps", "1"];
+    let (code, out, err) = moe(&[&args[..], &["--llama-bench", "/nonexistent/llama-bench"]].concat());
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("memory read bandwidth") && out.contains("| moe |"), "{out}");
+    assert!(err.contains("GB of weights read per decoded token"), "{err}");
+    assert!(err.contains("llama.cpp skipped"), "{err}");
+}

@@ -3,6 +3,7 @@
 //! Qwen2/3-MoE and OLMoE, memory-mapped, with their tokenizer and chat template.
 
 pub mod attention;
+pub mod bench;
 pub mod config;
 pub mod error;
 pub mod expert_cache;
