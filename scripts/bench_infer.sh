@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Decode speed of moe against llama.cpp on the same random-weight Mixtral-shaped model (2 threads).
+# Prefill and decode speed of moe against llama.cpp on the same GGUF files (bf16, Q8_0, Q4_0) of a
+# random-weight Mixtral-shaped model, 2 threads, with `moe bench infer`.
 #   bash scripts/bench_infer.sh [WORKDIR]     # from the project root; default WORKDIR /tmp/moe-bench-infer
-# Needs python3 with numpy, sentencepiece and cmake (pip), and a C++ compiler. llama.cpp is built
+# Needs python3 with numpy, torch, transformers and cmake (pip), and a C++ compiler. llama.cpp is built
 # from the source that llama-cpp-python's PyPI sdist carries (vendor/llama.cpp), with AMX
 # disabled (its AMX kernels die with SIGILL on this CPU, GUIDE section 6). Nothing is committed
-# from it. GGUF conversion needs a SentencePiece tokenizer, so one is trained on the Rust book.
+# from it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -38,32 +39,34 @@ fi
 
 gguf="$work/mixtral-1b-bf16.gguf"
 if [ ! -f "$gguf" ]; then
-  pip install -q "$src/gguf-py" sentencepiece
-  conv="$work/convert-src"
-  mkdir -p "$conv"
-  cp "$model"/config.json "$model"/*.safetensors "$model"/model.safetensors.index.json "$conv/"
-  python3 - "$conv" <<'EOF'
-import glob, os, re, sys, sentencepiece as spm
-books = glob.glob(os.path.expanduser("~/.rustup/toolchains/*/share/doc/rust/html/book/print.html"))
-text = re.sub(r"<[^>]+>", " ", open(books[0], errors="ignore").read())[:3_000_000] if books else "the router " * 50000
-open(f"{sys.argv[1]}/sp.txt", "w").write(text)
-spm.SentencePieceTrainer.train(input=f"{sys.argv[1]}/sp.txt", model_prefix=f"{sys.argv[1]}/tokenizer",
-                               vocab_size=2000, model_type="bpe", byte_fallback=True, minloglevel=2)
-EOF
-  python3 "$src/convert_hf_to_gguf.py" "$conv" --outtype bf16 --outfile "$gguf" > "$work/convert.log" 2>&1
-  "$src/build/bin/llama-quantize" "$gguf" "$work/mixtral-1b-q8_0.gguf" Q8_0 > "$work/quantize.log" 2>&1
+  pip install -q "$src/gguf-py"
+  # llama.cpp's own converter; the checkpoint's tiny test tokenizer is not in its table of
+  # pre-tokenizers, so the lookup falls back to "default".
+  cat > "$work/convert.py" <<'PY'
+import os, sys
+llama, model, out, outtype = sys.argv[1:5]
+sys.path.insert(0, llama); sys.path.insert(1, os.path.join(llama, "gguf-py"))
+import convert_hf_to_gguf as convert
+from conversion import base
+known = base.TextModel.get_vocab_base_pre
+def any_pre(self, tok):
+    try:
+        return known(self, tok)
+    except NotImplementedError:
+        return "default"
+base.TextModel.get_vocab_base_pre = any_pre
+sys.argv = ["convert_hf_to_gguf.py", model, "--outtype", outtype, "--outfile", out]
+convert.main()
+PY
+  python3 "$work/convert.py" "$src" "$model" "$gguf" bf16 > "$work/convert.log" 2>&1
+  python3 "$work/convert.py" "$src" "$model" "$work/mixtral-1b-q8_0.gguf" q8_0 >> "$work/convert.log" 2>&1
+  "$src/build/bin/llama-quantize" "$gguf" "$work/mixtral-1b-q4_0.gguf" Q4_0 > "$work/quantize.log" 2>&1
 fi
 
-echo "== llama.cpp (llama-bench, 2 threads, decode of 64 tokens, 3 repetitions)"
-for q in bf16 q8_0; do
-  "$src/build/bin/llama-bench" -m "$work/mixtral-1b-$q.gguf" -t 2 -p 0 -n 64 -r 3 -o md 2>/dev/null | grep -E "^\|" | tail -1
-done
-echo "== moe (moe generate, 64 new tokens, twice)"
-for q in "" "--quant q8_0"; do
-  for i in 1 2; do
-    # shellcheck disable=SC2086
-    "$root/target/release/moe" generate --model "$model" --prompt "the router" --max-tokens 64 \
-      --temperature 1.0 --seed 3 $q 2>&1 >/dev/null | grep "new tokens" | sed "s/^/moe ${q:-bf16}: /"
-  done
+# Both engines on the same GGUF files, in the same run: prefill of 512 tokens and decoding of 64,
+# 2 threads, 3 repetitions (medians for moe, means for llama-bench).
+for q in bf16 q8_0 q4_0; do
+  echo "== $q"
+  "$root/target/release/moe" bench infer --model "$work/mixtral-1b-$q.gguf" --llama-bench "$src/build/bin/llama-bench"
 done
 uptime
