@@ -11,11 +11,8 @@ cd "$(dirname "$0")/.."
 root=$(pwd)
 work=${1:-/tmp/moe-bench-infer}
 mkdir -p "$work"
-model="$work/mixtral-1b"
 uptime
 cargo build --release --quiet
-[ -f "$model/config.json" ] || python3 scripts/make_checkpoint.py --arch mixtral --out "$model"
-
 src="$work/llama_cpp_python"
 if [ ! -x "$src/build/bin/llama-bench" ]; then
   python3 - "$work" <<'EOF'
@@ -37,12 +34,10 @@ EOF
   cmake --build "$src/build" --target llama-bench llama-quantize -j 2 > "$work/build.log"
 fi
 
-gguf="$work/mixtral-1b-bf16.gguf"
-if [ ! -f "$gguf" ]; then
-  pip install -q "$src/gguf-py"
-  # llama.cpp's own converter; the checkpoint's tiny test tokenizer is not in its table of
-  # pre-tokenizers, so the lookup falls back to "default".
-  cat > "$work/convert.py" <<'PY'
+pip install -q "$src/gguf-py"
+# llama.cpp's own converter; the checkpoints' tiny test tokenizer is not in its table of
+# pre-tokenizers, so the lookup falls back to "default".
+cat > "$work/convert.py" <<'PY'
 import os, sys
 llama, model, out, outtype = sys.argv[1:5]
 sys.path.insert(0, llama); sys.path.insert(1, os.path.join(llama, "gguf-py"))
@@ -58,15 +53,23 @@ base.TextModel.get_vocab_base_pre = any_pre
 sys.argv = ["convert_hf_to_gguf.py", model, "--outtype", outtype, "--outfile", out]
 convert.main()
 PY
-  python3 "$work/convert.py" "$src" "$model" "$gguf" bf16 > "$work/convert.log" 2>&1
-  python3 "$work/convert.py" "$src" "$model" "$work/mixtral-1b-q8_0.gguf" q8_0 >> "$work/convert.log" 2>&1
-  "$src/build/bin/llama-quantize" "$gguf" "$work/mixtral-1b-q4_0.gguf" Q4_0 > "$work/quantize.log" 2>&1
-fi
+for arch in mixtral olmoe; do
+  model="$work/$arch-1b"
+  gguf="$work/$arch-1b-bf16.gguf"
+  [ -f "$model/config.json" ] || python3 scripts/make_checkpoint.py --arch "$arch" --out "$model"
+  if [ ! -f "$work/$arch-1b-q4_0.gguf" ]; then
+    python3 "$work/convert.py" "$src" "$model" "$gguf" bf16 > "$work/convert.log" 2>&1
+    python3 "$work/convert.py" "$src" "$model" "$work/$arch-1b-q8_0.gguf" q8_0 >> "$work/convert.log" 2>&1
+    "$src/build/bin/llama-quantize" "$gguf" "$work/$arch-1b-q4_0.gguf" Q4_0 > "$work/quantize.log" 2>&1
+  fi
+done
 
 # Both engines on the same GGUF files, in the same run: prefill of 512 tokens and decoding of 64,
 # 2 threads, 3 repetitions (medians for moe, means for llama-bench).
-for q in bf16 q8_0 q4_0; do
-  echo "== $q"
-  "$root/target/release/moe" bench infer --model "$work/mixtral-1b-$q.gguf" --llama-bench "$src/build/bin/llama-bench"
+for arch in mixtral olmoe; do
+  for q in bf16 q8_0 q4_0; do
+    echo "== $arch $q"
+    "$root/target/release/moe" bench infer --model "$work/$arch-1b-$q.gguf" --llama-bench "$src/build/bin/llama-bench"
+  done
 done
 uptime
