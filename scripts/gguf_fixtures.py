@@ -6,9 +6,14 @@ copy of the Mixtral file is made the way llama-quantize does (every 2-D weight w
 whole blocks of 32, except the router) with gguf-py's reference quantiser. The tests compare
 the logits of each GGUF file with transformers' logits stored in the Hugging Face fixture.
 
-Run by hand, never by CI (needs torch, transformers and a llama.cpp source tree, e.g. the one
-in llama-cpp-python's PyPI sdist, vendor/llama.cpp):
-    python3 scripts/gguf_fixtures.py LLAMA_CPP_DIR
+k-quants need rows of 256, so a Mixtral of width 256 (one layer, random transformers init,
+the fixture tokenizer) is converted to f32 and quantised by llama.cpp's llama-quantize to Q4_K_M
+(Q4_K and Q6_K tensors) and Q5_K_M (Q5_K and Q6_K); gguf-py's reference dequantiser writes the
+first two rows of every k-quant tensor to kquant_rows.safetensors for the tests.
+
+Run by hand, never by CI (needs torch, transformers and a llama.cpp source tree with
+llama-quantize built, e.g. the one in llama-cpp-python's PyPI sdist, vendor/llama.cpp):
+    python3 scripts/gguf_fixtures.py LLAMA_CPP_DIR [LLAMA_QUANTIZE]
 """
 import os
 import sys
@@ -68,3 +73,40 @@ w.write_kv_data_to_file()
 w.write_tensors_to_file()
 w.close()
 print("wrote", os.path.join(out_dir, "mixtral-q4_0.gguf"))
+
+# k-quants: a width-256 Mixtral through llama-quantize.
+import shutil, subprocess, tempfile  # noqa: E402
+
+import torch  # noqa: E402
+from safetensors.numpy import save_file  # noqa: E402
+from transformers import MixtralConfig, MixtralForCausalLM  # noqa: E402
+
+quantize = sys.argv[2] if len(sys.argv) > 2 else os.path.join(llama, "build", "bin", "llama-quantize")
+torch.manual_seed(0)
+cfg = MixtralConfig(hidden_size=256, intermediate_size=256, num_hidden_layers=1, num_attention_heads=4,
+                    num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2, vocab_size=128,
+                    max_position_embeddings=64, rope_theta=1e6, tie_word_embeddings=False)
+with tempfile.TemporaryDirectory() as tmp:
+    hf = os.path.join(tmp, "mixtral256")
+    model = MixtralForCausalLM(cfg).float()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.05)
+    model.save_pretrained(hf)
+    for f in ["tokenizer.json", "tokenizer_config.json"]:
+        shutil.copy(os.path.join(fixtures, "mixtral", f), hf)
+    f32 = os.path.join(tmp, "mixtral256-f32.gguf")
+    sys.argv = ["convert_hf_to_gguf.py", hf, "--outtype", "f32", "--outfile", f32]
+    convert.main()
+    rows = {}
+    for kind in ["Q4_K_M", "Q5_K_M"]:
+        out = os.path.join(out_dir, f"mixtral256-{kind.lower()}.gguf")
+        subprocess.run([quantize, f32, out, kind], check=True, capture_output=True)
+        print("wrote", out)
+        for t in gguf.GGUFReader(out).tensors:
+            if t.tensor_type.name in ("Q4_K", "Q5_K", "Q6_K"):
+                values = gguf.quants.dequantize(t.data, t.tensor_type)
+                cols = int(t.shape[0])
+                rows[f"{kind}/{t.name}"] = np.ascontiguousarray(values.reshape(-1, cols)[:2].astype(np.float32))
+    save_file(rows, os.path.join(out_dir, "kquant_rows.safetensors"))
+    print("wrote", os.path.join(out_dir, "kquant_rows.safetensors"), len(rows), "tensors")

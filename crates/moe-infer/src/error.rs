@@ -12,7 +12,7 @@ pub enum Error {
     MissingTensor { dir: PathBuf, name: String },
     #[error("{path}: tensor `{name}` has shape {got:?}, the config needs {want:?}; config.json and weights disagree")]
     Shape { path: PathBuf, name: String, got: Vec<usize>, want: Vec<usize> },
-    #[error("{path}: tensor `{name}` has dtype {dtype}, supported are F32, F16, BF16, Q8_0, Q4_0 (and U8 MXFP4 expert blocks); requantise a GGUF file with llama-quantize to Q8_0 or Q4_0")]
+    #[error("{path}: tensor `{name}` has dtype {dtype}, supported are F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K, Q6_K (and U8 MXFP4 expert blocks); requantise a GGUF file with llama-quantize to one of them")]
     Dtype { path: PathBuf, name: String, dtype: String },
     #[error("{path}: {msg}")]
     Config { path: PathBuf, msg: String },

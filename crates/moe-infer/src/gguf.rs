@@ -16,6 +16,9 @@ pub enum GgmlType {
     Q4_0,
     Q8_0,
     BF16,
+    Q4K,
+    Q5K,
+    Q6K,
     /// Any other type: its id and, when known, its name.
     Other(u32),
 }
@@ -27,6 +30,9 @@ impl GgmlType {
             1 => GgmlType::F16,
             2 => GgmlType::Q4_0,
             8 => GgmlType::Q8_0,
+            12 => GgmlType::Q4K,
+            13 => GgmlType::Q5K,
+            14 => GgmlType::Q6K,
             30 => GgmlType::BF16,
             x => GgmlType::Other(x),
         }
@@ -43,6 +49,9 @@ impl GgmlType {
             GgmlType::F16 => 1,
             GgmlType::Q4_0 => 2,
             GgmlType::Q8_0 => 8,
+            GgmlType::Q4K => 12,
+            GgmlType::Q5K => 13,
+            GgmlType::Q6K => 14,
             GgmlType::BF16 => 30,
             GgmlType::Other(x) => x,
         };
@@ -56,6 +65,9 @@ impl GgmlType {
             GgmlType::F16 | GgmlType::BF16 => Some(2 * n),
             GgmlType::Q8_0 => Some(n / 32 * 34),
             GgmlType::Q4_0 => Some(n / 32 * 18),
+            GgmlType::Q4K => Some(n / 256 * 144),
+            GgmlType::Q5K => Some(n / 256 * 176),
+            GgmlType::Q6K => Some(n / 256 * 210),
             GgmlType::Other(_) => None,
         }
     }
@@ -64,6 +76,7 @@ impl GgmlType {
     pub fn block(self) -> u64 {
         match self {
             GgmlType::Q8_0 | GgmlType::Q4_0 => 32,
+            GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K => 256,
             _ => 1,
         }
     }

@@ -2,7 +2,7 @@
 //! metadata becomes a config.json value for `Spec::parse`, and each tensor gets the name and
 //! row-major shape the Hugging Face loader asks for (the stacked `ffn_{gate,up,down}_exps`
 //! tensors as 3-D expert tensors), its data left in place in the memory map (F32, F16, BF16,
-//! Q8_0 and Q4_0; other ggml types are refused by name). Architectures: Mixtral (llama.cpp's
+//! Q8_0, Q4_0 and the k-quants Q4_K, Q5_K, Q6_K; other ggml types are refused by name). Architectures: Mixtral (llama.cpp's
 //! `llama` with `expert_count`), Qwen2-MoE, Qwen3-MoE and OLMoE.
 //!
 //! llama.cpp's converter permutes the query and key rows of `llama` models so that its RoPE
@@ -113,7 +113,7 @@ pub fn hf_config(g: &Gguf) -> Result<Value> {
 
 /// The transformers name of GGUF tensor `name`, and a shape override (the Qwen2-MoE shared
 /// expert gate is [C] in GGUF, [1, C] in transformers).
-fn hf_name(name: &str) -> Option<(String, Option<Vec<usize>>)> {
+pub fn hf_name(name: &str) -> Option<(String, Option<Vec<usize>>)> {
     let global = match name {
         "token_embd.weight" => Some("model.embed_tokens.weight"),
         "output_norm.weight" => Some("model.norm.weight"),
@@ -185,6 +185,9 @@ pub fn open(path: &Path) -> Result<(Value, TensorStore)> {
             GgmlType::BF16 => "BF16",
             GgmlType::Q8_0 => "Q8_0",
             GgmlType::Q4_0 => "Q4_0",
+            GgmlType::Q4K => "Q4_K",
+            GgmlType::Q5K => "Q5_K",
+            GgmlType::Q6K => "Q6_K",
             // Kept under its type's name: the loader refuses it by name if the model uses it.
             GgmlType::Other(_) => "",
         };

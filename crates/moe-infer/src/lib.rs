@@ -11,6 +11,7 @@ pub mod generate;
 pub mod gguf;
 pub mod gguf_model;
 pub mod inspect;
+pub mod kquant;
 pub mod linear;
 pub mod load;
 pub mod model;

@@ -4,7 +4,8 @@
 //! power-of-two scale; gpt-oss expert blocks), Q8_0 (llama.cpp's layout: blocks of 32 int8
 //! values after one f16 scale, 34 bytes) and Q4_0 (llama.cpp's: blocks of 32 4-bit values
 //! after one f16 scale, 18 bytes; byte j holds value j in its low nibble and j + 16 in its high
-//! one; value = d * (q - 8)). Rows are the leading dimensions flattened: a 3-D
+//! one; value = d * (q - 8)), and, from GGUF files, llama.cpp's k-quants Q4_K, Q5_K and Q6_K
+//! (`kquant`). Rows are the leading dimensions flattened: a 3-D
 //! expert tensor [E, R, C] is E*R rows, and `rows(e*R, R)` is expert e.
 
 use memmap2::Mmap;
@@ -41,6 +42,10 @@ pub enum Dtype {
     Q8_0,
     /// Blocks of 32: f16 scale d, then 16 bytes of nibbles; value = d * (q - 8).
     Q4_0,
+    /// llama.cpp's k-quants: super-blocks of 256 (see `kquant`), read from GGUF files.
+    Q4K,
+    Q5K,
+    Q6K,
 }
 
 /// A quantisation applied on load.
@@ -80,6 +85,9 @@ impl Dtype {
             "U8" => Dtype::U8,
             "Q8_0" => Dtype::Q8_0,
             "Q4_0" => Dtype::Q4_0,
+            "Q4_K" => Dtype::Q4K,
+            "Q5_K" => Dtype::Q5K,
+            "Q6_K" => Dtype::Q6K,
             _ => return None,
         })
     }
@@ -88,7 +96,7 @@ impl Dtype {
     }
     /// llama.cpp's block quantisations (GGUF files, or quantised on load).
     pub fn is_block_quant(self) -> bool {
-        matches!(self, Dtype::Q8_0 | Dtype::Q4_0)
+        matches!(self, Dtype::Q8_0 | Dtype::Q4_0 | Dtype::Q4K | Dtype::Q5K | Dtype::Q6K)
     }
 }
 
@@ -165,6 +173,9 @@ impl Weight {
             Dtype::Mxfp4 => self.cols / 2,
             Dtype::Q8_0 => self.cols / 32 * 34,
             Dtype::Q4_0 => self.cols / 32 * 18,
+            Dtype::Q4K => self.cols / 256 * 144,
+            Dtype::Q5K => self.cols / 256 * 176,
+            Dtype::Q6K => self.cols / 256 * 210,
         }
     }
 
@@ -172,7 +183,7 @@ impl Weight {
     /// quantised already. Q8_0 per block of 32: d = max|x| / 127, q = round(x / d). Q4_0 as
     /// llama.cpp: m = the value of largest magnitude, d = m / -8, q = min(15, trunc(x / d + 8.5)).
     pub fn quantize(&self, kind: Quant) -> Option<Weight> {
-        if !self.cols.is_multiple_of(32) || matches!(self.dtype, Dtype::Q8_0 | Dtype::Q4_0) {
+        if !self.cols.is_multiple_of(32) || self.dtype.is_block_quant() {
             return None;
         }
         let (dtype, blk) = match kind {
@@ -344,11 +355,36 @@ impl Weight {
                 }
                 acc.iter().sum()
             }
+            Dtype::Q4K | Dtype::Q5K | Dtype::Q6K => {
+                // one super-block of 256 at a time, decoded on the stack
+                let bb = self.row_bytes() / (self.cols / 256);
+                let mut buf = [0.0f32; 256];
+                let mut acc = [0.0f32; 16];
+                for (blk, xs) in b.chunks_exact(bb).zip(x.chunks_exact(256)) {
+                    self.decode_blocks(blk, &mut buf);
+                    for (w, v) in buf.chunks_exact(16).zip(xs.chunks_exact(16)) {
+                        for j in 0..16 {
+                            acc[j] += w[j] * v[j];
+                        }
+                    }
+                }
+                acc.iter().sum()
+            }
             _ => {
                 let mut row = vec![0.0f32; self.cols];
                 self.row_f32(r, &mut row);
                 row.iter().zip(x).map(|(a, b)| a * b).sum()
             }
+        }
+    }
+
+    /// k-quants: decodes the super-blocks in `b` into out.
+    fn decode_blocks(&self, b: &[u8], out: &mut [f32]) {
+        match self.dtype {
+            Dtype::Q4K => crate::kquant::decode_q4_k(b, out),
+            Dtype::Q5K => crate::kquant::decode_q5_k(b, out),
+            Dtype::Q6K => crate::kquant::decode_q6_k(b, out),
+            _ => unreachable!("decode_blocks is only called for k-quants"),
         }
     }
 
@@ -415,6 +451,7 @@ impl Weight {
                     o.iter_mut().zip(q4_values(&blk[2..])).for_each(|(v, q)| *v = d * q as f32);
                 }
             }
+            Dtype::Q4K | Dtype::Q5K | Dtype::Q6K => self.decode_blocks(b, out),
             Dtype::Mxfp4 => {
                 let (m, s0) = self.scales.as_ref().expect("an MXFP4 weight always has scales");
                 let nb = self.cols / 32;

@@ -138,9 +138,13 @@ fn load_bytes(bytes: &[u8]) -> Result<Model, String> {
 fn unsupported_tensor_types_are_refused_by_name() {
     let mut bytes = std::fs::read(gguf("mixtral-q8_0")).unwrap();
     let at = type_offset(&bytes, "blk.0.ffn_up_exps.weight");
+    bytes[at..at + 4].copy_from_slice(&16u32.to_le_bytes()); // IQ2_XXS
+    let e = load_bytes(&bytes).map(|_| ()).unwrap_err();
+    assert!(e.contains("IQ2_XXS") && e.contains("experts.up_proj") && e.contains("m.gguf"), "{e}");
+    // A k-quant type on rows that are not whole super-blocks of 256.
     bytes[at..at + 4].copy_from_slice(&12u32.to_le_bytes()); // Q4_K
     let e = load_bytes(&bytes).map(|_| ()).unwrap_err();
-    assert!(e.contains("Q4_K") && e.contains("experts.up_proj") && e.contains("m.gguf"), "{e}");
+    assert!(e.contains("Q4_K rows of 32 values are not whole blocks of 256"), "{e}");
 }
 
 #[test]
