@@ -23,7 +23,7 @@ pub fn tokenizer_dir(model: &Path, flag: Option<&Path>) -> PathBuf {
 
 /// The tokenizer of `model`; a GGUF file's embedded vocabulary is not read, so its
 /// tokenizer.json must sit next to it or be named by --tokenizer.
-fn tokenizer(model: &Path, flag: Option<&Path>) -> Result<HfTokenizer> {
+pub fn tokenizer(model: &Path, flag: Option<&Path>) -> Result<HfTokenizer> {
     let dir = tokenizer_dir(model, flag);
     HfTokenizer::load(&dir).map_err(|e| {
         if model.is_file() && flag.is_none() {
@@ -43,7 +43,7 @@ pub fn is_hf_dir(dir: &Path) -> bool {
 }
 
 /// Opens a model; with `comm`, keeps only this rank's experts (before quantising).
-fn load(dir: &Path, quant: Option<&str>, comm: Option<Arc<dyn Comm>>) -> Result<Model> {
+pub fn load(dir: &Path, quant: Option<&str>, comm: Option<Arc<dyn Comm>>) -> Result<Model> {
     let t0 = std::time::Instant::now();
     let mut m = Model::load(dir)?;
     let lead = comm.as_ref().is_none_or(|c| c.rank() == 0);

@@ -4,7 +4,9 @@ mod args;
 mod bench_infer;
 mod compare_cmd;
 mod dist_cmd;
+mod export_cmd;
 mod hf;
+mod perplexity_cmd;
 mod plan_cmd;
 mod train_cmd;
 
@@ -55,6 +57,10 @@ enum Cmd {
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCmd),
+    /// Write a checkpoint trained by moe as a Hugging Face Mixtral checkpoint.
+    Export(export_cmd::ExportArgs),
+    /// Mean cross-entropy and perplexity of a Hugging Face or GGUF model on a text.
+    Perplexity(perplexity_cmd::PerplexityArgs),
 }
 
 #[derive(Args)]
@@ -195,6 +201,8 @@ fn real_main() -> Result<()> {
         Cmd::Plot(a) => plot(a),
         Cmd::Routes(a) => routes(a),
         Cmd::Bench(b) => bench(b),
+        Cmd::Export(a) => export_cmd::export(a),
+        Cmd::Perplexity(a) => perplexity_cmd::perplexity(a),
         Cmd::Balance(a) => dist_cmd::balance_cmd(a),
         Cmd::Plan(a) => plan_cmd::plan_cmd(a),
     }
