@@ -23,7 +23,8 @@ import numpy as np
 here = os.path.dirname(os.path.abspath(__file__))
 fixtures = os.path.join(here, "..", "crates", "moe-infer", "tests", "fixtures")
 out_dir = os.path.join(fixtures, "gguf")
-llama = os.path.abspath(sys.argv[1])
+cli_args = sys.argv[1:]  # sys.argv is reused below to drive the converter
+llama = os.path.abspath(cli_args[0])
 sys.path.insert(0, llama)
 sys.path.insert(1, os.path.join(llama, "gguf-py"))
 import convert_hf_to_gguf as convert  # noqa: E402
@@ -81,7 +82,7 @@ import torch  # noqa: E402
 from safetensors.numpy import save_file  # noqa: E402
 from transformers import MixtralConfig, MixtralForCausalLM  # noqa: E402
 
-quantize = sys.argv[2] if len(sys.argv) > 2 else os.path.join(llama, "build", "bin", "llama-quantize")
+quantize = cli_args[1] if len(cli_args) > 1 else os.path.join(llama, "build", "bin", "llama-quantize")
 torch.manual_seed(0)
 cfg = MixtralConfig(hidden_size=256, intermediate_size=256, num_hidden_layers=1, num_attention_heads=4,
                     num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2, vocab_size=128,

@@ -1,7 +1,8 @@
 //! GGUF files written by llama.cpp's own converter from the Hugging Face fixtures
 //! (`scripts/gguf_fixtures.py`): f32 files give transformers' logits (1e-4) and greedy tokens;
 //! Q8_0 and Q4_0 files hold the f32 weights within one quantisation step and run like the f32
-//! model holding exactly their decoded weights; truncated, corrupted and unsupported files give
+//! model holding exactly their decoded weights; Q4_K_M and Q5_K_M files from llama-quantize
+//! decode exactly as gguf-py's reference does; truncated, corrupted and unsupported files give
 //! errors naming the problem, never a panic (a deterministic fuzz loop over the header and
 //! tensor directory).
 
@@ -174,4 +175,43 @@ fn truncated_and_corrupted_files_are_errors_not_panics() {
     assert!(e.contains("version 7"), "{e}");
     let e = load_bytes(b"NOPE and more bytes").map(|_| ()).unwrap_err();
     assert!(e.contains("GGUF") || e.contains("config.json"), "{e}");
+}
+
+#[test]
+fn k_quant_files_decode_as_llama_cpp_does_and_run_like_their_float_twin() {
+    // Q4_K_M and Q5_K_M files written by llama-quantize; the first two rows of each k-quant
+    // tensor as gguf-py's reference dequantiser decodes them.
+    let bytes = std::fs::read(fixtures().join("gguf/kquant_rows.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    for (key, view) in st.tensors() {
+        let (kind, gguf_name) = key.split_once('/').unwrap();
+        let m = Model::load(&gguf(&format!("mixtral256-{}", kind.to_lowercase()))).unwrap();
+        let (name, _) = moe_infer::gguf_model::hf_name(gguf_name).unwrap();
+        let e = &m.store.entries[&name];
+        let w = m.store.weight(&name, &e.shape).unwrap();
+        seen.insert(e.dtype.clone());
+        let want: Vec<f32> = view.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+        let x: Vec<f32> = (0..w.cols).map(|j| ((j * 7) % 13) as f32 / 13.0 - 0.5).collect();
+        for (r, want) in want.chunks_exact(w.cols).enumerate() {
+            let mut got = vec![0.0; w.cols];
+            w.row_f32(r, &mut got);
+            assert!(max_diff(&got, want) == 0.0, "{key} row {r}: decoded values differ from gguf-py's");
+            let dot: f32 = want.iter().zip(&x).map(|(a, b)| a * b).sum();
+            let scale: f32 = want.iter().zip(&x).map(|(a, b)| (a * b).abs()).sum();
+            assert!((w.dot_row(r, &x) - dot).abs() <= 1e-5 * scale.max(1e-6), "{key} row {r}: dot product");
+        }
+    }
+    let want: std::collections::BTreeSet<String> = ["Q4_K", "Q5_K", "Q6_K"].map(String::from).into();
+    assert!(want.is_subset(&seen), "k-quant types in the fixtures: {seen:?}");
+    for file in ["mixtral256-q4_k_m", "mixtral256-q5_k_m"] {
+        let q = Model::load(&gguf(file)).unwrap();
+        let mut twin = Model::load(&gguf(file)).unwrap();
+        twin.dequantize();
+        let ids = [1u32, 5, 9, 17, 33, 40, 61, 70];
+        let a = q.forward(&ids, &mut Cache::new(&q.spec), true).unwrap();
+        let b = twin.forward(&ids, &mut Cache::new(&twin.spec), true).unwrap();
+        let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        assert!(max_diff(&a, &b) < 1e-4 * scale, "{file}: differs from its float twin by {}", max_diff(&a, &b));
+    }
 }
