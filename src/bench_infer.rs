@@ -4,7 +4,7 @@
 
 use anyhow::{Context, Result};
 use clap::Args;
-use moe_infer::bench::{active_bytes_per_token, median, read_bandwidth_gbs, time_decode, time_prefill};
+use moe_infer::bench::{active_bytes_per_token, median, read_bandwidth_gbs, time_decode, time_prefill, touch_weights};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -66,7 +66,9 @@ pub fn bench_infer(a: InferBenchArgs) -> Result<()> {
         bytes as f64 / 1e9
     );
     let bw = read_bandwidth_gbs();
-    time_decode(&m, 4, 1)?; // warm-up: weights paged in
+    // Warm-up, as llama-bench's: every page of the weights resident, one short decode.
+    touch_weights(&m);
+    time_decode(&m, 4, 1)?;
     let reps = a.reps.max(1);
     let prefill =
         median((0..reps).map(|i| time_prefill(&m, a.prompt_tokens, i as u64)).collect::<moe_infer::Result<_>>()?);

@@ -36,6 +36,22 @@ pub fn active_bytes_per_token(m: &Model) -> u64 {
     total
 }
 
+/// Makes every weight resident (one read per page), so timings do not include page faults.
+pub fn touch_weights(m: &Model) {
+    for (name, e) in &m.store.entries {
+        if let Ok(w) = m.store.weight(name, &e.shape) {
+            w.touch();
+        }
+    }
+    for l in &m.w.layers {
+        if let FfnW::Moe(moe) = &l.ffn {
+            moe.experts.iter().flatten().flat_map(|e| e.weights()).for_each(|w| {
+                w.touch();
+            });
+        }
+    }
+}
+
 /// Memory read bandwidth in GB/s: the median of 5 passes summing a 1 GiB buffer on all threads.
 pub fn read_bandwidth_gbs() -> f64 {
     let buf: Vec<u64> = (0..(1u64 << 27)).collect();

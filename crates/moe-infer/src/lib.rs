@@ -17,6 +17,7 @@ pub mod load;
 pub mod model;
 pub mod moe;
 pub mod npy;
+pub mod qdot;
 pub mod rope;
 pub mod store;
 pub mod tokenizer;

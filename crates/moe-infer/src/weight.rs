@@ -65,16 +65,7 @@ impl Quant {
     }
 }
 
-/// The 32 values (q - 8) of a Q4_0 block's 16 nibble bytes.
-#[inline(always)]
-fn q4_values(nibbles: &[u8]) -> [i8; 32] {
-    let mut q = [0i8; 32];
-    for j in 0..16 {
-        q[j] = (nibbles[j] & 15) as i8 - 8;
-        q[j + 16] = (nibbles[j] >> 4) as i8 - 8;
-    }
-    q
-}
+use crate::qdot::q4_values;
 
 impl Dtype {
     pub fn parse(s: &str) -> Option<Dtype> {
@@ -299,6 +290,17 @@ impl Weight {
         }
     }
 
+    /// Reads one byte of every page, so a memory-mapped matrix is resident before timing (as
+    /// llama.cpp's MAP_POPULATE and warm-up run make its weights).
+    pub fn touch(&self) -> u8 {
+        let raw = self.raw();
+        let mut x = 0u8;
+        for i in (0..raw.len()).step_by(4096) {
+            x ^= std::hint::black_box(raw[i]);
+        }
+        x
+    }
+
     fn raw(&self) -> &[u8] {
         &self.map[self.start..self.start + self.rows * self.row_bytes()]
     }
@@ -394,24 +396,11 @@ impl Weight {
     pub fn dot_row_q8(&self, r: usize, xq: &[i8], xd: &[f32]) -> f32 {
         let rb = self.row_bytes();
         let b = &self.map[self.start + r * rb..self.start + (r + 1) * rb];
-        let blk_bytes = if self.dtype == Dtype::Q4_0 { 18 } else { 34 };
-        let mut acc = 0.0f32;
-        for ((blk, qx), &dx) in b.chunks_exact(blk_bytes).zip(xq.chunks_exact(32)).zip(xd) {
-            let d = half::f16::from_bits(u16::from_le_bytes([blk[0], blk[1]])).to_f32();
-            let qx: &[i8; 32] = qx.try_into().expect("chunks of 32");
-            let q: [i8; 32] = if self.dtype == Dtype::Q4_0 {
-                q4_values(&blk[2..])
-            } else {
-                let raw: &[u8; 32] = blk[2..].try_into().expect("a Q8_0 block holds 32 values");
-                raw.map(|v| v as i8)
-            };
-            let mut s = 0i32;
-            for j in 0..32 {
-                s += (q[j] as i32) * (qx[j] as i32);
-            }
-            acc += d * dx * s as f32;
+        if self.dtype == Dtype::Q4_0 {
+            crate::qdot::dot_q4_0(b, xq, xd)
+        } else {
+            crate::qdot::dot_q8_0(b, xq, xd)
         }
-        acc
     }
 
     /// Decodes row r into out[cols].

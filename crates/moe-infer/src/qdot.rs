@@ -1,0 +1,150 @@
+//! Integer dot products of a Q8_0 or Q4_0 weight row with an activation row quantised to Q8_0
+//! blocks (the decode kernel of quantised models): per block of 32, sum_j qw_j * qx_j in
+//! integers, scaled by dw * dx, as llama.cpp does. With AVX-512 VNNI (built for the machine,
+//! `-C target-cpu=native`) a block is one `vpdpbusd` on |w| and x * sign(w) and the scaled sums
+//! accumulate in 8 f32 lanes; elsewhere the scalar twin runs. Tests compare the two.
+//! Activations must lie in [-127, 127] (as `quantize_q8_row` makes them): x * sign(w) of -128
+//! would wrap. Weights may take any int8 value.
+
+fn f16(b: &[u8]) -> f32 {
+    half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32()
+}
+
+/// The 32 values (q - 8) of a Q4_0 block's 16 nibble bytes (value j in the low nibble of byte
+/// j, value j + 16 in its high nibble).
+#[inline(always)]
+pub fn q4_values(nibbles: &[u8]) -> [i8; 32] {
+    let mut q = [0i8; 32];
+    for j in 0..16 {
+        q[j] = (nibbles[j] & 15) as i8 - 8;
+        q[j + 16] = (nibbles[j] >> 4) as i8 - 8;
+    }
+    q
+}
+
+/// The scalar twins.
+pub mod scalar {
+    use super::{f16, q4_values};
+
+    fn dot(blk_bytes: usize, row: &[u8], xq: &[i8], xd: &[f32], values: impl Fn(&[u8]) -> [i8; 32]) -> f32 {
+        let mut acc = 0.0f32;
+        for ((blk, qx), &dx) in row.chunks_exact(blk_bytes).zip(xq.chunks_exact(32)).zip(xd) {
+            let q = values(&blk[2..]);
+            let s: i32 = q.iter().zip(qx).map(|(&a, &b)| a as i32 * b as i32).sum();
+            acc += f16(blk) * dx * s as f32;
+        }
+        acc
+    }
+
+    pub fn dot_q8_0(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
+        dot(34, row, xq, xd, |b| std::array::from_fn(|j| b[j] as i8))
+    }
+
+    pub fn dot_q4_0(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
+        dot(18, row, xq, xd, q4_values)
+    }
+}
+
+#[cfg(all(target_arch = "x86_64", target_feature = "avx512vnni", target_feature = "avx512vl"))]
+mod vnni {
+    use super::f16;
+    use std::arch::x86_64::*;
+
+    /// 8 partial i32 sums of w[j] * x[j] for 32 int8 pairs.
+    #[inline(always)]
+    fn block(w: __m256i, x: __m256i) -> __m256i {
+        // SAFETY (of every intrinsic here): the cfg of this module guarantees the features.
+        unsafe {
+            let (aw, sx) = (_mm256_abs_epi8(w), _mm256_sign_epi8(x, w));
+            _mm256_dpbusd_epi32(_mm256_setzero_si256(), aw, sx)
+        }
+    }
+
+    #[inline(always)]
+    fn hsum(v: __m256) -> f32 {
+        unsafe {
+            let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+            let s = _mm_hadd_ps(s, s);
+            _mm_cvtss_f32(_mm_hadd_ps(s, s))
+        }
+    }
+
+    #[inline(always)]
+    fn dot(blk_bytes: usize, row: &[u8], xq: &[i8], xd: &[f32], load: impl Fn(&[u8]) -> __m256i) -> f32 {
+        let mut acc = unsafe { _mm256_setzero_ps() };
+        for ((blk, qx), &dx) in row.chunks_exact(blk_bytes).zip(xq.chunks_exact(32)).zip(xd) {
+            // SAFETY: qx holds 32 bytes (chunks_exact); unaligned loads.
+            let x = unsafe { _mm256_loadu_si256(qx.as_ptr() as *const __m256i) };
+            let s = unsafe { _mm256_cvtepi32_ps(block(load(&blk[2..]), x)) };
+            acc = unsafe { _mm256_fmadd_ps(_mm256_set1_ps(f16(blk) * dx), s, acc) };
+        }
+        hsum(acc)
+    }
+
+    pub fn dot_q8_0(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
+        // SAFETY: a Q8_0 block holds 32 value bytes after its scale.
+        dot(34, row, xq, xd, |b| unsafe { _mm256_loadu_si256(b.as_ptr() as *const __m256i) })
+    }
+
+    pub fn dot_q4_0(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
+        dot(18, row, xq, xd, |b| unsafe {
+            // SAFETY: a Q4_0 block holds 16 nibble bytes after its scale.
+            let bytes = _mm_loadu_si128(b.as_ptr() as *const __m128i);
+            let m = _mm_set1_epi8(15);
+            let (lo, hi) = (_mm_and_si128(bytes, m), _mm_and_si128(_mm_srli_epi16(bytes, 4), m));
+            _mm256_sub_epi8(_mm256_set_m128i(hi, lo), _mm256_set1_epi8(8))
+        })
+    }
+}
+
+#[cfg(all(target_arch = "x86_64", target_feature = "avx512vnni", target_feature = "avx512vl"))]
+pub use vnni::{dot_q4_0, dot_q8_0};
+
+#[cfg(not(all(target_arch = "x86_64", target_feature = "avx512vnni", target_feature = "avx512vl")))]
+pub use scalar::{dot_q4_0, dot_q8_0};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rng(seed: &mut u64) -> u8 {
+        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (*seed >> 33) as u8
+    }
+
+    /// A row of `blocks` blocks of `bytes` bytes with finite f16 scales, and Q8_0 activations.
+    fn data(blocks: usize, bytes: usize, seed: &mut u64) -> (Vec<u8>, Vec<i8>, Vec<f32>) {
+        let mut row: Vec<u8> = (0..blocks * bytes).map(|_| rng(seed)).collect();
+        for b in row.chunks_exact_mut(bytes) {
+            let d = half::f16::from_f32(0.001 + rng(seed) as f32 / 1000.0).to_bits().to_le_bytes();
+            b[..2].copy_from_slice(&d);
+        }
+        let xq = (0..blocks * 32).map(|_| (rng(seed) as i8).max(-127)).collect();
+        let xd = (0..blocks).map(|_| rng(seed) as f32 / 500.0).collect();
+        (row, xq, xd)
+    }
+
+    #[test]
+    fn kernels_equal_their_scalar_twins() {
+        let mut seed = 7;
+        for blocks in [1, 2, 7, 32, 113] {
+            let (row, xq, xd) = data(blocks, 34, &mut seed);
+            let (a, b) = (dot_q8_0(&row, &xq, &xd), scalar::dot_q8_0(&row, &xq, &xd));
+            assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "Q8_0 x{blocks}: {a} vs {b}");
+            let (row, xq, xd) = data(blocks, 18, &mut seed);
+            let (a, b) = (dot_q4_0(&row, &xq, &xd), scalar::dot_q4_0(&row, &xq, &xd));
+            assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "Q4_0 x{blocks}: {a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn extreme_values_are_exact_in_integers() {
+        // w = -128 (|w| = 128 as unsigned) and x = -127 in every lane: 32 * 128 * 127.
+        let mut row = vec![0u8; 34];
+        row[..2].copy_from_slice(&half::f16::from_f32(1.0).to_bits().to_le_bytes());
+        row[2..].fill(0x80);
+        let (xq, xd) = (vec![-127i8; 32], vec![1.0f32]);
+        assert_eq!(dot_q8_0(&row, &xq, &xd), 32.0 * 128.0 * 127.0);
+        assert_eq!(scalar::dot_q8_0(&row, &xq, &xd), 32.0 * 128.0 * 127.0);
+    }
+}
