@@ -53,23 +53,25 @@ pub fn decode_q5_k(b: &[u8], y: &mut [f32]) {
     }
 }
 
-/// Decodes a Q6_K row (super-blocks of 210 bytes) into y[cols].
+/// Decodes a Q6_K row (super-blocks of 210 bytes) into y[cols]. Fixed-size views and the
+/// scales hoisted out of the 16-value runs let the loops vectorise (this is the LM head of
+/// llama.cpp's Q4_0 and Q4_K_M files, read for every token).
 pub fn decode_q6_k(b: &[u8], y: &mut [f32]) {
     for (blk, ys) in b.chunks_exact(210).zip(y.chunks_exact_mut(QK_K)) {
-        let (ql, qh, sc, d) = (&blk[0..128], &blk[128..192], &blk[192..208], f16(&blk[208..210]));
+        let d = f16(&blk[208..210]);
         for h in 0..2 {
-            let (ql, qh, sc, y) = (&ql[64 * h..], &qh[32 * h..], &sc[8 * h..], &mut ys[128 * h..]);
-            for l in 0..32 {
-                let is = l / 16;
-                let q1 = ((ql[l] & 0xF) | ((qh[l] & 3) << 4)) as i32 - 32;
-                let q2 = ((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) as i32 - 32;
-                let q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i32 - 32;
-                let q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i32 - 32;
-                let s = |k: usize| d * (sc[is + k] as i8) as f32;
-                y[l] = s(0) * q1 as f32;
-                y[l + 32] = s(2) * q2 as f32;
-                y[l + 64] = s(4) * q3 as f32;
-                y[l + 96] = s(6) * q4 as f32;
+            let ql: &[u8; 64] = blk[64 * h..64 * h + 64].try_into().expect("64 low-nibble bytes");
+            let qh: &[u8; 32] = blk[128 + 32 * h..128 + 32 * h + 32].try_into().expect("32 high-bit bytes");
+            let s: [f32; 8] = std::array::from_fn(|k| d * (blk[192 + 8 * h + k] as i8) as f32);
+            let y: &mut [f32; 128] = (&mut ys[128 * h..128 * h + 128]).try_into().expect("128 values");
+            for (is, run) in [(0usize, 0..16usize), (1, 16..32)] {
+                for l in run {
+                    let (a, b, c) = (ql[l], ql[l + 32], qh[l]);
+                    y[l] = s[is] * (((a & 0xF) | ((c & 3) << 4)) as i32 - 32) as f32;
+                    y[l + 32] = s[is + 2] * (((b & 0xF) | (((c >> 2) & 3) << 4)) as i32 - 32) as f32;
+                    y[l + 64] = s[is + 4] * (((a >> 4) | (((c >> 4) & 3) << 4)) as i32 - 32) as f32;
+                    y[l + 96] = s[is + 6] * (((b >> 4) | (((c >> 6) & 3) << 4)) as i32 - 32) as f32;
+                }
             }
         }
     }

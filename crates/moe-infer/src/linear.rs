@@ -61,8 +61,8 @@ impl Linear {
     fn dot_rows(&self, x: &[f32], n: usize, y: &mut [f32]) {
         let (i, o) = (self.inp, self.out);
         const CHUNK: usize = 64;
-        // Q8_0 / Q4_0 weights: integer dot products against the tokens quantised to Q8_0 blocks
-        let q8 = matches!(self.w.dtype, Dtype::Q8_0 | Dtype::Q4_0);
+        // Q8_0 / Q4_0 / Q6_K weights: integer dot products against the tokens quantised to Q8_0 blocks
+        let q8 = matches!(self.w.dtype, Dtype::Q8_0 | Dtype::Q4_0 | Dtype::Q6K);
         let (mut xq, mut xd) = (vec![0i8; if q8 { n * i } else { 0 }], vec![0.0f32; if q8 { n * i / 32 } else { 0 }]);
         if q8 {
             for tok in 0..n {
