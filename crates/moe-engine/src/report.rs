@@ -174,38 +174,24 @@ pub fn compare_runs(runs: &[(String, PathBuf)], out_dir: &Path) -> Result<String
             .collect(),
     };
     render(&val, &out_dir.join("val_loss.png"), 800, 500)?;
-    let bal = Chart {
-        title: "max / mean expert load (mean over layers)".into(),
+    // One series per run of f(step) where it is defined.
+    let per_step = |title: &str, f: &dyn Fn(&StepMetrics) -> Option<f64>| Chart {
+        title: title.into(),
         x_label: "step".into(),
         y_label: "max / mean".into(),
         series: data
             .iter()
             .map(|(l, m)| Series {
                 label: l.clone(),
-                points: m
-                    .train
-                    .iter()
-                    .filter(|s| !s.max_over_mean_load.is_empty())
-                    .map(|s| (s.step as f64, mean(&s.max_over_mean_load)))
-                    .collect(),
+                points: m.train.iter().filter_map(|s| Some((s.step as f64, f(s)?))).collect(),
             })
             .collect(),
     };
-    render(&bal, &out_dir.join("load_balance.png"), 800, 500)?;
+    let load = |s: &StepMetrics| (!s.max_over_mean_load.is_empty()).then(|| mean(&s.max_over_mean_load));
+    render(&per_step("max / mean expert load (mean over layers)", &load), &out_dir.join("load_balance.png"), 800, 500)?;
     if data.iter().any(|(_, m)| m.train.iter().any(|s| !s.rank_rows.is_empty())) {
-        let ranks = Chart {
-            title: "expert parallelism: max / mean expert rows per rank".into(),
-            x_label: "step".into(),
-            y_label: "max / mean".into(),
-            series: data
-                .iter()
-                .map(|(l, m)| Series {
-                    label: l.clone(),
-                    points: m.train.iter().filter_map(|s| Some((s.step as f64, rank_imbalance(s)?))).collect(),
-                })
-                .collect(),
-        };
-        render(&ranks, &out_dir.join("rank_balance.png"), 800, 500)?;
+        let chart = per_step("expert parallelism: max / mean expert rows per rank", &rank_imbalance);
+        render(&chart, &out_dir.join("rank_balance.png"), 800, 500)?;
     }
     let mut t = String::from("| run | steps | final validation loss | max/mean load (last 20% of steps) | dropped | max/mean rows per rank | tokens/s |\n|---|---:|---:|---:|---:|---:|---:|\n");
     for (l, m) in &data {

@@ -52,6 +52,18 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
+/// Max abs difference of the logits of GGUF file `file` from those of the f32 model holding its
+/// decoded weights, and the largest |logit| of the latter.
+fn float_twin_diff(file: &str) -> (f32, f32) {
+    let q = Model::load(&gguf(file)).unwrap();
+    let mut twin = Model::load(&gguf(file)).unwrap();
+    twin.dequantize();
+    let ids = [1u32, 5, 9, 17, 33, 40, 61, 70];
+    let a = q.forward(&ids, &mut Cache::new(&q.spec), true).unwrap();
+    let b = twin.forward(&ids, &mut Cache::new(&twin.spec), true).unwrap();
+    (max_diff(&a, &b), b.iter().fold(0.0f32, |m, v| m.max(v.abs())))
+}
+
 #[test]
 fn f32_gguf_files_give_the_logits_of_transformers() {
     for (file, hf) in [("mixtral-f32", "mixtral"), ("qwen3_moe-f32", "qwen3_moe")] {
@@ -110,13 +122,8 @@ fn quantised_gguf_files_hold_llama_cpp_blocks_read_in_place() {
         assert!(quantised >= 10, "{file}: only {quantised} {dtype} tensors");
         // Run in place, they give the logits of the f32 model holding their decoded weights
         // (activations are quantised to Q8_0 for the integer dot products: close, not equal).
-        let mut twin = Model::load(&gguf(file)).unwrap();
-        twin.dequantize();
-        let ids = [1u32, 5, 9, 17, 33, 40, 61, 70];
-        let a = q.forward(&ids, &mut Cache::new(&q.spec), true).unwrap();
-        let b = twin.forward(&ids, &mut Cache::new(&twin.spec), true).unwrap();
-        let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-        assert!(max_diff(&a, &b) < 0.05 * scale, "{file}: differs from its float twin by {}", max_diff(&a, &b));
+        let (diff, scale) = float_twin_diff(file);
+        assert!(diff < 0.05 * scale, "{file}: differs from its float twin by {diff}");
     }
 }
 
@@ -205,13 +212,7 @@ fn k_quant_files_decode_as_llama_cpp_does_and_run_like_their_float_twin() {
     let want: std::collections::BTreeSet<String> = ["Q4_K", "Q5_K", "Q6_K"].map(String::from).into();
     assert!(want.is_subset(&seen), "k-quant types in the fixtures: {seen:?}");
     for file in ["mixtral256-q4_k_m", "mixtral256-q5_k_m"] {
-        let q = Model::load(&gguf(file)).unwrap();
-        let mut twin = Model::load(&gguf(file)).unwrap();
-        twin.dequantize();
-        let ids = [1u32, 5, 9, 17, 33, 40, 61, 70];
-        let a = q.forward(&ids, &mut Cache::new(&q.spec), true).unwrap();
-        let b = twin.forward(&ids, &mut Cache::new(&twin.spec), true).unwrap();
-        let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-        assert!(max_diff(&a, &b) < 1e-4 * scale, "{file}: differs from its float twin by {}", max_diff(&a, &b));
+        let (diff, scale) = float_twin_diff(file);
+        assert!(diff < 1e-4 * scale, "{file}: differs from its float twin by {diff}");
     }
 }
