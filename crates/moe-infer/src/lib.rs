@@ -7,6 +7,7 @@ pub mod bench;
 pub mod config;
 pub mod error;
 pub mod expert_cache;
+pub mod fdot;
 pub mod generate;
 pub mod gguf;
 pub mod gguf_model;

@@ -330,7 +330,7 @@ impl Weight {
         let rb = self.row_bytes();
         let b = &self.map[self.start + r * rb..self.start + (r + 1) * rb];
         match self.dtype {
-            Dtype::BF16 => dot_in_place::<2>(b, x, |w| f32::from_bits((u16::from_le_bytes([w[0], w[1]]) as u32) << 16)),
+            Dtype::BF16 => crate::fdot::dot_bf16(b, x),
             Dtype::F32 => dot_in_place::<4>(b, x, |w| f32::from_le_bytes([w[0], w[1], w[2], w[3]])),
             Dtype::Q8_0 => {
                 // one accumulator vector across blocks; a single horizontal sum at the end
