@@ -70,9 +70,11 @@ impl Linear {
                 quantize_q8_row(&x[r.clone()], &mut xq[r], &mut xd[tok * i / 32..(tok + 1) * i / 32]);
             }
         }
+        let xs = crate::qdot::block_sums(&xq);
         let dot = |row: usize, tok: usize| {
             if q8 {
-                self.w.dot_row_q8(row, &xq[tok * i..(tok + 1) * i], &xd[tok * i / 32..(tok + 1) * i / 32])
+                let b = tok * i / 32..(tok + 1) * i / 32;
+                self.w.dot_row_q8(row, &xq[tok * i..(tok + 1) * i], &xd[b.clone()], &xs[b])
             } else {
                 self.w.dot_row(row, &x[tok * i..(tok + 1) * i])
             }

@@ -393,11 +393,12 @@ impl Weight {
     /// Q8_0, Q4_0 and Q6_K only: row r dotted with x given as Q8_0 blocks (xq int8 values, xd one
     /// scale per 32), in integer arithmetic per block as llama.cpp does:
     /// sum_b dw_b * dx_b * sum_j qw_j qx_j.
-    pub fn dot_row_q8(&self, r: usize, xq: &[i8], xd: &[f32]) -> f32 {
+    /// `xs` are the block sums of xq (`qdot::block_sums`), used by Q4_0.
+    pub fn dot_row_q8(&self, r: usize, xq: &[i8], xd: &[f32], xs: &[i32]) -> f32 {
         let rb = self.row_bytes();
         let b = &self.map[self.start + r * rb..self.start + (r + 1) * rb];
         match self.dtype {
-            Dtype::Q4_0 => crate::qdot::dot_q4_0(b, xq, xd),
+            Dtype::Q4_0 => crate::qdot::dot_q4_0(b, xq, xd, xs),
             Dtype::Q6K => crate::qdot::dot_q6_k(b, xq, xd),
             _ => crate::qdot::dot_q8_0(b, xq, xd),
         }

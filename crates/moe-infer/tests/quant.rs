@@ -43,7 +43,8 @@ fn round_trip_and_dot(kind: Quant, levels: f32, within: f32) {
         let (mut xq, mut xd) = (vec![0i8; 32], vec![0.0f32; 1]);
         moe_infer::weight::quantize_q8_row(&x, &mut xq, &mut xd);
         let bound: f32 = b.iter().map(|v| v.abs()).sum::<f32>() * xd[0] / 2.0 + 1e-5;
-        assert!((q.dot_row_q8(r, &xq, &xd) - want).abs() <= bound, "row {r}: integer dot");
+        let xs = moe_infer::qdot::block_sums(&xq);
+        assert!((q.dot_row_q8(r, &xq, &xd, &xs) - want).abs() <= bound, "row {r}: integer dot");
     }
 }
 
