@@ -4,7 +4,8 @@
 
 use anyhow::{Context, Result};
 use clap::Args;
-use moe_infer::bench::{active_bytes_per_token, median, read_bandwidth_gbs, time_decode, time_prefill, touch_weights};
+use moe_engine::bench::median;
+use moe_infer::bench::{active_bytes_per_token, read_bandwidth_gbs, time_decode, time_prefill, touch_weights};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

@@ -98,10 +98,10 @@ pub fn export(a: ExportArgs) -> Result<()> {
         if per_expert {
             let n = t.per_expert();
             for (e, chunk) in data.chunks_exact(n).enumerate() {
-                tensors.push((name.replace("{e}", &e.to_string()), t.shape[1..].to_vec(), le_bytes(chunk)));
+                tensors.push((name.replace("{e}", &e.to_string()), t.shape[1..].to_vec(), checkpoint::to_bytes(chunk)));
             }
         } else {
-            tensors.push((name, t.shape.clone(), le_bytes(data)));
+            tensors.push((name, t.shape.clone(), checkpoint::to_bytes(data)));
         }
     }
     let views = tensors
@@ -117,10 +117,6 @@ pub fn export(a: ExportArgs) -> Result<()> {
     let params = layout.total as f64 / 1e6;
     eprintln!("exported {} ({params:.2} M parameters) to {} as MixtralForCausalLM", ck.dir.display(), a.out.display());
     Ok(())
-}
-
-fn le_bytes(x: &[f32]) -> Vec<u8> {
-    x.iter().flat_map(|v| v.to_le_bytes()).collect()
 }
 
 fn write(path: &Path, bytes: &[u8]) -> Result<()> {

@@ -5,6 +5,7 @@ use clap::Args;
 use moe_engine::dist::Comm;
 use moe_engine::generate::{GenStats, Sampling};
 use moe_infer::generate::{eos_ids, generate};
+use moe_infer::inspect::gib;
 use moe_infer::tokenizer::HfTokenizer;
 use moe_infer::{Cache, Model};
 use std::io::Write;
@@ -172,16 +173,6 @@ fn memory_report(rank: Option<usize>) {
             g(anon),
             g(file)
         );
-    }
-}
-
-/// Bytes in GiB, MiB or KiB.
-fn gib(bytes: u64) -> String {
-    let b = bytes as f64;
-    match bytes {
-        b0 if b0 >= 1 << 30 => format!("{:.2} GiB", b / (1u64 << 30) as f64),
-        b0 if b0 >= 1 << 20 => format!("{:.1} MiB", b / (1u64 << 20) as f64),
-        _ => format!("{:.1} KiB", b / 1024.0),
     }
 }
 

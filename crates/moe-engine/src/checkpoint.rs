@@ -24,7 +24,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::rename(&tmp, path).map_err(Error::io(path))
 }
 
-fn to_bytes(x: &[f32]) -> Vec<u8> {
+/// f32 values as little-endian bytes (safetensors data).
+pub fn to_bytes(x: &[f32]) -> Vec<u8> {
     x.iter().flat_map(|v| v.to_le_bytes()).collect()
 }
 

@@ -67,8 +67,7 @@ impl RunMetrics {
 
 /// max / mean rows per rank of an expert-parallel step (None for one process).
 fn rank_imbalance(s: &StepMetrics) -> Option<f64> {
-    let m = mean(&s.rank_rows);
-    (m > 0.0).then(|| s.rank_rows.iter().cloned().fold(0.0, f64::max) / m)
+    Some(crate::dist::placement::max_over_mean(&s.rank_rows)).filter(|&r| r > 0.0)
 }
 
 fn mean(v: &[f64]) -> f64 {

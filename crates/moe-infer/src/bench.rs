@@ -12,7 +12,7 @@ use std::time::Instant;
 
 /// Bytes of weights one decoded token reads.
 pub fn active_bytes_per_token(m: &Model) -> u64 {
-    let b = |w: &Weight| w.resident_bytes() as u64;
+    let b = |w: &Weight| w.bytes() as u64;
     let k = m.spec.moe.top_k as u64;
     let mut total = b(&m.w.lm_head.w) + (b(&m.w.embed) / m.spec.vocab.max(1) as u64);
     for l in &m.w.layers {
@@ -91,10 +91,4 @@ pub fn time_decode(m: &Model, n: usize, seed: u64) -> Result<f64> {
         logits = m.forward(&[next], &mut cache, false)?;
     }
     Ok(t0.elapsed().as_secs_f64() / n.max(1) as f64)
-}
-
-/// The median of `v`.
-pub fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }

@@ -65,7 +65,7 @@ impl ExpertCache {
             .map(|m| {
                 m.experts
                     .iter()
-                    .map(|e| e.as_ref().map_or(0, |e| e.weights().iter().map(|x| x.resident_bytes() as u64).sum()))
+                    .map(|e| e.as_ref().map_or(0, |e| e.weights().iter().map(|x| x.bytes() as u64).sum()))
                     .collect()
             })
             .collect();

@@ -54,7 +54,8 @@ fn human(n: u64) -> String {
     }
 }
 
-fn gib(b: u64) -> String {
+/// Bytes in GiB, MiB or KiB.
+pub fn gib(b: u64) -> String {
     match b {
         b if b >= 1 << 30 => format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64),
         b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),

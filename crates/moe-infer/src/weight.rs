@@ -259,11 +259,6 @@ impl Weight {
         matches!(&*self.map, Bytes::Map(..))
     }
 
-    /// Bytes this matrix occupies (MXFP4: blocks and scales).
-    pub fn resident_bytes(&self) -> usize {
-        self.rows * self.row_bytes() + self.scales.as_ref().map_or(0, |_| self.rows * self.cols / 32)
-    }
-
     /// For a memory-mapped matrix: `release` drops its pages from this process and from the
     /// OS page cache (the next use reads them from disk again), else asks the kernel to read
     /// them ahead. No-op for matrices in memory (quantised on load).

@@ -7,7 +7,7 @@
 //! sees (as the run directory of any MPI job).
 
 use super::data_parallel::Dist;
-use crate::checkpoint::{finish, start, SaveRequest};
+use crate::checkpoint::{finish, start, to_bytes, SaveRequest};
 use crate::error::{Error, Result};
 use crate::params::Layout;
 use std::fs::{File, OpenOptions};
@@ -31,10 +31,6 @@ fn header(tensors: &[(&str, Vec<usize>)]) -> Vec<u8> {
     out
 }
 
-fn le_bytes(x: &[f32]) -> Vec<u8> {
-    x.iter().flat_map(|v| v.to_le_bytes()).collect()
-}
-
 /// The two files of a checkpoint being written: (path, data start) of the weights and of the
 /// optimizer moments.
 struct Files {
@@ -56,7 +52,7 @@ impl Files {
 }
 
 fn write_at(f: &File, path: &Path, at: u64, data: &[f32]) -> Result<()> {
-    f.write_all_at(&le_bytes(data), at).map_err(Error::io(path))
+    f.write_all_at(&to_bytes(data), at).map_err(Error::io(path))
 }
 
 /// Rank 0: the temporary directory with its side files and the two files at full size, with
