@@ -77,6 +77,11 @@ pub struct ExpertSlots {
     pub total: usize,
     /// [S] the expert each slot holds.
     pub slots: Vec<usize>,
+    /// [S] whether the slot holds its expert's first replica (the one a checkpoint and the
+    /// gradient norm take).
+    pub primary: Vec<bool>,
+    /// The experts of this layer with several replicas, in id order (the same on every rank).
+    pub replicated: Vec<usize>,
 }
 
 impl TensorInfo {
@@ -166,11 +171,14 @@ impl Builder {
     }
     /// The rank's slots of a stacked expert tensor of shape [E, ...] in MoE layer `moe_layer`.
     fn push_experts(&mut self, name: String, shape: &[usize], init: Init, shard: &Shard, moe_layer: usize) -> Span {
-        let slots = shard.slots(moe_layer, shape[0]);
+        let pl = shard.placement(moe_layer, shape[0]);
+        let slots = pl.ranks[shard.rank].clone();
+        let primary = (0..slots.len()).map(|j| pl.hosts(slots[j])[0] == (shard.rank, j)).collect();
+        let replicated = (0..shape[0]).filter(|&x| pl.replicas[x] > 1).collect();
         let local: Vec<usize> = std::iter::once(slots.len()).chain(shape[1..].iter().copied()).collect();
         let span = self.push(name, &local, init);
         let last = self.tensors.len() - 1;
-        self.tensors[last].experts = Some(ExpertSlots { moe_layer, total: shape[0], slots });
+        self.tensors[last].experts = Some(ExpertSlots { moe_layer, total: shape[0], slots, primary, replicated });
         span
     }
 }

@@ -83,14 +83,10 @@ impl Dist {
     /// Sums the gradient of every expert with several replicas over its replicas (all ranks
     /// take part in one all-reduce per expert tensor that has replicated experts).
     fn sync_expert_replicas(&self, layout: &Layout, grads: &mut [f32]) {
-        if self.shard.placements.is_none() {
-            return;
-        }
         for t in &layout.tensors {
             let Some(ex) = &t.experts else { continue };
-            let pl = self.shard.placement(ex.moe_layer, ex.total);
             // [X] the replicated experts, in id order; buf [X, per-expert]
-            let shared: Vec<usize> = (0..ex.total).filter(|&x| pl.replicas[x] > 1).collect();
+            let shared = &ex.replicated;
             if shared.is_empty() {
                 continue;
             }
@@ -117,13 +113,8 @@ impl Dist {
             match &t.experts {
                 None => parts[0] += sq(t.span.of(grads)),
                 Some(ex) => {
-                    let pl = self.shard.placement(ex.moe_layer, ex.total);
-                    let n = t.per_expert();
-                    for (j, (&x, g)) in ex.slots.iter().zip(t.span.of(grads).chunks_exact(n)).enumerate() {
-                        if pl.replicas[x] == 1 || pl.hosts(x)[0] == (self.shard.rank, j) {
-                            parts[1] += sq(g);
-                        }
-                    }
+                    let slots = t.span.of(grads).chunks_exact(t.per_expert());
+                    parts[1] += slots.zip(&ex.primary).filter(|(_, &p)| p).map(|(g, _)| sq(g)).sum::<f64>();
                 }
             }
         }

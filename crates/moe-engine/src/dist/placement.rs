@@ -41,11 +41,6 @@ impl Shard {
         }
     }
 
-    /// The experts of this rank's slots in MoE layer `moe_layer`.
-    pub fn slots(&self, moe_layer: usize, e: usize) -> Vec<usize> {
-        self.placement(moe_layer, e).ranks.swap_remove(self.rank)
-    }
-
     /// Slots per rank in every MoE layer (E/P, or (E + redundant)/P).
     pub fn slots_per_rank(&self, e: usize) -> usize {
         self.placements.as_ref().and_then(|p| p.first()).map_or(e / self.ranks, |p| p.ranks[0].len())

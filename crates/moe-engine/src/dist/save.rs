@@ -92,17 +92,17 @@ fn lay_out(root: &Path, name: &str, tag: &str, req: &SaveRequest, full: &Layout)
     Ok((tmp, Files { model: (wpath, wstart), optimizer }))
 }
 
-/// Every rank: the experts whose first replica this rank holds, at their offsets.
-fn write_experts(d: &Dist, req: &SaveRequest, full: &Layout, files: &Files) -> Result<()> {
+/// Every rank: the experts whose first replica this rank holds (`ExpertSlots::primary`), at
+/// their offsets.
+fn write_experts(req: &SaveRequest, full: &Layout, files: &Files) -> Result<()> {
     let (wpath, wstart) = &files.model;
     let wf = Files::open(wpath)?;
     let of = files.optimizer.as_ref().map(|(p, _)| Files::open(p)).transpose()?;
     for (ft, lt) in full.tensors.iter().zip(&req.layout.tensors) {
         if let Some(ex) = &lt.experts {
-            let pl = d.shard.placement(ex.moe_layer, ex.total);
             let n = lt.per_expert();
             for (j, &x) in ex.slots.iter().enumerate() {
-                if pl.hosts(x)[0] != (d.shard.rank, j) {
+                if !ex.primary[j] {
                     continue;
                 }
                 let slot = |buf: &[f32]| lt.span.of(buf)[j * n..(j + 1) * n].to_vec();
@@ -145,7 +145,7 @@ pub fn save_from_ranks(d: &Dist, root: &Path, name: &str, req: &SaveRequest, kee
         model: (tmp.join("model.safetensors"), wh.map_or(0, |h| h.len() as u64)),
         optimizer: oh.map(|h| (tmp.join("optimizer.safetensors"), h.len() as u64)),
     };
-    let wrote = write_experts(d, req, &full, &files);
+    let wrote = write_experts(req, &full, &files);
     if d.any_failed(wrote.is_err()) {
         if lead {
             let _ = std::fs::remove_dir_all(&tmp);
