@@ -35,31 +35,13 @@ EOF
 fi
 
 pip install -q "$src/gguf-py"
-# llama.cpp's own converter; the checkpoints' tiny test tokenizer is not in its table of
-# pre-tokenizers, so the lookup falls back to "default".
-cat > "$work/convert.py" <<'PY'
-import os, sys
-llama, model, out, outtype = sys.argv[1:5]
-sys.path.insert(0, llama); sys.path.insert(1, os.path.join(llama, "gguf-py"))
-import convert_hf_to_gguf as convert
-from conversion import base
-known = base.TextModel.get_vocab_base_pre
-def any_pre(self, tok):
-    try:
-        return known(self, tok)
-    except NotImplementedError:
-        return "default"
-base.TextModel.get_vocab_base_pre = any_pre
-sys.argv = ["convert_hf_to_gguf.py", model, "--outtype", outtype, "--outfile", out]
-convert.main()
-PY
 for arch in mixtral olmoe; do
   model="$work/$arch-1b"
   gguf="$work/$arch-1b-bf16.gguf"
   [ -f "$model/config.json" ] || python3 scripts/make_checkpoint.py --arch "$arch" --out "$model"
   if [ ! -f "$work/$arch-1b-q4_0.gguf" ]; then
-    python3 "$work/convert.py" "$src" "$model" "$gguf" bf16 > "$work/convert.log" 2>&1
-    python3 "$work/convert.py" "$src" "$model" "$work/$arch-1b-q8_0.gguf" q8_0 >> "$work/convert.log" 2>&1
+    python3 scripts/llama_convert.py "$src" "$model" "$gguf" bf16 > "$work/convert.log" 2>&1
+    python3 scripts/llama_convert.py "$src" "$model" "$work/$arch-1b-q8_0.gguf" q8_0 >> "$work/convert.log" 2>&1
     "$src/build/bin/llama-quantize" "$gguf" "$work/$arch-1b-q4_0.gguf" Q4_0 > "$work/quantize.log" 2>&1
   fi
 done

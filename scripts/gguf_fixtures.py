@@ -1,7 +1,8 @@
 """GGUF fixtures for crates/moe-infer/tests/gguf.rs, written by llama.cpp's own converter.
 
 The tiny Hugging Face checkpoints of scripts/hf_checkpoints.py (Mixtral, Qwen3-MoE, OLMoE)
-go through llama.cpp's convert_hf_to_gguf.py in f32 (and Mixtral also in Q8_0); a Q4_0
+go through llama.cpp's convert_hf_to_gguf.py (scripts/llama_convert.py) in f32 (and Mixtral
+also in Q8_0); a Q4_0
 copy of the Mixtral file is made the way llama-quantize does (every 2-D weight whose rows are
 whole blocks of 32, except the router) with gguf-py's reference quantiser. The tests compare
 the logits of each GGUF file with transformers' logits stored in the Hugging Face fixture.
@@ -23,33 +24,17 @@ import numpy as np
 here = os.path.dirname(os.path.abspath(__file__))
 fixtures = os.path.join(here, "..", "crates", "moe-infer", "tests", "fixtures")
 out_dir = os.path.join(fixtures, "gguf")
-cli_args = sys.argv[1:]  # sys.argv is reused below to drive the converter
-llama = os.path.abspath(cli_args[0])
-sys.path.insert(0, llama)
-sys.path.insert(1, os.path.join(llama, "gguf-py"))
-import convert_hf_to_gguf as convert  # noqa: E402
-import gguf  # noqa: E402
-from conversion import base  # noqa: E402
+llama = os.path.abspath(sys.argv[1])
+from llama_convert import convert  # noqa: E402
 
-known_pre = base.TextModel.get_vocab_base_pre
-
-
-def any_pre(self, tokenizer):
-    # The fixtures' tiny random tokenizers are not in llama.cpp's table of pre-tokenizers.
-    try:
-        return known_pre(self, tokenizer)
-    except NotImplementedError:
-        return "default"
-
-
-base.TextModel.get_vocab_base_pre = any_pre
 os.makedirs(out_dir, exist_ok=True)
 # (The Qwen2-MoE fixture has a dense layer, which llama.cpp's qwen2moe cannot convert.)
 for name, outtype in [("mixtral", "f32"), ("mixtral", "q8_0"), ("qwen3_moe", "f32"), ("olmoe", "f32")]:
     out = os.path.join(out_dir, f"{name}-{outtype}.gguf")
-    sys.argv = ["convert_hf_to_gguf.py", os.path.join(fixtures, name), "--outtype", outtype, "--outfile", out]
-    convert.main()
+    convert(llama, os.path.join(fixtures, name), out, outtype)
     print("wrote", out)
+
+import gguf  # noqa: E402  (llama.cpp's gguf-py, on the path since the first conversion)
 
 # Q4_0 as llama-quantize makes it, from the f32 file.
 src = gguf.GGUFReader(os.path.join(out_dir, "mixtral-f32.gguf"))
@@ -82,7 +67,7 @@ import torch  # noqa: E402
 from safetensors.numpy import save_file  # noqa: E402
 from transformers import MixtralConfig, MixtralForCausalLM  # noqa: E402
 
-quantize = cli_args[1] if len(cli_args) > 1 else os.path.join(llama, "build", "bin", "llama-quantize")
+quantize = sys.argv[2] if len(sys.argv) > 2 else os.path.join(llama, "build", "bin", "llama-quantize")
 torch.manual_seed(0)
 cfg = MixtralConfig(hidden_size=256, intermediate_size=256, num_hidden_layers=1, num_attention_heads=4,
                     num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2, vocab_size=128,
@@ -97,8 +82,7 @@ with tempfile.TemporaryDirectory() as tmp:
     for f in ["tokenizer.json", "tokenizer_config.json"]:
         shutil.copy(os.path.join(fixtures, "mixtral", f), hf)
     f32 = os.path.join(tmp, "mixtral256-f32.gguf")
-    sys.argv = ["convert_hf_to_gguf.py", hf, "--outtype", "f32", "--outfile", f32]
-    convert.main()
+    convert(llama, hf, f32, "f32")
     rows = {}
     for kind in ["Q4_K_M", "Q5_K_M"]:
         out = os.path.join(out_dir, f"mixtral256-{kind.lower()}.gguf")
