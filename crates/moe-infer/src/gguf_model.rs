@@ -70,42 +70,34 @@ pub fn hf_config(g: &Gguf) -> Result<Value> {
     });
     let ffn = g.usize(&format!("{arch}.feed_forward_length"));
     let expert_ffn = g.usize(&format!("{arch}.expert_feed_forward_length"));
-    let set = |c: &mut Value, k: &str, v: Value| c[k] = v;
     match arch {
         "llama" => {
-            set(&mut c, "num_local_experts", json!(experts));
-            set(
-                &mut c,
-                "intermediate_size",
-                json!(ffn.ok_or_else(|| bad("missing llama.feed_forward_length".into()))?),
-            );
+            c["num_local_experts"] = json!(experts);
+            c["intermediate_size"] = json!(ffn.ok_or_else(|| bad("missing llama.feed_forward_length".into()))?);
         }
         "qwen2moe" | "qwen3moe" => {
-            set(&mut c, "num_experts", json!(experts));
-            set(
-                &mut c,
-                "moe_intermediate_size",
-                json!(expert_ffn.ok_or_else(|| bad(format!("missing {arch}.expert_feed_forward_length")))?),
-            );
-            set(&mut c, "intermediate_size", json!(ffn.unwrap_or(0)));
+            c["num_experts"] = json!(experts);
+            let width = expert_ffn.ok_or_else(|| bad(format!("missing {arch}.expert_feed_forward_length")))?;
+            c["moe_intermediate_size"] = json!(width);
+            c["intermediate_size"] = json!(ffn.unwrap_or(0));
             // llama.cpp renormalises the top-k weights for qwen3moe, not for qwen2moe.
-            set(&mut c, "norm_topk_prob", json!(arch == "qwen3moe"));
+            c["norm_topk_prob"] = json!(arch == "qwen3moe");
             if let Some(s) = g.usize("qwen2moe.expert_shared_feed_forward_length").filter(|_| arch == "qwen2moe") {
-                set(&mut c, "shared_expert_intermediate_size", json!(s));
+                c["shared_expert_intermediate_size"] = json!(s);
             }
         }
         _ => {
-            set(&mut c, "num_experts", json!(experts));
-            set(&mut c, "intermediate_size", json!(expert_ffn.or(ffn).unwrap_or(0)));
-            set(&mut c, "norm_topk_prob", json!(false));
+            c["num_experts"] = json!(experts);
+            c["intermediate_size"] = json!(expert_ffn.or(ffn).unwrap_or(0));
+            c["norm_topk_prob"] = json!(false);
         }
     }
     if let Some(clip) = g.f64(&format!("{arch}.attention.clamp_kqv")) {
-        set(&mut c, "clip_qkv", json!(clip));
+        c["clip_qkv"] = json!(clip);
     }
     for (k, hf) in [("tokenizer.ggml.bos_token_id", "bos_token_id"), ("tokenizer.ggml.eos_token_id", "eos_token_id")] {
         if let Some(id) = g.usize(k) {
-            set(&mut c, hf, json!(id));
+            c[hf] = json!(id);
         }
     }
     Ok(c)
