@@ -39,8 +39,22 @@ fn view<T>(data: &[T], off: usize, rows: usize, cols: usize, rs: usize) -> Mat<'
     Mat { data: &data[off..], rows, cols, rs, cs: 1 }
 }
 
+/// Query rows per block: a block's scores are computed only against the keys its last row sees,
+/// which skips about half of the causal products (the upper triangle).
+pub const QUERY_BLOCK: usize = 64;
+
+/// Query blocks of a sequence: (first row, rows, keys seen by the block's last row).
+fn query_blocks(s: &AttnDims) -> impl Iterator<Item = (usize, usize, usize)> {
+    let (tq, tk) = (s.tq, s.tk);
+    (0..tq).step_by(QUERY_BLOCK).map(move |q0| {
+        let rows = QUERY_BLOCK.min(tq - q0);
+        (q0, rows, tk - tq + q0 + rows)
+    })
+}
+
 /// out[B,Tq,H,D] = softmax(q k^T / sqrt(D), causal) v; att[B,H,Tq,Tk] keeps the probabilities.
-/// q[B,Tq,H,D], k/v[B,Tcap,G,D]. One job per (b, h): two GEMMs and a masked softmax.
+/// q[B,Tq,H,D], k/v[B,Tcap,G,D]. One job per (b, h); per block of query rows, two GEMMs
+/// against the keys the block sees and a masked softmax.
 pub fn attention_forward<T: Float>(out: &mut [T], att: &mut [T], q: &[T], k: &[T], v: &[T], s: AttnDims) {
     let scale = T::from_f64(1.0 / (s.d as f64).sqrt());
     assert!(out.len() >= s.b * s.tq * s.h * s.d && att.len() >= s.b * s.h * s.tq * s.tk);
@@ -52,32 +66,35 @@ pub fn attention_forward<T: Float>(out: &mut [T], att: &mut [T], q: &[T], k: &[T
     (0..s.b * s.h).into_par_iter().for_each(|bh| {
         let (b, h) = (bh / s.h, bh % s.h);
         let g = h / (s.h / s.g);
-        let qv = view(q, s.q_off(b, 0, h), s.tq, s.d, hd);
-        let kv = view(k, s.k_off(b, 0, g), s.tk, s.d, gd);
-        let vv = view(v, s.k_off(b, 0, g), s.tk, s.d, gd);
-        // SAFETY: job (b, h) owns the att block [b, h] and the (b, *, h) rows of out.
-        unsafe {
-            let a_ptr = pa.at(s.a_off(b, h, 0));
-            matmul_raw(a_ptr, s.tk, qv, kv.t(), false, false);
-            let block = std::slice::from_raw_parts_mut(a_ptr, s.tq * s.tk);
-            for (t, row) in block.chunks_mut(s.tk).enumerate() {
-                let pos = s.tk - s.tq + t;
-                let (live, masked) = row.split_at_mut(pos + 1);
-                live.iter_mut().for_each(|x| *x *= scale);
-                let m = crate::float::max(live);
-                live.iter_mut().for_each(|x| *x = (*x - m).exp());
-                let inv = T::ONE / crate::float::sum(live);
-                live.iter_mut().for_each(|x| *x *= inv);
-                masked.fill(T::ZERO);
+        for (q0, rows, kend) in query_blocks(&s) {
+            let qv = view(q, s.q_off(b, q0, h), rows, s.d, hd);
+            let kv = view(k, s.k_off(b, 0, g), kend, s.d, gd);
+            let vv = view(v, s.k_off(b, 0, g), kend, s.d, gd);
+            // SAFETY: job (b, h) owns the att block [b, h] and the (b, *, h) rows of out.
+            unsafe {
+                let a_ptr = pa.at(s.a_off(b, h, q0));
+                matmul_raw(a_ptr, s.tk, qv, kv.t(), false, false);
+                let block = std::slice::from_raw_parts_mut(a_ptr, rows * s.tk);
+                for (t, row) in block.chunks_mut(s.tk).enumerate() {
+                    let pos = s.tk - s.tq + q0 + t;
+                    let (live, masked) = row.split_at_mut(pos + 1);
+                    live.iter_mut().for_each(|x| *x *= scale);
+                    let m = crate::float::max(live);
+                    live.iter_mut().for_each(|x| *x = (*x - m).exp());
+                    let inv = T::ONE / crate::float::sum(live);
+                    live.iter_mut().for_each(|x| *x *= inv);
+                    masked.fill(T::ZERO);
+                }
+                let pv = Mat { data: &*block, rows, cols: kend, rs: s.tk, cs: 1 };
+                matmul_raw(po.at(s.q_off(b, q0, h)), hd, pv, vv, false, false);
             }
-            let pv = Mat { data: &*block, rows: s.tq, cols: s.tk, rs: s.tk, cs: 1 };
-            matmul_raw(po.at(s.q_off(b, 0, h)), hd, pv, vv, false, false);
         }
     });
 }
 
 /// Backward of the training shape (tq == tk == tcap): dq, dk, dv accumulate.
-/// One job per (b, g) owning its key/value head and the query heads of its group.
+/// One job per (b, g) owning its key/value head and the query heads of its group; per query
+/// block, products only against the keys the block sees (as in the forward).
 /// `scratch` holds at least B*G*T*T elements (overwritten).
 #[allow(clippy::too_many_arguments)]
 pub fn attention_backward<T: Float>(
@@ -105,31 +122,35 @@ pub fn attention_backward<T: Float>(
     let hpg = s.h / s.g;
     scratch[..s.b * s.g * t * t].par_chunks_mut(t * t).enumerate().for_each(|(job, dp)| {
         let (b, g) = (job / s.g, job % s.g);
-        let kv = view(k, s.k_off(b, 0, g), t, s.d, gd);
-        let vv = view(v, s.k_off(b, 0, g), t, s.d, gd);
         for h in g * hpg..(g + 1) * hpg {
-            let p = view(att, s.a_off(b, h, 0), t, t, t);
-            let dov = view(dout, s.q_off(b, 0, h), t, s.d, hd);
-            let qv = view(q, s.q_off(b, 0, h), t, s.d, hd);
-            // SAFETY: job (b, g) owns rows (b, *, g) of dk/dv and (b, *, h) of dq for h in g.
-            unsafe {
-                matmul_raw(pv.at(s.k_off(b, 0, g)), gd, p.t(), dov, true, false); // dV += P^T dO
-                matmul_raw(dp.as_mut_ptr(), t, dov, vv.t(), false, false); // dP = dO V^T
-            }
-            // dS = P * (dP - rowsum(P * dP)) * scale
-            for (row, (dpr, pr)) in dp.chunks_mut(t).zip(att[s.a_off(b, h, 0)..][..t * t].chunks(t)).enumerate() {
-                let live = row + 1;
-                let sum = crate::float::dot(&dpr[..live], &pr[..live]);
-                for (d, &pp) in dpr[..live].iter_mut().zip(&pr[..live]) {
-                    *d = pp * (*d - sum) * scale;
+            for (q0, rows, kend) in query_blocks(&s) {
+                let kv = view(k, s.k_off(b, 0, g), kend, s.d, gd);
+                let vv = view(v, s.k_off(b, 0, g), kend, s.d, gd);
+                let p = view(att, s.a_off(b, h, q0), rows, kend, t);
+                let dov = view(dout, s.q_off(b, q0, h), rows, s.d, hd);
+                let qv = view(q, s.q_off(b, q0, h), rows, s.d, hd);
+                let dpb = &mut dp[..rows * t];
+                // SAFETY: job (b, g) owns rows (b, *, g) of dk/dv and (b, *, h) of dq for h in g.
+                unsafe {
+                    matmul_raw(pv.at(s.k_off(b, 0, g)), gd, p.t(), dov, true, false); // dV += P^T dO
+                    matmul_raw(dpb.as_mut_ptr(), t, dov, vv.t(), false, false); // dP = dO V^T
                 }
-                dpr[live..].fill(T::ZERO);
-            }
-            let ds = Mat { data: &*dp, rows: t, cols: t, rs: t, cs: 1 };
-            unsafe {
-                matmul_raw(pq.at(s.q_off(b, 0, h)), hd, ds, kv, true, false); // dQ += dS K
-                matmul_raw(pk.at(s.k_off(b, 0, g)), gd, ds.t(), qv, true, false);
-                // dK += dS^T Q
+                // dS = P * (dP - rowsum(P * dP)) * scale, zero past each row's last key
+                for (r, dpr) in dpb.chunks_mut(t).enumerate() {
+                    let live = q0 + r + 1;
+                    let pr = &att[s.a_off(b, h, q0 + r)..][..live];
+                    let sum = crate::float::dot(&dpr[..live], pr);
+                    for (d, &pp) in dpr[..live].iter_mut().zip(pr) {
+                        *d = pp * (*d - sum) * scale;
+                    }
+                    dpr[live..kend].fill(T::ZERO);
+                }
+                let ds = Mat { data: &*dpb, rows, cols: kend, rs: t, cs: 1 };
+                unsafe {
+                    matmul_raw(pq.at(s.q_off(b, q0, h)), hd, ds, kv, true, false); // dQ += dS K
+                    matmul_raw(pk.at(s.k_off(b, 0, g)), gd, ds.t(), qv, true, false);
+                    // dK += dS^T Q
+                }
             }
         }
     });
@@ -162,6 +183,44 @@ pub fn attention_forward_naive<T: Float>(out: &mut [T], att: &mut [T], q: &[T], 
                 }
                 for (j, &scj) in sc.iter().enumerate() {
                     att[s.a_off(b, h, t) + j] = T::from_f64((scj - m).exp() / z);
+                }
+            }
+        }
+    }
+}
+
+/// Naive twin of [`attention_backward`]: serial loops over every (query, key) pair in f64.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward_naive<T: Float>(
+    dq: &mut [T],
+    dk: &mut [T],
+    dv: &mut [T],
+    dout: &[T],
+    att: &[T],
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    s: AttnDims,
+) {
+    let scale = 1.0 / (s.d as f64).sqrt();
+    let f = |x: T| x.to_f64();
+    for b in 0..s.b {
+        for h in 0..s.h {
+            let g = h * s.g / s.h;
+            for t in 0..s.tq {
+                let p = |j: usize| f(att[s.a_off(b, h, t) + j]);
+                let dot =
+                    |x: &[T], xo: usize, y: &[T], yo: usize| (0..s.d).map(|i| f(x[xo + i]) * f(y[yo + i])).sum::<f64>();
+                let dp: Vec<f64> = (0..s.tk).map(|j| dot(dout, s.q_off(b, t, h), v, s.k_off(b, j, g))).collect();
+                let sum: f64 = (0..s.tk).map(|j| p(j) * dp[j]).sum();
+                for j in 0..s.tk {
+                    let ds = p(j) * (dp[j] - sum) * scale;
+                    for i in 0..s.d {
+                        let (qi, ki) = (s.q_off(b, t, h) + i, s.k_off(b, j, g) + i);
+                        dv[ki] = T::from_f64(f(dv[ki]) + p(j) * f(dout[qi]));
+                        dq[qi] = T::from_f64(f(dq[qi]) + ds * f(k[ki]));
+                        dk[ki] = T::from_f64(f(dk[ki]) + ds * f(q[qi]));
+                    }
                 }
             }
         }
