@@ -213,8 +213,8 @@ pub fn attention_backward_naive<T: Float>(
                     |x: &[T], xo: usize, y: &[T], yo: usize| (0..s.d).map(|i| f(x[xo + i]) * f(y[yo + i])).sum::<f64>();
                 let dp: Vec<f64> = (0..s.tk).map(|j| dot(dout, s.q_off(b, t, h), v, s.k_off(b, j, g))).collect();
                 let sum: f64 = (0..s.tk).map(|j| p(j) * dp[j]).sum();
-                for j in 0..s.tk {
-                    let ds = p(j) * (dp[j] - sum) * scale;
+                for (j, &dpj) in dp.iter().enumerate() {
+                    let ds = p(j) * (dpj - sum) * scale;
                     for i in 0..s.d {
                         let (qi, ki) = (s.q_off(b, t, h) + i, s.k_off(b, j, g) + i);
                         dv[ki] = T::from_f64(f(dv[ki]) + p(j) * f(dout[qi]));
