@@ -58,18 +58,20 @@ impl GgmlType {
         NAMES.get(id as usize).map_or(format!("type {id}"), |n| n.to_string())
     }
 
-    /// Bytes of `n` values (n a multiple of the block size), None for unsupported types.
+    /// Bytes of `n` values (n a multiple of the block size); None for unsupported types and
+    /// for counts whose size overflows u64.
     pub fn bytes(self, n: u64) -> Option<u64> {
-        match self {
-            GgmlType::F32 => Some(4 * n),
-            GgmlType::F16 | GgmlType::BF16 => Some(2 * n),
-            GgmlType::Q8_0 => Some(n / 32 * 34),
-            GgmlType::Q4_0 => Some(n / 32 * 18),
-            GgmlType::Q4K => Some(n / 256 * 144),
-            GgmlType::Q5K => Some(n / 256 * 176),
-            GgmlType::Q6K => Some(n / 256 * 210),
-            GgmlType::Other(_) => None,
-        }
+        let (values, bytes) = match self {
+            GgmlType::F32 => (1, 4),
+            GgmlType::F16 | GgmlType::BF16 => (1, 2),
+            GgmlType::Q8_0 => (32, 34),
+            GgmlType::Q4_0 => (32, 18),
+            GgmlType::Q4K => (256, 144),
+            GgmlType::Q5K => (256, 176),
+            GgmlType::Q6K => (256, 210),
+            GgmlType::Other(_) => return None,
+        };
+        (n / values).checked_mul(bytes)
     }
 
     /// Values per block.
@@ -256,7 +258,11 @@ impl Gguf {
                     ty.block()
                 )));
             }
-            let len = ty.bytes(n).unwrap_or(0);
+            // an unsupported type is refused when the tensor is used, with the type's name
+            let len = match ty {
+                GgmlType::Other(_) => 0,
+                _ => ty.bytes(n).ok_or_else(|| bad(format!("dimensions {ne:?} overflow")))?,
+            };
             if off % align as u64 != 0 {
                 return Err(bad(format!("data offset {off} is not aligned to {align}")));
             }

@@ -178,6 +178,15 @@ fn truncated_and_corrupted_files_are_errors_not_panics() {
         errors += usize::from(r.unwrap().is_err());
     }
     assert!(errors > 100, "only {errors} of 400 corruptions were noticed");
+    // Dimensions whose element count fits in u64 but whose bytes do not (found by the
+    // gguf_load fuzz target): an error, not an overflow.
+    let mut b = bytes.clone();
+    let at = type_offset(&b, "blk.0.ffn_up_exps.weight");
+    let dim = |b: &[u8], i: usize| u64::from_le_bytes(b[at - 24 + 8 * i..at - 16 + 8 * i].try_into().unwrap());
+    let huge = u64::MAX / (dim(&b, 0) * dim(&b, 1));
+    b[at - 8..at].copy_from_slice(&huge.to_le_bytes());
+    let e = load_bytes(&b).map(|_| ()).unwrap_err();
+    assert!(e.contains("overflow"), "{e}");
     let e = load_bytes(b"GGUF\x07\0\0\0").map(|_| ()).unwrap_err();
     assert!(e.contains("version 7"), "{e}");
     let e = load_bytes(b"NOPE and more bytes").map(|_| ()).unwrap_err();
