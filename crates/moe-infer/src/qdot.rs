@@ -1,8 +1,11 @@
 //! Integer dot products of a Q8_0, Q4_0 or Q6_K weight row with an activation row quantised to
 //! Q8_0 blocks (the decode kernel of quantised models): per block of 32, sum_j qw_j * qx_j in
-//! integers, scaled by dw * dx (Q6_K: by its int8 scale per 16 values and d), as llama.cpp does. With AVX-512 VNNI (built for the machine,
-//! `-C target-cpu=native`) a block is one `vpdpbusd` on |w| and x * sign(w) and the scaled sums
-//! accumulate in 8 f32 lanes; elsewhere the scalar twin runs. Tests compare the two.
+//! integers, scaled by dw * dx (Q6_K: by its int8 scale per 16 values and d), as llama.cpp does.
+//! With AVX-512 VNNI (built for the machine, `-C target-cpu=native`) Q8_0 and Q4_0 take two
+//! blocks per 512-bit `vpdpbusd` on unsigned weights (Q8_0: w + 128; Q4_0: the raw nibbles)
+//! whose offset is removed through the activations' block sums, and Q6_K one block per 256-bit
+//! `vpdpbusd` on |w| and x * sign(w); scaled sums accumulate in f32 lanes. Elsewhere the scalar
+//! twin runs. Tests compare the two.
 //! Activations must lie in [-127, 127] (as `quantize_q8_row` makes them): x * sign(w) of -128
 //! would wrap. Weights may take any int8 value.
 
@@ -42,7 +45,7 @@ pub mod scalar {
         acc
     }
 
-    pub fn dot_q8_0(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
+    pub fn dot_q8_0(row: &[u8], xq: &[i8], xd: &[f32], _xs: &[i32]) -> f32 {
         dot(34, row, xq, xd, |b| std::array::from_fn(|j| b[j] as i8))
     }
 
@@ -111,11 +114,6 @@ mod vnni {
         hsum(acc)
     }
 
-    pub fn dot_q8_0(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
-        // SAFETY: a Q8_0 block holds 32 value bytes after its scale.
-        dot(34, row, xq, xd, |b| unsafe { _mm256_loadu_si256(b.as_ptr() as *const __m256i) })
-    }
-
     pub fn dot_q6_k(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
         // SAFETY: every load reads 32 bytes inside a 210-byte super-block or a 32-value
         // activation block (chunks_exact); the cfg of this module guarantees the features.
@@ -149,25 +147,92 @@ mod vnni {
         }
     }
 
-    /// Q4_0: the unsigned nibbles times x in one `vpdpbusd`, minus 8 x the block sums `xs`
-    /// of x (per block of 32) at the end: sum (q - 8) x = sum q x - 8 sum x.
-    pub fn dot_q4_0(row: &[u8], xq: &[i8], xd: &[f32], xs: &[i32]) -> f32 {
-        // SAFETY: 16 nibble bytes after each block's scale and 32 activation bytes per block
-        // (chunks_exact); the cfg of this module guarantees the features.
+    /// Pairs of blocks (b, b+1) in one 512-bit `vpdpbusd` each: `load` gives the pair's weights
+    /// as unsigned bytes (w + bias_w) in the lane order of `x_order` applied to the activations,
+    /// `idx` maps each int32 lane to its block (0: b, 1: b+1). Every lane starts from
+    /// -(bias_w * 32 / 8) x (sum of its block's x), so a block's 8 lanes sum to sum w x; one FMA
+    /// with d * dx spread over the lanes. Returns the sum and the number of blocks done (even).
+    ///
+    /// # Safety
+    /// The features of this module; `load(p)` reads only inside the two blocks at p; row, xq,
+    /// xd and xs hold xd.len() blocks.
+    #[inline(always)]
+    unsafe fn pairs<const X_ORDER: i32>(
+        blk_bytes: usize,
+        row: &[u8],
+        xq: &[i8],
+        xd: &[f32],
+        xs: &[i32],
+        idx: __m512i,
+        lane_bias: i32,
+        load: impl Fn(*const u8) -> __m512i,
+    ) -> (f32, usize) {
+        let nb = xd.len();
+        assert!(row.len() >= blk_bytes * nb && xq.len() >= 32 * nb && xs.len() >= nb, "row and activations differ");
+        let bias = _mm512_set1_epi32(lane_bias);
+        let mut acc = _mm512_setzero_ps();
+        let mut b = 0;
+        while b + 2 <= nb {
+            let p = row.as_ptr().add(blk_bytes * b);
+            let x = _mm512_loadu_si512(xq.as_ptr().add(32 * b) as *const _);
+            let x = _mm512_shuffle_i64x2::<X_ORDER>(x, x);
+            let sums = _mm512_castsi128_si512(_mm_loadl_epi64(xs.as_ptr().add(b) as *const __m128i));
+            let init = _mm512_mullo_epi32(_mm512_permutexvar_epi32(idx, sums), bias);
+            let prod = _mm512_dpbusd_epi32(init, load(p), x);
+            let (d0, d1) =
+                (u16::from_le_bytes([*p, *p.add(1)]), u16::from_le_bytes([*p.add(blk_bytes), *p.add(blk_bytes + 1)]));
+            let d = _mm_cvtph_ps(_mm_cvtsi32_si128((d0 as u32 | (d1 as u32) << 16) as i32));
+            let dx = _mm_castsi128_ps(_mm_loadl_epi64(xd.as_ptr().add(b) as *const __m128i));
+            let sv = _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(_mm_mul_ps(d, dx)));
+            acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(prod), sv, acc);
+            b += 2;
+        }
+        (_mm512_reduce_add_ps(acc), b)
+    }
+
+    /// Q8_0: the pair's 64 weight bytes as w + 128 (unsigned), so sum (w + 128) x - 128 sum x.
+    /// An odd last block runs alone.
+    pub fn dot_q8_0(row: &[u8], xq: &[i8], xd: &[f32], xs: &[i32]) -> f32 {
+        // SAFETY: the loads read the 32 value bytes after each block's scale (34-byte blocks);
+        // the cfg of this module guarantees the features.
         unsafe {
-            let mut acc = _mm256_setzero_ps();
-            let mut corr = 0.0f32;
-            let m = _mm_set1_epi8(15);
-            for (((blk, qx), &dx), &sx) in row.chunks_exact(18).zip(xq.chunks_exact(32)).zip(xd).zip(xs) {
+            let idx = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+            let flip = _mm512_set1_epi8(-128);
+            let (total, b) = pairs::<0b11_10_01_00>(34, row, xq, xd, xs, idx, -16, |p| {
+                let (w0, w1) =
+                    (_mm256_loadu_si256(p.add(2) as *const __m256i), _mm256_loadu_si256(p.add(36) as *const __m256i));
+                _mm512_xor_si512(_mm512_inserti64x4::<1>(_mm512_castsi256_si512(w0), w1), flip)
+            });
+            total
+                + dot(34, &row[34 * b..], &xq[32 * b..], &xd[b..], |b| _mm256_loadu_si256(b.as_ptr() as *const __m256i))
+        }
+    }
+
+    /// Q4_0: the unsigned nibbles of the pair as [lo_b, lo_b+1, hi_b, hi_b+1] against x in the
+    /// same order, so sum q x - 8 sum x = sum (q - 8) x. An odd last block runs alone.
+    pub fn dot_q4_0(row: &[u8], xq: &[i8], xd: &[f32], xs: &[i32]) -> f32 {
+        // SAFETY: the loads read the 16 nibble bytes after each block's scale (18-byte blocks);
+        // the cfg of this module guarantees the features.
+        unsafe {
+            let m = _mm256_set1_epi8(15);
+            let idx = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1);
+            let (mut total, b) = pairs::<0b11_01_10_00>(18, row, xq, xd, xs, idx, -1, |p| {
+                let w0 = _mm_loadu_si128(p.add(2) as *const __m128i);
+                let w1 = _mm_loadu_si128(p.add(20) as *const __m128i);
+                let w = _mm256_set_m128i(w1, w0);
+                let (lo, hi) = (_mm256_and_si256(w, m), _mm256_and_si256(_mm256_srli_epi16(w, 4), m));
+                _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi)
+            });
+            if b < xd.len() {
+                let blk = &row[18 * b..18 * b + 18];
                 let bytes = _mm_loadu_si128(blk.as_ptr().add(2) as *const __m128i);
+                let m = _mm_set1_epi8(15);
                 let (lo, hi) = (_mm_and_si128(bytes, m), _mm_and_si128(_mm_srli_epi16(bytes, 4), m));
-                let x = _mm256_loadu_si256(qx.as_ptr() as *const __m256i);
-                let p = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_set_m128i(hi, lo), x);
-                let d = f16(blk) * dx;
-                acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(p), acc);
-                corr += d * sx as f32;
+                let x = _mm256_loadu_si256(xq.as_ptr().add(32 * b) as *const __m256i);
+                let p = _mm256_dpbusd_epi32(_mm256_set1_epi32(-xs[b]), _mm256_set_m128i(hi, lo), x);
+                total += f16(blk) * xd[b] * hsum(_mm256_cvtepi32_ps(p));
             }
-            hsum(acc) - 8.0 * corr
+            total
         }
     }
 }
@@ -204,7 +269,8 @@ mod tests {
         let mut seed = 7;
         for blocks in [1, 2, 7, 32, 113] {
             let (row, xq, xd) = data(blocks, 34, &mut seed);
-            let (a, b) = (dot_q8_0(&row, &xq, &xd), scalar::dot_q8_0(&row, &xq, &xd));
+            let xs = block_sums(&xq);
+            let (a, b) = (dot_q8_0(&row, &xq, &xd, &xs), scalar::dot_q8_0(&row, &xq, &xd, &xs));
             assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "Q8_0 x{blocks}: {a} vs {b}");
             let (row, xq, xd) = data(blocks, 18, &mut seed);
             let xs = block_sums(&xq);
@@ -225,12 +291,20 @@ mod tests {
 
     #[test]
     fn extreme_values_are_exact_in_integers() {
-        // w = -128 (|w| = 128 as unsigned) and x = -127 in every lane: 32 * 128 * 127.
-        let mut row = vec![0u8; 34];
-        row[..2].copy_from_slice(&half::f16::from_f32(1.0).to_bits().to_le_bytes());
-        row[2..].fill(0x80);
-        let (xq, xd) = (vec![-127i8; 32], vec![1.0f32]);
-        assert_eq!(dot_q8_0(&row, &xq, &xd), 32.0 * 128.0 * 127.0);
-        assert_eq!(scalar::dot_q8_0(&row, &xq, &xd), 32.0 * 128.0 * 127.0);
+        // w = -128 and x = -127 in every lane, then w = 127 and x = 127: 32 * 128 * 127 and
+        // 32 * 127 * 127 per block, for one block alone and for pairs of blocks.
+        for (w, x) in [(0x80u8, -127i8), (0x7f, 127)] {
+            let want = 32.0 * (w as i8 as f32) * x as f32;
+            for blocks in [1, 2, 3] {
+                let mut row = vec![w; 34 * blocks];
+                for b in row.chunks_exact_mut(34) {
+                    b[..2].copy_from_slice(&half::f16::from_f32(1.0).to_bits().to_le_bytes());
+                }
+                let (xq, xd) = (vec![x; 32 * blocks], vec![1.0f32; blocks]);
+                let xs = block_sums(&xq);
+                assert_eq!(dot_q8_0(&row, &xq, &xd, &xs), want * blocks as f32, "{blocks} blocks of {w}, {x}");
+                assert_eq!(scalar::dot_q8_0(&row, &xq, &xd, &xs), want * blocks as f32);
+            }
+        }
     }
 }

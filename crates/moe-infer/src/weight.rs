@@ -395,7 +395,7 @@ impl Weight {
         match self.dtype {
             Dtype::Q4_0 => crate::qdot::dot_q4_0(b, xq, xd, xs),
             Dtype::Q6K => crate::qdot::dot_q6_k(b, xq, xd),
-            _ => crate::qdot::dot_q8_0(b, xq, xd),
+            _ => crate::qdot::dot_q8_0(b, xq, xd, xs),
         }
     }
 
