@@ -1,7 +1,7 @@
 //! The bf16 decode kernel: a bf16 weight row dotted with f32 activations in place. Each
 //! 16-value chunk is widened to f32 in registers (bf16 is the top half of an f32) and
 //! multiplied into one of four independent accumulators, so the loop is bound by loads, not by
-//! the latency of one FMA chain. AVX-512 where the build targets it; a portable loop elsewhere.
+//! the latency of one FMA chain; the bytes `qdot::PREFETCH` ahead are requested as it goes. AVX-512 where the build targets it; a portable loop elsewhere.
 //! Tests compare the two.
 
 /// sum_j bf16(b[2j..2j+2]) * x[j], portable.
@@ -32,6 +32,9 @@ pub fn dot_bf16(b: &[u8], x: &[f32]) -> f32 {
         };
         let mut j = 0;
         while j < main {
+            let ahead = b.as_ptr().wrapping_add(2 * j + crate::qdot::PREFETCH);
+            _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64) as *const i8);
             for (k, a) in acc.iter_mut().enumerate() {
                 let o = j + 16 * k;
                 *a = _mm512_fmadd_ps(widen(b.as_ptr().add(2 * o)), _mm512_loadu_ps(x.as_ptr().add(o)), *a);
