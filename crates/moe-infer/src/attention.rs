@@ -41,16 +41,16 @@ pub fn attend(
         let mut scores: Vec<f32> = (lo..=p)
             .map(|j| {
                 let kv = &k[(j * g + kvh) * dk..][..dk];
-                qv.iter().zip(kv).map(|(a, b)| a * b).sum::<f32>() * scale
+                moe_kernels::float::dot(qv, kv) * scale
             })
             .collect();
         let sink = sinks.map(|s| s[head]);
         let max = scores.iter().copied().chain(sink).fold(f32::NEG_INFINITY, f32::max);
         let mut sum = sink.map_or(0.0, |s| (s - max).exp());
         for s in scores.iter_mut() {
-            *s = (*s - max).exp();
-            sum += *s;
+            *s = moe_kernels::Float::exp(*s - max);
         }
+        sum += moe_kernels::float::sum(&scores);
         o.fill(0.0);
         for (j, s) in (lo..=p).zip(&scores) {
             let w = s / sum;
