@@ -1,6 +1,7 @@
 """GGUF fixtures for crates/moe-infer/tests/gguf.rs, written by llama.cpp's own converter.
 
-The tiny Hugging Face checkpoints of scripts/hf_checkpoints.py (Mixtral, Qwen3-MoE, OLMoE)
+The tiny Hugging Face checkpoints of scripts/hf_checkpoints.py (Mixtral, Qwen3-MoE, OLMoE,
+DeepSeek-V3)
 go through llama.cpp's convert_hf_to_gguf.py (scripts/llama_convert.py) in f32 (and Mixtral
 also in Q8_0); a Q4_0
 copy of the Mixtral file is made the way llama-quantize does (every 2-D weight whose rows are
@@ -32,6 +33,23 @@ os.makedirs(out_dir, exist_ok=True)
 for name, outtype in [("mixtral", "f32"), ("mixtral", "q8_0"), ("qwen3_moe", "f32"), ("olmoe", "f32")]:
     out = os.path.join(out_dir, f"{name}-{outtype}.gguf")
     convert(llama, os.path.join(fixtures, name), out, outtype)
+    print("wrote", out)
+
+# DeepSeek-V3: released checkpoints' config.json says scoring_func "sigmoid", from which the
+# converter writes deepseek2.expert_gating_func; the tiny fixture's config lacks it, so a copy
+# with it added is converted (llama.cpp reads a deepseek2 file without it as V2 softmax routing).
+import json, shutil, tempfile  # noqa: E402
+
+with tempfile.TemporaryDirectory() as tmp:
+    ds = os.path.join(tmp, "deepseek_v3")
+    shutil.copytree(os.path.join(fixtures, "deepseek_v3"), ds)
+    with open(os.path.join(ds, "config.json")) as f:
+        cfg = json.load(f)
+    cfg["scoring_func"] = "sigmoid"
+    with open(os.path.join(ds, "config.json"), "w") as f:
+        json.dump(cfg, f, indent=2)
+    out = os.path.join(out_dir, "deepseek_v3-f32.gguf")
+    convert(llama, ds, out, "f32")
     print("wrote", out)
 
 import gguf  # noqa: E402  (llama.cpp's gguf-py, on the path since the first conversion)

@@ -3,7 +3,9 @@
 //! row-major shape the Hugging Face loader asks for (the stacked `ffn_{gate,up,down}_exps`
 //! tensors as 3-D expert tensors), its data left in place in the memory map (F32, F16, BF16,
 //! Q8_0, Q4_0 and the k-quants Q4_K, Q5_K, Q6_K; other ggml types are refused by name). Architectures: Mixtral (llama.cpp's
-//! `llama` with `expert_count`), Qwen2-MoE, Qwen3-MoE and OLMoE.
+//! `llama` with `expert_count`), Qwen2-MoE, Qwen3-MoE, OLMoE and DeepSeek-V3/R1 (`deepseek2` with
+//! sigmoid gating). llama.cpp stores DeepSeek's `kv_b_proj` split per head into `attn_k_b`
+//! (transposed) and `attn_v_b`; they are joined back into `kv_b_proj` in f32 at open time.
 //!
 //! llama.cpp's converter permutes the query and key rows of `llama` models so that its RoPE
 //! rotates adjacent pairs (2i, 2i+1) where transformers rotates (i, i + d/2); such a model is
@@ -26,6 +28,8 @@ fn hf_arch(g: &Gguf, arch: &str) -> Option<(&'static str, bool)> {
         "qwen2moe" => Some(("Qwen2MoeForCausalLM", false)),
         "qwen3moe" => Some(("Qwen3MoeForCausalLM", false)),
         "olmoe" => Some(("OlmoeForCausalLM", false)),
+        // llama.cpp's expert_gating_func 2 = sigmoid (DeepSeek-V3); absent or 1 = softmax (V2)
+        "deepseek2" if g.usize("deepseek2.expert_gating_func") == Some(2) => Some(("DeepseekV3ForCausalLM", false)),
         _ => None,
     }
 }
@@ -36,7 +40,7 @@ pub fn hf_config(g: &Gguf) -> Result<Value> {
     let arch = g.str("general.architecture").ok_or_else(|| bad("no general.architecture".into()))?;
     let (class, permuted) = hf_arch(g, arch).ok_or_else(|| {
         bad(format!(
-            "GGUF architecture `{arch}` is not supported as an MoE model; supported: llama with experts (Mixtral), qwen2moe, qwen3moe, olmoe"
+            "GGUF architecture `{arch}` is not supported as an MoE model; supported: llama with experts (Mixtral), qwen2moe, qwen3moe, olmoe, deepseek2 with sigmoid gating (DeepSeek-V3/R1; V2's softmax routing is not)"
         ))
     })?;
     let need =
@@ -50,7 +54,9 @@ pub fn hf_config(g: &Gguf) -> Result<Value> {
         .or_else(|| embed.and_then(|t| t.ne.get(1)).map(|&v| v as usize))
         .ok_or_else(|| bad("no vocabulary size (vocab_size, tokenizer.ggml.tokens or token_embd.weight)".into()))?;
     if let Some(kind) = g.str(&format!("{arch}.rope.scaling.type")).filter(|k| *k != "none") {
-        return Err(bad(format!("RoPE scaling `{kind}` in a GGUF model is not supported")));
+        if !(arch == "deepseek2" && kind == "yarn") {
+            return Err(bad(format!("RoPE scaling `{kind}` in a GGUF model is not supported")));
+        }
     }
     let experts = need("expert_count")?;
     let mut c = json!({
@@ -86,6 +92,7 @@ pub fn hf_config(g: &Gguf) -> Result<Value> {
                 c["shared_expert_intermediate_size"] = json!(s);
             }
         }
+        "deepseek2" => deepseek_config(g, &mut c, experts, ffn)?,
         _ => {
             c["num_experts"] = json!(experts);
             c["intermediate_size"] = json!(expert_ffn.or(ffn).unwrap_or(0));
@@ -101,6 +108,51 @@ pub fn hf_config(g: &Gguf) -> Result<Value> {
         }
     }
     Ok(c)
+}
+
+/// The DeepSeek-V3 part of the config: MLA sizes (llama.cpp writes the absorbed view as
+/// key_length/value_length and the per-head sizes as *_mla), routing, YaRN.
+fn deepseek_config(g: &Gguf, c: &mut Value, experts: usize, ffn: Option<usize>) -> Result<()> {
+    let bad = |msg: String| Error::Config { path: g.path.clone(), msg };
+    let need = |k: &str| g.usize(&format!("deepseek2.{k}")).ok_or_else(|| bad(format!("missing `deepseek2.{k}`")));
+    let f = |k: &str| g.f64(&format!("deepseek2.{k}"));
+    let rope = need("rope.dimension_count")?;
+    let key = need("attention.key_length_mla")?;
+    if key <= rope {
+        return Err(bad(format!("key_length_mla {key} must exceed the rotary dimension {rope}")));
+    }
+    c["num_key_value_heads"] = c["num_attention_heads"].clone();
+    c["n_routed_experts"] = json!(experts);
+    c["moe_intermediate_size"] = json!(need("expert_feed_forward_length")?);
+    c["intermediate_size"] = json!(ffn.unwrap_or(0));
+    c["n_shared_experts"] = json!(g.usize("deepseek2.expert_shared_count").unwrap_or(0));
+    c["first_k_dense_replace"] = json!(g.usize("deepseek2.leading_dense_block_count").unwrap_or(0));
+    c["routed_scaling_factor"] = json!(f("expert_weights_scale").unwrap_or(1.0));
+    c["norm_topk_prob"] = json!(g.kv.get("deepseek2.expert_weights_norm").and_then(|v| v.as_bool()).unwrap_or(false));
+    c["n_group"] = json!(g.usize("deepseek2.expert_group_count").unwrap_or(1));
+    c["topk_group"] = json!(g.usize("deepseek2.expert_group_used_count").unwrap_or(1));
+    c["q_lora_rank"] = json!(g.usize("deepseek2.attention.q_lora_rank"));
+    c["kv_lora_rank"] = json!(need("attention.kv_lora_rank")?);
+    c["qk_rope_head_dim"] = json!(rope);
+    c["qk_nope_head_dim"] = json!(key - rope);
+    c["v_head_dim"] = json!(need("attention.value_length_mla")?);
+    c["rope_interleave"] = json!(true);
+    if g.str("deepseek2.rope.scaling.type") == Some("yarn") {
+        // llama.cpp's converter writes yarn_log_multiplier = 0.1 * mscale_all_dim; DeepSeek-V3
+        // and R1 have mscale = mscale_all_dim, which is assumed here.
+        let mscale = f("rope.scaling.yarn_log_multiplier").map_or(0.0, |m| m / 0.1);
+        c["rope_parameters"] = json!({
+            "rope_type": "yarn",
+            "rope_theta": c["rope_theta"].clone(),
+            "factor": f("rope.scaling.factor").ok_or_else(|| bad("YaRN without rope.scaling.factor".into()))?,
+            "original_max_position_embeddings": need("rope.scaling.original_context_length")?,
+            "beta_fast": f("rope.scaling.yarn_beta_fast").unwrap_or(32.0),
+            "beta_slow": f("rope.scaling.yarn_beta_slow").unwrap_or(1.0),
+            "mscale": mscale,
+            "mscale_all_dim": mscale,
+        });
+    }
+    Ok(())
 }
 
 /// The transformers name of GGUF tensor `name`, and a shape override (the Qwen2-MoE shared
@@ -129,6 +181,16 @@ pub fn hf_name(name: &str) -> Option<(String, Option<Vec<usize>>)> {
         "attn_output" => "self_attn.o_proj",
         "attn_q_norm" => "self_attn.q_norm",
         "attn_k_norm" => "self_attn.k_norm",
+        "attn_q_a" => "self_attn.q_a_proj",
+        "attn_q_a_norm" => "self_attn.q_a_layernorm",
+        "attn_q_b" => "self_attn.q_b_proj",
+        "attn_kv_a_mqa" => "self_attn.kv_a_proj_with_mqa",
+        "attn_kv_a_norm" => "self_attn.kv_a_layernorm",
+        "attn_kv_b" => "self_attn.kv_b_proj",
+        // joined into kv_b_proj by `open`
+        "attn_k_b" => "self_attn.k_b_proj",
+        "attn_v_b" => "self_attn.v_b_proj",
+        "exp_probs_b" => return Some((format!("{p}mlp.gate.e_score_correction_bias"), None)),
         "ffn_gate_inp" => "mlp.gate",
         "ffn_gate" => "mlp.gate_proj",
         "ffn_up" => "mlp.up_proj",
@@ -190,6 +252,50 @@ pub fn open(path: &Path) -> Result<(Value, TensorStore)> {
         }
         entries.insert(name, Entry { shard: 0, dtype, shape, start: t.start, end: t.end });
     }
-    let store = TensorStore::from_map(path, Arc::new(Bytes::Map(map, file)), entries);
+    if config["architectures"][0] == "DeepseekV3ForCausalLM" {
+        // DeepSeek names its shared experts in the plural
+        let shared: Vec<String> = entries.keys().filter(|k| k.contains("mlp.shared_expert.")).cloned().collect();
+        for k in shared {
+            let e = entries.remove(&k).expect("listed above");
+            entries.insert(k.replace("mlp.shared_expert.", "mlp.shared_experts."), e);
+        }
+    }
+    let mut store = TensorStore::from_map(path, Arc::new(Bytes::Map(map, file)), entries);
+    join_kv_b(&mut store, &config)?;
     Ok((config, store))
+}
+
+/// kv_b_proj [H*(nope+v), kv_lora] of every layer from llama.cpp's k_b [H, kv_lora, nope]
+/// (transposed) and v_b [H, v, kv_lora]: head h's rows are its nope key rows, then its v rows.
+fn join_kv_b(store: &mut TensorStore, c: &Value) -> Result<()> {
+    let dim = |k: &str| c[k].as_u64().unwrap_or(0) as usize;
+    let (h, kv, nope, v) =
+        (dim("num_attention_heads"), dim("kv_lora_rank"), dim("qk_nope_head_dim"), dim("v_head_dim"));
+    let mut joined = vec![];
+    for l in 0..dim("num_hidden_layers") {
+        let p = format!("model.layers.{l}.self_attn.");
+        let (kn, vn) = (format!("{p}k_b_proj.weight"), format!("{p}v_b_proj.weight"));
+        if !store.contains(&kn) && !store.contains(&vn) {
+            continue;
+        }
+        let (kb, vb) = (store.weight(&kn, &[h, kv, nope])?, store.weight(&vn, &[h, v, kv])?);
+        let (mut k, mut vv) = (vec![0.0; h * kv * nope], vec![0.0; h * v * kv]);
+        kb.rows_f32(0, &mut k);
+        vb.rows_f32(0, &mut vv);
+        let mut out = vec![0.0f32; h * (nope + v) * kv];
+        for head in 0..h {
+            let rows = &mut out[head * (nope + v) * kv..(head + 1) * (nope + v) * kv];
+            for n in 0..nope {
+                for j in 0..kv {
+                    rows[n * kv + j] = k[(head * kv + j) * nope + n];
+                }
+            }
+            rows[nope * kv..].copy_from_slice(&vv[head * v * kv..(head + 1) * v * kv]);
+        }
+        joined.push((format!("{p}kv_b_proj.weight"), vec![h * (nope + v), kv], out));
+    }
+    if !joined.is_empty() {
+        store.add_f32(joined);
+    }
+    Ok(())
 }

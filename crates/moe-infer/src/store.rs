@@ -122,6 +122,20 @@ impl TensorStore {
         TensorStore { dir: path.to_path_buf(), files: vec![path.to_path_buf()], maps: vec![map], entries }
     }
 
+    /// Adds f32 tensors made in memory (from other tensors, at open time) as one more shard.
+    pub(crate) fn add_f32(&mut self, tensors: Vec<(String, Vec<usize>, Vec<f32>)>) {
+        let shard = self.maps.len();
+        let mut bytes = Vec::new();
+        for (name, shape, data) in tensors {
+            let start = bytes.len();
+            bytes.extend(data.iter().flat_map(|x| x.to_le_bytes()));
+            let entry = Entry { shard, dtype: "F32".into(), shape, start, end: bytes.len() };
+            self.entries.insert(name, entry);
+        }
+        self.maps.push(Arc::new(Bytes::Heap(bytes)));
+        self.files.push(self.files[0].clone());
+    }
+
     pub fn contains(&self, name: &str) -> bool {
         self.entries.contains_key(name)
     }

@@ -66,7 +66,9 @@ fn float_twin_diff(file: &str) -> (f32, f32) {
 
 #[test]
 fn f32_gguf_files_give_the_logits_of_transformers() {
-    for (file, hf) in [("mixtral-f32", "mixtral"), ("qwen3_moe-f32", "qwen3_moe")] {
+    // DeepSeek-V3: MLA with kv_b_proj joined back from llama.cpp's k_b/v_b, YaRN, grouped
+    // sigmoid routing with the selection bias, a dense first layer and a shared expert.
+    for (file, hf) in [("mixtral-f32", "mixtral"), ("qwen3_moe-f32", "qwen3_moe"), ("deepseek_v3-f32", "deepseek_v3")] {
         let (err, got, want) = run(file, hf);
         assert!(err < 1e-4, "{file}: logits differ from transformers by {err:e}");
         assert_eq!(got, want, "{file}: greedy generation differs from transformers");
@@ -153,6 +155,19 @@ fn unsupported_tensor_types_are_refused_by_name() {
     bytes[at..at + 4].copy_from_slice(&12u32.to_le_bytes()); // Q4_K
     let e = load_bytes(&bytes).map(|_| ()).unwrap_err();
     assert!(e.contains("Q4_K rows of 32 values are not whole blocks of 256"), "{e}");
+}
+
+#[test]
+fn deepseek_files_with_softmax_gating_are_refused() {
+    // expert_gating_func 1 (softmax: DeepSeek-V2 and V2.5) instead of the file's 2 (sigmoid).
+    let mut bytes = std::fs::read(gguf("deepseek_v3-f32")).unwrap();
+    let key = b"deepseek2.expert_gating_func";
+    let at = bytes.windows(key.len()).position(|w| w == key).unwrap() + key.len();
+    assert_eq!(u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()), 4, "a uint32 value");
+    assert_eq!(u32::from_le_bytes(bytes[at + 4..at + 8].try_into().unwrap()), 2, "sigmoid");
+    bytes[at + 4..at + 8].copy_from_slice(&1u32.to_le_bytes());
+    let e = load_bytes(&bytes).map(|_| ()).unwrap_err();
+    assert!(e.contains("deepseek2") && e.contains("softmax"), "{e}");
 }
 
 #[test]
