@@ -3,6 +3,12 @@
 //! a learned logit that joins the softmax denominator and is then dropped).
 
 use rayon::prelude::*;
+use std::cell::RefCell;
+
+thread_local! {
+    /// Probabilities [H, T, L] of the GEMM path, reused across calls.
+    static PROBS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
 
 /// Shapes of one attention call.
 #[derive(Clone, Copy, Debug)]
@@ -32,6 +38,9 @@ pub fn attend(
     sinks: Option<&[f32]>,
 ) {
     let Dims { h, g, dk, dv, pos0, .. } = d;
+    if d.t > 1 && window.is_none() && sinks.is_none() && dk == dv {
+        return attend_gemm(out, q, k, v, d, scale);
+    }
     out[..d.t * h * dv].par_chunks_mut(dv).enumerate().for_each(|(idx, o)| {
         let (i, head) = (idx / h, idx % h);
         let kvh = head / (h / g);
@@ -58,4 +67,50 @@ pub fn attend(
             o.iter_mut().zip(vv).for_each(|(a, b)| *a += w * b);
         }
     });
+}
+
+/// Several queries without window or sinks and equal q/k/v head dims (prefill): the training
+/// engine's causal attention (per head and block of 64 queries, scores and outputs as GEMMs).
+/// Its scale is 1/sqrt(D), so the queries are rescaled first when `scale` differs.
+fn attend_gemm(out: &mut [f32], q: &[f32], k: &[f32], v: &[f32], d: Dims, scale: f32) {
+    use moe_kernels::attention::{attention_forward, AttnDims};
+    let Dims { t, pos0, h, g, dk, .. } = d;
+    let tk = pos0 + t;
+    let dims = AttnDims { b: 1, tq: t, tk, tcap: tk, h, g, d: dk };
+    let adjust = scale * (dk as f32).sqrt();
+    let scaled: Vec<f32>;
+    let q = if adjust == 1.0 {
+        &q[..t * h * dk]
+    } else {
+        scaled = q[..t * h * dk].iter().map(|x| x * adjust).collect();
+        &scaled
+    };
+    let mut probs = PROBS.with(|p| std::mem::take(&mut *p.borrow_mut()));
+    probs.resize(h * t * tk, 0.0);
+    attention_forward(&mut out[..t * h * dk], &mut probs, q, &k[..tk * g * dk], &v[..tk * g * dk], dims);
+    PROBS.with(|p| *p.borrow_mut() = probs);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gemm_path_equals_the_per_query_loop() {
+        // A window longer than any sequence changes nothing but forces the per-query loop.
+        let (h, g, dk) = (4, 2, 16);
+        for (t, pos0, scale) in [(5, 0, 0.25f32), (70, 3, 0.1), (2, 9, 0.3)] {
+            let l = pos0 + t;
+            let val = |i: usize, s: usize| ((i * 7919 + s * 104729) % 1000) as f32 / 500.0 - 1.0;
+            let q: Vec<f32> = (0..t * h * dk).map(|i| val(i, 1)).collect();
+            let k: Vec<f32> = (0..l * g * dk).map(|i| val(i, 2)).collect();
+            let v: Vec<f32> = (0..l * g * dk).map(|i| val(i, 3)).collect();
+            let d = Dims { t, pos0, h, g, dk, dv: dk };
+            let (mut a, mut b) = (vec![0.0; t * h * dk], vec![0.0; t * h * dk]);
+            attend(&mut a, &q, &k, &v, d, scale, None, None);
+            attend(&mut b, &q, &k, &v, d, scale, Some(1 << 20), None);
+            let err = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+            assert!(err < 1e-5, "t {t} pos0 {pos0}: {err}");
+        }
+    }
 }
