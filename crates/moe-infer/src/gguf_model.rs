@@ -155,9 +155,9 @@ fn deepseek_config(g: &Gguf, c: &mut Value, experts: usize, ffn: Option<usize>) 
     Ok(())
 }
 
-/// The transformers name of GGUF tensor `name`, and a shape override (the Qwen2-MoE shared
-/// expert gate is [C] in GGUF, [1, C] in transformers).
-pub fn hf_name(name: &str) -> Option<(String, Option<Vec<usize>>)> {
+/// The transformers name of GGUF tensor `name` in a model of GGUF architecture `arch`, and a
+/// shape override (the Qwen2-MoE shared expert gate is [C] in GGUF, [1, C] in transformers).
+pub fn hf_name(arch: &str, name: &str) -> Option<(String, Option<Vec<usize>>)> {
     let global = match name {
         "token_embd.weight" => Some("model.embed_tokens.weight"),
         "output_norm.weight" => Some("model.norm.weight"),
@@ -195,9 +195,12 @@ pub fn hf_name(name: &str) -> Option<(String, Option<Vec<usize>>)> {
         "ffn_gate" => "mlp.gate_proj",
         "ffn_up" => "mlp.up_proj",
         "ffn_down" => "mlp.down_proj",
-        "ffn_gate_shexp" => "mlp.shared_expert.gate_proj",
-        "ffn_up_shexp" => "mlp.shared_expert.up_proj",
-        "ffn_down_shexp" => "mlp.shared_expert.down_proj",
+        // DeepSeek names its shared experts in the plural, Qwen2-MoE in the singular
+        "ffn_gate_shexp" | "ffn_up_shexp" | "ffn_down_shexp" => {
+            let shared = if arch == "deepseek2" { "shared_experts" } else { "shared_expert" };
+            let proj = base.trim_start_matches("ffn_").trim_end_matches("_shexp"); // gate, up, down
+            return Some((format!("{p}mlp.{shared}.{proj}_proj.{suffix}"), None));
+        }
         // Stacked [E, ...] expert tensors carry no `.weight` suffix in transformers.
         "ffn_gate_exps" => return Some((format!("{p}mlp.experts.gate_proj"), None)),
         "ffn_up_exps" => return Some((format!("{p}mlp.experts.up_proj"), None)),
@@ -230,9 +233,10 @@ pub fn open(path: &Path) -> Result<(Value, TensorStore)> {
     let map = unsafe { Mmap::map(&file) }.map_err(io(path))?;
     let g = Gguf::parse(&map, path)?;
     let config = hf_config(&g)?;
+    let arch = g.str("general.architecture").unwrap_or_default();
     let mut entries = HashMap::new();
     for t in &g.tensors {
-        let Some((name, shape_override)) = hf_name(&t.name) else { continue };
+        let Some((name, shape_override)) = hf_name(arch, &t.name) else { continue };
         let dtype = match t.ty {
             GgmlType::F32 => "F32",
             GgmlType::F16 => "F16",
@@ -251,14 +255,6 @@ pub fn open(path: &Path) -> Result<(Value, TensorStore)> {
             shape.insert(0, 1);
         }
         entries.insert(name, Entry { shard: 0, dtype, shape, start: t.start, end: t.end });
-    }
-    if config["architectures"][0] == "DeepseekV3ForCausalLM" {
-        // DeepSeek names its shared experts in the plural
-        let shared: Vec<String> = entries.keys().filter(|k| k.contains("mlp.shared_expert.")).cloned().collect();
-        for k in shared {
-            let e = entries.remove(&k).expect("listed above");
-            entries.insert(k.replace("mlp.shared_expert.", "mlp.shared_experts."), e);
-        }
     }
     let mut store = TensorStore::from_map(path, Arc::new(Bytes::Map(map, file)), entries);
     join_kv_b(&mut store, &config)?;

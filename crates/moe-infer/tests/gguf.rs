@@ -218,7 +218,7 @@ fn k_quant_files_decode_as_llama_cpp_does_and_run_like_their_float_twin() {
     for (key, view) in st.tensors() {
         let (kind, gguf_name) = key.split_once('/').unwrap();
         let m = Model::load(&gguf(&format!("mixtral256-{}", kind.to_lowercase()))).unwrap();
-        let (name, _) = moe_infer::gguf_model::hf_name(gguf_name).unwrap();
+        let (name, _) = moe_infer::gguf_model::hf_name("llama", gguf_name).unwrap();
         let e = &m.store.entries[&name];
         let w = m.store.weight(&name, &e.shape).unwrap();
         seen.insert(e.dtype.clone());
