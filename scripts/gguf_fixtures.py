@@ -17,8 +17,12 @@ Run by hand, never by CI (needs torch, transformers and a llama.cpp source tree 
 llama-quantize built, e.g. the one in llama-cpp-python's PyPI sdist, vendor/llama.cpp):
     python3 scripts/gguf_fixtures.py LLAMA_CPP_DIR [LLAMA_QUANTIZE]
 """
+import json
 import os
+import shutil
+import subprocess
 import sys
+import tempfile
 
 import numpy as np
 
@@ -38,8 +42,6 @@ for name, outtype in [("mixtral", "f32"), ("mixtral", "q8_0"), ("qwen3_moe", "f3
 # DeepSeek-V3: released checkpoints' config.json says scoring_func "sigmoid", from which the
 # converter writes deepseek2.expert_gating_func; the tiny fixture's config lacks it, so a copy
 # with it added is converted (llama.cpp reads a deepseek2 file without it as V2 softmax routing).
-import json, shutil, tempfile  # noqa: E402
-
 with tempfile.TemporaryDirectory() as tmp:
     ds = os.path.join(tmp, "deepseek_v3")
     shutil.copytree(os.path.join(fixtures, "deepseek_v3"), ds)
@@ -79,7 +81,6 @@ w.close()
 print("wrote", os.path.join(out_dir, "mixtral-q4_0.gguf"))
 
 # k-quants: a width-256 Mixtral through llama-quantize.
-import shutil, subprocess, tempfile  # noqa: E402
 
 import torch  # noqa: E402
 from safetensors.numpy import save_file  # noqa: E402
