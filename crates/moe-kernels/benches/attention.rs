@@ -5,10 +5,8 @@
 use moe_kernels::attention::{attention_backward, attention_forward, AttnDims};
 use std::time::Instant;
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
+mod common;
+use common::median;
 
 fn main() {
     let (b, t, h, d) = (16, 256, 6, 64);

@@ -5,10 +5,8 @@
 use moe_kernels::matmul::{matmul, matmul_naive, Mat};
 use std::time::Instant;
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
+mod common;
+use common::median;
 
 fn time(reps: usize, mut f: impl FnMut()) -> f64 {
     f();
