@@ -180,6 +180,11 @@ pub struct TrainFlags {
     /// Matrix products in fp32, or bf16 on AMX with fp32 accumulation and fp32 master weights.
     #[arg(long, value_parser = parse_enum::<Precision>, default_value = "fp32")]
     pub precision: Precision,
+    /// In-process data parallelism: N replicas each train B/N sequences of a batch on one core
+    /// with single-threaded matrix products (0 = one per thread, if that divides the batch; 1 =
+    /// one replica whose products use all threads).
+    #[arg(long, default_value_t = 0)]
+    pub replicas: usize,
     /// Tokenizer and token cache (default: ~/.cache/moe).
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
@@ -206,6 +211,7 @@ impl TrainFlags {
             eval_batches: self.eval_batches,
             seed: self.seed,
             precision: self.precision,
+            replicas: self.replicas,
             ..TrainConfig::default()
         }
     }

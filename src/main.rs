@@ -181,6 +181,10 @@ enum BenchCmd {
         /// Matrix products in fp32, or bf16 on AMX (MFU is still against the fp32 peak).
         #[arg(long, value_parser = parse_enum::<Precision>, default_value = "fp32")]
         precision: Precision,
+        /// In-process data-parallel replicas (0 = one per thread; 1 = one, with multi-threaded
+        /// matrix products); see `moe train --replicas`.
+        #[arg(long, default_value_t = 0)]
+        replicas: usize,
     },
     /// Prefill and decode tokens/s of a Hugging Face or GGUF model, bytes of weights per token,
     /// fraction of the memory bandwidth, and llama.cpp on the same GGUF file.
@@ -369,24 +373,26 @@ fn plot(a: PlotArgs) -> Result<()> {
 
 fn bench(b: BenchCmd) -> Result<()> {
     match b {
-        BenchCmd::Train { presets, batch_size, seq_len, warmup, steps, peak_gflops, precision } => {
+        BenchCmd::Train { presets, batch_size, seq_len, warmup, steps, peak_gflops, precision, replicas } => {
             println!(
                 "threads: {}; batch {batch_size} x {seq_len}; {warmup} warm-up + {steps} timed steps (median); {precision:?} matmuls",
                 rayon_threads()
             );
             println!(
-                "{:<15} {:>10} {:>10} {:>12} {:>12} {:>10} {:>7} {:>10}",
-                "preset", "params", "active", "train tok/s", "fwd tok/s", "GFLOP/s", "MFU", "train RSS"
+                "{:<15} {:>10} {:>10} {:>5} {:>12} {:>12} {:>10} {:>7} {:>10}",
+                "preset", "params", "active", "reps", "train tok/s", "fwd tok/s", "GFLOP/s", "MFU", "train RSS"
             );
             for p in presets {
                 let cfg = ModelConfig::preset(&p)?;
-                let r = moe_engine::bench::bench_train(&p, cfg, batch_size, seq_len, warmup, steps, precision)?;
+                let r =
+                    moe_engine::bench::bench_train(&p, cfg, batch_size, seq_len, warmup, steps, precision, replicas)?;
                 let rss = r.train_rss_mb.map_or("?".into(), |m| format!("{m:.0} MB"));
                 println!(
-                    "{:<15} {:>9.1}M {:>9.1}M {:>12.0} {:>12.0} {:>10.1} {:>6.1}% {:>10}",
+                    "{:<15} {:>9.1}M {:>9.1}M {:>5} {:>12.0} {:>12.0} {:>10.1} {:>6.1}% {:>10}",
                     p,
                     r.total_params as f64 / 1e6,
                     r.active_params as f64 / 1e6,
+                    r.replicas,
                     r.train_tokens_per_s(),
                     r.forward_tokens_per_s(),
                     r.train_gflops(),

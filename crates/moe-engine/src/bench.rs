@@ -4,7 +4,6 @@
 use crate::config::ModelConfig;
 use crate::error::Result;
 use crate::inspect::sizes;
-use crate::model::{Acts, KvCache};
 use crate::rng::Rng;
 use crate::train::{Precision, TrainConfig, Trainer};
 use std::time::Instant;
@@ -21,6 +20,8 @@ pub struct TrainBench {
     pub train_flops_per_token: f64,
     pub total_params: usize,
     pub active_params: usize,
+    /// In-process data-parallel replicas the steps ran on.
+    pub replicas: usize,
     /// Resident memory (MB) right after the timed training steps: weights, gradients, AdamW
     /// moments and activations of one batch (Linux; None elsewhere).
     pub train_rss_mb: Option<f64>,
@@ -60,6 +61,7 @@ pub fn bench_train(
     warmup: usize,
     steps: usize,
     precision: Precision,
+    replicas: usize,
 ) -> Result<TrainBench> {
     let tc = TrainConfig {
         batch_size: b,
@@ -67,6 +69,7 @@ pub fn bench_train(
         steps: (warmup + steps) as u64 + 1,
         warmup_steps: 1,
         precision,
+        replicas,
         ..TrainConfig::default()
     };
     let v = cfg.vocab_size;
@@ -83,15 +86,12 @@ pub fn bench_train(
     }
     let step_s = median(times);
     let train_rss_mb = rss_mb();
-    let mut acts = Acts::new(&cfg, b, t, t);
-    let mut cache = KvCache::new(&cfg, b, t);
     let x = &data[..b * t];
     let y = &data[1..b * t + 1];
     let mut ftimes = vec![];
     for i in 0..warmup + steps {
         let t0 = Instant::now();
-        tr.model.forward(&tr.params, &mut acts, &mut cache, x, 0);
-        tr.model.loss(&mut acts, y);
+        tr.forward_loss(x, y);
         if i >= warmup {
             ftimes.push(t0.elapsed().as_secs_f64());
         }
@@ -105,6 +105,7 @@ pub fn bench_train(
         train_flops_per_token: s.train_flops_per_token,
         total_params: s.total_params,
         active_params: s.active_params,
+        replicas: tr.replicas(),
         train_rss_mb,
     })
 }

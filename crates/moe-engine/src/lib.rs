@@ -20,6 +20,7 @@ pub mod params;
 pub mod plan;
 pub mod plot;
 pub mod rebalance;
+pub mod replicas;
 pub mod report;
 pub mod rng;
 pub mod routes;

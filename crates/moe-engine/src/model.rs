@@ -438,7 +438,8 @@ impl<T: Float> Model<T> {
         let (hd, gd) = (h * d, g * d);
         let bal = self.balance_grads(&a.moe_stats());
         let z_scale = if bal.is_empty() { 0.0 } else { cfg.router_z_loss_coef / bal.len() as f64 };
-        cross_entropy_backward_inplace(&mut a.logits[..n * v], targets, v, T::from_f64(1.0 / n as f64));
+        let scale = T::from_f64(1.0 / n as f64);
+        cross_entropy_backward_inplace(&mut a.logits[..n * v], &a.losses[..n], targets, v, scale);
         a.dln[..n * c].fill(T::ZERO);
         linear_backward(
             &mut a.dln[..n * c],

@@ -8,9 +8,10 @@ use crate::config::ModelConfig;
 use crate::dataset::sample_batch;
 use crate::dist::Dist;
 use crate::error::{Error, Result};
-use crate::model::{Acts, KvCache, Model};
+use crate::model::Model;
 use crate::moe::losses::max_over_mean;
 use crate::params::FfnSpans;
+use crate::replicas::{auto_replicas, Replicas};
 use crate::rng::Rng;
 use moe_kernels::adamw::{adamw_update, AdamW};
 use rayon::prelude::*;
@@ -60,6 +61,10 @@ pub struct TrainConfig {
     /// Extra expert slots per MoE layer for replicas of hot experts when re-placing.
     #[serde(default)]
     pub redundant_experts: usize,
+    /// In-process data parallelism: replicas that each run B / R sequences of the micro-batch
+    /// on one core (`replicas`); 0 = one per thread when they divide the batch.
+    #[serde(default)]
+    pub replicas: usize,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -106,6 +111,7 @@ impl Default for TrainConfig {
             precision: Precision::Fp32,
             rebalance_every: 0,
             redundant_experts: 0,
+            replicas: 0,
         }
     }
 }
@@ -117,6 +123,12 @@ impl TrainConfig {
             return bad(
                 "steps, batch size, grad accumulation and sequence length must be positive".into(),
                 "pass positive values",
+            );
+        }
+        if self.replicas > 0 && !self.batch_size.is_multiple_of(self.replicas) {
+            return bad(
+                format!("--replicas {} does not divide --batch-size {}", self.replicas, self.batch_size),
+                "pick a replica count that divides the batch size (or 0 for automatic)",
             );
         }
         if self.seq_len > model.max_position_embeddings {
@@ -221,10 +233,8 @@ pub struct Trainer {
     pub m: Vec<f32>,
     pub v: Vec<f32>,
     pub state: TrainState,
-    pub(crate) acts: Acts<f32>,
-    cache: KvCache<f32>,
-    x: Vec<u32>,
-    y: Vec<u32>,
+    /// Activations and batch slices of the in-process replicas (one unless data-parallel).
+    pub(crate) reps: Replicas,
     /// Expert parallelism: this rank's place in the job, and the global batch [P*B, T] every
     /// rank draws (keeping its slice), so any rank count sees the same data.
     pub(crate) dist: Option<Dist>,
@@ -273,40 +283,30 @@ impl Trainer {
         crate::rebalance::check(&self.model.cfg, &self.state.train, dist.shard.ranks)?;
         let (b, t) = (self.state.train.batch_size, self.state.train.seq_len);
         let p = dist.shard.ranks;
-        self.acts.attach_expert_parallel(&self.model.cfg, dist.comm.clone(), &dist.shard);
+        if self.state.train.replicas > 1 {
+            return Err(Error::config(
+                "--replicas with --expert-parallel",
+                "run one rank per core instead of replicas inside a rank",
+            ));
+        }
+        if self.reps.len() > 1 {
+            self.reps = Replicas::new(&self.model.cfg, b, t, 1, 0);
+        }
+        self.reps.first().acts.attach_expert_parallel(&self.model.cfg, dist.comm.clone(), &dist.shard);
         self.x_all = vec![0; p * b * t];
         self.y_all = vec![0; p * b * t];
         self.dist = Some(dist);
         Ok(self)
     }
 
-    /// The next micro-batch of this process (its slice of the global batch when distributed).
+    /// Draws the next micro-batch of this process into the replicas (its slice of the global
+    /// batch when distributed).
     fn next_batch(&mut self, stream: &[u32], rng: &mut Rng) {
         let (b, t) = (self.state.train.batch_size, self.state.train.seq_len);
-        match &self.dist {
-            None => sample_batch(stream, rng, b, t, &mut self.x, &mut self.y),
-            Some(d) => {
-                let p = d.shard.ranks;
-                sample_batch(stream, rng, p * b, t, &mut self.x_all, &mut self.y_all);
-                let mine = d.shard.rank * b * t..(d.shard.rank + 1) * b * t;
-                self.x.copy_from_slice(&self.x_all[mine.clone()]);
-                self.y.copy_from_slice(&self.y_all[mine]);
-            }
-        }
-    }
-
-    /// Loss terms of the last forward, pooled over ranks when distributed.
-    fn pooled_loss(&mut self) -> crate::model::LossParts {
-        if let Some(d) = &self.dist {
-            d.pool_stats(self.acts.moe_stats_mut(), self.model.cfg.aux_loss_scope);
-        }
-        let mut parts = self.model.loss(&mut self.acts, &self.y);
-        if let Some(d) = &self.dist {
-            let mut v = [parts.ce, parts.aux, parts.z, parts.total];
-            d.mean(&mut v);
-            parts = crate::model::LossParts { ce: v[0], aux: v[1], z: v[2], total: v[3] };
-        }
-        parts
+        let (rank, p) = self.rank();
+        sample_batch(stream, rng, p * b, t, &mut self.x_all, &mut self.y_all);
+        let mine = rank * b * t..(rank + 1) * b * t;
+        self.reps.load(&self.x_all[mine.clone()], &self.y_all[mine]);
     }
 
     /// Starts from the given parameters (upcycled, or a model trained further) with fresh
@@ -361,15 +361,16 @@ impl Trainer {
         let (b, t) = (state.train.batch_size, state.train.seq_len);
         let p = params.len();
         let (m, v) = moments.unwrap_or_else(|| (vec![0.0; p], vec![0.0; p]));
+        let r = match state.train.replicas {
+            0 => auto_replicas(b),
+            r => r,
+        };
         Trainer {
-            acts: Acts::new(&model.cfg, b, t, t),
-            cache: KvCache::new(&model.cfg, b, t),
-            x: vec![0; b * t],
-            y: vec![0; b * t],
+            reps: Replicas::new(&model.cfg, b, t, r, p),
             dist: None,
             load_window: vec![],
-            x_all: vec![],
-            y_all: vec![],
+            x_all: vec![0; b * t],
+            y_all: vec![0; b * t],
             grads: vec![0.0; p],
             norm_parts: vec![0.0; p.div_ceil(NORM_CHUNK)],
             model,
@@ -386,21 +387,20 @@ impl Trainer {
         let tc = self.state.train.clone();
         let (b, t) = (tc.batch_size, tc.seq_len);
         self.grads.fill(0.0);
+        self.reps.map(|_, r| r.grads.fill(0.0));
         let mut met = StepMetrics { step: self.state.step + 1, ..Default::default() };
-        let counters = self.acts.expert_parallel_counters();
+        let counters = self.reps.first().acts.expert_parallel_counters();
         for micro in 0..tc.grad_accum {
             let mut rng = self.state.data_rng.clone();
             self.next_batch(train, &mut rng);
             self.state.data_rng = rng;
             // Router jitter noise: a function of (seed, step, micro-batch), so resumes are exact.
-            self.acts.noise_seed =
-                Some(tc.seed ^ (self.state.step * 64 + micro as u64).wrapping_mul(0xD1B54A32D192ED03));
-            self.model.forward(&self.params, &mut self.acts, &mut self.cache, &self.x, 0);
-            let parts = self.pooled_loss();
+            self.forward(Some(tc.seed ^ (self.state.step * 64 + micro as u64).wrapping_mul(0xD1B54A32D192ED03)));
+            let parts = self.loss(true);
             if !parts.total.is_finite() {
                 return Err(Error::Diverged { step: met.step, loss: parts.total });
             }
-            let stats = self.acts.moe_stats();
+            let stats = self.reps.reps[0].acts.moe_stats();
             if met.expert_load.is_empty() {
                 met.expert_load = stats.iter().map(|s| vec![0; s.tokens_per_expert.len()]).collect();
             }
@@ -420,7 +420,6 @@ impl Trainer {
                 met.layer_aux[i] += s.switch_loss() / ga;
                 met.layer_z[i] += s.z_loss / ga;
             }
-            self.model.backward(&self.params, &mut self.grads, &mut self.acts, &self.cache, &self.x, &self.y);
             let ga = tc.grad_accum as f64;
             met.loss += parts.total / ga;
             met.ce += parts.ce / ga;
@@ -428,7 +427,11 @@ impl Trainer {
             met.z += parts.z / ga;
         }
         self.rank_load(counters, &mut met);
-        let scale = 1.0 / tc.grad_accum as f64;
+        // The mean over micro-batches and replicas.
+        if self.reps.len() > 1 {
+            self.reps.sum_grads(&mut self.grads);
+        }
+        let scale = 1.0 / (tc.grad_accum * self.reps.len()) as f64;
         let norm = match &self.dist {
             Some(d) => {
                 d.sync_grads(&self.model.layout, &mut self.grads);
@@ -505,11 +508,10 @@ impl Trainer {
     pub fn evaluate(&mut self, val: &[u32], batches: usize) -> f64 {
         let mut rng = Rng::new(0xE7A1);
         let mut total = 0.0;
-        self.acts.noise_seed = None;
         for _ in 0..batches {
             self.next_batch(val, &mut rng);
-            self.model.forward(&self.params, &mut self.acts, &mut self.cache, &self.x, 0);
-            total += self.pooled_loss().ce;
+            self.forward(None);
+            total += self.loss(false).ce;
         }
         total / batches as f64
     }
@@ -534,6 +536,11 @@ impl Trainer {
         }
     }
 
+    /// In-process data-parallel replicas (1 under expert parallelism).
+    pub fn replicas(&self) -> usize {
+        self.reps.len()
+    }
+
     /// This process's rank and the job's rank count (0 and 1 unless expert-parallel).
     pub fn rank(&self) -> (usize, usize) {
         self.dist.as_ref().map_or((0, 1), |d| (d.shard.rank, d.shard.ranks))
@@ -541,7 +548,7 @@ impl Trainer {
 
     /// Bytes the expert-parallel all-to-alls sent from this rank so far (all, to other ranks).
     pub fn comm_bytes(&self) -> (u64, u64) {
-        let c = self.acts.expert_parallel_counters();
+        let c = self.reps.reps[0].acts.expert_parallel_counters();
         (c.bytes, c.bytes_remote)
     }
 
@@ -549,7 +556,7 @@ impl Trainer {
     /// all ranks sent.
     fn rank_load(&self, before: crate::model::EpCounters, met: &mut StepMetrics) {
         let Some(d) = &self.dist else { return };
-        let now = self.acts.expert_parallel_counters();
+        let now = self.reps.reps[0].acts.expert_parallel_counters();
         let p = d.shard.ranks;
         let mut v = vec![0.0; 2 * p + 1];
         v[d.shard.rank] = (now.rows - before.rows) as f64;

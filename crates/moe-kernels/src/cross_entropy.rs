@@ -1,5 +1,6 @@
 //! Softmax cross-entropy over vocabulary logits, forward and backward as separate passes so
-//! no probability buffer is kept.
+//! no probability buffer is kept. The in-place backward recovers each row's logsumexp from the
+//! forward's loss (lse = loss + logit of the target), so it reads the logits once.
 
 use crate::softmax::logsumexp;
 use crate::Float;
@@ -20,10 +21,12 @@ pub fn cross_entropy_backward<T: Float>(dlogits: &mut [T], logits: &[T], targets
     });
 }
 
-/// Same as [`cross_entropy_backward`], overwriting the logits with their gradient.
-pub fn cross_entropy_backward_inplace<T: Float>(logits: &mut [T], targets: &[u32], v: usize, scale: T) {
-    logits.par_chunks_mut(v).zip(targets.par_iter()).for_each(|(row, &tg)| {
-        let lse = logsumexp(row);
+/// Same as [`cross_entropy_backward`], overwriting the logits with their gradient; `losses`
+/// are [`cross_entropy_forward`]'s of these logits and targets.
+pub fn cross_entropy_backward_inplace<T: Float>(logits: &mut [T], losses: &[T], targets: &[u32], v: usize, scale: T) {
+    let rows = logits.par_chunks_mut(v).zip(losses.par_iter()).zip(targets.par_iter());
+    rows.for_each(|((row, &loss), &tg)| {
+        let lse = loss + row[tg as usize];
         for x in row.iter_mut() {
             *x = (*x - lse).exp() * scale;
         }

@@ -128,32 +128,47 @@ impl Dist {
     /// token count and mean affinities, so the Switch loss and its gradient are those of the
     /// global batch (the per-sequence scope is local to each sequence).
     pub fn pool_stats(&self, stats: Vec<&mut MoeStats>, scope: BalanceScope) {
-        let pooled = scope != BalanceScope::Sequence;
-        let mut buf = vec![];
-        for s in &stats {
-            buf.extend(s.tokens_per_expert.iter().chain(&s.kept_per_expert).map(|&c| c as f64));
-            buf.extend([s.assignments as f64, s.dropped as f64, s.tokens as f64]);
-            buf.extend(s.mean_probs.iter().map(|&p| p / self.shard.ranks as f64));
-            buf.extend([s.z_loss / self.shard.ranks as f64, s.entropy / self.shard.ranks as f64]);
-        }
+        let mut buf = pack_stats(&stats, self.shard.ranks);
         self.ok(self.comm.all_reduce_sum_f64(&mut buf));
-        let mut it = buf.into_iter();
-        for s in stats {
-            let e = s.tokens_per_expert.len();
-            for c in s.tokens_per_expert.iter_mut().chain(s.kept_per_expert.iter_mut()) {
-                *c = it.next().unwrap_or(0.0) as u32;
-            }
-            s.assignments = it.next().unwrap_or(0.0) as usize;
-            s.dropped = it.next().unwrap_or(0.0) as usize;
-            let tokens = it.next().unwrap_or(0.0) as usize;
-            let probs: Vec<f64> = it.by_ref().take(e).collect();
-            if pooled {
-                s.tokens = tokens;
-                s.mean_probs = probs;
-            }
-            s.z_loss = it.next().unwrap_or(0.0);
-            s.entropy = it.next().unwrap_or(0.0);
+        unpack_stats(&buf, stats, scope);
+    }
+}
+
+/// The routing statistics of one of `parts` equal parts of a batch (a rank's or a replica's)
+/// as numbers whose element-wise sum over the parts is the pooled statistics: counts as they
+/// are, mean affinities, z-loss and entropy divided by `parts`.
+pub fn pack_stats(stats: &[&mut MoeStats], parts: usize) -> Vec<f64> {
+    let p = parts as f64;
+    let mut buf = vec![];
+    for s in stats {
+        buf.extend(s.tokens_per_expert.iter().chain(&s.kept_per_expert).map(|&c| c as f64));
+        buf.extend([s.assignments as f64, s.dropped as f64, s.tokens as f64]);
+        buf.extend(s.mean_probs.iter().map(|&x| x / p));
+        buf.extend([s.z_loss / p, s.entropy / p]);
+    }
+    buf
+}
+
+/// Writes statistics summed by [`pack_stats`] back: expert loads, drops, z-loss and entropy
+/// always; the token count and mean affinities for the global and per-layer scopes.
+pub fn unpack_stats(buf: &[f64], stats: Vec<&mut MoeStats>, scope: BalanceScope) {
+    let pooled = scope != BalanceScope::Sequence;
+    let mut it = buf.iter().copied();
+    for s in stats {
+        let e = s.tokens_per_expert.len();
+        for c in s.tokens_per_expert.iter_mut().chain(s.kept_per_expert.iter_mut()) {
+            *c = it.next().unwrap_or(0.0) as u32;
         }
+        s.assignments = it.next().unwrap_or(0.0) as usize;
+        s.dropped = it.next().unwrap_or(0.0) as usize;
+        let tokens = it.next().unwrap_or(0.0) as usize;
+        let probs: Vec<f64> = it.by_ref().take(e).collect();
+        if pooled {
+            s.tokens = tokens;
+            s.mean_probs = probs;
+        }
+        s.z_loss = it.next().unwrap_or(0.0);
+        s.entropy = it.next().unwrap_or(0.0);
     }
 }
 

@@ -12,6 +12,6 @@ pub mod placement;
 pub mod save;
 
 pub use comm::{thread_ranks, Comm, CommError, CommResult, SingleRank, ThreadRank};
-pub use data_parallel::{take_shard, Dist};
+pub use data_parallel::{pack_stats, take_shard, unpack_stats, Dist};
 pub use expert_parallel::ExpertParallel;
 pub use placement::{Placement, Shard};
