@@ -129,7 +129,10 @@ pub fn exp_f32(x: f32) -> f32 {
     p = p * r + 1.666_666_5e-1;
     p = p * r + 0.5;
     let y = p * r * r + r + 1.0;
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // 2^n through the exponent bits without a float-to-int conversion (Rust's `as i32`
+    // saturates lane by lane, which kept the loop scalar): n + 127 is in [1, 254], so adding
+    // 1.5 * 2^23 puts it in the low mantissa bits and the shift moves it into the exponent.
+    let scale = f32::from_bits((n + (127.0 + 12_582_912.0)).to_bits() << 23);
     if x < -87.336_55 {
         0.0
     } else {

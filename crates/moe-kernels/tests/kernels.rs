@@ -298,4 +298,10 @@ fn fast_exp_matches_libm() {
     assert_eq!(exp_f32(-100.0), 0.0);
     assert_eq!(exp_f32(0.0), 1.0);
     assert!(exp_f32(1000.0).is_finite());
+    assert!(exp_f32(f32::NAN).is_nan());
+    // The ends of the range, where 2^n reaches the smallest and largest normal exponents.
+    for x in [-87.336_55f32, 88.0] {
+        let (got, want) = (exp_f32(x) as f64, (x as f64).exp());
+        assert!(((got - want) / want).abs() < 3e-7, "exp({x}) = {got}, want {want}");
+    }
 }
