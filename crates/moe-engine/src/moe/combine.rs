@@ -46,7 +46,7 @@ pub fn combine_backward<T: Float>(
             T::ZERO
         } else {
             let (n, row) = (n as usize, row as usize);
-            dout[n * c..(n + 1) * c].iter().zip(&ys[row * c..(row + 1) * c]).map(|(&x, &y)| x * y).sum()
+            moe_kernels::float::dot(&dout[n * c..(n + 1) * c], &ys[row * c..(row + 1) * c])
         };
     });
 }
