@@ -16,15 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 fn cfg(scope: BalanceScope, bias_rate: f64) -> ModelConfig {
-    ModelConfig {
-        num_local_experts: 4,
-        num_experts_per_tok: 2,
-        aux_loss_scope: scope,
-        router_aux_loss_coef: 0.05,
-        router_z_loss_coef: 0.01,
-        bias_update_rate: bias_rate,
-        ..ModelConfig::tiny()
-    }
+    common::moe_with_losses(scope, bias_rate)
 }
 
 fn train_cfg(batch: usize) -> TrainConfig {

@@ -4,6 +4,7 @@
 //! is the same; replica counts that do not divide the batch, or replicas inside an
 //! expert-parallel rank, are refused.
 
+mod common;
 use moe_engine::config::{BalanceScope, ModelConfig};
 use moe_engine::dist::{thread_ranks, Dist};
 use moe_engine::rng::Rng;
@@ -12,14 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 fn moe(scope: BalanceScope) -> ModelConfig {
-    ModelConfig {
-        num_local_experts: 4,
-        num_experts_per_tok: 2,
-        aux_loss_scope: scope,
-        router_aux_loss_coef: 0.05,
-        router_z_loss_coef: 0.01,
-        ..ModelConfig::tiny()
-    }
+    common::moe_with_losses(scope, 0.0)
 }
 
 fn train_cfg(replicas: usize) -> TrainConfig {

@@ -1,7 +1,7 @@
 //! Shared helpers for engine tests: a small generated corpus and tiny run options.
 #![allow(dead_code)]
 
-use moe_engine::config::ModelConfig;
+use moe_engine::config::{BalanceScope, ModelConfig};
 use moe_engine::corpus::Source;
 use moe_engine::run::RunOptions;
 use moe_engine::train::TrainConfig;
@@ -30,6 +30,20 @@ pub fn write_corpus(dir: &Path) -> PathBuf {
 /// A tiny MoE (its vocabulary fits a byte-level BPE, which needs at least 257 entries).
 pub fn tiny_model() -> ModelConfig {
     ModelConfig::tiny()
+}
+
+/// The tiny model with 4 experts, top-2, and active balancing and z-losses (`scope` pools the
+/// balancing statistics; `bias_rate` is the aux-loss-free selection-bias update rate).
+pub fn moe_with_losses(scope: BalanceScope, bias_rate: f64) -> ModelConfig {
+    ModelConfig {
+        num_local_experts: 4,
+        num_experts_per_tok: 2,
+        aux_loss_scope: scope,
+        router_aux_loss_coef: 0.05,
+        router_z_loss_coef: 0.01,
+        bias_update_rate: bias_rate,
+        ..ModelConfig::tiny()
+    }
 }
 
 pub fn options(dir: &Path, corpus: &Path, out: &str, steps: u64) -> RunOptions {
