@@ -172,6 +172,14 @@ pub fn run(o: &RunOptions, log: &dyn Fn(&str)) -> Result<RunSummary> {
         data.val.len(),
         unigram
     ));
+    let reps = tr.replicas();
+    log(&format!(
+        "batch {} x {} tokens on {reps} data-parallel replica{} ({} sequences each; --replicas)",
+        tc.batch_size,
+        tc.seq_len,
+        if reps == 1 { "" } else { "s" },
+        tc.batch_size / reps
+    ));
     let tk_json = std::fs::read(data.cache_dir.join("tokenizer.json"))
         .map_err(Error::io(data.cache_dir.join("tokenizer.json")))?;
     let mut mf = match lead {
