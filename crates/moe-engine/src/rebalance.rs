@@ -80,7 +80,7 @@ impl Trainer {
         self.grads = vec![0.0; layout.total];
         self.norm_parts = vec![0.0; layout.total.div_ceil(NORM_CHUNK)];
         self.model = Model::sharded(cfg, new.clone())?;
-        self.reps.first().acts.attach_expert_parallel(&self.model.cfg, d.comm.clone(), &new);
+        self.reps.reps[0].acts.attach_expert_parallel(&self.model.cfg, d.comm.clone(), &new);
         if let Some(dist) = self.dist.as_mut() {
             dist.shard = new;
         }

@@ -89,11 +89,6 @@ impl Replicas {
         self.reps.len()
     }
 
-    /// Replica 0's activations (the only replica under expert parallelism).
-    pub fn first(&mut self) -> &mut Replica {
-        &mut self.reps[0]
-    }
-
     /// Runs `f` on every replica at once, each on its own pool's thread; results in replica
     /// order. With one replica, `f` runs on the caller.
     pub fn map<R: Send>(&mut self, f: impl Fn(usize, &mut Replica) -> R + Sync) -> Vec<R> {
@@ -158,10 +153,19 @@ impl Replicas {
         out
     }
 
+    /// Zeroes every replica's gradient buffer, `grads` (the trainer's) as replica 0's, each on
+    /// its replica's thread.
+    pub fn zero_grads(&mut self, grads: &mut Vec<f32>) {
+        self.with_grads(grads, |reps| reps.map(|_, r| r.grads.fill(0.0)));
+    }
+
     /// Adds the other replicas' gradients into `grads` (replica 0's), in replica order.
     pub fn sum_grads(&self, grads: &mut [f32]) {
         const CHUNK: usize = 1 << 14;
         let others = &self.reps[1..];
+        if others.is_empty() {
+            return;
+        }
         grads.par_chunks_mut(CHUNK).enumerate().for_each(|(c, g)| {
             for r in others {
                 g.iter_mut().zip(&r.grads[c * CHUNK..]).for_each(|(a, &b)| *a += b);
@@ -186,7 +190,7 @@ impl Trainer {
         let scope = self.model.cfg.aux_loss_scope;
         self.reps.pool_stats(scope);
         if let Some(d) = &self.dist {
-            d.pool_stats(self.reps.first().acts.moe_stats_mut(), scope);
+            d.pool_stats(self.reps.reps[0].acts.moe_stats_mut(), scope);
         }
         let (model, params) = (&self.model, &self.params);
         let parts = self.reps.with_grads(&mut self.grads, |reps| {

@@ -292,7 +292,7 @@ impl Trainer {
         if self.reps.len() > 1 {
             self.reps = Replicas::new(&self.model.cfg, b, t, 1, 0);
         }
-        self.reps.first().acts.attach_expert_parallel(&self.model.cfg, dist.comm.clone(), &dist.shard);
+        self.reps.reps[0].acts.attach_expert_parallel(&self.model.cfg, dist.comm.clone(), &dist.shard);
         self.x_all = vec![0; p * b * t];
         self.y_all = vec![0; p * b * t];
         self.dist = Some(dist);
@@ -386,10 +386,9 @@ impl Trainer {
         let t0 = Instant::now();
         let tc = self.state.train.clone();
         let (b, t) = (tc.batch_size, tc.seq_len);
-        self.grads.fill(0.0);
-        self.reps.map(|_, r| r.grads.fill(0.0));
+        self.reps.zero_grads(&mut self.grads);
         let mut met = StepMetrics { step: self.state.step + 1, ..Default::default() };
-        let counters = self.reps.first().acts.expert_parallel_counters();
+        let counters = self.reps.reps[0].acts.expert_parallel_counters();
         for micro in 0..tc.grad_accum {
             let mut rng = self.state.data_rng.clone();
             self.next_batch(train, &mut rng);
@@ -428,9 +427,7 @@ impl Trainer {
         }
         self.rank_load(counters, &mut met);
         // The mean over micro-batches and replicas.
-        if self.reps.len() > 1 {
-            self.reps.sum_grads(&mut self.grads);
-        }
+        self.reps.sum_grads(&mut self.grads);
         let scale = 1.0 / (tc.grad_accum * self.reps.len()) as f64;
         let norm = match &self.dist {
             Some(d) => {

@@ -1,8 +1,8 @@
 //! The bf16 decode kernel: a bf16 weight row dotted with f32 activations in place. Each
 //! 16-value chunk is widened to f32 in registers (bf16 is the top half of an f32) and
 //! multiplied into one of four independent accumulators, so the loop is bound by loads, not by
-//! the latency of one FMA chain; the bytes `qdot::PREFETCH` ahead are requested as it goes. AVX-512 where the build targets it; a portable loop elsewhere.
-//! Tests compare the two.
+//! the latency of one FMA chain; the bytes `qdot::PREFETCH` ahead are requested as it goes.
+//! AVX-512 where the build targets it; a portable loop elsewhere. Tests compare the two.
 
 /// sum_j bf16(b[2j..2j+2]) * x[j], portable.
 pub fn dot_bf16_scalar(b: &[u8], x: &[f32]) -> f32 {
