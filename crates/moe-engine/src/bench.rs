@@ -2,7 +2,7 @@
 //! forward passes on random tokens; medians reported with FLOP rates.
 
 use crate::config::ModelConfig;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::inspect::sizes;
 use crate::rng::Rng;
 use crate::train::{Precision, TrainConfig, Trainer};
@@ -20,12 +20,18 @@ pub struct TrainBench {
     pub train_flops_per_token: f64,
     pub total_params: usize,
     pub active_params: usize,
+    /// Median fp32 FMA peak of all threads (GFLOP/s), probed right after each timed training step
+    /// ([`moe_kernels::peak::fma_peak_gflops`]).
+    pub peak_gflops: f64,
     /// In-process data-parallel replicas the steps ran on.
     pub replicas: usize,
     /// Resident memory (MB) right after the timed training steps: weights, gradients, AdamW
     /// moments and activations of one batch (Linux; None elsewhere).
     pub train_rss_mb: Option<f64>,
 }
+
+/// Length of one FMA peak probe (seconds), small next to a training step.
+const PROBE_S: f64 = 0.05;
 
 /// VmRSS of this process in MB.
 fn rss_mb() -> Option<f64> {
@@ -43,6 +49,10 @@ impl TrainBench {
     }
     pub fn train_gflops(&self) -> f64 {
         self.train_tokens_per_s() * self.train_flops_per_token / 1e9
+    }
+    /// Model FLOPs utilisation of training against the peak measured in this run.
+    pub fn mfu(&self) -> f64 {
+        self.train_gflops() / self.peak_gflops
     }
 }
 
@@ -63,6 +73,9 @@ pub fn bench_train(
     precision: Precision,
     replicas: usize,
 ) -> Result<TrainBench> {
+    if steps == 0 {
+        return Err(Error::config("the benchmark has no timed steps", "pass --steps 1 or more"));
+    }
     let tc = TrainConfig {
         batch_size: b,
         seq_len: t,
@@ -76,12 +89,13 @@ pub fn bench_train(
     let mut tr = Trainer::new(cfg.clone(), tc, "bench".into())?;
     let mut rng = Rng::new(7);
     let data: Vec<u32> = (0..b * t * 64).map(|_| rng.below(v) as u32).collect();
-    let mut times = vec![];
+    let (mut times, mut peaks) = (vec![], vec![]);
     for i in 0..warmup + steps {
         let t0 = Instant::now();
         tr.step(&data)?;
         if i >= warmup {
             times.push(t0.elapsed().as_secs_f64());
+            peaks.push(moe_kernels::peak::fma_peak_gflops(PROBE_S));
         }
     }
     let step_s = median(times);
@@ -105,6 +119,7 @@ pub fn bench_train(
         train_flops_per_token: s.train_flops_per_token,
         total_params: s.total_params,
         active_params: s.active_params,
+        peak_gflops: median(peaks),
         replicas: tr.replicas(),
         train_rss_mb,
     })

@@ -17,6 +17,7 @@ pub mod cross_entropy;
 pub mod embedding;
 pub mod float;
 pub mod matmul;
+pub mod peak;
 pub mod rmsnorm;
 pub mod rope;
 pub mod softmax;
