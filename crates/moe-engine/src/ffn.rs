@@ -1,7 +1,7 @@
 //! The SwiGLU MLP over a block of rows: y = down(silu(gate(x)) * up(x)). Used as the dense
 //! feed-forward block and, per expert, by the MoE expert stage.
 
-use moe_kernels::matmul::{linear_backward, linear_forward};
+use moe_kernels::matmul::{linear_backward, linear_forward, matmul, Mat};
 use moe_kernels::swiglu::{swiglu_backward, swiglu_forward};
 use moe_kernels::Float;
 
@@ -44,8 +44,8 @@ pub fn mlp_forward<T: Float>(
     linear_forward(y, a.h, w.down, r, f, c, par);
 }
 
-/// dx[R,C] += dL/dx and weight gradients accumulate. `scratch` holds three zeroed-or-not
-/// [R,F] buffers (dh, dg, du); they are overwritten.
+/// dx[R,C] += dL/dx and weight gradients accumulate. `scratch` holds three
+/// [R,F] buffers (dh, dg, du) of any content; they are overwritten.
 #[allow(clippy::too_many_arguments)]
 pub fn mlp_backward<T: Float>(
     dx: &mut [T],
@@ -63,10 +63,9 @@ pub fn mlp_backward<T: Float>(
     par: bool,
 ) {
     let [dh, dg, du] = scratch;
-    dh.fill(T::ZERO);
-    dg.fill(T::ZERO);
-    du.fill(T::ZERO);
-    linear_backward(dh, gw.down, dy, h, w.down, r, f, c, par);
+    // dh = dy @ w_down (overwrites), dw_down += dy^T @ h
+    matmul(dh, Mat::new(dy, r, c), Mat::new(w.down, c, f), false, par);
+    matmul(gw.down, Mat::new(dy, r, c).t(), Mat::new(h, r, f), true, par);
     swiglu_backward(dg, du, dh, g, u);
     linear_backward(dx, gw.gate, dg, x, w.gate, r, c, f, par);
     linear_backward(dx, gw.up, du, x, w.up, r, c, f, par);

@@ -17,7 +17,7 @@ pub fn swiglu_forward<T: Float>(h: &mut [T], g: &[T], u: &[T]) {
     });
 }
 
-/// dg[R, F] += dh * u * silu'(g); du[R, F] += dh * silu(g).
+/// dg[R, F] = dh * u * silu'(g); du[R, F] = dh * silu(g) (overwritten: they are scratch).
 pub fn swiglu_backward<T: Float>(dg: &mut [T], du: &mut [T], dh: &[T], g: &[T], u: &[T]) {
     dg.par_chunks_mut(4096)
         .zip(du.par_chunks_mut(4096))
@@ -27,8 +27,8 @@ pub fn swiglu_backward<T: Float>(dg: &mut [T], du: &mut [T], dh: &[T], g: &[T], 
             for i in 0..dg.len() {
                 let s = sigmoid(g[i]);
                 let silu = g[i] * s;
-                dg[i] += dh[i] * u[i] * s * (T::ONE + g[i] * (T::ONE - s));
-                du[i] += dh[i] * silu;
+                dg[i] = dh[i] * u[i] * s * (T::ONE + g[i] * (T::ONE - s));
+                du[i] = dh[i] * silu;
             }
         });
 }
