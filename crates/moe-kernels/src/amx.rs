@@ -1,10 +1,13 @@
 //! bf16 matrix products on Intel AMX (`tdpbf16ps`): dst[M,N] (+)= bf16(a)[M,K] @ bf16(b)[K,N]
 //! with f32 accumulation. Operands are rounded to bf16 (nearest even) while packing: A into
-//! row-major [Mp, Kp], B into AMX's pair-interleaved layout, both zero-padded to
-//! multiples of 32. The micro-kernel keeps a 32x32 block of C in four tiles (tmm0-3) and streams
-//! two A tiles (tmm4-5, 16 rows x 32 k) and two B tiles (tmm6-7, 16 k-pairs x 16 columns) per
-//! 32 k. B is packed in blocks of 32 columns so that its tiles are contiguous; panels of B columns
-//! stay in cache while the row blocks stream past them. Blocks of 32 rows run in parallel. Linux needs the process to ask for the tile state
+//! row-major [Mp, Kp], B into AMX's k-pair layout (one u32 per pair of k), both zero-padded to
+//! multiples of 32; packing works on whole rows or 32 x 32 tiles so that the conversion
+//! vectorises. The micro-kernel keeps a 32x32 block of C in four tiles (tmm0-3) and streams two
+//! A tiles (tmm4-5, 16 rows x 32 k) and two B tiles (tmm6-7, 16 k-pairs x 16 columns) per 32 k;
+//! full blocks of C are loaded (when accumulating) and stored in place, edge blocks go through a
+//! stack buffer. B is packed in blocks of 32 columns so that its tiles are contiguous; panels of
+//! B columns stay in cache while the row blocks stream past them. Blocks of 32 rows run in
+//! parallel. Linux needs the process to ask for the tile state
 //! (`arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`), done once by [`available`].
 
 use crate::matmul::Mat;
@@ -52,7 +55,7 @@ fn pad32(x: usize) -> usize {
 }
 
 thread_local! {
-    static PACK: RefCell<(Vec<u16>, Vec<u16>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+    static PACK: RefCell<(Vec<u16>, Vec<u32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
 
 /// A[M,K] -> bf16 row-major [Mp, Kp] (rows of the padded tail zero).
@@ -100,50 +103,64 @@ fn pack_a(out: &mut Vec<u16>, a: Mat<f32>, mp: usize, kp: usize) {
     });
 }
 
-/// B[K,N] -> bf16 in blocks of 32 columns, each [Kp/2, 32, 2]: element (k, n) at
-/// (n/32)*Kp*32 + (k/2)*64 + (n%32)*2 + k%2, so a block's 16 x 32 tiles are contiguous rows of 128 bytes.
-fn pack_b(out: &mut Vec<u16>, b: Mat<f32>, kp: usize, np: usize) {
+/// Two f32 rounded to bf16 and packed as AMX's k-pair: `lo` (even k) in the low half.
+#[inline(always)]
+fn pair(lo: f32, hi: f32) -> u32 {
+    to_bf16(lo) as u32 | (to_bf16(hi) as u32) << 16
+}
+
+/// B[K,N] -> bf16 k-pairs in blocks of 32 columns, each [Kp/2, 32] of u32 (the low half holds
+/// the even k): pair (k/2, n) at (n/32)*(Kp/2)*32 + (k/2)*32 + n%32, so a block's 16 x 32 tiles
+/// are contiguous rows of 128 bytes.
+fn pack_b(out: &mut Vec<u32>, b: Mat<f32>, kp: usize, np: usize) {
     out.clear();
-    out.resize(kp * np, 0);
+    out.resize(kp / 2 * np, 0);
     let (k, n) = (b.rows, b.cols);
-    out.par_chunks_mut(kp * 32).enumerate().for_each(|(jb, blk)| {
+    let at = |r: usize, c: usize| if r < k { b.data[r * b.rs + c * b.cs] } else { 0.0 };
+    out.par_chunks_mut(kp / 2 * 32).enumerate().for_each(|(jb, blk)| {
         let cols = 32.min(n.saturating_sub(jb * 32));
         if b.rs == 1 && cols == 32 {
-            // B = W^T: columns of B are contiguous. Transpose 32 x 32 tiles through the stack:
-            // contiguous reads of 32 columns, then contiguous writes of 16 pair-rows.
+            // B = W^T: columns of B are contiguous. Per 32 k, pair each column's values along k
+            // (contiguous reads), then write the 16 pair-rows (a 32 x 16 transpose of u32).
             let full = k / 32 * 32;
-            let mut tile = [[0f32; 32]; 32];
+            let mut tile = [[0u32; 16]; 32];
             for k0 in (0..full).step_by(32) {
                 for (c, t) in tile.iter_mut().enumerate() {
-                    t.copy_from_slice(&b.data[(jb * 32 + c) * b.cs + k0..][..32]);
+                    let col: &[f32; 32] = b.data[(jb * 32 + c) * b.cs + k0..][..32].try_into().expect("32 values");
+                    for (pr, o) in t.iter_mut().enumerate() {
+                        *o = pair(col[2 * pr], col[2 * pr + 1]);
+                    }
                 }
-                for pr in 0..16 {
-                    let out: &mut [u16; 64] = (&mut blk[(k0 / 2 + pr) * 64..][..64]).try_into().expect("64 values");
-                    for c in 0..32 {
-                        out[2 * c] = to_bf16(tile[c][2 * pr]);
-                        out[2 * c + 1] = to_bf16(tile[c][2 * pr + 1]);
+                for (pr, row) in blk[k0 / 2 * 32..(k0 / 2 + 16) * 32].chunks_exact_mut(32).enumerate() {
+                    for (c, o) in row.iter_mut().enumerate() {
+                        *o = tile[c][pr];
                     }
                 }
             }
-            for c in 0..32 {
-                let col = &b.data[(jb * 32 + c) * b.cs..];
-                for r in full..k {
-                    blk[(r / 2) * 64 + c * 2 + r % 2] = to_bf16(col[r]);
+            for pr in full / 2..k.div_ceil(2) {
+                for (c, o) in blk[pr * 32..pr * 32 + 32].iter_mut().enumerate() {
+                    *o = pair(at(2 * pr, jb * 32 + c), at(2 * pr + 1, jb * 32 + c));
                 }
             }
-        } else if b.rs == 1 {
-            // columns of B are contiguous (B = W^T): read along k
-            for c in 0..cols {
-                let col = &b.data[(jb * 32 + c) * b.cs..];
-                for r in 0..k {
-                    blk[(r / 2) * 64 + c * 2 + r % 2] = to_bf16(col[r]);
+        } else if b.cs == 1 && cols == 32 {
+            // row-major B: rows 2pr and 2pr+1 interleave into pair-row pr (contiguous reads)
+            for (pr, row) in blk.chunks_exact_mut(32).take(k / 2).enumerate() {
+                let r0: &[f32; 32] = b.data[2 * pr * b.rs + jb * 32..][..32].try_into().expect("32 values");
+                let r1: &[f32; 32] = b.data[(2 * pr + 1) * b.rs + jb * 32..][..32].try_into().expect("32 values");
+                for c in 0..32 {
+                    row[c] = pair(r0[c], r1[c]);
+                }
+            }
+            if k % 2 == 1 {
+                let pr = k / 2;
+                for (c, o) in blk[pr * 32..pr * 32 + 32].iter_mut().enumerate() {
+                    *o = pair(at(2 * pr, jb * 32 + c), 0.0);
                 }
             }
         } else {
-            for r in 0..k {
-                let row = &b.data[r * b.rs..];
-                for c in 0..cols {
-                    blk[(r / 2) * 64 + c * 2 + r % 2] = to_bf16(row[(jb * 32 + c) * b.cs]);
+            for pr in 0..k.div_ceil(2) {
+                for (c, o) in blk[pr * 32..pr * 32 + cols].iter_mut().enumerate() {
+                    *o = pair(at(2 * pr, jb * 32 + c), at(2 * pr + 1, jb * 32 + c));
                 }
             }
         }
@@ -168,14 +185,33 @@ static CFG: TileCfg = TileCfg {
     rows: [16, 16, 16, 16, 16, 16, 16, 16, 0, 0, 0, 0, 0, 0, 0, 0],
 };
 
-/// c[32][32] f32 = A rows (32 x 32*kb, row stride sa bytes) @ B (16*kb pair-rows, stride sb bytes,
-/// 32 columns). The tile configuration must be loaded on this thread.
+/// C (+)= A rows (32 x 32*kb, row stride sa bytes) @ B (16*kb pair-rows, stride sb bytes,
+/// 32 columns), where C is a 32 x 32 f32 block at `c` with row stride `sc` bytes, read first when
+/// `load`. The tile configuration must be loaded on this thread.
 ///
 /// # Safety
 /// AMX available and configured; a, b, c valid for the extents above.
 #[cfg(target_arch = "x86_64")]
-unsafe fn kernel_32x32(a: *const u16, sa: usize, b: *const u16, sb: usize, kb: usize, c: *mut f32) {
+#[allow(clippy::too_many_arguments)]
+unsafe fn kernel_32x32(
+    a: *const u16,
+    sa: usize,
+    b: *const u32,
+    sb: usize,
+    kb: usize,
+    c: *mut f32,
+    sc: usize,
+    load: bool,
+) {
     std::arch::asm!(
+        "test {load}, {load}",
+        "jz 3f",
+        "tileloadd tmm0, [{c} + {sc}*1]",
+        "tileloadd tmm1, [{c} + {sc}*1 + 64]",
+        "tileloadd tmm2, [{c2} + {sc}*1]",
+        "tileloadd tmm3, [{c2} + {sc}*1 + 64]",
+        "jmp 2f",
+        "3:",
         "tilezero tmm0",
         "tilezero tmm1",
         "tilezero tmm2",
@@ -196,12 +232,9 @@ unsafe fn kernel_32x32(a: *const u16, sa: usize, b: *const u16, sb: usize, kb: u
         "dec {kb}",
         "jnz 2b",
         "tilestored [{c} + {sc}*1], tmm0",
-        "add {c}, 64",
-        "tilestored [{c} + {sc}*1], tmm1",
-        "add {c}, 1984",
-        "tilestored [{c} + {sc}*1], tmm2",
-        "add {c}, 64",
-        "tilestored [{c} + {sc}*1], tmm3",
+        "tilestored [{c} + {sc}*1 + 64], tmm1",
+        "tilestored [{c2} + {sc}*1], tmm2",
+        "tilestored [{c2} + {sc}*1 + 64], tmm3",
         a = inout(reg) a => _,
         a2 = inout(reg) a.byte_add(16 * sa) => _,
         b = inout(reg) b => _,
@@ -210,8 +243,10 @@ unsafe fn kernel_32x32(a: *const u16, sa: usize, b: *const u16, sb: usize, kb: u
         sb = in(reg) sb,
         bstep = in(reg) 16 * sb,
         kb = inout(reg) kb => _,
-        c = inout(reg) c => _,
-        sc = in(reg) 128usize,
+        c = in(reg) c,
+        c2 = in(reg) c.byte_add(16 * sc),
+        sc = in(reg) sc,
+        load = in(reg) load as usize,
         options(nostack)
     );
 }
@@ -239,9 +274,16 @@ pub unsafe fn matmul_bf16(dst: *mut f32, dst_rs: usize, a: Mat<f32>, b: Mat<f32>
             std::arch::asm!("ldtilecfg [{}]", in(reg) &CFG, options(nostack));
             let ap = pa_ref.as_ptr().add(bi * 32 * kp);
             for bj in jp..nb.min(jp + PANEL) {
-                kernel_32x32(ap, kp * 2, pb_ref.as_ptr().add(bj * 32 * kp), 128, kp / 32, c.as_mut_ptr());
+                let bp = pb_ref.as_ptr().add(bj * 16 * kp);
                 let rows = 32.min(m - bi * 32);
                 let cols = 32.min(n - bj * 32);
+                if rows == 32 && cols == 32 {
+                    // SAFETY: the whole 32 x 32 block lies inside dst and belongs to this task.
+                    let cb = dst.at(bi * 32 * dst_rs + bj * 32);
+                    kernel_32x32(ap, kp * 2, bp, 128, kp / 32, cb, dst_rs * 4, accumulate);
+                    continue;
+                }
+                kernel_32x32(ap, kp * 2, bp, 128, kp / 32, c.as_mut_ptr(), 128, false);
                 for r in 0..rows {
                     // SAFETY: row bi*32+r < M and columns bj*32.. < N are inside dst; each row
                     // block belongs to one task.

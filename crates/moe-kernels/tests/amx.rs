@@ -1,6 +1,6 @@
 //! The AMX bf16 matrix product against the naive product of the same bf16-rounded operands
-//! (f64 sums): shapes that are and are not multiples of the 32-block, transposed views, strided
-//! destinations, accumulation. Skipped with a message on CPUs without AMX.
+//! (f64 sums): shapes that are and are not multiples of the 32-block, odd K, transposed views,
+//! strided destinations, accumulation (in place for full 32 x 32 blocks). Skipped with a message on CPUs without AMX.
 #![cfg(target_arch = "x86_64")]
 
 use moe_kernels::amx::{available, from_bf16, matmul_bf16, to_bf16};
@@ -23,6 +23,9 @@ fn amx_bf16_matmul_matches_naive() {
         (37, 70, 45, true, false, true),
         (100, 384, 77, true, true, true),
         (256, 64, 256, false, true, false),
+        // full 32-column blocks of B with an odd K (row-major B) and a K tail past 32 (B = W^T)
+        (40, 45, 64, false, false, true),
+        (33, 77, 64, false, true, false),
     ] {
         let (a, b) = (data(m * k, 1), data(k * n, 2));
         let av = if ta { Mat::new(&a, k, m).t() } else { Mat::new(&a, m, k) };
