@@ -16,7 +16,8 @@ use rayon::prelude::*;
 use std::cell::RefCell;
 use std::sync::OnceLock;
 
-/// True when the CPU has AMX-BF16 and the kernel granted this process the tile state.
+/// True when the CPU has AMX-BF16 (and AVX-512 F/BW, used by the packing) and the kernel granted
+/// this process the tile state.
 pub fn available() -> bool {
     static OK: OnceLock<bool> = OnceLock::new();
     *OK.get_or_init(|| {
@@ -24,7 +25,8 @@ pub fn available() -> bool {
         {
             let leaf7 = std::arch::x86_64::__cpuid_count(7, 0);
             let (bf16, tile) = ((leaf7.edx >> 22) & 1 == 1, (leaf7.edx >> 24) & 1 == 1);
-            if !(bf16 && tile) {
+            let avx512 = is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw");
+            if !(bf16 && tile && avx512) {
                 return false;
             }
             const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
@@ -70,19 +72,15 @@ fn pack_a(out: &mut Vec<u16>, a: Mat<f32>, mp: usize, kp: usize) {
                 row.iter_mut().zip(src).for_each(|(o, &v)| *o = to_bf16(v));
             }
         } else if a.rs == 1 && rows == 32 {
-            // A = X^T: columns of A are contiguous. Transpose 32 x 32 tiles through the stack:
-            // contiguous reads of 32 columns, then contiguous writes of 32 rows.
-            let full = a.cols / 32 * 32;
-            let mut tile = [[0f32; 32]; 32];
-            for p0 in (0..full).step_by(32) {
-                for (pp, t) in tile.iter_mut().enumerate() {
-                    t.copy_from_slice(&a.data[(p0 + pp) * a.cs + bi * 32..][..32]);
-                }
-                for i in 0..32 {
-                    let out: &mut [u16; 32] = (&mut blk[i * kp + p0..][..32]).try_into().expect("32 values");
-                    for (pp, o) in out.iter_mut().enumerate() {
-                        *o = to_bf16(tile[pp][i]);
-                    }
+            // A = X^T: columns of A are contiguous. 16 x 16 blocks are transposed in registers
+            // and rounded 16 at a time.
+            let full = a.cols / 16 * 16;
+            for p0 in (0..full).step_by(16) {
+                for i0 in [0, 16] {
+                    let src = &a.data[p0 * a.cs + bi * 32 + i0..][..15 * a.cs + 16];
+                    // SAFETY: AVX-512 F/BW come with AMX ([`available`]); src holds 16 rows of 16
+                    // at stride a.cs, and rows i0..i0+16 of blk hold columns p0..p0+16.
+                    unsafe { transpose16_bf16(src.as_ptr(), a.cs, blk[i0 * kp + p0..].as_mut_ptr(), kp) };
                 }
             }
             for p in full..a.cols {
@@ -101,6 +99,56 @@ fn pack_a(out: &mut Vec<u16>, a: Mat<f32>, mp: usize, kp: usize) {
             }
         }
     });
+}
+
+/// out[i*ors + q] = bf16(src[q*rs + i]) for i, q in 0..16: a 16 x 16 transpose in registers
+/// (unpack, then 128-bit lane shuffles), rounded to nearest even like [`to_bf16`].
+///
+/// # Safety
+/// AVX-512 F and BW available; src valid for 16 rows of 16 at stride rs, out for 16 rows of 16
+/// at stride ors.
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn transpose16_bf16(src: *const f32, rs: usize, out: *mut u16, ors: usize) {
+    use std::arch::x86_64::*;
+    let mut r = [_mm512_setzero_ps(); 16];
+    for (q, v) in r.iter_mut().enumerate() {
+        *v = _mm512_loadu_ps(src.add(q * rs));
+    }
+    // t: rows paired and interleaved per 128-bit lane; u[4g+e]: lane L holds element 4L+e of
+    // rows 4g..4g+4; the last two rounds gather the lanes.
+    let mut t = [_mm512_setzero_ps(); 16];
+    for g in 0..8 {
+        t[2 * g] = _mm512_unpacklo_ps(r[2 * g], r[2 * g + 1]);
+        t[2 * g + 1] = _mm512_unpackhi_ps(r[2 * g], r[2 * g + 1]);
+    }
+    let mut u = [_mm512_setzero_ps(); 16];
+    for g in 0..4 {
+        let (t0, t1, t2, t3) = (t[4 * g], t[4 * g + 1], t[4 * g + 2], t[4 * g + 3]);
+        u[4 * g] = _mm512_shuffle_ps::<0x44>(t0, t2);
+        u[4 * g + 1] = _mm512_shuffle_ps::<0xEE>(t0, t2);
+        u[4 * g + 2] = _mm512_shuffle_ps::<0x44>(t1, t3);
+        u[4 * g + 3] = _mm512_shuffle_ps::<0xEE>(t1, t3);
+    }
+    let (bias, one) = (_mm512_set1_epi32(0x7fff), _mm512_set1_epi32(1));
+    for e in 0..4 {
+        let v0 = _mm512_shuffle_f32x4::<0x88>(u[e], u[4 + e]);
+        let v1 = _mm512_shuffle_f32x4::<0xDD>(u[e], u[4 + e]);
+        let v2 = _mm512_shuffle_f32x4::<0x88>(u[8 + e], u[12 + e]);
+        let v3 = _mm512_shuffle_f32x4::<0xDD>(u[8 + e], u[12 + e]);
+        let cols = [
+            _mm512_shuffle_f32x4::<0x88>(v0, v2),
+            _mm512_shuffle_f32x4::<0x88>(v1, v3),
+            _mm512_shuffle_f32x4::<0xDD>(v0, v2),
+            _mm512_shuffle_f32x4::<0xDD>(v1, v3),
+        ];
+        for (l, col) in cols.into_iter().enumerate() {
+            let x = _mm512_castps_si512(col);
+            let odd = _mm512_and_si512(_mm512_srli_epi32::<16>(x), one);
+            let rounded = _mm512_srli_epi32::<16>(_mm512_add_epi32(_mm512_add_epi32(x, bias), odd));
+            let row = out.add((4 * l + e) * ors) as *mut __m256i;
+            _mm256_storeu_si256(row, _mm512_cvtepi32_epi16(rounded));
+        }
+    }
 }
 
 /// Two f32 rounded to bf16 and packed as AMX's k-pair: `lo` (even k) in the low half.
@@ -300,4 +348,37 @@ pub unsafe fn matmul_bf16(dst: *mut f32, dst_rs: usize, a: Mat<f32>, b: Mat<f32>
         });
     }
     PACK.with(|p| *p.borrow_mut() = (pa, pb));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The register transpose rounds exactly like `to_bf16`, ties included, and transposes.
+    #[test]
+    fn transpose16_bf16_matches_scalar_rounding() {
+        if !available() {
+            eprintln!("no AMX on this machine: skipped");
+            return;
+        }
+        let rs = 19;
+        let src: Vec<f32> = (0..16 * rs)
+            .map(|i| match i % 5 {
+                0 => 1.0 + (i % 7) as f32 / 256.0, // exact ties and neighbours
+                1 => f32::from_bits(0x3f80_7fff + (i as u32 % 3)),
+                2 => -(i as f32) * 0.013,
+                3 => f32::from_bits(0x0000_8000 + i as u32), // subnormals
+                _ => 3.0e38,
+            })
+            .collect();
+        let ors = 21;
+        let mut out = vec![0u16; 16 * ors];
+        // SAFETY: available() implies AVX-512 F/BW; the buffers hold the 16 x 16 extents.
+        unsafe { transpose16_bf16(src.as_ptr(), rs, out.as_mut_ptr(), ors) };
+        for i in 0..16 {
+            for q in 0..16 {
+                assert_eq!(out[i * ors + q], to_bf16(src[q * rs + i]), "element ({i}, {q})");
+            }
+        }
+    }
 }
