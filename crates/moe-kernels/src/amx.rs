@@ -175,6 +175,14 @@ fn pack_b<'p>(buf: &'p mut Vec<u32>, b: Mat<f32>, kp: usize, np: usize) -> &'p [
     let out = aligned(buf, kp / 2 * np);
     let (k, n) = (b.rows, b.cols);
     let at = |r: usize, c: usize| if r < k { b.data[r * b.rs + c * b.cs] } else { 0.0 };
+    // pair-rows `prs` of block jb, first `cols` columns, element by element (any strides, tails)
+    let generic = |blk: &mut [u32], jb: usize, prs: std::ops::Range<usize>, cols: usize| {
+        for pr in prs {
+            for (c, o) in blk[pr * 32..pr * 32 + cols].iter_mut().enumerate() {
+                *o = pair(at(2 * pr, jb * 32 + c), at(2 * pr + 1, jb * 32 + c));
+            }
+        }
+    };
     out.par_chunks_mut(kp / 2 * 32).enumerate().for_each(|(jb, blk)| {
         let cols = 32.min(n.saturating_sub(jb * 32));
         if b.rs == 1 && cols == 32 {
@@ -195,11 +203,7 @@ fn pack_b<'p>(buf: &'p mut Vec<u32>, b: Mat<f32>, kp: usize, np: usize) -> &'p [
                     }
                 }
             }
-            for pr in full / 2..k.div_ceil(2) {
-                for (c, o) in blk[pr * 32..pr * 32 + 32].iter_mut().enumerate() {
-                    *o = pair(at(2 * pr, jb * 32 + c), at(2 * pr + 1, jb * 32 + c));
-                }
-            }
+            generic(blk, jb, full / 2..k.div_ceil(2), 32);
         } else if b.cs == 1 && cols == 32 {
             // row-major B: rows 2pr and 2pr+1 interleave into pair-row pr (contiguous reads)
             for (pr, row) in blk.chunks_exact_mut(32).take(k / 2).enumerate() {
@@ -209,18 +213,9 @@ fn pack_b<'p>(buf: &'p mut Vec<u32>, b: Mat<f32>, kp: usize, np: usize) -> &'p [
                     row[c] = pair(r0[c], r1[c]);
                 }
             }
-            if k % 2 == 1 {
-                let pr = k / 2;
-                for (c, o) in blk[pr * 32..pr * 32 + 32].iter_mut().enumerate() {
-                    *o = pair(at(2 * pr, jb * 32 + c), 0.0);
-                }
-            }
+            generic(blk, jb, k / 2..k.div_ceil(2), 32);
         } else {
-            for pr in 0..k.div_ceil(2) {
-                for (c, o) in blk[pr * 32..pr * 32 + cols].iter_mut().enumerate() {
-                    *o = pair(at(2 * pr, jb * 32 + c), at(2 * pr + 1, jb * 32 + c));
-                }
-            }
+            generic(blk, jb, 0..k.div_ceil(2), cols);
         }
     });
     out
