@@ -1,7 +1,7 @@
 //! The SwiGLU MLP over a block of rows: y = down(silu(gate(x)) * up(x)). Used as the dense
 //! feed-forward block and, per expert, by the MoE expert stage.
 
-use moe_kernels::matmul::{linear_backward, linear_forward, matmul, Mat};
+use moe_kernels::matmul::{linear_backward, linear_forward};
 use moe_kernels::swiglu::{swiglu_backward, swiglu_forward};
 use moe_kernels::Float;
 
@@ -63,10 +63,8 @@ pub fn mlp_backward<T: Float>(
     par: bool,
 ) {
     let [dh, dg, du] = scratch;
-    // dh = dy @ w_down (overwrites), dw_down += dy^T @ h
-    matmul(dh, Mat::new(dy, r, c), Mat::new(w.down, c, f), false, par);
-    matmul(gw.down, Mat::new(dy, r, c).t(), Mat::new(h, r, f), true, par);
+    linear_backward(dh, gw.down, dy, h, w.down, r, f, c, false, par);
     swiglu_backward(dg, du, dh, g, u);
-    linear_backward(dx, gw.gate, dg, x, w.gate, r, c, f, par);
-    linear_backward(dx, gw.up, du, x, w.up, r, c, f, par);
+    linear_backward(dx, gw.gate, dg, x, w.gate, r, c, f, true, par);
+    linear_backward(dx, gw.up, du, x, w.up, r, c, f, true, par);
 }

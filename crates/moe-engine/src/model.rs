@@ -440,7 +440,6 @@ impl<T: Float> Model<T> {
         let z_scale = if bal.is_empty() { 0.0 } else { cfg.router_z_loss_coef / bal.len() as f64 };
         let scale = T::from_f64(1.0 / n as f64);
         cross_entropy_backward_inplace(&mut a.logits[..n * v], &a.losses[..n], targets, v, scale);
-        a.dln[..n * c].fill(T::ZERO);
         linear_backward(
             &mut a.dln[..n * c],
             self.layout.lm_head.of_mut(gr),
@@ -450,6 +449,7 @@ impl<T: Float> Model<T> {
             n,
             c,
             v,
+            false,
             true,
         );
         a.dres[..n * c].fill(T::ZERO);
@@ -520,7 +520,6 @@ impl<T: Float> Model<T> {
                 c,
             );
             // mid = x + o_proj(attn)
-            a.dattn[..n * hd].fill(T::ZERO);
             linear_backward(
                 &mut a.dattn[..n * hd],
                 ls.wo.of_mut(gr),
@@ -530,6 +529,7 @@ impl<T: Float> Model<T> {
                 n,
                 hd,
                 c,
+                false,
                 true,
             );
             a.dq[..n * hd].fill(T::ZERO);
@@ -550,7 +550,6 @@ impl<T: Float> Model<T> {
             );
             rope_backward(&mut a.dq[..n * hd], &self.cos, &self.sin, t, h, d, 0);
             rope_backward(&mut a.dk[..n * gd], &self.cos, &self.sin, t, g, d, 0);
-            a.dln[..n * c].fill(T::ZERO);
             linear_backward(
                 &mut a.dln[..n * c],
                 ls.wq.of_mut(gr),
@@ -560,6 +559,7 @@ impl<T: Float> Model<T> {
                 n,
                 c,
                 hd,
+                false,
                 true,
             );
             linear_backward(
@@ -572,6 +572,7 @@ impl<T: Float> Model<T> {
                 c,
                 gd,
                 true,
+                true,
             );
             linear_backward(
                 &mut a.dln[..n * c],
@@ -582,6 +583,7 @@ impl<T: Float> Model<T> {
                 n,
                 c,
                 gd,
+                true,
                 true,
             );
             rmsnorm_backward(

@@ -144,7 +144,8 @@ pub fn linear_forward<T: Float>(y: &mut [T], x: &[T], w: &[T], n: usize, i: usiz
     matmul(y, Mat::new(x, n, i), Mat::new(w, o, i).t(), false, par);
 }
 
-/// dx[N,I] += dy[N,O] @ w[O,I]; dw[O,I] += dy^T @ x[N,I].
+/// dx[N,I] (+)= dy[N,O] @ w[O,I] (accumulated when `dx_acc`, else overwritten);
+/// dw[O,I] += dy^T @ x[N,I].
 #[allow(clippy::too_many_arguments)]
 pub fn linear_backward<T: Float>(
     dx: &mut [T],
@@ -155,8 +156,9 @@ pub fn linear_backward<T: Float>(
     n: usize,
     i: usize,
     o: usize,
+    dx_acc: bool,
     par: bool,
 ) {
-    matmul(dx, Mat::new(dy, n, o), Mat::new(w, o, i), true, par);
+    matmul(dx, Mat::new(dy, n, o), Mat::new(w, o, i), dx_acc, par);
     matmul(dw, Mat::new(dy, n, o).t(), Mat::new(x, n, i), true, par);
 }

@@ -45,7 +45,7 @@ fn linear_backward_finite_difference() {
             dotp(&y, &r)
         };
         let (mut dx, mut dw) = (vec![0.0; n * i], vec![0.0; o * i]);
-        linear_backward(&mut dx, &mut dw, &r, &x, &w, n, i, o, false);
+        linear_backward(&mut dx, &mut dw, &r, &x, &w, n, i, o, true, false);
         check_grad("linear dx", &x, &dx, |x| loss(x, &w));
         check_grad("linear dw", &w, &dw, |w| loss(&x, w));
     }

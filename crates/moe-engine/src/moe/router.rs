@@ -302,12 +302,23 @@ pub fn router_backward<T: Float>(
     }
     if a.jittered {
         a.dxr[..n * c].fill(T::ZERO);
-        linear_backward(&mut a.dxr[..n * c], g.weight, &a.dlogits[..n * e], &a.xr[..n * c], w.weight, n, c, e, true);
+        linear_backward(
+            &mut a.dxr[..n * c],
+            g.weight,
+            &a.dlogits[..n * e],
+            &a.xr[..n * c],
+            w.weight,
+            n,
+            c,
+            e,
+            true,
+            true,
+        );
         dx[..n * c]
             .par_iter_mut()
             .zip(a.dxr.par_iter().zip(a.noise.par_iter()))
             .for_each(|(d, (&g, &nv))| *d += g * nv);
     } else {
-        linear_backward(&mut dx[..n * c], g.weight, &a.dlogits[..n * e], &x[..n * c], w.weight, n, c, e, true);
+        linear_backward(&mut dx[..n * c], g.weight, &a.dlogits[..n * e], &x[..n * c], w.weight, n, c, e, true, true);
     }
 }
