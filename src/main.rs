@@ -380,7 +380,7 @@ fn bench(b: BenchCmd) -> Result<()> {
                 rayon_threads()
             );
             println!(
-                "{:<15} {:>10} {:>10} {:>5} {:>12} {:>12} {:>10} {:>7} {:>7} {:>8} {:>10}",
+                "{:<15} {:>10} {:>10} {:>5} {:>12} {:>12} {:>10} {:>7} {:>7} {:>8} {:>5} {:>10}",
                 "preset",
                 "params",
                 "active",
@@ -391,6 +391,7 @@ fn bench(b: BenchCmd) -> Result<()> {
                 "peak",
                 "MFU",
                 "MFU nom",
+                "busy",
                 "train RSS"
             );
             for p in presets {
@@ -398,8 +399,9 @@ fn bench(b: BenchCmd) -> Result<()> {
                 let r =
                     moe_engine::bench::bench_train(&p, cfg, batch_size, seq_len, warmup, steps, precision, replicas)?;
                 let rss = r.train_rss_mb.map_or("?".into(), |m| format!("{m:.0} MB"));
+                let busy = r.busy.map_or("?".into(), |b| format!("{:.0}%", 100.0 * b));
                 println!(
-                    "{:<15} {:>9.1}M {:>9.1}M {:>5} {:>12.0} {:>12.0} {:>10.1} {:>7.0} {:>6.1}% {:>7.1}% {:>10}",
+                    "{:<15} {:>9.1}M {:>9.1}M {:>5} {:>12.0} {:>12.0} {:>10.1} {:>7.0} {:>6.1}% {:>7.1}% {:>5} {:>10}",
                     p,
                     r.total_params as f64 / 1e6,
                     r.active_params as f64 / 1e6,
@@ -410,6 +412,7 @@ fn bench(b: BenchCmd) -> Result<()> {
                     r.peak_gflops,
                     100.0 * r.mfu(),
                     100.0 * r.train_gflops() / peak_gflops,
+                    busy,
                     rss
                 );
             }

@@ -25,9 +25,22 @@ pub struct TrainBench {
     pub peak_gflops: f64,
     /// In-process data-parallel replicas the steps ran on.
     pub replicas: usize,
+    /// Median over the timed training steps of the process's CPU time over wall time times the
+    /// threads of the pool: the share of the cores the step kept busy (Linux; None elsewhere).
+    pub busy: Option<f64>,
     /// Resident memory (MB) right after the timed training steps: weights, gradients, AdamW
     /// moments and activations of one batch (Linux; None elsewhere).
     pub train_rss_mb: Option<f64>,
+}
+
+/// User + system CPU seconds of this process so far, all threads (Linux: /proc/self/stat, in
+/// clock ticks of 1/100 s; None elsewhere).
+fn cpu_seconds() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name: state is the 1st, utime the 12th, stime the 13th.
+    let f: Vec<&str> = s.rsplit(')').next()?.split_whitespace().collect();
+    let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
 }
 
 /// Length of one FMA peak probe (seconds), small next to a training step.
@@ -89,12 +102,17 @@ pub fn bench_train(
     let mut tr = Trainer::new(cfg.clone(), tc, "bench".into())?;
     let mut rng = Rng::new(7);
     let data: Vec<u32> = (0..b * t * 64).map(|_| rng.below(v) as u32).collect();
-    let (mut times, mut peaks) = (vec![], vec![]);
+    let (mut times, mut peaks, mut busy) = (vec![], vec![], vec![]);
+    let threads = rayon::current_num_threads() as f64;
     for i in 0..warmup + steps {
-        let t0 = Instant::now();
+        let (t0, c0) = (Instant::now(), cpu_seconds());
         tr.step(&data)?;
         if i >= warmup {
-            times.push(t0.elapsed().as_secs_f64());
+            let wall = t0.elapsed().as_secs_f64();
+            times.push(wall);
+            if let (Some(c0), Some(c1)) = (c0, cpu_seconds()) {
+                busy.push((c1 - c0) / (wall * threads));
+            }
             peaks.push(moe_kernels::peak::fma_peak_gflops(PROBE_S));
         }
     }
@@ -121,6 +139,7 @@ pub fn bench_train(
         active_params: s.active_params,
         peak_gflops: median(peaks),
         replicas: tr.replicas(),
+        busy: (busy.len() == steps).then(|| median(busy)),
         train_rss_mb,
     })
 }

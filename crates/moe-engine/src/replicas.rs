@@ -1,14 +1,17 @@
 //! In-process data parallelism: a micro-batch of B sequences is cut into R equal slices, one
-//! per core. Each replica runs the forward and backward of its slice on one thread (its own
-//! single-thread rayon pool, so every matrix product is a single-threaded GEMM) against the
+//! per core. The replicas run at once on the global rayon pool, each on its slice against the
 //! shared weights, into its own activations, KV window and gradient buffer. Between forward
 //! and backward the replicas' routing statistics are pooled, as the ranks of a distributed job
 //! pool theirs, so the balancing losses see the whole batch; afterwards the gradients are
 //! summed and divided by R (the loss is the mean of the replicas' losses).
 //!
 //! Why: one GEMM split over two cores runs the step's shapes at 60-75% of their fp32 peak and
-//! makes the cores wait for each other at every product; two independent single-threaded
-//! GEMMs run at 65-85% of each core's peak and never wait inside a pass.
+//! makes the cores wait for each other at every product; two independent replicas run their
+//! GEMMs at 65-85% of each core's peak. Their work is still cut into stealable pieces (GEMM
+//! row halves, attention heads, experts) that a thread runs itself unless the other is idle:
+//! a core that finishes its replica first (the host slows one vCPU down, often by 10-40%)
+//! takes over pieces of the other's instead of waiting. Each replica's own one-thread pool
+//! left the cores idle 5-20% of a step; the shared pool, about 1%.
 //! Capacity limits and expert-choice routing apply per replica, like GShard's groups.
 //! The trainer's forward, loss and backward passes over its replicas are at the end.
 
@@ -17,7 +20,6 @@ use crate::dist::{pack_stats, unpack_stats};
 use crate::model::{Acts, KvCache, LossParts};
 use crate::train::Trainer;
 use rayon::prelude::*;
-use rayon::ThreadPool;
 
 /// One replica's buffers.
 pub(crate) struct Replica {
@@ -35,9 +37,6 @@ pub(crate) struct Replica {
 /// The replicas of one training process.
 pub(crate) struct Replicas {
     pub reps: Vec<Replica>,
-    /// One single-thread pool per replica; empty with one replica, which runs on the caller
-    /// (and the global pool, with multi-threaded GEMMs).
-    pools: Vec<ThreadPool>,
 }
 
 /// The replica count used when none is asked for: the most replicas, up to one per thread of
@@ -68,44 +67,16 @@ impl Replicas {
                 grads: if i == 0 { vec![] } else { vec![0.0; params] },
             })
             .collect();
-        let pools = if r == 1 {
-            vec![]
-        } else {
-            (0..r)
-                .map(|i| {
-                    rayon::ThreadPoolBuilder::new()
-                        .num_threads(1)
-                        .thread_name(move |_| format!("moe-replica-{i}"))
-                        .build()
-                        // Spawning a thread fails only when the OS is out of threads or memory.
-                        .unwrap_or_else(|e| panic!("cannot start replica thread {i}: {e}"))
-                })
-                .collect()
-        };
-        Replicas { reps, pools }
+        Replicas { reps }
     }
 
     pub fn len(&self) -> usize {
         self.reps.len()
     }
 
-    /// Runs `f` on every replica at once, each on its own pool's thread; results in replica
-    /// order. With one replica, `f` runs on the caller.
-    pub fn map<R: Send>(&mut self, f: impl Fn(usize, &mut Replica) -> R + Sync) -> Vec<R> {
-        if self.pools.is_empty() {
-            return self.reps.iter_mut().enumerate().map(|(i, r)| f(i, r)).collect();
-        }
-        let f = &f;
-        std::thread::scope(|s| {
-            let jobs: Vec<_> = self
-                .reps
-                .iter_mut()
-                .zip(&self.pools)
-                .enumerate()
-                .map(|(i, (r, pool))| s.spawn(move || pool.install(|| f(i, r))))
-                .collect();
-            jobs.into_iter().map(|j| j.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
-        })
+    /// Runs `f` on every replica at once on the global pool; results in replica order.
+    pub fn map<R: Send>(&mut self, f: impl Fn(usize, &mut Replica) -> R + Sync + Send) -> Vec<R> {
+        self.reps.par_iter_mut().enumerate().map(|(i, r)| f(i, r)).collect()
     }
 
     /// Copies each replica's slice of the micro-batch x, y [B * T].

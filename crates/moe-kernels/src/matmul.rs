@@ -105,6 +105,33 @@ pub unsafe fn matmul_raw<T: Float>(dst: *mut T, dst_rs: usize, a: Mat<T>, b: Mat
         return crate::amx::matmul_bf16(dst as *mut f32, dst_rs, cast(a), cast(b), accumulate);
     }
     let threads = if parallel { rayon::current_num_threads() } else { 1 };
+    gemm_rows(dst, dst_rs, a, b, accumulate, threads);
+}
+
+/// Rows per piece below which [`gemm_rows`] stops cutting a product.
+const SPLIT_ROWS: usize = 128;
+
+/// The `gemm` product on up to `threads` threads. A product of many rows is cut into row
+/// halves, recursively, each a single-threaded GEMM with the same sums element by element:
+/// a thread runs both halves unless another thread is idle and steals one, so a product called
+/// from each of two busy threads (the training replicas) costs nothing extra, and a thread
+/// that runs out of work takes half of the other's. Few rows (decoding) use gemm's own threads.
+///
+/// # Safety
+/// As [`matmul_raw`], with the checks of `a` and `b` done.
+unsafe fn gemm_rows<T: Float>(dst: *mut T, dst_rs: usize, a: Mat<T>, b: Mat<T>, accumulate: bool, threads: usize) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    if threads > 1 && m >= 2 * SPLIT_ROWS {
+        let h = m / 2;
+        let (a0, a1) = (Mat { rows: h, ..a }, Mat { data: &a.data[h * a.rs..], rows: m - h, ..a });
+        let (d, t0) = (crate::SendPtr(dst), threads / 2);
+        // SAFETY: the halves write the disjoint row ranges 0..h and h..m of dst.
+        rayon::join(
+            || gemm_rows(d.at(0), dst_rs, a0, b, accumulate, t0),
+            || gemm_rows(d.at(h * dst_rs), dst_rs, a1, b, accumulate, threads - t0),
+        );
+        return;
+    }
     T::gemm_raw(
         m,
         n,

@@ -34,6 +34,31 @@ fn matmul_matches_naive_over_shapes_and_transposes() {
     }
 }
 
+/// A parallel product of many rows is cut into row pieces (one single-threaded GEMM each): the
+/// result must be the single-threaded product's, bit for bit, and match the naive twin.
+#[test]
+fn matmul_row_pieces_equal_the_single_threaded_product() {
+    let mut rng = Rng::new(11);
+    for threads in [2, 3, 4] {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        for &(m, k, n) in &[(256, 40, 24), (301, 70, 33), (777, 17, 65)] {
+            for &(ta, tb) in &[(false, false), (true, false), (false, true)] {
+                let (a, b) = (rng.vec32(m * k), rng.vec32(k * n));
+                let av = if ta { Mat::new(&a, k, m).t() } else { Mat::new(&a, m, k) };
+                let bv = if tb { Mat::new(&b, n, k).t() } else { Mat::new(&b, k, n) };
+                let init = rng.vec32(m * n);
+                let (mut pieces, mut one, mut slow) = (init.clone(), init.clone(), init.clone());
+                pool.install(|| matmul(&mut pieces, av, bv, true, true));
+                matmul(&mut one, av, bv, true, false);
+                matmul_naive(&mut slow, av, bv, true);
+                assert!(pieces == one, "{threads} threads ({m},{k},{n}) t=({ta},{tb}): pieces differ");
+                let err = max_abs_diff(&pieces, &slow);
+                assert!(err < 1e-4 * k as f32, "{threads} threads ({m},{k},{n}): {err}");
+            }
+        }
+    }
+}
+
 #[test]
 fn linear_backward_finite_difference() {
     let mut rng = Rng::new(2);
