@@ -186,6 +186,10 @@ enum BenchCmd {
         /// matrix products); see `moe train --replicas`.
         #[arg(long, default_value_t = 0)]
         replicas: usize,
+        /// Keep every preset in memory and run one step of each in turn, so they all see the
+        /// same minutes of a shared machine; prints each step time against the first preset's.
+        #[arg(long)]
+        interleave: bool,
     },
     /// Prefill and decode tokens/s of a Hugging Face or GGUF model, bytes of weights per token,
     /// fraction of the memory bandwidth, and llama.cpp on the same GGUF file.
@@ -374,10 +378,21 @@ fn plot(a: PlotArgs) -> Result<()> {
 
 fn bench(b: BenchCmd) -> Result<()> {
     match b {
-        BenchCmd::Train { presets, batch_size, seq_len, warmup, steps, peak_gflops, precision, replicas } => {
+        BenchCmd::Train {
+            presets,
+            batch_size,
+            seq_len,
+            warmup,
+            steps,
+            peak_gflops,
+            precision,
+            replicas,
+            interleave,
+        } => {
             println!(
-                "threads: {}; batch {batch_size} x {seq_len}; {warmup} warm-up + {steps} timed steps (median); {precision:?} matmuls",
-                rayon_threads()
+                "threads: {}; batch {batch_size} x {seq_len}; {warmup} warm-up + {steps} timed steps (median){}; {precision:?} matmuls",
+                rayon_threads(),
+                if interleave { ", presets interleaved step by step" } else { "" }
             );
             println!(
                 "{:<15} {:>10} {:>10} {:>5} {:>12} {:>12} {:>10} {:>7} {:>7} {:>8} {:>5} {:>10}",
@@ -394,15 +409,16 @@ fn bench(b: BenchCmd) -> Result<()> {
                 "busy",
                 "train RSS"
             );
-            for p in presets {
-                let cfg = ModelConfig::preset(&p)?;
-                let r =
-                    moe_engine::bench::bench_train(&p, cfg, batch_size, seq_len, warmup, steps, precision, replicas)?;
-                let rss = r.train_rss_mb.map_or("?".into(), |m| format!("{m:.0} MB"));
+            let configs =
+                presets.iter().map(|p| Ok((p.clone(), ModelConfig::preset(p)?))).collect::<Result<Vec<_>>>()?;
+            let spec = moe_engine::bench::BenchSpec { b: batch_size, t: seq_len, warmup, steps, precision, replicas };
+            let results = moe_engine::bench::bench_train(configs, spec, interleave)?;
+            for r in &results {
+                let rss = r.train_rss_mb.map_or("-".into(), |m| format!("{m:.0} MB"));
                 let busy = r.busy.map_or("?".into(), |b| format!("{:.0}%", 100.0 * b));
                 println!(
                     "{:<15} {:>9.1}M {:>9.1}M {:>5} {:>12.0} {:>12.0} {:>10.1} {:>7.0} {:>6.1}% {:>7.1}% {:>5} {:>10}",
-                    p,
+                    r.name,
                     r.total_params as f64 / 1e6,
                     r.active_params as f64 / 1e6,
                     r.replicas,
@@ -415,6 +431,11 @@ fn bench(b: BenchCmd) -> Result<()> {
                     busy,
                     rss
                 );
+            }
+            if let (true, Some(first)) = (interleave, results.first()) {
+                for r in &results[1..] {
+                    println!("step time {} / {}: {:.3}", r.name, first.name, r.step_s / first.step_s);
+                }
             }
             Ok(())
         }

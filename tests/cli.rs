@@ -123,3 +123,19 @@ fn bench_infer_reports_speed_bytes_and_bandwidth() {
     assert!(err.contains("GB of weights read per decoded token"), "{err}");
     assert!(err.contains("llama.cpp skipped"), "{err}");
 }
+
+#[test]
+fn bench_train_interleaves_presets_and_refuses_zero_steps() {
+    let args = ["bench", "train", "--presets", "tiny", "bench-dense", "--batch-size", "2", "--seq-len", "8"];
+    let (code, out, err) = moe(&[&args[..], &["--warmup", "0", "--steps", "1", "--interleave"]].concat());
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("interleaved step by step") && out.contains("busy"), "{out}");
+    let row = |p: &str| out.lines().find(|l| l.starts_with(p)).map(|l| l.split_whitespace().count());
+    // Both presets measured, with the resident-memory column left out ("-") when interleaved.
+    assert_eq!(row("tiny "), Some(12), "{out}");
+    assert_eq!(row("bench-dense "), Some(12), "{out}");
+    assert!(out.contains("step time bench-dense / tiny:"), "{out}");
+    let (code, _, err) = moe(&[&args[..], &["--steps", "0"]].concat());
+    assert_ne!(code, 0);
+    assert!(err.contains("no timed steps") && err.contains("--steps 1"), "{err}");
+}

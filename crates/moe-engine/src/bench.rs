@@ -29,7 +29,7 @@ pub struct TrainBench {
     /// threads of the pool: the share of the cores the step kept busy (Linux; None elsewhere).
     pub busy: Option<f64>,
     /// Resident memory (MB) right after the timed training steps: weights, gradients, AdamW
-    /// moments and activations of one batch (Linux; None elsewhere).
+    /// moments and activations of one batch (Linux, one config at a time; None otherwise).
     pub train_rss_mb: Option<f64>,
 }
 
@@ -75,71 +75,128 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Benchmarks `cfg` at batch b x t: `warmup` untimed steps, then `steps` timed ones.
-pub fn bench_train(
-    name: &str,
+/// How to run a training benchmark.
+#[derive(Clone, Copy, Debug)]
+pub struct BenchSpec {
+    /// Batch of sequences and sequence length.
+    pub b: usize,
+    pub t: usize,
+    /// Untimed steps, then timed ones (training, then forward passes).
+    pub warmup: usize,
+    pub steps: usize,
+    pub precision: Precision,
+    pub replicas: usize,
+}
+
+/// One config under measurement: its trainer, random tokens and the times so far.
+struct Run {
+    name: String,
     cfg: ModelConfig,
-    b: usize,
-    t: usize,
-    warmup: usize,
-    steps: usize,
-    precision: Precision,
-    replicas: usize,
-) -> Result<TrainBench> {
-    if steps == 0 {
+    tr: Trainer,
+    data: Vec<u32>,
+    times: Vec<f64>,
+    peaks: Vec<f64>,
+    busy: Vec<f64>,
+    ftimes: Vec<f64>,
+}
+
+impl Run {
+    fn new(name: &str, cfg: ModelConfig, s: &BenchSpec) -> Result<Self> {
+        let tc = TrainConfig {
+            batch_size: s.b,
+            seq_len: s.t,
+            steps: (s.warmup + s.steps) as u64 + 1,
+            warmup_steps: 1,
+            precision: s.precision,
+            replicas: s.replicas,
+            ..TrainConfig::default()
+        };
+        let v = cfg.vocab_size;
+        let tr = Trainer::new(cfg.clone(), tc, "bench".into())?;
+        let mut rng = Rng::new(7);
+        let data: Vec<u32> = (0..s.b * s.t * 64).map(|_| rng.below(v) as u32).collect();
+        let (times, peaks, busy, ftimes) = (vec![], vec![], vec![], vec![]);
+        Ok(Run { name: name.into(), cfg, tr, data, times, peaks, busy, ftimes })
+    }
+
+    /// One optimizer step; when `timed`, its time, the busy share of the cores and then the FMA
+    /// peak probe are recorded.
+    fn train_step(&mut self, timed: bool) -> Result<()> {
+        let (t0, c0) = (Instant::now(), cpu_seconds());
+        self.tr.step(&self.data)?;
+        if timed {
+            let wall = t0.elapsed().as_secs_f64();
+            self.times.push(wall);
+            if let (Some(c0), Some(c1)) = (c0, cpu_seconds()) {
+                self.busy.push((c1 - c0) / (wall * rayon::current_num_threads() as f64));
+            }
+            self.peaks.push(moe_kernels::peak::fma_peak_gflops(PROBE_S));
+        }
+        Ok(())
+    }
+
+    /// One forward pass with loss (no gradients) on the first b x t tokens.
+    fn forward(&mut self, timed: bool, s: &BenchSpec) {
+        let n = s.b * s.t;
+        let t0 = Instant::now();
+        self.tr.forward_loss(&self.data[..n], &self.data[1..n + 1]);
+        if timed {
+            self.ftimes.push(t0.elapsed().as_secs_f64());
+        }
+    }
+
+    fn finish(self, s: &BenchSpec, train_rss_mb: Option<f64>) -> TrainBench {
+        let z = sizes(&self.cfg, s.b, s.t);
+        TrainBench {
+            name: self.name,
+            tokens_per_step: s.b * s.t,
+            step_s: median(self.times),
+            forward_s: median(self.ftimes),
+            train_flops_per_token: z.train_flops_per_token,
+            total_params: z.total_params,
+            active_params: z.active_params,
+            peak_gflops: median(self.peaks),
+            replicas: self.tr.replicas(),
+            busy: (self.busy.len() == s.steps).then(|| median(self.busy)),
+            train_rss_mb,
+        }
+    }
+}
+
+/// Benchmarks each (name, config) at batch b x t: `warmup` untimed steps, then `steps` timed
+/// ones, then as many forward passes. One config after the other, each alone in memory (its
+/// resident memory is its own), or with `interleave` all at once, one step of each in turn, so
+/// that every config sees the same minutes of a shared machine (their step times compare;
+/// resident memory is then the sum and not reported).
+pub fn bench_train(configs: Vec<(String, ModelConfig)>, s: BenchSpec, interleave: bool) -> Result<Vec<TrainBench>> {
+    if s.steps == 0 {
         return Err(Error::config("the benchmark has no timed steps", "pass --steps 1 or more"));
     }
-    let tc = TrainConfig {
-        batch_size: b,
-        seq_len: t,
-        steps: (warmup + steps) as u64 + 1,
-        warmup_steps: 1,
-        precision,
-        replicas,
-        ..TrainConfig::default()
-    };
-    let v = cfg.vocab_size;
-    let mut tr = Trainer::new(cfg.clone(), tc, "bench".into())?;
-    let mut rng = Rng::new(7);
-    let data: Vec<u32> = (0..b * t * 64).map(|_| rng.below(v) as u32).collect();
-    let (mut times, mut peaks, mut busy) = (vec![], vec![], vec![]);
-    let threads = rayon::current_num_threads() as f64;
-    for i in 0..warmup + steps {
-        let (t0, c0) = (Instant::now(), cpu_seconds());
-        tr.step(&data)?;
-        if i >= warmup {
-            let wall = t0.elapsed().as_secs_f64();
-            times.push(wall);
-            if let (Some(c0), Some(c1)) = (c0, cpu_seconds()) {
-                busy.push((c1 - c0) / (wall * threads));
+    if !interleave {
+        let mut out = vec![];
+        for (name, cfg) in configs {
+            let mut r = Run::new(&name, cfg, &s)?;
+            for i in 0..s.warmup + s.steps {
+                r.train_step(i >= s.warmup)?;
             }
-            peaks.push(moe_kernels::peak::fma_peak_gflops(PROBE_S));
+            let rss = rss_mb();
+            for i in 0..s.warmup + s.steps {
+                r.forward(i >= s.warmup, &s);
+            }
+            out.push(r.finish(&s, rss));
+        }
+        return Ok(out);
+    }
+    let mut runs = configs.into_iter().map(|(n, c)| Run::new(&n, c, &s)).collect::<Result<Vec<_>>>()?;
+    for i in 0..s.warmup + s.steps {
+        for r in &mut runs {
+            r.train_step(i >= s.warmup)?;
         }
     }
-    let step_s = median(times);
-    let train_rss_mb = rss_mb();
-    let x = &data[..b * t];
-    let y = &data[1..b * t + 1];
-    let mut ftimes = vec![];
-    for i in 0..warmup + steps {
-        let t0 = Instant::now();
-        tr.forward_loss(x, y);
-        if i >= warmup {
-            ftimes.push(t0.elapsed().as_secs_f64());
+    for i in 0..s.warmup + s.steps {
+        for r in &mut runs {
+            r.forward(i >= s.warmup, &s);
         }
     }
-    let s = sizes(&cfg, b, t);
-    Ok(TrainBench {
-        name: name.into(),
-        tokens_per_step: b * t,
-        step_s,
-        forward_s: median(ftimes),
-        train_flops_per_token: s.train_flops_per_token,
-        total_params: s.total_params,
-        active_params: s.active_params,
-        peak_gflops: median(peaks),
-        replicas: tr.replicas(),
-        busy: (busy.len() == steps).then(|| median(busy)),
-        train_rss_mb,
-    })
+    Ok(runs.into_iter().map(|r| r.finish(&s, None)).collect())
 }
