@@ -113,9 +113,10 @@ const SPLIT_ROWS: usize = 128;
 
 /// The `gemm` product on up to `threads` threads. A product of many rows is cut into row
 /// halves, recursively, each a single-threaded GEMM with the same sums element by element:
-/// a thread runs both halves unless another thread is idle and steals one, so a product called
-/// from each of two busy threads (the training replicas) costs nothing extra, and a thread
-/// that runs out of work takes half of the other's. Few rows (decoding) use gemm's own threads.
+/// a thread runs both halves unless another thread is idle and steals one. So a product called
+/// from each of two busy threads (the training replicas) stays on its thread, cut in two, and
+/// a thread that runs out of work takes half of the other's. Few rows (decoding) use gemm's
+/// own threads.
 ///
 /// # Safety
 /// As [`matmul_raw`], with the checks of `a` and `b` done.
