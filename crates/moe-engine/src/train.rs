@@ -444,12 +444,15 @@ impl Trainer {
         };
         met.grad_norm = norm;
         let clip = if tc.grad_clip > 0.0 && norm > tc.grad_clip { tc.grad_clip / norm } else { 1.0 };
-        let s = (scale * clip) as f32;
-        if s != 1.0 {
-            self.grads.par_iter_mut().for_each(|g| *g *= s);
-        }
         met.lr = tc.lr_at(self.state.step);
-        let h = AdamW { lr: met.lr, beta1: tc.beta1, beta2: tc.beta2, eps: tc.eps, weight_decay: tc.weight_decay };
+        let h = AdamW {
+            lr: met.lr,
+            beta1: tc.beta1,
+            beta2: tc.beta2,
+            eps: tc.eps,
+            weight_decay: tc.weight_decay,
+            grad_scale: (scale * clip) as f32,
+        };
         self.state.step += 1;
         for tsr in self.model.layout.tensors.iter().filter(|t| t.trainable) {
             let sp = tsr.span;

@@ -34,8 +34,10 @@ fn data() -> Vec<u32> {
     (0..4000).map(|_| rng.below(300) as u32).collect()
 }
 
-/// What a run with `r` replicas computed: each step's metrics and applied gradients (after
-/// the mean over replicas and clipping), the final parameters and the validation loss.
+/// What a run with `r` replicas computed: each step's metrics and gradients per replica (the
+/// trainer's buffer holds their sum over replicas and micro-batches, which AdamW scales to the
+/// mean and clips; divided by `r` it must equal one replica's), the final parameters and the
+/// validation loss.
 struct Run {
     metrics: Vec<StepMetrics>,
     grads: Vec<Vec<f32>>,
@@ -52,7 +54,7 @@ fn run(cfg: &ModelConfig, r: usize) -> Run {
     let (mut metrics, mut grads) = (vec![], vec![]);
     for _ in 0..STEPS {
         metrics.push(tr.step(&data).unwrap());
-        grads.push(tr.grads.clone());
+        grads.push(tr.grads.iter().map(|g| g / r as f32).collect());
     }
     let val = tr.evaluate(&data, 2);
     Run { metrics, grads, params: tr.params.clone(), val }
