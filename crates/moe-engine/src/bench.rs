@@ -172,31 +172,23 @@ pub fn bench_train(configs: Vec<(String, ModelConfig)>, s: BenchSpec, interleave
     if s.steps == 0 {
         return Err(Error::config("the benchmark has no timed steps", "pass --steps 1 or more"));
     }
-    if !interleave {
-        let mut out = vec![];
-        for (name, cfg) in configs {
-            let mut r = Run::new(&name, cfg, &s)?;
-            for i in 0..s.warmup + s.steps {
+    // The configs that share the process: each alone, or all of them.
+    let groups: Vec<Vec<_>> = if interleave { vec![configs] } else { configs.into_iter().map(|c| vec![c]).collect() };
+    let mut out = vec![];
+    for group in groups {
+        let mut runs = group.into_iter().map(|(n, c)| Run::new(&n, c, &s)).collect::<Result<Vec<_>>>()?;
+        for i in 0..s.warmup + s.steps {
+            for r in &mut runs {
                 r.train_step(i >= s.warmup)?;
             }
-            let rss = rss_mb();
-            for i in 0..s.warmup + s.steps {
+        }
+        let rss = if interleave { None } else { rss_mb() };
+        for i in 0..s.warmup + s.steps {
+            for r in &mut runs {
                 r.forward(i >= s.warmup, &s);
             }
-            out.push(r.finish(&s, rss));
         }
-        return Ok(out);
+        out.extend(runs.into_iter().map(|r| r.finish(&s, rss)));
     }
-    let mut runs = configs.into_iter().map(|(n, c)| Run::new(&n, c, &s)).collect::<Result<Vec<_>>>()?;
-    for i in 0..s.warmup + s.steps {
-        for r in &mut runs {
-            r.train_step(i >= s.warmup)?;
-        }
-    }
-    for i in 0..s.warmup + s.steps {
-        for r in &mut runs {
-            r.forward(i >= s.warmup, &s);
-        }
-    }
-    Ok(runs.into_iter().map(|r| r.finish(&s, None)).collect())
+    Ok(out)
 }

@@ -301,7 +301,6 @@ pub fn router_backward<T: Float>(
         }
     }
     if a.jittered {
-        a.dxr[..n * c].fill(T::ZERO);
         linear_backward(
             &mut a.dxr[..n * c],
             g.weight,
@@ -311,7 +310,7 @@ pub fn router_backward<T: Float>(
             n,
             c,
             e,
-            true,
+            false,
             true,
         );
         dx[..n * c]
