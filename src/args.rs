@@ -177,7 +177,7 @@ pub struct TrainFlags {
     pub eval_batches: usize,
     #[arg(long, default_value_t = TrainConfig::default().seed)]
     pub seed: u64,
-    /// Matrix products in fp32, or bf16 on AMX with fp32 accumulation and fp32 master weights.
+    /// Matrix products in fp32, or bf16 (AMX or AVX512-BF16) with fp32 accumulation and fp32 master weights.
     #[arg(long, value_parser = parse_enum::<Precision>, default_value = "fp32")]
     pub precision: Precision,
     /// In-process data parallelism: N replicas each train B/N sequences of a batch on one core

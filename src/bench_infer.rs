@@ -29,9 +29,9 @@ pub struct InferBenchArgs {
     /// llama.cpp's llama-bench (default: `llama-bench` on PATH; skipped when absent).
     #[arg(long)]
     llama_bench: Option<PathBuf>,
-    /// Prefill in bf16 on AMX (f32 accumulation), as `moe generate --amx`.
-    #[arg(long)]
-    amx: bool,
+    /// Prefill in bf16 on AMX or AVX512-BF16 (f32 accumulation), as `moe generate --bf16`.
+    #[arg(long, alias = "amx")]
+    bf16: bool,
 }
 
 /// (prefill tokens/s, decode tokens/s) of llama-bench with the same sizes and thread count.
@@ -58,8 +58,8 @@ fn llama_cpp(bin: &Path, model: &Path, a: &InferBenchArgs, threads: usize) -> Re
 
 pub fn bench_infer(a: InferBenchArgs) -> Result<()> {
     let threads = crate::rayon_threads();
-    if a.amx {
-        crate::enable_amx()?;
+    if a.bf16 {
+        crate::enable_bf16()?;
     }
     let mut m = moe_infer::Model::load(&a.model)?;
     if let Some(q) = a.quant.as_deref().and_then(moe_infer::weight::Quant::parse) {

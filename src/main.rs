@@ -121,10 +121,10 @@ struct GenerateArgs {
     /// layer's likely experts prefetched.
     #[arg(long, requires = "model", value_parser = args::parse_size)]
     max_memory: Option<u64>,
-    /// Multiply the prompt (prefill) in bf16 on AMX, with f32 accumulation (--model only;
-    /// decoding is unchanged). Faster prefill, logits within bf16 rounding.
-    #[arg(long, requires = "model")]
-    amx: bool,
+    /// Multiply the prompt (prefill) in bf16 with f32 accumulation, on AMX or AVX512-BF16
+    /// (--model only; decoding is unchanged). Faster prefill, logits within bf16 rounding.
+    #[arg(long, alias = "amx", requires = "model")]
+    bf16: bool,
     #[arg(long, default_value_t = 200)]
     max_tokens: usize,
     /// 0 = greedy.
@@ -179,7 +179,7 @@ enum BenchCmd {
         /// MFU column; the first is against the peak measured between the timed steps.
         #[arg(long, default_value_t = 330.0)]
         peak_gflops: f64,
-        /// Matrix products in fp32, or bf16 on AMX (MFU is still against the fp32 peak).
+        /// Matrix products in fp32, or bf16 on AMX or AVX512-BF16 (MFU is still against the fp32 peak).
         #[arg(long, value_parser = parse_enum::<Precision>, default_value = "fp32")]
         precision: Precision,
         /// In-process data-parallel replicas (0 = one per thread; 1 = one, with multi-threaded
@@ -227,8 +227,8 @@ fn generate_cmd(a: GenerateArgs) -> Result<()> {
         Some(n) if n > 1 => Some(train_cmd::join_mpi_job(n)?),
         _ => None,
     };
-    if a.amx {
-        enable_amx()?;
+    if a.bf16 {
+        enable_bf16()?;
     }
     let ck_path = match (&a.model, &a.checkpoint) {
         (Some(dir), _) => {
@@ -443,10 +443,10 @@ fn bench(b: BenchCmd) -> Result<()> {
     }
 }
 
-/// `--amx`: every f32 matrix product of the process in bf16 on AMX, or an error saying why not.
-fn enable_amx() -> Result<()> {
+/// `--bf16`: every f32 matrix product of the process in bf16, or an error saying why not.
+fn enable_bf16() -> Result<()> {
     if !moe_kernels::matmul::set_bf16_matmul(true) {
-        anyhow::bail!("--amx: this CPU or kernel has no AMX-BF16 tiles; run without --amx");
+        anyhow::bail!("--bf16: this CPU has neither AMX-BF16 tiles nor AVX512-BF16; run without --bf16");
     }
     Ok(())
 }

@@ -50,7 +50,7 @@ pub struct TrainConfig {
     /// Metrics every n steps.
     pub log_every: u64,
     pub seed: u64,
-    /// Matrix products in f32, or in bf16 on AMX with f32 accumulation (master weights,
+    /// Matrix products in f32, or in bf16 (AMX or AVX512-BF16) with f32 accumulation (master weights,
     /// gradients, optimizer and element-wise work stay f32).
     #[serde(default)]
     pub precision: Precision,
@@ -76,11 +76,11 @@ pub enum Precision {
 }
 
 impl Precision {
-    /// Sets the process-wide matmul precision; bf16 needs AMX.
+    /// Sets the process-wide matmul precision; bf16 needs AMX or AVX512-BF16.
     pub fn apply(self) -> Result<()> {
         if !moe_kernels::matmul::set_bf16_matmul(self == Precision::Bf16) {
             return Err(Error::config(
-                "--precision bf16 needs a CPU with AMX-BF16 (Sapphire Rapids or newer) and Linux 5.16+",
+                "--precision bf16 needs a CPU with AMX-BF16 (Intel Sapphire Rapids or newer; Linux 5.16+) or AVX512-BF16 (AMD Zen 4 or newer, Intel Cooper Lake)",
                 "train with --precision fp32",
             ));
         }

@@ -56,14 +56,14 @@ fn main() {
                 rayon::join(|| matmul(c0, a0, bv, false, false), || matmul(c1, a1, bv, false, false));
             })
         });
-        let amx = if moe_kernels::matmul::set_bf16_matmul(true) {
+        let bf16 = if moe_kernels::matmul::set_bf16_matmul(true) {
             let t = pool2.install(|| time(9, || matmul(&mut c, av, bv, false, true)));
             moe_kernels::matmul::set_bf16_matmul(false);
             flops / t / 1e9
         } else {
             f64::NAN
         };
-        println!("  split-M 2T: {:.1}   AMX bf16 2T: {:.1}", flops / split / 1e9, amx);
+        println!("  split-M 2T: {:.1}   bf16 2T: {:.1}", flops / split / 1e9, bf16);
         let mm = time(9, || unsafe {
             matrixmultiply::sgemm(
                 m,

@@ -1,19 +1,11 @@
-//! bf16 matrix products on Intel AMX (`tdpbf16ps`): dst[M,N] (+)= bf16(a)[M,K] @ bf16(b)[K,N]
-//! with f32 accumulation. Operands are rounded to bf16 (nearest even) while packing: A into
-//! row-major [Mp, Kp], B into AMX's k-pair layout (one u32 per pair of k), both zero-padded to
-//! multiples of 32; packing works on whole rows or 32 x 32 tiles so that the conversion
-//! vectorises. The micro-kernel keeps a 32x32 block of C in four tiles (tmm0-3) and streams two
-//! A tiles (tmm4-5, 16 rows x 32 k) and two B tiles (tmm6-7, 16 k-pairs x 16 columns) per 32 k;
-//! full blocks of C are loaded (when accumulating) and stored in place, edge blocks go through a
-//! stack buffer. B is packed in blocks of 32 columns so that its tiles are contiguous; panels of
-//! B columns stay in cache while the row blocks stream past them. Blocks of 32 rows run in
-//! parallel. Linux needs the process to ask for the tile state
+//! The AMX block kernel of [`crate::bf16`]'s products (`tdpbf16ps`, Intel Sapphire Rapids and
+//! newer). It keeps a 32x32 block of C in four tiles (tmm0-3) and streams two A tiles (tmm4-5,
+//! 16 rows x 32 k) and two B tiles (tmm6-7, 16 k-pairs x 16 columns) per 32 k; full blocks of C
+//! are loaded (when accumulating) and stored in place, edge blocks go through a stack buffer.
+//! Linux needs the process to ask for the tile state
 //! (`arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`), done once by [`available`].
 
-use crate::matmul::Mat;
-use crate::SendPtr;
-use rayon::prelude::*;
-use std::cell::RefCell;
+use crate::bf16::BlockKernel;
 use std::sync::OnceLock;
 
 /// True when the CPU has AMX-BF16 (and AVX-512 F/BW, used by the packing) and the kernel granted
@@ -37,188 +29,6 @@ pub fn available() -> bool {
         #[cfg(not(target_arch = "x86_64"))]
         false
     })
-}
-
-/// f32 -> bf16 bits, round to nearest even.
-#[inline(always)]
-pub fn to_bf16(x: f32) -> u16 {
-    let u = x.to_bits();
-    ((u + 0x7fff + ((u >> 16) & 1)) >> 16) as u16
-}
-
-/// bf16 bits -> f32.
-#[inline(always)]
-pub fn from_bf16(b: u16) -> f32 {
-    f32::from_bits((b as u32) << 16)
-}
-
-fn pad32(x: usize) -> usize {
-    x.div_ceil(32) * 32
-}
-
-thread_local! {
-    static PACK: RefCell<(Vec<u16>, Vec<u32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
-}
-
-/// `len` zeroed elements of `buf` starting on a 64-byte boundary (the buffer grows as needed).
-/// AMX tile rows that straddle two cache lines load about 5x slower (a `tileloadd` took 24 ns
-/// instead of 4-5 ns here), and malloc returns 16-byte aligned memory.
-fn aligned<T: Copy + Default>(buf: &mut Vec<T>, len: usize) -> &mut [T] {
-    let extra = 64 / std::mem::size_of::<T>();
-    buf.clear();
-    buf.resize(len + extra, T::default());
-    let off = buf.as_ptr().align_offset(64).min(extra);
-    &mut buf[off..off + len]
-}
-
-/// A[M,K] -> bf16 row-major [Mp, Kp] (rows of the padded tail zero), 64-byte aligned.
-fn pack_a<'p>(buf: &'p mut Vec<u16>, a: Mat<f32>, mp: usize, kp: usize) -> &'p [u16] {
-    let out = aligned(buf, mp * kp);
-    out.par_chunks_mut(32 * kp).enumerate().for_each(|(bi, blk)| {
-        let rows = 32.min(a.rows.saturating_sub(bi * 32));
-        if a.cs == 1 {
-            for (i, row) in blk.chunks_exact_mut(kp).take(rows).enumerate() {
-                let src = &a.data[(bi * 32 + i) * a.rs..][..a.cols];
-                row.iter_mut().zip(src).for_each(|(o, &v)| *o = to_bf16(v));
-            }
-        } else if a.rs == 1 && rows == 32 {
-            // A = X^T: columns of A are contiguous. 16 x 16 blocks are transposed in registers
-            // and rounded 16 at a time.
-            let full = a.cols / 16 * 16;
-            for p0 in (0..full).step_by(16) {
-                for i0 in [0, 16] {
-                    let src = &a.data[p0 * a.cs + bi * 32 + i0..][..15 * a.cs + 16];
-                    // SAFETY: AVX-512 F/BW come with AMX ([`available`]); src holds 16 rows of 16
-                    // at stride a.cs, and rows i0..i0+16 of blk hold columns p0..p0+16.
-                    unsafe { transpose16_bf16(src.as_ptr(), a.cs, blk[i0 * kp + p0..].as_mut_ptr(), kp) };
-                }
-            }
-            for p in full..a.cols {
-                let src = &a.data[p * a.cs + bi * 32..];
-                for i in 0..32 {
-                    blk[i * kp + p] = to_bf16(src[i]);
-                }
-            }
-        } else {
-            // strided rows: element by element
-            for p in 0..a.cols {
-                let src = &a.data[p * a.cs + bi * 32 * a.rs..];
-                for i in 0..rows {
-                    blk[i * kp + p] = to_bf16(src[i * a.rs]);
-                }
-            }
-        }
-    });
-    out
-}
-
-/// out[i*ors + q] = bf16(src[q*rs + i]) for i, q in 0..16: a 16 x 16 transpose in registers
-/// (unpack, then 128-bit lane shuffles), rounded to nearest even like [`to_bf16`].
-///
-/// # Safety
-/// AVX-512 F and BW available; src valid for 16 rows of 16 at stride rs, out for 16 rows of 16
-/// at stride ors.
-#[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn transpose16_bf16(src: *const f32, rs: usize, out: *mut u16, ors: usize) {
-    use std::arch::x86_64::*;
-    let mut r = [_mm512_setzero_ps(); 16];
-    for (q, v) in r.iter_mut().enumerate() {
-        *v = _mm512_loadu_ps(src.add(q * rs));
-    }
-    // t: rows paired and interleaved per 128-bit lane; u[4g+e]: lane L holds element 4L+e of
-    // rows 4g..4g+4; the last two rounds gather the lanes.
-    let mut t = [_mm512_setzero_ps(); 16];
-    for g in 0..8 {
-        t[2 * g] = _mm512_unpacklo_ps(r[2 * g], r[2 * g + 1]);
-        t[2 * g + 1] = _mm512_unpackhi_ps(r[2 * g], r[2 * g + 1]);
-    }
-    let mut u = [_mm512_setzero_ps(); 16];
-    for g in 0..4 {
-        let (t0, t1, t2, t3) = (t[4 * g], t[4 * g + 1], t[4 * g + 2], t[4 * g + 3]);
-        u[4 * g] = _mm512_shuffle_ps::<0x44>(t0, t2);
-        u[4 * g + 1] = _mm512_shuffle_ps::<0xEE>(t0, t2);
-        u[4 * g + 2] = _mm512_shuffle_ps::<0x44>(t1, t3);
-        u[4 * g + 3] = _mm512_shuffle_ps::<0xEE>(t1, t3);
-    }
-    let (bias, one) = (_mm512_set1_epi32(0x7fff), _mm512_set1_epi32(1));
-    for e in 0..4 {
-        let v0 = _mm512_shuffle_f32x4::<0x88>(u[e], u[4 + e]);
-        let v1 = _mm512_shuffle_f32x4::<0xDD>(u[e], u[4 + e]);
-        let v2 = _mm512_shuffle_f32x4::<0x88>(u[8 + e], u[12 + e]);
-        let v3 = _mm512_shuffle_f32x4::<0xDD>(u[8 + e], u[12 + e]);
-        let cols = [
-            _mm512_shuffle_f32x4::<0x88>(v0, v2),
-            _mm512_shuffle_f32x4::<0x88>(v1, v3),
-            _mm512_shuffle_f32x4::<0xDD>(v0, v2),
-            _mm512_shuffle_f32x4::<0xDD>(v1, v3),
-        ];
-        for (l, col) in cols.into_iter().enumerate() {
-            let x = _mm512_castps_si512(col);
-            let odd = _mm512_and_si512(_mm512_srli_epi32::<16>(x), one);
-            let rounded = _mm512_srli_epi32::<16>(_mm512_add_epi32(_mm512_add_epi32(x, bias), odd));
-            let row = out.add((4 * l + e) * ors) as *mut __m256i;
-            _mm256_storeu_si256(row, _mm512_cvtepi32_epi16(rounded));
-        }
-    }
-}
-
-/// Two f32 rounded to bf16 and packed as AMX's k-pair: `lo` (even k) in the low half.
-#[inline(always)]
-fn pair(lo: f32, hi: f32) -> u32 {
-    to_bf16(lo) as u32 | (to_bf16(hi) as u32) << 16
-}
-
-/// B[K,N] -> bf16 k-pairs in blocks of 32 columns, each [Kp/2, 32] of u32 (the low half holds
-/// the even k): pair (k/2, n) at (n/32)*(Kp/2)*32 + (k/2)*32 + n%32, so a block's 16 x 32 tiles
-/// are contiguous rows of 128 bytes; 64-byte aligned.
-fn pack_b<'p>(buf: &'p mut Vec<u32>, b: Mat<f32>, kp: usize, np: usize) -> &'p [u32] {
-    let out = aligned(buf, kp / 2 * np);
-    let (k, n) = (b.rows, b.cols);
-    let at = |r: usize, c: usize| if r < k { b.data[r * b.rs + c * b.cs] } else { 0.0 };
-    // pair-rows `prs` of block jb, first `cols` columns, element by element (any strides, tails)
-    let generic = |blk: &mut [u32], jb: usize, prs: std::ops::Range<usize>, cols: usize| {
-        for pr in prs {
-            for (c, o) in blk[pr * 32..pr * 32 + cols].iter_mut().enumerate() {
-                *o = pair(at(2 * pr, jb * 32 + c), at(2 * pr + 1, jb * 32 + c));
-            }
-        }
-    };
-    out.par_chunks_mut(kp / 2 * 32).enumerate().for_each(|(jb, blk)| {
-        let cols = 32.min(n.saturating_sub(jb * 32));
-        if b.rs == 1 && cols == 32 {
-            // B = W^T: columns of B are contiguous. Per 32 k, pair each column's values along k
-            // (contiguous reads), then write the 16 pair-rows (a 32 x 16 transpose of u32).
-            let full = k / 32 * 32;
-            let mut tile = [[0u32; 16]; 32];
-            for k0 in (0..full).step_by(32) {
-                for (c, t) in tile.iter_mut().enumerate() {
-                    let col: &[f32; 32] = b.data[(jb * 32 + c) * b.cs + k0..][..32].try_into().expect("32 values");
-                    for (pr, o) in t.iter_mut().enumerate() {
-                        *o = pair(col[2 * pr], col[2 * pr + 1]);
-                    }
-                }
-                for (pr, row) in blk[k0 / 2 * 32..(k0 / 2 + 16) * 32].chunks_exact_mut(32).enumerate() {
-                    for (c, o) in row.iter_mut().enumerate() {
-                        *o = tile[c][pr];
-                    }
-                }
-            }
-            generic(blk, jb, full / 2..k.div_ceil(2), 32);
-        } else if b.cs == 1 && cols == 32 {
-            // row-major B: rows 2pr and 2pr+1 interleave into pair-row pr (contiguous reads)
-            for (pr, row) in blk.chunks_exact_mut(32).take(k / 2).enumerate() {
-                let r0: &[f32; 32] = b.data[2 * pr * b.rs + jb * 32..][..32].try_into().expect("32 values");
-                let r1: &[f32; 32] = b.data[(2 * pr + 1) * b.rs + jb * 32..][..32].try_into().expect("32 values");
-                for c in 0..32 {
-                    row[c] = pair(r0[c], r1[c]);
-                }
-            }
-            generic(blk, jb, k / 2..k.div_ceil(2), 32);
-        } else {
-            generic(blk, jb, 0..k.div_ceil(2), cols);
-        }
-    });
-    out
 }
 
 /// Tile configuration: palette 1, eight tiles of 16 rows x 64 bytes.
@@ -305,84 +115,44 @@ unsafe fn kernel_32x32(
     );
 }
 
-/// dst (row i at dst + i*dst_rs) (+)= bf16(a) @ bf16(b), accumulated in f32.
-///
-/// # Safety
-/// [`available`] returned true; dst valid for writes of M rows of N at stride dst_rs, touched
-/// by no other thread during the call.
-#[cfg(target_arch = "x86_64")]
-pub unsafe fn matmul_bf16(dst: *mut f32, dst_rs: usize, a: Mat<f32>, b: Mat<f32>, accumulate: bool) {
-    let (m, k, n) = (a.rows, a.cols, b.cols);
-    let (mp, kp, np) = (pad32(m), pad32(k), pad32(n));
-    let (mut pa, mut pb) = PACK.with(|p| std::mem::take(&mut *p.borrow_mut()));
-    let (pa_ref, pb_ref) = rayon::join(|| pack_a(&mut pa, a, mp, kp), || pack_b(&mut pb, b, kp, np));
-    let dst = SendPtr(dst);
-    // panels of PANEL columns of B stay in L2 while every row block streams past them
-    const PANEL: usize = 8;
-    let nb = np / 32;
-    for jp in (0..nb).step_by(PANEL) {
-        (0..mp / 32).into_par_iter().for_each(|bi| {
-            let mut c = [0f32; 32 * 32];
-            // SAFETY: AMX is available (caller); the config is static and valid.
-            std::arch::asm!("ldtilecfg [{}]", in(reg) &CFG, options(nostack));
-            let ap = pa_ref.as_ptr().add(bi * 32 * kp);
-            for bj in jp..nb.min(jp + PANEL) {
-                let bp = pb_ref.as_ptr().add(bj * 16 * kp);
-                let rows = 32.min(m - bi * 32);
-                let cols = 32.min(n - bj * 32);
-                if rows == 32 && cols == 32 {
-                    // SAFETY: the whole 32 x 32 block lies inside dst and belongs to this task.
-                    let cb = dst.at(bi * 32 * dst_rs + bj * 32);
-                    kernel_32x32(ap, kp * 2, bp, 128, kp / 32, cb, dst_rs * 4, accumulate);
-                    continue;
-                }
-                kernel_32x32(ap, kp * 2, bp, 128, kp / 32, c.as_mut_ptr(), 128, false);
-                for r in 0..rows {
-                    // SAFETY: row bi*32+r < M and columns bj*32.. < N are inside dst; each row
-                    // block belongs to one task.
-                    let d = std::slice::from_raw_parts_mut(dst.at((bi * 32 + r) * dst_rs + bj * 32), cols);
-                    let src = &c[r * 32..r * 32 + cols];
-                    if accumulate {
-                        d.iter_mut().zip(src).for_each(|(x, y)| *x += y);
-                    } else {
-                        d.copy_from_slice(src);
-                    }
-                }
-            }
-            std::arch::asm!("tilerelease", options(nostack));
-        });
+/// The AMX kernel for [`crate::bf16::matmul_bf16`].
+pub(crate) struct Tiles;
+
+impl BlockKernel for Tiles {
+    unsafe fn begin(&self) {
+        // SAFETY: AMX is available (caller); the config is static and valid.
+        std::arch::asm!("ldtilecfg [{}]", in(reg) &CFG, options(nostack));
     }
-    PACK.with(|p| *p.borrow_mut() = (pa, pb));
-}
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+    unsafe fn end(&self) {
+        std::arch::asm!("tilerelease", options(nostack));
+    }
 
-    /// The register transpose rounds exactly like `to_bf16`, ties included, and transposes.
-    #[test]
-    fn transpose16_bf16_matches_scalar_rounding() {
-        if !available() {
-            eprintln!("no AMX on this machine: skipped");
+    unsafe fn block(
+        &self,
+        a: *const u16,
+        kp: usize,
+        b: *const u32,
+        c: *mut f32,
+        sc: usize,
+        rows: usize,
+        cols: usize,
+        accumulate: bool,
+    ) {
+        if rows == 32 && cols == 32 {
+            kernel_32x32(a, kp * 2, b, 128, kp / 32, c, sc * 4, accumulate);
             return;
         }
-        let rs = 19;
-        let src: Vec<f32> = (0..16 * rs)
-            .map(|i| match i % 5 {
-                0 => 1.0 + (i % 7) as f32 / 256.0, // exact ties and neighbours
-                1 => f32::from_bits(0x3f80_7fff + (i as u32 % 3)),
-                2 => -(i as f32) * 0.013,
-                3 => f32::from_bits(0x0000_8000 + i as u32), // subnormals
-                _ => 3.0e38,
-            })
-            .collect();
-        let ors = 21;
-        let mut out = vec![0u16; 16 * ors];
-        // SAFETY: available() implies AVX-512 F/BW; the buffers hold the 16 x 16 extents.
-        unsafe { transpose16_bf16(src.as_ptr(), rs, out.as_mut_ptr(), ors) };
-        for i in 0..16 {
-            for q in 0..16 {
-                assert_eq!(out[i * ors + q], to_bf16(src[q * rs + i]), "element ({i}, {q})");
+        let mut buf = [0f32; 32 * 32];
+        kernel_32x32(a, kp * 2, b, 128, kp / 32, buf.as_mut_ptr(), 128, false);
+        for r in 0..rows {
+            // SAFETY: the caller gives rows x cols of C at stride sc to this call.
+            let d = std::slice::from_raw_parts_mut(c.add(r * sc), cols);
+            let src = &buf[r * 32..r * 32 + cols];
+            if accumulate {
+                d.iter_mut().zip(src).for_each(|(x, y)| *x += y);
+            } else {
+                d.copy_from_slice(src);
             }
         }
     }

@@ -13,7 +13,11 @@ pub mod adamw;
 #[cfg(target_arch = "x86_64")]
 pub mod amx;
 pub mod attention;
+#[cfg(target_arch = "x86_64")]
+pub mod bf16;
 pub mod cross_entropy;
+#[cfg(target_arch = "x86_64")]
+pub mod dpbf16;
 pub mod embedding;
 pub mod float;
 pub mod matmul;

@@ -9,17 +9,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 static BF16: AtomicBool = AtomicBool::new(false);
 
-/// Whether f32 matrix products run in bf16 on AMX (f32 accumulation).
+/// Whether f32 matrix products run in bf16 (f32 accumulation, [`crate::bf16`]).
 pub fn bf16_matmul() -> bool {
     BF16.load(Ordering::Relaxed)
 }
 
 /// Switches every f32 matrix product of the process to bf16 inputs with f32 accumulation on
-/// AMX (like PyTorch's bf16 autocast for matmuls), or back. Returns false, and stays in f32,
-/// when the CPU or kernel has no AMX.
+/// AMX or AVX512-BF16 (like PyTorch's bf16 autocast for matmuls), or back. Returns false, and
+/// stays in f32, when the CPU has neither.
 pub fn set_bf16_matmul(on: bool) -> bool {
     #[cfg(target_arch = "x86_64")]
-    let ok = !on || crate::amx::available();
+    let ok = !on || crate::bf16::kernel().is_some();
     #[cfg(not(target_arch = "x86_64"))]
     let ok = !on;
     BF16.store(on && ok, Ordering::Relaxed);
@@ -92,9 +92,10 @@ pub unsafe fn matmul_raw<T: Float>(dst: *mut T, dst_rs: usize, a: Mat<T>, b: Mat
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() && bf16_matmul() {
-        // SAFETY: T is f32 (checked above), so the casts are identities; bf16_matmul() implies
-        // AMX is available.
+    if let (true, Some(kernel)) =
+        (std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() && bf16_matmul(), crate::bf16::kernel())
+    {
+        // SAFETY: T is f32 (checked above), so the casts are identities; the kernel is available.
         let cast = |x: Mat<T>| Mat::<f32> {
             data: std::slice::from_raw_parts(x.data.as_ptr() as *const f32, x.data.len()),
             rows: x.rows,
@@ -102,7 +103,7 @@ pub unsafe fn matmul_raw<T: Float>(dst: *mut T, dst_rs: usize, a: Mat<T>, b: Mat
             rs: x.rs,
             cs: x.cs,
         };
-        return crate::amx::matmul_bf16(dst as *mut f32, dst_rs, cast(a), cast(b), accumulate);
+        return crate::bf16::matmul_bf16(kernel, dst as *mut f32, dst_rs, cast(a), cast(b), accumulate);
     }
     let threads = if parallel { rayon::current_num_threads() } else { 1 };
     gemm_rows(dst, dst_rs, a, b, accumulate, threads);

@@ -1,9 +1,11 @@
-//! The AMX bf16 matrix product against the naive product of the same bf16-rounded operands
-//! (f64 sums): shapes that are and are not multiples of the 32-block, odd K, transposed views,
-//! strided destinations, accumulation (in place for full 32 x 32 blocks). Skipped with a message on CPUs without AMX.
+//! The bf16 matrix product, on each kernel this CPU has (AMX tiles, AVX512-BF16 dot products),
+//! against the naive product of the same bf16-rounded operands (f64 sums): shapes that are and
+//! are not multiples of the 32-block (and of the AVX512-BF16 kernel's row pieces of 12, 12 and
+//! 8), odd K, transposed views, strided destinations, accumulation (in place for full 32 x 32
+//! blocks). A kernel the CPU lacks is skipped with a message.
 #![cfg(target_arch = "x86_64")]
 
-use moe_kernels::amx::{available, from_bf16, matmul_bf16, to_bf16};
+use moe_kernels::bf16::{from_bf16, matmul_bf16, to_bf16, Kernel};
 use moe_kernels::matmul::Mat;
 
 fn data(n: usize, seed: usize) -> Vec<f32> {
@@ -11,11 +13,17 @@ fn data(n: usize, seed: usize) -> Vec<f32> {
 }
 
 #[test]
-fn amx_bf16_matmul_matches_naive() {
-    if !available() {
-        eprintln!("no AMX on this machine: skipped");
-        return;
+fn bf16_matmul_matches_naive_on_every_kernel() {
+    for kernel in [Kernel::Amx, Kernel::Dpbf16] {
+        if kernel.available() {
+            check(kernel);
+        } else {
+            eprintln!("{kernel:?}: not on this machine, skipped");
+        }
     }
+}
+
+fn check(kernel: Kernel) {
     for &(m, k, n, ta, tb, acc) in &[
         (32, 32, 32, false, false, false),
         (64, 96, 64, false, true, false),
@@ -26,6 +34,11 @@ fn amx_bf16_matmul_matches_naive() {
         // full 32-column blocks of B with an odd K (row-major B) and a K tail past 32 (B = W^T)
         (40, 45, 64, false, false, true),
         (33, 77, 64, false, true, false),
+        // row counts ending inside each row piece of a block (12, 12, 8), column edges of 1 and 17
+        (11, 64, 17, false, false, true),
+        (13, 33, 1, false, true, true),
+        (25, 64, 48, true, false, false),
+        (63, 96, 96, false, false, true),
     ] {
         let (a, b) = (data(m * k, 1), data(k * n, 2));
         let av = if ta { Mat::new(&a, k, m).t() } else { Mat::new(&a, m, k) };
@@ -33,7 +46,7 @@ fn amx_bf16_matmul_matches_naive() {
         let rs = n + 3;
         let init = data(m * rs, 3);
         let mut dst = init.clone();
-        unsafe { matmul_bf16(dst.as_mut_ptr(), rs, av, bv, acc) };
+        unsafe { matmul_bf16(kernel, dst.as_mut_ptr(), rs, av, bv, acc) };
         let r = |x: f32| from_bf16(to_bf16(x)) as f64;
         for i in 0..m {
             for j in 0..n {
@@ -43,7 +56,7 @@ fn amx_bf16_matmul_matches_naive() {
                     s += init[i * rs + j] as f64;
                 }
                 let got = dst[i * rs + j] as f64;
-                assert!((got - s).abs() <= 1e-4 * (1.0 + s.abs()), "({m},{k},{n}) [{i},{j}]: {got} vs {s}");
+                assert!((got - s).abs() <= 1e-4 * (1.0 + s.abs()), "{kernel:?} ({m},{k},{n}) [{i},{j}]: {got} vs {s}");
             }
             // the padding columns of the strided destination are untouched
             assert_eq!(&dst[i * rs + n..i * rs + rs], &init[i * rs + n..i * rs + rs]);
