@@ -390,7 +390,7 @@ fn bench(b: BenchCmd) -> Result<()> {
             interleave,
         } => {
             println!(
-                "threads: {}; batch {batch_size} x {seq_len}; {warmup} warm-up + {steps} timed steps (median){}; {precision:?} matmuls",
+                "threads: {}; batch {batch_size} x {seq_len}; {warmup} warm-up + {steps} timed steps (median){}; matrix products in {precision}",
                 rayon_threads(),
                 if interleave { ", presets interleaved step by step" } else { "" }
             );

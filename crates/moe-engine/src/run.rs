@@ -174,11 +174,12 @@ pub fn run(o: &RunOptions, log: &dyn Fn(&str)) -> Result<RunSummary> {
     ));
     let reps = tr.replicas();
     log(&format!(
-        "batch {} x {} tokens on {reps} data-parallel replica{} ({} sequences each; --replicas)",
+        "batch {} x {} tokens on {reps} data-parallel replica{} ({} sequences each; --replicas); matrix products in {}",
         tc.batch_size,
         tc.seq_len,
         if reps == 1 { "" } else { "s" },
-        tc.batch_size / reps
+        tc.batch_size / reps,
+        tc.precision
     ));
     let tk_json = std::fs::read(data.cache_dir.join("tokenizer.json"))
         .map_err(Error::io(data.cache_dir.join("tokenizer.json")))?;

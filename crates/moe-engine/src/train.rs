@@ -88,6 +88,24 @@ impl Precision {
     }
 }
 
+impl std::fmt::Display for Precision {
+    /// "fp32", or "bf16" with the instructions this CPU runs it on.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        #[cfg(target_arch = "x86_64")]
+        let kernel = match moe_kernels::bf16::kernel() {
+            Some(moe_kernels::bf16::Kernel::Amx) => "AMX, ",
+            Some(moe_kernels::bf16::Kernel::Dpbf16) => "AVX512-BF16, ",
+            None => "",
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let kernel = "";
+        match self {
+            Precision::Fp32 => f.write_str("fp32"),
+            Precision::Bf16 => write!(f, "bf16 ({kernel}fp32 accumulation)"),
+        }
+    }
+}
+
 impl Default for TrainConfig {
     fn default() -> Self {
         TrainConfig {
