@@ -11,6 +11,7 @@
 use crate::matmul::Mat;
 use crate::SendPtr;
 use rayon::prelude::*;
+use std::arch::x86_64::*;
 use std::cell::RefCell;
 use std::sync::OnceLock;
 
@@ -145,19 +146,10 @@ fn pack_a<'p>(buf: &'p mut Vec<u16>, a: Mat<f32>, mp: usize, kp: usize) -> &'p [
     out
 }
 
-/// out[i*ors + q] = bf16(src[q*rs + i]) for i, q in 0..16: a 16 x 16 transpose in registers
-/// (unpack, then 128-bit lane shuffles), rounded to nearest even like [`to_bf16`].
-///
-/// # Safety
-/// AVX-512 F and BW available; src valid for 16 rows of 16 at stride rs, out for 16 rows of 16
-/// at stride ors.
-#[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn transpose16_bf16(src: *const f32, rs: usize, out: *mut u16, ors: usize) {
-    use std::arch::x86_64::*;
-    let mut r = [_mm512_setzero_ps(); 16];
-    for (q, v) in r.iter_mut().enumerate() {
-        *v = _mm512_loadu_ps(src.add(q * rs));
-    }
+/// The 16 x 16 transpose of 32-bit lanes in registers (unpack, then 128-bit lane shuffles):
+/// out[j] lane i = r[i] lane j.
+#[target_feature(enable = "avx512f")]
+unsafe fn transpose16(r: [__m512; 16]) -> [__m512; 16] {
     // t: rows paired and interleaved per 128-bit lane; u[4g+e]: lane L holds element 4L+e of
     // rows 4g..4g+4; the last two rounds gather the lanes.
     let mut t = [_mm512_setzero_ps(); 16];
@@ -173,24 +165,65 @@ unsafe fn transpose16_bf16(src: *const f32, rs: usize, out: *mut u16, ors: usize
         u[4 * g + 2] = _mm512_shuffle_ps::<0x44>(t1, t3);
         u[4 * g + 3] = _mm512_shuffle_ps::<0xEE>(t1, t3);
     }
-    let (bias, one) = (_mm512_set1_epi32(0x7fff), _mm512_set1_epi32(1));
+    let mut out = [_mm512_setzero_ps(); 16];
     for e in 0..4 {
         let v0 = _mm512_shuffle_f32x4::<0x88>(u[e], u[4 + e]);
         let v1 = _mm512_shuffle_f32x4::<0xDD>(u[e], u[4 + e]);
         let v2 = _mm512_shuffle_f32x4::<0x88>(u[8 + e], u[12 + e]);
         let v3 = _mm512_shuffle_f32x4::<0xDD>(u[8 + e], u[12 + e]);
-        let cols = [
-            _mm512_shuffle_f32x4::<0x88>(v0, v2),
-            _mm512_shuffle_f32x4::<0x88>(v1, v3),
-            _mm512_shuffle_f32x4::<0xDD>(v0, v2),
-            _mm512_shuffle_f32x4::<0xDD>(v1, v3),
-        ];
-        for (l, col) in cols.into_iter().enumerate() {
-            let x = _mm512_castps_si512(col);
-            let odd = _mm512_and_si512(_mm512_srli_epi32::<16>(x), one);
-            let rounded = _mm512_srli_epi32::<16>(_mm512_add_epi32(_mm512_add_epi32(x, bias), odd));
-            let row = out.add((4 * l + e) * ors) as *mut __m256i;
-            _mm256_storeu_si256(row, _mm512_cvtepi32_epi16(rounded));
+        out[e] = _mm512_shuffle_f32x4::<0x88>(v0, v2);
+        out[4 + e] = _mm512_shuffle_f32x4::<0x88>(v1, v3);
+        out[8 + e] = _mm512_shuffle_f32x4::<0xDD>(v0, v2);
+        out[12 + e] = _mm512_shuffle_f32x4::<0xDD>(v1, v3);
+    }
+    out
+}
+
+/// 16 f32 rounded to bf16 (nearest even, like [`to_bf16`]), as 16 u16.
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn round16(x: __m512) -> __m256i {
+    let x = _mm512_castps_si512(x);
+    let odd = _mm512_and_si512(_mm512_srli_epi32::<16>(x), _mm512_set1_epi32(1));
+    let rounded = _mm512_add_epi32(_mm512_add_epi32(x, _mm512_set1_epi32(0x7fff)), odd);
+    _mm512_cvtepi32_epi16(_mm512_srli_epi32::<16>(rounded))
+}
+
+/// out[i*ors + q] = bf16(src[q*rs + i]) for i, q in 0..16: a 16 x 16 transpose in registers,
+/// rounded like [`to_bf16`].
+///
+/// # Safety
+/// AVX-512 F and BW available; src valid for 16 rows of 16 at stride rs, out for 16 rows of 16
+/// at stride ors.
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn transpose16_bf16(src: *const f32, rs: usize, out: *mut u16, ors: usize) {
+    let mut r = [_mm512_setzero_ps(); 16];
+    for (q, v) in r.iter_mut().enumerate() {
+        *v = _mm512_loadu_ps(src.add(q * rs));
+    }
+    for (i, col) in transpose16(r).into_iter().enumerate() {
+        _mm256_storeu_si256(out.add(i * ors) as *mut __m256i, round16(col));
+    }
+}
+
+/// Pair-rows 0..16 (32 u32 apart at `out`) of a 32-column block of B = W^T, from k0..k0+32 of
+/// its 32 columns (column c at src + c*cs, contiguous along k): each column's 32 values round to
+/// 16 k-pairs, and two 16 x 16 transposes turn columns into pair-rows.
+///
+/// # Safety
+/// AVX-512 F and BW available; src valid for 32 columns of 32 at stride cs; out for 16 rows of
+/// 32 u32.
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn pack_wt_tile(src: *const f32, cs: usize, out: *mut u32) {
+    for h in 0..2 {
+        let mut cols = [_mm512_setzero_ps(); 16];
+        for (c, v) in cols.iter_mut().enumerate() {
+            let col = src.add((16 * h + c) * cs);
+            let (lo, hi) = (round16(_mm512_loadu_ps(col)), round16(_mm512_loadu_ps(col.add(16))));
+            // the 32 bf16 of the column in order: u32 lane pr holds the pair (2pr, 2pr+1)
+            *v = _mm512_castsi512_ps(_mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi));
+        }
+        for (pr, row) in transpose16(cols).into_iter().enumerate() {
+            _mm512_storeu_ps(out.add(pr * 32 + 16 * h) as *mut f32, row);
         }
     }
 }
@@ -219,22 +252,15 @@ fn pack_b<'p>(buf: &'p mut Vec<u32>, b: Mat<f32>, kp: usize, np: usize) -> &'p [
     out.par_chunks_mut(kp / 2 * 32).enumerate().for_each(|(jb, blk)| {
         let cols = 32.min(n.saturating_sub(jb * 32));
         if b.rs == 1 && cols == 32 {
-            // B = W^T: columns of B are contiguous. Per 32 k, pair each column's values along k
-            // (contiguous reads), then write the 16 pair-rows (a 32 x 16 transpose of u32).
+            // B = W^T: columns of B are contiguous. Per 32 k, each column's values round to
+            // k-pairs (contiguous reads), then transpose into the 16 pair-rows.
             let full = k / 32 * 32;
-            let mut tile = [[0u32; 16]; 32];
             for k0 in (0..full).step_by(32) {
-                for (c, t) in tile.iter_mut().enumerate() {
-                    let col: &[f32; 32] = b.data[(jb * 32 + c) * b.cs + k0..][..32].try_into().expect("32 values");
-                    for (pr, o) in t.iter_mut().enumerate() {
-                        *o = pair(col[2 * pr], col[2 * pr + 1]);
-                    }
-                }
-                for (pr, row) in blk[k0 / 2 * 32..(k0 / 2 + 16) * 32].chunks_exact_mut(32).enumerate() {
-                    for (c, o) in row.iter_mut().enumerate() {
-                        *o = tile[c][pr];
-                    }
-                }
+                let src = &b.data[jb * 32 * b.cs + k0..][..31 * b.cs + 32];
+                let out = &mut blk[k0 / 2 * 32..(k0 / 2 + 16) * 32];
+                // SAFETY: AVX-512 F/BW come with both kernels ([`kernel`]); src holds 32 columns
+                // of 32 at stride b.cs, out 16 pair-rows of 32.
+                unsafe { pack_wt_tile(src.as_ptr(), b.cs, out.as_mut_ptr()) };
             }
             generic(blk, jb, full / 2..k.div_ceil(2), 32);
         } else if b.cs == 1 && cols == 32 {
