@@ -2,10 +2,10 @@
 //! and newer, Intel Cooper Lake). `vdpbf16ps` multiplies 16 pairs of bf16 by 16 pairs and adds
 //! both products of each pair into one of 16 f32 lanes: one pair-row of a packed B block (32
 //! columns, the k-pair layout) is two vectors, and one row's pair of A is broadcast to all lanes.
-//! A block's 32 rows are done in pieces of 12, 12 and 8 rows; a piece keeps its rows x 32 f32 of
-//! C in registers (24 of the 32 zmm for 12 rows) for the whole of K, so each B vector loaded
-//! serves 12 rows and each A broadcast 2 vectors. Column edges use masked loads and stores; row
-//! edges compute the zero rows of the padded A and store only the real ones.
+//! A block's 32 rows are done in four pieces of 8; a piece keeps its 8 x 32 f32 of C in 16 zmm
+//! registers for the whole of K (inline assembly: compiled intrinsics spilled them), so each B
+//! vector loaded serves 8 rows and each A broadcast 2 vectors. Column edges use masked loads and
+//! stores; row edges compute the zero rows of the padded A and store only the real ones.
 
 use crate::bf16::BlockKernel;
 use std::arch::x86_64::*;
@@ -73,26 +73,13 @@ unsafe fn piece8(
     }
     // Per pair-row: two B vectors (zmm16-17), each row's A pair broadcast (zmm18-25), 16 dots.
     // Rows 0-3 are at a + {0,1,2,3}*sa, rows 4-7 at a4 + the same.
+    #[rustfmt::skip]
     macro_rules! row {
         ($base:literal, $off:literal, $bc:literal, $lo:literal, $hi:literal) => {
             concat!(
-                "vpbroadcastd zmm",
-                $bc,
-                ", dword ptr [{",
-                $base,
-                "}",
-                $off,
-                "]\n",
-                "vdpbf16ps zmm",
-                $lo,
-                ", zmm16, zmm",
-                $bc,
-                "\n",
-                "vdpbf16ps zmm",
-                $hi,
-                ", zmm17, zmm",
-                $bc,
-                "\n"
+                "vpbroadcastd zmm", $bc, ", dword ptr [{", $base, "}", $off, "]\n",
+                "vdpbf16ps zmm", $lo, ", zmm16, zmm", $bc, "\n",
+                "vdpbf16ps zmm", $hi, ", zmm17, zmm", $bc, "\n"
             )
         };
     }

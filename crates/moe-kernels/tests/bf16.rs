@@ -1,8 +1,8 @@
 //! The bf16 matrix product, on each kernel this CPU has (AMX tiles, AVX512-BF16 dot products),
 //! against the naive product of the same bf16-rounded operands (f64 sums): shapes that are and
-//! are not multiples of the 32-block (and of the AVX512-BF16 kernel's row pieces of 12, 12 and
-//! 8), odd K, transposed views, strided destinations, accumulation (in place for full 32 x 32
-//! blocks). A kernel the CPU lacks is skipped with a message.
+//! are not multiples of the 32-block (and of the AVX512-BF16 kernel's row pieces of 8), odd K,
+//! transposed views, strided destinations, accumulation (in place for full 32 x 32 blocks). A
+//! kernel the CPU lacks is skipped with a message.
 #![cfg(target_arch = "x86_64")]
 
 use moe_kernels::bf16::{from_bf16, matmul_bf16, to_bf16, Kernel};
@@ -34,7 +34,7 @@ fn check(kernel: Kernel) {
         // full 32-column blocks of B with an odd K (row-major B) and a K tail past 32 (B = W^T)
         (40, 45, 64, false, false, true),
         (33, 77, 64, false, true, false),
-        // row counts ending inside each row piece of a block (12, 12, 8), column edges of 1 and 17
+        // row counts ending inside row pieces of a block (pieces of 8), column edges of 1 and 17
         (11, 64, 17, false, false, true),
         (13, 33, 1, false, true, true),
         (25, 64, 48, true, false, false),
