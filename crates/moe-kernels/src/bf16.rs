@@ -94,13 +94,15 @@ thread_local! {
     static PACK: RefCell<(Vec<u16>, Vec<u32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
 
-/// `len` zeroed elements of `buf` starting on a 64-byte boundary (the buffer grows as needed).
+/// `len` elements of `buf` starting on a 64-byte boundary (the buffer grows as needed). They
+/// hold whatever the last product left: the packers write every element, padding included.
 /// AMX tile rows that straddle two cache lines load about 5x slower (a `tileloadd` took 24 ns
 /// instead of 4-5 ns here), and malloc returns 16-byte aligned memory.
 fn aligned<T: Copy + Default>(buf: &mut Vec<T>, len: usize) -> &mut [T] {
     let extra = 64 / std::mem::size_of::<T>();
-    buf.clear();
-    buf.resize(len + extra, T::default());
+    if buf.len() < len + extra {
+        buf.resize(len + extra, T::default());
+    }
     let off = buf.as_ptr().align_offset(64).min(extra);
     &mut buf[off..off + len]
 }
@@ -110,6 +112,10 @@ fn pack_a<'p>(buf: &'p mut Vec<u16>, a: Mat<f32>, mp: usize, kp: usize) -> &'p [
     let out = aligned(buf, mp * kp);
     out.par_chunks_mut(32 * kp).enumerate().for_each(|(bi, blk)| {
         let rows = 32.min(a.rows.saturating_sub(bi * 32));
+        // padding: columns K..Kp of the real rows, whole rows past M
+        for (i, row) in blk.chunks_exact_mut(kp).enumerate() {
+            row[if i < rows { a.cols } else { 0 }..].fill(0);
+        }
         if a.cs == 1 {
             for (i, row) in blk.chunks_exact_mut(kp).take(rows).enumerate() {
                 let src = &a.data[(bi * 32 + i) * a.rs..][..a.cols];
@@ -251,6 +257,12 @@ fn pack_b<'p>(buf: &'p mut Vec<u32>, b: Mat<f32>, kp: usize, np: usize) -> &'p [
     };
     out.par_chunks_mut(kp / 2 * 32).enumerate().for_each(|(jb, blk)| {
         let cols = 32.min(n.saturating_sub(jb * 32));
+        // padding: pair-rows past K/2, columns past N of the others
+        let prs = k.div_ceil(2);
+        blk[prs * 32..].fill(0);
+        if cols < 32 {
+            blk[..prs * 32].chunks_exact_mut(32).for_each(|row| row[cols..].fill(0));
+        }
         if b.rs == 1 && cols == 32 {
             // B = W^T: columns of B are contiguous. Per 32 k, each column's values round to
             // k-pairs (contiguous reads), then transpose into the 16 pair-rows.

@@ -1,8 +1,9 @@
 //! The bf16 matrix product, on each kernel this CPU has (AMX tiles, AVX512-BF16 dot products),
 //! against the naive product of the same bf16-rounded operands (f64 sums): shapes that are and
 //! are not multiples of the 32-block (and of the AVX512-BF16 kernel's row pieces of 8), odd K,
-//! transposed views, strided destinations, accumulation (in place for full 32 x 32 blocks). A
-//! kernel the CPU lacks is skipped with a message.
+//! transposed views, strided destinations, accumulation (in place for full 32 x 32 blocks),
+//! padding written over a previous product's leftovers. A kernel the CPU lacks is skipped with a
+//! message.
 #![cfg(target_arch = "x86_64")]
 
 use moe_kernels::bf16::{from_bf16, matmul_bf16, to_bf16, Kernel};
@@ -24,6 +25,11 @@ fn bf16_matmul_matches_naive_on_every_kernel() {
 }
 
 fn check(kernel: Kernel) {
+    // Before each product, one of NaNs: the pack buffers it leaves behind (reused by the next
+    // product) hold NaN wherever that product fails to write its padding, and 0 x NaN spoils a sum.
+    let nan = vec![f32::NAN; 256 * 384];
+    let mut sink = vec![0f32; 256 * 256];
+    let (pa, pb) = (Mat::new(&nan, 256, 384), Mat::new(&nan, 384, 256));
     for &(m, k, n, ta, tb, acc) in &[
         (32, 32, 32, false, false, false),
         (64, 96, 64, false, true, false),
@@ -40,6 +46,7 @@ fn check(kernel: Kernel) {
         (25, 64, 48, true, false, false),
         (63, 96, 96, false, false, true),
     ] {
+        unsafe { matmul_bf16(kernel, sink.as_mut_ptr(), 256, pa, pb, false) };
         let (a, b) = (data(m * k, 1), data(k * n, 2));
         let av = if ta { Mat::new(&a, k, m).t() } else { Mat::new(&a, m, k) };
         let bv = if tb { Mat::new(&b, n, k).t() } else { Mat::new(&b, k, n) };
