@@ -5,7 +5,7 @@
 //! Linux needs the process to ask for the tile state
 //! (`arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`), done once by [`available`].
 
-use crate::bf16::BlockKernel;
+use crate::bf16::{Block, BlockKernel};
 use std::sync::OnceLock;
 
 /// True when the CPU has AMX-BF16 (and AVX-512 F/BW, used by the packing) and the kernel granted
@@ -128,17 +128,8 @@ impl BlockKernel for Tiles {
         std::arch::asm!("tilerelease", options(nostack));
     }
 
-    unsafe fn block(
-        &self,
-        a: *const u16,
-        kp: usize,
-        b: *const u32,
-        c: *mut f32,
-        sc: usize,
-        rows: usize,
-        cols: usize,
-        accumulate: bool,
-    ) {
+    unsafe fn block(&self, blk: &Block) {
+        let &Block { a, kp, b, c, sc, rows, cols, accumulate } = blk;
         if rows == 32 && cols == 32 {
             kernel_32x32(a, kp * 2, b, 128, kp / 32, c, sc * 4, accumulate);
             return;

@@ -40,6 +40,20 @@ pub fn kernel() -> Option<Kernel> {
     *K.get_or_init(|| [Kernel::Amx, Kernel::Dpbf16].into_iter().find(|k| k.available()))
 }
 
+/// One block of a packed product: C (`rows` x `cols`, row stride `sc` floats; read first when
+/// `accumulate`) (+)= A (32 packed rows of `kp` bf16, zero past `rows`) @ B (one block: `kp / 2`
+/// pair-rows of 32 u32, 64-byte aligned).
+pub(crate) struct Block {
+    pub a: *const u16,
+    pub kp: usize,
+    pub b: *const u32,
+    pub c: *mut f32,
+    pub sc: usize,
+    pub rows: usize,
+    pub cols: usize,
+    pub accumulate: bool,
+}
+
 /// One kernel's part of a packed product: blocks of C of up to 32 x 32.
 pub(crate) trait BlockKernel: Sync {
     /// Called on a thread before it runs blocks (AMX loads its tile configuration).
@@ -52,25 +66,12 @@ pub(crate) trait BlockKernel: Sync {
     /// # Safety
     /// As [`BlockKernel::begin`], which ran before on this thread.
     unsafe fn end(&self) {}
-    /// C (`rows` x `cols`, row stride `sc` floats; read first when `accumulate`) (+)= A (32
-    /// packed rows of `kp` bf16, zero past `rows`) @ B (one block: `kp / 2` pair-rows of 32
-    /// u32, 64-byte aligned).
+    /// Computes one [`Block`].
     ///
     /// # Safety
-    /// [`BlockKernel::begin`] ran on this thread; a, b, c valid for the extents above; rows and
-    /// cols in 1..=32; no other thread touches the C block.
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn block(
-        &self,
-        a: *const u16,
-        kp: usize,
-        b: *const u32,
-        c: *mut f32,
-        sc: usize,
-        rows: usize,
-        cols: usize,
-        accumulate: bool,
-    );
+    /// [`BlockKernel::begin`] ran on this thread; the block's a, b, c valid for its extents; rows
+    /// and cols in 1..=32; no other thread touches the C block.
+    unsafe fn block(&self, blk: &Block);
 }
 
 /// f32 -> bf16 bits, round to nearest even.
@@ -327,7 +328,7 @@ unsafe fn run(k: &impl BlockKernel, dst: *mut f32, dst_rs: usize, a: Mat<f32>, b
                 // SAFETY: the block's rows and columns lie inside dst, and each row block
                 // belongs to one task.
                 let c = dst.at(bi * 32 * dst_rs + bj * 32);
-                k.block(ap, kp, bp, c, dst_rs, rows, cols, accumulate);
+                k.block(&Block { a: ap, kp, b: bp, c, sc: dst_rs, rows, cols, accumulate });
             }
             k.end();
         });

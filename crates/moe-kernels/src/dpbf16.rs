@@ -7,7 +7,7 @@
 //! vector loaded serves 8 rows and each A broadcast 2 vectors. Column edges use masked loads and
 //! stores; row edges compute the zero rows of the padded A and store only the real ones.
 
-use crate::bf16::BlockKernel;
+use crate::bf16::{Block, BlockKernel};
 use std::arch::x86_64::*;
 
 /// True when the CPU has AVX512-BF16 (and AVX-512 F/BW, used by the packing).
@@ -21,17 +21,8 @@ pub fn available() -> bool {
 pub(crate) struct Dots;
 
 impl BlockKernel for Dots {
-    unsafe fn block(
-        &self,
-        a: *const u16,
-        kp: usize,
-        b: *const u32,
-        c: *mut f32,
-        sc: usize,
-        rows: usize,
-        cols: usize,
-        accumulate: bool,
-    ) {
+    unsafe fn block(&self, blk: &Block) {
+        let &Block { a, kp, b, c, sc, rows, cols, accumulate } = blk;
         let (a, pairs) = (a as *const u32, kp / 2);
         let masks = [lanes(cols.min(16)), lanes(cols.saturating_sub(16))];
         for r0 in (0..rows).step_by(8) {

@@ -92,9 +92,9 @@ pub unsafe fn matmul_raw<T: Float>(dst: *mut T, dst_rs: usize, a: Mat<T>, b: Mat
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    if let (true, Some(kernel)) =
-        (std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() && bf16_matmul(), crate::bf16::kernel())
-    {
+    let bf16 = std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() && bf16_matmul();
+    #[cfg(target_arch = "x86_64")]
+    if let Some(kernel) = crate::bf16::kernel().filter(|_| bf16) {
         // SAFETY: T is f32 (checked above), so the casts are identities; the kernel is available.
         let cast = |x: Mat<T>| Mat::<f32> {
             data: std::slice::from_raw_parts(x.data.as_ptr() as *const f32, x.data.len()),
