@@ -455,7 +455,7 @@ impl Trainer {
             None => {
                 // Fixed-size chunks summed in order: the norm is bitwise reproducible (exact resume).
                 self.norm_parts.par_iter_mut().zip(self.grads.par_chunks(NORM_CHUNK)).for_each(|(part, g)| {
-                    *part = g.iter().map(|&x| x as f64 * x as f64).sum();
+                    *part = moe_kernels::float::sum_sq_f64(g);
                 });
                 self.norm_parts.iter().sum::<f64>().sqrt() * scale
             }

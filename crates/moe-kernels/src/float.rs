@@ -80,6 +80,21 @@ pub fn sum<T: Float>(x: &[T]) -> T {
     acc.iter().copied().chain(tail.iter().copied()).fold(T::ZERO, |a, b| a + b)
 }
 
+/// sum_i x[i]^2 in f64, with LANES interleaved partial sums (so the loop vectorises; a
+/// strictly sequential f64 sum waits on each add). Deterministic for a given slice.
+#[inline]
+pub fn sum_sq_f64(x: &[f32]) -> f64 {
+    let mut acc = [0f64; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let tail: f64 = chunks.remainder().iter().map(|&v| v as f64 * v as f64).sum();
+    for c in chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += v as f64 * v as f64;
+        }
+    }
+    acc.iter().fold(tail, |a, b| a + b)
+}
+
 /// sum_i a[i] * b[i], vectorised like [`sum`].
 #[inline]
 pub fn dot<T: Float>(a: &[T], b: &[T]) -> T {

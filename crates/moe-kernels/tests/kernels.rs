@@ -330,3 +330,15 @@ fn fast_exp_matches_libm() {
         assert!(((got - want) / want).abs() < 3e-7, "exp({x}) = {got}, want {want}");
     }
 }
+
+#[test]
+fn sum_sq_f64_matches_sequential_sum() {
+    use moe_kernels::float::sum_sq_f64;
+    // lengths around the lane count, including empty and tails
+    for n in [0usize, 1, 15, 16, 17, 33, 1000, 65_537] {
+        let x: Vec<f32> = (0..n).map(|i| ((i * 37 % 101) as f32 - 50.0) * 1.7e-3 + (i % 3) as f32).collect();
+        let want: f64 = x.iter().map(|&v| v as f64 * v as f64).sum();
+        let got = sum_sq_f64(&x);
+        assert!((got - want).abs() <= 1e-12 * want.max(1.0), "n {n}: {got} vs {want}");
+    }
+}

@@ -108,7 +108,7 @@ impl Dist {
     /// shards summed over ranks (each expert once, from its first replica).
     pub fn grad_norm_sq(&self, layout: &Layout, grads: &[f32]) -> f64 {
         let mut parts = [0.0f64; 2];
-        let sq = |v: &[f32]| v.iter().map(|&g| g as f64 * g as f64).sum::<f64>();
+        let sq = moe_kernels::float::sum_sq_f64;
         for t in &layout.tensors {
             match &t.experts {
                 None => parts[0] += sq(t.span.of(grads)),
