@@ -395,13 +395,14 @@ fn bench(b: BenchCmd) -> Result<()> {
                 if interleave { ", presets interleaved step by step" } else { "" }
             );
             println!(
-                "{:<15} {:>10} {:>10} {:>5} {:>12} {:>12} {:>10} {:>7} {:>7} {:>8} {:>5} {:>10}",
+                "{:<15} {:>10} {:>10} {:>5} {:>12} {:>12} {:>10} {:>10} {:>7} {:>7} {:>8} {:>5} {:>10}",
                 "preset",
                 "params",
                 "active",
                 "reps",
                 "train tok/s",
                 "fwd tok/s",
+                "MFLOP/tok",
                 "GFLOP/s",
                 "peak",
                 "MFU",
@@ -417,13 +418,14 @@ fn bench(b: BenchCmd) -> Result<()> {
                 let rss = r.train_rss_mb.map_or("-".into(), |m| format!("{m:.0} MB"));
                 let busy = r.busy.map_or("?".into(), |b| format!("{:.0}%", 100.0 * b));
                 println!(
-                    "{:<15} {:>9.1}M {:>9.1}M {:>5} {:>12.0} {:>12.0} {:>10.1} {:>7.0} {:>6.1}% {:>7.1}% {:>5} {:>10}",
+                    "{:<15} {:>9.1}M {:>9.1}M {:>5} {:>12.0} {:>12.0} {:>10.1} {:>10.1} {:>7.0} {:>6.1}% {:>7.1}% {:>5} {:>10}",
                     r.name,
                     r.total_params as f64 / 1e6,
                     r.active_params as f64 / 1e6,
                     r.replicas,
                     r.train_tokens_per_s(),
                     r.forward_tokens_per_s(),
+                    r.train_flops_per_token / 1e6,
                     r.train_gflops(),
                     r.peak_gflops,
                     100.0 * r.mfu(),

@@ -17,6 +17,8 @@ pub struct TrainBench {
     pub step_s: f64,
     /// Median seconds of a forward pass with loss.
     pub forward_s: f64,
+    /// Model FLOPs of a training token: 3x the forward's (the active matrix products, and the
+    /// causal half of the attention products).
     pub train_flops_per_token: f64,
     pub total_params: usize,
     pub active_params: usize,
