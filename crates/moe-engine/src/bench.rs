@@ -30,8 +30,9 @@ pub struct TrainBench {
     /// Median over the timed training steps of the process's CPU time over wall time times the
     /// threads of the pool: the share of the cores the step kept busy (Linux; None elsewhere).
     pub busy: Option<f64>,
-    /// Resident memory (MB) right after the timed training steps: weights, gradients, AdamW
-    /// moments and activations of one batch (Linux, one config at a time; None otherwise).
+    /// Peak resident memory (MB) of the process over the config's setup and training steps:
+    /// weights, gradients, AdamW moments and activations of one batch (Linux, where the peak is
+    /// reset before each config; one config at a time; None otherwise).
     pub train_rss_mb: Option<f64>,
 }
 
@@ -48,10 +49,16 @@ fn cpu_seconds() -> Option<f64> {
 /// Length of one FMA peak probe (seconds), small next to a training step.
 const PROBE_S: f64 = 0.05;
 
-/// VmRSS of this process in MB.
-fn rss_mb() -> Option<f64> {
+/// Resets the peak resident memory of this process to the current one (Linux 4.0+); false when
+/// it cannot.
+fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+/// Peak resident memory (VmHWM) of this process in MB.
+fn peak_rss_mb() -> Option<f64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kb: f64 = s.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    let kb: f64 = s.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb / 1024.0)
 }
 
@@ -178,13 +185,15 @@ pub fn bench_train(configs: Vec<(String, ModelConfig)>, s: BenchSpec, interleave
     let groups: Vec<Vec<_>> = if interleave { vec![configs] } else { configs.into_iter().map(|c| vec![c]).collect() };
     let mut out = vec![];
     for group in groups {
+        // the previous group's buffers are freed: its peak must not count for this one
+        let reset = !interleave && reset_peak_rss();
         let mut runs = group.into_iter().map(|(n, c)| Run::new(&n, c, &s)).collect::<Result<Vec<_>>>()?;
         for i in 0..s.warmup + s.steps {
             for r in &mut runs {
                 r.train_step(i >= s.warmup)?;
             }
         }
-        let rss = if interleave { None } else { rss_mb() };
+        let rss = if reset { peak_rss_mb() } else { None };
         for i in 0..s.warmup + s.steps {
             for r in &mut runs {
                 r.forward(i >= s.warmup, &s);
