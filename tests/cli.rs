@@ -129,12 +129,25 @@ fn bench_train_interleaves_presets_and_refuses_zero_steps() {
     let args = ["bench", "train", "--presets", "tiny", "bench-dense", "--batch-size", "2", "--seq-len", "8"];
     let (code, out, err) = moe(&[&args[..], &["--warmup", "0", "--steps", "1", "--interleave"]].concat());
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("interleaved step by step") && out.contains("busy"), "{out}");
-    let row = |p: &str| out.lines().find(|l| l.starts_with(p)).map(|l| l.split_whitespace().count());
+    assert!(out.contains("interleaved step by step") && out.contains("busy") && out.contains("MFLOP/tok"), "{out}");
+    fn row<'a>(out: &'a str, p: &str) -> Option<Vec<&'a str>> {
+        out.lines().find(|l| l.starts_with(p)).map(|l| l.split_whitespace().collect())
+    }
     // Both presets measured, with the resident-memory column left out ("-") when interleaved.
-    assert_eq!(row("tiny "), Some(12), "{out}");
-    assert_eq!(row("bench-dense "), Some(12), "{out}");
+    assert_eq!(row(&out, "tiny ").map(|r| r.len()), Some(13), "{out}");
+    assert_eq!(row(&out, "bench-dense ").map(|r| r.len()), Some(13), "{out}");
     assert!(out.contains("step time bench-dense / tiny:"), "{out}");
+    // One preset alone: its peak resident memory ("N MB", Linux), at least its weights, gradients
+    // and AdamW moments (4 x 4 bytes per parameter).
+    let (code, out, err) =
+        moe(&["bench", "train", "--presets", "bench-dense", "--batch-size", "2", "--seq-len", "8", "--steps", "1"]);
+    assert_eq!(code, 0, "{err}");
+    let r = row(&out, "bench-dense ").expect("bench-dense row");
+    if cfg!(target_os = "linux") {
+        assert_eq!((r.len(), r[13]), (14, "MB"), "{out}");
+        let (mb, params_m): (f64, f64) = (r[12].parse().unwrap(), r[1].trim_end_matches('M').parse().unwrap());
+        assert!(mb >= 16.0 * params_m, "{out}");
+    }
     let (code, _, err) = moe(&[&args[..], &["--steps", "0"]].concat());
     assert_ne!(code, 0);
     assert!(err.contains("no timed steps") && err.contains("--steps 1"), "{err}");
