@@ -241,7 +241,7 @@ pub fn load_sharded(path: &Path, shard: &Shard) -> Result<Checkpoint> {
             "the weights do not belong to this config",
         ));
     }
-    let mut params = vec![0f32; layout.total];
+    let mut params = moe_kernels::buffer::zeroed::<f32>(layout.total);
     for (ft, lt) in full.tensors.iter().zip(&layout.tensors) {
         decode_local(lt.span.of_mut(&mut params), tensor_f32(&st, &ft.name, &ft.shape, &wpath)?, lt);
     }
@@ -250,7 +250,7 @@ pub fn load_sharded(path: &Path, shard: &Shard) -> Result<Checkpoint> {
         let omap = map_f32_tensors(&opath)?;
         let ost = SafeTensors::deserialize(&omap)
             .map_err(|e| Error::checkpoint(&opath, e.to_string(), "the file is corrupt"))?;
-        let mut mv = [vec![0f32; layout.total], vec![0f32; layout.total]];
+        let mut mv = [moe_kernels::buffer::zeroed::<f32>(layout.total), moe_kernels::buffer::zeroed(layout.total)];
         for (name, out) in ["adamw.m", "adamw.v"].into_iter().zip(&mut mv) {
             let flat = tensor_f32(&ost, name, &[full.total], &opath)?;
             for (ft, lt) in full.tensors.iter().zip(&layout.tensors) {

@@ -113,7 +113,7 @@ impl<T: Float> Acts<T> {
         let n = b * tq_max;
         let (c, v, d) = (cfg.hidden_size, cfg.vocab_size, cfg.head_dim());
         let (hd, gd) = (cfg.num_attention_heads * d, cfg.num_key_value_heads * d);
-        let z = |len: usize| vec![T::ZERO; len];
+        let z = moe_kernels::buffer::zeroed::<T>;
         let layers = (0..cfg.num_hidden_layers)
             .map(|l| LayerActs {
                 ln1: z(n * c),

@@ -270,7 +270,7 @@ impl Layout {
     /// Fresh parameters drawn from the init of each tensor.
     pub fn init<T: Float>(&self, seed: u64) -> Vec<T> {
         let mut rng = Rng::new(seed);
-        let mut p = vec![T::ZERO; self.total];
+        let mut p = moe_kernels::buffer::zeroed::<T>(self.total);
         for t in &self.tensors {
             let dst = t.span.of_mut(&mut p);
             match t.init {

@@ -64,7 +64,7 @@ impl Replicas {
                 cache: KvCache::new(cfg, rb, t),
                 x: vec![0; rb * t],
                 y: vec![0; rb * t],
-                grads: if i == 0 { vec![] } else { vec![0.0; params] },
+                grads: if i == 0 { vec![] } else { moe_kernels::buffer::zeroed(params) },
             })
             .collect();
         Replicas { reps }

@@ -14,6 +14,7 @@ use crate::params::FfnSpans;
 use crate::replicas::{auto_replicas, Replicas};
 use crate::rng::Rng;
 use moe_kernels::adamw::{adamw_update, AdamW};
+use moe_kernels::buffer::zeroed;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -378,7 +379,7 @@ impl Trainer {
     fn assemble(model: Model<f32>, params: Vec<f32>, moments: Option<(Vec<f32>, Vec<f32>)>, state: TrainState) -> Self {
         let (b, t) = (state.train.batch_size, state.train.seq_len);
         let p = params.len();
-        let (m, v) = moments.unwrap_or_else(|| (vec![0.0; p], vec![0.0; p]));
+        let (m, v) = moments.unwrap_or_else(|| (zeroed(p), zeroed(p)));
         let r = match state.train.replicas {
             0 => auto_replicas(b),
             r => r,
@@ -389,7 +390,7 @@ impl Trainer {
             load_window: vec![],
             x_all: vec![0; b * t],
             y_all: vec![0; b * t],
-            grads: vec![0.0; p],
+            grads: zeroed(p),
             norm_parts: vec![0.0; p.div_ceil(NORM_CHUNK)],
             model,
             params,

@@ -15,6 +15,7 @@ pub mod amx;
 pub mod attention;
 #[cfg(target_arch = "x86_64")]
 pub mod bf16;
+pub mod buffer;
 pub mod cross_entropy;
 #[cfg(target_arch = "x86_64")]
 pub mod dpbf16;

@@ -342,3 +342,17 @@ fn sum_sq_f64_matches_sequential_sum() {
         assert!((got - want).abs() <= 1e-12 * want.max(1.0), "n {n}: {got} vs {want}");
     }
 }
+
+#[test]
+fn zeroed_buffers_are_zero_and_writable_small_and_huge() {
+    use moe_kernels::buffer::zeroed;
+    // below, at and past the 2 MiB huge-page size, odd lengths included
+    for len in [0usize, 1, 1000, (2 << 20) / 4, (5 << 20) / 4 + 3] {
+        let mut v = zeroed::<f32>(len);
+        assert_eq!(v.len(), len);
+        assert!(v.iter().all(|&x| x == 0.0), "len {len}");
+        v.iter_mut().enumerate().for_each(|(i, x)| *x = i as f32);
+        assert!(v.iter().enumerate().all(|(i, &x)| x == i as f32), "len {len}");
+    }
+    assert!(zeroed::<f64>(1 << 19).iter().all(|&x| x == 0.0));
+}

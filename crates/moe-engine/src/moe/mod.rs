@@ -115,7 +115,7 @@ impl<T: Float> MoeActs<T> {
     /// Buffers for up to `spec.n` tokens.
     pub fn new(spec: MoeSpec) -> Self {
         let (n, c, e, f, r) = (spec.n, spec.c, spec.e, spec.f, spec.rows);
-        let z = |len| vec![T::ZERO; len];
+        let z = moe_kernels::buffer::zeroed::<T>;
         MoeActs {
             spec,
             router: RouterActs::new(&spec),
