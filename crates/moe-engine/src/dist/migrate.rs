@@ -65,7 +65,7 @@ pub fn migrate(
     let mut recv = vec![0u8; recv_counts.iter().sum()];
     comm.all_to_all_v(&send, &send_counts, &mut recv, &recv_counts)
         .map_err(|e| Error::config(format!("moving experts between ranks failed: {e}"), "see the failing rank"))?;
-    let mut out: Vec<Vec<f32>> = bufs.iter().map(|_| vec![0.0f32; new_layout.total]).collect();
+    let mut out: Vec<Vec<f32>> = bufs.iter().map(|_| moe_kernels::buffer::zeroed::<f32>(new_layout.total)).collect();
     for (nt, ot) in new_layout.tensors.iter().zip(&old_layout.tensors) {
         if nt.experts.is_none() {
             for (o, b) in out.iter_mut().zip(bufs) {
