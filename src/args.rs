@@ -188,7 +188,9 @@ pub struct TrainFlags {
     /// Tokenizer and token cache (default: ~/.cache/moe).
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
-    /// UTF-8 text file or directory of text files (default: the Rust documentation books).
+    /// UTF-8 text file or directory of text files, or `rust-docs` (the default: the toolchain's
+    /// Rust documentation, books, API pages and std sources, deduplicated) or `rust-books` (its
+    /// books only).
     #[arg(long)]
     pub data: Option<PathBuf>,
     /// No progress bar.
@@ -216,7 +218,7 @@ impl TrainFlags {
         }
     }
     pub fn source(&self) -> moe_engine::corpus::Source {
-        self.data.clone().map_or(moe_engine::corpus::Source::RustDocs, moe_engine::corpus::Source::Path)
+        moe_engine::corpus::Source::parse(self.data.as_deref())
     }
     pub fn cache_dir(&self) -> PathBuf {
         self.cache_dir.clone().unwrap_or_else(default_cache_dir)

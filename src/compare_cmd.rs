@@ -120,7 +120,7 @@ fn header(title: &str, c: &CompareCommon, tc: &TrainConfig, budget: Budget) -> S
         tc.seed,
         tc.precision,
         budget,
-        c.flags.data.as_ref().map_or("the Rust books".into(), |p| p.display().to_string())
+        c.flags.source().describe()
     )
 }
 

@@ -32,7 +32,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Train a dense or MoE model on a corpus (default: the toolchain's Rust books).
+    /// Train a dense or MoE model on a corpus (default: the toolchain's Rust documentation and Rust sources).
     Train(Box<train_cmd::TrainArgs>),
     /// Train a dense model and MoE models of equal active compute in lockstep and report which
     /// reaches which validation loss how fast (or a trade-off sweep with --sweep).
@@ -54,6 +54,8 @@ enum Cmd {
     Balance(dist_cmd::BalanceArgs),
     /// Memory of training and inference and the fewest devices that hold a model, with placement.
     Plan(plan_cmd::PlanArgs),
+    /// Prepare a corpus (clean, deduplicate, train the tokenizer, tokenise; cached) and report its size.
+    Corpus(CorpusArgs),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCmd),
@@ -68,7 +70,7 @@ struct RoutesArgs {
     /// Checkpoint directory, or a run directory (its latest checkpoint).
     #[arg(long)]
     checkpoint: PathBuf,
-    /// UTF-8 text file or directory (default: the Rust documentation books). Markdown ``` fences
+    /// UTF-8 text file or directory, or `rust-docs` (default) or `rust-books`. Markdown ``` fences
     /// mark code in text files; `<pre>` blocks in the books.
     #[arg(long)]
     data: Option<PathBuf>,
@@ -78,6 +80,22 @@ struct RoutesArgs {
     /// Where routes_domain.png and routes_documents.png go (default: the checkpoint's run directory).
     #[arg(long)]
     out: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct CorpusArgs {
+    /// UTF-8 text file or directory, `rust-docs` (default) or `rust-books`.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Vocabulary size of the tokenizer trained on it.
+    #[arg(long, default_value_t = ModelConfig::default_moe().vocab_size)]
+    vocab_size: usize,
+    /// Tokenizer and token cache (default: ~/.cache/moe).
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+    /// Also write the cleaned text to this file (documents separated by form feeds and their names).
+    #[arg(long)]
+    dump: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -213,6 +231,7 @@ fn real_main() -> Result<()> {
         Cmd::Logits(a) => hf::logits(a),
         Cmd::Plot(a) => plot(a),
         Cmd::Routes(a) => routes(a),
+        Cmd::Corpus(a) => corpus_cmd(a),
         Cmd::Bench(b) => bench(b),
         Cmd::Export(a) => export_cmd::export(a),
         Cmd::Perplexity(a) => perplexity_cmd::perplexity(a),
@@ -320,13 +339,49 @@ fn inspect(a: InspectArgs) -> Result<()> {
     Ok(())
 }
 
+fn corpus_cmd(a: CorpusArgs) -> Result<()> {
+    let source = Source::parse(a.data.as_deref());
+    let cache = a.cache_dir.unwrap_or_else(args::default_cache_dir);
+    let data = moe_engine::dataset::Dataset::prepare(&source, a.vocab_size, &cache, &|m| eprintln!("{m}"), true)?;
+    let info: serde_json::Value = serde_json::from_slice(&std::fs::read(data.cache_dir.join("corpus.json"))?)?;
+    println!("corpus: {}", source.describe());
+    println!("documents: {}", data.documents);
+    println!("text: {:.1} MB after cleaning and deduplication", data.chars as f64 / 1e6);
+    if let Some(d) = info.get("dedup").filter(|d| !d.is_null()) {
+        println!(
+            "deduplication: {} of {} pages kept, {:.1} of {:.1} MB of text",
+            d["pages_kept"],
+            d["pages"],
+            d["chars_after"].as_f64().unwrap_or(0.0) / 1e6,
+            d["chars_before"].as_f64().unwrap_or(0.0) / 1e6
+        );
+    }
+    println!(
+        "tokens ({} vocabulary): {:.2} M training, {:.2} M validation",
+        data.tokenizer.vocab_size(),
+        data.train.len() as f64 / 1e6,
+        data.val.len() as f64 / 1e6
+    );
+    println!("unigram entropy: {:.3} nats", data.unigram_entropy());
+    println!("cache: {}", data.cache_dir.display());
+    if let Some(path) = a.dump {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&path).with_context(|| path.display().to_string())?);
+        for d in moe_engine::corpus::load(&source, true)? {
+            write!(f, "\x0c{}\n{}\n", d.name, d.text)?;
+        }
+        f.flush()?;
+        println!("text written to {}", path.display());
+    }
+    Ok(())
+}
+
 fn routes(a: RoutesArgs) -> Result<()> {
     let ck = checkpoint::load(&a.checkpoint)?;
     if ck.config.num_local_experts == 0 {
         bail!("{}: a dense model has no routing to analyse", ck.dir.display());
     }
     let tk = Tokenizer::load(&ck.dir.join("tokenizer.json"))?;
-    let docs = moe_engine::corpus::load(&a.data.clone().map_or(Source::RustDocs, Source::Path))?;
+    let docs = moe_engine::corpus::load(&Source::parse(a.data.as_deref()), true)?;
     let model = Model::<f32>::new(ck.config)?;
     let (domain, docs_table) = moe_engine::routes::analyse(&model, &ck.params, &tk, &docs, a.max_tokens)?;
     println!("## By domain (share of each layer's assignments per expert, %)\n\n{}", domain.markdown());

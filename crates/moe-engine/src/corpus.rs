@@ -1,8 +1,9 @@
-//! Text corpora: the default one (the single-page books of the toolchain's Rust documentation,
-//! HTML turned into text with a real HTML parser) or any UTF-8 file or directory (`--data`).
+//! Text corpora: the default one (the toolchain's Rust documentation, see `rustdocs`) or any
+//! UTF-8 file or directory (`--data`), and HTML turned into text with a real HTML parser.
 //! Owns reading and cleaning text; tokenisation lives in `tokenizer`, batching in `dataset`.
 
 use crate::error::{Error, Result};
+use crate::rustdocs;
 use scraper::{ElementRef, Html, Node, Selector};
 use std::path::{Path, PathBuf};
 
@@ -45,25 +46,43 @@ impl Document {
 /// Where a corpus comes from.
 #[derive(Clone, Debug)]
 pub enum Source {
-    /// The rust-docs books of the active toolchain.
+    /// The whole Rust documentation of the active toolchain: books, API pages, std sources.
     RustDocs,
+    /// Only the single-page books of the Rust documentation (the default corpus until 2026-12).
+    RustBooks,
     /// A UTF-8 text file or a directory of them (read recursively, sorted by path).
     Path(PathBuf),
 }
 
 impl Source {
+    /// `--data` as given: the names `rust-docs` and `rust-books` select the built-in corpora
+    /// (write `./rust-docs` for a path of that name), anything else is a path.
+    pub fn parse(data: Option<&Path>) -> Source {
+        match data {
+            None => Source::RustDocs,
+            Some(p) if p == Path::new("rust-docs") => Source::RustDocs,
+            Some(p) if p == Path::new("rust-books") => Source::RustBooks,
+            Some(p) => Source::Path(p.to_path_buf()),
+        }
+    }
+
     pub fn describe(&self) -> String {
         match self {
-            Source::RustDocs => "the Rust documentation books of the toolchain (rust-docs)".into(),
+            Source::RustDocs => {
+                "the Rust documentation of the toolchain and the sources of the crates moe is built from".into()
+            }
+            Source::RustBooks => "the Rust books".into(),
             Source::Path(p) => p.display().to_string(),
         }
     }
 }
 
-/// Loads every document of a source; fails if there is no text at all.
-pub fn load(source: &Source) -> Result<Vec<Document>> {
+/// Loads every document of a source (a progress bar while parsing the Rust documentation when
+/// `progress`); fails if there is no text at all.
+pub fn load(source: &Source, progress: bool) -> Result<Vec<Document>> {
     let docs = match source {
-        Source::RustDocs => load_rust_docs()?,
+        Source::RustDocs => rustdocs::load(rustdocs::Parts::All, progress)?.0,
+        Source::RustBooks => rustdocs::load(rustdocs::Parts::Books, progress)?.0,
         Source::Path(p) => load_path(p)?,
     };
     let chars: usize = docs.iter().map(|d| d.text.trim().len()).sum();
@@ -74,54 +93,6 @@ pub fn load(source: &Source) -> Result<Vec<Document>> {
         });
     }
     Ok(docs)
-}
-
-fn rust_docs_dir() -> Result<PathBuf> {
-    let out = std::process::Command::new("rustc").args(["--print", "sysroot"]).output();
-    let hint = "install them with `rustup component add rust-docs`, or pass --data FILE_OR_DIR";
-    let sysroot = match out {
-        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_string(),
-        _ => {
-            return Err(Error::Corpus {
-                what: "cannot run `rustc --print sysroot` to find the Rust documentation".into(),
-                hint: hint.into(),
-            })
-        }
-    };
-    let dir = Path::new(&sysroot).join("share/doc/rust/html");
-    if !dir.is_dir() {
-        return Err(Error::Corpus {
-            what: format!("the Rust documentation is not installed ({} is missing)", dir.display()),
-            hint: hint.into(),
-        });
-    }
-    Ok(dir)
-}
-
-fn load_rust_docs() -> Result<Vec<Document>> {
-    let dir = rust_docs_dir()?;
-    let mut books: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .map_err(Error::io(&dir))?
-        .filter_map(|e| e.ok().map(|e| e.path().join("print.html")))
-        .filter(|p| p.is_file())
-        .collect();
-    books.sort();
-    if books.is_empty() {
-        return Err(Error::Corpus {
-            what: format!("no */print.html books under {}", dir.display()),
-            hint: "install them with `rustup component add rust-docs`, or pass --data FILE_OR_DIR".into(),
-        });
-    }
-    books
-        .iter()
-        .map(|p| {
-            let html = read_utf8(p)?;
-            let name =
-                p.parent().and_then(|d| d.file_name()).map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-            let (text, code) = html_to_text_with_code(&html);
-            Ok(Document { name, text, code })
-        })
-        .collect()
 }
 
 fn load_path(p: &Path) -> Result<Vec<Document>> {
@@ -158,14 +129,14 @@ fn collect_files(p: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
     Ok(())
 }
 
-fn read_utf8(p: &Path) -> Result<String> {
+pub(crate) fn read_utf8(p: &Path) -> Result<String> {
     let bytes = std::fs::read(p).map_err(Error::io(p))?;
     String::from_utf8(bytes).map_err(|e| Error::NotUtf8 { path: p.to_path_buf(), offset: e.utf8_error().valid_up_to() })
 }
 
 /// Marks the start and end of a `<pre>` block during the walk (private-use characters).
-const CODE_START: char = '\u{E000}';
-const CODE_END: char = '\u{E001}';
+pub const CODE_START: char = '\u{E000}';
+pub const CODE_END: char = '\u{E001}';
 
 /// Plain text of an HTML page: the `<main>` element if there is one (mdBook pages), else the
 /// body; scripts, styles and navigation dropped; block elements end lines; `<pre>` kept verbatim.
@@ -175,7 +146,12 @@ pub fn html_to_text(html: &str) -> String {
 
 /// [`html_to_text`] and the byte ranges of the text that came from `<pre>` blocks.
 pub fn html_to_text_with_code(html: &str) -> (String, Vec<(usize, usize)>) {
-    let marked = html_to_marked_text(html);
+    let doc = marked_to_document(String::new(), &html_to_marked_text(html));
+    (doc.text, doc.code)
+}
+
+/// A document from text whose code blocks are marked with CODE_START and CODE_END.
+pub(crate) fn marked_to_document(name: String, marked: &str) -> Document {
     let mut text = String::with_capacity(marked.len());
     let mut code = vec![];
     let mut start = None;
@@ -190,10 +166,10 @@ pub fn html_to_text_with_code(html: &str) -> (String, Vec<(usize, usize)>) {
             _ => text.push(ch),
         }
     }
-    (text, code)
+    Document { name, text, code }
 }
 
-fn html_to_marked_text(html: &str) -> String {
+pub fn html_to_marked_text(html: &str) -> String {
     let doc = Html::parse_document(html);
     let root = ["main", "body"].iter().filter_map(|s| Selector::parse(s).ok()).find_map(|sel| doc.select(&sel).next());
     let mut out = String::new();
@@ -219,7 +195,29 @@ fn html_to_marked_text(html: &str) -> String {
     text.trim().to_string() + "\n"
 }
 
-const SKIP: &[&str] = &["script", "style", "nav", "noscript", "template", "head", "button"];
+const SKIP: &[&str] =
+    &["script", "style", "nav", "noscript", "template", "head", "button", "rustdoc-toolbar", "rustdoc-search"];
+/// rustdoc's page furniture (with `<a class="src">` "Source" links): version links, "§" anchors, "Run" buttons, tooltips,
+/// "Expand description", the breadcrumb, and the line numbers of source pages.
+const SKIP_CLASSES: &[&str] =
+    &["rightside", "anchor", "doc-anchor", "test-arrow", "tooltip", "hideme", "sub-heading", "skip-main-content"];
+/// rustdoc's generated impl lists: auto traits (Send, Sync, ...) and blanket impls (From<T>,
+/// Any, ...) are the same on every type page.
+const SKIP_IDS: &[&str] = &[
+    "synthetic-implementations",
+    "synthetic-implementations-list",
+    "blanket-implementations",
+    "blanket-implementations-list",
+];
+
+/// Whether an element is navigation or generated boilerplate rather than text.
+fn skipped(e: &scraper::node::Element) -> bool {
+    SKIP.contains(&e.name())
+        || e.attr("data-nosnippet").is_some()
+        || e.id().is_some_and(|id| SKIP_IDS.contains(&id))
+        || e.classes().any(|c| SKIP_CLASSES.contains(&c))
+        || (e.name() == "a" && e.classes().any(|c| c == "src"))
+}
 const BLOCK: &[&str] = &[
     "p",
     "div",
@@ -267,7 +265,7 @@ fn walk(el: ElementRef, out: &mut String, in_pre: bool) {
             }
             Node::Element(e) => {
                 let name = e.name();
-                if SKIP.contains(&name) {
+                if skipped(e) {
                     continue;
                 }
                 let Some(child_el) = ElementRef::wrap(child) else {

@@ -4,7 +4,9 @@
 use crate::corpus::{self, Document, Source};
 use crate::error::{Error, Result};
 use crate::rng::Rng;
+use crate::rustdocs;
 use crate::tokenizer::Tokenizer;
+use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
 
@@ -12,7 +14,7 @@ use std::path::{Path, PathBuf};
 const CHUNK: usize = 4096;
 const VAL_EVERY: usize = 20;
 /// Bump when tokenisation or caching changes, so stale caches are not reused.
-const CACHE_VERSION: u32 = 1;
+const CACHE_VERSION: u32 = 2;
 
 /// A tokenised corpus split into training and validation token streams.
 pub struct Dataset {
@@ -25,6 +27,21 @@ pub struct Dataset {
     pub chars: usize,
 }
 
+/// The tokenizer is trained on at most this much text (every n-th document of a larger corpus).
+const TOKENIZER_SAMPLE_BYTES: usize = 32 << 20;
+
+/// What a cache directory records about its corpus (`corpus.json`).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct CorpusInfo {
+    pub source: String,
+    pub documents: usize,
+    /// Bytes of text after cleaning and deduplication.
+    pub chars: usize,
+    pub tokens: usize,
+    /// What deduplication removed (the Rust documentation only).
+    pub dedup: Option<rustdocs::DedupStats>,
+}
+
 /// 64-bit FNV-1a, for cache keys.
 fn fnv(bytes: &[u8], mut h: u64) -> u64 {
     for &b in bytes {
@@ -34,45 +51,125 @@ fn fnv(bytes: &[u8], mut h: u64) -> u64 {
     h
 }
 
-fn cache_key(docs: &[Document], vocab: usize) -> String {
+/// The cache directory name for a corpus identified by `ident` bytes and a vocabulary size.
+fn cache_key(ident: impl Iterator<Item = u8>, vocab: usize) -> String {
     let mut h = 0xcbf29ce484222325;
     h = fnv(&CACHE_VERSION.to_le_bytes(), h);
     h = fnv(&(vocab as u64).to_le_bytes(), h);
-    for d in docs {
-        h = fnv(d.name.as_bytes(), h);
-        h = fnv(&[0], h);
-        h = fnv(d.text.as_bytes(), h);
+    for b in ident {
+        h = fnv(&[b], h);
     }
     format!("{h:016x}-v{vocab}")
 }
 
+/// Identifies documents by their names and texts.
+fn docs_ident(docs: &[Document]) -> impl Iterator<Item = u8> + '_ {
+    docs.iter().flat_map(|d| d.name.bytes().chain([0]).chain(d.text.bytes()))
+}
+
 impl Dataset {
-    /// Loads the corpus, then the cached tokenizer and tokens for it, or builds and caches them.
-    pub fn prepare(source: &Source, vocab_size: usize, cache_root: &Path, log: &dyn Fn(&str)) -> Result<Self> {
-        let docs = corpus::load(source)?;
-        let chars = docs.iter().map(|d| d.text.len()).sum();
-        let dir = cache_root.join(cache_key(&docs, vocab_size));
-        let (tk_path, tok_path) = (dir.join("tokenizer.json"), dir.join("tokens.bin"));
-        let (tokenizer, tokens) = if tk_path.is_file() && tok_path.is_file() {
+    /// Loads the cached tokenizer and tokens of a corpus, or builds and caches them (progress
+    /// bars while parsing and tokenising when `progress`). The Rust documentation is identified
+    /// by its files' paths, sizes and times, so a cached corpus loads without parsing it.
+    pub fn prepare(
+        source: &Source,
+        vocab_size: usize,
+        cache_root: &Path,
+        log: &dyn Fn(&str),
+        progress: bool,
+    ) -> Result<Self> {
+        let parts = match source {
+            Source::RustDocs => Some(rustdocs::Parts::All),
+            Source::RustBooks => Some(rustdocs::Parts::Books),
+            Source::Path(_) => None,
+        };
+        let (key, mut docs) = match parts {
+            Some(parts) => {
+                let dir = rustdocs::docs_dir()?;
+                let fp = rustdocs::fingerprint(&rustdocs::pages(&dir, parts)?)?;
+                (cache_key(fp.into_iter(), vocab_size), None)
+            }
+            None => {
+                let docs = corpus::load(source, false)?;
+                (cache_key(docs_ident(&docs), vocab_size), Some(docs))
+            }
+        };
+        let dir = cache_root.join(key);
+        let (tk_path, tok_path, info_path) =
+            (dir.join("tokenizer.json"), dir.join("tokens.bin"), dir.join("corpus.json"));
+        let cached = tk_path.is_file() && tok_path.is_file() && info_path.is_file();
+        let (tokenizer, tokens, info) = if cached {
             log(&format!("using cached tokenizer and tokens in {}", dir.display()));
-            (Tokenizer::load(&tk_path)?, read_tokens(&tok_path)?)
+            let info: CorpusInfo = read_json(&info_path)?;
+            (Tokenizer::load(&tk_path)?, read_tokens(&tok_path)?, info)
         } else {
+            let mut dedup = None;
+            if let Some(parts) = parts {
+                log(&format!("reading {} (once; cached afterwards)", source.describe()));
+                let (d, stats) = rustdocs::load(parts, progress)?;
+                log(&format!(
+                    "{} of {} pages kept, {:.1} MB of {:.1} MB of text after removing repeated blocks",
+                    stats.pages_kept,
+                    stats.pages,
+                    stats.chars_after as f64 / 1e6,
+                    stats.chars_before as f64 / 1e6
+                ));
+                (docs, dedup) = (Some(d), Some(stats));
+            }
+            let docs = docs.take().unwrap_or_default();
+            let chars: usize = docs.iter().map(|d| d.text.len()).sum();
+            if chars == 0 {
+                return Err(Error::Corpus {
+                    what: format!("{} holds no text", source.describe()),
+                    hint: "pass --data with a non-empty UTF-8 text file or directory".into(),
+                });
+            }
+            let every = chars.div_ceil(TOKENIZER_SAMPLE_BYTES).max(1);
             log(&format!(
-                "training a byte-level BPE tokenizer ({vocab_size} tokens) on {} documents, {:.1} MB",
+                "training a byte-level BPE tokenizer ({vocab_size} tokens) on {} of {} documents, {:.1} MB",
+                docs.len().div_ceil(every),
                 docs.len(),
                 chars as f64 / 1e6
             ));
-            let tk = Tokenizer::train(docs.iter().map(|d| d.text.as_str()), vocab_size)?;
-            log("tokenising the corpus");
-            let tokens = encode_documents(&tk, &docs)?;
+            let tk = Tokenizer::train(docs.iter().step_by(every).map(|d| d.text.as_str()), vocab_size)?;
+            let tokens = encode_documents(&tk, &docs, progress)?;
+            let info =
+                CorpusInfo { source: source.describe(), documents: docs.len(), chars, tokens: tokens.len(), dedup };
             std::fs::create_dir_all(&dir).map_err(Error::io(&dir))?;
             tk.save(&tk_path)?;
             let bytes: Vec<u8> = tokens.iter().flat_map(|t| t.to_le_bytes()).collect();
             crate::checkpoint::write_atomic(&tok_path, &bytes)?;
-            (tk, tokens)
+            let json = serde_json::to_vec_pretty(&info).map_err(|e| Error::Corpus {
+                what: format!("cannot encode corpus.json: {e}"),
+                hint: "report this as a bug".into(),
+            })?;
+            crate::checkpoint::write_atomic(&info_path, &json)?;
+            (tk, tokens, info)
         };
+        log(&format!("corpus: {} documents, {:.2} M tokens", info.documents, tokens.len() as f64 / 1e6));
         let (train, val) = split(&tokens);
-        Ok(Dataset { train, val, tokenizer, cache_dir: dir, documents: docs.len(), chars })
+        Ok(Dataset { train, val, tokenizer, cache_dir: dir, documents: info.documents, chars: info.chars })
+    }
+
+    /// How many passes over the training tokens `tokens` training tokens make.
+    pub fn epochs(&self, tokens: f64) -> f64 {
+        tokens / self.train.len().max(1) as f64
+    }
+
+    /// "<what>: N M tokens, E epochs of the T M training tokens", with a warning when the run
+    /// sees its data more than once.
+    pub fn epochs_message(&self, what: &str, tokens: f64) -> String {
+        let e = self.epochs(tokens);
+        let mut msg = format!(
+            "{what}: {:.2} M tokens, {e:.2} epochs of the {:.2} M training tokens",
+            tokens / 1e6,
+            self.train.len() as f64 / 1e6
+        );
+        if e > 1.0 {
+            msg += "; WARNING: it repeats its data, so models are limited by data rather than capacity \
+                    (the regime where extra expert parameters help least): use more --data or fewer tokens";
+        }
+        msg
     }
 
     /// Fails unless both splits hold at least one window of `t + 1` tokens.
@@ -102,16 +199,38 @@ impl Dataset {
     }
 }
 
-fn encode_documents(tk: &Tokenizer, docs: &[Document]) -> Result<Vec<u32>> {
-    let eos = tk.eos_id();
-    let mut out = vec![];
-    for d in docs {
-        let paras: Vec<String> = d.text.split_inclusive("\n\n").map(str::to_string).collect();
-        let encoded: Result<Vec<Vec<u32>>> = paras.par_iter().map(|p| tk.encode(p)).collect();
-        encoded?.into_iter().for_each(|e| out.extend(e));
-        out.extend(eos);
-    }
-    Ok(out)
+/// Encodes documents in parallel (paragraph by paragraph), each followed by the EOS token.
+fn encode_documents(tk: &Tokenizer, docs: &[Document], progress: bool) -> Result<Vec<u32>> {
+    let total: usize = docs.iter().map(|d| d.text.len()).sum();
+    let pb = if progress { ProgressBar::new(total as u64) } else { ProgressBar::hidden() };
+    pb.set_style(
+        ProgressStyle::with_template(
+            "{bar:30} {bytes}/{total_bytes} tokenised {bytes_per_sec} [{elapsed_precise}<{eta_precise}]",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let encoded: Result<Vec<Vec<u32>>> = docs
+        .par_iter()
+        .map(|d| {
+            let mut ids = vec![];
+            for p in d.text.split_inclusive("\n\n") {
+                ids.extend(tk.encode(p)?);
+            }
+            ids.extend(tk.eos_id());
+            pb.inc(d.text.len() as u64);
+            Ok(ids)
+        })
+        .collect();
+    pb.finish_and_clear();
+    Ok(encoded?.concat())
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let bytes = std::fs::read(path).map_err(Error::io(path))?;
+    serde_json::from_slice(&bytes).map_err(|e| Error::Corpus {
+        what: format!("{} is unreadable: {e}", path.display()),
+        hint: "delete the cache directory to rebuild it".into(),
+    })
 }
 
 fn read_tokens(path: &Path) -> Result<Vec<u32>> {

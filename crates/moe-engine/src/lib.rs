@@ -20,11 +20,13 @@ pub mod params;
 pub mod plan;
 pub mod plot;
 pub mod rebalance;
+pub mod registry;
 pub mod replicas;
 pub mod report;
 pub mod rng;
 pub mod routes;
 pub mod run;
+pub mod rustdocs;
 pub mod tokenizer;
 pub mod train;
 

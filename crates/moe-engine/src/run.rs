@@ -56,9 +56,9 @@ pub struct RunSummary {
 /// Prepares the data; under expert parallelism rank 0 first (it may train the tokenizer),
 /// then the others from its cache.
 fn prepare_data(o: &RunOptions, vocab: usize, log: &dyn Fn(&str)) -> Result<Dataset> {
-    let Some(d) = &o.dist else { return Dataset::prepare(&o.source, vocab, &o.cache_dir, log) };
+    let Some(d) = &o.dist else { return Dataset::prepare(&o.source, vocab, &o.cache_dir, log, o.progress) };
     let lead = d.shard.rank == 0;
-    let first = if lead { Some(Dataset::prepare(&o.source, vocab, &o.cache_dir, log)) } else { None };
+    let first = if lead { Some(Dataset::prepare(&o.source, vocab, &o.cache_dir, log, o.progress)) } else { None };
     if d.any_failed(first.as_ref().is_some_and(|r| r.is_err())) {
         return match first {
             Some(Err(e)) => Err(e),
@@ -67,7 +67,7 @@ fn prepare_data(o: &RunOptions, vocab: usize, log: &dyn Fn(&str)) -> Result<Data
     }
     match first {
         Some(r) => r,
-        None => Dataset::prepare(&o.source, vocab, &o.cache_dir, &|_| {}),
+        None => Dataset::prepare(&o.source, vocab, &o.cache_dir, &|_| {}, false),
     }
 }
 
@@ -172,6 +172,8 @@ pub fn run(o: &RunOptions, log: &dyn Fn(&str)) -> Result<RunSummary> {
         data.val.len(),
         unigram
     ));
+    let per_step = (tc.batch_size * tc.seq_len * tc.grad_accum) as f64;
+    log(&data.epochs_message("this run", per_step * tc.steps as f64));
     let reps = tr.replicas();
     log(&format!(
         "batch {} x {} tokens on {reps} data-parallel replica{} ({} sequences each; --replicas); matrix products in {}",

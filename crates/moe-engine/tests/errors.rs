@@ -21,20 +21,20 @@ fn quiet(_: &str) {}
 #[test]
 fn missing_empty_and_non_utf8_corpora() {
     let dir = tempfile::tempdir().unwrap();
-    let e = corpus::load(&Source::Path(dir.path().join("nope.txt"))).unwrap_err();
+    let e = corpus::load(&Source::Path(dir.path().join("nope.txt")), false).unwrap_err();
     assert!(one_line(&e).contains("does not exist"), "{e}");
     let empty = dir.path().join("empty.txt");
     std::fs::write(&empty, "  \n").unwrap();
-    let e = corpus::load(&Source::Path(empty)).unwrap_err();
+    let e = corpus::load(&Source::Path(empty), false).unwrap_err();
     assert!(one_line(&e).contains("holds no text") && e.to_string().contains("--data"), "{e}");
     let bin = dir.path().join("bin.txt");
     std::fs::write(&bin, b"hello \xff\xfe world").unwrap();
-    let e = corpus::load(&Source::Path(bin)).unwrap_err();
+    let e = corpus::load(&Source::Path(bin), false).unwrap_err();
     let msg = one_line(&e);
     assert!(msg.contains("bin.txt") && msg.contains("UTF-8") && msg.contains("offset 6"), "{msg}");
     let empty_dir = dir.path().join("d");
     std::fs::create_dir(&empty_dir).unwrap();
-    assert!(one_line(&corpus::load(&Source::Path(empty_dir)).unwrap_err()).contains("no files"));
+    assert!(one_line(&corpus::load(&Source::Path(empty_dir), false).unwrap_err()).contains("no files"));
 }
 
 #[test]

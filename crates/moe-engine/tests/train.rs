@@ -123,7 +123,7 @@ fn routes_separate_prose_and_code() {
     run(&o, &quiet).unwrap();
     let ck = checkpoint::load(&dir.path().join("run")).unwrap();
     let tk = moe_engine::tokenizer::Tokenizer::load(&ck.dir.join("tokenizer.json")).unwrap();
-    let docs = moe_engine::corpus::load(&moe_engine::corpus::Source::Path(corpus)).unwrap();
+    let docs = moe_engine::corpus::load(&moe_engine::corpus::Source::Path(corpus), false).unwrap();
     assert_eq!(docs[0].code.len(), 1);
     let model = moe_engine::model::Model::<f32>::new(ck.config).unwrap();
     let (domain, by_doc) = moe_engine::routes::analyse(&model, &ck.params, &tk, &docs, 100_000).unwrap();

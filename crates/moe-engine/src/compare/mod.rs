@@ -147,7 +147,7 @@ pub fn run(o: &CompareOptions, log: &dyn Fn(&str)) -> Result<Vec<VariantRun>> {
         return Err(Error::checkpoint(&o.out_dir, "already holds a comparison", "choose another --out"));
     }
     o.train.precision.apply()?;
-    let data = Dataset::prepare(&o.source, first.model.vocab_size, &o.cache_dir, log)?;
+    let data = Dataset::prepare(&o.source, first.model.vocab_size, &o.cache_dir, log, o.progress)?;
     data.check_context(o.train.seq_len)?;
     let data_key = data.cache_dir.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     let tk_json = std::fs::read(data.cache_dir.join("tokenizer.json"))
@@ -173,6 +173,8 @@ pub fn run(o: &CompareOptions, log: &dyn Fn(&str)) -> Result<Vec<VariantRun>> {
             sizes(&v.model, 1, 1).total_params as f64 / 1e6,
             sizes(&v.model, 1, 1).active_params as f64 / 1e6
         ));
+        let per_step = (o.train.batch_size * o.train.seq_len * o.train.grad_accum) as f64;
+        log(&data.epochs_message(&v.label, per_step * n as f64));
         runs.push(VariantRun {
             label: v.label.clone(),
             model: v.model.clone(),
