@@ -9,7 +9,7 @@ steps=${1:-400}
 out=runs/balance
 cargo build --release --quiet
 moe=./target/release/moe
-common=(--steps "$steps" --eval-every 50 --sample-tokens 0 --quiet --z-loss-coef 0.001)
+common=(--steps "$steps" --eval-every 50 --sample-tokens 0 --quiet --z-loss-coef 0.001 --data rust-books)
 [ -d $out/none ] || $moe train --out $out/none "${common[@]}" --aux-loss-coef 0
 [ -d $out/switch ] || $moe train --out $out/switch "${common[@]}" --aux-loss-coef 0.01
 [ -d $out/aux-free ] || $moe train --out $out/aux-free "${common[@]}" --aux-loss-coef 0 --bias-update-rate 0.001

@@ -12,7 +12,7 @@ uptime
 cargo build --release --quiet --features mpi --target-dir target/mpi
 moe=target/mpi/release/moe
 export RAYON_NUM_THREADS=1   # one thread per rank: 2 ranks fill the 2 cores
-common=(train --steps 100 --eval-every 0 --eval-batches 2 --checkpoint-every 0 --log-every 1 --sample-tokens 0 --quiet)
+common=(train --steps 100 --eval-every 0 --eval-batches 2 --checkpoint-every 0 --log-every 1 --sample-tokens 0 --quiet --data rust-books)
 run() { # name ranks extra flags...
   local name=$1 np=$2; shift 2
   rm -rf "${work:?}/$name"

@@ -9,12 +9,13 @@
 # Every step is skipped when its output exists; tables are spliced into RESULTS.md between the
 # <!-- BEGIN name --> / <!-- END name --> markers and the plots copied to results/.
 #   bash scripts/moe_advantage.sh        # from the project root; about 2 hours on 2 cores
+# History: these ran on the Rust books alone (`--data rust-books`), 1.75 M training tokens.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --quiet
 moe=${MOE:-./target/release/moe}
 out=${OUT:-runs/advantage}
-common=(--eval-batches 16)
+common=(--eval-batches 16 --data rust-books)   # the corpus of 2026-11 (the books only)
 [ -f $out/compare/compare.md ] || $moe compare --tokens 2.4M --out $out/compare "${common[@]}"
 [ -f $out/sweep/compare.md ] || $moe compare --sweep --tokens 1.2M --out $out/sweep "${common[@]}"
 [ -f $out/upcycle/compare.md ] ||

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The "MoE claim on the data-rich corpus" section of RESULTS.md (issue 20), from the commands
+# it quotes, on the default corpus (`moe corpus`: the Rust documentation and Rust sources):
+#   corpus  `moe corpus`: its size after deduplication;
+#   rich-layer  `moe compare`: dense vs 8x2 vs 16x3+1 (a shared expert) at equal active compute,
+#               per-layer balancing, 3.6 M tokens each (0.2 epochs: no repeated data).
+# Every step is skipped when its output exists; tables are spliced into RESULTS.md between the
+# <!-- BEGIN name --> / <!-- END name --> markers and the plots copied to results/.
+#   bash scripts/moe_claim.sh        # from the project root; about 45 minutes on 2 cores
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release --quiet
+moe=${MOE:-./target/release/moe}
+out=${OUT:-runs}
+mkdir -p "$out"
+[ -f "$out/corpus.txt" ] || $moe corpus > "$out/corpus.txt"
+[ -f "$out/rich-layer/compare.md" ] ||
+    $moe compare --moe 8x2 16x3+1 --aux-loss-scope layer --tokens 3.6M --evals 12 --eval-batches 16 \
+        --out "$out/rich-layer"
+
+# Replaces the text between the markers of NAME in RESULTS.md by FILE.
+splice() {
+    BODY="$(cat "$2")" awk -v name="$1" '
+        $0 == "<!-- BEGIN " name " -->" { print; print ENVIRON["BODY"]; skip = 1; next }
+        $0 == "<!-- END " name " -->" { skip = 0 }
+        !skip { print }
+    ' RESULTS.md > RESULTS.md.tmp && mv RESULTS.md.tmp RESULTS.md
+}
+(echo '```'; grep -v '^cache:' "$out/corpus.txt"; echo '```') > "$out/corpus.md"
+splice corpus "$out/corpus.md"
+for name in rich-layer; do
+    mkdir -p results/$name
+    cp "$out/$name/val_vs_tokens.png" "$out/$name/val_vs_seconds.png" results/$name/
+    tail -n +3 "$out/$name/compare.md" > "$out/$name/body.md"
+    splice $name "$out/$name/body.md"
+done
+echo "RESULTS.md updated; plots in results/"
