@@ -1,30 +1,27 @@
-//! The last part of the default corpus: the Rust sources of the crates that moe itself depends
-//! on (its Cargo.lock, compiled in), as cargo unpacked them into the local registry to build moe.
-//! Every machine that built moe has them, in the same versions, so the corpus is the same
-//! everywhere. Owns finding those files; reading and deduplicating them is `rustdocs`'s.
+//! The last part of the default corpus: the Rust sources of the crates that the moe binary
+//! depends on (`corpus_crates.txt`, compiled in), as cargo unpacked them into the local registry
+//! to build moe. Every machine that built moe has them, in the same versions, so the corpus is
+//! the same everywhere (dev-dependencies and other projects' crates, present on some machines
+//! only, are not read). Owns finding those files; reading and deduplicating them is `rustdocs`'s.
 
 use crate::error::{Error, Result};
 use std::path::{Path, PathBuf};
 
-/// The workspace's lock file: which crate versions moe was built from.
-const LOCK: &str = include_str!("../../../Cargo.lock");
+/// `name version` per line: the normal dependencies of the moe binary.
+const CRATES: &str = include_str!("corpus_crates.txt");
 
 /// Source files larger than this are generated tables or bindings (libc, linux-raw-sys,
 /// unicode data), not code people write; they are left out.
 const MAX_FILE_BYTES: u64 = 256 << 10;
 
-/// `(name, version)` of every crates.io package in the lock file, in its order (sorted by name).
-pub fn locked_packages() -> Vec<(String, String)> {
-    let mut out = vec![];
-    for pkg in LOCK.split("[[package]]").skip(1) {
-        let field =
-            |key: &str| pkg.lines().find_map(|l| l.strip_prefix(key).map(|v| v.trim().trim_matches('"').to_string()));
-        let from_registry = field("source = ").is_some_and(|s| s.starts_with("registry+"));
-        if let (Some(name), Some(version), true) = (field("name = "), field("version = "), from_registry) {
-            out.push((name, version));
-        }
-    }
-    out
+/// `(name, version)` of every crate of `corpus_crates.txt`, in its order (sorted by name).
+pub fn corpus_crates() -> Vec<(String, String)> {
+    CRATES
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once(' '))
+        .map(|(n, v)| (n.to_string(), v.trim().to_string()))
+        .collect()
 }
 
 /// FFI declarations (`*-sys` crates, libc): generated or per-platform copies of C headers,
@@ -42,7 +39,7 @@ fn registry_src() -> Option<PathBuf> {
     dir.is_dir().then_some(dir)
 }
 
-/// The `.rs` files of the locked crates found in the local registry, crate by crate in lock
+/// The `.rs` files of the corpus crates found in the local registry, crate by crate in list
 /// order, files sorted by path, each with its corpus name `crates/<name>-<version>/<path>`.
 pub fn sources() -> Result<Vec<(PathBuf, String)>> {
     let Some(src) = registry_src() else { return Ok(vec![]) };
@@ -51,7 +48,7 @@ pub fn sources() -> Result<Vec<(PathBuf, String)>> {
         std::fs::read_dir(&src).map_err(Error::io(&src))?.filter_map(|e| e.ok().map(|e| e.path())).collect();
     indexes.sort();
     let mut files = vec![];
-    for (name, version) in locked_packages() {
+    for (name, version) in corpus_crates() {
         if is_bindings(&name) {
             continue;
         }

@@ -1,5 +1,5 @@
-//! The default corpus's cleaning and deduplication on small rustdoc-shaped pages, the lock-file
-//! reading of its crate-source part, and the epoch report. (The whole Rust documentation is
+//! The default corpus's cleaning and deduplication on small rustdoc-shaped pages, the list of its
+//! crate-source part, and the epoch report. (The whole Rust documentation is
 //! read by `moe corpus`, not here: it takes about 20 s in release builds.)
 
 use moe_engine::corpus::{html_to_marked_text, html_to_text, Source, CODE_END, CODE_START};
@@ -112,12 +112,36 @@ fn data_names_select_built_in_corpora() {
 }
 
 #[test]
-fn locked_crates_come_from_the_lock_file() {
-    let pkgs = moe_engine::registry::locked_packages();
-    let find = |n: &str| pkgs.iter().find(|(name, _)| name == n).map(|(_, v)| v.clone());
-    assert!(find("serde").is_some_and(|v| v.starts_with("1.")), "serde 1.x is locked");
+fn corpus_crates_are_locked_dependencies() {
+    let crates = moe_engine::registry::corpus_crates();
+    let find = |n: &str| crates.iter().find(|(name, _)| name == n).map(|(_, v)| v.clone());
+    assert!(find("serde").is_some_and(|v| v.starts_with("1.")), "serde 1.x is listed");
     assert!(find("rayon").is_some());
     assert!(find("moe-engine").is_none(), "workspace members are not registry crates");
-    let names: Vec<&String> = pkgs.iter().map(|(n, _)| n).collect();
-    assert!(names.windows(2).all(|w| w[0] <= w[1]), "lock order is sorted by name");
+    let names: Vec<&String> = crates.iter().map(|(n, _)| n).collect();
+    assert!(names.windows(2).all(|w| w[0] <= w[1]), "sorted by name");
+    // The list must follow dependency updates: every entry is a package of Cargo.lock.
+    let lock = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../Cargo.lock")).unwrap();
+    for (name, version) in &crates {
+        let entry = format!("name = \"{name}\"\nversion = \"{version}\"\n");
+        assert!(lock.contains(&entry), "{name} {version} is not in Cargo.lock: regenerate corpus_crates.txt");
+    }
+}
+
+#[test]
+fn runs_report_their_epochs_and_warn_on_repeated_data() {
+    let tokenizer = moe_engine::tokenizer::Tokenizer::train(["some text to train on, twice"].into_iter(), 300).unwrap();
+    let data = moe_engine::dataset::Dataset {
+        train: vec![0; 1_000_000],
+        val: vec![0; 1000],
+        tokenizer,
+        cache_dir: std::path::PathBuf::new(),
+        documents: 1,
+        chars: 1,
+    };
+    let once = data.epochs_message("dense", 500_000.0);
+    assert!(once.contains("0.50 epochs of the 1.00 M training tokens"), "{once}");
+    assert!(!once.contains("WARNING"));
+    let twice = data.epochs_message("8x2", 2_400_000.0);
+    assert!(twice.contains("2.40 epochs") && twice.contains("WARNING: it repeats its data"), "{twice}");
 }
