@@ -245,7 +245,7 @@ def main():
             for i, s in enumerate(a.seeds):
                 r = results[(eng, kind, s)]
                 ax.plot([x["step"] for x in r], [x["val_loss"] for x in r], style, color=color, alpha=0.7,
-                        label=f"{kind}, {eng}" if i == 0 else None)
+                        label=f"{'8x2 MoE' if kind == 'moe' else 'dense'}, {eng}" if i == 0 else None)
     ax.set_xlabel("step")
     ax.set_ylabel("validation loss (nats)")
     ax.set_title("moe (solid) vs PyTorch/transformers (dashed), same token stream")
