@@ -26,14 +26,7 @@ for m in 8x2 16x4; do
     $moe balance --run $out/compare/$m --ranks 4 --redundant 4 > $out/balance-$m.md
 done
 
-# Replaces the text between the markers of NAME in RESULTS.md by FILE.
-splice() {
-    BODY="$(cat "$2")" awk -v name="$1" '
-        $0 == "<!-- BEGIN " name " -->" { print; print ENVIRON["BODY"]; skip = 1; next }
-        $0 == "<!-- END " name " -->" { skip = 0 }
-        !skip { print }
-    ' RESULTS.md > RESULTS.md.tmp && mv RESULTS.md.tmp RESULTS.md
-}
+source scripts/splice.sh
 for name in compare sweep upcycle aux-free; do
     mkdir -p results/$name
     cp $out/$name/val_vs_tokens.png $out/$name/val_vs_seconds.png results/$name/

@@ -18,14 +18,7 @@ mkdir -p "$out"
     $moe compare --moe 8x2 16x3+1 --aux-loss-scope layer --tokens 3.6M --evals 12 --eval-batches 16 \
         --out "$out/rich-layer"
 
-# Replaces the text between the markers of NAME in RESULTS.md by FILE.
-splice() {
-    BODY="$(cat "$2")" awk -v name="$1" '
-        $0 == "<!-- BEGIN " name " -->" { print; print ENVIRON["BODY"]; skip = 1; next }
-        $0 == "<!-- END " name " -->" { skip = 0 }
-        !skip { print }
-    ' RESULTS.md > RESULTS.md.tmp && mv RESULTS.md.tmp RESULTS.md
-}
+source scripts/splice.sh
 (echo '```'; grep -v '^cache:' "$out/corpus.txt"; echo '```') > "$out/corpus.md"
 splice corpus "$out/corpus.md"
 for name in rich-layer; do
