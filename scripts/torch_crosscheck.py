@@ -205,7 +205,6 @@ def main():
     # moe prepares (or finds) the cached corpus and prints the model config.
     cfg = json.loads(subprocess.run([a.moe_bin, "inspect", "default", "--print-config"], check=True,
                                     capture_output=True, text=True).stdout)
-    subprocess.run([a.moe_bin, "corpus", "--cache-dir", a.cache_dir], check=True, capture_output=True)
     key = subprocess.run([a.moe_bin, "corpus", "--cache-dir", a.cache_dir], check=True, capture_output=True,
                          text=True).stdout.split("cache: ")[1].split()[0]
     tokens = np.fromfile(os.path.join(key, "tokens.bin"), dtype="<u4")

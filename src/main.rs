@@ -343,17 +343,16 @@ fn corpus_cmd(a: CorpusArgs) -> Result<()> {
     let source = Source::parse(a.data.as_deref());
     let cache = a.cache_dir.unwrap_or_else(args::default_cache_dir);
     let data = moe_engine::dataset::Dataset::prepare(&source, a.vocab_size, &cache, &|m| eprintln!("{m}"), true)?;
-    let info: serde_json::Value = serde_json::from_slice(&std::fs::read(data.cache_dir.join("corpus.json"))?)?;
     println!("corpus: {}", source.describe());
-    println!("documents: {}", data.documents);
-    println!("text: {:.1} MB after cleaning and deduplication", data.chars as f64 / 1e6);
-    if let Some(d) = info.get("dedup").filter(|d| !d.is_null()) {
+    println!("documents: {}", data.info.documents);
+    println!("text: {:.1} MB after cleaning and deduplication", data.info.chars as f64 / 1e6);
+    if let Some(d) = data.info.dedup {
         println!(
             "deduplication: {} of {} pages kept, {:.1} of {:.1} MB of text",
-            d["pages_kept"],
-            d["pages"],
-            d["chars_after"].as_f64().unwrap_or(0.0) / 1e6,
-            d["chars_before"].as_f64().unwrap_or(0.0) / 1e6
+            d.pages_kept,
+            d.pages,
+            d.chars_after as f64 / 1e6,
+            d.chars_before as f64 / 1e6
         );
     }
     println!(

@@ -66,6 +66,15 @@ impl Source {
         }
     }
 
+    /// Which parts of the Rust documentation a built-in corpus takes (None for a path).
+    pub fn parts(&self) -> Option<rustdocs::Parts> {
+        match self {
+            Source::RustDocs => Some(rustdocs::Parts::All),
+            Source::RustBooks => Some(rustdocs::Parts::Books),
+            Source::Path(_) => None,
+        }
+    }
+
     pub fn describe(&self) -> String {
         match self {
             Source::RustDocs => {
@@ -80,10 +89,18 @@ impl Source {
 /// Loads every document of a source (a progress bar while parsing the Rust documentation when
 /// `progress`); fails if there is no text at all.
 pub fn load(source: &Source, progress: bool) -> Result<Vec<Document>> {
-    let docs = match source {
-        Source::RustDocs => rustdocs::load(rustdocs::Parts::All, progress)?.0,
-        Source::RustBooks => rustdocs::load(rustdocs::Parts::Books, progress)?.0,
-        Source::Path(p) => load_path(p)?,
+    Ok(load_with_stats(source, progress)?.0)
+}
+
+/// [`load`], with what deduplication removed from the Rust documentation.
+pub fn load_with_stats(source: &Source, progress: bool) -> Result<(Vec<Document>, Option<rustdocs::DedupStats>)> {
+    let (docs, stats) = match (source.parts(), source) {
+        (Some(parts), _) => {
+            let (docs, stats) = rustdocs::load(parts, progress)?;
+            (docs, Some(stats))
+        }
+        (None, Source::Path(p)) => (load_path(p)?, None),
+        (None, _) => unreachable!("only paths have no parts"),
     };
     let chars: usize = docs.iter().map(|d| d.text.trim().len()).sum();
     if chars == 0 {
@@ -92,7 +109,7 @@ pub fn load(source: &Source, progress: bool) -> Result<Vec<Document>> {
             hint: "pass --data with a non-empty UTF-8 text file or directory".into(),
         });
     }
-    Ok(docs)
+    Ok((docs, stats))
 }
 
 fn load_path(p: &Path) -> Result<Vec<Document>> {
@@ -197,8 +214,9 @@ pub fn html_to_marked_text(html: &str) -> String {
 
 const SKIP: &[&str] =
     &["script", "style", "nav", "noscript", "template", "head", "button", "rustdoc-toolbar", "rustdoc-search"];
-/// rustdoc's page furniture (with `<a class="src">` "Source" links): version links, "§" anchors, "Run" buttons, tooltips,
-/// "Expand description", the breadcrumb, and the line numbers of source pages.
+/// rustdoc's page furniture (with `<a class="src">` "Source" links): version links, "§"
+/// anchors, "Run" buttons, tooltips, "Expand description", the breadcrumb, and the line numbers
+/// of source pages.
 const SKIP_CLASSES: &[&str] =
     &["rightside", "anchor", "doc-anchor", "test-arrow", "tooltip", "hideme", "sub-heading", "skip-main-content"];
 /// rustdoc's generated impl lists: auto traits (Send, Sync, ...) and blanket impls (From<T>,

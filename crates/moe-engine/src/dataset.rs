@@ -23,8 +23,8 @@ pub struct Dataset {
     pub tokenizer: Tokenizer,
     /// Where the tokenizer and tokens are cached.
     pub cache_dir: PathBuf,
-    pub documents: usize,
-    pub chars: usize,
+    /// What the corpus holds (also in the cache's `corpus.json`).
+    pub info: CorpusInfo,
 }
 
 /// The tokenizer is trained on at most this much text (every n-th document of a larger corpus).
@@ -78,12 +78,7 @@ impl Dataset {
         log: &dyn Fn(&str),
         progress: bool,
     ) -> Result<Self> {
-        let parts = match source {
-            Source::RustDocs => Some(rustdocs::Parts::All),
-            Source::RustBooks => Some(rustdocs::Parts::Books),
-            Source::Path(_) => None,
-        };
-        let (key, mut docs) = match parts {
+        let (key, mut docs) = match source.parts() {
             Some(parts) => {
                 let dir = rustdocs::docs_dir()?;
                 let fp = rustdocs::fingerprint(&rustdocs::pages(&dir, parts)?)?;
@@ -103,10 +98,14 @@ impl Dataset {
             let info: CorpusInfo = read_json(&info_path)?;
             (Tokenizer::load(&tk_path)?, read_tokens(&tok_path)?, info)
         } else {
-            let mut dedup = None;
-            if let Some(parts) = parts {
-                log(&format!("reading {} (once; cached afterwards)", source.describe()));
-                let (d, stats) = rustdocs::load(parts, progress)?;
+            let (docs, dedup) = match docs.take() {
+                Some(docs) => (docs, None),
+                None => {
+                    log(&format!("reading {} (once; cached afterwards)", source.describe()));
+                    corpus::load_with_stats(source, progress)?
+                }
+            };
+            if let Some(stats) = dedup {
                 log(&format!(
                     "{} of {} pages kept, {:.1} MB of {:.1} MB of text after removing repeated blocks",
                     stats.pages_kept,
@@ -114,16 +113,8 @@ impl Dataset {
                     stats.chars_after as f64 / 1e6,
                     stats.chars_before as f64 / 1e6
                 ));
-                (docs, dedup) = (Some(d), Some(stats));
             }
-            let docs = docs.take().unwrap_or_default();
             let chars: usize = docs.iter().map(|d| d.text.len()).sum();
-            if chars == 0 {
-                return Err(Error::Corpus {
-                    what: format!("{} holds no text", source.describe()),
-                    hint: "pass --data with a non-empty UTF-8 text file or directory".into(),
-                });
-            }
             let every = chars.div_ceil(TOKENIZER_SAMPLE_BYTES).max(1);
             log(&format!(
                 "training a byte-level BPE tokenizer ({vocab_size} tokens) on {} of {} documents, {:.1} MB",
@@ -148,7 +139,7 @@ impl Dataset {
         };
         log(&format!("corpus: {} documents, {:.2} M tokens", info.documents, tokens.len() as f64 / 1e6));
         let (train, val) = split(&tokens);
-        Ok(Dataset { train, val, tokenizer, cache_dir: dir, documents: info.documents, chars: info.chars })
+        Ok(Dataset { train, val, tokenizer, cache_dir: dir, info })
     }
 
     /// How many passes over the training tokens `tokens` training tokens make.

@@ -167,7 +167,7 @@ pub fn run(o: &RunOptions, log: &dyn Fn(&str)) -> Result<RunSummary> {
     let unigram = data.unigram_entropy();
     log(&format!(
         "{} documents, {} training / {} validation tokens; unigram entropy {:.3} nats",
-        data.documents,
+        data.info.documents,
         data.train.len(),
         data.val.len(),
         unigram

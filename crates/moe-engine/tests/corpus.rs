@@ -136,8 +136,13 @@ fn runs_report_their_epochs_and_warn_on_repeated_data() {
         val: vec![0; 1000],
         tokenizer,
         cache_dir: std::path::PathBuf::new(),
-        documents: 1,
-        chars: 1,
+        info: moe_engine::dataset::CorpusInfo {
+            source: String::new(),
+            documents: 1,
+            chars: 1,
+            tokens: 1_001_000,
+            dedup: None,
+        },
     };
     let once = data.epochs_message("dense", 500_000.0);
     assert!(once.contains("0.50 epochs of the 1.00 M training tokens"), "{once}");
