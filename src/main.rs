@@ -14,6 +14,7 @@ use anyhow::{bail, Context, Result};
 use args::parse_enum;
 use clap::{Args, Parser, Subcommand};
 use moe_engine::checkpoint;
+use moe_engine::compare::spec::preset_or_variant;
 use moe_engine::config::{ModelConfig, PRESETS};
 use moe_engine::corpus::Source;
 use moe_engine::generate::{generate_on, Sampling};
@@ -182,7 +183,8 @@ struct InspectArgs {
 enum BenchCmd {
     /// Training and forward tokens/s of presets on random tokens.
     Train {
-        /// Presets to measure.
+        /// Presets to measure; `PRESET/VARIANT` is a `moe compare` variant of the preset's dense
+        /// reference (`default/dense default/8x2 default/16x3+1`: the comparison's shape).
         #[arg(long, num_args = 1.., default_values = ["bench-dense", "bench-moe8x2"])]
         presets: Vec<String>,
         #[arg(long, default_value_t = 16)]
@@ -464,8 +466,7 @@ fn bench(b: BenchCmd) -> Result<()> {
                 "busy",
                 "train RSS"
             );
-            let configs =
-                presets.iter().map(|p| Ok((p.clone(), ModelConfig::preset(p)?))).collect::<Result<Vec<_>>>()?;
+            let configs = presets.iter().map(|p| Ok((p.clone(), preset_or_variant(p)?))).collect::<Result<Vec<_>>>()?;
             let spec = moe_engine::bench::BenchSpec { b: batch_size, t: seq_len, warmup, steps, precision, replicas };
             let results = moe_engine::bench::bench_train(configs, spec, interleave)?;
             for r in &results {

@@ -18,7 +18,7 @@
 use crate::config::{BalanceScope, ModelConfig};
 use crate::dist::{pack_stats, unpack_stats};
 use crate::model::{Acts, KvCache, LossParts};
-use crate::train::Trainer;
+use crate::train::{Trainer, NORM_CHUNK};
 use rayon::prelude::*;
 
 /// One replica's buffers.
@@ -37,6 +37,9 @@ pub(crate) struct Replica {
 /// The replicas of one training process.
 pub(crate) struct Replicas {
     pub reps: Vec<Replica>,
+    /// The gradient buffers of replicas after the first are all zero (they are zeroed as
+    /// [`Replicas::sum_grads`] reads them; a step that stopped before that leaves them dirty).
+    others_zero: bool,
 }
 
 /// The replica count used when none is asked for: the most replicas, up to one per thread of
@@ -67,7 +70,7 @@ impl Replicas {
                 grads: if i == 0 { vec![] } else { moe_kernels::buffer::zeroed(params) },
             })
             .collect();
-        Replicas { reps }
+        Replicas { reps, others_zero: true }
     }
 
     pub fn len(&self) -> usize {
@@ -124,24 +127,51 @@ impl Replicas {
         out
     }
 
-    /// Zeroes every replica's gradient buffer, `grads` (the trainer's) as replica 0's, each on
-    /// its replica's thread.
-    pub fn zero_grads(&mut self, grads: &mut Vec<f32>) {
-        self.with_grads(grads, |reps| reps.map(|_, r| r.grads.fill(0.0)));
+    /// Zeroes the gradient buffer of replica 0, `grads` (the trainer's), and the others' unless
+    /// [`Replicas::sum_grads`] already did as it read them.
+    pub fn zero_grads(&mut self, grads: &mut [f32]) {
+        grads.par_chunks_mut(NORM_CHUNK).for_each(|g| g.fill(0.0));
+        if !self.others_zero {
+            self.reps[1..].par_iter_mut().for_each(|r| r.grads.fill(0.0));
+            self.others_zero = true;
+        }
     }
 
-    /// Adds the other replicas' gradients into `grads` (replica 0's), in replica order.
-    pub fn sum_grads(&self, grads: &mut [f32]) {
-        const CHUNK: usize = 1 << 14;
-        let others = &self.reps[1..];
-        if others.is_empty() {
-            return;
-        }
-        grads.par_chunks_mut(CHUNK).enumerate().for_each(|(c, g)| {
-            for r in others {
-                g.iter_mut().zip(&r.grads[c * CHUNK..]).for_each(|(a, &b)| *a += b);
+    /// Adds the other replicas' gradients into `grads` (replica 0's), in replica order, and
+    /// zeroes theirs for the next step, in one pass over chunks of NORM_CHUNK; with `norm_parts`
+    /// (one per chunk), also each chunk's sum of squares of the summed gradient (the same
+    /// chunks as a separate pass would use, so the norm is bitwise the same).
+    pub fn sum_grads(&mut self, grads: &mut [f32], norm_parts: Option<&mut [f64]>) {
+        let chunks = grads.len().div_ceil(NORM_CHUNK);
+        // others[c] = the other replicas' chunk c.
+        let mut others: Vec<Vec<&mut [f32]>> = (0..chunks).map(|_| vec![]).collect();
+        for r in &mut self.reps[1..] {
+            for (c, g) in r.grads.chunks_mut(NORM_CHUNK).enumerate() {
+                others[c].push(g);
             }
-        });
+        }
+        let want_norm = norm_parts.is_some();
+        let sum = |(g, others): (&mut [f32], Vec<&mut [f32]>)| -> f64 {
+            for o in others {
+                g.iter_mut().zip(o.iter_mut()).for_each(|(a, b)| {
+                    *a += *b;
+                    *b = 0.0;
+                });
+            }
+            if want_norm {
+                moe_kernels::float::sum_sq_f64(g)
+            } else {
+                0.0
+            }
+        };
+        let work = grads.par_chunks_mut(NORM_CHUNK).zip(others);
+        self.others_zero = true;
+        match norm_parts {
+            Some(parts) => work.zip(parts).for_each(|(job, part)| *part = sum(job)),
+            None => work.for_each(|job| {
+                sum(job);
+            }),
+        }
     }
 }
 
@@ -164,6 +194,7 @@ impl Trainer {
             d.pool_stats(self.reps.reps[0].acts.moe_stats_mut(), scope);
         }
         let (model, params) = (&self.model, &self.params);
+        self.reps.others_zero &= !backward;
         let parts = self.reps.with_grads(&mut self.grads, |reps| {
             reps.map(|_, r| {
                 let parts = model.loss(&mut r.acts, &r.y);

@@ -15,7 +15,6 @@ use crate::replicas::{auto_replicas, Replicas};
 use crate::rng::Rng;
 use moe_kernels::adamw::{adamw_update, AdamW};
 use moe_kernels::buffer::zeroed;
-use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -446,18 +445,16 @@ impl Trainer {
         }
         self.rank_load(counters, &mut met);
         // The mean over micro-batches and replicas.
-        self.reps.sum_grads(&mut self.grads);
         let scale = 1.0 / (tc.grad_accum * self.reps.len()) as f64;
         let norm = match &self.dist {
             Some(d) => {
+                self.reps.sum_grads(&mut self.grads, None);
                 d.sync_grads(&self.model.layout, &mut self.grads);
                 d.grad_norm_sq(&self.model.layout, &self.grads).sqrt() * scale
             }
             None => {
                 // Fixed-size chunks summed in order: the norm is bitwise reproducible (exact resume).
-                self.norm_parts.par_iter_mut().zip(self.grads.par_chunks(NORM_CHUNK)).for_each(|(part, g)| {
-                    *part = moe_kernels::float::sum_sq_f64(g);
-                });
+                self.reps.sum_grads(&mut self.grads, Some(&mut self.norm_parts));
                 self.norm_parts.iter().sum::<f64>().sqrt() * scale
             }
         };

@@ -5,7 +5,7 @@
 mod common;
 use common::{options, write_corpus};
 use moe_engine::compare::report::{reach, rows};
-use moe_engine::compare::spec::{dense_reference, Spec};
+use moe_engine::compare::spec::{dense_reference, preset_or_variant, Spec};
 use moe_engine::compare::upcycle::upcycle;
 use moe_engine::compare::{run, Budget, CompareOptions, ValPoint, Variant};
 use moe_engine::config::ModelConfig;
@@ -17,6 +17,20 @@ fn quiet(_: &str) {}
 
 fn dense() -> ModelConfig {
     ModelConfig { intermediate_size: 24, ..dense_reference(&ModelConfig::tiny()) }
+}
+
+#[test]
+fn bench_names_are_presets_or_variants_of_their_dense_reference() {
+    let default = ModelConfig::preset("default").unwrap();
+    assert_eq!(preset_or_variant("default").unwrap(), default);
+    let d = preset_or_variant("default/dense").unwrap();
+    assert_eq!((d.num_local_experts, d.intermediate_size), (0, default.intermediate_size));
+    let m = preset_or_variant("default/16x3+1").unwrap();
+    assert_eq!((m.num_local_experts, m.num_experts_per_tok, m.moe_intermediate_size), (16, 3, 256));
+    assert_eq!(m.shared_expert_intermediate_size, 256);
+    for bad in ["nope/8x2", "default/8y2", "nope"] {
+        assert!(preset_or_variant(bad).is_err(), "{bad} should be refused");
+    }
 }
 
 #[test]

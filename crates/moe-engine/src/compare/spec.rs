@@ -102,3 +102,12 @@ pub fn dense_reference(cfg: &ModelConfig) -> ModelConfig {
         ..cfg.clone()
     }
 }
+
+/// A preset, or `PRESET/VARIANT`: the variant of the preset's dense reference that `moe compare`
+/// would train (e.g. `default/dense`, `default/16x3+1`), for benchmarks at the comparison's shape.
+pub fn preset_or_variant(name: &str) -> Result<ModelConfig> {
+    match name.split_once('/') {
+        Some((preset, variant)) => Spec::parse(variant)?.config(&dense_reference(&ModelConfig::preset(preset)?)),
+        None => ModelConfig::preset(name),
+    }
+}
