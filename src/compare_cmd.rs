@@ -26,18 +26,23 @@ pub struct BudgetArgs {
     /// Minutes of training steps per model (steps estimated from three timed steps).
     #[arg(long)]
     minutes: Option<f64>,
+    /// Minutes of training steps of the whole comparison, as equal tokens per model, at most
+    /// one epoch each (`--total-minutes 60`: the one-hour comparison of RESULTS.md).
+    #[arg(long)]
+    total_minutes: Option<f64>,
 }
 
 impl BudgetArgs {
     fn budget(&self) -> Result<Budget> {
-        let b = match (self.tokens, self.flops, self.minutes) {
-            (_, Some(f), _) => Budget::Flops(f),
-            (_, _, Some(m)) => Budget::Seconds(m * 60.0),
-            (t, _, _) => Budget::Tokens(t.unwrap_or(1.2e6) as u64),
+        let b = match (self.tokens, self.flops, self.minutes, self.total_minutes) {
+            (_, Some(f), _, _) => Budget::Flops(f),
+            (_, _, Some(m), _) => Budget::Seconds(m * 60.0),
+            (_, _, _, Some(m)) => Budget::Total(m * 60.0),
+            (t, _, _, _) => Budget::Tokens(t.unwrap_or(1.2e6) as u64),
         };
         let v = match b {
             Budget::Tokens(t) => t as f64,
-            Budget::Flops(v) | Budget::Seconds(v) => v,
+            Budget::Flops(v) | Budget::Seconds(v) | Budget::Total(v) => v,
         };
         if !(v > 0.0 && v.is_finite()) {
             bail!("the budget must be positive");

@@ -167,3 +167,35 @@ fn lockstep_runs_equal_separate_runs_and_report() {
     let ratio = sizes(&moe, 2, 16).train_flops_per_token / sizes(&d, 2, 16).train_flops_per_token;
     assert_eq!(runs[0].steps, (5.0 * ratio).round() as u64);
 }
+
+#[test]
+fn a_total_time_budget_gives_equal_tokens_capped_at_one_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = write_corpus(dir.path());
+    let base = options(dir.path(), &corpus, "alone", 8);
+    let d = dense();
+    let moe = Spec::parse("4x2").unwrap().config(&d).unwrap();
+    let o = CompareOptions {
+        variants: vec![
+            Variant { label: "dense".into(), model: d.clone(), init: None },
+            Variant { label: "4x2".into(), model: moe, init: None },
+        ],
+        train: base.train.clone(),
+        // Far more time than the data: the cap decides.
+        budget: Budget::Total(1e6),
+        evals: 2,
+        source: base.source.clone(),
+        out_dir: dir.path().join("cmp"),
+        cache_dir: base.cache_dir.clone(),
+        progress: false,
+    };
+    let runs = run(&o, &quiet).unwrap();
+    let data = moe_engine::dataset::Dataset::prepare(&o.source, d.vocab_size, &o.cache_dir, &quiet, false).unwrap();
+    let per_step = (o.train.batch_size * o.train.seq_len * o.train.grad_accum) as u64;
+    let epoch = data.train.len() as u64 / per_step;
+    assert!(epoch >= 1);
+    assert_eq!(runs.iter().map(|r| r.steps).collect::<Vec<_>>(), vec![epoch, epoch]);
+    // Almost no time: one step each.
+    let o2 = CompareOptions { budget: Budget::Total(1e-9), out_dir: dir.path().join("cmp2"), ..o.clone() };
+    assert_eq!(run(&o2, &quiet).unwrap().iter().map(|r| r.steps).collect::<Vec<_>>(), vec![1, 1]);
+}

@@ -41,6 +41,10 @@ pub enum Budget {
     Flops(f64),
     /// Seconds of training steps per variant (steps estimated from a calibration).
     Seconds(f64),
+    /// Seconds of training steps of the whole comparison, shared as equal tokens per variant
+    /// (steps estimated from a calibration of each) and capped at one epoch of the training
+    /// tokens, so no variant repeats data.
+    Total(f64),
 }
 
 /// Everything a comparison needs.
@@ -91,13 +95,22 @@ pub fn dir_name(label: &str) -> String {
 fn plan_steps(o: &CompareOptions, data: &Dataset, data_key: &str) -> Result<Vec<u64>> {
     let tc = &o.train;
     let per_step = (tc.batch_size * tc.seq_len * tc.grad_accum) as f64;
+    if let Budget::Total(s) = o.budget {
+        let mut step_s = 0.0;
+        for v in &o.variants {
+            step_s += calibrate(v, tc, data, data_key)?;
+        }
+        let epoch = (data.train.len() as f64 / per_step).floor().max(1.0);
+        let steps = (s / step_s).min(epoch).round().max(1.0) as u64;
+        return Ok(vec![steps; o.variants.len()]);
+    }
     o.variants
         .iter()
         .map(|v| {
             let steps = match o.budget {
                 Budget::Tokens(n) => n as f64 / per_step,
                 Budget::Flops(f) => f / (sizes(&v.model, tc.batch_size, tc.seq_len).train_flops_per_token * per_step),
-                Budget::Seconds(s) => s / calibrate(v, tc, data, data_key)?,
+                Budget::Seconds(s) | Budget::Total(s) => s / calibrate(v, tc, data, data_key)?,
             };
             Ok(steps.round().max(1.0) as u64)
         })
