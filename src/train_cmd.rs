@@ -137,6 +137,15 @@ pub fn train(a: TrainArgs) -> Result<()> {
     if let Some(&(step, vl)) = s.val.last() {
         eprintln!("validation loss {vl:.4} at step {step} (unigram entropy of the corpus {:.3})", s.unigram_entropy);
     }
+    let tail = &s.metrics[s.metrics.len() - s.metrics.len().div_ceil(5)..];
+    let balance = moe_engine::report::layer_balance(tail);
+    if !balance.is_empty() {
+        let per_layer: Vec<String> = balance.iter().map(|b| format!("{b:.2}")).collect();
+        eprintln!(
+            "expert load over the last 20% of logged steps, max/mean per MoE layer: {} (1 = even)",
+            per_layer.join(" ")
+        );
+    }
     eprintln!(
         "checkpoint {}\nloss plot  {}\nmetrics    {}",
         s.checkpoint.display(),

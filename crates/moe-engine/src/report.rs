@@ -54,6 +54,12 @@ impl RunMetrics {
         mean(&vals)
     }
 
+    /// Per MoE layer, max/mean of the expert loads summed over the last `frac` of steps (the
+    /// right edge of the expert-load heatmap; 1 = perfectly even).
+    pub fn final_layer_balance(&self, frac: f64) -> Vec<f64> {
+        layer_balance(self.tail(frac))
+    }
+
     pub fn final_dropped(&self, frac: f64) -> f64 {
         mean(&self.tail(frac).iter().map(|m| mean(&m.dropped_fraction)).collect::<Vec<_>>())
     }
@@ -63,6 +69,22 @@ impl RunMetrics {
         let k = ((n as f64 * frac).ceil() as usize).clamp(1, n);
         &self.train[n - k..]
     }
+}
+
+/// Per MoE layer, max/mean of the expert loads summed over `steps` (empty for a dense model).
+pub fn layer_balance(steps: &[StepMetrics]) -> Vec<f64> {
+    let Some(first) = steps.iter().find(|s| !s.expert_load.is_empty()) else { return vec![] };
+    first
+        .expert_load
+        .iter()
+        .enumerate()
+        .map(|(l, experts)| {
+            let sums: Vec<f64> = (0..experts.len())
+                .map(|e| steps.iter().filter_map(|s| s.expert_load.get(l)?.get(e)).map(|&c| c as f64).sum())
+                .collect();
+            crate::dist::placement::max_over_mean(&sums)
+        })
+        .collect()
 }
 
 /// max / mean rows per rank of an expert-parallel step (None for one process).
@@ -192,7 +214,7 @@ pub fn compare_runs(runs: &[(String, PathBuf)], out_dir: &Path) -> Result<String
         let chart = per_step("expert parallelism: max / mean expert rows per rank", &rank_imbalance);
         render(&chart, &out_dir.join("rank_balance.png"), 800, 500)?;
     }
-    let mut t = String::from("| run | steps | final validation loss | max/mean load (last 20% of steps) | dropped | max/mean rows per rank | tokens/s |\n|---|---:|---:|---:|---:|---:|---:|\n");
+    let mut t = String::from("| run | steps | final validation loss | max/mean load (last 20% of steps) | worst layer (summed load, last 20%) | dropped | max/mean rows per rank | tokens/s |\n|---|---:|---:|---:|---:|---:|---:|---:|\n");
     for (l, m) in &data {
         let last = m.train.last().map_or(0, |s| s.step);
         let vl = m.val.last().map_or(f64::NAN, |v| v.1);
@@ -201,8 +223,9 @@ pub fn compare_runs(runs: &[(String, PathBuf)], out_dir: &Path) -> Result<String
         let ranks: Vec<f64> = tail.iter().filter_map(rank_imbalance).collect();
         let ranks = if ranks.is_empty() { "-".to_string() } else { format!("{:.2}", mean(&ranks)) };
         t += &format!(
-            "| {l} | {last} | {vl:.4} | {:.2} | {:.1}% | {ranks} | {tps:.0} |\n",
+            "| {l} | {last} | {vl:.4} | {:.2} | {:.2} | {:.1}% | {ranks} | {tps:.0} |\n",
             m.final_max_over_mean(0.2),
+            m.final_layer_balance(0.2).into_iter().fold(0.0, f64::max),
             100.0 * m.final_dropped(0.2)
         );
     }

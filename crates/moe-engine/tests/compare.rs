@@ -199,3 +199,14 @@ fn a_total_time_budget_gives_equal_tokens_capped_at_one_epoch() {
     let o2 = CompareOptions { budget: Budget::Total(1e-9), out_dir: dir.path().join("cmp2"), ..o.clone() };
     assert_eq!(run(&o2, &quiet).unwrap().iter().map(|r| r.steps).collect::<Vec<_>>(), vec![1, 1]);
 }
+
+#[test]
+fn layer_balance_sums_the_loads_of_the_steps() {
+    use moe_engine::report::layer_balance;
+    use moe_engine::train::StepMetrics;
+    let step = |load: Vec<Vec<u32>>| StepMetrics { expert_load: load, ..Default::default() };
+    // Layer 0: [3+1, 1+3] = even; layer 1: [4+4, 0+0] = everything on one expert.
+    let steps = [step(vec![vec![3, 1], vec![4, 0]]), step(vec![vec![1, 3], vec![4, 0]])];
+    assert_eq!(layer_balance(&steps), vec![1.0, 2.0]);
+    assert!(layer_balance(&[step(vec![])]).is_empty(), "a dense run has no MoE layer");
+}
