@@ -152,3 +152,50 @@ fn bench_train_interleaves_presets_and_refuses_zero_steps() {
     assert_ne!(code, 0);
     assert!(err.contains("no timed steps") && err.contains("--steps 1"), "{err}");
 }
+
+/// The subcommands listed under "Commands:" in a help text (without `help`).
+fn subcommands(help: &str) -> Vec<String> {
+    help.lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .map(String::from)
+        .collect()
+}
+
+/// docs/cli.md is every command's `--help`, generated from the CLI definitions; this fails when
+/// a flag changed without it. Regenerate: `UPDATE_CLI_DOCS=1 cargo test --test cli cli_reference`.
+#[test]
+fn cli_reference_matches_the_cli() {
+    let mut doc = String::from(
+        "# moe command-line reference\n\nEvery command's `moe <command> --help`, generated from the CLI definitions \
+         (`UPDATE_CLI_DOCS=1 cargo test --test cli cli_reference`; a test fails when it is out of date).\n",
+    );
+    let mut queue: Vec<Vec<String>> = vec![vec![]];
+    while let Some(path) = queue.pop() {
+        let mut args: Vec<&str> = path.iter().map(String::as_str).collect();
+        args.push("--help");
+        let (code, out, err) = moe(&args);
+        assert_eq!(code, 0, "moe {args:?}: {err}");
+        doc += &format!("\n## moe {}\n\n```text\n{}\n```\n", path.join(" "), out.trim_end());
+        let subs = subcommands(&out);
+        // Depth first, in the order of the help text.
+        for s in subs.into_iter().rev() {
+            let mut p = path.clone();
+            p.push(s);
+            queue.push(p);
+        }
+    }
+    let doc = doc.replace("## moe \n", "## moe\n");
+    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/cli.md");
+    if std::env::var_os("UPDATE_CLI_DOCS").is_some() {
+        std::fs::write(&file, &doc).unwrap();
+    }
+    let have = std::fs::read_to_string(&file).unwrap_or_default();
+    assert!(
+        have == doc,
+        "docs/cli.md is out of date with the CLI: run `UPDATE_CLI_DOCS=1 cargo test --test cli cli_reference`"
+    );
+}
