@@ -3,10 +3,11 @@
 # it quotes, on the default corpus (`moe corpus`: the Rust documentation and Rust sources):
 #   corpus  `moe corpus`: its size after deduplication;
 #   rich-layer  `moe compare`: dense vs 8x2 vs 16x3+1 (a shared expert) at equal active compute,
-#               per-layer balancing, 3.6 M tokens each (0.2 epochs: no repeated data).
+#               per-layer balancing, 3.6 M tokens each (0.2 epochs: no repeated data);
+#   rich-8m     the same three at 8 M tokens each (0.44 epochs), with the aux-loss-free bias.
 # Every step is skipped when its output exists; tables are spliced into RESULTS.md between the
 # <!-- BEGIN name --> / <!-- END name --> markers and the plots copied to results/.
-#   bash scripts/moe_claim.sh        # from the project root; about 45 minutes on 2 cores
+#   bash scripts/moe_claim.sh        # from the project root; about 2 hours on 2 cores
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --quiet
@@ -17,11 +18,14 @@ mkdir -p "$out"
 [ -f "$out/rich-layer/compare.md" ] ||
     $moe compare --moe 8x2 16x3+1 --aux-loss-scope layer --tokens 3.6M --evals 12 --eval-batches 16 \
         --out "$out/rich-layer"
+[ -f "$out/rich-8m/compare.md" ] ||
+    $moe compare --moe 8x2 16x3+1 --bias-update-rate 0.001 --tokens 8M --evals 16 --eval-batches 16 \
+        --out "$out/rich-8m"
 
 source scripts/splice.sh
 (echo '```'; grep -v '^cache:' "$out/corpus.txt"; echo '```') > "$out/corpus.md"
 splice corpus "$out/corpus.md"
-for name in rich-layer; do
+for name in rich-layer rich-8m; do
     mkdir -p results/$name
     cp "$out/$name/val_vs_tokens.png" "$out/$name/val_vs_seconds.png" results/$name/
     tail -n +3 "$out/$name/compare.md" > "$out/$name/body.md"

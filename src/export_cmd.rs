@@ -32,8 +32,10 @@ fn not_mixtral(cfg: &ModelConfig) -> Option<String> {
         "some of its layers are dense"
     } else if cfg.shared_expert_intermediate_size > 0 {
         "it has a shared expert"
-    } else if cfg.router_bias || cfg.has_selection_bias() {
+    } else if cfg.router_bias {
         "its router has a bias"
+    } else if cfg.has_selection_bias() {
+        "its router has a selection bias (the aux-loss-free balancing of the default preset; train with --bias-update-rate 0 to export)"
     } else {
         return None;
     };

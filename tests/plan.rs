@@ -47,6 +47,10 @@ fn the_planner_counts_a_preset_as_inspect_does() {
         let cfg = ModelConfig::preset(name).unwrap();
         let p = PlanModel::from_config(name, &cfg);
         assert_eq!(p.total() as usize, sizes(&cfg, 1, 1).total_params, "{name}");
+        // With a router bias and without the selection bias as well.
+        let other = ModelConfig { router_bias: !cfg.router_bias, bias_update_rate: 0.0, ..cfg };
+        let p = PlanModel::from_config(name, &other);
+        assert_eq!(p.total() as usize, sizes(&other, 1, 1).total_params, "{name} (other biases)");
     }
     let text = plan(&["bench-moe8x2", "--memory-gb", "0.1", "--devices", "4"]);
     assert!(text.contains("inference, 4 devices"), "{text}");

@@ -179,6 +179,8 @@ impl ModelConfig {
         ModelConfig { num_local_experts: 16, num_experts_per_tok: 4, moe_intermediate_size: 256, ..Self::bench_dense() }
     }
     /// A small MoE that learns visibly on the default corpus within the main job's budget.
+    /// Balanced by the pooled Switch loss plus the aux-loss-free selection bias (rate 0.001):
+    /// the best of the four recipes RESULTS.md measures ("The balancing recipe").
     pub fn default_moe() -> Self {
         ModelConfig {
             vocab_size: 4096,
@@ -191,6 +193,7 @@ impl ModelConfig {
             num_local_experts: 8,
             num_experts_per_tok: 2,
             moe_intermediate_size: 512,
+            bias_update_rate: 0.001,
             ..Self::bench_dense()
         }
     }

@@ -74,7 +74,9 @@ impl PlanModel {
                         cfg.shared_expert_intermediate_size as u64,
                     );
                     let k = cfg.num_experts_per_tok as u64;
-                    let dense = e * c + 3 * c * fs + u64::from(cfg.shared_expert_gate) * c;
+                    // Router weight, its bias and selection bias if any, shared expert and gate.
+                    let router = e * (c + u64::from(cfg.router_bias) + u64::from(cfg.has_selection_bias()));
+                    let dense = router + 3 * c * fs + u64::from(cfg.shared_expert_gate) * c;
                     LayerPlan {
                         attn,
                         dense,
