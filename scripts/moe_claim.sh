@@ -31,4 +31,6 @@ for name in rich-layer rich-8m; do
     tail -n +3 "$out/$name/compare.md" > "$out/$name/body.md"
     splice $name "$out/$name/body.md"
 done
+python3 scripts/val_gaps.py "$out/rich-8m/compare.json" --every 2 > "$out/rich-8m/curve.md"
+splice rich-8m-curve "$out/rich-8m/curve.md"
 echo "RESULTS.md updated; plots in results/"

@@ -10,8 +10,9 @@ matrices), linear warm-up then cosine to 10 %, global-norm clipping at 1. Only t
 weights differ. It then runs `moe train` with the same settings and writes one plot and a table
 of validation losses, so the difference can be set against the spread across seeds.
 
-Mixtral has no router z-loss: the MoE runs on both sides use --z-loss-coef 0 and the Switch loss
-pooled over layers (0.01, moe's default `global` scope, which is Hugging Face's form).
+Mixtral has no router z-loss and no selection bias: the MoE runs on both sides use
+--z-loss-coef 0, --bias-update-rate 0 and the Switch loss pooled over layers (0.01, the `global`
+scope, which is Hugging Face's form).
 
     pip install torch transformers matplotlib      # once; never needed by CI
     python scripts/torch_crosscheck.py --steps 1000 --seeds 1 2 3 --out runs/crosscheck
@@ -167,7 +168,8 @@ def train_moe(moe_bin, moe, seed, a, out):
     args = [moe_bin, "train", "--preset", "default", "--steps", str(a.steps), "--seed", str(seed),
             "--eval-every", str(a.eval_every), "--eval-batches", str(a.eval_batches),
             "--batch-size", str(a.batch_size), "--lr", str(a.lr), "--warmup", str(a.warmup),
-            "--z-loss-coef", "0", "--checkpoint-every", "0", "--sample-tokens", "0", "--quiet",
+            "--z-loss-coef", "0", "--aux-loss-scope", "global", "--bias-update-rate", "0",
+            "--checkpoint-every", "0", "--sample-tokens", "0", "--quiet",
             "--cache-dir", a.cache_dir, "--out", out]
     if not moe:
         args += ["--experts", "0"]
@@ -212,9 +214,9 @@ def main():
     log(f"{len(train)} training and {len(val)} validation tokens from {key}")
 
     results = {}
-    for moe in (False, True):
-        kind = "moe" if moe else "dense"
-        for seed in a.seeds:
+    for seed in a.seeds:  # seed by seed, so a partial run has both models of its first seeds
+        for moe in (False, True):
+            kind = "moe" if moe else "dense"
             path = os.path.join(a.out, f"torch-{kind}-{seed}.json")
             if not os.path.exists(path):
                 json.dump(train_torch(cfg, moe, seed, train, val, a, log), open(path, "w"))
