@@ -228,6 +228,11 @@ impl Spec {
         if rope_dim % 2 != 0 || rope_dim > 512 {
             return Err(c.err(format!("rotary dimension {rope_dim} must be even and at most 512")));
         }
+        if rope_dim > head_dim {
+            return Err(c.err(format!(
+                "rotary dimension {rope_dim} exceeds the head dimension {head_dim} (partial_rotary_factor must be at most 1)"
+            )));
+        }
         // DeepSeek-V3 interleaves; so does a Mixtral read from GGUF (its Q/K rows permuted).
         let interleave = matches!(arch, DeepseekV3 | Mixtral) && c.bool_or("rope_interleave", arch == DeepseekV3);
         let rope = Rope::from_config(v, rope_dim, max_pos, interleave, arch == Phimoe).map_err(|m| c.err(m))?;

@@ -47,6 +47,11 @@ pub fn hf_config(g: &Gguf) -> Result<Value> {
         |k: &str| g.usize(&format!("{arch}.{k}")).ok_or_else(|| bad(format!("missing or non-integer `{arch}.{k}`")));
     let hidden = need("embedding_length")?;
     let heads = need("attention.head_count")?;
+    if heads == 0 || hidden == 0 {
+        return Err(bad(format!(
+            "`{arch}.attention.head_count` is {heads} and `{arch}.embedding_length` is {hidden}: both must be positive (a damaged or hand-made file)"
+        )));
+    }
     let embed = g.tensors.iter().find(|t| t.name == "token_embd.weight");
     let vocab = g
         .usize(&format!("{arch}.vocab_size"))

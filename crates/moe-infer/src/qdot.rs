@@ -60,8 +60,11 @@ pub mod scalar {
     }
 
     /// Q6_K super-blocks (210 bytes) against 8 Q8_0 activation blocks each: per 16 values
-    /// scale_s * sum_j q_j qx_j in integers, times d * dx per 32.
+    /// scale_s * sum_j q_j qx_j in integers, times d * dx per 32. Panics when the activations
+    /// are shorter than the row (as the SIMD kernel does).
     pub fn dot_q6_k(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
+        let nb = row.len() / 210;
+        assert!(xq.len() >= 256 * nb && xd.len() >= 8 * nb, "Q6_K row of {nb} super-blocks and activations differ");
         let mut acc = 0.0f32;
         for (b, blk) in row.chunks_exact(210).enumerate() {
             let d = f16(&blk[208..210]);
@@ -121,8 +124,12 @@ mod vnni {
     }
 
     pub fn dot_q6_k(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
-        // SAFETY: every load reads 32 bytes inside a 210-byte super-block or a 32-value
-        // activation block (chunks_exact); the cfg of this module guarantees the features.
+        let nb = row.len() / 210;
+        // The activation loads below are unchecked: a short activation row must stop here.
+        assert!(xq.len() >= 256 * nb && xd.len() >= 8 * nb, "Q6_K row of {nb} super-blocks and activations differ");
+        // SAFETY: every load reads 32 bytes inside a 210-byte super-block (chunks_exact) or a
+        // 32-value activation block of xq (at most 256 * nb values, checked above); the cfg of
+        // this module guarantees the features.
         unsafe {
             let mut acc = _mm256_setzero_ps();
             let (m4, m3, m32) = (_mm256_set1_epi8(0xF), _mm256_set1_epi8(3), _mm256_set1_epi8(32));
@@ -273,6 +280,14 @@ mod tests {
         let xq = (0..blocks * 32).map(|_| (rng(seed) as i8).max(-127)).collect();
         let xd = (0..blocks).map(|_| rng(seed) as f32 / 500.0).collect();
         (row, xq, xd)
+    }
+
+    #[test]
+    #[should_panic(expected = "activations differ")]
+    fn a_q6_k_row_longer_than_its_activations_is_refused() {
+        let row = vec![0u8; 2 * 210];
+        // One super-block of activations for two of weights.
+        dot_q6_k(&row, &[0i8; 256], &[0.0; 8]);
     }
 
     #[test]

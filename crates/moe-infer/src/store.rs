@@ -41,6 +41,14 @@ impl TensorStore {
             let mut index = HashMap::new();
             for (name, file) in map {
                 let file = file.as_str().ok_or_else(|| bad(&format!("weight_map[{name}] is not a file name")))?;
+                // Shards live in the model folder: no `..`, no absolute path.
+                let inside =
+                    std::path::Path::new(file).components().all(|c| matches!(c, std::path::Component::Normal(_)));
+                if !inside || file.is_empty() {
+                    return Err(bad(&format!(
+                        "weight_map[{name}] = `{file}` leaves the model folder; shards must be files inside it"
+                    )));
+                }
                 index.insert(name.clone(), file.to_string());
             }
             let files: BTreeSet<String> = index.values().cloned().collect();

@@ -141,3 +141,29 @@ fn missing_weights_and_bad_ids_are_errors() {
     assert!(m.forward(&[1, 100_000], &mut c, true).unwrap_err().to_string().contains("outside the vocabulary"));
     assert!(m.forward(&[], &mut c, true).is_err());
 }
+
+#[test]
+fn shard_paths_outside_the_folder_are_refused() {
+    for evil in ["../outside.safetensors", "/etc/passwd", "sub/../../x.safetensors", ""] {
+        let t = copy("mixtral");
+        let p = t.path().join("model.safetensors.index.json");
+        let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+        let map = v["weight_map"].as_object_mut().unwrap();
+        let first = map.keys().next().unwrap().clone();
+        map.insert(first.clone(), serde_json::Value::String(evil.into()));
+        std::fs::write(&p, v.to_string()).unwrap();
+        let e = load_err(t.path());
+        assert!(e.contains("leaves the model folder") && e.contains(&first), "{evil}: {e}");
+    }
+}
+
+#[test]
+fn a_rotary_dimension_beyond_the_head_is_refused() {
+    let t = copy("olmoe");
+    let p = t.path().join("config.json");
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    v["partial_rotary_factor"] = serde_json::json!(2.0);
+    std::fs::write(&p, v.to_string()).unwrap();
+    let e = load_err(t.path());
+    assert!(e.contains("partial_rotary_factor") && e.contains("exceeds the head dimension"), "{e}");
+}

@@ -171,6 +171,16 @@ fn deepseek_files_with_softmax_gating_are_refused() {
 }
 
 #[test]
+fn zero_heads_are_refused_not_divided_by() {
+    let mut bytes = std::fs::read(gguf("mixtral-q8_0")).unwrap();
+    let key = b"llama.attention.head_count\x04\x00\x00\x00"; // the key, then its uint32 type
+    let at = bytes.windows(key.len()).position(|w| w == key).expect("head_count as uint32") + key.len();
+    bytes[at..at + 4].copy_from_slice(&0u32.to_le_bytes());
+    let e = load_bytes(&bytes).map(|_| ()).unwrap_err();
+    assert!(e.contains("head_count") && e.contains("must be positive"), "{e}");
+}
+
+#[test]
 fn truncated_and_corrupted_files_are_errors_not_panics() {
     let bytes = std::fs::read(gguf("mixtral-q8_0")).unwrap();
     // Truncated anywhere: an error naming the file's problem.

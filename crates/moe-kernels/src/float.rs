@@ -5,9 +5,18 @@ use std::fmt::Debug;
 use std::iter::Sum;
 use std::ops::{Add, AddAssign, Div, Mul, MulAssign, Neg, Sub, SubAssign};
 
-/// A real scalar usable by the kernels.
+/// Seals [`Float`]: kernels reinterpret its slices as f32 or f64 bytes, so no other type may
+/// implement it.
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for f32 {}
+    impl Sealed for f64 {}
+}
+
+/// A real scalar usable by the kernels: `f32` or `f64` only (sealed).
 pub trait Float:
-    Copy
+    sealed::Sealed
+    + Copy
     + Send
     + Sync
     + Debug
