@@ -24,6 +24,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -173,13 +174,18 @@ def train_moe(moe_bin, moe, seed, a, out):
             "--cache-dir", a.cache_dir, "--out", out]
     if not moe:
         args += ["--experts", "0"]
-    if not os.path.exists(os.path.join(out, "metrics.jsonl")):
+    def val_rows():
+        path = os.path.join(out, "metrics.jsonl")
+        if not os.path.exists(path):
+            return []
+        rows = [json.loads(line) for line in open(path)]
+        return [{"step": r["step"], "val_loss": r["val_loss"]} for r in rows if r.get("kind") == "val"]
+
+    rows = val_rows()
+    if not rows or rows[-1]["step"] != a.steps:  # absent, or cut short by an earlier kill
+        shutil.rmtree(out, ignore_errors=True)
         subprocess.run(args, check=True)
-    rows = []
-    for line in open(os.path.join(out, "metrics.jsonl")):
-        r = json.loads(line)
-        if r.get("kind") == "val":
-            rows.append({"step": r["step"], "val_loss": r["val_loss"]})
+        rows = val_rows()
     return rows
 
 

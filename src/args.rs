@@ -190,7 +190,7 @@ pub struct TrainFlags {
     pub cache_dir: Option<PathBuf>,
     /// UTF-8 text file or directory of text files, or `rust-docs` (the default: the toolchain's
     /// Rust documentation, books, API pages and std sources, deduplicated) or `rust-books` (its
-    /// books only).
+    /// books only). `moe train --resume` reuses the run's own data when this is not given.
     #[arg(long)]
     pub data: Option<PathBuf>,
     /// No progress bar.
@@ -219,6 +219,10 @@ impl TrainFlags {
     }
     pub fn source(&self) -> moe_engine::corpus::Source {
         moe_engine::corpus::Source::parse(self.data.as_deref())
+    }
+    /// --data if given (a resumed run otherwise reads its own record).
+    pub fn given_source(&self) -> Option<moe_engine::corpus::Source> {
+        self.data.is_some().then(|| self.source())
     }
     pub fn cache_dir(&self) -> PathBuf {
         self.cache_dir.clone().unwrap_or_else(default_cache_dir)

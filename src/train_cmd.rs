@@ -95,7 +95,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
     let opts = RunOptions {
         model,
         train: tc,
-        source: a.flags.source(),
+        source: a.flags.given_source(),
         out_dir: out.clone(),
         cache_dir: a.flags.cache_dir(),
         resume: a.resume,

@@ -2,7 +2,8 @@
 //! named as in `params::Layout`), optional optimizer.safetensors (AdamW moments), state.json
 //! (training state) and tokenizer.json. A checkpoint is written into a temporary directory and
 //! renamed into place only when complete, so a crash never leaves one that loads as valid but
-//! wrong; the run directory's `latest` file (written atomically) names the newest one.
+//! wrong; the run directory's `latest` file (written atomically) names the newest one; its
+//! `checksums.json` (see `checksum`) is verified on every load.
 
 use crate::config::ModelConfig;
 use crate::dist::Shard;
@@ -103,6 +104,7 @@ pub(crate) fn start(root: &Path, name: &str, tag: &str, req: &SaveRequest) -> Re
 
 /// Renames the complete temporary directory into place, updates `latest` and prunes.
 pub(crate) fn finish(root: &Path, name: &str, tmp: &Path, keep: usize) -> Result<PathBuf> {
+    crate::checksum::write_manifest(tmp)?;
     let dir = root.join(name);
     if dir.exists() {
         std::fs::remove_dir_all(&dir).map_err(Error::io(&dir))?;
@@ -215,6 +217,7 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
 /// own experts.
 pub fn load_sharded(path: &Path, shard: &Shard) -> Result<Checkpoint> {
     let dir = resolve(path)?;
+    crate::checksum::verify(&dir)?;
     let cfg_path = dir.join("config.json");
     let cfg_text = std::fs::read_to_string(&cfg_path).map_err(Error::io(&cfg_path))?;
     let config: ModelConfig = serde_json::from_str(&cfg_text).map_err(|e| {

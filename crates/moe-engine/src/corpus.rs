@@ -75,6 +75,16 @@ impl Source {
         }
     }
 
+    /// The `--data` value that selects this source again from any working directory (a path
+    /// made absolute when it exists), as a run records it for `--resume`.
+    pub fn to_arg(&self) -> String {
+        match self {
+            Source::RustDocs => "rust-docs".into(),
+            Source::RustBooks => "rust-books".into(),
+            Source::Path(p) => std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()).display().to_string(),
+        }
+    }
+
     pub fn describe(&self) -> String {
         match self {
             Source::RustDocs => {

@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod checkpoint;
+pub mod checksum;
 pub mod clock;
 pub mod compare;
 pub mod config;

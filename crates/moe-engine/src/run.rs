@@ -22,8 +22,10 @@ pub struct RunOptions {
     pub model: ModelConfig,
     /// Training settings (when resuming, the checkpoint's, except `steps_override`).
     pub train: TrainConfig,
-    pub source: Source,
-    /// Run directory: metrics.jsonl, loss.png, checkpoints/.
+    /// The data; None: the data the run in `out_dir` recorded when resuming, else the default
+    /// corpus.
+    pub source: Option<Source>,
+    /// Run directory: metrics.jsonl, loss.png, checkpoints/, run.json (the data, for resumes).
     pub out_dir: PathBuf,
     /// Where tokenizers and tokenised corpora are cached.
     pub cache_dir: PathBuf,
@@ -55,10 +57,10 @@ pub struct RunSummary {
 
 /// Prepares the data; under expert parallelism rank 0 first (it may train the tokenizer),
 /// then the others from its cache.
-fn prepare_data(o: &RunOptions, vocab: usize, log: &dyn Fn(&str)) -> Result<Dataset> {
-    let Some(d) = &o.dist else { return Dataset::prepare(&o.source, vocab, &o.cache_dir, log, o.progress) };
+fn prepare_data(o: &RunOptions, source: &Source, vocab: usize, log: &dyn Fn(&str)) -> Result<Dataset> {
+    let Some(d) = &o.dist else { return Dataset::prepare(source, vocab, &o.cache_dir, log, o.progress) };
     let lead = d.shard.rank == 0;
-    let first = if lead { Some(Dataset::prepare(&o.source, vocab, &o.cache_dir, log, o.progress)) } else { None };
+    let first = if lead { Some(Dataset::prepare(source, vocab, &o.cache_dir, log, o.progress)) } else { None };
     if d.any_failed(first.as_ref().is_some_and(|r| r.is_err())) {
         return match first {
             Some(Err(e)) => Err(e),
@@ -67,7 +69,7 @@ fn prepare_data(o: &RunOptions, vocab: usize, log: &dyn Fn(&str)) -> Result<Data
     }
     match first {
         Some(r) => r,
-        None => Dataset::prepare(&o.source, vocab, &o.cache_dir, &|_| {}, false),
+        None => Dataset::prepare(source, vocab, &o.cache_dir, &|_| {}, false),
     }
 }
 
@@ -121,7 +123,16 @@ pub fn run(o: &RunOptions, log: &dyn Fn(&str)) -> Result<RunSummary> {
     };
     let model_cfg = resume_ck.as_ref().map_or(o.model.clone(), |c| c.config.clone());
     model_cfg.validate()?;
-    let data = prepare_data(o, model_cfg.vocab_size, log)?;
+    let recorded = if o.resume { recorded_data(&o.out_dir)? } else { None };
+    let source = match (&o.source, &recorded) {
+        (Some(s), _) => s.clone(),
+        (None, Some(r)) => {
+            log(&format!("data: {r} (recorded by the run)"));
+            Source::parse(Some(Path::new(r)))
+        }
+        (None, None) => Source::RustDocs,
+    };
+    let data = prepare_data(o, &source, model_cfg.vocab_size, log)?;
     let data_key = data.cache_dir.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     if data.tokenizer.vocab_size() > model_cfg.vocab_size {
         return Err(Error::config(
@@ -145,10 +156,17 @@ pub fn run(o: &RunOptions, log: &dyn Fn(&str)) -> Result<RunSummary> {
                 None => Trainer::resume(ck, o.steps_override)?,
             };
             if tr.state.data_key != data_key {
+                let was = recorded.as_deref().unwrap_or("data this build no longer records");
+                let what = match &o.source {
+                    Some(s) if recorded.as_deref() != Some(s.to_arg().as_str()) => {
+                        format!("was trained on another corpus or tokenizer ({was}), not on --data {}", s.to_arg())
+                    }
+                    _ => format!("was trained on another corpus or tokenizer: {was} has changed since"),
+                };
                 return Err(Error::checkpoint(
                     &o.out_dir,
-                    "was trained on another corpus or tokenizer",
-                    "resume with the same --data as the original run",
+                    what,
+                    "resume with the run's own data as it was, or start a new run on this data",
                 ));
             }
             tr
@@ -163,6 +181,9 @@ pub fn run(o: &RunOptions, log: &dyn Fn(&str)) -> Result<RunSummary> {
     std::fs::create_dir_all(&o.out_dir).map_err(Error::io(&o.out_dir))?;
     if lead {
         truncate_metrics(&metrics_path, tr.state.step)?;
+        if recorded.is_none() {
+            record_data(&o.out_dir, &source)?;
+        }
     }
     let unigram = data.unigram_entropy();
     log(&format!(
@@ -315,4 +336,26 @@ fn rank_summary(metrics: &[StepMetrics]) -> Option<String> {
         wait.iter().map(|w| format!("{:.3}", w / n)).collect::<Vec<_>>().join(" / "),
         bytes as f64 / n / 1e6
     ))
+}
+
+/// The run directory's record of its data (`run.json`), written when the run starts.
+fn record_data(out: &Path, source: &Source) -> Result<()> {
+    let json = serde_json::json!({ "data": source.to_arg() });
+    crate::checkpoint::write_atomic(&out.join("run.json"), json.to_string().as_bytes())
+}
+
+/// The `--data` the run in `out` recorded (None for runs from before 2026-12-06).
+fn recorded_data(out: &Path) -> Result<Option<String>> {
+    let path = out.join("run.json");
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&path).map_err(Error::io(&path))?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+        Error::checkpoint(&path, format!("invalid run record ({e})"), "delete it and pass --data again")
+    })?;
+    match v.get("data").and_then(|d| d.as_str()) {
+        Some(d) => Ok(Some(d.to_string())),
+        None => Err(Error::checkpoint(&path, "names no data", "delete it and pass --data again")),
+    }
 }

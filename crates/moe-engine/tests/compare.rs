@@ -131,7 +131,7 @@ fn lockstep_runs_equal_separate_runs_and_report() {
         train: base.train.clone(),
         budget: Budget::Tokens(8 * 2 * 16),
         evals: 4,
-        source: base.source.clone(),
+        source: base.source.clone().unwrap(),
         out_dir: dir.path().join("cmp"),
         cache_dir: base.cache_dir.clone(),
         progress: false,
@@ -184,7 +184,7 @@ fn a_total_time_budget_gives_equal_tokens_capped_at_one_epoch() {
         // Far more time than the data: the cap decides.
         budget: Budget::Total(1e6),
         evals: 2,
-        source: base.source.clone(),
+        source: base.source.clone().unwrap(),
         out_dir: dir.path().join("cmp"),
         cache_dir: base.cache_dir.clone(),
         progress: false,

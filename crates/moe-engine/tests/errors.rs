@@ -6,7 +6,7 @@ use common::{options, tiny_model, write_corpus};
 use moe_engine::checkpoint;
 use moe_engine::config::ModelConfig;
 use moe_engine::corpus::{self, Source};
-use moe_engine::run::run;
+use moe_engine::run::{run, RunOptions};
 use moe_engine::Error;
 use std::path::Path;
 
@@ -75,6 +75,8 @@ fn corrupt_truncated_and_mismatched_checkpoints() {
     let run_dir = trained(dir.path());
     let ck = checkpoint::resolve(&run_dir).unwrap();
     assert!(checkpoint::load(&ck).is_ok());
+    // The parsers' own checks, which also guard checkpoints without a checksum manifest.
+    std::fs::remove_file(ck.join(moe_engine::checksum::MANIFEST)).unwrap();
     let weights = ck.join("model.safetensors");
     let good = std::fs::read(&weights).unwrap();
 
@@ -103,6 +105,40 @@ fn corrupt_truncated_and_mismatched_checkpoints() {
 
     let msg = one_line(&checkpoint::load(&dir.path().join("nowhere")).err().unwrap());
     assert!(msg.contains("no checkpoint here"), "{msg}");
+}
+
+#[test]
+fn one_flipped_byte_in_any_checkpoint_file_is_an_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let ck = checkpoint::resolve(&trained(dir.path())).unwrap();
+    let mut names: Vec<String> =
+        std::fs::read_dir(&ck).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    for f in ["model.safetensors", "optimizer.safetensors", "config.json", "state.json", "tokenizer.json"] {
+        assert!(names.iter().any(|n| n == f), "{f} missing from {names:?}");
+    }
+    for name in &names {
+        let path = ck.join(name);
+        let good = std::fs::read(&path).unwrap();
+        // The first, a middle and the last byte: header, data and trailer of every file.
+        for at in [0, good.len() / 2, good.len() - 1] {
+            let mut bad = good.clone();
+            bad[at] ^= 0x10;
+            std::fs::write(&path, &bad).unwrap();
+            let msg =
+                one_line(&checkpoint::load(&ck).err().unwrap_or_else(|| panic!("{name}: byte {at} flipped, loaded")));
+            assert!(msg.contains(name.as_str()) && msg.contains("corrupt"), "{name} byte {at}: {msg}");
+        }
+        std::fs::write(&path, &good[..good.len() - 1]).unwrap();
+        let msg = one_line(&checkpoint::load(&ck).err().unwrap());
+        assert!(msg.contains(name.as_str()) && msg.contains("corrupt"), "{name} truncated: {msg}");
+        std::fs::write(&path, &good).unwrap();
+        assert!(checkpoint::load(&ck).is_ok());
+    }
+    // A listed file that disappeared is named too.
+    std::fs::remove_file(ck.join("state.json")).unwrap();
+    let msg = one_line(&checkpoint::load(&ck).err().unwrap());
+    assert!(msg.contains("state.json") && msg.contains("missing"), "{msg}");
 }
 
 #[test]
@@ -142,6 +178,28 @@ fn refuses_to_overwrite_or_resume_nothing() {
     wrong.resume = true;
     let msg = one_line(&run(&wrong, &quiet).unwrap_err());
     assert!(msg.contains("another corpus"), "{msg}");
+}
+
+#[test]
+fn resume_remembers_its_data_and_says_when_it_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = write_corpus(dir.path());
+    let mut o = options(dir.path(), &corpus, "run", 8);
+    o.stop_after = Some(4);
+    run(&o, &quiet).unwrap();
+    // --resume without --data continues on the recorded corpus.
+    let again = RunOptions { source: None, resume: true, stop_after: None, ..o.clone() };
+    let s = run(&again, &quiet).unwrap();
+    assert!(s.finished && s.metrics.last().unwrap().step == 8);
+    // The corpus edited in place since: the run names it and says it changed.
+    let mut o2 = options(dir.path(), &corpus, "run2", 8);
+    o2.stop_after = Some(4);
+    run(&o2, &quiet).unwrap();
+    std::fs::write(&corpus, std::fs::read_to_string(&corpus).unwrap().replace("expert", "worker")).unwrap();
+    let resumed = RunOptions { source: None, resume: true, stop_after: None, ..o2 };
+    let msg = one_line(&run(&resumed, &quiet).unwrap_err());
+    let abs = std::fs::canonicalize(&corpus).unwrap();
+    assert!(msg.contains("has changed since") && msg.contains(&abs.display().to_string()), "{msg}");
 }
 
 #[test]

@@ -60,7 +60,7 @@ pub fn options(dir: &Path, corpus: &Path, out: &str, steps: u64) -> RunOptions {
             log_every: 1,
             ..TrainConfig::default()
         },
-        source: Source::Path(corpus.to_path_buf()),
+        source: Some(Source::Path(corpus.to_path_buf())),
         out_dir: dir.join(out),
         cache_dir: dir.join("cache"),
         resume: false,
