@@ -185,6 +185,10 @@ pub struct TrainFlags {
     /// one replica whose products use all threads).
     #[arg(long, default_value_t = 0)]
     pub replicas: usize,
+    /// Steps in a row whose loss or gradient may be NaN or infinite (each one skipped: no
+    /// weight changes) before the run stops, keeping its last checkpoint.
+    #[arg(long, default_value_t = TrainConfig::default().max_skipped_steps)]
+    pub max_skipped_steps: u64,
     /// Tokenizer and token cache (default: ~/.cache/moe).
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
@@ -214,6 +218,7 @@ impl TrainFlags {
             seed: self.seed,
             precision: self.precision,
             replicas: self.replicas,
+            max_skipped_steps: self.max_skipped_steps,
             ..TrainConfig::default()
         }
     }

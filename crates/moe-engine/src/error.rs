@@ -27,8 +27,8 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    #[error("training diverged at step {step}: loss is {loss}; lower --lr or raise --warmup")]
-    Diverged { step: u64, loss: f64 },
+    #[error("training stopped at step {step}: {in_a_row} steps in a row had a non-finite loss or gradient (loss {loss}, gradient norm {grad_norm}); their updates were skipped, so the last checkpoint holds the last good weights; lower --lr, raise --warmup or check the data, then --resume")]
+    NonFinite { step: u64, in_a_row: u64, loss: f64, grad_norm: f64 },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -17,6 +17,7 @@ pub mod generate;
 pub mod inspect;
 pub mod model;
 pub mod moe;
+pub mod nonfinite;
 pub mod params;
 pub mod plan;
 pub mod plot;

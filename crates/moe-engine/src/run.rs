@@ -238,6 +238,17 @@ pub fn run(o: &RunOptions, log: &dyn Fn(&str)) -> Result<RunSummary> {
         if pb.is_hidden() && o.progress && s % (10 * tc.log_every.max(1)) == 0 {
             log(&format!("step {s}/{}: {status}", tc.steps));
         }
+        if m.skipped {
+            let msg = format!(
+                "step {s}: non-finite loss or gradient (loss {:.3e}, gradient norm {:.3e}), update skipped ({} in a row; the run stops after {})",
+                m.loss, m.grad_norm, tr.state.skipped_in_a_row, tc.max_skipped_steps
+            );
+            if pb.is_hidden() {
+                log(&msg);
+            } else {
+                pb.println(msg);
+            }
+        }
         if let Some(r) = m.rebalanced {
             let msg = format!(
                 "step {s}: experts re-placed; max/mean tokens per rank over the last {} steps {:.2} -> {:.2}",

@@ -10,6 +10,7 @@ use crate::dist::Dist;
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::moe::losses::max_over_mean;
+use crate::nonfinite::{self, Fault};
 use crate::params::FfnSpans;
 use crate::replicas::{auto_replicas, Replicas};
 use crate::rng::Rng;
@@ -65,6 +66,10 @@ pub struct TrainConfig {
     /// on one core (`replicas`); 0 = one per thread when they divide the batch.
     #[serde(default)]
     pub replicas: usize,
+    /// Steps in a row whose loss or gradient may be non-finite (each skipped) before the run
+    /// stops (see `nonfinite`).
+    #[serde(default = "crate::nonfinite::default_limit")]
+    pub max_skipped_steps: u64,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -130,6 +135,7 @@ impl Default for TrainConfig {
             rebalance_every: 0,
             redundant_experts: 0,
             replicas: 0,
+            max_skipped_steps: crate::nonfinite::default_limit(),
         }
     }
 }
@@ -221,6 +227,9 @@ pub struct StepMetrics {
     /// Set when the experts were re-placed after this step.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rebalanced: Option<Rebalanced>,
+    /// The loss or gradient was non-finite: the step changed no weight.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub skipped: bool,
 }
 
 /// A live re-placement of the experts: max/mean tokens per rank of the loads it was computed
@@ -241,6 +250,9 @@ pub struct TrainState {
     pub train: TrainConfig,
     /// Identifies the tokenised corpus (cache key); resuming on other data is refused.
     pub data_key: String,
+    /// Non-finite steps skipped in a row up to now.
+    #[serde(default)]
+    pub skipped_in_a_row: u64,
 }
 
 /// Parameters, gradients, moments and buffers of one run.
@@ -262,6 +274,8 @@ pub struct Trainer {
     y_all: Vec<u32>,
     /// Partial sums of squared gradients, one per NORM_CHUNK.
     pub(crate) norm_parts: Vec<f64>,
+    /// A fault the next step injects (tests of the non-finite guard).
+    pub fault: Option<Fault>,
 }
 
 pub(crate) const NORM_CHUNK: usize = 1 << 16;
@@ -279,7 +293,14 @@ impl Trainer {
         train.precision.apply()?;
         let model = Model::sharded(cfg, dist.shard.clone())?;
         let params = model.layout.init(train.seed);
-        let state = TrainState { step: 0, tokens: 0, data_rng: Rng::new(train.seed ^ 0xDA7A), train, data_key };
+        let state = TrainState {
+            step: 0,
+            tokens: 0,
+            data_rng: Rng::new(train.seed ^ 0xDA7A),
+            train,
+            data_key,
+            skipped_in_a_row: 0,
+        };
         Self::assemble(model, params, None, state).with_dist(dist)
     }
 
@@ -339,7 +360,14 @@ impl Trainer {
                 "initialise from a checkpoint of this config",
             ));
         }
-        let state = TrainState { step: 0, tokens: 0, data_rng: Rng::new(train.seed ^ 0xDA7A), train, data_key };
+        let state = TrainState {
+            step: 0,
+            tokens: 0,
+            data_rng: Rng::new(train.seed ^ 0xDA7A),
+            train,
+            data_key,
+            skipped_in_a_row: 0,
+        };
         Ok(Self::assemble(model, params, None, state))
     }
 
@@ -391,6 +419,7 @@ impl Trainer {
             y_all: vec![0; b * t],
             grads: zeroed(p),
             norm_parts: vec![0.0; p.div_ceil(NORM_CHUNK)],
+            fault: None,
             model,
             params,
             m,
@@ -413,9 +442,11 @@ impl Trainer {
             self.state.data_rng = rng;
             // Router jitter noise: a function of (seed, step, micro-batch), so resumes are exact.
             self.forward(Some(tc.seed ^ (self.state.step * 64 + micro as u64).wrapping_mul(0xD1B54A32D192ED03)));
-            let parts = self.loss(true);
-            if !parts.total.is_finite() {
-                return Err(Error::Diverged { step: met.step, loss: parts.total });
+            let mut parts = self.loss(true);
+            match self.fault.take() {
+                Some(Fault::NanLoss) => parts.total = f64::NAN,
+                Some(Fault::InfGradient) => self.grads[0] = f32::INFINITY,
+                None => {}
             }
             let stats = self.reps.reps[0].acts.moe_stats();
             if met.expert_load.is_empty() {
@@ -446,6 +477,10 @@ impl Trainer {
         self.rank_load(counters, &mut met);
         // The mean over micro-batches and replicas.
         let scale = 1.0 / (tc.grad_accum * self.reps.len()) as f64;
+        if !met.loss.is_finite() {
+            // Every rank's gradient norm (summed over ranks) then says skip.
+            self.grads[0] = f32::NAN;
+        }
         let norm = match &self.dist {
             Some(d) => {
                 self.reps.sum_grads(&mut self.grads, None);
@@ -459,8 +494,19 @@ impl Trainer {
             }
         };
         met.grad_norm = norm;
-        let clip = if tc.grad_clip > 0.0 && norm > tc.grad_clip { tc.grad_clip / norm } else { 1.0 };
         met.lr = tc.lr_at(self.state.step);
+        let ranks = self.dist.as_ref().map_or(1, |d| d.shard.ranks);
+        let tokens = (ranks * b * t * tc.grad_accum) as u64;
+        let limit = tc.max_skipped_steps;
+        met.skipped = nonfinite::check(met.step, met.loss, norm, &mut self.state.skipped_in_a_row, limit)?;
+        if met.skipped {
+            self.state.step += 1;
+            self.state.tokens += tokens;
+            met.tokens = self.state.tokens;
+            met.tokens_per_s = tokens as f64 / t0.elapsed().as_secs_f64();
+            return Ok(met);
+        }
+        let clip = if tc.grad_clip > 0.0 && norm > tc.grad_clip { tc.grad_clip / norm } else { 1.0 };
         let h = AdamW {
             lr: met.lr,
             beta1: tc.beta1,
@@ -484,8 +530,6 @@ impl Trainer {
         }
         self.update_selection_bias(&met.expert_load);
         self.maybe_rebalance(&mut met)?;
-        let ranks = self.dist.as_ref().map_or(1, |d| d.shard.ranks);
-        let tokens = (ranks * b * t * tc.grad_accum) as u64;
         self.state.tokens += tokens;
         met.tokens = self.state.tokens;
         met.tokens_per_s = tokens as f64 / t0.elapsed().as_secs_f64();
