@@ -11,7 +11,6 @@ use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::moe::losses::max_over_mean;
 use crate::nonfinite::{self, Fault};
-use crate::params::FfnSpans;
 use crate::replicas::{auto_replicas, Replicas};
 use crate::rng::Rng;
 use moe_kernels::adamw::{adamw_update, AdamW};
@@ -528,40 +527,18 @@ impl Trainer {
                 tsr.decay,
             );
         }
-        self.update_selection_bias(&met.expert_load);
+        crate::moe::select::update_selection_bias(
+            &mut self.params,
+            &self.model.layout,
+            self.model.cfg.bias_update_rate,
+            &met.expert_load,
+        );
         self.maybe_rebalance(&mut met)?;
         self.state.tokens += tokens;
         met.tokens = self.state.tokens;
         met.tokens_per_s = tokens as f64 / t0.elapsed().as_secs_f64();
         met.max_over_mean_load = met.expert_load.iter().map(|l| max_over_mean(l)).collect();
         Ok(met)
-    }
-
-    /// Aux-loss-free balancing (DeepSeek-V3): after the step, each MoE layer's selection bias
-    /// moves by `bias_update_rate` toward the under-loaded experts: b_e += rate * sign(mean - load_e).
-    fn update_selection_bias(&mut self, loads: &[Vec<u32>]) {
-        let rate = self.model.cfg.bias_update_rate as f32;
-        if rate == 0.0 {
-            return;
-        }
-        let spans = self.model.layout.layers.iter().filter_map(|l| match &l.ffn {
-            FfnSpans::Moe(sp) => sp.selection_bias,
-            FfnSpans::Dense { .. } => None,
-        });
-        for (span, load) in spans.zip(loads) {
-            let mean = load.iter().map(|&c| c as f64).sum::<f64>() / load.len() as f64;
-            for (b, &c) in span.of_mut(&mut self.params).iter_mut().zip(load) {
-                let diff = mean - c as f64;
-                *b += rate
-                    * if diff > 0.0 {
-                        1.0
-                    } else if diff < 0.0 {
-                        -1.0
-                    } else {
-                        0.0
-                    };
-            }
-        }
     }
 
     /// Mean cross-entropy over `batches` fixed windows of `val` (the same windows every call).

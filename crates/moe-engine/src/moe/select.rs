@@ -1,6 +1,7 @@
 //! Expert selection: top-k of a token's selection keys (optionally limited to its best groups,
 //! DeepSeek-V3), and expert choice (each expert takes its top tokens). Selection is not
 //! differentiable; gradients flow through the routing weights the router computes from it.
+//! The aux-loss-free selection bias (DeepSeek-V3) moves after every step from the loads it saw.
 
 use moe_kernels::Float;
 
@@ -67,4 +68,31 @@ pub fn expert_choice<T: Float>(out: &mut [u32], n: usize, col: impl Fn(usize) ->
     }
     scratch[..cap].sort_by(cmp);
     out.copy_from_slice(&scratch[..cap]);
+}
+
+/// Aux-loss-free balancing (DeepSeek-V3): after a step, each MoE layer's selection bias in
+/// `params` moves by `rate` toward the under-loaded experts: b_e += rate * sign(mean - load_e).
+/// `loads`[MoE layer][expert] are the step's routed rows.
+pub fn update_selection_bias(params: &mut [f32], layout: &crate::params::Layout, rate: f64, loads: &[Vec<u32>]) {
+    if rate == 0.0 {
+        return;
+    }
+    let spans = layout.layers.iter().filter_map(|l| match &l.ffn {
+        crate::params::FfnSpans::Moe(sp) => sp.selection_bias,
+        crate::params::FfnSpans::Dense { .. } => None,
+    });
+    for (span, load) in spans.zip(loads) {
+        let mean = load.iter().map(|&c| c as f64).sum::<f64>() / load.len() as f64;
+        for (b, &c) in span.of_mut(params).iter_mut().zip(load) {
+            let diff = mean - c as f64;
+            *b += rate as f32
+                * if diff > 0.0 {
+                    1.0
+                } else if diff < 0.0 {
+                    -1.0
+                } else {
+                    0.0
+                };
+        }
+    }
 }
