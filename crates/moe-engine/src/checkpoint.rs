@@ -14,11 +14,26 @@ use safetensors::SafeTensors;
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
+
+/// Test hook of the disk-full path: bytes that `write_atomic` may still write before it fails
+/// as a full disk does (ENOSPC); negative = no limit. Only tests set it.
+#[doc(hidden)]
+pub static DISK_BUDGET: AtomicI64 = AtomicI64::new(-1);
 
 /// Writes `bytes` to `path` atomically: temporary file, fsync, rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
     let mut f = std::fs::File::create(&tmp).map_err(Error::io(&tmp))?;
+    let budget = DISK_BUDGET.load(Ordering::SeqCst);
+    if budget >= 0 && bytes.len() as i64 > budget {
+        DISK_BUDGET.store(0, Ordering::SeqCst);
+        f.write_all(&bytes[..budget as usize]).map_err(Error::io(&tmp))?;
+        return Err(Error::io(&tmp)(std::io::Error::from_raw_os_error(28)));
+    }
+    if budget >= 0 {
+        DISK_BUDGET.fetch_sub(bytes.len() as i64, Ordering::SeqCst);
+    }
     f.write_all(bytes).map_err(Error::io(&tmp))?;
     f.sync_all().map_err(Error::io(&tmp))?;
     drop(f);
@@ -66,7 +81,17 @@ pub struct SaveRequest<'a> {
 
 /// Writes checkpoint `name` under `root` (e.g. runs/x/checkpoints/step-000100), points
 /// `root/latest` at it, and keeps only the newest `keep` checkpoints.
+/// A failed write (a full disk) removes the partial checkpoint and names the intact previous one.
 pub fn save(root: &Path, name: &str, req: &SaveRequest, keep: usize) -> Result<PathBuf> {
+    let tmp = root.join(format!(".{name}.tmp-{}", std::process::id()));
+    let written = write_files(root, name, req).and_then(|tmp| finish(root, name, &tmp, keep));
+    written.map_err(|e| {
+        let _ = std::fs::remove_dir_all(&tmp);
+        failed_write(root, name, e)
+    })
+}
+
+fn write_files(root: &Path, name: &str, req: &SaveRequest) -> Result<PathBuf> {
     let tmp = start(root, name, &format!("{}", std::process::id()), req)?;
     let weights: Vec<(String, Vec<usize>, &[f32])> =
         req.layout.tensors.iter().map(|t| (t.name.clone(), t.shape.clone(), t.span.of(req.params))).collect();
@@ -76,7 +101,17 @@ pub fn save(root: &Path, name: &str, req: &SaveRequest, keep: usize) -> Result<P
         let opt = vec![("adamw.m".to_string(), vec![p], m), ("adamw.v".to_string(), vec![p], v)];
         write_atomic(&tmp.join("optimizer.safetensors"), &safetensors_bytes(&opt, &tmp)?)?;
     }
-    finish(root, name, &tmp, keep)
+    Ok(tmp)
+}
+
+/// The error of a checkpoint that could not be written: the cause and what is still there.
+pub(crate) fn failed_write(root: &Path, name: &str, cause: Error) -> Error {
+    let kept = std::fs::read_to_string(root.join("latest")).ok().map(|l| root.join(l.trim()));
+    let hint = match kept.filter(|k| k.is_dir() && k.file_name() != Some(name.as_ref())) {
+        Some(k) => format!("free disk space or fix the error, then --resume from the intact {}", k.display()),
+        None => "free disk space or fix the error, then run again".into(),
+    };
+    Error::checkpoint(&root.join(name), format!("could not be written ({cause})"), hint)
 }
 
 /// Creates the temporary directory of checkpoint `name` (suffix `tag`) with config.json,
