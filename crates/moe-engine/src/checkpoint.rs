@@ -111,7 +111,7 @@ pub(crate) fn failed_write(root: &Path, name: &str, cause: Error) -> Error {
         Some(k) => format!("free disk space or fix the error, then --resume from the intact {}", k.display()),
         None => "free disk space or fix the error, then run again".into(),
     };
-    Error::checkpoint(&root.join(name), format!("could not be written ({cause})"), hint)
+    Error::checkpoint(root.join(name), format!("could not be written ({cause})"), hint)
 }
 
 /// Creates the temporary directory of checkpoint `name` (suffix `tag`) with config.json,
