@@ -1,4 +1,4 @@
-//! `moe plan` against hand computation for two published models (see README, "Planning"):
+//! `moe plan` against hand computation for two published models (see docs/distributed.md, "Planning"):
 //! Mixtral-8x7B and DeepSeek-V3 parameter counts, whole-model memory, and the fewest 80 GB
 //! devices for bf16 inference; and the planner's count of a preset equals `moe inspect`'s.
 
