@@ -138,7 +138,13 @@ fn load_path(p: &Path) -> Result<Vec<Document>> {
             hint: "point --data at UTF-8 text files".into(),
         });
     }
-    files.iter().map(|f| Ok(Document::from_text(f.display().to_string(), read_utf8(f)?))).collect()
+    // Names relative to --data (a lone file: its file name), so the corpus and its cache key do
+    // not depend on how the path is spelled (a resumed run passes it absolute).
+    let name = |f: &Path| match f.strip_prefix(p) {
+        Ok(rel) if !rel.as_os_str().is_empty() => rel.display().to_string(),
+        _ => f.file_name().map_or_else(|| f.display().to_string(), |n| n.to_string_lossy().into_owned()),
+    };
+    files.iter().map(|f| Ok(Document::from_text(name(f), read_utf8(f)?))).collect()
 }
 
 fn collect_files(p: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
