@@ -156,6 +156,14 @@ impl Cfg<'_> {
     fn f64_or(&self, k: &str, d: f64) -> f64 {
         self.v.get(k).and_then(|x| x.as_f64()).unwrap_or(d)
     }
+    /// `k` as a positive finite number (clamp bounds), or an error naming it.
+    fn positive(&self, k: &str, x: f64) -> Result<f32> {
+        if x.is_finite() && x > 0.0 {
+            Ok(x as f32)
+        } else {
+            Err(self.err(format!("`{k}` is {x}; it bounds values to [-{k}, {k}] and must be positive")))
+        }
+    }
     fn bool_or(&self, k: &str, d: bool) -> bool {
         self.v.get(k).and_then(|x| x.as_bool()).unwrap_or(d)
     }
@@ -333,7 +341,7 @@ impl Spec {
         let act = if arch == GptOss {
             Act::ClampedSwiglu {
                 alpha: c.f64_or("swiglu_alpha", 1.702) as f32,
-                limit: c.f64_or("swiglu_limit", 7.0) as f32,
+                limit: c.positive("swiglu_limit", c.f64_or("swiglu_limit", 7.0))?,
             }
         } else {
             Act::Swiglu
@@ -387,7 +395,10 @@ impl Spec {
                 _ => attention_bias,
             },
             o_bias: arch != Qwen2Moe && arch != DeepseekV3 && attention_bias,
-            clip_qkv: v.get("clip_qkv").and_then(|x| x.as_f64()).map(|x| x as f32).filter(|_| arch == Olmoe),
+            clip_qkv: match v.get("clip_qkv").and_then(|x| x.as_f64()).filter(|_| arch == Olmoe) {
+                Some(x) => Some(c.positive("clip_qkv", x)?),
+                None => None,
+            },
             sinks: arch == GptOss,
             mla,
             attn_scale: attn_scale as f32,
