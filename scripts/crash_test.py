@@ -98,7 +98,8 @@ def main():
         every = (1, 7)[i % 2]
         out = os.path.join(a.work, f"trial-{i:03d}")
         proc = subprocess.Popen(train_args(a.moe_bin, out, data, a.steps, every, a.mpi), **quiet)
-        time.sleep(rng.uniform(0, 1.1 * lengths[every]))
+        delay = rng.uniform(0, 1.1 * lengths[every])
+        time.sleep(delay)
         if proc.poll() is None:
             if a.mpi:
                 if kill_one_rank(proc, rng):
@@ -109,6 +110,10 @@ def main():
                         end_times.append(time.time() - t_kill)
                     except subprocess.TimeoutExpired:
                         counts["hung"] += 1
+                        ps = subprocess.run(["ps", "-o", "pid,stat,etime,cmd", "--ppid", str(proc.pid)],
+                                            capture_output=True, text=True).stdout
+                        print(f"trial {i}: the job did not end within 60 s of the kill ({delay:.2f} s into "
+                              f"the run); still running:\n{ps}", file=sys.stderr)
                         proc.kill()
             else:
                 proc.send_signal(signal.SIGKILL)
