@@ -200,19 +200,24 @@ fn a_rank_that_dies_ends_the_job() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let mut c = mpirun(2);
-    c.args(args(d, "die", 2, 100_000)).args(["--expert-parallel", "2"]);
+    c.args(args(d, "die", 2, 100_000)).args(["--expert-parallel", "2", "--checkpoint-every", "1"]);
     let child = c.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
-    // Wait until training runs, then kill one rank (a child process of mpirun).
+    // Wait until training runs and has checkpointed, then kill one rank (a child of mpirun).
     let t0 = Instant::now();
-    while trace(&d.join("die")).len() < 2 {
+    while trace(&d.join("die")).len() < 2 || !d.join("die/checkpoints/latest").exists() {
         assert!(t0.elapsed() < Duration::from_secs(120), "training did not start");
         std::thread::sleep(Duration::from_millis(100));
     }
     let kids = Command::new("pgrep").args(["-P", &child.id().to_string()]).output().unwrap();
     let pid = String::from_utf8_lossy(&kids.stdout).split_whitespace().next().expect("a rank process").to_string();
     Command::new("kill").args(["-9", &pid]).status().unwrap();
+    let killed = Instant::now();
     let out = finish(child, Duration::from_secs(60));
     assert!(!out.status.success(), "the job went on after a rank died");
+    assert!(killed.elapsed() < Duration::from_secs(20), "the job took {:?} to end", killed.elapsed());
+    // The newest checkpoint (written by both ranks, perhaps interrupted) loads, checksums verified.
+    let ck = moe_engine::checkpoint::load(&d.join("die")).unwrap();
+    assert!(ck.params.iter().all(|x| x.is_finite()));
 }
 
 #[test]
