@@ -254,6 +254,14 @@ pub struct TrainState {
     pub skipped_in_a_row: u64,
 }
 
+impl TrainState {
+    /// The state before the first step.
+    fn fresh(train: TrainConfig, data_key: String) -> Self {
+        let data_rng = Rng::new(train.seed ^ 0xDA7A);
+        TrainState { step: 0, tokens: 0, data_rng, train, data_key, skipped_in_a_row: 0 }
+    }
+}
+
 /// Parameters, gradients, moments and buffers of one run.
 pub struct Trainer {
     pub model: Model<f32>,
@@ -292,14 +300,7 @@ impl Trainer {
         train.precision.apply()?;
         let model = Model::sharded(cfg, dist.shard.clone())?;
         let params = model.layout.init(train.seed);
-        let state = TrainState {
-            step: 0,
-            tokens: 0,
-            data_rng: Rng::new(train.seed ^ 0xDA7A),
-            train,
-            data_key,
-            skipped_in_a_row: 0,
-        };
+        let state = TrainState::fresh(train, data_key);
         Self::assemble(model, params, None, state).with_dist(dist)
     }
 
@@ -359,14 +360,7 @@ impl Trainer {
                 "initialise from a checkpoint of this config",
             ));
         }
-        let state = TrainState {
-            step: 0,
-            tokens: 0,
-            data_rng: Rng::new(train.seed ^ 0xDA7A),
-            train,
-            data_key,
-            skipped_in_a_row: 0,
-        };
+        let state = TrainState::fresh(train, data_key);
         Ok(Self::assemble(model, params, None, state))
     }
 
