@@ -210,3 +210,41 @@ fn layer_balance_sums_the_loads_of_the_steps() {
     assert_eq!(layer_balance(&steps), vec![1.0, 2.0]);
     assert!(layer_balance(&[step(vec![])]).is_empty(), "a dense run has no MoE layer");
 }
+
+/// A load that falls during a comparison (the first half of the rounds twice as slow) biases
+/// plain time-to-loss against a model that reaches the loss early; the load-adjusted speed-up
+/// is exactly the token speed-up over the step-cost ratio.
+#[test]
+fn load_adjusted_wall_clock_removes_a_changing_load() {
+    use moe_engine::compare::VariantRun;
+    let run = |label: &str, cost: f64, loss_at: fn(u64) -> f64| {
+        let load = |j: usize| if j < 50 { 2.0 } else { 1.0 };
+        let step_seconds: Vec<f64> = (0..100).map(|j| cost * load(j)).collect();
+        let val = (1..=10)
+            .map(|k| {
+                let step = k * 10;
+                let seconds = step_seconds[..step as usize].iter().sum();
+                ValPoint { step, tokens: step * 1000, seconds, loss: loss_at(step) }
+            })
+            .collect();
+        VariantRun {
+            label: label.into(),
+            model: ModelConfig::tiny(),
+            steps: 100,
+            val,
+            step_seconds,
+            dir: "d".into(),
+            checkpoint: "c".into(),
+        }
+    };
+    // The MoE reaches the dense model's final loss (1.0) at step 40, with steps 1.25x as long.
+    let runs = vec![run("dense", 1.0, |s| 2.0 - s as f64 / 100.0), run("moe", 1.25, |s| 2.0 - s as f64 / 40.0)];
+    let tc = moe_engine::train::TrainConfig { batch_size: 1, seq_len: 1000, ..Default::default() };
+    let table = rows(&runs, &tc);
+    let m = &table[1];
+    assert!((m.speedup_tokens.unwrap() - 2.5).abs() < 1e-9);
+    // Plain: dense 150 s in all; the MoE 40 slow steps, 100 s: 1.5x instead of 2.5 / 1.25 = 2.
+    assert!((m.speedup_time.unwrap() - 1.5).abs() < 1e-9, "{m:?}");
+    assert!((m.speedup_time_adjusted.unwrap() - 2.0).abs() < 1e-9, "{m:?}");
+    assert!((table[0].speedup_time_adjusted.unwrap() - 1.0).abs() < 1e-12);
+}

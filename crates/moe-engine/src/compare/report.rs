@@ -32,6 +32,9 @@ pub struct Row {
     /// Reference tokens (seconds) divided by this variant's tokens (seconds) to that loss.
     pub speedup_tokens: Option<f64>,
     pub speedup_time: Option<f64>,
+    /// The wall-clock speed-up with every step's time taken relative to the reference's step of
+    /// the same lockstep round (see [`load_adjusted`]): unbiased when the machine's load changes.
+    pub speedup_time_adjusted: Option<f64>,
 }
 
 /// Tokens and seconds at which the validation curve first gets down to `target`, linearly
@@ -67,10 +70,34 @@ fn median(v: &[f64]) -> f64 {
     s.get(s.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
+/// Each run's validation points with load-adjusted seconds: a step counts its time over the
+/// reference's step of the same lockstep round (the rounds run one step of every model in turn,
+/// so both saw the same load), times the reference's median step time. A load that rises or
+/// falls during a comparison then weighs on every model alike, whereas plain time-to-loss sets
+/// a model's early steps against the reference's whole run. Past the reference's last step, its
+/// median step stands in.
+pub fn load_adjusted(runs: &[VariantRun]) -> Vec<Vec<ValPoint>> {
+    let Some(rf) = runs.first() else { return vec![] };
+    let base = median(&rf.step_seconds);
+    runs.iter()
+        .map(|r| {
+            let mut cum = vec![0.0; r.step_seconds.len() + 1];
+            for (j, &s) in r.step_seconds.iter().enumerate() {
+                let round = rf.step_seconds.get(j).copied().unwrap_or(base);
+                cum[j + 1] = cum[j] + s / round.max(1e-12) * base;
+            }
+            let at = |step: u64| cum.get(step as usize).copied().unwrap_or(f64::NAN);
+            r.val.iter().map(|v| ValPoint { seconds: at(v.step), ..*v }).collect()
+        })
+        .collect()
+}
+
 /// The table rows; the first run is the reference.
 pub fn rows(runs: &[VariantRun], tc: &TrainConfig) -> Vec<Row> {
     let last = |r: &VariantRun| r.val.last().copied();
     let reference = runs.first().and_then(last);
+    let adjusted = load_adjusted(runs);
+    let ref_adjusted = adjusted.first().and_then(|v| v.last().copied());
     let per_step = (tc.batch_size * tc.seq_len * tc.grad_accum) as f64;
     runs.iter()
         .enumerate()
@@ -85,6 +112,12 @@ pub fn rows(runs: &[VariantRun], tc: &TrainConfig) -> Vec<Row> {
             let speed = |f: fn(&ValPoint) -> f64, g: fn((f64, f64)) -> f64| {
                 reference.zip(hit).map(|(rf, h)| f(&rf) / g(h).max(1e-12))
             };
+            let hit_adjusted = match (i, ref_adjusted) {
+                (0, Some(rf)) => Some((rf.tokens as f64, rf.seconds)),
+                (_, Some(_)) => reference.and_then(|rf| reach(&adjusted[i], rf.loss)),
+                _ => None,
+            };
+            let adjusted_speed = ref_adjusted.zip(hit_adjusted).map(|(rf, h)| rf.seconds / h.1.max(1e-12));
             Row {
                 label: r.label.clone(),
                 shape: shape(r),
@@ -99,6 +132,7 @@ pub fn rows(runs: &[VariantRun], tc: &TrainConfig) -> Vec<Row> {
                 reach: hit,
                 speedup_tokens: speed(|v| v.tokens as f64, |h| h.0),
                 speedup_time: speed(|v| v.seconds, |h| h.1),
+                speedup_time_adjusted: adjusted_speed,
             }
         })
         .collect()
@@ -118,15 +152,15 @@ pub fn markdown(rows: &[Row]) -> String {
         rf.tokens as f64 / 1e6,
         rf.seconds
     );
-    t += "| run | shape | total params | active params | train GFLOP/token | train memory | tokens/s | final val loss | tokens to ref. loss | time to ref. loss | speed-up (tokens) | speed-up (wall-clock) |\n";
-    t += "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+    t += "| run | shape | total params | active params | train GFLOP/token | train memory | tokens/s | final val loss | tokens to ref. loss | time to ref. loss | speed-up (tokens) | speed-up (wall-clock) | speed-up (wall-clock, load-adjusted) |\n";
+    t += "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
     for r in rows {
         let (reach_t, reach_s) = r.reach.map_or(("not reached".into(), "not reached".into()), |(k, s)| {
             (format!("{:.2} M", k / 1e6), format!("{s:.0} s"))
         });
         let x = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.2}x"));
         t += &format!(
-            "| {} | {} | {:.2} M | {:.2} M | {:.4} | {} | {:.0} | {:.4} | {} | {} | {} | {} |\n",
+            "| {} | {} | {:.2} M | {:.2} M | {:.4} | {} | {:.0} | {:.4} | {} | {} | {} | {} | {} |\n",
             r.label,
             r.shape,
             r.total_params as f64 / 1e6,
@@ -138,7 +172,8 @@ pub fn markdown(rows: &[Row]) -> String {
             reach_t,
             reach_s,
             x(r.speedup_tokens),
-            x(r.speedup_time)
+            x(r.speedup_time),
+            x(r.speedup_time_adjusted)
         );
     }
     t += "\n";
