@@ -83,7 +83,7 @@ pub struct SaveRequest<'a> {
 /// `root/latest` at it, and keeps only the newest `keep` checkpoints.
 /// A failed write (a full disk) removes the partial checkpoint and names the intact previous one.
 pub fn save(root: &Path, name: &str, req: &SaveRequest, keep: usize) -> Result<PathBuf> {
-    let tmp = root.join(format!(".{name}.tmp-{}", std::process::id()));
+    let tmp = tmp_dir(root, name, &std::process::id().to_string());
     let written = write_files(root, name, req).and_then(|tmp| finish(root, name, &tmp, keep));
     written.map_err(|e| {
         let _ = std::fs::remove_dir_all(&tmp);
@@ -92,7 +92,7 @@ pub fn save(root: &Path, name: &str, req: &SaveRequest, keep: usize) -> Result<P
 }
 
 fn write_files(root: &Path, name: &str, req: &SaveRequest) -> Result<PathBuf> {
-    let tmp = start(root, name, &format!("{}", std::process::id()), req)?;
+    let tmp = start(root, name, &std::process::id().to_string(), req)?;
     let weights: Vec<(String, Vec<usize>, &[f32])> =
         req.layout.tensors.iter().map(|t| (t.name.clone(), t.shape.clone(), t.span.of(req.params))).collect();
     write_atomic(&tmp.join("model.safetensors"), &safetensors_bytes(&weights, &tmp)?)?;
@@ -114,11 +114,16 @@ pub(crate) fn failed_write(root: &Path, name: &str, cause: Error) -> Error {
     Error::checkpoint(root.join(name), format!("could not be written ({cause})"), hint)
 }
 
+/// Where checkpoint `name` is written before it is renamed into place (`tag`: the writer).
+pub(crate) fn tmp_dir(root: &Path, name: &str, tag: &str) -> PathBuf {
+    root.join(format!(".{name}.tmp-{tag}"))
+}
+
 /// Creates the temporary directory of checkpoint `name` (suffix `tag`) with config.json,
 /// state.json and tokenizer.json.
 pub(crate) fn start(root: &Path, name: &str, tag: &str, req: &SaveRequest) -> Result<PathBuf> {
     std::fs::create_dir_all(root).map_err(Error::io(root))?;
-    let tmp = root.join(format!(".{name}.tmp-{tag}"));
+    let tmp = tmp_dir(root, name, tag);
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(Error::io(&tmp))?;
     }
@@ -184,7 +189,7 @@ pub fn resolve(path: &Path) -> Result<PathBuf> {
     ))
 }
 
-/// The file memory-mapped (a rank reads only the pages of its own experts) and its tensors.
+/// The file memory-mapped (a rank decodes only the pages of its own experts) and its tensors.
 fn map_f32_tensors(path: &Path) -> Result<memmap2::Mmap> {
     let file = std::fs::File::open(path).map_err(Error::io(path))?;
     // SAFETY: the map is read-only and private to this load; checkpoints are written into a
@@ -248,8 +253,8 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
 
 /// Loads the part of a checkpoint that one rank of an expert-parallel job holds: every
 /// replicated tensor and the experts of its slots (parameters and moments in the layout
-/// `Layout::sharded(config, shard)`); the files are memory-mapped, so a rank reads only its
-/// own experts.
+/// `Layout::sharded(config, shard)`); the files are memory-mapped, so a rank copies only its
+/// own experts into memory (the checksum verification streams each whole file once).
 pub fn load_sharded(path: &Path, shard: &Shard) -> Result<Checkpoint> {
     let dir = resolve(path)?;
     crate::checksum::verify(&dir)?;

@@ -3,6 +3,7 @@
 //! null, a string, a list and a removal. Loading must end in a model or an error, and a model
 //! that loads must run a forward pass (or return an error): never a panic.
 
+mod common;
 use moe_infer::{Cache, Model};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -27,13 +28,10 @@ fn with_config(src: &Path, dst: &Path, config: &Value) {
 /// Loads and runs the model; Err(message) on a panic.
 fn try_model(dir: &Path) -> Result<(), String> {
     let dir = dir.to_path_buf();
-    std::panic::catch_unwind(move || {
+    common::no_panic(move || {
         if let Ok(m) = Model::load(&dir) {
             let _ = m.forward(&[1, 2, 3], &mut Cache::new(&m.spec), false);
         }
-    })
-    .map_err(|p| {
-        p.downcast_ref::<String>().cloned().or(p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default()
     })
 }
 

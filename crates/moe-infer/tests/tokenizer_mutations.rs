@@ -4,6 +4,7 @@
 //! cut at every 7th byte. Loading, encoding, decoding and rendering end in a result or an error,
 //! never a panic.
 
+mod common;
 use moe_infer::tokenizer::HfTokenizer;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -26,7 +27,7 @@ fn write(src: &Path, dst: &Path, tokenizer: &Value, template: Option<&str>) {
 /// Loads, encodes, decodes and renders; Ok(whether it loaded), Err(message) on a panic.
 fn exercise(dir: &Path) -> Result<bool, String> {
     let dir = dir.to_path_buf();
-    std::panic::catch_unwind(move || {
+    common::no_panic(move || {
         let loaded = HfTokenizer::load(&dir);
         if let Ok(t) = &loaded {
             if let Ok(ids) = t.encode("fn main() { println!(\"héllo\"); } <s>", true) {
@@ -38,9 +39,6 @@ fn exercise(dir: &Path) -> Result<bool, String> {
             let _ = t.encode_chat(&msgs);
         }
         loaded.is_ok()
-    })
-    .map_err(|p| {
-        p.downcast_ref::<String>().cloned().or(p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default()
     })
 }
 

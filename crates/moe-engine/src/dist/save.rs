@@ -139,7 +139,7 @@ pub fn save_from_ranks(d: &Dist, root: &Path, name: &str, req: &SaveRequest, kee
         });
     }
     // Every rank derives the same file names and offsets as rank 0.
-    let tmp = root.join(format!(".{name}.tmp-{tag}"));
+    let tmp = crate::checkpoint::tmp_dir(root, name, tag);
     let [wh, oh] = Files::headers(&full, req.moments.is_some());
     let files = Files {
         model: (tmp.join("model.safetensors"), wh.map_or(0, |h| h.len() as u64)),
