@@ -25,4 +25,4 @@ pub mod tokenizer;
 pub mod weight;
 
 pub use error::{Error, Result};
-pub use model::{Cache, Model};
+pub use model::{Cache, Model, Seq};

@@ -1,5 +1,6 @@
 //! A Hugging Face MoE model at inference: weights memory-mapped from the checkpoint, a KV
-//! cache, and the forward pass of every supported architecture (one sequence at a time).
+//! cache, and the forward pass of every supported architecture (one sequence, or a batch of
+//! sequences that share every weight read).
 
 use crate::attention::{attend, Dims};
 use crate::config::{Act, Norm, QkNorm, Spec};
@@ -11,6 +12,7 @@ use crate::store::TensorStore;
 use crate::weight::Quant;
 use moe_engine::dist::Comm;
 use moe_kernels::float::dot;
+use std::borrow::Cow;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -31,6 +33,12 @@ pub struct Cache {
     pub v: Vec<Vec<f32>>,
     pub len: usize,
     pub tokens: Vec<u32>,
+}
+
+/// One sequence of a batched forward: its new tokens and its cache.
+pub struct Seq<'a> {
+    pub tokens: &'a [u32],
+    pub cache: &'a mut Cache,
 }
 
 impl Cache {
@@ -150,74 +158,133 @@ impl Model {
 
     /// Runs `tokens` at positions cache.len.. and appends them to the cache. Returns the logits
     /// [T, V] of every new position when `all`, else [1, V] of the last.
-    ///
-    /// LongRoPE switches its schedule once the sequence outgrows original_max_position_embeddings;
-    /// like transformers' generate, the cached positions are then recomputed with the long one.
     pub fn forward(&self, tokens: &[u32], cache: &mut Cache, all: bool) -> Result<Vec<f32>> {
-        if tokens.is_empty() {
-            return Err(Error::Input("no tokens to run".into()));
-        }
-        if let Some(&bad) = tokens.iter().find(|&&id| id as usize >= self.spec.vocab) {
-            return Err(Error::Input(format!("token id {bad} is outside the vocabulary (size {})", self.spec.vocab)));
-        }
-        let orig = self.spec.rope.original;
-        if self.spec.rope.long.is_some() && cache.len > 0 && cache.len <= orig && cache.len + tokens.len() > orig {
-            let (t, mut seq) = (tokens.len(), std::mem::take(&mut cache.tokens));
-            seq.extend_from_slice(tokens);
-            cache.clear();
-            let logits = self.run(&seq, cache, all)?;
-            return Ok(if all { logits[(seq.len() - t) * self.spec.vocab..].to_vec() } else { logits });
-        }
-        self.run(tokens, cache, all)
+        let mut out = self.forward_batch(&mut [Seq { tokens, cache }], all)?;
+        Ok(out.pop().unwrap_or_default())
     }
 
-    fn run(&self, tokens: &[u32], cache: &mut Cache, all: bool) -> Result<Vec<f32>> {
+    /// One step for several sequences at once (continuous batching): each brings its new
+    /// tokens (a prompt chunk or one decoded token) and its own cache. Their rows go through
+    /// every weight matrix together, so each matrix and each expert is read once per step for
+    /// all the rows routed to it; attention runs per sequence against its own cache. Returns
+    /// each sequence's logits as `forward` does.
+    ///
+    /// LongRoPE switches its schedule once a sequence outgrows original_max_position_embeddings;
+    /// like transformers' generate, that sequence's cached positions are then recomputed with
+    /// the long one.
+    pub fn forward_batch(&self, seqs: &mut [Seq], all: bool) -> Result<Vec<Vec<f32>>> {
+        for sq in seqs.iter() {
+            if sq.tokens.is_empty() {
+                return Err(Error::Input("no tokens to run".into()));
+            }
+            if let Some(&bad) = sq.tokens.iter().find(|&&id| id as usize >= self.spec.vocab) {
+                return Err(Error::Input(format!(
+                    "token id {bad} is outside the vocabulary (size {})",
+                    self.spec.vocab
+                )));
+            }
+        }
+        let orig = self.spec.rope.original;
+        let mut toks = Vec::with_capacity(seqs.len());
+        let mut rerun = vec![0; seqs.len()];
+        for (sq, skip) in seqs.iter_mut().zip(&mut rerun) {
+            let len = sq.cache.len;
+            if self.spec.rope.long.is_some() && len > 0 && len <= orig && len + sq.tokens.len() > orig {
+                let mut seq = std::mem::take(&mut sq.cache.tokens);
+                *skip = seq.len();
+                seq.extend_from_slice(sq.tokens);
+                sq.cache.clear();
+                toks.push(Cow::Owned(seq));
+            } else {
+                toks.push(Cow::Borrowed(sq.tokens));
+            }
+        }
+        let mut caches: Vec<&mut Cache> = seqs.iter_mut().map(|sq| &mut *sq.cache).collect();
+        let mut out = self.run(&toks, &mut caches, all)?;
+        if all {
+            for (o, skip) in out.iter_mut().zip(rerun) {
+                o.drain(..skip * self.spec.vocab);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The forward pass of `toks[i]` at positions caches[i].len.. (rows of all sequences
+    /// stacked: x [T, C] with T the sum of their lengths).
+    fn run(&self, toks: &[Cow<[u32]>], caches: &mut [&mut Cache], all: bool) -> Result<Vec<Vec<f32>>> {
         let s = &self.spec;
-        let (t, c, pos0) = (tokens.len(), s.hidden, cache.len);
+        let c = s.hidden;
+        let mut spans = Vec::with_capacity(toks.len());
+        let (mut cos, mut sin) = (vec![], vec![]);
+        for (tk, cache) in toks.iter().zip(caches.iter()) {
+            let row0 = spans.last().map_or(0, |&(r, n)| r + n);
+            spans.push((row0, tk.len()));
+            let pos0 = cache.len;
+            let (cs, sn) = s.rope.tables(pos0, tk.len(), pos0 + tk.len());
+            cos.extend(cs);
+            sin.extend(sn);
+        }
+        let t: usize = toks.iter().map(|tk| tk.len()).sum();
         let mut x = vec![0.0f32; t * c];
-        for (row, &id) in x.chunks_exact_mut(c).zip(tokens) {
+        for (row, &id) in x.chunks_exact_mut(c).zip(toks.iter().flat_map(|tk| tk.iter())) {
             self.w.embed.row_f32(id as usize, row);
             row.iter_mut().for_each(|v| *v *= s.embed_mult);
         }
-        let (cos, sin) = s.rope.tables(pos0, t, pos0 + t);
         let mut hn = vec![0.0f32; t * c];
         let mut out = vec![0.0f32; t * c];
         for (li, layer) in self.w.layers.iter().enumerate() {
             norm(s, &layer.in_norm, &x, &mut hn);
-            self.attention(li, layer, &hn, t, cache, &cos, &sin, &mut out);
+            self.attention(li, layer, &hn, &spans, caches, (&cos, &sin), &mut out);
             x.iter_mut().zip(&out).for_each(|(a, b)| *a += b * s.residual_mult);
             norm(s, &layer.post_norm, &x, &mut hn);
             self.ffn(li, &hn, t, &mut out)?;
             x.iter_mut().zip(&out).for_each(|(a, b)| *a += b * s.residual_mult);
         }
-        cache.len += t;
-        cache.tokens.extend_from_slice(tokens);
-        let rows = if all { 0 } else { t - 1 };
-        let xs = &x[rows * c..];
+        for (tk, cache) in toks.iter().zip(caches.iter_mut()) {
+            cache.len += tk.len();
+            cache.tokens.extend_from_slice(tk);
+        }
+        // the rows whose logits are wanted: all, or the last of each sequence
+        let rows: Vec<(usize, usize)> = spans.iter().map(|&(r, n)| if all { (r, n) } else { (r + n - 1, 1) }).collect();
+        let n: usize = rows.iter().map(|r| r.1).sum();
+        let mut xs = Vec::with_capacity(n * c);
+        for &(r, m) in &rows {
+            xs.extend_from_slice(&x[r * c..(r + m) * c]);
+        }
         let mut last = vec![0.0; xs.len()];
-        norm(s, &self.w.norm, xs, &mut last);
-        let n = t - rows;
+        norm(s, &self.w.norm, &xs, &mut last);
         let mut logits = vec![0.0; n * s.vocab];
         self.w.lm_head.forward(&last, n, &mut logits);
         if s.logits_div != 1.0 {
             logits.iter_mut().for_each(|v| *v /= s.logits_div);
         }
-        Ok(logits)
+        let mut rest = &logits[..];
+        Ok(rows
+            .iter()
+            .map(|&(_, m)| {
+                let (head, tail) = rest.split_at(m * s.vocab);
+                rest = tail;
+                head.to_vec()
+            })
+            .collect())
     }
 
+    /// Attention of the stacked rows x[T, C]: projections over all rows at once, then each
+    /// sequence (rows spans[i] = (first row, count)) appends its keys and values to caches[i]
+    /// and attends to them. (cos, sin) are the rope tables of every row.
     #[allow(clippy::too_many_arguments)]
     fn attention(
         &self,
         li: usize,
         layer: &Layer,
         x: &[f32],
-        t: usize,
-        cache: &mut Cache,
-        cos: &[f32],
-        sin: &[f32],
+        spans: &[(usize, usize)],
+        caches: &mut [&mut Cache],
+        (cos, sin): (&[f32], &[f32]),
         out: &mut [f32],
     ) {
         let s = &self.spec;
+        let t: usize = spans.iter().map(|sp| sp.1).sum();
         let (nh, g, d, dv) = (s.heads, s.kv_heads, s.head_dim, s.v_dim);
         let half = s.rope.dim / 2;
         let rot = |v: &mut [f32], heads: usize, stride: usize, off: usize| {
@@ -248,8 +315,10 @@ impl Model {
                 }
                 rot(&mut q, nh, d, 0);
                 rot(&mut k, g, d, 0);
-                cache.k[li].extend_from_slice(&k);
-                cache.v[li].extend_from_slice(&v);
+                for (&(r, n), cache) in spans.iter().zip(caches.iter_mut()) {
+                    cache.k[li].extend_from_slice(&k[r * g * d..(r + n) * g * d]);
+                    cache.v[li].extend_from_slice(&v[r * g * d..(r + n) * g * d]);
+                }
                 (o, sinks.as_deref())
             }
             Attn::Mla { q_a, q: qp, kv_a, kv_norm, kv_b, o } => {
@@ -275,20 +344,25 @@ impl Model {
                 rot(&mut ckv, 1, w, m.kv_lora);
                 let mut kv = vec![0.0; t * nh * (m.nope + m.v)];
                 kv_b.forward(&lat, t, &mut kv);
-                let (kc, vc) = (&mut cache.k[li], &mut cache.v[li]);
-                for i in 0..t {
-                    for hh in 0..nh {
-                        let src = &kv[(i * nh + hh) * (m.nope + m.v)..][..m.nope + m.v];
-                        kc.extend_from_slice(&src[..m.nope]);
-                        kc.extend_from_slice(&ckv[i * w + m.kv_lora..][..m.rope]);
-                        vc.extend_from_slice(&src[m.nope..]);
+                for (&(r, n), cache) in spans.iter().zip(caches.iter_mut()) {
+                    let (kc, vc) = (&mut cache.k[li], &mut cache.v[li]);
+                    for i in r..r + n {
+                        for hh in 0..nh {
+                            let src = &kv[(i * nh + hh) * (m.nope + m.v)..][..m.nope + m.v];
+                            kc.extend_from_slice(&src[..m.nope]);
+                            kc.extend_from_slice(&ckv[i * w + m.kv_lora..][..m.rope]);
+                            vc.extend_from_slice(&src[m.nope..]);
+                        }
                     }
                 }
                 (o, None)
             }
         };
-        let dims = Dims { t, pos0: cache.len, h: nh, g, dk: d, dv };
-        attend(&mut heads_out, &q, &cache.k[li], &cache.v[li], dims, s.attn_scale, s.windows[li], sinks);
+        for (&(r, n), cache) in spans.iter().zip(caches.iter()) {
+            let dims = Dims { t: n, pos0: cache.len, h: nh, g, dk: d, dv };
+            let (qs, hs) = (&q[r * nh * d..(r + n) * nh * d], &mut heads_out[r * nh * dv..(r + n) * nh * dv]);
+            attend(hs, qs, &cache.k[li], &cache.v[li], dims, s.attn_scale, s.windows[li], sinks);
+        }
         o.forward(&heads_out, t, out);
     }
 
