@@ -8,6 +8,7 @@ mod export_cmd;
 mod hf;
 mod perplexity_cmd;
 mod plan_cmd;
+mod serve_cmd;
 mod train_cmd;
 
 use anyhow::{bail, Context, Result};
@@ -43,6 +44,8 @@ enum Cmd {
     Upcycle(Box<compare_cmd::UpcycleArgs>),
     /// Generate text from a checkpoint of ours or a Hugging Face model directory.
     Generate(GenerateArgs),
+    /// Serve a Hugging Face or GGUF model over an OpenAI-compatible HTTP API (continuous batching).
+    Serve(serve_cmd::ServeArgs),
     /// Show parameters, FLOPs and memory of a preset, config file, checkpoint or Hugging Face model.
     Inspect(InspectArgs),
     /// Write the float32 logits of every position of a Hugging Face model to a .npy file.
@@ -229,6 +232,7 @@ fn real_main() -> Result<()> {
         Cmd::Compare(a) => compare_cmd::compare(*a),
         Cmd::Upcycle(a) => compare_cmd::upcycle_cmd(*a),
         Cmd::Generate(a) => generate_cmd(a),
+        Cmd::Serve(a) => serve_cmd::serve(a),
         Cmd::Inspect(a) => inspect(a),
         Cmd::Logits(a) => hf::logits(a),
         Cmd::Plot(a) => plot(a),

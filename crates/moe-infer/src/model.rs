@@ -7,7 +7,7 @@ use crate::config::{Act, Norm, QkNorm, Spec};
 use crate::error::{Error, Result};
 use crate::expert_cache::{CacheStats, ExpertCache};
 use crate::load::{load, Attn, FfnW, Layer, NormW, Weights};
-use crate::moe::{experts_forward, route, Routing};
+use crate::moe::{experts_forward, route, ExpertLoad, Routing};
 use crate::store::TensorStore;
 use crate::weight::Quant;
 use moe_engine::dist::Comm;
@@ -24,6 +24,8 @@ pub struct Model {
     pub ep: Option<Arc<dyn Comm>>,
     /// A memory budget for the experts (see `set_max_memory`).
     pub cache: Option<Mutex<ExpertCache>>,
+    /// Counts the tokens routed to each expert when set (see `count_expert_load`).
+    pub load: Option<ExpertLoad>,
 }
 
 /// Keys and values of every layer for positions 0..len: k [len, G, Dk], v [len, G, Dv], and
@@ -44,6 +46,33 @@ pub struct Seq<'a> {
 impl Cache {
     pub fn new(spec: &Spec) -> Self {
         Cache { k: vec![vec![]; spec.layers], v: vec![vec![]; spec.layers], len: 0, tokens: vec![] }
+    }
+
+    /// A cache that holds `tokens` positions without reallocating (its memory is allocated
+    /// up front: what a server reserves for a sequence is what it uses).
+    pub fn with_capacity(spec: &Spec, tokens: usize) -> Self {
+        let (k, v) = Self::floats_per_token(spec);
+        Cache {
+            k: (0..spec.layers).map(|_| Vec::with_capacity(tokens * k)).collect(),
+            v: (0..spec.layers).map(|_| Vec::with_capacity(tokens * v)).collect(),
+            len: 0,
+            tokens: Vec::with_capacity(tokens),
+        }
+    }
+
+    /// Floats of keys and of values one position adds to one layer: [G, Dk] and [G, Dv], or
+    /// MLA's expanded per-head keys [H, nope + rope] and values [H, Dv].
+    fn floats_per_token(spec: &Spec) -> (usize, usize) {
+        match spec.mla {
+            Some(m) => (spec.heads * (m.nope + m.rope), spec.heads * m.v),
+            None => (spec.kv_heads * spec.head_dim, spec.kv_heads * spec.v_dim),
+        }
+    }
+
+    /// Bytes one position takes in every layer.
+    pub fn bytes_per_token(spec: &Spec) -> usize {
+        let (k, v) = Self::floats_per_token(spec);
+        4 * spec.layers * (k + v)
     }
     fn clear(&mut self) {
         self.k.iter_mut().chain(self.v.iter_mut()).for_each(|x| x.clear());
@@ -67,7 +96,7 @@ impl Model {
             (Spec::from_dir(dir)?, TensorStore::open(dir)?)
         };
         let w = load(&store, &spec)?;
-        Ok(Model { spec, store, w, ep: None, cache: None })
+        Ok(Model { spec, store, w, ep: None, cache: None, load: None })
     }
 
     /// Keeps the weights within `max_bytes`: the shared weights stay resident and the experts
@@ -98,6 +127,17 @@ impl Model {
         cache.budget = budget;
         self.cache = Some(Mutex::new(cache));
         Ok(budget)
+    }
+
+    /// From now on, counts the tokens routed to each expert of each MoE layer (`self.load`).
+    pub fn count_expert_load(&mut self) {
+        let moe_layers = self.w.layers.iter().filter(|l| matches!(l.ffn, FfnW::Moe(_))).count();
+        self.load = Some(ExpertLoad::new(moe_layers, self.spec.moe.experts));
+    }
+
+    /// The MoE layers before layer `li`.
+    fn moe_index(&self, li: usize) -> usize {
+        self.w.layers[..li].iter().filter(|l| matches!(l.ffn, FfnW::Moe(_))).count()
     }
 
     /// What the expert cache did so far (None without a memory budget).
@@ -392,8 +432,7 @@ impl Model {
     /// the next MoE layer's router picks for the same hidden state x[T, C].
     fn fetch_experts(&self, li: usize, r: &Routing, x: &[f32], t: usize) {
         let Some(cache) = &self.cache else { return };
-        let is_moe = |l: &Layer| matches!(l.ffn, FfnW::Moe(_));
-        let mi = self.w.layers[..li].iter().filter(|l| is_moe(l)).count();
+        let mi = self.moe_index(li);
         let next = self.w.layers[li + 1..].iter().find_map(|l| match &l.ffn {
             FfnW::Moe(m) => Some(m),
             FfnW::Dense(_) => None,
@@ -413,6 +452,9 @@ impl Model {
             FfnW::Dense(mlp) => mlp.forward(x, t, Act::Swiglu, out),
             FfnW::Moe(m) => {
                 let r = self.route_all(m, x, t);
+                if let Some(load) = &self.load {
+                    load.add(self.moe_index(li), &r.ids);
+                }
                 self.fetch_experts(li, &r, x, t);
                 out[..t * c].fill(0.0);
                 experts_forward(&s.moe, &m.experts, x, t, &r, out);

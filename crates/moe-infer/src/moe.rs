@@ -189,3 +189,30 @@ pub fn experts_forward(spec: &MoeSpec, experts: &[Option<Expert>], x: &[f32], n:
         }
     }
 }
+
+/// Tokens routed to each expert of each MoE layer, counted across forwards (a server reports
+/// the expert load of the traffic it served). Counts [MoE layer][expert].
+pub struct ExpertLoad(std::sync::Mutex<Vec<Vec<u64>>>);
+
+impl ExpertLoad {
+    pub fn new(moe_layers: usize, experts: usize) -> Self {
+        ExpertLoad(std::sync::Mutex::new(vec![vec![0; experts]; moe_layers]))
+    }
+
+    /// Counts the routing `ids` [T*K] of MoE layer `layer`.
+    pub fn add(&self, layer: usize, ids: &[u32]) {
+        let mut c = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(row) = c.get_mut(layer) {
+            for &e in ids {
+                if let Some(n) = row.get_mut(e as usize) {
+                    *n += 1;
+                }
+            }
+        }
+    }
+
+    /// A copy of the counts.
+    pub fn snapshot(&self) -> Vec<Vec<u64>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
