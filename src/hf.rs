@@ -22,17 +22,14 @@ pub fn tokenizer_dir(model: &Path, flag: Option<&Path>) -> PathBuf {
     }
 }
 
-/// The tokenizer of `model`; a GGUF file's embedded vocabulary is not read, so its
-/// tokenizer.json must sit next to it or be named by --tokenizer.
+/// The tokenizer of `model`: the tokenizer.json in `flag` or beside the model, else (a GGUF
+/// file) the tokenizer embedded in the file, so a lone .gguf works.
 pub fn tokenizer(model: &Path, flag: Option<&Path>) -> Result<HfTokenizer> {
     let dir = tokenizer_dir(model, flag);
-    HfTokenizer::load(&dir).map_err(|e| {
-        if model.is_file() && flag.is_none() {
-            anyhow::anyhow!("{e} (a GGUF file's embedded tokenizer is not read: put the model's Hugging Face tokenizer.json next to {}, or pass --tokenizer DIR)", model.display())
-        } else {
-            e.into()
-        }
-    })
+    if flag.is_none() && model.is_file() && !dir.join("tokenizer.json").is_file() {
+        return Ok(HfTokenizer::from_gguf(model)?);
+    }
+    Ok(HfTokenizer::load(&dir)?)
 }
 
 /// True when `dir` holds a Hugging Face checkpoint (config.json naming an architecture).
@@ -84,7 +81,7 @@ pub struct GenOpts<'a> {
     pub chat: bool,
     pub system: Option<&'a str>,
     pub quant: Option<&'a str>,
-    /// Directory of the tokenizer.json (default: the model directory, or the GGUF file's).
+    /// Directory of the tokenizer.json (default: the model directory; for a GGUF file, a tokenizer.json beside it, else the one embedded in the file).
     pub tokenizer: Option<&'a Path>,
     /// A memory budget for the weights, in bytes.
     pub max_memory: Option<u64>,
@@ -200,7 +197,7 @@ pub struct LogitsArgs {
     /// Hugging Face checkpoint directory, or a llama.cpp GGUF file.
     #[arg(long)]
     model: PathBuf,
-    /// Directory of the tokenizer.json (default: the model directory, or the GGUF file's).
+    /// Directory of the tokenizer.json (default: the model directory; for a GGUF file, a tokenizer.json beside it, else the one embedded in the file).
     #[arg(long)]
     tokenizer: Option<PathBuf>,
     /// Comma-separated token ids.

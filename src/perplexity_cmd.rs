@@ -11,7 +11,7 @@ pub struct PerplexityArgs {
     /// Hugging Face checkpoint directory, or a llama.cpp GGUF file.
     #[arg(long)]
     model: PathBuf,
-    /// Directory of the tokenizer.json (default: the model directory, or the GGUF file's).
+    /// Directory of the tokenizer.json (default: the model directory; for a GGUF file, a tokenizer.json beside it, else the one embedded in the file).
     #[arg(long)]
     tokenizer: Option<PathBuf>,
     /// Quantise the weight matrices on load.

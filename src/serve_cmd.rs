@@ -9,10 +9,10 @@ use std::path::PathBuf;
 
 #[derive(Args)]
 pub struct ServeArgs {
-    /// A Hugging Face model directory, or a llama.cpp GGUF file with its tokenizer.json beside it.
+    /// A Hugging Face model directory, or a llama.cpp GGUF file (its embedded tokenizer, or a tokenizer.json beside it).
     #[arg(long)]
     model: PathBuf,
-    /// Directory of the tokenizer.json (default: the model directory, or the GGUF file's).
+    /// Directory of the tokenizer.json (default: the model directory; for a GGUF file, a tokenizer.json beside it, else the one embedded in the file).
     #[arg(long)]
     tokenizer: Option<PathBuf>,
     /// The model id clients send (default: the directory or file name).

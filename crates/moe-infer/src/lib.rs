@@ -11,6 +11,7 @@ pub mod fdot;
 pub mod generate;
 pub mod gguf;
 pub mod gguf_model;
+pub mod gguf_tokenizer;
 pub mod inspect;
 pub mod kquant;
 pub mod linear;

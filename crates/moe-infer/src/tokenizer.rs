@@ -66,6 +66,23 @@ impl HfTokenizer {
         })
     }
 
+    /// The tokenizer embedded in a GGUF file (see `gguf_tokenizer`).
+    pub fn from_gguf(path: &Path) -> Result<Self> {
+        let file = std::fs::File::open(path).map_err(io(path))?;
+        // SAFETY: a read-only map, read while the file is open (as the model loader does).
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io(path))?;
+        let g = crate::gguf::Gguf::parse(&map, path)?;
+        let e = crate::gguf_tokenizer::embedded(&g)?.ok_or_else(|| Error::Tokenizer {
+            path: path.to_path_buf(),
+            msg: "has no embedded tokenizer (no tokenizer.ggml.model); put the model's tokenizer.json next to it or pass --tokenizer DIR".into(),
+        })?;
+        let tok = e.json.to_string().parse::<tokenizers::Tokenizer>().map_err(|err| Error::Tokenizer {
+            path: path.to_path_buf(),
+            msg: format!("its embedded tokenizer cannot be built ({err})"),
+        })?;
+        Ok(HfTokenizer { tok, template: e.template, bos: e.bos, eos: e.eos, path: path.to_path_buf() })
+    }
+
     fn err(&self, e: impl std::fmt::Display) -> Error {
         Error::Tokenizer { path: self.path.clone(), msg: e.to_string() }
     }

@@ -45,7 +45,8 @@ impl Server {
     }
 
     fn start_on(dir: &Path, o: ServeOptions) -> Server {
-        let (model, tok) = (Model::load(dir).unwrap(), HfTokenizer::load(dir).unwrap());
+        let tok = if dir.is_file() { HfTokenizer::from_gguf(dir) } else { HfTokenizer::load(dir) };
+        let (model, tok) = (Model::load(dir).unwrap(), tok.unwrap());
         let eos = eos_ids(dir, &model, &tok);
         let router = moe_serve::app(model, tok, eos, o).unwrap();
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
@@ -371,4 +372,15 @@ fn a_client_that_leaves_frees_its_sequence_and_a_full_queue_answers_503() {
     wait_for("all done", || metric(a, "moe_running_sequences") == 0.0 && metric(a, "moe_kv_cache_used_bytes") == 0.0);
     srv.shutdown().unwrap();
     assert!(TcpStream::connect(a).is_err(), "the port is closed after shutdown");
+}
+
+#[test]
+fn a_lone_gguf_file_is_served_with_its_embedded_tokenizer() {
+    let gguf = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../moe-infer/tests/fixtures/gguf/mixtral-f32.gguf");
+    let srv = Server::start_on(&gguf, options());
+    let body =
+        json!({"model": NAME, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "ignore_eos": true});
+    let r = post(srv.addr, "/v1/chat/completions", body);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["usage"]["completion_tokens"], 4);
 }
