@@ -83,10 +83,15 @@ pub fn app(mut model: Model, tok: HfTokenizer, eos: Vec<u32>, o: ServeOptions) -
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves; requests in flight finish first.
+/// Streamed tokens leave at once (TCP_NODELAY: no Nagle delay on small SSE chunks).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: axum::Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, router).with_graceful_shutdown(shutdown).await
 }

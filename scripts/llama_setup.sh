@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Builds the llama.cpp peer and the benchmark GGUF files that scripts/bench_infer.sh and
+# scripts/bench_serve.sh share (re-runnable: finished parts are skipped).
+#   source scripts/llama_setup.sh WORKDIR      # sets $src (llama.cpp tree with build/bin)
+# llama.cpp comes from llama-cpp-python's PyPI sdist (vendor/llama.cpp), built with AMX disabled
+# (its AMX kernels die with SIGILL on this CPU, GUIDE section 6). The models are random-weight
+# Mixtral- and OLMoE-shaped 1 B checkpoints (scripts/make_checkpoint.py) in bf16, Q8_0 and Q4_0.
+set -euo pipefail
+work=$1
+mkdir -p "$work"
+src="$work/llama_cpp_python"
+if [ ! -f "$src/CMakeLists.txt" ]; then
+  python3 - "$work" <<'PY'
+import json, os, sys, tarfile, urllib.request
+work = sys.argv[1]
+d = json.load(urllib.request.urlopen("https://pypi.org/pypi/llama-cpp-python/json", timeout=60))
+sdist = next(f for f in d["urls"] if f["packagetype"] == "sdist")
+path = sdist["url"].split("/packages/", 1)[1]
+urllib.request.urlretrieve("https://files.pythonhosted.org/packages/" + path, f"{work}/llama.tar.gz")
+with tarfile.open(f"{work}/llama.tar.gz") as t:
+    top = t.getnames()[0].split("/")[0]
+    t.extractall(work, filter="data")
+os.replace(f"{work}/{top}/vendor/llama.cpp", f"{work}/llama_cpp_python")
+PY
+fi
+if [ ! -x "$src/build/bin/llama-server" ] || [ ! -x "$src/build/bin/llama-bench" ]; then
+  flags="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+  cmake -S "$src" -B "$src/build" -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DCMAKE_BUILD_TYPE=Release \
+    -DCMAKE_C_FLAGS="$flags" -DCMAKE_CXX_FLAGS="$flags" > "$work/cmake.log"
+  cmake --build "$src/build" --target llama-bench llama-quantize llama-server -j 2 > "$work/build.log"
+fi
+pip install -q "$src/gguf-py"
+for arch in mixtral olmoe; do
+  model="$work/$arch-1b"
+  gguf="$work/$arch-1b-bf16.gguf"
+  [ -f "$model/config.json" ] || python3 scripts/make_checkpoint.py --arch "$arch" --out "$model"
+  if [ ! -f "$work/$arch-1b-q4_0.gguf" ]; then
+    python3 scripts/llama_convert.py "$src" "$model" "$gguf" bf16 > "$work/convert.log" 2>&1
+    python3 scripts/llama_convert.py "$src" "$model" "$work/$arch-1b-q8_0.gguf" q8_0 >> "$work/convert.log" 2>&1
+    "$src/build/bin/llama-quantize" "$gguf" "$work/$arch-1b-q4_0.gguf" Q4_0 > "$work/quantize.log" 2>&1
+  fi
+done
