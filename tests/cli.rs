@@ -104,10 +104,10 @@ fn gguf_files_run_like_their_hugging_face_checkpoint() {
     let (code, got, err) = moe(&[&gen[..], &[&gguf, "--tokenizer", &hf]].concat());
     assert_eq!(code, 0, "{err}");
     assert_eq!(got, want);
-    // Without a tokenizer beside it, the error says where to put one.
-    let (code, _, err) = moe(&[&gen[..], &[&gguf]].concat());
-    assert_eq!(code, 1);
-    assert!(err.contains("--tokenizer DIR") && err.contains("tokenizer.json"), "{err}");
+    // Alone, it runs with the tokenizer embedded in the file.
+    let (code, out, err) = moe(&[&gen[..], &[&gguf]].concat());
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("hello world"), "{out}");
     let (code, out, _) = moe(&["inspect", &format!("{f}/gguf/mixtral-q8_0.gguf")]);
     assert_eq!(code, 0);
     assert!(out.contains("MixtralForCausalLM") && out.contains("Q8_0"), "{out}");
