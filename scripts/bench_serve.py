@@ -3,7 +3,7 @@
 clients, each sending R streamed /v1/completions requests one after another (a bounded loop),
 with the same prompt (token ids) and a fixed number of new tokens (ignore_eos, which moe serve and
 llama-server both accept). Reports, per concurrency level: aggregate generated tokens/s,
-requests/s, median and p90 time to first token, median inter-token latency.
+requests/s, time to first token and inter-token latency (p50 and p99), failed requests.
 
     python3 scripts/bench_serve.py --url http://127.0.0.1:8080 --model NAME --clients 1 4 16 64
 Prints one JSON line per level (and a table to stderr). Standard library only.
@@ -70,14 +70,19 @@ def level(url, model, clients, per_client, prompt_tokens, max_tokens):
         t.join()
     wall = time.perf_counter() - t0
     ttft = sorted(r[0] for r in results)
-    itl = [b - a for _, ts, _ in results for a, b in zip(ts, ts[1:])]
+    itl = sorted(b - a for _, ts, _ in results for a, b in zip(ts, ts[1:]))
+
+    def pct(xs, q, scale=1.0, nd=3):
+        return round(scale * xs[max(0, math.ceil(q * len(xs)) - 1)], nd) if xs else None
+
     tokens = sum(r[2] or len(r[1]) for r in results)
     return {
         "clients": clients, "requests": len(results), "errors": len(errors), "wall_s": round(wall, 2),
         "tokens_per_s": round(tokens / wall, 2), "requests_per_s": round(len(results) / wall, 3),
-        "ttft_median_s": round(statistics.median(ttft), 3) if ttft else None,
-        "ttft_p90_s": round(ttft[max(0, math.ceil(0.9 * len(ttft)) - 1)], 3) if ttft else None,
-        "itl_median_ms": round(1000 * statistics.median(itl), 1) if itl else None,
+        "ttft_p50_s": round(statistics.median(ttft), 3) if ttft else None,
+        "ttft_p99_s": pct(ttft, 0.99),
+        "itl_p50_ms": round(1000 * statistics.median(itl), 1) if itl else None,
+        "itl_p99_ms": pct(itl, 0.99, 1000, 1),
         "first_error": errors[0] if errors else None,
     }
 
@@ -94,11 +99,12 @@ def main():
     a = p.parse_args()
     level(a.url, a.model, 1, 1, a.prompt_tokens, 4)  # warm-up (first-touch of the weights), not reported
     for n in a.clients:
-        r = level(a.url, a.model, n, a.requests_per_client, a.prompt_tokens, a.max_tokens)
+        per_client = max(a.requests_per_client, -(-8 // n))  # at least 8 requests per level
+        r = level(a.url, a.model, n, per_client, a.prompt_tokens, a.max_tokens)
         r["label"] = a.label
         print(json.dumps(r), flush=True)
-        print(f"{a.label:>24} {n:>3} clients: {r['tokens_per_s']:8.1f} tok/s  ttft {r['ttft_median_s']} s  "
-              f"itl {r['itl_median_ms']} ms  errors {r['errors']}", file=sys.stderr, flush=True)
+        print(f"{a.label:>24} {n:>3} clients: {r['tokens_per_s']:8.1f} tok/s  ttft {r['ttft_p50_s']}/{r['ttft_p99_s']} s  "
+              f"itl {r['itl_p50_ms']}/{r['itl_p99_ms']} ms  errors {r['errors']}", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 # Serving load test: `moe serve` against llama.cpp's llama-server on the same GGUF files
 # (Mixtral- and OLMoE-shaped 1 B, Q8_0 and Q4_0), 2 threads each, continuous batching on both
 # (--parallel 64), loopback only, with scripts/bench_serve.py at 1, 4, 16 and 64 concurrent
-# clients (2 streamed requests each, 64 prompt tokens, 32 new tokens, ignore_eos).
+# clients (2 streamed requests each, at least 8 per level, 64 prompt tokens, 32 new tokens, ignore_eos).
 #   bash scripts/bench_serve.sh [WORKDIR]     # from the project root; default /tmp/moe-bench-infer
 # The peer and the models come from scripts/llama_setup.sh. Results: WORKDIR/serve.jsonl.
 set -euo pipefail
@@ -47,14 +47,15 @@ python3 - "$out" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 by = {(r["label"], r["clients"]): r for r in rows}
-print("| model | clients | moe tok/s | llama-server tok/s | ratio | moe TTFT (s) | llama TTFT (s) | moe ITL (ms) | llama ITL (ms) |")
-print("|---|---|---|---|---|---|---|---|---|")
+print("| model | clients | moe tok/s | llama-server tok/s | ratio | TTFT p50/p99 moe (s) | llama | ITL p50/p99 moe (ms) | llama | failed moe/llama |")
+print("|---|---|---|---|---|---|---|---|---|---|")
 for (label, n), m in by.items():
     if not label.startswith("moe "):
         continue
     l = by.get(("llama " + label[4:], n))
     if l:
         print(f"| {label[4:]} | {n} | {m['tokens_per_s']} | {l['tokens_per_s']} | {m['tokens_per_s'] / max(l['tokens_per_s'], 1e-9):.2f} "
-              f"| {m['ttft_median_s']} | {l['ttft_median_s']} | {m['itl_median_ms']} | {l['itl_median_ms']} |")
+              f"| {m['ttft_p50_s']}/{m['ttft_p99_s']} | {l['ttft_p50_s']}/{l['ttft_p99_s']} "
+              f"| {m['itl_p50_ms']}/{m['itl_p99_ms']} | {l['itl_p50_ms']}/{l['itl_p99_ms']} | {m['errors']}/{l['errors']} |")
 PY
 uptime

@@ -1,5 +1,5 @@
 //! `moe serve`: the OpenAI-compatible HTTP server (crates/moe-serve) over a Hugging Face model
-//! directory or a GGUF file, on loopback unless told otherwise.
+//! directory, a GGUF file or a checkpoint trained here, on loopback unless told otherwise.
 
 use crate::{args, hf};
 use anyhow::{bail, Context, Result};
@@ -10,8 +10,12 @@ use std::path::PathBuf;
 #[derive(Args)]
 pub struct ServeArgs {
     /// A Hugging Face model directory, or a llama.cpp GGUF file (its embedded tokenizer, or a tokenizer.json beside it).
+    #[arg(long, required_unless_present = "checkpoint", conflicts_with = "checkpoint")]
+    model: Option<PathBuf>,
+    /// A model trained here: a checkpoint or run directory (its latest checkpoint). Mixtral-form
+    /// models, with or without the default preset's selection bias.
     #[arg(long)]
-    model: PathBuf,
+    checkpoint: Option<PathBuf>,
     /// Directory of the tokenizer.json (default: the model directory; for a GGUF file, a tokenizer.json beside it, else the one embedded in the file).
     #[arg(long)]
     tokenizer: Option<PathBuf>,
@@ -61,14 +65,35 @@ pub fn serve(a: ServeArgs) -> Result<()> {
     if a.bf16 {
         crate::enable_bf16()?;
     }
-    let mut model = hf::load(&a.model, a.quant.as_deref(), None)?;
-    if let Some(max) = a.max_memory {
-        model.set_max_memory(max)?;
+    // a checkpoint of ours is written in the inference layout to a private directory, loaded
+    // (memory-mapped) and the directory removed: the mapping keeps the data
+    let (path, scratch) = match (&a.model, &a.checkpoint) {
+        (Some(m), _) => (m.clone(), None),
+        (None, Some(c)) => {
+            let ck = moe_engine::checkpoint::load(c)?;
+            let dir = std::env::temp_dir().join(format!("moe-serve-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            moe_infer::from_moe::write_mixtral(&ck, &dir, true)?;
+            (dir.clone(), Some(dir))
+        }
+        (None, None) => bail!("pass --model DIR_OR_GGUF or --checkpoint RUN_DIR"),
+    };
+    let loaded = (|| -> Result<_> {
+        let mut model = hf::load(&path, a.quant.as_deref(), None)?;
+        if let Some(max) = a.max_memory {
+            model.set_max_memory(max)?;
+        }
+        let tok = hf::tokenizer(&path, a.tokenizer.as_deref())?;
+        let eos = eos_ids(&hf::tokenizer_dir(&path, a.tokenizer.as_deref()), &model, &tok);
+        Ok((model, tok, eos))
+    })();
+    if let Some(d) = scratch {
+        let _ = std::fs::remove_dir_all(d);
     }
-    let tok = hf::tokenizer(&a.model, a.tokenizer.as_deref())?;
-    let eos = eos_ids(&hf::tokenizer_dir(&a.model, a.tokenizer.as_deref()), &model, &tok);
+    let (model, tok, eos) = loaded?;
+    let named = a.checkpoint.as_ref().map_or(&path, |c| c);
     let name = a.alias.clone().unwrap_or_else(|| {
-        let stem = if a.model.is_file() { a.model.file_stem() } else { a.model.file_name() };
+        let stem = if named.is_file() { named.file_stem() } else { named.file_name() };
         stem.map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned())
     });
     let opts = moe_serve::ServeOptions {

@@ -66,7 +66,7 @@ fn models_mixtral_cannot_express_are_refused() {
     let out = dir.path().join("hf");
     let (code, _, err) = moe(&["export", "--checkpoint", ck.to_str().unwrap(), "--out", out.to_str().unwrap()]);
     assert_eq!(code, 1);
-    assert!(err.contains("cannot be exported as Mixtral: it has a shared expert"), "{err}");
+    assert!(err.contains("cannot be written as Mixtral: it has a shared expert"), "{err}");
 }
 
 #[test]
@@ -85,4 +85,89 @@ fn perplexity_of_a_text() {
     let (code, _, err) = moe(&["perplexity", "--model", f, "--text", empty.to_str().unwrap()]);
     assert_eq!(code, 1);
     assert!(err.contains("fewer than 2 tokens"), "{err}");
+}
+
+/// Logits of the training engine and of the inference engine on `dir` (a written checkpoint).
+fn logits_both(ck: &std::path::Path, dir: &std::path::Path, ids: &[u32]) -> (Vec<f32>, Vec<f32>) {
+    let loaded = moe_engine::checkpoint::load(ck).unwrap();
+    let model = Model::<f32>::new(loaded.config.clone()).unwrap();
+    let mut acts = Acts::new(&model.cfg, 1, ids.len(), ids.len());
+    let mut cache = KvCache::new(&model.cfg, 1, ids.len());
+    model.forward(&loaded.params, &mut acts, &mut cache, ids, 0);
+    let want = acts.logits[..ids.len() * model.cfg.vocab_size].to_vec();
+    let inf = moe_infer::Model::load(dir).unwrap();
+    (inf.forward(ids, &mut moe_infer::Cache::new(&inf.spec), true).unwrap(), want)
+}
+
+#[test]
+fn the_default_presets_selection_bias_runs_in_the_inference_engine_and_is_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = ModelConfig {
+        num_local_experts: 4,
+        num_experts_per_tok: 2,
+        norm_topk_prob: true,
+        bias_update_rate: 0.05,
+        ..ModelConfig::tiny()
+    };
+    let ck = trained(cfg, dir.path());
+    let loaded = moe_engine::checkpoint::load(&ck).unwrap();
+    assert!(loaded.config.has_selection_bias());
+    // HF export refuses it; the inference layout with the bias gives the training engine's logits
+    let (code, _, err) =
+        moe(&["export", "--checkpoint", ck.to_str().unwrap(), "--out", dir.path().join("x").to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("selection bias"), "{err}");
+    let out = dir.path().join("inf");
+    moe_infer::from_moe::write_mixtral(&loaded, &out, true).unwrap();
+    let ids = [3u32, 17, 5, 99, 42, 7, 120, 1, 64, 9, 33, 2];
+    let (got, want) = logits_both(&ck, &out, &ids);
+    let diff = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    assert!(diff < 1e-4, "logits differ by {diff}");
+    // without the bias they would differ: the test sees the bias
+    std::fs::remove_dir_all(&out).unwrap();
+    let mut plain = moe_engine::checkpoint::load(&ck).unwrap();
+    plain.config.bias_update_rate = 0.0;
+    let layout = moe_engine::params::Layout::new(&loaded.config);
+    let mut params = vec![];
+    for t in &layout.tensors {
+        if !t.name.ends_with("selection_bias") {
+            params.extend_from_slice(t.span.of(&loaded.params));
+        }
+    }
+    plain.params = params;
+    moe_infer::from_moe::write_mixtral(&plain, &out, false).unwrap();
+    let (unbiased, _) = logits_both(&ck, &out, &ids);
+    let off = unbiased.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    assert!(off > 1e-3, "the selection bias changed no routing ({off}); the test needs a stronger bias");
+
+    // moe serve --checkpoint answers over loopback (with a tokenizer: these test runs train on raw ids)
+    let tk = concat!(env!("CARGO_MANIFEST_DIR"), "/crates/moe-infer/tests/fixtures/mixtral/tokenizer.json");
+    std::fs::copy(tk, ck.join("tokenizer.json")).unwrap();
+    let mut srv = std::process::Command::new(env!("CARGO_BIN_EXE_moe"))
+        .args(["serve", "--checkpoint", ck.to_str().unwrap(), "--port", "0", "--alias", "ours"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(srv.stderr.take().unwrap()));
+    let mut said = vec![];
+    let addr = loop {
+        let l = lines.next().unwrap_or_else(|| panic!("no address; the server said {said:?}")).unwrap();
+        said.push(l.clone());
+        if let Some(rest) = l.split("http://").nth(1) {
+            break rest.split('/').next().unwrap().to_string();
+        }
+    };
+    let body = r#"{"model": "ours", "prompt": [3, 17, 5], "max_tokens": 5, "temperature": 0, "ignore_eos": true}"#;
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    let req = format!(
+        "POST /v1/completions HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    std::io::Write::write_all(&mut s, req.as_bytes()).unwrap();
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut s, &mut answer).unwrap();
+    srv.kill().unwrap();
+    let _ = srv.wait();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("\"completion_tokens\":5"), "{answer}");
 }

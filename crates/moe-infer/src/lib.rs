@@ -8,6 +8,7 @@ pub mod config;
 pub mod error;
 pub mod expert_cache;
 pub mod fdot;
+pub mod from_moe;
 pub mod generate;
 pub mod gguf;
 pub mod gguf_model;

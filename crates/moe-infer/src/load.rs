@@ -190,6 +190,10 @@ impl L<'_> {
         let router = self.lin(&router_name, e, h, m.router_bias)?;
         let score_bias = match s.arch {
             Arch::DeepseekV3 => Some(self.st.vector(&format!("{blk}gate.e_score_correction_bias"), e)?),
+            // a model trained by moe with aux-loss-free balancing (see `from_moe`)
+            Arch::Mixtral if self.st.contains(&format!("{blk}gate.e_score_correction_bias")) => {
+                Some(self.st.vector(&format!("{blk}gate.e_score_correction_bias"), e)?)
+            }
             _ => None,
         };
         let experts = self.experts(&blk)?.into_iter().map(Some).collect();

@@ -70,13 +70,17 @@ impl Expert {
 }
 
 /// Routes one token: `logits[E]` (router bias already added), `score_bias` the selection-only
-/// bias (DeepSeek-V3). Writes the chosen experts and their weights.
+/// bias (DeepSeek-V3, and moe's own softmax models). Writes the chosen experts and their weights.
 pub fn route(spec: &MoeSpec, logits: &[f32], score_bias: Option<&[f32]>, ids: &mut [u32], w: &mut [f32]) {
     let e = logits.len();
     match spec.router {
         Router::SoftmaxTopk { renorm } => {
             let p = softmax(logits);
-            topk(ids, &p, |_| true);
+            match score_bias {
+                // selection by score + bias, weights from the scores (moe's aux-loss-free balancing)
+                Some(b) => topk(ids, &p.iter().zip(b).map(|(s, b)| s + b).collect::<Vec<f32>>(), |_| true),
+                None => topk(ids, &p, |_| true),
+            }
             fill(w, ids, &p);
             if renorm {
                 normalize(w, 0.0);

@@ -108,6 +108,12 @@ async fn chat(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection>) 
         if msgs.is_empty() {
             return Err(ApiError::bad("messages is empty").param("messages"));
         }
+        if app.tok.template.is_none() {
+            return Err(ApiError::bad(format!(
+                "model `{}` has no chat template; send a prompt to /v1/completions instead",
+                app.name
+            )));
+        }
         let ids = app.tok.encode_chat(&msgs).map_err(|e| ApiError::bad(format!("the chat template failed: {e}")))?;
         app.run(Kind::Chat, ids, &req.params).await
     };
