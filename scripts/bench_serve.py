@@ -3,7 +3,7 @@
 clients, each sending R streamed /v1/completions requests one after another (a bounded loop),
 with the same prompt (token ids) and a fixed number of new tokens (ignore_eos, which moe serve and
 llama-server both accept). Reports, per concurrency level: aggregate generated tokens/s,
-requests/s, time to first token and inter-token latency (p50 and p99), failed requests.
+requests/s, time to first token and inter-token latency per request (p50 and p99), failed requests.
 
     python3 scripts/bench_serve.py --url http://127.0.0.1:8080 --model NAME --clients 1 4 16 64
 Prints one JSON line per level (and a table to stderr). Standard library only.
@@ -44,7 +44,7 @@ def one(url, body):
         ev = json.loads(data)
         if ev.get("usage"):
             tokens = ev["usage"]["completion_tokens"]
-        if ev.get("choices") and ev["choices"][0].get("text"):
+        if ev.get("choices"):  # one chunk per token on both servers (text may be empty)
             times.append(time.perf_counter() - t0)
     c.close()
     return (times[0] if times else float("nan")), times, tokens
@@ -70,7 +70,9 @@ def level(url, model, clients, per_client, prompt_tokens, max_tokens):
         t.join()
     wall = time.perf_counter() - t0
     ttft = sorted(r[0] for r in results)
-    itl = sorted(b - a for _, ts, _ in results for a, b in zip(ts, ts[1:]))
+    # inter-token latency of a request: (last chunk - first chunk) / (tokens - 1), which does
+    # not depend on whether the finish_reason rides on the last token's chunk or its own
+    itl = sorted((ts[-1] - ts[0]) / (n - 1) for _, ts, n in results if n > 1 and len(ts) > 1)
 
     def pct(xs, q, scale=1.0, nd=3):
         return round(scale * xs[max(0, math.ceil(q * len(xs)) - 1)], nd) if xs else None

@@ -270,9 +270,9 @@ impl Scheduler {
             } else {
                 match s.text.push(&self.tok, next) {
                     Ok((piece, stopped)) => {
-                        if !piece.is_empty() {
-                            let _ = s.req.events.send(Event::Text(piece));
-                        }
+                        // one event per token, empty while the text is incomplete (as llama-server
+                        // and OpenAI stream), so clients see every token's timing
+                        let _ = s.req.events.send(Event::Text(piece));
                         if stopped {
                             Some(Finish::Stop)
                         } else if s.generated >= s.req.max_tokens || s.cache.len + 1 > self.cfg.ctx {
