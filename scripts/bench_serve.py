@@ -12,6 +12,7 @@ import argparse
 import http.client
 import json
 import math
+import random
 import statistics
 import sys
 import threading
@@ -19,9 +20,11 @@ import time
 import urllib.parse
 
 def prompt(i, n):
-    """n token ids (3..99: inside every vocabulary, clear of BOS/EOS), different per request; ids
-    rather than text, so both servers see exactly the same tokens."""
-    return [3 + (i * 7919 + j * 104729) % 97 for j in range(n)]
+    """n token ids (3..99: inside every vocabulary, clear of BOS/EOS) drawn at random, seeded by
+    the request number, so no two prompts share a prefix a server could reuse from its cache;
+    ids rather than text, so both servers see exactly the same tokens."""
+    rng = random.Random(1000 + i)
+    return [rng.randrange(3, 100) for _ in range(n)]
 
 
 def one(url, body):

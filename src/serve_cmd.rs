@@ -44,8 +44,9 @@ pub struct ServeArgs {
     /// Requests whose prompt plus max_tokens do not fit wait in the queue.
     #[arg(long, value_parser = args::parse_size)]
     kv_memory: Option<u64>,
-    /// Prompt tokens prefilled per step, between the decode steps of running sequences.
-    #[arg(long, default_value_t = 128)]
+    /// Prompt tokens prefilled per step, between the decode steps of running sequences (larger:
+    /// more throughput under load, longer pauses of running streams while a prompt is read).
+    #[arg(long, default_value_t = 512)]
     prefill_chunk: usize,
     /// Requests that may wait for a slot; beyond it new requests get 503 with Retry-After.
     #[arg(long, default_value_t = 256)]
