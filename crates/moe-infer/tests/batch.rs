@@ -3,6 +3,9 @@
 //! sequences joining and leaving) give the logits each sequence gets alone, for every
 //! architecture (including PhiMoE's LongRoPE switch, crossed inside a batch) and float GGUF files.
 
+mod common;
+
+use common::FIXTURES;
 use moe_infer::{Cache, Model, Seq};
 use std::path::PathBuf;
 
@@ -67,18 +70,7 @@ fn check(name: &str) {
 
 #[test]
 fn every_architecture_batches_exactly() {
-    for name in [
-        "mixtral",
-        "mixtral_fused",
-        "qwen2_moe",
-        "qwen3_moe",
-        "olmoe",
-        "deepseek_v3",
-        "granitemoe",
-        "phimoe",
-        "gpt_oss",
-        "gpt_oss_mxfp4",
-    ] {
+    for name in FIXTURES {
         check(name);
     }
 }

@@ -2,6 +2,9 @@
 //! spread over 2 and 4 in-process ranks (each keeping only its own, quantised or not), gives
 //! the logits of one process; a rank count that does not divide the experts is refused.
 
+mod common;
+
+use common::FIXTURES;
 use moe_engine::dist::{thread_ranks, Comm};
 use moe_infer::weight::Quant;
 use moe_infer::{Cache, Model};
@@ -12,19 +15,6 @@ use std::time::Duration;
 fn dir(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
 }
-
-const ARCHS: [&str; 10] = [
-    "mixtral",
-    "mixtral_fused",
-    "qwen2_moe",
-    "qwen3_moe",
-    "olmoe",
-    "deepseek_v3",
-    "granitemoe",
-    "phimoe",
-    "gpt_oss",
-    "gpt_oss_mxfp4",
-];
 
 fn load(name: &str, quant: Option<Quant>) -> Model {
     let mut m = Model::load(&dir(name)).unwrap();
@@ -69,7 +59,7 @@ fn logits(name: &str, p: usize, quant: Option<Quant>, ids: &[u32]) -> (Vec<f32>,
 #[test]
 fn ranks_holding_their_experts_give_the_logits_of_one_process() {
     let ids = [1u32, 5, 9, 2, 7, 3];
-    for name in ARCHS {
+    for name in FIXTURES {
         let e = Model::load(&dir(name)).unwrap().spec.moe.experts;
         for p in [2, 4].into_iter().filter(|p| e.is_multiple_of(*p)) {
             for quant in [None, Some(Quant::Q8_0)] {
