@@ -2,6 +2,7 @@
 //! others are decoded in panels of rows into a small per-thread buffer and multiplied panel by
 //! panel, so the weights are never copied whole.
 
+use crate::qdot::Q8Row;
 use crate::weight::{quantize_q8_row, Dtype, Weight};
 use moe_kernels::matmul::{matmul, matmul_strided, Mat};
 use rayon::prelude::*;
@@ -84,11 +85,23 @@ impl Linear {
                 self.w.dot_row(row, &x[tok * i..(tok + 1) * i])
             }
         };
+        let act = |tok: usize| {
+            let b = tok * i / 32..(tok + 1) * i / 32;
+            Q8Row { xq: &xq[tok * i..(tok + 1) * i], xd: &xd[b.clone()], xs: &xs[b] }
+        };
         let mut t = vec![0.0f32; n * o]; // [o, n], so parallel chunks are contiguous
         t.par_chunks_mut(CHUNK * n).enumerate().for_each(|(c, ts)| {
             for (k, tr) in ts.chunks_exact_mut(n).enumerate() {
-                for (tok, v) in tr.iter_mut().enumerate() {
-                    *v = dot(c * CHUNK + k, tok);
+                let row = c * CHUNK + k;
+                let mut tok = 0;
+                // integer kernels: four tokens per pass over the row
+                while q8 && tok + 4 <= n {
+                    let a = [act(tok), act(tok + 1), act(tok + 2), act(tok + 3)];
+                    tr[tok..tok + 4].copy_from_slice(&self.w.dot_row_q8_n(row, a));
+                    tok += 4;
+                }
+                for (j, v) in tr.iter_mut().enumerate().skip(tok) {
+                    *v = dot(row, j);
                 }
             }
         });

@@ -31,6 +31,14 @@ pub fn q4_values(nibbles: &[u8]) -> [i8; 32] {
     q
 }
 
+/// One activation row quantised to Q8_0 blocks: values, one scale per 32, block sums.
+#[derive(Clone, Copy)]
+pub struct Q8Row<'a> {
+    pub xq: &'a [i8],
+    pub xd: &'a [f32],
+    pub xs: &'a [i32],
+}
+
 /// Sums of each block of 32 activation values (the Q4_0 kernel subtracts 8 x these instead of
 /// re-centring every weight).
 pub fn block_sums(xq: &[i8]) -> Vec<i32> {
@@ -62,6 +70,14 @@ pub mod scalar {
     /// Q6_K super-blocks (210 bytes) against 8 Q8_0 activation blocks each: per 16 values
     /// scale_s * sum_j q_j qx_j in integers, times d * dx per 32. Panics when the activations
     /// are shorter than the row (as the SIMD kernel does).
+    pub fn dot_q8_0_n<const N: usize>(row: &[u8], x: [super::Q8Row; N]) -> [f32; N] {
+        x.map(|r| dot_q8_0(row, r.xq, r.xd, r.xs))
+    }
+
+    pub fn dot_q4_0_n<const N: usize>(row: &[u8], x: [super::Q8Row; N]) -> [f32; N] {
+        x.map(|r| dot_q4_0(row, r.xq, r.xd, r.xs))
+    }
+
     pub fn dot_q6_k(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
         let nb = row.len() / 210;
         assert!(xq.len() >= 256 * nb && xd.len() >= 8 * nb, "Q6_K row of {nb} super-blocks and activations differ");
@@ -89,7 +105,7 @@ pub mod scalar {
 
 #[cfg(all(target_arch = "x86_64", target_feature = "avx512vnni", target_feature = "avx512vl"))]
 mod vnni {
-    use super::{f16, PREFETCH};
+    use super::{f16, Q8Row, PREFETCH};
     use std::arch::x86_64::*;
 
     /// 8 partial i32 sums of w[j] * x[j] for 32 int8 pairs.
@@ -163,92 +179,107 @@ mod vnni {
         }
     }
 
-    /// Pairs of blocks (b, b+1) in one 512-bit `vpdpbusd` each: `load` gives the pair's weights
-    /// as unsigned bytes (w + bias_w) in the lane order of `x_order` applied to the activations,
-    /// `idx` maps each int32 lane to its block (0: b, 1: b+1). Every lane starts from
-    /// -(bias_w * 32 / 8) x (sum of its block's x), so a block's 8 lanes sum to sum w x; one FMA
-    /// with d * dx spread over the lanes. Returns the sum and the number of blocks done (even).
+    /// Pairs of blocks (b, b+1) in one 512-bit `vpdpbusd` each, for N activation rows at once
+    /// (the pair's weights are loaded and its scales converted once for all of them): `load`
+    /// gives the pair's weights as unsigned bytes (w + bias_w) in the lane order of `x_order`
+    /// applied to the activations, `idx` maps each int32 lane to its block (0: b, 1: b+1). Every
+    /// lane starts from -(bias_w * 32 / 8) x (sum of its block's x), so a block's 8 lanes sum to
+    /// sum w x; one FMA with d * dx spread over the lanes. Returns the N sums and the number of
+    /// blocks done (even).
     ///
     /// # Safety
-    /// The features of this module; `load(p)` reads only inside the two blocks at p; row, xq,
-    /// xd and xs hold xd.len() blocks.
+    /// The features of this module; `load(p)` reads only inside the two blocks at p; row and
+    /// every activation row hold xd.len() blocks.
     #[inline(always)]
-    unsafe fn pairs<const X_ORDER: i32>(
+    unsafe fn pairs<const X_ORDER: i32, const N: usize>(
         blk_bytes: usize,
         row: &[u8],
-        xq: &[i8],
-        xd: &[f32],
-        xs: &[i32],
+        x: [Q8Row; N],
         idx: __m512i,
         lane_bias: i32,
         load: impl Fn(*const u8) -> __m512i,
-    ) -> (f32, usize) {
-        let nb = xd.len();
-        assert!(row.len() >= blk_bytes * nb && xq.len() >= 32 * nb && xs.len() >= nb, "row and activations differ");
+    ) -> ([f32; N], usize) {
+        let nb = x[0].xd.len();
+        for r in &x {
+            assert!(
+                row.len() >= blk_bytes * nb && r.xq.len() >= 32 * nb && r.xd.len() >= nb && r.xs.len() >= nb,
+                "row and activations differ"
+            );
+        }
         let bias = _mm512_set1_epi32(lane_bias);
-        let mut acc = _mm512_setzero_ps();
+        let mut acc = [_mm512_setzero_ps(); N];
         let mut b = 0;
         while b + 2 <= nb {
             let p = row.as_ptr().add(blk_bytes * b);
             // the row (and the next ones, contiguous) streams from memory: ask ahead
             _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH) as *const i8);
-            let x = _mm512_loadu_si512(xq.as_ptr().add(32 * b) as *const _);
-            let x = _mm512_shuffle_i64x2::<X_ORDER>(x, x);
-            let sums = _mm512_castsi128_si512(_mm_loadl_epi64(xs.as_ptr().add(b) as *const __m128i));
-            let init = _mm512_mullo_epi32(_mm512_permutexvar_epi32(idx, sums), bias);
-            let prod = _mm512_dpbusd_epi32(init, load(p), x);
+            let w = load(p);
             let (d0, d1) =
                 (u16::from_le_bytes([*p, *p.add(1)]), u16::from_le_bytes([*p.add(blk_bytes), *p.add(blk_bytes + 1)]));
             let d = _mm_cvtph_ps(_mm_cvtsi32_si128((d0 as u32 | (d1 as u32) << 16) as i32));
-            let dx = _mm_castsi128_ps(_mm_loadl_epi64(xd.as_ptr().add(b) as *const __m128i));
-            let sv = _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(_mm_mul_ps(d, dx)));
-            acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(prod), sv, acc);
+            for (a, r) in acc.iter_mut().zip(&x) {
+                let xv = _mm512_loadu_si512(r.xq.as_ptr().add(32 * b) as *const _);
+                let xv = _mm512_shuffle_i64x2::<X_ORDER>(xv, xv);
+                let sums = _mm512_castsi128_si512(_mm_loadl_epi64(r.xs.as_ptr().add(b) as *const __m128i));
+                let init = _mm512_mullo_epi32(_mm512_permutexvar_epi32(idx, sums), bias);
+                let prod = _mm512_dpbusd_epi32(init, w, xv);
+                let dx = _mm_castsi128_ps(_mm_loadl_epi64(r.xd.as_ptr().add(b) as *const __m128i));
+                let sv = _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(_mm_mul_ps(d, dx)));
+                *a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(prod), sv, *a);
+            }
             b += 2;
         }
-        (_mm512_reduce_add_ps(acc), b)
+        (acc.map(|a| _mm512_reduce_add_ps(a)), b)
     }
 
     /// Q8_0: the pair's 64 weight bytes as w + 128 (unsigned), so sum (w + 128) x - 128 sum x.
     /// An odd last block runs alone.
-    pub fn dot_q8_0(row: &[u8], xq: &[i8], xd: &[f32], xs: &[i32]) -> f32 {
+    pub fn dot_q8_0_n<const N: usize>(row: &[u8], x: [Q8Row; N]) -> [f32; N] {
         // SAFETY: the loads read the 32 value bytes after each block's scale (34-byte blocks);
         // the cfg of this module guarantees the features.
         unsafe {
             let idx = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
             let flip = _mm512_set1_epi8(-128);
-            let (total, b) = pairs::<0b11_10_01_00>(34, row, xq, xd, xs, idx, -16, |p| {
+            let (mut total, b) = pairs::<0b11_10_01_00, N>(34, row, x, idx, -16, |p| {
                 let (w0, w1) =
                     (_mm256_loadu_si256(p.add(2) as *const __m256i), _mm256_loadu_si256(p.add(36) as *const __m256i));
                 _mm512_xor_si512(_mm512_inserti64x4::<1>(_mm512_castsi256_si512(w0), w1), flip)
             });
+            for (t, r) in total.iter_mut().zip(&x) {
+                *t += dot(34, &row[34 * b..], &r.xq[32 * b..], &r.xd[b..], |b| {
+                    _mm256_loadu_si256(b.as_ptr() as *const __m256i)
+                });
+            }
             total
-                + dot(34, &row[34 * b..], &xq[32 * b..], &xd[b..], |b| _mm256_loadu_si256(b.as_ptr() as *const __m256i))
         }
     }
 
     /// Q4_0: the unsigned nibbles of the pair as [lo_b, lo_b+1, hi_b, hi_b+1] against x in the
     /// same order, so sum q x - 8 sum x = sum (q - 8) x. An odd last block runs alone.
-    pub fn dot_q4_0(row: &[u8], xq: &[i8], xd: &[f32], xs: &[i32]) -> f32 {
+    pub fn dot_q4_0_n<const N: usize>(row: &[u8], x: [Q8Row; N]) -> [f32; N] {
         // SAFETY: the loads read the 16 nibble bytes after each block's scale (18-byte blocks);
         // the cfg of this module guarantees the features.
         unsafe {
             let m = _mm256_set1_epi8(15);
             let idx = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1);
-            let (mut total, b) = pairs::<0b11_01_10_00>(18, row, xq, xd, xs, idx, -1, |p| {
+            let (mut total, b) = pairs::<0b11_01_10_00, N>(18, row, x, idx, -1, |p| {
                 let w0 = _mm_loadu_si128(p.add(2) as *const __m128i);
                 let w1 = _mm_loadu_si128(p.add(20) as *const __m128i);
                 let w = _mm256_set_m128i(w1, w0);
                 let (lo, hi) = (_mm256_and_si256(w, m), _mm256_and_si256(_mm256_srli_epi16(w, 4), m));
                 _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi)
             });
-            if b < xd.len() {
+            let nb = x[0].xd.len();
+            if b < nb {
                 let blk = &row[18 * b..18 * b + 18];
                 let bytes = _mm_loadu_si128(blk.as_ptr().add(2) as *const __m128i);
                 let m = _mm_set1_epi8(15);
                 let (lo, hi) = (_mm_and_si128(bytes, m), _mm_and_si128(_mm_srli_epi16(bytes, 4), m));
-                let x = _mm256_loadu_si256(xq.as_ptr().add(32 * b) as *const __m256i);
-                let p = _mm256_dpbusd_epi32(_mm256_set1_epi32(-xs[b]), _mm256_set_m128i(hi, lo), x);
-                total += f16(blk) * xd[b] * hsum(_mm256_cvtepi32_ps(p));
+                for (t, r) in total.iter_mut().zip(&x) {
+                    let xv = _mm256_loadu_si256(r.xq.as_ptr().add(32 * b) as *const __m256i);
+                    let p = _mm256_dpbusd_epi32(_mm256_set1_epi32(-r.xs[b]), _mm256_set_m128i(hi, lo), xv);
+                    *t += f16(blk) * r.xd[b] * hsum(_mm256_cvtepi32_ps(p));
+                }
             }
             total
         }
@@ -256,10 +287,20 @@ mod vnni {
 }
 
 #[cfg(all(target_arch = "x86_64", target_feature = "avx512vnni", target_feature = "avx512vl"))]
-pub use vnni::{dot_q4_0, dot_q6_k, dot_q8_0};
+pub use vnni::{dot_q4_0_n, dot_q6_k, dot_q8_0_n};
 
 #[cfg(not(all(target_arch = "x86_64", target_feature = "avx512vnni", target_feature = "avx512vl")))]
-pub use scalar::{dot_q4_0, dot_q6_k, dot_q8_0};
+pub use scalar::{dot_q4_0_n, dot_q6_k, dot_q8_0_n};
+
+/// Q8_0 row dotted with one activation row.
+pub fn dot_q8_0(row: &[u8], xq: &[i8], xd: &[f32], xs: &[i32]) -> f32 {
+    dot_q8_0_n(row, [Q8Row { xq, xd, xs }])[0]
+}
+
+/// Q4_0 row dotted with one activation row.
+pub fn dot_q4_0(row: &[u8], xq: &[i8], xd: &[f32], xs: &[i32]) -> f32 {
+    dot_q4_0_n(row, [Q8Row { xq, xd, xs }])[0]
+}
 
 #[cfg(test)]
 mod tests {
@@ -288,6 +329,34 @@ mod tests {
         let row = vec![0u8; 2 * 210];
         // One super-block of activations for two of weights.
         dot_q6_k(&row, &[0i8; 256], &[0.0; 8]);
+    }
+
+    #[test]
+    fn four_rows_at_once_equal_one_at_a_time() {
+        let mut seed = 11;
+        for blocks in [1, 2, 7, 32] {
+            for bytes in [34, 18] {
+                let (row, _, _) = data(blocks, bytes, &mut seed);
+                let acts: Vec<(Vec<i8>, Vec<f32>)> = (0..4)
+                    .map(|_| {
+                        let (_, xq, xd) = data(blocks, bytes, &mut seed);
+                        (xq, xd)
+                    })
+                    .collect();
+                let sums: Vec<Vec<i32>> = acts.iter().map(|a| block_sums(&a.0)).collect();
+                let x: [Q8Row; 4] = std::array::from_fn(|k| Q8Row { xq: &acts[k].0, xd: &acts[k].1, xs: &sums[k] });
+                let (four, one): ([f32; 4], [f32; 4]) = if bytes == 34 {
+                    (dot_q8_0_n(&row, x), x.map(|r| dot_q8_0(&row, r.xq, r.xd, r.xs)))
+                } else {
+                    (dot_q4_0_n(&row, x), x.map(|r| dot_q4_0(&row, r.xq, r.xd, r.xs)))
+                };
+                assert_eq!(four, one, "{blocks} blocks of {bytes} bytes");
+                let scalar = if bytes == 34 { scalar::dot_q8_0_n(&row, x) } else { scalar::dot_q4_0_n(&row, x) };
+                for (a, b) in four.iter().zip(scalar) {
+                    assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "{blocks} x {bytes}: {a} vs scalar {b}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -390,12 +390,18 @@ impl Weight {
     /// sum_b dw_b * dx_b * sum_j qw_j qx_j.
     /// `xs` are the block sums of xq (`qdot::block_sums`), used by Q4_0.
     pub fn dot_row_q8(&self, r: usize, xq: &[i8], xd: &[f32], xs: &[i32]) -> f32 {
+        self.dot_row_q8_n(r, [crate::qdot::Q8Row { xq, xd, xs }])[0]
+    }
+
+    /// The same for N activation rows at once (Q8_0 and Q4_0 read each weight block once for
+    /// all of them).
+    pub fn dot_row_q8_n<const N: usize>(&self, r: usize, x: [crate::qdot::Q8Row; N]) -> [f32; N] {
         let rb = self.row_bytes();
         let b = &self.map[self.start + r * rb..self.start + (r + 1) * rb];
         match self.dtype {
-            Dtype::Q4_0 => crate::qdot::dot_q4_0(b, xq, xd, xs),
-            Dtype::Q6K => crate::qdot::dot_q6_k(b, xq, xd),
-            _ => crate::qdot::dot_q8_0(b, xq, xd, xs),
+            Dtype::Q4_0 => crate::qdot::dot_q4_0_n(b, x),
+            Dtype::Q6K => x.map(|a| crate::qdot::dot_q6_k(b, a.xq, a.xd)),
+            _ => crate::qdot::dot_q8_0_n(b, x),
         }
     }
 
