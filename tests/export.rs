@@ -37,15 +37,8 @@ fn exported_mixtral_gives_the_training_engines_logits() {
     let (code, _, err) = moe(&["export", "--checkpoint", ck.to_str().unwrap(), "--out", out.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
     let ids = [3u32, 17, 5, 99, 42, 7, 120, 1];
-    let loaded = moe_engine::checkpoint::load(&ck).unwrap();
-    let model = Model::<f32>::new(loaded.config.clone()).unwrap();
-    let mut acts = Acts::new(&model.cfg, 1, ids.len(), ids.len());
-    let mut cache = KvCache::new(&model.cfg, 1, ids.len());
-    model.forward(&loaded.params, &mut acts, &mut cache, &ids, 0);
-    let want = &acts.logits[..ids.len() * cfg.vocab_size];
-    let hf = moe_infer::Model::load(&out).unwrap();
-    let got = hf.forward(&ids, &mut moe_infer::Cache::new(&hf.spec), true).unwrap();
-    let diff = got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    let (got, want) = logits_both(&ck, &out, &ids);
+    let diff = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
     assert!(diff < 1e-4, "exported logits differ by {diff}");
     // Exporting twice into the same directory is refused.
     let (code, _, err) = moe(&["export", "--checkpoint", ck.to_str().unwrap(), "--out", out.to_str().unwrap()]);

@@ -1,9 +1,10 @@
 //! Text generation with a Hugging Face model: prefill the prompt, then one token per forward
 //! through the KV cache; greedy or temperature/top-k/top-p sampling (moe-engine's sampler);
-//! text streamed as soon as it decodes to whole characters; stops at an end-of-sequence token.
+//! text streamed as soon as it decodes to whole characters (`text::TextStream`); stops at an end-of-sequence token.
 
 use crate::error::Result;
 use crate::model::{Cache, Model};
+use crate::text::TextStream;
 use crate::tokenizer::HfTokenizer;
 use moe_engine::generate::{sample, GenStats, Sampling};
 use moe_engine::rng::Rng;
@@ -47,15 +48,14 @@ pub fn generate(
     let mut logits = model.forward(prompt, &mut cache, false)?;
     stats.prefill_s = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
-    let (mut out, mut printed) = (vec![], String::new());
+    let (mut out, mut text) = (vec![], TextStream::new(vec![]));
     while out.len() < max_new {
         let next = sample(&logits, s, &mut rng, &mut scratch);
         out.push(next);
         stats.new_tokens += 1;
-        let text = tok.decode(&out)?;
-        if !text.ends_with('\u{FFFD}') && text.len() > printed.len() && text.starts_with(&printed) {
-            emit(&text[printed.len()..]);
-            printed = text;
+        let (piece, _) = text.push(tok, next)?;
+        if !piece.is_empty() {
+            emit(&piece);
         }
         if eos.contains(&next) || out.len() == max_new {
             break;

@@ -23,6 +23,7 @@ pub mod npy;
 pub mod qdot;
 pub mod rope;
 pub mod store;
+pub mod text;
 pub mod tokenizer;
 pub mod weight;
 

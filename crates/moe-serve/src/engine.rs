@@ -8,9 +8,9 @@
 
 use crate::kv::{KvPool, BLOCK};
 use crate::metrics::Metrics;
-use crate::text::TextStream;
 use moe_engine::generate::{sample, Sampling};
 use moe_engine::rng::Rng;
+use moe_infer::text::TextStream;
 use moe_infer::tokenizer::HfTokenizer;
 use moe_infer::{Cache, Model, Seq};
 use std::collections::VecDeque;

@@ -4,7 +4,6 @@
 
 use crate::api::{parse, ApiError, ChatRequest, CompletionRequest, Gen, Prompt};
 use crate::engine::{Engine, Event, Request as EngineRequest};
-use crate::kv::{KvPool, BLOCK};
 use crate::metrics::Metrics;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -169,7 +168,6 @@ impl App {
     async fn run(&self, kind: Kind, prompt: Vec<u32>, params: &crate::api::Params) -> Result<Response, ApiError> {
         let id = self.next_id.fetch_add(1, Relaxed);
         let gen = params.validate(prompt.len(), self.ctx, now() ^ id.wrapping_mul(0x9E37_79B9_7F4A_7C15))?;
-        debug_assert!(KvPool::blocks_for(prompt.len() + gen.max_tokens) * BLOCK >= prompt.len() + gen.max_tokens);
         if self.metrics.queued.fetch_add(1, Relaxed) as usize >= self.max_queue {
             self.metrics.queued.fetch_sub(1, Relaxed);
             return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the queue is full; retry later"));

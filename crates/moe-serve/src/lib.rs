@@ -6,7 +6,7 @@
 //! - `api`: request bodies, validation and the OpenAI error object;
 //! - `http`: routes (/v1/chat/completions, /v1/completions, /v1/models, /health, /metrics),
 //!   API key, whole and streamed (SSE) answers;
-//! - `engine`: the scheduler; `text`: incremental detokenising and stop strings;
+//! - `engine`: the scheduler (text released through `moe_infer::text`);
 //! - `metrics`: the Prometheus counters.
 
 pub mod api;
@@ -14,7 +14,6 @@ pub mod engine;
 pub mod http;
 pub mod kv;
 pub mod metrics;
-pub mod text;
 
 use engine::{Engine, EngineConfig};
 use http::App;

@@ -3,7 +3,7 @@
 //! that strip a leading space decode it right), and stop strings: generation ends before the
 //! first stop string, and text that could be the start of one is held back until it is not.
 
-use moe_infer::tokenizer::HfTokenizer;
+use crate::tokenizer::HfTokenizer;
 
 pub struct TextStream {
     ids: Vec<u32>,
@@ -22,7 +22,7 @@ impl TextStream {
 
     /// Adds the token `id`; returns the text it releases and whether a stop string ended the
     /// text (the stop string and what follows are dropped).
-    pub fn push(&mut self, tok: &HfTokenizer, id: u32) -> moe_infer::Result<(String, bool)> {
+    pub fn push(&mut self, tok: &HfTokenizer, id: u32) -> crate::Result<(String, bool)> {
         self.ids.push(id);
         let before = tok.decode(&self.ids[self.prefix..self.read])?;
         let now = tok.decode(&self.ids[self.prefix..])?;
@@ -61,7 +61,7 @@ mod tests {
     use super::*;
 
     fn tok() -> HfTokenizer {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../moe-infer/tests/fixtures/qwen3_moe");
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qwen3_moe");
         HfTokenizer::load(&dir).unwrap()
     }
 
