@@ -82,26 +82,12 @@ print("wrote", os.path.join(out_dir, "mixtral-q4_0.gguf"))
 
 # k-quants: a width-256 Mixtral through llama-quantize.
 
-import torch  # noqa: E402
+from mixtral256 import mixtral256_f32  # noqa: E402
 from safetensors.numpy import save_file  # noqa: E402
-from transformers import MixtralConfig, MixtralForCausalLM  # noqa: E402
 
 quantize = sys.argv[2] if len(sys.argv) > 2 else os.path.join(llama, "build", "bin", "llama-quantize")
-torch.manual_seed(0)
-cfg = MixtralConfig(hidden_size=256, intermediate_size=256, num_hidden_layers=1, num_attention_heads=4,
-                    num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2, vocab_size=128,
-                    max_position_embeddings=64, rope_theta=1e6, tie_word_embeddings=False)
 with tempfile.TemporaryDirectory() as tmp:
-    hf = os.path.join(tmp, "mixtral256")
-    model = MixtralForCausalLM(cfg).float()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.05)
-    model.save_pretrained(hf)
-    for f in ["tokenizer.json", "tokenizer_config.json"]:
-        shutil.copy(os.path.join(fixtures, "mixtral", f), hf)
-    f32 = os.path.join(tmp, "mixtral256-f32.gguf")
-    convert(llama, hf, f32, "f32")
+    f32 = mixtral256_f32(llama, tmp)
     rows = {}
     for kind in ["Q4_K_M", "Q5_K_M"]:
         out = os.path.join(out_dir, f"mixtral256-{kind.lower()}.gguf")

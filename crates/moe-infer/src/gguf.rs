@@ -8,79 +8,44 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-/// ggml tensor types this reader knows (ids from ggml.h).
+/// A ggml tensor type, by its id in ggml.h.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum GgmlType {
-    F32,
-    F16,
-    Q4_0,
-    Q8_0,
-    BF16,
-    Q4K,
-    Q5K,
-    Q6K,
-    /// Any other type: its id and, when known, its name.
-    Other(u32),
-}
+pub struct GgmlType(pub u32);
 
 impl GgmlType {
-    fn from_id(id: u32) -> GgmlType {
-        match id {
-            0 => GgmlType::F32,
-            1 => GgmlType::F16,
-            2 => GgmlType::Q4_0,
-            8 => GgmlType::Q8_0,
-            12 => GgmlType::Q4K,
-            13 => GgmlType::Q5K,
-            14 => GgmlType::Q6K,
-            30 => GgmlType::BF16,
-            x => GgmlType::Other(x),
-        }
-    }
+    pub const F32: GgmlType = GgmlType(0);
+    pub const F16: GgmlType = GgmlType(1);
+    pub const BF16: GgmlType = GgmlType(30);
 
+    /// ggml's name of the type ("Q4_K"), or "type N" for ids it does not name.
     pub fn name(self) -> String {
         const NAMES: [&str; 31] = [
             "F32", "F16", "Q4_0", "Q4_1", "Q4_2", "Q4_3", "Q5_0", "Q5_1", "Q8_0", "Q8_1", "Q2_K", "Q3_K", "Q4_K",
             "Q5_K", "Q6_K", "Q8_K", "IQ2_XXS", "IQ2_XS", "IQ3_XXS", "IQ1_S", "IQ4_NL", "IQ3_S", "IQ2_S", "IQ4_XS",
             "I8", "I16", "I32", "I64", "F64", "IQ1_M", "BF16",
         ];
-        let id = match self {
-            GgmlType::F32 => 0,
-            GgmlType::F16 => 1,
-            GgmlType::Q4_0 => 2,
-            GgmlType::Q8_0 => 8,
-            GgmlType::Q4K => 12,
-            GgmlType::Q5K => 13,
-            GgmlType::Q6K => 14,
-            GgmlType::BF16 => 30,
-            GgmlType::Other(x) => x,
-        };
-        NAMES.get(id as usize).map_or(format!("type {id}"), |n| n.to_string())
+        NAMES.get(self.0 as usize).map_or(format!("type {}", self.0), |n| n.to_string())
+    }
+
+    /// (values, bytes) per block of the types moe reads (floats and `quants::FORMATS`).
+    fn layout(self) -> Option<(u64, u64)> {
+        match self {
+            GgmlType::F32 => Some((1, 4)),
+            GgmlType::F16 | GgmlType::BF16 => Some((1, 2)),
+            _ => crate::quants::format(&self.name()).map(|f| (f.values as u64, f.bytes as u64)),
+        }
     }
 
     /// Bytes of `n` values (n a multiple of the block size); None for unsupported types and
     /// for counts whose size overflows u64.
     pub fn bytes(self, n: u64) -> Option<u64> {
-        let (values, bytes) = match self {
-            GgmlType::F32 => (1, 4),
-            GgmlType::F16 | GgmlType::BF16 => (1, 2),
-            GgmlType::Q8_0 => (32, 34),
-            GgmlType::Q4_0 => (32, 18),
-            GgmlType::Q4K => (256, 144),
-            GgmlType::Q5K => (256, 176),
-            GgmlType::Q6K => (256, 210),
-            GgmlType::Other(_) => return None,
-        };
+        let (values, bytes) = self.layout()?;
         (n / values).checked_mul(bytes)
     }
 
-    /// Values per block.
+    /// Values per block (1 for floats and unsupported types).
     pub fn block(self) -> u64 {
-        match self {
-            GgmlType::Q8_0 | GgmlType::Q4_0 => 32,
-            GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K => 256,
-            _ => 1,
-        }
+        self.layout().map_or(1, |l| l.0)
     }
 }
 
@@ -234,7 +199,7 @@ impl Gguf {
                 return Err(c.err(format!("tensor `{name}` has {n_dims} dimensions (1 to 4 allowed)")));
             }
             let ne = (0..n_dims).map(|_| c.u64("tensor dimension")).collect::<Result<Vec<u64>>>()?;
-            let ty = GgmlType::from_id(c.u32("tensor type")?);
+            let ty = GgmlType(c.u32("tensor type")?);
             let off = c.u64("tensor offset")?;
             raw.push((name, ne, ty, off));
         }
@@ -259,9 +224,9 @@ impl Gguf {
                 )));
             }
             // an unsupported type is refused when the tensor is used, with the type's name
-            let len = match ty {
-                GgmlType::Other(_) => 0,
-                _ => ty.bytes(n).ok_or_else(|| bad(format!("dimensions {ne:?} overflow")))?,
+            let len = match ty.layout() {
+                None => 0,
+                Some(_) => ty.bytes(n).ok_or_else(|| bad(format!("dimensions {ne:?} overflow")))?,
             };
             if off % align as u64 != 0 {
                 return Err(bad(format!("data offset {off} is not aligned to {align}")));

@@ -12,7 +12,7 @@
 //! run with interleaved RoPE, which gives the same attention scores.
 
 use crate::error::{io, Error, Result};
-use crate::gguf::{GgmlType, Gguf};
+use crate::gguf::Gguf;
 use crate::store::{Entry, TensorStore};
 use crate::weight::Bytes;
 use memmap2::Mmap;
@@ -242,19 +242,8 @@ pub fn open(path: &Path) -> Result<(Value, TensorStore)> {
     let mut entries = HashMap::new();
     for t in &g.tensors {
         let Some((name, shape_override)) = hf_name(arch, &t.name) else { continue };
-        let dtype = match t.ty {
-            GgmlType::F32 => "F32",
-            GgmlType::F16 => "F16",
-            GgmlType::BF16 => "BF16",
-            GgmlType::Q8_0 => "Q8_0",
-            GgmlType::Q4_0 => "Q4_0",
-            GgmlType::Q4K => "Q4_K",
-            GgmlType::Q5K => "Q5_K",
-            GgmlType::Q6K => "Q6_K",
-            // Kept under its type's name: the loader refuses it by name if the model uses it.
-            GgmlType::Other(_) => "",
-        };
-        let dtype = if dtype.is_empty() { t.ty.name() } else { dtype.to_string() };
+        // named as ggml names it: an unsupported type is refused by name if the model uses it
+        let dtype = t.ty.name();
         let mut shape = t.shape();
         if shape_override.is_some() {
             shape.insert(0, 1);

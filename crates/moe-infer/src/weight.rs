@@ -4,8 +4,9 @@
 //! power-of-two scale; gpt-oss expert blocks), Q8_0 (llama.cpp's layout: blocks of 32 int8
 //! values after one f16 scale, 34 bytes) and Q4_0 (llama.cpp's: blocks of 32 4-bit values
 //! after one f16 scale, 18 bytes; byte j holds value j in its low nibble and j + 16 in its high
-//! one; value = d * (q - 8)), and, from GGUF files, llama.cpp's k-quants Q4_K, Q5_K and Q6_K
-//! (`kquant`). Rows are the leading dimensions flattened: a 3-D
+//! one; value = d * (q - 8)), and, from GGUF files, every other block format of `quants` (Q4_1,
+//! Q5_0, Q5_1, IQ4_NL, the k-quants Q2_K to Q6_K, IQ4_XS). Rows are the leading dimensions
+//! flattened: a 3-D
 //! expert tensor [E, R, C] is E*R rows, and `rows(e*R, R)` is expert e.
 
 use memmap2::Mmap;
@@ -42,10 +43,17 @@ pub enum Dtype {
     Q8_0,
     /// Blocks of 32: f16 scale d, then 16 bytes of nibbles; value = d * (q - 8).
     Q4_0,
-    /// llama.cpp's k-quants: super-blocks of 256 (see `kquant`), read from GGUF files.
+    /// The other block formats of GGUF files (see `quants`).
+    Q4_1,
+    Q5_0,
+    Q5_1,
+    IQ4NL,
+    Q2K,
+    Q3K,
     Q4K,
     Q5K,
     Q6K,
+    IQ4XS,
 }
 
 /// A quantisation applied on load.
@@ -65,29 +73,65 @@ impl Quant {
     }
 }
 
-use crate::qdot::q4_values;
+use crate::quants::q4_values;
 
 impl Dtype {
+    const ALL: [Dtype; 17] = [
+        Dtype::F32,
+        Dtype::F16,
+        Dtype::BF16,
+        Dtype::U8,
+        Dtype::Mxfp4,
+        Dtype::Q8_0,
+        Dtype::Q4_0,
+        Dtype::Q4_1,
+        Dtype::Q5_0,
+        Dtype::Q5_1,
+        Dtype::IQ4NL,
+        Dtype::Q2K,
+        Dtype::Q3K,
+        Dtype::Q4K,
+        Dtype::Q5K,
+        Dtype::Q6K,
+        Dtype::IQ4XS,
+    ];
+
+    /// The name safetensors (floats) or ggml (block formats) give the type.
+    pub fn name(self) -> &'static str {
+        match self {
+            Dtype::F32 => "F32",
+            Dtype::F16 => "F16",
+            Dtype::BF16 => "BF16",
+            Dtype::U8 => "U8",
+            Dtype::Mxfp4 => "MXFP4",
+            Dtype::Q8_0 => "Q8_0",
+            Dtype::Q4_0 => "Q4_0",
+            Dtype::Q4_1 => "Q4_1",
+            Dtype::Q5_0 => "Q5_0",
+            Dtype::Q5_1 => "Q5_1",
+            Dtype::IQ4NL => "IQ4_NL",
+            Dtype::Q2K => "Q2_K",
+            Dtype::Q3K => "Q3_K",
+            Dtype::Q4K => "Q4_K",
+            Dtype::Q5K => "Q5_K",
+            Dtype::Q6K => "Q6_K",
+            Dtype::IQ4XS => "IQ4_XS",
+        }
+    }
+    /// The type a file names, for the types a file can hold (MXFP4 is assembled from U8 parts).
     pub fn parse(s: &str) -> Option<Dtype> {
-        Some(match s {
-            "F32" => Dtype::F32,
-            "F16" => Dtype::F16,
-            "BF16" => Dtype::BF16,
-            "U8" => Dtype::U8,
-            "Q8_0" => Dtype::Q8_0,
-            "Q4_0" => Dtype::Q4_0,
-            "Q4_K" => Dtype::Q4K,
-            "Q5_K" => Dtype::Q5K,
-            "Q6_K" => Dtype::Q6K,
-            _ => return None,
-        })
+        Self::ALL.into_iter().find(|d| d.name() == s && *d != Dtype::Mxfp4)
     }
     pub fn is_float(self) -> bool {
         matches!(self, Dtype::F32 | Dtype::F16 | Dtype::BF16)
     }
+    /// llama.cpp's block format of this type (GGUF files, or quantised on load).
+    pub fn format(self) -> Option<&'static crate::quants::Format> {
+        crate::quants::format(self.name())
+    }
     /// llama.cpp's block quantisations (GGUF files, or quantised on load).
     pub fn is_block_quant(self) -> bool {
-        matches!(self, Dtype::Q8_0 | Dtype::Q4_0 | Dtype::Q4K | Dtype::Q5K | Dtype::Q6K)
+        self.format().is_some()
     }
 }
 
@@ -162,11 +206,7 @@ impl Weight {
             Dtype::F16 | Dtype::BF16 => 2 * self.cols,
             Dtype::U8 => self.cols,
             Dtype::Mxfp4 => self.cols / 2,
-            Dtype::Q8_0 => self.cols / 32 * 34,
-            Dtype::Q4_0 => self.cols / 32 * 18,
-            Dtype::Q4K => self.cols / 256 * 144,
-            Dtype::Q5K => self.cols / 256 * 176,
-            Dtype::Q6K => self.cols / 256 * 210,
+            d => d.format().map_or(0, |f| self.cols / f.values * f.bytes),
         }
     }
 
@@ -352,13 +392,13 @@ impl Weight {
                 }
                 acc.iter().sum()
             }
-            Dtype::Q4K | Dtype::Q5K | Dtype::Q6K => {
-                // one super-block of 256 at a time, decoded on the stack
-                let bb = self.row_bytes() / (self.cols / 256);
+            d if d.is_block_quant() => {
+                // up to 256 values at a time, decoded on the stack
+                let f = d.format().expect("a block format");
                 let mut buf = [0.0f32; 256];
                 let mut acc = [0.0f32; 16];
-                for (blk, xs) in b.chunks_exact(bb).zip(x.chunks_exact(256)) {
-                    self.decode_blocks(blk, &mut buf);
+                for (blk, xs) in b.chunks(256 / f.values * f.bytes).zip(x.chunks(256)) {
+                    (f.decode)(blk, &mut buf[..xs.len()]);
                     for (w, v) in buf.chunks_exact(16).zip(xs.chunks_exact(16)) {
                         for j in 0..16 {
                             acc[j] += w[j] * v[j];
@@ -372,16 +412,6 @@ impl Weight {
                 self.row_f32(r, &mut row);
                 row.iter().zip(x).map(|(a, b)| a * b).sum()
             }
-        }
-    }
-
-    /// k-quants: decodes the super-blocks in `b` into out.
-    fn decode_blocks(&self, b: &[u8], out: &mut [f32]) {
-        match self.dtype {
-            Dtype::Q4K => crate::kquant::decode_q4_k(b, out),
-            Dtype::Q5K => crate::kquant::decode_q5_k(b, out),
-            Dtype::Q6K => crate::kquant::decode_q6_k(b, out),
-            _ => unreachable!("decode_blocks is only called for k-quants"),
         }
     }
 
@@ -430,19 +460,6 @@ impl Weight {
                     *o = c as f32;
                 }
             }
-            Dtype::Q8_0 => {
-                for (o, blk) in out.chunks_exact_mut(32).zip(b.chunks_exact(34)) {
-                    let d = half::f16::from_bits(u16::from_le_bytes([blk[0], blk[1]])).to_f32();
-                    o.iter_mut().zip(&blk[2..]).for_each(|(v, &q)| *v = d * q as i8 as f32);
-                }
-            }
-            Dtype::Q4_0 => {
-                for (o, blk) in out.chunks_exact_mut(32).zip(b.chunks_exact(18)) {
-                    let d = half::f16::from_bits(u16::from_le_bytes([blk[0], blk[1]])).to_f32();
-                    o.iter_mut().zip(q4_values(&blk[2..])).for_each(|(v, q)| *v = d * q as f32);
-                }
-            }
-            Dtype::Q4K | Dtype::Q5K | Dtype::Q6K => self.decode_blocks(b, out),
             Dtype::Mxfp4 => {
                 let (m, s0) = self.scales.as_ref().expect("an MXFP4 weight always has scales");
                 let nb = self.cols / 32;
@@ -455,6 +472,7 @@ impl Weight {
                     }
                 }
             }
+            d => (d.format().expect("the other types are block formats").decode)(b, out),
         }
     }
 }

@@ -1,0 +1,217 @@
+//! Integer dot products of a Q8_0, Q4_0 or Q6_K weight row with an activation row quantised to
+//! Q8_0 blocks (the decode kernel of quantised models): per block of 32, sum_j qw_j * qx_j in
+//! integers, scaled by dw * dx (Q6_K: by its int8 scale per 16 values and d), as llama.cpp does.
+//! Built for the machine (`-C target-cpu=native`): with AVX-512 VNNI Q8_0 and Q4_0 take two
+//! blocks per 512-bit `vpdpbusd` (`vnni`); with AVX2 one block per 256-bit product (`x86`,
+//! also Q6_K everywhere); elsewhere the portable twins (`scalar`) run. Tests compare them.
+//! Activations must lie in [-127, 127] (as `quantize_q8_row` makes them): x * sign(w) of -128
+//! would wrap. Weights may take any int8 value.
+
+/// How far ahead of the weight bytes being read the decode kernels (here and in `fdot`) ask for
+/// the next ones (`prefetcht0`): a row and the rows after it stream from memory, and the
+/// hardware prefetcher alone kept decoding at about half of the read bandwidth. 4 KiB ahead
+/// measured best among 0.5-8 KiB (OLMoE Q8_0: about 45 -> 55-70 tokens/s).
+pub const PREFETCH: usize = 4096;
+
+fn f16(b: &[u8]) -> f32 {
+    half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32()
+}
+
+/// One activation row quantised to Q8_0 blocks: values, one scale per 32, block sums.
+#[derive(Clone, Copy)]
+pub struct Q8Row<'a> {
+    pub xq: &'a [i8],
+    pub xd: &'a [f32],
+    pub xs: &'a [i32],
+}
+
+impl<'a> Q8Row<'a> {
+    /// The activations from block `b` on.
+    pub fn skip(self, b: usize) -> Q8Row<'a> {
+        Q8Row { xq: &self.xq[32 * b..], xd: &self.xd[b..], xs: &self.xs[b..] }
+    }
+}
+
+/// Sums of each block of 32 activation values (the Q4_0 kernel subtracts 8 x these instead of
+/// re-centring every weight).
+pub fn block_sums(xq: &[i8]) -> Vec<i32> {
+    xq.chunks_exact(32).map(|b| b.iter().map(|&v| v as i32).sum()).collect()
+}
+
+pub mod scalar;
+
+// Built for the machine (`-C target-cpu=native`): AVX-512 VNNI, else AVX2, else portable.
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma",
+    target_feature = "avx512vnni",
+    target_feature = "avx512vl"
+))]
+pub mod vnni;
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+pub mod x86;
+
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma",
+    target_feature = "avx512vnni",
+    target_feature = "avx512vl"
+))]
+pub use vnni::{dot_q4_0_n, dot_q8_0_n};
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+pub use x86::dot_q6_k;
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma",
+    not(all(target_feature = "avx512vnni", target_feature = "avx512vl"))
+))]
+pub use x86::{dot_q4_0_n, dot_q8_0_n};
+
+#[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")))]
+pub use scalar::{dot_q4_0_n, dot_q6_k, dot_q8_0_n};
+
+/// Q8_0 row dotted with one activation row.
+pub fn dot_q8_0(row: &[u8], xq: &[i8], xd: &[f32], xs: &[i32]) -> f32 {
+    dot_q8_0_n(row, [Q8Row { xq, xd, xs }])[0]
+}
+
+/// Q4_0 row dotted with one activation row.
+pub fn dot_q4_0(row: &[u8], xq: &[i8], xd: &[f32], xs: &[i32]) -> f32 {
+    dot_q4_0_n(row, [Q8Row { xq, xd, xs }])[0]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rng(seed: &mut u64) -> u8 {
+        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (*seed >> 33) as u8
+    }
+
+    /// A row of `blocks` blocks of `bytes` bytes with finite f16 scales, and Q8_0 activations.
+    fn data(blocks: usize, bytes: usize, seed: &mut u64) -> (Vec<u8>, Vec<i8>, Vec<f32>) {
+        let mut row: Vec<u8> = (0..blocks * bytes).map(|_| rng(seed)).collect();
+        for b in row.chunks_exact_mut(bytes) {
+            let d = half::f16::from_f32(0.001 + rng(seed) as f32 / 1000.0).to_bits().to_le_bytes();
+            b[..2].copy_from_slice(&d);
+        }
+        let xq = (0..blocks * 32).map(|_| (rng(seed) as i8).max(-127)).collect();
+        let xd = (0..blocks).map(|_| rng(seed) as f32 / 500.0).collect();
+        (row, xq, xd)
+    }
+
+    #[test]
+    #[should_panic(expected = "activations differ")]
+    fn a_q6_k_row_longer_than_its_activations_is_refused() {
+        let row = vec![0u8; 2 * 210];
+        // One super-block of activations for two of weights.
+        dot_q6_k(&row, &[0i8; 256], &[0.0; 8]);
+    }
+
+    #[test]
+    fn four_rows_at_once_equal_one_at_a_time() {
+        let mut seed = 11;
+        for blocks in [1, 2, 7, 32] {
+            for bytes in [34, 18] {
+                let (row, _, _) = data(blocks, bytes, &mut seed);
+                let acts: Vec<(Vec<i8>, Vec<f32>)> = (0..4)
+                    .map(|_| {
+                        let (_, xq, xd) = data(blocks, bytes, &mut seed);
+                        (xq, xd)
+                    })
+                    .collect();
+                let sums: Vec<Vec<i32>> = acts.iter().map(|a| block_sums(&a.0)).collect();
+                let x: [Q8Row; 4] = std::array::from_fn(|k| Q8Row { xq: &acts[k].0, xd: &acts[k].1, xs: &sums[k] });
+                let (four, one): ([f32; 4], [f32; 4]) = if bytes == 34 {
+                    (dot_q8_0_n(&row, x), x.map(|r| dot_q8_0(&row, r.xq, r.xd, r.xs)))
+                } else {
+                    (dot_q4_0_n(&row, x), x.map(|r| dot_q4_0(&row, r.xq, r.xd, r.xs)))
+                };
+                assert_eq!(four, one, "{blocks} blocks of {bytes} bytes");
+                let scalar = if bytes == 34 { scalar::dot_q8_0_n(&row, x) } else { scalar::dot_q4_0_n(&row, x) };
+                for (a, b) in four.iter().zip(scalar) {
+                    assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "{blocks} x {bytes}: {a} vs scalar {b}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn kernels_equal_their_scalar_twins() {
+        let mut seed = 7;
+        for blocks in [1, 2, 7, 32, 113] {
+            let (row, xq, xd) = data(blocks, 34, &mut seed);
+            let xs = block_sums(&xq);
+            let (a, b) = (dot_q8_0(&row, &xq, &xd, &xs), scalar::dot_q8_0(&row, &xq, &xd, &xs));
+            assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "Q8_0 x{blocks}: {a} vs {b}");
+            let (row, xq, xd) = data(blocks, 18, &mut seed);
+            let xs = block_sums(&xq);
+            let (a, b) = (dot_q4_0(&row, &xq, &xd, &xs), scalar::dot_q4_0(&row, &xq, &xd, &xs));
+            assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "Q4_0 x{blocks}: {a} vs {b}");
+        }
+        for supers in [1, 3, 8] {
+            // Q6_K: super-blocks of 210 bytes (d last) against 8 activation blocks each.
+            let (mut row, xq, xd) = data(8 * supers, 32, &mut seed);
+            row.truncate(210 * supers);
+            for blk in row.chunks_exact_mut(210) {
+                blk[208..].copy_from_slice(&half::f16::from_f32(0.01).to_bits().to_le_bytes());
+            }
+            let (a, b) = (dot_q6_k(&row, &xq, &xd), scalar::dot_q6_k(&row, &xq, &xd));
+            assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "Q6_K x{supers}: {a} vs {b}");
+        }
+    }
+
+    /// Where AVX-512 VNNI runs, the 256-bit kernels still run its odd tails: test them whole.
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+    #[test]
+    fn the_256_bit_kernels_equal_their_scalar_twins() {
+        let mut seed = 5;
+        for blocks in [1, 2, 7, 33] {
+            for (bytes, kernel, twin) in [
+                (
+                    34,
+                    x86::dot_q8_0_n::<2> as fn(&[u8], [Q8Row; 2]) -> [f32; 2],
+                    scalar::dot_q8_0_n::<2> as fn(&[u8], [Q8Row; 2]) -> [f32; 2],
+                ),
+                (18, x86::dot_q4_0_n::<2>, scalar::dot_q4_0_n::<2>),
+            ] {
+                let (row, xq0, xd0) = data(blocks, bytes, &mut seed);
+                let (_, xq1, xd1) = data(blocks, bytes, &mut seed);
+                let (xs0, xs1) = (block_sums(&xq0), block_sums(&xq1));
+                let x = [Q8Row { xq: &xq0, xd: &xd0, xs: &xs0 }, Q8Row { xq: &xq1, xd: &xd1, xs: &xs1 }];
+                for (a, b) in kernel(&row, x).into_iter().zip(twin(&row, x)) {
+                    assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "{blocks} x {bytes}: {a} vs scalar {b}");
+                }
+            }
+        }
+        // w = -128 against x = -127 in every lane: the largest pair sum of vpmaddubsw
+        let mut row = vec![0x80u8; 34];
+        row[..2].copy_from_slice(&half::f16::from_f32(1.0).to_bits().to_le_bytes());
+        let (xq, xd) = (vec![-127i8; 32], vec![1.0f32]);
+        let xs = block_sums(&xq);
+        assert_eq!(x86::dot_q8_0_n(&row, [Q8Row { xq: &xq, xd: &xd, xs: &xs }]), [32.0 * 128.0 * 127.0]);
+    }
+
+    #[test]
+    fn extreme_values_are_exact_in_integers() {
+        // w = -128 and x = -127 in every lane, then w = 127 and x = 127: 32 * 128 * 127 and
+        // 32 * 127 * 127 per block, for one block alone and for pairs of blocks.
+        for (w, x) in [(0x80u8, -127i8), (0x7f, 127)] {
+            let want = 32.0 * (w as i8 as f32) * x as f32;
+            for blocks in [1, 2, 3] {
+                let mut row = vec![w; 34 * blocks];
+                for b in row.chunks_exact_mut(34) {
+                    b[..2].copy_from_slice(&half::f16::from_f32(1.0).to_bits().to_le_bytes());
+                }
+                let (xq, xd) = (vec![x; 32 * blocks], vec![1.0f32; blocks]);
+                let xs = block_sums(&xq);
+                assert_eq!(dot_q8_0(&row, &xq, &xd, &xs), want * blocks as f32, "{blocks} blocks of {w}, {x}");
+                assert_eq!(scalar::dot_q8_0(&row, &xq, &xd, &xs), want * blocks as f32);
+            }
+        }
+    }
+}

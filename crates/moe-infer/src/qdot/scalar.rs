@@ -1,0 +1,57 @@
+//! The portable twins of the integer kernels: what every SIMD path must equal.
+
+use super::{f16, Q8Row};
+use crate::quants::q4_values;
+
+fn dot(blk_bytes: usize, row: &[u8], xq: &[i8], xd: &[f32], values: impl Fn(&[u8]) -> [i8; 32]) -> f32 {
+    let mut acc = 0.0f32;
+    for ((blk, qx), &dx) in row.chunks_exact(blk_bytes).zip(xq.chunks_exact(32)).zip(xd) {
+        let q = values(&blk[2..]);
+        let s: i32 = q.iter().zip(qx).map(|(&a, &b)| a as i32 * b as i32).sum();
+        acc += f16(blk) * dx * s as f32;
+    }
+    acc
+}
+
+pub fn dot_q8_0(row: &[u8], xq: &[i8], xd: &[f32], _xs: &[i32]) -> f32 {
+    dot(34, row, xq, xd, |b| std::array::from_fn(|j| b[j] as i8))
+}
+
+pub fn dot_q4_0(row: &[u8], xq: &[i8], xd: &[f32], _xs: &[i32]) -> f32 {
+    dot(18, row, xq, xd, q4_values)
+}
+
+pub fn dot_q8_0_n<const N: usize>(row: &[u8], x: [Q8Row; N]) -> [f32; N] {
+    x.map(|r| dot_q8_0(row, r.xq, r.xd, r.xs))
+}
+
+pub fn dot_q4_0_n<const N: usize>(row: &[u8], x: [Q8Row; N]) -> [f32; N] {
+    x.map(|r| dot_q4_0(row, r.xq, r.xd, r.xs))
+}
+
+/// Q6_K super-blocks (210 bytes) against 8 Q8_0 activation blocks each: per 16 values
+/// scale_s * sum_j q_j qx_j in integers, times d * dx per 32. Panics when the activations
+/// are shorter than the row (as the SIMD kernel does).
+pub fn dot_q6_k(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
+    let nb = row.len() / 210;
+    assert!(xq.len() >= 256 * nb && xd.len() >= 8 * nb, "Q6_K row of {nb} super-blocks and activations differ");
+    let mut acc = 0.0f32;
+    for (b, blk) in row.chunks_exact(210).enumerate() {
+        let d = f16(&blk[208..210]);
+        for h in 0..2 {
+            let (ql, qh) = (&blk[64 * h..64 * h + 64], &blk[128 + 32 * h..128 + 32 * h + 32]);
+            for c in 0..4 {
+                let chunk = 8 * b + 4 * h + c; // activation block of 32
+                let mut sum = 0i32;
+                for l in 0..32 {
+                    let nib = if c < 2 { ql[32 * c + l] & 0xF } else { ql[32 * (c - 2) + l] >> 4 };
+                    let q = (nib | (((qh[l] >> (2 * c)) & 3) << 4)) as i32 - 32;
+                    let sc = blk[192 + 8 * h + 2 * c + l / 16] as i8 as i32;
+                    sum += sc * q * xq[32 * chunk + l] as i32;
+                }
+                acc += d * xd[chunk] * sum as f32;
+            }
+        }
+    }
+    acc
+}

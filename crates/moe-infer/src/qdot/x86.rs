@@ -1,0 +1,129 @@
+//! The 256-bit kernels (AVX2, FMA): one block of 32 int8 products at a time, |w| times
+//! x * sign(w) summed to 8 int32 lanes (`vpmaddubsw` + `vpmaddwd` as llama.cpp's AVX2 path, or
+//! one `vpdpbusd` where AVX-512 VNNI is there), scaled by dw * dx into f32 lanes. Q8_0 and Q4_0
+//! take N activation rows per pass (each weight block loaded and unpacked once for all of
+//! them); Q6_K one row. Where AVX-512 VNNI is there, `vnni` runs Q8_0 and Q4_0 in pairs of
+//! blocks and uses these for odd tails.
+
+use super::{f16, Q8Row, PREFETCH};
+use std::arch::x86_64::*;
+
+/// 8 partial i32 sums of w[j] * x[j] for 32 int8 pairs (x in [-127, 127]).
+#[inline(always)]
+fn block(w: __m256i, x: __m256i) -> __m256i {
+    // SAFETY (of every intrinsic in this file): the cfg that includes this module guarantees
+    // AVX2 and FMA (and AVX-512 VNNI + VL for vpdpbusd).
+    unsafe {
+        let (aw, sx) = (_mm256_abs_epi8(w), _mm256_sign_epi8(x, w));
+        #[cfg(all(target_feature = "avx512vnni", target_feature = "avx512vl"))]
+        return _mm256_dpbusd_epi32(_mm256_setzero_si256(), aw, sx);
+        // |w| <= 128 and |x| <= 127: a pair sums to at most 32512, no i16 saturation
+        #[cfg(not(all(target_feature = "avx512vnni", target_feature = "avx512vl")))]
+        _mm256_madd_epi16(_mm256_maddubs_epi16(aw, sx), _mm256_set1_epi16(1))
+    }
+}
+
+#[inline(always)]
+pub(super) fn hsum(v: __m256) -> f32 {
+    unsafe {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_hadd_ps(s, s);
+        _mm_cvtss_f32(_mm_hadd_ps(s, s))
+    }
+}
+
+/// sum over blocks of dw * dx * sum_j w_j x_j for N activation rows; `load(p)` gives the 32
+/// signed weights of the block whose scale is at p.
+#[inline(always)]
+pub(super) fn rows<const N: usize>(
+    blk_bytes: usize,
+    row: &[u8],
+    x: [Q8Row; N],
+    load: impl Fn(*const u8) -> __m256i,
+) -> [f32; N] {
+    let nb = row.len() / blk_bytes;
+    for r in &x {
+        // the activation loads below are unchecked
+        assert!(r.xq.len() >= 32 * nb && r.xd.len() >= nb, "row and activations differ");
+    }
+    // SAFETY: block b's bytes lie in row (nb whole blocks), its activations in xq (checked).
+    unsafe {
+        let mut acc = [_mm256_setzero_ps(); N];
+        for b in 0..nb {
+            let p = row.as_ptr().add(blk_bytes * b);
+            // the row (and the next ones, contiguous) streams from memory: ask ahead
+            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH) as *const i8);
+            let (w, d) = (load(p), f16(std::slice::from_raw_parts(p, 2)));
+            for (a, r) in acc.iter_mut().zip(&x) {
+                let xv = _mm256_loadu_si256(r.xq.as_ptr().add(32 * b) as *const __m256i);
+                let s = _mm256_cvtepi32_ps(block(w, xv));
+                *a = _mm256_fmadd_ps(_mm256_set1_ps(d * r.xd[b]), s, *a);
+            }
+        }
+        acc.map(hsum)
+    }
+}
+
+/// Q8_0's 32 weights after the scale at p.
+#[inline(always)]
+pub(super) fn load_q8_0(p: *const u8) -> __m256i {
+    // SAFETY: the caller passes the start of a 34-byte block.
+    unsafe { _mm256_loadu_si256(p.add(2) as *const __m256i) }
+}
+
+/// Q4_0's 32 weights (q - 8) from the 16 nibble bytes after the scale at p: low nibbles are
+/// values 0-15, high ones 16-31.
+#[inline(always)]
+pub(super) fn load_q4_0(p: *const u8) -> __m256i {
+    // SAFETY: the caller passes the start of an 18-byte block.
+    unsafe {
+        let bytes = _mm_loadu_si128(p.add(2) as *const __m128i);
+        let m = _mm_set1_epi8(15);
+        let (lo, hi) = (_mm_and_si128(bytes, m), _mm_and_si128(_mm_srli_epi16(bytes, 4), m));
+        _mm256_sub_epi8(_mm256_set_m128i(hi, lo), _mm256_set1_epi8(8))
+    }
+}
+
+pub fn dot_q8_0_n<const N: usize>(row: &[u8], x: [Q8Row; N]) -> [f32; N] {
+    rows(34, row, x, load_q8_0)
+}
+
+pub fn dot_q4_0_n<const N: usize>(row: &[u8], x: [Q8Row; N]) -> [f32; N] {
+    rows(18, row, x, load_q4_0)
+}
+
+pub fn dot_q6_k(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
+    let nb = row.len() / 210;
+    // The activation loads below are unchecked: a short activation row must stop here.
+    assert!(xq.len() >= 256 * nb && xd.len() >= 8 * nb, "Q6_K row of {nb} super-blocks and activations differ");
+    // SAFETY: every load reads 32 bytes inside a 210-byte super-block (chunks_exact) or a
+    // 32-value activation block of xq (at most 256 * nb values, checked above).
+    unsafe {
+        let mut acc = _mm256_setzero_ps();
+        let (m4, m3, m32) = (_mm256_set1_epi8(0xF), _mm256_set1_epi8(3), _mm256_set1_epi8(32));
+        for (b, blk) in row.chunks_exact(210).enumerate() {
+            for line in 0..4 {
+                _mm_prefetch::<_MM_HINT_T0>(blk.as_ptr().wrapping_add(PREFETCH + 64 * line) as *const i8);
+            }
+            let d = f16(&blk[208..210]);
+            for h in 0..2 {
+                let qh = _mm256_loadu_si256(blk.as_ptr().add(128 + 32 * h) as *const __m256i);
+                for c in 0..4 {
+                    let ql = _mm256_loadu_si256(blk.as_ptr().add(64 * h + 32 * (c % 2)) as *const __m256i);
+                    let nib =
+                        if c < 2 { _mm256_and_si256(ql, m4) } else { _mm256_and_si256(_mm256_srli_epi16(ql, 4), m4) };
+                    let hb = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * c as i32)), m3);
+                    let w = _mm256_sub_epi8(_mm256_or_si256(nib, _mm256_slli_epi16(hb, 4)), m32);
+                    let chunk = 8 * b + 4 * h + c;
+                    let x = _mm256_loadu_si256(xq.as_ptr().add(32 * chunk) as *const __m256i);
+                    let s = block(w, x);
+                    let (s0, s1) = (blk[192 + 8 * h + 2 * c] as i8 as i32, blk[193 + 8 * h + 2 * c] as i8 as i32);
+                    let sc = _mm256_setr_epi32(s0, s0, s0, s0, s1, s1, s1, s1);
+                    let s = _mm256_cvtepi32_ps(_mm256_mullo_epi32(s, sc));
+                    acc = _mm256_fmadd_ps(_mm256_set1_ps(d * xd[chunk]), s, acc);
+                }
+            }
+        }
+        hsum(acc)
+    }
+}
