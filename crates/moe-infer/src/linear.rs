@@ -3,7 +3,7 @@
 //! panel, so the weights are never copied whole.
 
 use crate::qdot::Q8Row;
-use crate::weight::{quantize_q8_row, Dtype, Weight};
+use crate::weight::{quantize_q8_row, Weight};
 use moe_kernels::matmul::{matmul, matmul_strided, Mat};
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -67,8 +67,8 @@ impl Linear {
     fn dot_rows(&self, x: &[f32], n: usize, y: &mut [f32]) {
         let (i, o) = (self.inp, self.out);
         const CHUNK: usize = 64;
-        // Q8_0 / Q4_0 / Q6_K weights: integer dot products against the tokens quantised to Q8_0 blocks
-        let q8 = matches!(self.w.dtype, Dtype::Q8_0 | Dtype::Q4_0 | Dtype::Q6K);
+        // integer dot products against the tokens quantised to Q8_0 blocks
+        let q8 = self.w.dtype.has_q8_dot();
         let (mut xq, mut xd) = (vec![0i8; if q8 { n * i } else { 0 }], vec![0.0f32; if q8 { n * i / 32 } else { 0 }]);
         if q8 {
             for tok in 0..n {

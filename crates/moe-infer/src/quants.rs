@@ -183,12 +183,14 @@ pub fn decode_q3_k(b: &[u8], y: &mut [f32]) {
     }
 }
 
-/// Scale and min of sub-block j from the 12 packed bytes (ggml's get_scale_min_k4).
-fn scale_min(j: usize, q: &[u8]) -> (f32, f32) {
+/// Scale and min (6 bits each) of Q4_K/Q5_K sub-block j from the 12 packed bytes (ggml's
+/// get_scale_min_k4).
+#[inline(always)]
+pub fn scale_min(j: usize, q: &[u8]) -> (u8, u8) {
     if j < 4 {
-        ((q[j] & 63) as f32, (q[j + 4] & 63) as f32)
+        (q[j] & 63, q[j + 4] & 63)
     } else {
-        (((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4)) as f32, ((q[j + 4] >> 4) | ((q[j] >> 6) << 4)) as f32)
+        ((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
     }
 }
 
@@ -197,7 +199,7 @@ fn decode_q45(y: &mut [f32], d: f32, dmin: f32, scales: &[u8], high: Option<&[u8
     for (g, (ys, q)) in y.chunks_exact_mut(64).zip(qs.chunks_exact(32)).enumerate() {
         let (s1, m1) = scale_min(2 * g, scales);
         let (s2, m2) = scale_min(2 * g + 1, scales);
-        let (d1, m1, d2, m2) = (d * s1, dmin * m1, d * s2, dmin * m2);
+        let (d1, m1, d2, m2) = (d * s1 as f32, dmin * m1 as f32, d * s2 as f32, dmin * m2 as f32);
         let (lo, hi) = ys.split_at_mut(32);
         for l in 0..32 {
             let (b1, b2) = high.map_or((0, 0), |h| (((h[l] >> (2 * g)) & 1) << 4, ((h[l] >> (2 * g + 1)) & 1) << 4));

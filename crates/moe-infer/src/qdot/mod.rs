@@ -61,7 +61,7 @@ pub mod x86;
 ))]
 pub use vnni::{dot_q4_0_n, dot_q8_0_n};
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
-pub use x86::dot_q6_k;
+pub use x86::{dot_q45_k, dot_q6_k};
 #[cfg(all(
     target_arch = "x86_64",
     target_feature = "avx2",
@@ -71,7 +71,7 @@ pub use x86::dot_q6_k;
 pub use x86::{dot_q4_0_n, dot_q8_0_n};
 
 #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")))]
-pub use scalar::{dot_q4_0_n, dot_q6_k, dot_q8_0_n};
+pub use scalar::{dot_q45_k, dot_q4_0_n, dot_q6_k, dot_q8_0_n};
 
 /// Q8_0 row dotted with one activation row.
 pub fn dot_q8_0(row: &[u8], xq: &[i8], xd: &[f32], xs: &[i32]) -> f32 {
@@ -162,6 +162,36 @@ mod tests {
             }
             let (a, b) = (dot_q6_k(&row, &xq, &xd), scalar::dot_q6_k(&row, &xq, &xd));
             assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "Q6_K x{supers}: {a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn k_quant_kernels_equal_their_scalar_twins_and_the_decoded_rows() {
+        let mut seed = 3;
+        for (five, bytes) in [(false, 144), (true, 176)] {
+            for supers in [1, 3, 8] {
+                let (mut row, xq, xd) = data(8 * supers, 32, &mut seed);
+                row.truncate(bytes * supers);
+                for blk in row.chunks_exact_mut(bytes) {
+                    blk[..2].copy_from_slice(&half::f16::from_f32(0.01).to_bits().to_le_bytes());
+                    blk[2..4].copy_from_slice(&half::f16::from_f32(0.003).to_bits().to_le_bytes());
+                }
+                let xs = block_sums(&xq);
+                let x = Q8Row { xq: &xq, xd: &xd, xs: &xs };
+                let (a, b) = (dot_q45_k(&row, x, five), scalar::dot_q45_k(&row, x, five));
+                assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "five {five} x{supers}: {a} vs scalar {b}");
+                // the twin against the decoded row and activations, in f64
+                let mut w = vec![0.0f32; 256 * supers];
+                if five {
+                    crate::quants::decode_q5_k(&row, &mut w)
+                } else {
+                    crate::quants::decode_q4_k(&row, &mut w)
+                }
+                let want: f64 = w.iter().enumerate().map(|(j, &v)| v as f64 * (xd[j / 32] * xq[j] as f32) as f64).sum();
+                let scale: f64 =
+                    w.iter().enumerate().map(|(j, &v)| (v as f64 * (xd[j / 32] * xq[j] as f32) as f64).abs()).sum();
+                assert!((b as f64 - want).abs() <= 1e-5 * scale, "five {five} x{supers}: {b} vs decoded {want}");
+            }
         }
     }
 

@@ -55,3 +55,29 @@ pub fn dot_q6_k(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
     }
     acc
 }
+
+/// Q4_K (144-byte super-blocks) or Q5_K (176, `five`) against Q8_0 activations: sub-block s
+/// of 32 values is activation block 8 b + s, so its dot is
+/// dx (d scale_s sum_j q_j qx_j - dmin min_s sum_j qx_j), the second sum being the block sum.
+pub fn dot_q45_k(row: &[u8], x: Q8Row, five: bool) -> f32 {
+    let bb = if five { 176 } else { 144 };
+    let nb = row.len() / bb;
+    assert!(x.xq.len() >= 256 * nb && x.xd.len() >= 8 * nb && x.xs.len() >= 8 * nb, "row and activations differ");
+    let mut acc = 0.0f32;
+    for (b, blk) in row.chunks_exact(bb).enumerate() {
+        let (d, dmin) = (f16(blk), f16(&blk[2..]));
+        let (high, qs) = if five { (&blk[16..48], &blk[48..]) } else { (&[0u8; 32][..], &blk[16..]) };
+        for s in 0..8 {
+            let (sc, m) = crate::quants::scale_min(s, &blk[4..16]);
+            let c = 8 * b + s;
+            let isum: i32 = (0..32)
+                .map(|l| {
+                    let q = ((qs[32 * (s / 2) + l] >> (4 * (s % 2))) & 0xF) | (((high[l] >> s) & 1) << 4);
+                    q as i32 * x.xq[32 * c + l] as i32
+                })
+                .sum();
+            acc += x.xd[c] * (d * sc as f32 * isum as f32 - dmin * m as f32 * x.xs[c] as f32);
+        }
+    }
+    acc
+}

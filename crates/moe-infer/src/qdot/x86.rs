@@ -127,3 +127,46 @@ pub fn dot_q6_k(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
         hsum(acc)
     }
 }
+
+/// Q4_K or Q5_K (`five`): each sub-block of 32 unsigned values (nibbles, plus the fifth bit)
+/// times its activation block in one `vpmaddubsw` (q >= 0 needs no sign trick), scaled by
+/// d scale dx; the mins leave as dmin min dx times the block sums, in a scalar.
+pub fn dot_q45_k(row: &[u8], x: Q8Row, five: bool) -> f32 {
+    let bb = if five { 176 } else { 144 };
+    let nb = row.len() / bb;
+    // the activation loads below are unchecked
+    assert!(x.xq.len() >= 256 * nb && x.xd.len() >= 8 * nb && x.xs.len() >= 8 * nb, "row and activations differ");
+    // SAFETY: every load reads 32 bytes inside a super-block (chunks_exact) or an activation
+    // block of xq (checked above).
+    unsafe {
+        let (m4, one) = (_mm256_set1_epi8(0xF), _mm256_set1_epi8(1));
+        let (mut acc, mut mins) = (_mm256_setzero_ps(), 0.0f32);
+        for (b, blk) in row.chunks_exact(bb).enumerate() {
+            for line in 0..3 {
+                _mm_prefetch::<_MM_HINT_T0>(blk.as_ptr().wrapping_add(PREFETCH + 64 * line) as *const i8);
+            }
+            let (d, dmin) = (f16(blk), f16(&blk[2..]));
+            let qs = blk.as_ptr().add(if five { 48 } else { 16 });
+            let high =
+                if five { _mm256_loadu_si256(blk.as_ptr().add(16) as *const __m256i) } else { _mm256_setzero_si256() };
+            for g in 0..4 {
+                let q = _mm256_loadu_si256(qs.add(32 * g) as *const __m256i);
+                for h in 0..2 {
+                    let s = 2 * g + h;
+                    let nib =
+                        if h == 0 { _mm256_and_si256(q, m4) } else { _mm256_and_si256(_mm256_srli_epi16(q, 4), m4) };
+                    let fifth = _mm256_and_si256(_mm256_srl_epi16(high, _mm_cvtsi32_si128(s as i32)), one);
+                    let w = _mm256_or_si256(nib, _mm256_slli_epi16(fifth, 4));
+                    let c = 8 * b + s;
+                    let xv = _mm256_loadu_si256(x.xq.as_ptr().add(32 * c) as *const __m256i);
+                    let isum = _mm256_madd_epi16(_mm256_maddubs_epi16(w, xv), _mm256_set1_epi16(1));
+                    let (sc, m) = crate::quants::scale_min(s, &blk[4..16]);
+                    let dx = *x.xd.get_unchecked(c);
+                    acc = _mm256_fmadd_ps(_mm256_set1_ps(d * sc as f32 * dx), _mm256_cvtepi32_ps(isum), acc);
+                    mins += dmin * m as f32 * dx * *x.xs.get_unchecked(c) as f32;
+                }
+            }
+        }
+        hsum(acc) - mins
+    }
+}
