@@ -62,7 +62,7 @@ pub fn format(name: &str) -> Option<&'static Format> {
 pub const QK_K: usize = 256;
 
 /// IQ4_NL's and IQ4_XS's 16 levels.
-const IQ4: [i8; 16] = [-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113];
+pub const IQ4: [i8; 16] = [-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113];
 
 fn f16(b: &[u8]) -> f32 {
     half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32()

@@ -131,7 +131,7 @@ impl Dtype {
     }
     /// Whether rows have integer dot products with activations quantised to Q8_0 blocks.
     pub fn has_q8_dot(self) -> bool {
-        matches!(self, Dtype::Q8_0 | Dtype::Q4_0 | Dtype::Q4K | Dtype::Q5K | Dtype::Q6K)
+        matches!(self, Dtype::Q8_0 | Dtype::Q4_0 | Dtype::Q5_0 | Dtype::IQ4NL | Dtype::Q4K | Dtype::Q5K | Dtype::Q6K)
     }
     /// llama.cpp's block quantisations (GGUF files, or quantised on load).
     pub fn is_block_quant(self) -> bool {
@@ -419,7 +419,7 @@ impl Weight {
         }
     }
 
-    /// Q8_0, Q4_0, Q4_K, Q5_K and Q6_K only (`Dtype::has_q8_dot`): row r dotted with x given as Q8_0 blocks (xq int8 values, xd one
+    /// Types with `Dtype::has_q8_dot` only: row r dotted with x given as Q8_0 blocks (xq int8 values, xd one
     /// scale per 32), in integer arithmetic per block as llama.cpp does:
     /// sum_b dw_b * dx_b * sum_j qw_j qx_j.
     /// `xs` are the block sums of xq (`qdot::block_sums`), used by Q4_0.
@@ -436,7 +436,10 @@ impl Weight {
             Dtype::Q4_0 => crate::qdot::dot_q4_0_n(b, x),
             Dtype::Q6K => x.map(|a| crate::qdot::dot_q6_k(b, a.xq, a.xd)),
             Dtype::Q4K | Dtype::Q5K => x.map(|a| crate::qdot::dot_q45_k(b, a, self.dtype == Dtype::Q5K)),
-            _ => crate::qdot::dot_q8_0_n(b, x),
+            Dtype::Q5_0 => crate::qdot::dot_q5_0_n(b, x),
+            Dtype::IQ4NL => crate::qdot::dot_iq4_nl_n(b, x),
+            Dtype::Q8_0 => crate::qdot::dot_q8_0_n(b, x),
+            d => unreachable!("{d:?} has no integer dot product (has_q8_dot is false)"),
         }
     }
 

@@ -61,7 +61,7 @@ pub mod x86;
 ))]
 pub use vnni::{dot_q4_0_n, dot_q8_0_n};
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
-pub use x86::{dot_q45_k, dot_q6_k};
+pub use x86::{dot_iq4_nl_n, dot_q45_k, dot_q5_0_n, dot_q6_k};
 #[cfg(all(
     target_arch = "x86_64",
     target_feature = "avx2",
@@ -71,7 +71,7 @@ pub use x86::{dot_q45_k, dot_q6_k};
 pub use x86::{dot_q4_0_n, dot_q8_0_n};
 
 #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")))]
-pub use scalar::{dot_q45_k, dot_q4_0_n, dot_q6_k, dot_q8_0_n};
+pub use scalar::{dot_iq4_nl_n, dot_q45_k, dot_q4_0_n, dot_q5_0_n, dot_q6_k, dot_q8_0_n};
 
 /// Q8_0 row dotted with one activation row.
 pub fn dot_q8_0(row: &[u8], xq: &[i8], xd: &[f32], xs: &[i32]) -> f32 {
@@ -191,6 +191,36 @@ mod tests {
                 let scale: f64 =
                     w.iter().enumerate().map(|(j, &v)| (v as f64 * (xd[j / 32] * xq[j] as f32) as f64).abs()).sum();
                 assert!((b as f64 - want).abs() <= 1e-5 * scale, "five {five} x{supers}: {b} vs decoded {want}");
+            }
+        }
+    }
+
+    #[test]
+    fn q5_0_and_iq4_nl_kernels_equal_their_scalar_twins_and_the_decoded_rows() {
+        let mut seed = 9;
+        type Kernel = fn(&[u8], [Q8Row; 2]) -> [f32; 2];
+        type Decode = fn(&[u8], &mut [f32]);
+        let cases: [(usize, Kernel, Kernel, Decode); 2] = [
+            (22, dot_q5_0_n::<2>, scalar::dot_q5_0_n::<2>, crate::quants::decode_q5_0),
+            (18, dot_iq4_nl_n::<2>, scalar::dot_iq4_nl_n::<2>, crate::quants::decode_iq4_nl),
+        ];
+        for (bytes, kernel, twin, decode) in cases {
+            for blocks in [1, 2, 7, 14] {
+                let (row, xq0, xd0) = data(blocks, bytes, &mut seed);
+                let (_, xq1, xd1) = data(blocks, bytes, &mut seed);
+                let (xs0, xs1) = (block_sums(&xq0), block_sums(&xq1));
+                let x = [Q8Row { xq: &xq0, xd: &xd0, xs: &xs0 }, Q8Row { xq: &xq1, xd: &xd1, xs: &xs1 }];
+                let (got, want) = (kernel(&row, x), twin(&row, x));
+                let mut w = vec![0.0f32; 32 * blocks];
+                decode(&row, &mut w);
+                for k in 0..2 {
+                    let (a, b) = (got[k], want[k]);
+                    assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "{bytes}-byte x{blocks}: {a} vs scalar {b}");
+                    let (xq, xd) = if k == 0 { (&xq0, &xd0) } else { (&xq1, &xd1) };
+                    let terms = w.iter().enumerate().map(|(j, &v)| v as f64 * (xd[j / 32] * xq[j] as f32) as f64);
+                    let (exact, scale) = terms.fold((0.0, 0.0), |(s, a), t| (s + t, a + t.abs()));
+                    assert!((b as f64 - exact).abs() <= 1e-5 * scale, "{bytes}-byte x{blocks}: {b} vs decoded {exact}");
+                }
             }
         }
     }

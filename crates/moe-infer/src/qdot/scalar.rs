@@ -21,6 +21,28 @@ pub fn dot_q4_0(row: &[u8], xq: &[i8], xd: &[f32], _xs: &[i32]) -> f32 {
     dot(18, row, xq, xd, q4_values)
 }
 
+/// Q5_0 (22-byte blocks: d, u32 of fifth bits, nibbles) and IQ4_NL (18: d, nibbles into the
+/// 16 levels): the signed values of one block from the bytes after d.
+fn q5_0_values(b: &[u8]) -> [i8; 32] {
+    let bits = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+    std::array::from_fn(|j| {
+        let nib = if j < 16 { b[4 + j] & 0xF } else { b[4 + j - 16] >> 4 };
+        (nib | (((bits >> j) & 1) << 4) as u8) as i8 - 16
+    })
+}
+
+fn iq4_nl_values(b: &[u8]) -> [i8; 32] {
+    std::array::from_fn(|j| crate::quants::IQ4[(if j < 16 { b[j] & 0xF } else { b[j - 16] >> 4 }) as usize])
+}
+
+pub fn dot_q5_0_n<const N: usize>(row: &[u8], x: [Q8Row; N]) -> [f32; N] {
+    x.map(|r| dot(22, row, r.xq, r.xd, q5_0_values))
+}
+
+pub fn dot_iq4_nl_n<const N: usize>(row: &[u8], x: [Q8Row; N]) -> [f32; N] {
+    x.map(|r| dot(18, row, r.xq, r.xd, iq4_nl_values))
+}
+
 pub fn dot_q8_0_n<const N: usize>(row: &[u8], x: [Q8Row; N]) -> [f32; N] {
     x.map(|r| dot_q8_0(row, r.xq, r.xd, r.xs))
 }

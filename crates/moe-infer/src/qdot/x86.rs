@@ -84,6 +84,58 @@ pub(super) fn load_q4_0(p: *const u8) -> __m256i {
     }
 }
 
+/// The 32 nibbles after byte `at` of the block at p, low nibbles as values 0-15, high ones as
+/// 16-31 (unsigned).
+#[inline(always)]
+fn nibbles(p: *const u8, at: usize) -> __m256i {
+    // SAFETY: the caller passes a block that holds 16 nibble bytes at `at`.
+    unsafe {
+        let bytes = _mm_loadu_si128(p.add(at) as *const __m128i);
+        let m = _mm_set1_epi8(15);
+        _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(bytes, 4), m), _mm_and_si128(bytes, m))
+    }
+}
+
+/// Q5_0's 32 weights (q - 16): nibbles after the u32 of fifth bits (bit j is value j's).
+#[inline(always)]
+pub(super) fn load_q5_0(p: *const u8) -> __m256i {
+    // SAFETY: the caller passes the start of a 22-byte block.
+    unsafe {
+        let bits = std::ptr::read_unaligned(p.add(2) as *const i32);
+        // byte j of the vector holds byte j / 8 of the bits; keep bit j % 8 of it
+        let spread = _mm256_shuffle_epi8(
+            _mm256_set1_epi32(bits),
+            _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0),
+        );
+        let select = _mm256_set1_epi64x(0x8040201008040201u64 as i64);
+        let set = _mm256_cmpeq_epi8(_mm256_and_si256(spread, select), select);
+        let fifth = _mm256_and_si256(set, _mm256_set1_epi8(16));
+        _mm256_sub_epi8(_mm256_or_si256(nibbles(p, 6), fifth), _mm256_set1_epi8(16))
+    }
+}
+
+/// IQ4_NL's 32 weights: each nibble looked up in the 16 levels.
+#[inline(always)]
+pub(super) fn load_iq4_nl(p: *const u8) -> __m256i {
+    // SAFETY: the caller passes the start of an 18-byte block.
+    unsafe { _mm256_shuffle_epi8(iq4_levels(), nibbles(p, 2)) }
+}
+
+#[inline(always)]
+fn iq4_levels() -> __m256i {
+    let l = crate::quants::IQ4;
+    // SAFETY: a plain register constant (AVX2, as the whole module).
+    unsafe { _mm256_broadcastsi128_si256(_mm_loadu_si128(l.as_ptr() as *const __m128i)) }
+}
+
+pub fn dot_q5_0_n<const N: usize>(row: &[u8], x: [Q8Row; N]) -> [f32; N] {
+    rows(22, row, x, load_q5_0)
+}
+
+pub fn dot_iq4_nl_n<const N: usize>(row: &[u8], x: [Q8Row; N]) -> [f32; N] {
+    rows(18, row, x, load_iq4_nl)
+}
+
 pub fn dot_q8_0_n<const N: usize>(row: &[u8], x: [Q8Row; N]) -> [f32; N] {
     rows(34, row, x, load_q8_0)
 }
