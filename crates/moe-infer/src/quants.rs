@@ -162,7 +162,7 @@ pub fn decode_q2_k(b: &[u8], y: &mut [f32]) {
 
 /// Q3_K's 16 scales (6 bits, stored biased by 32) from their 12 packed bytes: low 4 bits of
 /// scales 0-7 and 8-15 in the nibbles of bytes 0-7, high 2 bits in bytes 8-11.
-fn q3_scales(p: &[u8]) -> [i8; 16] {
+pub fn q3_scales(p: &[u8]) -> [i8; 16] {
     std::array::from_fn(|i| {
         let low = if i < 8 { p[i] & 0xF } else { p[i - 8] >> 4 };
         let high = (p[8 + i % 4] >> (2 * (i / 4))) & 3;
@@ -247,12 +247,19 @@ pub fn decode_q6_k(b: &[u8], y: &mut [f32]) {
     }
 }
 
+/// IQ4_XS's scale (6 bits, biased by 32) of sub-block ib of 32 values of the block at `blk`.
+#[inline(always)]
+pub fn iq4_xs_scale(blk: &[u8], ib: usize) -> i32 {
+    let high = u16::from_le_bytes([blk[2], blk[3]]);
+    let ls = ((blk[4 + ib / 2] >> (4 * (ib % 2))) & 0xF) | ((((high >> (2 * ib)) & 3) as u8) << 4);
+    ls as i32 - 32
+}
+
 pub fn decode_iq4_xs(b: &[u8], y: &mut [f32]) {
     for (blk, ys) in b.chunks_exact(136).zip(y.chunks_exact_mut(QK_K)) {
-        let (d, high) = (f16(blk), u16::from_le_bytes([blk[2], blk[3]]));
+        let d = f16(blk);
         for (ib, (o, qs)) in ys.chunks_exact_mut(32).zip(blk[8..].chunks_exact(16)).enumerate() {
-            let ls = ((blk[4 + ib / 2] >> (4 * (ib % 2))) & 0xF) | ((((high >> (2 * ib)) & 3) as u8) << 4);
-            let dl = d * (ls as i32 - 32) as f32;
+            let dl = d * iq4_xs_scale(blk, ib) as f32;
             o.iter_mut().zip(nibbles(qs, None)).for_each(|(v, q)| *v = dl * IQ4[q as usize] as f32);
         }
     }

@@ -131,7 +131,8 @@ impl Dtype {
     }
     /// Whether rows have integer dot products with activations quantised to Q8_0 blocks.
     pub fn has_q8_dot(self) -> bool {
-        matches!(self, Dtype::Q8_0 | Dtype::Q4_0 | Dtype::Q5_0 | Dtype::IQ4NL | Dtype::Q4K | Dtype::Q5K | Dtype::Q6K)
+        use Dtype::*;
+        matches!(self, Q8_0 | Q4_0 | Q5_0 | IQ4NL | Q3K | Q4K | Q5K | Q6K | IQ4XS)
     }
     /// llama.cpp's block quantisations (GGUF files, or quantised on load).
     pub fn is_block_quant(self) -> bool {
@@ -436,6 +437,8 @@ impl Weight {
             Dtype::Q4_0 => crate::qdot::dot_q4_0_n(b, x),
             Dtype::Q6K => x.map(|a| crate::qdot::dot_q6_k(b, a.xq, a.xd)),
             Dtype::Q4K | Dtype::Q5K => x.map(|a| crate::qdot::dot_q45_k(b, a, self.dtype == Dtype::Q5K)),
+            Dtype::Q3K => x.map(|a| crate::qdot::dot_q3_k(b, a)),
+            Dtype::IQ4XS => x.map(|a| crate::qdot::dot_iq4_xs(b, a)),
             Dtype::Q5_0 => crate::qdot::dot_q5_0_n(b, x),
             Dtype::IQ4NL => crate::qdot::dot_iq4_nl_n(b, x),
             Dtype::Q8_0 => crate::qdot::dot_q8_0_n(b, x),

@@ -1,6 +1,9 @@
-//! Integer dot products of a Q8_0, Q4_0 or Q6_K weight row with an activation row quantised to
-//! Q8_0 blocks (the decode kernel of quantised models): per block of 32, sum_j qw_j * qx_j in
-//! integers, scaled by dw * dx (Q6_K: by its int8 scale per 16 values and d), as llama.cpp does.
+//! Integer dot products of a quantised weight row with an activation row quantised to Q8_0
+//! blocks (the decode kernel of quantised models), as llama.cpp does: per block of 32, sum_j
+//! qw_j * qx_j in integers, scaled by dw * dx. Q8_0, Q4_0, Q5_0 and IQ4_NL blocks are signed
+//! values with one scale; the super-block formats carry a scale per 16 (Q3_K, Q6_K) or 32
+//! (Q4_K, Q5_K with a min each: minus dmin min dx times the activations' block sum, IQ4_XS).
+//! Q4_1, Q5_1 and Q2_K have no integer kernel (rows decode to f32; rare in common files).
 //! Built for the machine (`-C target-cpu=native`): with AVX-512 VNNI Q8_0 and Q4_0 take two
 //! blocks per 512-bit `vpdpbusd` (`vnni`); with AVX2 one block per 256-bit product (`x86`,
 //! also Q6_K everywhere); elsewhere the portable twins (`scalar`) run. Tests compare them.
@@ -61,7 +64,7 @@ pub mod x86;
 ))]
 pub use vnni::{dot_q4_0_n, dot_q8_0_n};
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
-pub use x86::{dot_iq4_nl_n, dot_q45_k, dot_q5_0_n, dot_q6_k};
+pub use x86::{dot_iq4_nl_n, dot_iq4_xs, dot_q3_k, dot_q45_k, dot_q5_0_n, dot_q6_k};
 #[cfg(all(
     target_arch = "x86_64",
     target_feature = "avx2",
@@ -71,7 +74,7 @@ pub use x86::{dot_iq4_nl_n, dot_q45_k, dot_q5_0_n, dot_q6_k};
 pub use x86::{dot_q4_0_n, dot_q8_0_n};
 
 #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")))]
-pub use scalar::{dot_iq4_nl_n, dot_q45_k, dot_q4_0_n, dot_q5_0_n, dot_q6_k, dot_q8_0_n};
+pub use scalar::{dot_iq4_nl_n, dot_iq4_xs, dot_q3_k, dot_q45_k, dot_q4_0_n, dot_q5_0_n, dot_q6_k, dot_q8_0_n};
 
 /// Q8_0 row dotted with one activation row.
 pub fn dot_q8_0(row: &[u8], xq: &[i8], xd: &[f32], xs: &[i32]) -> f32 {
@@ -166,31 +169,52 @@ mod tests {
     }
 
     #[test]
-    fn k_quant_kernels_equal_their_scalar_twins_and_the_decoded_rows() {
+    fn super_block_kernels_equal_their_scalar_twins_and_the_decoded_rows() {
+        type Kernel = fn(&[u8], Q8Row) -> f32;
+        type Decode = fn(&[u8], &mut [f32]);
+        /// name, block bytes, offsets of the f16 scales, kernel, scalar twin, decoder
+        type Case = (&'static str, usize, &'static [usize], Kernel, Kernel, Decode);
+        let cases: [Case; 4] = [
+            (
+                "Q4_K",
+                144,
+                &[0, 2],
+                |r, x| dot_q45_k(r, x, false),
+                |r, x| scalar::dot_q45_k(r, x, false),
+                crate::quants::decode_q4_k,
+            ),
+            (
+                "Q5_K",
+                176,
+                &[0, 2],
+                |r, x| dot_q45_k(r, x, true),
+                |r, x| scalar::dot_q45_k(r, x, true),
+                crate::quants::decode_q5_k,
+            ),
+            ("Q3_K", 110, &[108], dot_q3_k, scalar::dot_q3_k, crate::quants::decode_q3_k),
+            ("IQ4_XS", 136, &[0], dot_iq4_xs, scalar::dot_iq4_xs, crate::quants::decode_iq4_xs),
+        ];
         let mut seed = 3;
-        for (five, bytes) in [(false, 144), (true, 176)] {
+        for (name, bytes, scales, kernel, twin, decode) in cases {
             for supers in [1, 3, 8] {
                 let (mut row, xq, xd) = data(8 * supers, 32, &mut seed);
                 row.truncate(bytes * supers);
                 for blk in row.chunks_exact_mut(bytes) {
-                    blk[..2].copy_from_slice(&half::f16::from_f32(0.01).to_bits().to_le_bytes());
-                    blk[2..4].copy_from_slice(&half::f16::from_f32(0.003).to_bits().to_le_bytes());
+                    for (k, &at) in scales.iter().enumerate() {
+                        let v = half::f16::from_f32(0.01 - 0.007 * k as f32);
+                        blk[at..at + 2].copy_from_slice(&v.to_bits().to_le_bytes());
+                    }
                 }
                 let xs = block_sums(&xq);
                 let x = Q8Row { xq: &xq, xd: &xd, xs: &xs };
-                let (a, b) = (dot_q45_k(&row, x, five), scalar::dot_q45_k(&row, x, five));
-                assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "five {five} x{supers}: {a} vs scalar {b}");
+                let (a, b) = (kernel(&row, x), twin(&row, x));
+                assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "{name} x{supers}: {a} vs scalar {b}");
                 // the twin against the decoded row and activations, in f64
                 let mut w = vec![0.0f32; 256 * supers];
-                if five {
-                    crate::quants::decode_q5_k(&row, &mut w)
-                } else {
-                    crate::quants::decode_q4_k(&row, &mut w)
-                }
-                let want: f64 = w.iter().enumerate().map(|(j, &v)| v as f64 * (xd[j / 32] * xq[j] as f32) as f64).sum();
-                let scale: f64 =
-                    w.iter().enumerate().map(|(j, &v)| (v as f64 * (xd[j / 32] * xq[j] as f32) as f64).abs()).sum();
-                assert!((b as f64 - want).abs() <= 1e-5 * scale, "five {five} x{supers}: {b} vs decoded {want}");
+                decode(&row, &mut w);
+                let terms = w.iter().enumerate().map(|(j, &v)| v as f64 * (xd[j / 32] * xq[j] as f32) as f64);
+                let (exact, scale) = terms.fold((0.0, 0.0), |(s, a), t| (s + t, a + t.abs()));
+                assert!((b as f64 - exact).abs() <= 1e-5 * scale, "{name} x{supers}: {b} vs decoded {exact}");
             }
         }
     }

@@ -103,3 +103,50 @@ pub fn dot_q45_k(row: &[u8], x: Q8Row, five: bool) -> f32 {
     }
     acc
 }
+
+/// Q3_K (110-byte super-blocks) against Q8_0 activations: per 16 values
+/// (scale - 32) sum_j q_j qx_j in integers (q in [-4, 3]), times d dx per 32.
+pub fn dot_q3_k(row: &[u8], x: Q8Row) -> f32 {
+    let nb = row.len() / 110;
+    assert!(x.xq.len() >= 256 * nb && x.xd.len() >= 8 * nb, "row and activations differ");
+    let mut acc = 0.0f32;
+    for (b, blk) in row.chunks_exact(110).enumerate() {
+        let (hm, sc, d) = (&blk[..32], crate::quants::q3_scales(&blk[96..108]), f16(&blk[108..]));
+        for h in 0..2 {
+            for j in 0..4 {
+                let c = 8 * b + 4 * h + j;
+                let sum = |run: usize, ls: std::ops::Range<usize>| -> i32 {
+                    let s: i32 = ls
+                        .map(|l| {
+                            let q = ((blk[32 + 32 * h + l] >> (2 * j)) & 3) as i32
+                                - 4 * (1 - ((hm[l] >> (4 * h + j)) & 1) as i32);
+                            q * x.xq[32 * c + l] as i32
+                        })
+                        .sum();
+                    sc[run] as i32 * s
+                };
+                let isum = sum(8 * h + 2 * j, 0..16) + sum(8 * h + 2 * j + 1, 16..32);
+                acc += d * x.xd[c] * isum as f32;
+            }
+        }
+    }
+    acc
+}
+
+/// IQ4_XS (136-byte super-blocks) against Q8_0 activations: per 32 values
+/// d (scale - 32) dx sum_j level(q_j) qx_j.
+pub fn dot_iq4_xs(row: &[u8], x: Q8Row) -> f32 {
+    let nb = row.len() / 136;
+    assert!(x.xq.len() >= 256 * nb && x.xd.len() >= 8 * nb, "row and activations differ");
+    let mut acc = 0.0f32;
+    for (b, blk) in row.chunks_exact(136).enumerate() {
+        let d = f16(blk);
+        for (ib, qs) in blk[8..].chunks_exact(16).enumerate() {
+            let c = 8 * b + ib;
+            let w = iq4_nl_values(qs);
+            let isum: i32 = w.iter().zip(&x.xq[32 * c..32 * c + 32]).map(|(&a, &v)| a as i32 * v as i32).sum();
+            acc += d * crate::quants::iq4_xs_scale(blk, ib) as f32 * x.xd[c] * isum as f32;
+        }
+    }
+    acc
+}

@@ -222,3 +222,65 @@ pub fn dot_q45_k(row: &[u8], x: Q8Row, five: bool) -> f32 {
         hsum(acc) - mins
     }
 }
+
+/// Q3_K: per activation block of 32, the 2-bit values minus 4 where the high bit is clear
+/// (signed, in [-4, 3]) in one block product; lanes 0-3 hold values 0-15 and 4-7 values
+/// 16-31, scaled by their two 6-bit scales in integers, then by d dx.
+pub fn dot_q3_k(row: &[u8], x: Q8Row) -> f32 {
+    let nb = row.len() / 110;
+    // the activation loads below are unchecked
+    assert!(x.xq.len() >= 256 * nb && x.xd.len() >= 8 * nb, "row and activations differ");
+    // SAFETY: every load reads 32 bytes inside a 110-byte super-block (chunks_exact) or an
+    // activation block of xq (checked above).
+    unsafe {
+        let (m3, one) = (_mm256_set1_epi8(3), _mm256_set1_epi8(1));
+        let mut acc = _mm256_setzero_ps();
+        for (b, blk) in row.chunks_exact(110).enumerate() {
+            _mm_prefetch::<_MM_HINT_T0>(blk.as_ptr().wrapping_add(PREFETCH) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(blk.as_ptr().wrapping_add(PREFETCH + 64) as *const i8);
+            let (sc, d) = (crate::quants::q3_scales(&blk[96..108]), f16(&blk[108..]));
+            let hm = _mm256_loadu_si256(blk.as_ptr() as *const __m256i);
+            for h in 0..2 {
+                let q = _mm256_loadu_si256(blk.as_ptr().add(32 + 32 * h) as *const __m256i);
+                for j in 0..4 {
+                    let q2 = _mm256_and_si256(_mm256_srl_epi16(q, _mm_cvtsi32_si128(2 * j as i32)), m3);
+                    let hb = _mm256_and_si256(_mm256_srl_epi16(hm, _mm_cvtsi32_si128((4 * h + j) as i32)), one);
+                    let w = _mm256_sub_epi8(q2, _mm256_slli_epi16(_mm256_xor_si256(hb, one), 2));
+                    let c = 8 * b + 4 * h + j;
+                    let xv = _mm256_loadu_si256(x.xq.as_ptr().add(32 * c) as *const __m256i);
+                    let (s0, s1) = (sc[8 * h + 2 * j] as i32, sc[8 * h + 2 * j + 1] as i32);
+                    let s = _mm256_mullo_epi32(block(w, xv), _mm256_setr_epi32(s0, s0, s0, s0, s1, s1, s1, s1));
+                    acc = _mm256_fmadd_ps(_mm256_set1_ps(d * *x.xd.get_unchecked(c)), _mm256_cvtepi32_ps(s), acc);
+                }
+            }
+        }
+        hsum(acc)
+    }
+}
+
+/// IQ4_XS: per sub-block of 32, the nibbles' levels (pshufb) in one block product, scaled by
+/// d (scale - 32) dx.
+pub fn dot_iq4_xs(row: &[u8], x: Q8Row) -> f32 {
+    let nb = row.len() / 136;
+    // the activation loads below are unchecked
+    assert!(x.xq.len() >= 256 * nb && x.xd.len() >= 8 * nb, "row and activations differ");
+    // SAFETY: every load reads 16 nibble bytes inside a 136-byte super-block (chunks_exact) or
+    // an activation block of xq (checked above).
+    unsafe {
+        let levels = iq4_levels();
+        let mut acc = _mm256_setzero_ps();
+        for (b, blk) in row.chunks_exact(136).enumerate() {
+            _mm_prefetch::<_MM_HINT_T0>(blk.as_ptr().wrapping_add(PREFETCH) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(blk.as_ptr().wrapping_add(PREFETCH + 64) as *const i8);
+            let d = f16(blk);
+            for ib in 0..8 {
+                let w = _mm256_shuffle_epi8(levels, nibbles(blk.as_ptr(), 8 + 16 * ib));
+                let c = 8 * b + ib;
+                let xv = _mm256_loadu_si256(x.xq.as_ptr().add(32 * c) as *const __m256i);
+                let scale = d * crate::quants::iq4_xs_scale(blk, ib) as f32 * *x.xd.get_unchecked(c);
+                acc = _mm256_fmadd_ps(_mm256_set1_ps(scale), _mm256_cvtepi32_ps(block(w, xv)), acc);
+            }
+        }
+        hsum(acc)
+    }
+}
