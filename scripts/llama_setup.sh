@@ -4,10 +4,15 @@
 #   source scripts/llama_setup.sh WORKDIR      # sets $src (llama.cpp tree with build/bin)
 # llama.cpp comes from llama-cpp-python's PyPI sdist (vendor/llama.cpp), built with AMX disabled
 # (its AMX kernels die with SIGILL on this CPU, GUIDE section 6). The models are random-weight
-# Mixtral- and OLMoE-shaped 1 B checkpoints (scripts/make_checkpoint.py) in bf16, Q8_0 and Q4_0.
+# Mixtral- and OLMoE-shaped 1 B checkpoints (scripts/make_checkpoint.py) in bf16, Q8_0, Q4_0 and
+# the k-quant presets people download (Q4_K_M, Q5_K_M, Q3_K_M, IQ4_XS) made by llama-quantize.
+# The Python packages the converter and the checkpoint maker need are installed with pip.
 set -euo pipefail
 work=$1
 mkdir -p "$work"
+python3 -c "import numpy, torch, transformers, safetensors, sentencepiece" 2>/dev/null ||
+  python3 -m pip install -q numpy torch transformers safetensors sentencepiece
+command -v cmake > /dev/null || python3 -m pip install -q cmake
 src="$work/llama_cpp_python"
 if [ ! -f "$src/CMakeLists.txt" ]; then
   python3 - "$work" <<'PY'
@@ -39,4 +44,9 @@ for arch in mixtral olmoe; do
     python3 scripts/llama_convert.py "$src" "$model" "$work/$arch-1b-q8_0.gguf" q8_0 >> "$work/convert.log" 2>&1
     "$src/build/bin/llama-quantize" "$gguf" "$work/$arch-1b-q4_0.gguf" Q4_0 > "$work/quantize.log" 2>&1
   fi
+  for preset in Q4_K_M Q5_K_M Q3_K_M IQ4_XS; do
+    out="$work/$arch-1b-$(echo "$preset" | tr 'A-Z' 'a-z').gguf"
+    [ -f "$out" ] || "$src/build/bin/llama-quantize" "$gguf" "$out.part" "$preset" >> "$work/quantize.log" 2>&1
+    [ -f "$out" ] || mv "$out.part" "$out"
+  done
 done
