@@ -133,7 +133,7 @@ fn one_f() -> f64 {
 }
 
 /// Names of the presets, in the order `--help` lists them.
-pub const PRESETS: &[&str] = &["default", "small", "tiny", "bench-dense", "bench-moe8x2", "bench-moe16x4"];
+pub const PRESETS: &[&str] = &["default", "small", "mini", "tiny", "bench-dense", "bench-moe8x2", "bench-moe16x4"];
 
 impl ModelConfig {
     /// The reference architecture of GUIDE section 6 with a dense MLP of width 1024.
@@ -211,6 +211,18 @@ impl ModelConfig {
             ..Self::default_moe()
         }
     }
+    /// `small` at half the width again (64, dense width 256: 0.5 M active parameters), the
+    /// smallest of the three sizes RESULTS.md compares; one epoch of the default corpus is 35
+    /// tokens per active parameter.
+    pub fn mini() -> Self {
+        ModelConfig {
+            hidden_size: 64,
+            intermediate_size: 256,
+            moe_intermediate_size: 64,
+            shared_expert_intermediate_size: 64,
+            ..Self::small()
+        }
+    }
     /// About 25 thousand parameters, for tests; its vocabulary fits a byte-level BPE.
     pub fn tiny() -> Self {
         ModelConfig {
@@ -233,6 +245,7 @@ impl ModelConfig {
         Ok(match name {
             "default" => Self::default_moe(),
             "small" => Self::small(),
+            "mini" => Self::mini(),
             "tiny" => Self::tiny(),
             "bench-dense" => Self::bench_dense(),
             "bench-moe8x2" => Self::bench_moe8x2(),
