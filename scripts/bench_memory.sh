@@ -33,7 +33,7 @@ for budget in none 1.6GiB 1.2GiB 1.0GiB 0.6GiB; do
     log=$(target/release/moe generate --model "$model" --prompt "the router" --max-tokens 48 --temperature 1.0 \
       --seed 3 "${flag[@]}" 2>&1 >/dev/null)
     tps=$(grep -o "at [0-9.]* tokens/s" <<<"$log" | grep -o "[0-9.]*")
-    rss=$(grep -o "peak RSS [0-9.]* GiB" <<<"$log" | grep -o "[0-9.]* GiB")
+    rss=$(grep -o "peak RSS [0-9.]* [KMG]iB" <<<"$log" | grep -o "[0-9.]* [KMG]iB")
     if grep -q "expert cache" <<<"$log"; then
       hit=$(grep -o "hit rate [0-9.]*%" <<<"$log" | grep -o "[0-9.]*%")
       read=$(grep -o "), [0-9.]* [KMG]iB read" <<<"$log" | grep -o "[0-9.]* [KMG]iB")

@@ -162,9 +162,9 @@ fn memory_report(rank: Option<usize>) {
         status.lines().find(|l| l.starts_with(k)).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
     };
     if let (Some(hwm), Some(anon), Some(file)) = (field("VmHWM:"), field("RssAnon:"), field("RssFile:")) {
-        let g = |kb: f64| kb / (1024.0 * 1024.0);
+        let g = |kb: f64| gib((kb * 1024.0) as u64);
         eprintln!(
-            "{}memory: peak RSS {:.2} GiB; now {:.2} GiB allocated + {:.2} GiB of mapped weights",
+            "{}memory: peak RSS {}; now {} allocated + {} of mapped weights",
             rank.map_or(String::new(), |r| format!("rank {r}: ")),
             g(hwm),
             g(anon),

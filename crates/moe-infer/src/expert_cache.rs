@@ -6,7 +6,9 @@
 //! and the page cache, so their next use reads the file again). Frequency, not recency: layers
 //! run in a cycle, and when the experts of one token do not all fit, least-recently-used
 //! eviction always drops the expert needed soonest (a hit rate of zero, measured), while
-//! frequency keeps a stable set resident and favours the experts the router prefers. Prefetch:
+//! frequency keeps a stable set resident and favours the experts the router prefers. A layer
+//! whose routed experts exceed the budget (a long prompt) runs them in groups that fit, each
+//! group fetched when its turn comes, so the earlier groups can be released. Prefetch:
 //! while a layer runs, the next MoE layer's router is applied to the same hidden state, and the
 //! experts it picks that are not resident are requested from the kernel ahead of need.
 
@@ -25,8 +27,7 @@ pub struct CacheStats {
     /// Experts requested ahead, and of those, used by the layer they were predicted for.
     pub prefetched: u64,
     pub prefetch_used: u64,
-    /// Largest resident expert bytes (above the budget only when one layer's routed experts
-    /// alone exceed it).
+    /// Largest resident expert bytes (above the budget only when one expert alone exceeds it).
     pub peak_bytes: u64,
 }
 
@@ -88,6 +89,27 @@ impl ExpertCache {
     /// Bytes of every expert.
     pub fn expert_bytes(&self) -> u64 {
         self.size.iter().flatten().sum()
+    }
+
+    /// The experts `used` of MoE layer `l` in groups that each fit the budget (one expert alone
+    /// when it does not), so a layer whose routed experts exceed the budget (a prompt routes
+    /// many) runs group by group, and resident memory never holds more than a group beyond
+    /// what is already resident within the budget.
+    pub fn groups(&self, l: usize, used: &[usize]) -> Vec<Vec<usize>> {
+        let mut groups: Vec<Vec<usize>> = vec![];
+        let mut bytes = 0;
+        for &e in used {
+            let size = self.size[l][e];
+            match groups.last_mut() {
+                Some(g) if bytes + size <= self.budget => g.push(e),
+                _ => {
+                    groups.push(vec![e]);
+                    bytes = 0;
+                }
+            }
+            bytes += size;
+        }
+        groups
     }
 
     /// Makes the experts `used` of MoE layer `l` resident, releasing the least used others

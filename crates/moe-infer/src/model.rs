@@ -428,20 +428,31 @@ impl Model {
         r
     }
 
-    /// With a memory budget: makes layer `li`'s routed experts resident and prefetches those
-    /// the next MoE layer's router picks for the same hidden state x[T, C].
-    fn fetch_experts(&self, li: usize, r: &Routing, x: &[f32], t: usize) {
-        let Some(cache) = &self.cache else { return };
+    /// The experts of layer `li` to run together: all at once without a memory budget; with one,
+    /// the routed experts in groups that fit it, each made resident before it runs (`fetch`).
+    /// The next MoE layer's experts, as its router picks them for the same hidden state x[T, C],
+    /// are requested ahead.
+    fn expert_groups(&self, li: usize, r: &Routing, x: &[f32], t: usize) -> Vec<Option<Vec<usize>>> {
+        let Some(cache) = &self.cache else { return vec![None] };
         let mi = self.moe_index(li);
         let next = self.w.layers[li + 1..].iter().find_map(|l| match &l.ffn {
             FfnW::Moe(m) => Some(m),
             FfnW::Dense(_) => None,
         });
         let predicted = next.map(|m| Self::distinct(&self.route_all(m, x, t).ids));
-        let mut c = cache.lock().unwrap_or_else(|e| e.into_inner());
-        c.fetch(&self.w, mi, &Self::distinct(&r.ids));
+        let c = cache.lock().unwrap_or_else(|e| e.into_inner());
+        let groups = c.groups(mi, &Self::distinct(&r.ids));
+        drop(c);
         if let Some(p) = predicted {
-            c.prefetch(&self.w, mi + 1, &p);
+            cache.lock().unwrap_or_else(|e| e.into_inner()).prefetch(&self.w, mi + 1, &p);
+        }
+        groups.into_iter().map(Some).collect()
+    }
+
+    /// Makes `group` of MoE layer `li` resident (with a memory budget).
+    fn fetch(&self, li: usize, group: &[usize]) {
+        if let Some(cache) = &self.cache {
+            cache.lock().unwrap_or_else(|e| e.into_inner()).fetch(&self.w, self.moe_index(li), group);
         }
     }
 
@@ -455,9 +466,13 @@ impl Model {
                 if let Some(load) = &self.load {
                     load.add(self.moe_index(li), &r.ids);
                 }
-                self.fetch_experts(li, &r, x, t);
                 out[..t * c].fill(0.0);
-                experts_forward(&s.moe, &m.experts, x, t, &r, out);
+                for group in self.expert_groups(li, &r, x, t) {
+                    if let Some(g) = &group {
+                        self.fetch(li, g);
+                    }
+                    experts_forward(&s.moe, &m.experts, x, t, &r, group.as_deref(), out);
+                }
                 if let Some(comm) = &self.ep {
                     comm.all_reduce_sum_f32(&mut out[..t * c])
                         .map_err(|e| Error::Input(format!("expert-parallel all-reduce failed: {e}")))?;

@@ -167,13 +167,25 @@ pub struct Routing {
 }
 
 /// y[n, H] += sum over each token's experts of weight * expert(x). Experts run in parallel,
-/// each on all of its tokens at once; experts this rank does not hold (None) are skipped.
-pub fn experts_forward(spec: &MoeSpec, experts: &[Option<Expert>], x: &[f32], n: usize, r: &Routing, y: &mut [f32]) {
+/// each on all of its tokens at once; experts this rank does not hold (None) are skipped, and with
+/// `only` so are the experts it does not name (a group run under a memory budget).
+pub fn experts_forward(
+    spec: &MoeSpec,
+    experts: &[Option<Expert>],
+    x: &[f32],
+    n: usize,
+    r: &Routing,
+    only: Option<&[usize]>,
+    y: &mut [f32],
+) {
     let (k, c) = (spec.top_k, x.len() / n.max(1));
     let mut rows: Vec<Vec<(usize, f32)>> = vec![vec![]; experts.len()];
     for t in 0..n {
         for s in 0..k {
-            rows[r.ids[t * k + s] as usize].push((t, r.weights[t * k + s]));
+            let e = r.ids[t * k + s] as usize;
+            if only.is_none_or(|g| g.contains(&e)) {
+                rows[e].push((t, r.weights[t * k + s]));
+            }
         }
     }
     let outs: Vec<Vec<f32>> = experts
