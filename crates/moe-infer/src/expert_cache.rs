@@ -130,7 +130,7 @@ impl ExpertCache {
             self.last[l][e] = self.tick;
             self.uses[l][e] += 1;
         }
-        self.stats.peak_bytes = self.stats.peak_bytes.max(self.resident);
+        // the group's pages are read when the layer runs, after the releases below
         while self.resident > self.budget {
             // The least frequently (then least recently) used expert not needed now.
             let victim = (0..self.last.len())
@@ -145,6 +145,7 @@ impl ExpertCache {
             self.resident -= self.size[vl][ve];
             self.stats.evictions += 1;
         }
+        self.stats.peak_bytes = self.stats.peak_bytes.max(self.resident);
     }
 
     /// Requests the experts `predicted` for MoE layer `l` ahead of need (those not resident).

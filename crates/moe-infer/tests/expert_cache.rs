@@ -49,9 +49,9 @@ fn a_small_budget_changes_nothing_but_what_is_read() {
         // Every use beyond the first of an expert that was released is a miss again.
         assert!(s.misses > (m.spec.moe.experts as u64).min(uses / 4), "{name}: {s:?}");
         assert_eq!(s.bytes_read, s.misses * expert, "{name}: {s:?}");
-        // Within budget, unless one layer's routed experts alone exceed it (top-k > 2 here).
-        let k = m.spec.moe.top_k as u64;
-        assert!(s.peak_bytes <= budget.max(k * 5 * expert), "{name}: {s:?}");
+        // Within budget: a layer whose routed experts exceed it (the prompt's, top-k > 2) runs
+        // them in groups that fit.
+        assert!(s.peak_bytes <= budget, "{name}: {s:?}");
         assert!(s.prefetched > 0 && s.prefetch_used <= s.prefetched, "{name}: {s:?}");
     }
 }
