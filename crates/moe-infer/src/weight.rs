@@ -192,6 +192,13 @@ impl Weight {
         w
     }
 
+    /// A matrix of `dtype` held in memory: `bytes` are its rows (rows x cols) as a file stores
+    /// them. None when the length does not match.
+    pub fn from_bytes(bytes: Vec<u8>, dtype: Dtype, rows: usize, cols: usize) -> Option<Self> {
+        let w = Weight { map: Arc::new(Bytes::Heap(bytes)), start: 0, dtype, rows, cols, scales: None };
+        (dtype != Dtype::Mxfp4 && w.map.len() == w.row_bytes() * rows).then_some(w)
+    }
+
     /// MXFP4 from its U8 parts: blocks [rows, cols/32, 16] and scales [rows, cols/32].
     pub(crate) fn mxfp4(blocks: Weight, scales: Weight, rows: usize, cols: usize) -> Self {
         Weight {
