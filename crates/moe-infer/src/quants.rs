@@ -37,25 +37,26 @@ pub struct Format {
     pub decode: fn(&[u8], &mut [f32]),
 }
 
+pub const Q8_0: Format = Format { name: "Q8_0", values: 32, bytes: 34, decode: decode_q8_0 };
+pub const Q4_0: Format = Format { name: "Q4_0", values: 32, bytes: 18, decode: decode_q4_0 };
+pub const Q4_1: Format = Format { name: "Q4_1", values: 32, bytes: 20, decode: decode_q4_1 };
+pub const Q5_0: Format = Format { name: "Q5_0", values: 32, bytes: 22, decode: decode_q5_0 };
+pub const Q5_1: Format = Format { name: "Q5_1", values: 32, bytes: 24, decode: decode_q5_1 };
+pub const IQ4_NL: Format = Format { name: "IQ4_NL", values: 32, bytes: 18, decode: decode_iq4_nl };
+pub const Q2_K: Format = Format { name: "Q2_K", values: 256, bytes: 84, decode: decode_q2_k };
+pub const Q3_K: Format = Format { name: "Q3_K", values: 256, bytes: 110, decode: decode_q3_k };
+pub const Q4_K: Format = Format { name: "Q4_K", values: 256, bytes: 144, decode: decode_q4_k };
+pub const Q5_K: Format = Format { name: "Q5_K", values: 256, bytes: 176, decode: decode_q5_k };
+pub const Q6_K: Format = Format { name: "Q6_K", values: 256, bytes: 210, decode: decode_q6_k };
+pub const IQ4_XS: Format = Format { name: "IQ4_XS", values: 256, bytes: 136, decode: decode_iq4_xs };
+
 /// Every block format moe reads.
-pub const FORMATS: [Format; 12] = [
-    Format { name: "Q8_0", values: 32, bytes: 34, decode: decode_q8_0 },
-    Format { name: "Q4_0", values: 32, bytes: 18, decode: decode_q4_0 },
-    Format { name: "Q4_1", values: 32, bytes: 20, decode: decode_q4_1 },
-    Format { name: "Q5_0", values: 32, bytes: 22, decode: decode_q5_0 },
-    Format { name: "Q5_1", values: 32, bytes: 24, decode: decode_q5_1 },
-    Format { name: "IQ4_NL", values: 32, bytes: 18, decode: decode_iq4_nl },
-    Format { name: "Q2_K", values: 256, bytes: 84, decode: decode_q2_k },
-    Format { name: "Q3_K", values: 256, bytes: 110, decode: decode_q3_k },
-    Format { name: "Q4_K", values: 256, bytes: 144, decode: decode_q4_k },
-    Format { name: "Q5_K", values: 256, bytes: 176, decode: decode_q5_k },
-    Format { name: "Q6_K", values: 256, bytes: 210, decode: decode_q6_k },
-    Format { name: "IQ4_XS", values: 256, bytes: 136, decode: decode_iq4_xs },
-];
+pub const FORMATS: [&Format; 12] =
+    [&Q8_0, &Q4_0, &Q4_1, &Q5_0, &Q5_1, &IQ4_NL, &Q2_K, &Q3_K, &Q4_K, &Q5_K, &Q6_K, &IQ4_XS];
 
 /// The format called `name`.
 pub fn format(name: &str) -> Option<&'static Format> {
-    FORMATS.iter().find(|f| f.name == name)
+    FORMATS.into_iter().find(|f| f.name == name)
 }
 
 /// Values per super-block.

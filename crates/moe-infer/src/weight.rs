@@ -127,7 +127,22 @@ impl Dtype {
     }
     /// llama.cpp's block format of this type (GGUF files, or quantised on load).
     pub fn format(self) -> Option<&'static crate::quants::Format> {
-        crate::quants::format(self.name())
+        use crate::quants as q;
+        Some(match self {
+            Dtype::F32 | Dtype::F16 | Dtype::BF16 | Dtype::U8 | Dtype::Mxfp4 => return None,
+            Dtype::Q8_0 => &q::Q8_0,
+            Dtype::Q4_0 => &q::Q4_0,
+            Dtype::Q4_1 => &q::Q4_1,
+            Dtype::Q5_0 => &q::Q5_0,
+            Dtype::Q5_1 => &q::Q5_1,
+            Dtype::IQ4NL => &q::IQ4_NL,
+            Dtype::Q2K => &q::Q2_K,
+            Dtype::Q3K => &q::Q3_K,
+            Dtype::Q4K => &q::Q4_K,
+            Dtype::Q5K => &q::Q5_K,
+            Dtype::Q6K => &q::Q6_K,
+            Dtype::IQ4XS => &q::IQ4_XS,
+        })
     }
     /// Whether rows have integer dot products with activations quantised to Q8_0 blocks.
     pub fn has_q8_dot(self) -> bool {

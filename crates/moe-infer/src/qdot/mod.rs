@@ -16,6 +16,7 @@
 /// measured best among 0.5-8 KiB (OLMoE Q8_0: about 45 -> 55-70 tokens/s).
 pub const PREFETCH: usize = 4096;
 
+#[inline(always)]
 fn f16(b: &[u8]) -> f32 {
     half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32()
 }
