@@ -147,7 +147,7 @@ impl Dtype {
     /// Whether rows have integer dot products with activations quantised to Q8_0 blocks.
     pub fn has_q8_dot(self) -> bool {
         use Dtype::*;
-        matches!(self, Q8_0 | Q4_0 | Q5_0 | IQ4NL | Q3K | Q4K | Q5K | Q6K | IQ4XS)
+        matches!(self, Q8_0 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | IQ4NL | Q3K | Q4K | Q5K | Q6K | IQ4XS)
     }
     /// llama.cpp's block quantisations (GGUF files, or quantised on load).
     pub fn is_block_quant(self) -> bool {
@@ -462,6 +462,8 @@ impl Weight {
             Dtype::Q3K => x.map(|a| crate::qdot::dot_q3_k(b, a)),
             Dtype::IQ4XS => x.map(|a| crate::qdot::dot_iq4_xs(b, a)),
             Dtype::Q5_0 => crate::qdot::dot_q5_0_n(b, x),
+            Dtype::Q4_1 => crate::qdot::dot_q4_1_n(b, x),
+            Dtype::Q5_1 => crate::qdot::dot_q5_1_n(b, x),
             Dtype::IQ4NL => crate::qdot::dot_iq4_nl_n(b, x),
             Dtype::Q8_0 => crate::qdot::dot_q8_0_n(b, x),
             d => unreachable!("{d:?} has no integer dot product (has_q8_dot is false)"),

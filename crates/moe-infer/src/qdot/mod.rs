@@ -3,7 +3,7 @@
 //! qw_j * qx_j in integers, scaled by dw * dx. Q8_0, Q4_0, Q5_0 and IQ4_NL blocks are signed
 //! values with one scale; the super-block formats carry a scale per 16 (Q3_K, Q6_K) or 32
 //! (Q4_K, Q5_K with a min each: minus dmin min dx times the activations' block sum, IQ4_XS).
-//! Q4_1, Q5_1 and Q2_K have no integer kernel (rows decode to f32; rare in common files).
+//! Q4_1 and Q5_1 add m dx times the block sum; Q2_K has no integer kernel (rows decode to f32).
 //! Built for the machine (`-C target-cpu=native`): with AVX-512 VNNI Q8_0 and Q4_0 take two
 //! blocks per 512-bit `vpdpbusd` (`vnni`); with AVX2 one block per 256-bit product (`x86`,
 //! also Q6_K everywhere); elsewhere the portable twins (`scalar`) run. Tests compare them.
@@ -65,7 +65,7 @@ pub mod x86;
 ))]
 pub use vnni::{dot_q4_0_n, dot_q8_0_n};
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
-pub use x86::{dot_iq4_nl_n, dot_iq4_xs, dot_q3_k, dot_q45_k, dot_q5_0_n, dot_q6_k};
+pub use x86::{dot_iq4_nl_n, dot_iq4_xs, dot_q3_k, dot_q45_k, dot_q4_1_n, dot_q5_0_n, dot_q5_1_n, dot_q6_k};
 #[cfg(all(
     target_arch = "x86_64",
     target_feature = "avx2",
@@ -75,7 +75,9 @@ pub use x86::{dot_iq4_nl_n, dot_iq4_xs, dot_q3_k, dot_q45_k, dot_q5_0_n, dot_q6_
 pub use x86::{dot_q4_0_n, dot_q8_0_n};
 
 #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")))]
-pub use scalar::{dot_iq4_nl_n, dot_iq4_xs, dot_q3_k, dot_q45_k, dot_q4_0_n, dot_q5_0_n, dot_q6_k, dot_q8_0_n};
+pub use scalar::{
+    dot_iq4_nl_n, dot_iq4_xs, dot_q3_k, dot_q45_k, dot_q4_0_n, dot_q4_1_n, dot_q5_0_n, dot_q5_1_n, dot_q6_k, dot_q8_0_n,
+};
 
 /// Q8_0 row dotted with one activation row.
 pub fn dot_q8_0(row: &[u8], xq: &[i8], xd: &[f32], xs: &[i32]) -> f32 {
@@ -221,17 +223,25 @@ mod tests {
     }
 
     #[test]
-    fn q5_0_and_iq4_nl_kernels_equal_their_scalar_twins_and_the_decoded_rows() {
+    fn blocks_of_32_kernels_equal_their_scalar_twins_and_the_decoded_rows() {
         let mut seed = 9;
         type Kernel = fn(&[u8], [Q8Row; 2]) -> [f32; 2];
         type Decode = fn(&[u8], &mut [f32]);
-        let cases: [(usize, Kernel, Kernel, Decode); 2] = [
+        let cases: [(usize, Kernel, Kernel, Decode); 4] = [
             (22, dot_q5_0_n::<2>, scalar::dot_q5_0_n::<2>, crate::quants::decode_q5_0),
+            (20, dot_q4_1_n::<2>, scalar::dot_q4_1_n::<2>, crate::quants::decode_q4_1),
+            (24, dot_q5_1_n::<2>, scalar::dot_q5_1_n::<2>, crate::quants::decode_q5_1),
             (18, dot_iq4_nl_n::<2>, scalar::dot_iq4_nl_n::<2>, crate::quants::decode_iq4_nl),
         ];
         for (bytes, kernel, twin, decode) in cases {
             for blocks in [1, 2, 7, 14] {
-                let (row, xq0, xd0) = data(blocks, bytes, &mut seed);
+                let (mut row, xq0, xd0) = data(blocks, bytes, &mut seed);
+                if bytes == 20 || bytes == 24 {
+                    // Q4_1 and Q5_1 carry a finite f16 offset m after d
+                    for b in row.chunks_exact_mut(bytes) {
+                        b[2..4].copy_from_slice(&half::f16::from_f32(-0.02).to_bits().to_le_bytes());
+                    }
+                }
                 let (_, xq1, xd1) = data(blocks, bytes, &mut seed);
                 let (xs0, xs1) = (block_sums(&xq0), block_sums(&xq1));
                 let x = [Q8Row { xq: &xq0, xd: &xd0, xs: &xs0 }, Q8Row { xq: &xq1, xd: &xd1, xs: &xs1 }];

@@ -150,3 +150,26 @@ pub fn dot_iq4_xs(row: &[u8], x: Q8Row) -> f32 {
     }
     acc
 }
+
+/// Q4_1 (20-byte blocks) and Q5_1 (24): d dx sum q qx + m dx sum qx per block.
+fn dot_min(blk_bytes: usize, row: &[u8], r: Q8Row, values: impl Fn(&[u8]) -> [u8; 32]) -> f32 {
+    let mut acc = 0.0f32;
+    for (b, blk) in row.chunks_exact(blk_bytes).enumerate() {
+        let q = values(blk);
+        let isum: i32 = q.iter().zip(&r.xq[32 * b..32 * b + 32]).map(|(&a, &v)| a as i32 * v as i32).sum();
+        acc += f16(blk) * r.xd[b] * isum as f32 + f16(&blk[2..]) * r.xd[b] * r.xs[b] as f32;
+    }
+    acc
+}
+
+fn nibble_values(qs: &[u8], bits: u32) -> [u8; 32] {
+    std::array::from_fn(|j| (if j < 16 { qs[j] & 0xF } else { qs[j - 16] >> 4 }) | (((bits >> j) & 1) << 4) as u8)
+}
+
+pub fn dot_q4_1_n<const N: usize>(row: &[u8], x: [Q8Row; N]) -> [f32; N] {
+    x.map(|r| dot_min(20, row, r, |b| nibble_values(&b[4..], 0)))
+}
+
+pub fn dot_q5_1_n<const N: usize>(row: &[u8], x: [Q8Row; N]) -> [f32; N] {
+    x.map(|r| dot_min(24, row, r, |b| nibble_values(&b[8..], u32::from_le_bytes([b[4], b[5], b[6], b[7]]))))
+}

@@ -107,22 +107,27 @@ fn nibbles(p: *const u8, at: usize) -> __m256i {
     }
 }
 
-/// Q5_0's 32 weights (q - 16): nibbles after the u32 of fifth bits (bit j is value j's).
+/// 16 at byte j where bit j of the u32 at p is set (a Q5 block's fifth bits).
 #[inline(always)]
-pub(super) fn load_q5_0(p: *const u8) -> __m256i {
-    // SAFETY: the caller passes the start of a 22-byte block.
+fn fifth_bits(p: *const u8) -> __m256i {
+    // SAFETY: the caller passes 4 readable bytes.
     unsafe {
-        let bits = std::ptr::read_unaligned(p.add(2) as *const i32);
+        let bits = std::ptr::read_unaligned(p as *const i32);
         // byte j of the vector holds byte j / 8 of the bits; keep bit j % 8 of it
         let spread = _mm256_shuffle_epi8(
             _mm256_set1_epi32(bits),
             _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0),
         );
         let select = _mm256_set1_epi64x(0x8040201008040201u64 as i64);
-        let set = _mm256_cmpeq_epi8(_mm256_and_si256(spread, select), select);
-        let fifth = _mm256_and_si256(set, _mm256_set1_epi8(16));
-        _mm256_sub_epi8(_mm256_or_si256(nibbles(p, 6), fifth), _mm256_set1_epi8(16))
+        _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(spread, select), select), _mm256_set1_epi8(16))
     }
+}
+
+/// Q5_0's 32 weights (q - 16): nibbles after the u32 of fifth bits (bit j is value j's).
+#[inline(always)]
+pub(super) fn load_q5_0(p: *const u8) -> __m256i {
+    // SAFETY: the caller passes the start of a 22-byte block.
+    unsafe { _mm256_sub_epi8(_mm256_or_si256(nibbles(p, 6), fifth_bits(p.add(2))), _mm256_set1_epi8(16)) }
 }
 
 /// IQ4_NL's 32 weights: each nibble looked up in the 16 levels.
@@ -137,6 +142,52 @@ fn iq4_levels() -> __m256i {
     let l = crate::quants::IQ4;
     // SAFETY: a plain register constant (AVX2, as the whole module).
     unsafe { _mm256_broadcastsi128_si256(_mm_loadu_si128(l.as_ptr() as *const __m128i)) }
+}
+
+/// Q4_1 (20-byte blocks: d, m, nibbles) and Q5_1 (24: d, m, fifth bits, nibbles): unsigned
+/// values, so sum (d q + m) x = d dx sum q qx + m dx sum qx, the second sum the block sum.
+#[inline(always)]
+fn rows_min<const N: usize>(
+    blk_bytes: usize,
+    row: &[u8],
+    x: [Q8Row; N],
+    load: impl Fn(*const u8) -> __m256i,
+) -> [f32; N] {
+    let nb = row.len() / blk_bytes;
+    for r in &x {
+        // the activation loads below are unchecked
+        assert!(r.xq.len() >= 32 * nb && r.xd.len() >= nb && r.xs.len() >= nb, "row and activations differ");
+    }
+    // SAFETY: block b's bytes lie in row (nb whole blocks), its activations in xq (checked).
+    unsafe {
+        let mut acc = [_mm256_setzero_ps(); N];
+        let mut mins = [0.0f32; N];
+        for b in 0..nb {
+            let p = row.as_ptr().add(blk_bytes * b);
+            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH) as *const i8);
+            let (w, d, m) =
+                (load(p), f16x8(std::slice::from_raw_parts(p, 2)), f16x8(std::slice::from_raw_parts(p.add(2), 2)));
+            for ((a, mn), r) in acc.iter_mut().zip(&mut mins).zip(&x) {
+                let xv = _mm256_loadu_si256(r.xq.as_ptr().add(32 * b) as *const __m256i);
+                let isum = _mm256_madd_epi16(_mm256_maddubs_epi16(w, xv), _mm256_set1_epi16(1));
+                let dx = _mm256_set1_ps(r.xd[b]);
+                *a = _mm256_fmadd_ps(_mm256_mul_ps(d, dx), _mm256_cvtepi32_ps(isum), *a);
+                *mn += _mm256_cvtss_f32(m) * r.xd[b] * r.xs[b] as f32;
+            }
+        }
+        std::array::from_fn(|k| hsum(acc[k]) + mins[k])
+    }
+}
+
+pub fn dot_q4_1_n<const N: usize>(row: &[u8], x: [Q8Row; N]) -> [f32; N] {
+    rows_min(20, row, x, |p| nibbles(p, 4))
+}
+
+pub fn dot_q5_1_n<const N: usize>(row: &[u8], x: [Q8Row; N]) -> [f32; N] {
+    rows_min(24, row, x, |p| {
+        // SAFETY: the caller passes the start of a 24-byte block.
+        unsafe { _mm256_or_si256(nibbles(p, 8), fifth_bits(p.add(4))) }
+    })
 }
 
 pub fn dot_q5_0_n<const N: usize>(row: &[u8], x: [Q8Row; N]) -> [f32; N] {
