@@ -44,9 +44,10 @@ pub(super) fn hsum(v: __m256) -> f32 {
 }
 
 /// sum over blocks of dw * dx * sum_j w_j x_j for N activation rows; `load(p)` gives the 32
-/// signed weights of the block whose scale is at p.
+/// weights of the block whose scale is at p (signed, or with `MIN` unsigned, with the block's
+/// f16 offset m after d: + m dx times the activations' block sum).
 #[inline(always)]
-pub(super) fn rows<const N: usize>(
+pub(super) fn rows<const N: usize, const MIN: bool>(
     blk_bytes: usize,
     row: &[u8],
     x: [Q8Row; N],
@@ -55,23 +56,36 @@ pub(super) fn rows<const N: usize>(
     let nb = row.len() / blk_bytes;
     for r in &x {
         // the activation loads below are unchecked
-        assert!(r.xq.len() >= 32 * nb && r.xd.len() >= nb, "row and activations differ");
+        assert!(r.xq.len() >= 32 * nb && r.xd.len() >= nb && (!MIN || r.xs.len() >= nb), "row and activations differ");
     }
     // SAFETY: block b's bytes lie in row (nb whole blocks), its activations in xq (checked).
     unsafe {
         let mut acc = [_mm256_setzero_ps(); N];
+        // with MIN: m dx (block sum), the same in every lane (whole-register operations only,
+        // so no conversion waits on a register it does not need)
+        let mut mins = [_mm256_setzero_ps(); N];
         for b in 0..nb {
             let p = row.as_ptr().add(blk_bytes * b);
             // the row (and the next ones, contiguous) streams from memory: ask ahead
             _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH) as *const i8);
             let (w, d) = (load(p), f16x8(std::slice::from_raw_parts(p, 2)));
-            for (a, r) in acc.iter_mut().zip(&x) {
+            for ((a, mn), r) in acc.iter_mut().zip(&mut mins).zip(&x) {
                 let xv = _mm256_loadu_si256(r.xq.as_ptr().add(32 * b) as *const __m256i);
-                let s = _mm256_cvtepi32_ps(block(w, xv));
-                *a = _mm256_fmadd_ps(_mm256_mul_ps(d, _mm256_set1_ps(r.xd[b])), s, *a);
+                let s = if MIN {
+                    // q >= 0: no sign trick; |q| <= 31 and |x| <= 127 keep vpmaddubsw exact
+                    _mm256_madd_epi16(_mm256_maddubs_epi16(w, xv), _mm256_set1_epi16(1))
+                } else {
+                    block(w, xv)
+                };
+                *a = _mm256_fmadd_ps(_mm256_mul_ps(d, _mm256_set1_ps(r.xd[b])), _mm256_cvtepi32_ps(s), *a);
+                if MIN {
+                    let m = f16x8(std::slice::from_raw_parts(p.add(2), 2));
+                    let sum = _mm256_cvtepi32_ps(_mm256_set1_epi32(r.xs[b]));
+                    *mn = _mm256_fmadd_ps(_mm256_mul_ps(m, _mm256_set1_ps(r.xd[b])), sum, *mn);
+                }
             }
         }
-        acc.map(hsum)
+        std::array::from_fn(|k| hsum(acc[k]) + _mm256_cvtss_f32(mins[k]))
     }
 }
 
@@ -145,65 +159,32 @@ fn iq4_levels() -> __m256i {
 }
 
 /// Q4_1 (20-byte blocks: d, m, nibbles) and Q5_1 (24: d, m, fifth bits, nibbles): unsigned
-/// values, so sum (d q + m) x = d dx sum q qx + m dx sum qx, the second sum the block sum.
-#[inline(always)]
-fn rows_min<const N: usize>(
-    blk_bytes: usize,
-    row: &[u8],
-    x: [Q8Row; N],
-    load: impl Fn(*const u8) -> __m256i,
-) -> [f32; N] {
-    let nb = row.len() / blk_bytes;
-    for r in &x {
-        // the activation loads below are unchecked
-        assert!(r.xq.len() >= 32 * nb && r.xd.len() >= nb && r.xs.len() >= nb, "row and activations differ");
-    }
-    // SAFETY: block b's bytes lie in row (nb whole blocks), its activations in xq (checked).
-    unsafe {
-        let mut acc = [_mm256_setzero_ps(); N];
-        let mut mins = [0.0f32; N];
-        for b in 0..nb {
-            let p = row.as_ptr().add(blk_bytes * b);
-            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH) as *const i8);
-            let (w, d, m) =
-                (load(p), f16x8(std::slice::from_raw_parts(p, 2)), f16x8(std::slice::from_raw_parts(p.add(2), 2)));
-            for ((a, mn), r) in acc.iter_mut().zip(&mut mins).zip(&x) {
-                let xv = _mm256_loadu_si256(r.xq.as_ptr().add(32 * b) as *const __m256i);
-                let isum = _mm256_madd_epi16(_mm256_maddubs_epi16(w, xv), _mm256_set1_epi16(1));
-                let dx = _mm256_set1_ps(r.xd[b]);
-                *a = _mm256_fmadd_ps(_mm256_mul_ps(d, dx), _mm256_cvtepi32_ps(isum), *a);
-                *mn += _mm256_cvtss_f32(m) * r.xd[b] * r.xs[b] as f32;
-            }
-        }
-        std::array::from_fn(|k| hsum(acc[k]) + mins[k])
-    }
-}
-
+/// values plus an offset m, so sum (d q + m) x = d dx sum q qx + m dx (the block sum).
 pub fn dot_q4_1_n<const N: usize>(row: &[u8], x: [Q8Row; N]) -> [f32; N] {
-    rows_min(20, row, x, |p| nibbles(p, 4))
+    rows::<N, true>(20, row, x, |p| nibbles(p, 4))
 }
 
 pub fn dot_q5_1_n<const N: usize>(row: &[u8], x: [Q8Row; N]) -> [f32; N] {
-    rows_min(24, row, x, |p| {
+    rows::<N, true>(24, row, x, |p| {
         // SAFETY: the caller passes the start of a 24-byte block.
         unsafe { _mm256_or_si256(nibbles(p, 8), fifth_bits(p.add(4))) }
     })
 }
 
 pub fn dot_q5_0_n<const N: usize>(row: &[u8], x: [Q8Row; N]) -> [f32; N] {
-    rows(22, row, x, load_q5_0)
+    rows::<N, false>(22, row, x, load_q5_0)
 }
 
 pub fn dot_iq4_nl_n<const N: usize>(row: &[u8], x: [Q8Row; N]) -> [f32; N] {
-    rows(18, row, x, load_iq4_nl)
+    rows::<N, false>(18, row, x, load_iq4_nl)
 }
 
 pub fn dot_q8_0_n<const N: usize>(row: &[u8], x: [Q8Row; N]) -> [f32; N] {
-    rows(34, row, x, load_q8_0)
+    rows::<N, false>(34, row, x, load_q8_0)
 }
 
 pub fn dot_q4_0_n<const N: usize>(row: &[u8], x: [Q8Row; N]) -> [f32; N] {
-    rows(18, row, x, load_q4_0)
+    rows::<N, false>(18, row, x, load_q4_0)
 }
 
 pub fn dot_q6_k(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
