@@ -3,7 +3,7 @@
 //! activations' block sums, for N activation rows per pass; an odd last block runs through the
 //! 256-bit kernel of `x86`.
 
-use super::x86::{load_q4_0, load_q8_0, rows};
+use super::x86::{load_q8_0, nibbles, rows};
 use super::{Q8Row, PREFETCH};
 use std::arch::x86_64::*;
 
@@ -73,7 +73,7 @@ pub fn dot_q8_0_n<const N: usize>(row: &[u8], x: [Q8Row; N]) -> [f32; N] {
             _mm512_xor_si512(_mm512_inserti64x4::<1>(_mm512_castsi256_si512(w0), w1), flip)
         })
     };
-    let tail = rows::<N, false>(34, &row[34 * b..], x.map(|r| r.skip(b)), load_q8_0);
+    let tail = rows::<N, false, 0>(34, &row[34 * b..], x.map(|r| r.skip(b)), load_q8_0);
     total.iter_mut().zip(tail).for_each(|(t, v)| *t += v);
     total
 }
@@ -94,7 +94,7 @@ pub fn dot_q4_0_n<const N: usize>(row: &[u8], x: [Q8Row; N]) -> [f32; N] {
             _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi)
         })
     };
-    let tail = rows::<N, false>(18, &row[18 * b..], x.map(|r| r.skip(b)), load_q4_0);
+    let tail = rows::<N, false, 8>(18, &row[18 * b..], x.map(|r| r.skip(b)), |p| nibbles(p, 2));
     total.iter_mut().zip(tail).for_each(|(t, v)| *t += v);
     total
 }

@@ -44,10 +44,12 @@ pub(super) fn hsum(v: __m256) -> f32 {
 }
 
 /// sum over blocks of dw * dx * sum_j w_j x_j for N activation rows; `load(p)` gives the 32
-/// weights of the block whose scale is at p (signed, or with `MIN` unsigned, with the block's
-/// f16 offset m after d: + m dx times the activations' block sum).
+/// weights of the block whose scale is at p: signed (Q8_0, IQ4_NL), or unsigned q with an offset
+/// per block, value = d q + m, the offset term m dx times the activations' block sum: with
+/// `STORED_M` the f16 m after d (Q4_1, Q5_1), else m = -SHIFT d (Q4_0: 8, Q5_0: 16). Unsigned
+/// weights take one `vpmaddubsw` without the sign trick (q <= 31, |x| <= 127: exact).
 #[inline(always)]
-pub(super) fn rows<const N: usize, const MIN: bool>(
+pub(super) fn rows<const N: usize, const STORED_M: bool, const SHIFT: i32>(
     blk_bytes: usize,
     row: &[u8],
     x: [Q8Row; N],
@@ -56,13 +58,13 @@ pub(super) fn rows<const N: usize, const MIN: bool>(
     let nb = row.len() / blk_bytes;
     for r in &x {
         // the activation loads below are unchecked
-        assert!(r.xq.len() >= 32 * nb && r.xd.len() >= nb && (!MIN || r.xs.len() >= nb), "row and activations differ");
+        assert!(r.xq.len() >= 32 * nb && r.xd.len() >= nb && r.xs.len() >= nb, "row and activations differ");
     }
     // SAFETY: block b's bytes lie in row (nb whole blocks), its activations in xq (checked).
     unsafe {
         let mut acc = [_mm256_setzero_ps(); N];
-        // with MIN: m dx (block sum), the same in every lane (whole-register operations only,
-        // so no conversion waits on a register it does not need)
+        // the offset terms m dx (block sum), the same in every lane (whole-register operations
+        // only, so no conversion waits on a register it does not need)
         let mut mins = [_mm256_setzero_ps(); N];
         for b in 0..nb {
             let p = row.as_ptr().add(blk_bytes * b);
@@ -71,15 +73,19 @@ pub(super) fn rows<const N: usize, const MIN: bool>(
             let (w, d) = (load(p), f16x8(std::slice::from_raw_parts(p, 2)));
             for ((a, mn), r) in acc.iter_mut().zip(&mut mins).zip(&x) {
                 let xv = _mm256_loadu_si256(r.xq.as_ptr().add(32 * b) as *const __m256i);
-                let s = if MIN {
-                    // q >= 0: no sign trick; |q| <= 31 and |x| <= 127 keep vpmaddubsw exact
+                let unsigned = STORED_M || SHIFT != 0;
+                let s = if unsigned {
                     _mm256_madd_epi16(_mm256_maddubs_epi16(w, xv), _mm256_set1_epi16(1))
                 } else {
                     block(w, xv)
                 };
                 *a = _mm256_fmadd_ps(_mm256_mul_ps(d, _mm256_set1_ps(r.xd[b])), _mm256_cvtepi32_ps(s), *a);
-                if MIN {
-                    let m = f16x8(std::slice::from_raw_parts(p.add(2), 2));
+                if unsigned {
+                    let m = if STORED_M {
+                        f16x8(std::slice::from_raw_parts(p.add(2), 2))
+                    } else {
+                        _mm256_mul_ps(d, _mm256_set1_ps(-SHIFT as f32))
+                    };
                     let sum = _mm256_cvtepi32_ps(_mm256_set1_epi32(r.xs[b]));
                     *mn = _mm256_fmadd_ps(_mm256_mul_ps(m, _mm256_set1_ps(r.xd[b])), sum, *mn);
                 }
@@ -96,23 +102,10 @@ pub(super) fn load_q8_0(p: *const u8) -> __m256i {
     unsafe { _mm256_loadu_si256(p.add(2) as *const __m256i) }
 }
 
-/// Q4_0's 32 weights (q - 8) from the 16 nibble bytes after the scale at p: low nibbles are
-/// values 0-15, high ones 16-31.
-#[inline(always)]
-pub(super) fn load_q4_0(p: *const u8) -> __m256i {
-    // SAFETY: the caller passes the start of an 18-byte block.
-    unsafe {
-        let bytes = _mm_loadu_si128(p.add(2) as *const __m128i);
-        let m = _mm_set1_epi8(15);
-        let (lo, hi) = (_mm_and_si128(bytes, m), _mm_and_si128(_mm_srli_epi16(bytes, 4), m));
-        _mm256_sub_epi8(_mm256_set_m128i(hi, lo), _mm256_set1_epi8(8))
-    }
-}
-
 /// The 32 nibbles after byte `at` of the block at p, low nibbles as values 0-15, high ones as
-/// 16-31 (unsigned).
+/// 16-31 (unsigned; Q4_0's q before its shift by 8).
 #[inline(always)]
-fn nibbles(p: *const u8, at: usize) -> __m256i {
+pub(super) fn nibbles(p: *const u8, at: usize) -> __m256i {
     // SAFETY: the caller passes a block that holds 16 nibble bytes at `at`.
     unsafe {
         let bytes = _mm_loadu_si128(p.add(at) as *const __m128i);
@@ -137,11 +130,11 @@ fn fifth_bits(p: *const u8) -> __m256i {
     }
 }
 
-/// Q5_0's 32 weights (q - 16): nibbles after the u32 of fifth bits (bit j is value j's).
+/// Q5_0's 32 unsigned weights q (the value is q - 16): nibbles after the u32 of fifth bits.
 #[inline(always)]
-pub(super) fn load_q5_0(p: *const u8) -> __m256i {
+fn load_q5_0(p: *const u8) -> __m256i {
     // SAFETY: the caller passes the start of a 22-byte block.
-    unsafe { _mm256_sub_epi8(_mm256_or_si256(nibbles(p, 6), fifth_bits(p.add(2))), _mm256_set1_epi8(16)) }
+    unsafe { _mm256_or_si256(nibbles(p, 6), fifth_bits(p.add(2))) }
 }
 
 /// IQ4_NL's 32 weights: each nibble looked up in the 16 levels.
@@ -161,30 +154,30 @@ fn iq4_levels() -> __m256i {
 /// Q4_1 (20-byte blocks: d, m, nibbles) and Q5_1 (24: d, m, fifth bits, nibbles): unsigned
 /// values plus an offset m, so sum (d q + m) x = d dx sum q qx + m dx (the block sum).
 pub fn dot_q4_1_n<const N: usize>(row: &[u8], x: [Q8Row; N]) -> [f32; N] {
-    rows::<N, true>(20, row, x, |p| nibbles(p, 4))
+    rows::<N, true, 0>(20, row, x, |p| nibbles(p, 4))
 }
 
 pub fn dot_q5_1_n<const N: usize>(row: &[u8], x: [Q8Row; N]) -> [f32; N] {
-    rows::<N, true>(24, row, x, |p| {
+    rows::<N, true, 0>(24, row, x, |p| {
         // SAFETY: the caller passes the start of a 24-byte block.
         unsafe { _mm256_or_si256(nibbles(p, 8), fifth_bits(p.add(4))) }
     })
 }
 
 pub fn dot_q5_0_n<const N: usize>(row: &[u8], x: [Q8Row; N]) -> [f32; N] {
-    rows::<N, false>(22, row, x, load_q5_0)
+    rows::<N, false, 16>(22, row, x, load_q5_0)
 }
 
 pub fn dot_iq4_nl_n<const N: usize>(row: &[u8], x: [Q8Row; N]) -> [f32; N] {
-    rows::<N, false>(18, row, x, load_iq4_nl)
+    rows::<N, false, 0>(18, row, x, load_iq4_nl)
 }
 
 pub fn dot_q8_0_n<const N: usize>(row: &[u8], x: [Q8Row; N]) -> [f32; N] {
-    rows::<N, false>(34, row, x, load_q8_0)
+    rows::<N, false, 0>(34, row, x, load_q8_0)
 }
 
 pub fn dot_q4_0_n<const N: usize>(row: &[u8], x: [Q8Row; N]) -> [f32; N] {
-    rows::<N, false>(18, row, x, load_q4_0)
+    rows::<N, false, 8>(18, row, x, |p| nibbles(p, 2))
 }
 
 pub fn dot_q6_k(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
