@@ -440,13 +440,11 @@ impl Model {
             FfnW::Dense(_) => None,
         });
         let predicted = next.map(|m| Self::distinct(&self.route_all(m, x, t).ids));
-        let c = cache.lock().unwrap_or_else(|e| e.into_inner());
-        let groups = c.groups(mi, &Self::distinct(&r.ids));
-        drop(c);
+        let mut c = cache.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(p) = predicted {
-            cache.lock().unwrap_or_else(|e| e.into_inner()).prefetch(&self.w, mi + 1, &p);
+            c.prefetch(&self.w, mi + 1, &p);
         }
-        groups.into_iter().map(Some).collect()
+        c.groups(mi, &Self::distinct(&r.ids)).into_iter().map(Some).collect()
     }
 
     /// Makes `group` of MoE layer `li` resident (with a memory budget).

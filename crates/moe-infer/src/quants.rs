@@ -96,7 +96,7 @@ pub fn decode_q4_0(b: &[u8], y: &mut [f32]) {
 }
 
 /// The 32 unsigned 4-bit (or, with the 32 fifth bits `qh`, 5-bit) values of a nibble block.
-fn nibbles(qs: &[u8], qh: Option<u32>) -> [u8; 32] {
+pub fn nibbles(qs: &[u8], qh: Option<u32>) -> [u8; 32] {
     let mut q = [0u8; 32];
     for j in 0..16 {
         let (h0, h1) = qh.map_or((0, 0), |h| ((((h >> j) << 4) & 0x10) as u8, ((h >> (j + 12)) & 0x10) as u8));

@@ -1,7 +1,7 @@
 //! The portable twins of the integer kernels: what every SIMD path must equal.
 
 use super::{f16, Q8Row};
-use crate::quants::q4_values;
+use crate::quants::{nibbles, q4_values};
 
 fn dot(blk_bytes: usize, row: &[u8], xq: &[i8], xd: &[f32], values: impl Fn(&[u8]) -> [i8; 32]) -> f32 {
     let mut acc = 0.0f32;
@@ -24,15 +24,11 @@ pub fn dot_q4_0(row: &[u8], xq: &[i8], xd: &[f32], _xs: &[i32]) -> f32 {
 /// Q5_0 (22-byte blocks: d, u32 of fifth bits, nibbles) and IQ4_NL (18: d, nibbles into the
 /// 16 levels): the signed values of one block from the bytes after d.
 fn q5_0_values(b: &[u8]) -> [i8; 32] {
-    let bits = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-    std::array::from_fn(|j| {
-        let nib = if j < 16 { b[4 + j] & 0xF } else { b[4 + j - 16] >> 4 };
-        (nib | (((bits >> j) & 1) << 4) as u8) as i8 - 16
-    })
+    nibbles(&b[4..], Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))).map(|q| q as i8 - 16)
 }
 
 fn iq4_nl_values(b: &[u8]) -> [i8; 32] {
-    std::array::from_fn(|j| crate::quants::IQ4[(if j < 16 { b[j] & 0xF } else { b[j - 16] >> 4 }) as usize])
+    nibbles(b, None).map(|q| crate::quants::IQ4[q as usize])
 }
 
 pub fn dot_q5_0_n<const N: usize>(row: &[u8], x: [Q8Row; N]) -> [f32; N] {
@@ -162,14 +158,10 @@ fn dot_min(blk_bytes: usize, row: &[u8], r: Q8Row, values: impl Fn(&[u8]) -> [u8
     acc
 }
 
-fn nibble_values(qs: &[u8], bits: u32) -> [u8; 32] {
-    std::array::from_fn(|j| (if j < 16 { qs[j] & 0xF } else { qs[j - 16] >> 4 }) | (((bits >> j) & 1) << 4) as u8)
-}
-
 pub fn dot_q4_1_n<const N: usize>(row: &[u8], x: [Q8Row; N]) -> [f32; N] {
-    x.map(|r| dot_min(20, row, r, |b| nibble_values(&b[4..], 0)))
+    x.map(|r| dot_min(20, row, r, |b| nibbles(&b[4..], None)))
 }
 
 pub fn dot_q5_1_n<const N: usize>(row: &[u8], x: [Q8Row; N]) -> [f32; N] {
-    x.map(|r| dot_min(24, row, r, |b| nibble_values(&b[8..], u32::from_le_bytes([b[4], b[5], b[6], b[7]]))))
+    x.map(|r| dot_min(24, row, r, |b| nibbles(&b[8..], Some(u32::from_le_bytes([b[4], b[5], b[6], b[7]])))))
 }
