@@ -10,7 +10,7 @@ use moe_engine::compare::spec::{dense_reference, Spec, SWEEP};
 use moe_engine::compare::upcycle::upcycle;
 use moe_engine::compare::{report, run, Budget, CompareOptions, Variant, VariantRun};
 use moe_engine::config::ModelConfig;
-use moe_engine::train::TrainConfig;
+use moe_engine::train::{Precision, TrainConfig};
 use std::path::{Path, PathBuf};
 
 /// How long each model trains; one of them (default: --tokens 1.2M).
@@ -111,10 +111,10 @@ pub struct UpcycleArgs {
     common: CompareCommon,
 }
 
-fn header(title: &str, c: &CompareCommon, tc: &TrainConfig, budget: Budget) -> String {
+fn header(title: &str, c: &CompareCommon, tc: &TrainConfig, budget: Budget, precision: Precision) -> String {
     let cmd: Vec<String> = std::iter::once("moe".to_string()).chain(std::env::args().skip(1)).collect();
     format!(
-        "# {title}\n\n`{}`\n\n{} UTC; batch {} x {} tokens (x{} accumulation), lr {}, warmup {}, seed {}, {:?} matmuls, budget {:?}, data {}.\n\n",
+        "# {title}\n\n`{}`\n\n{} UTC; batch {} x {} tokens (x{} accumulation), lr {}, warmup {}, seed {}, {} matrix products, budget {:?}, data {}.\n\n",
         cmd.join(" "),
         utc_stamp(),
         tc.batch_size,
@@ -123,7 +123,7 @@ fn header(title: &str, c: &CompareCommon, tc: &TrainConfig, budget: Budget) -> S
         tc.lr,
         tc.warmup_steps,
         tc.seed,
-        tc.precision,
+        precision,
         budget,
         c.flags.source().describe()
     )
@@ -145,7 +145,7 @@ fn execute(title: &str, variants: Vec<Variant>, c: &CompareCommon, kind: &str) -
     };
     eprintln!("moe {kind}: {} models in lockstep, output in {}", o.variants.len(), out.display());
     let runs: Vec<VariantRun> = run(&o, &|m| eprintln!("{m}"))?;
-    let (md, plots) = report::write(&out, &runs, &tc, &header(title, c, &tc, budget))?;
+    let (md, plots) = report::write(&out, &runs, &tc, &header(title, c, &tc, budget, runs[0].precision))?;
     println!("{md}");
     for p in plots.iter().chain([&out.join("compare.md")]) {
         println!("{}", p.display());

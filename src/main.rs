@@ -202,8 +202,9 @@ enum BenchCmd {
         /// MFU column; the first is against the peak measured between the timed steps.
         #[arg(long, default_value_t = 330.0)]
         peak_gflops: f64,
-        /// Matrix products in fp32, or bf16 on AMX or AVX512-BF16 (MFU is still against the fp32 peak).
-        #[arg(long, value_parser = parse_enum::<Precision>, default_value = "fp32")]
+        /// Matrix products in fp32, in bf16 on AMX or AVX512-BF16 (MFU is still against the fp32
+        /// peak), or auto: bf16 where a calibration pass of each preset measures it faster.
+        #[arg(long, value_parser = parse_enum::<Precision>, default_value = "auto")]
         precision: Precision,
         /// In-process data-parallel replicas (0 = one per thread; 1 = one, with multi-threaded
         /// matrix products); see `moe train --replicas`.
@@ -450,7 +451,7 @@ fn bench(b: BenchCmd) -> Result<()> {
             interleave,
         } => {
             println!(
-                "threads: {}; batch {batch_size} x {seq_len}; {warmup} warm-up + {steps} timed steps (median){}; matrix products in {precision}",
+                "threads: {}; batch {batch_size} x {seq_len}; {warmup} warm-up + {steps} timed steps (median){}; --precision {precision}",
                 rayon_threads(),
                 if interleave { ", presets interleaved step by step" } else { "" }
             );
@@ -492,6 +493,9 @@ fn bench(b: BenchCmd) -> Result<()> {
                     busy,
                     rss
                 );
+            }
+            for r in &results {
+                println!("{}: {}", r.name, r.precision);
             }
             if let (true, Some(first)) = (interleave, results.first()) {
                 for r in &results[1..] {

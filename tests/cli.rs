@@ -4,7 +4,13 @@
 use std::process::Command;
 
 fn moe(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_moe")).args(args).output().expect("run moe");
+    let cache = std::env::temp_dir().join(format!("moe-cli-cache-{}", std::process::id()));
+    moe_with_cache(args, &cache)
+}
+
+/// `moe args` with its precision calibrations cached under `cache` (not the user's home).
+fn moe_with_cache(args: &[&str], cache: &std::path::Path) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_moe")).args(args).env("MOE_CACHE_DIR", cache).output().expect("run moe");
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -151,6 +157,76 @@ fn bench_train_interleaves_presets_and_refuses_zero_steps() {
     let (code, _, err) = moe(&[&args[..], &["--steps", "0"]].concat());
     assert_ne!(code, 0);
     assert!(err.contains("no timed steps") && err.contains("--steps 1"), "{err}");
+}
+
+/// Whether this CPU has bf16 matrix instructions (AMX-BF16 implies AVX512-BF16 on every Intel
+/// part that has it).
+fn cpu_has_bf16() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return std::arch::is_x86_feature_detected!("avx512bf16");
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+#[test]
+fn precision_auto_measures_once_then_reads_its_calibration() {
+    let cache = tempfile::tempdir().unwrap();
+    let args =
+        ["bench", "train", "--presets", "tiny", "--batch-size", "2", "--seq-len", "8", "--warmup", "0", "--steps", "1"];
+    let line = |out: &str| out.lines().find(|l| l.starts_with("tiny: ")).map(str::to_string).unwrap_or_default();
+    let (code, out, err) = moe_with_cache(&args, cache.path());
+    assert_eq!(code, 0, "{err}");
+    let first = line(&out);
+    let file = cache.path().join("precision.json");
+    if !cpu_has_bf16() {
+        eprintln!("skipped (no AVX512-BF16 on this CPU): auto's measurement; checked that it says why it chose fp32");
+        assert!(first.contains("matrix products in fp32 (auto: fp32, this CPU has neither"), "{out}");
+        assert!(!file.exists());
+        let (code, _, err) = moe_with_cache(&[&args[..], &["--precision", "bf16"]].concat(), cache.path());
+        assert_ne!(code, 0);
+        assert!(err.contains("--precision bf16 needs a CPU with") && err.contains("--precision auto or fp32"), "{err}");
+        return;
+    }
+    // Measured now, with both times and the reason; then the same choice from the cache.
+    assert!(first.contains("(auto: ") && first.contains("ms in fp32 and") && first.contains("(measured now)"), "{out}");
+    let cached: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    assert_eq!(cached.as_object().map(|o| o.len()), Some(1), "{cached}");
+    let (code, out, err) = moe_with_cache(&args, cache.path());
+    assert_eq!(code, 0, "{err}");
+    let second = line(&out);
+    assert!(second.contains("(cached calibration)"), "{out}");
+    assert_eq!(first.replace("measured now", "cached calibration"), second);
+    // An explicit bf16 is checked against the same figures: a warning exactly when it is slower.
+    let (code, out, err) = moe_with_cache(&[&args[..], &["--precision", "bf16"]].concat(), cache.path());
+    assert_eq!(code, 0, "{err}");
+    let explicit = line(&out);
+    assert!(explicit.contains("matrix products in bf16"), "{out}");
+    let slower = first.contains("bf16 runs at 0.");
+    assert_eq!(explicit.contains("warning: --precision bf16 runs at 0."), slower, "{first}\n{explicit}");
+}
+
+#[test]
+fn compare_runs_every_variant_in_the_precision_auto_chose_for_the_reference() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("corpus.txt");
+    let text: String = (0..400).map(|i| format!("fn item_{i}(x: u32) -> u32 {{ x * {i} + 1 }}\n")).collect();
+    std::fs::write(&corpus, text).unwrap();
+    let p = |q: &str| dir.path().join(q).to_string_lossy().into_owned();
+    let args = ["compare", "--preset", "tiny", "--moe", "4x2", "--tokens", "2048", "--evals", "1", "--batch-size", "2"];
+    let extra =
+        ["--seq-len", "16", "--quiet", "--data", &p("corpus.txt"), "--cache-dir", &p("cache"), "--out", &p("cmp")];
+    let (code, _, err) = moe_with_cache(&[&args[..], &extra[..]].concat(), dir.path());
+    assert_eq!(code, 0, "{err}");
+    let want = if cpu_has_bf16() { ["fp32 matrix products", "bf16 ("] } else { ["fp32 matrix products"; 2] };
+    let md = std::fs::read_to_string(dir.path().join("cmp/compare.md")).unwrap();
+    assert!(want.iter().any(|w| md.contains(w)) && !md.contains("auto"), "{md}");
+    // The reference decided (with its reason) and the MoE variant computes in the same precision.
+    let chosen = err.lines().find(|l| l.starts_with("dense: matrix products in ")).expect(&err);
+    let precision = chosen["dense: matrix products in ".len()..].split([' ', ';']).next().unwrap();
+    assert!(
+        err.lines().any(|l| l.starts_with("4x2: ") && l.contains(&format!("matrix products in {precision}"))),
+        "{err}"
+    );
 }
 
 /// The subcommands listed under "Commands:" in a help text (without `help`).

@@ -34,6 +34,8 @@ pub struct TrainBench {
     /// weights, gradients, AdamW moments and activations of one batch (Linux, where the peak is
     /// reset before each config; one config at a time; None otherwise).
     pub train_rss_mb: Option<f64>,
+    /// The precision of the matrix products, and why (`Trainer::precision_line`).
+    pub precision: String,
 }
 
 /// User + system CPU seconds of this process so far, all threads (Linux: /proc/self/stat, in
@@ -168,6 +170,7 @@ impl Run {
             replicas: self.tr.replicas(),
             busy: (self.busy.len() == s.steps).then(|| median(self.busy)),
             train_rss_mb,
+            precision: self.tr.precision_line(),
         }
     }
 }

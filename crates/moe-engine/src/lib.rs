@@ -21,6 +21,7 @@ pub mod nonfinite;
 pub mod params;
 pub mod plan;
 pub mod plot;
+pub mod precision;
 pub mod rebalance;
 pub mod registry;
 pub mod replicas;

@@ -197,12 +197,12 @@ pub fn run(o: &RunOptions, log: &dyn Fn(&str)) -> Result<RunSummary> {
     log(&data.epochs_message("this run", per_step * tc.steps as f64));
     let reps = tr.replicas();
     log(&format!(
-        "batch {} x {} tokens on {reps} data-parallel replica{} ({} sequences each; --replicas); matrix products in {}",
+        "batch {} x {} tokens on {reps} data-parallel replica{} ({} sequences each; --replicas); {}",
         tc.batch_size,
         tc.seq_len,
         if reps == 1 { "" } else { "s" },
         tc.batch_size / reps,
-        tc.precision
+        tr.precision_line()
     ));
     let tk_json = std::fs::read(data.cache_dir.join("tokenizer.json"))
         .map_err(Error::io(data.cache_dir.join("tokenizer.json")))?;

@@ -11,6 +11,8 @@ use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::moe::losses::max_over_mean;
 use crate::nonfinite::{self, Fault};
+use crate::precision::Decision;
+pub use crate::precision::Precision;
 use crate::replicas::{auto_replicas, Replicas};
 use crate::rng::Rng;
 use moe_kernels::adamw::{adamw_update, AdamW};
@@ -69,45 +71,6 @@ pub struct TrainConfig {
     /// stops (see `nonfinite`).
     #[serde(default = "crate::nonfinite::default_limit")]
     pub max_skipped_steps: u64,
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Precision {
-    #[default]
-    Fp32,
-    Bf16,
-}
-
-impl Precision {
-    /// Sets the process-wide matmul precision; bf16 needs AMX or AVX512-BF16.
-    pub fn apply(self) -> Result<()> {
-        if !moe_kernels::matmul::set_bf16_matmul(self == Precision::Bf16) {
-            return Err(Error::config(
-                "--precision bf16 needs a CPU with AMX-BF16 (Intel Sapphire Rapids or newer; Linux 5.16+) or AVX512-BF16 (AMD Zen 4 or newer, Intel Cooper Lake)",
-                "train with --precision fp32",
-            ));
-        }
-        Ok(())
-    }
-}
-
-impl std::fmt::Display for Precision {
-    /// "fp32", or "bf16" with the instructions this CPU runs it on.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        #[cfg(target_arch = "x86_64")]
-        let kernel = match moe_kernels::bf16::kernel() {
-            Some(moe_kernels::bf16::Kernel::Amx) => "AMX, ",
-            Some(moe_kernels::bf16::Kernel::Dpbf16) => "AVX512-BF16, ",
-            None => "",
-        };
-        #[cfg(not(target_arch = "x86_64"))]
-        let kernel = "";
-        match self {
-            Precision::Fp32 => f.write_str("fp32"),
-            Precision::Bf16 => write!(f, "bf16 ({kernel}fp32 accumulation)"),
-        }
-    }
 }
 
 impl Default for TrainConfig {
@@ -283,6 +246,8 @@ pub struct Trainer {
     pub(crate) norm_parts: Vec<f64>,
     /// A fault the next step injects (tests of the non-finite guard).
     pub fault: Option<Fault>,
+    /// How the precision was chosen (`auto`) or checked (an explicit bf16), for the log.
+    pub precision_decision: Option<Decision>,
 }
 
 pub(crate) const NORM_CHUNK: usize = 1 << 16;
@@ -301,7 +266,7 @@ impl Trainer {
         let model = Model::sharded(cfg, dist.shard.clone())?;
         let params = model.layout.init(train.seed);
         let state = TrainState::fresh(train, data_key);
-        Self::assemble(model, params, None, state).with_dist(dist)
+        Self::assemble(model, params, None, state).with_dist(dist)?.with_precision()
     }
 
     /// Resumes one rank of an expert-parallel job from its part of a checkpoint (written by any
@@ -315,7 +280,7 @@ impl Trainer {
                 "load the checkpoint with checkpoint::load_sharded for this rank",
             ));
         }
-        Self::assemble(model, params, Some(moments), state).with_dist(dist)
+        Self::assemble(model, params, Some(moments), state).with_dist(dist)?.with_precision()
     }
 
     fn with_dist(mut self, dist: Dist) -> Result<Self> {
@@ -361,14 +326,20 @@ impl Trainer {
             ));
         }
         let state = TrainState::fresh(train, data_key);
-        Ok(Self::assemble(model, params, None, state))
+        Self::assemble(model, params, None, state).with_precision()
     }
 
     /// Continues from a checkpoint that holds optimizer moments and training state.
     pub fn resume(ck: Checkpoint, steps_override: Option<u64>) -> Result<Self> {
         let (cfg, params, moments, state) = Self::resume_parts(ck, steps_override)?;
         let model = Model::new(cfg)?;
-        Ok(Self::assemble(model, params, Some(moments), state))
+        Self::assemble(model, params, Some(moments), state).with_precision()
+    }
+
+    /// Resolves `auto` (and checks an explicit bf16) once the buffers exist (`precision`).
+    fn with_precision(mut self) -> Result<Self> {
+        self.precision_decision = self.resolve_precision()?;
+        Ok(self)
     }
 
     #[allow(clippy::type_complexity)]
@@ -413,6 +384,7 @@ impl Trainer {
             grads: zeroed(p),
             norm_parts: vec![0.0; p.div_ceil(NORM_CHUNK)],
             fault: None,
+            precision_decision: None,
             model,
             params,
             m,
@@ -425,6 +397,8 @@ impl Trainer {
     pub fn step(&mut self, train: &[u32]) -> Result<StepMetrics> {
         let t0 = Instant::now();
         let tc = self.state.train.clone();
+        // several trainers may share the process (compare, bench): each computes in its own
+        tc.precision.apply()?;
         let (b, t) = (tc.batch_size, tc.seq_len);
         self.reps.zero_grads(&mut self.grads);
         let mut met = StepMetrics { step: self.state.step + 1, ..Default::default() };
@@ -537,6 +511,7 @@ impl Trainer {
 
     /// Mean cross-entropy over `batches` fixed windows of `val` (the same windows every call).
     pub fn evaluate(&mut self, val: &[u32], batches: usize) -> f64 {
+        moe_kernels::matmul::set_bf16_matmul(self.state.train.precision == Precision::Bf16);
         let mut rng = Rng::new(0xE7A1);
         let mut total = 0.0;
         for _ in 0..batches {

@@ -235,6 +235,7 @@ fn load_adjusted_wall_clock_removes_a_changing_load() {
             step_seconds,
             dir: "d".into(),
             checkpoint: "c".into(),
+            precision: Default::default(),
         }
     };
     // The MoE reaches the dense model's final loss (1.0) at step 40, with steps 1.25x as long.

@@ -84,6 +84,8 @@ pub struct VariantRun {
     pub step_seconds: Vec<f64>,
     pub dir: PathBuf,
     pub checkpoint: PathBuf,
+    /// The matrix products' precision (`auto` resolved; the same for every variant).
+    pub precision: crate::train::Precision,
 }
 
 /// Directory-safe form of a label.
@@ -165,6 +167,15 @@ pub fn run(o: &CompareOptions, log: &dyn Fn(&str)) -> Result<Vec<VariantRun>> {
     let data_key = data.cache_dir.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     let tk_json = std::fs::read(data.cache_dir.join("tokenizer.json"))
         .map_err(Error::io(data.cache_dir.join("tokenizer.json")))?;
+    // One precision for every variant (their losses compare without a precision effect):
+    // `auto` decides on the reference model.
+    let reference = Trainer::new(first.model.clone(), TrainConfig { steps: 1, ..o.train.clone() }, data_key.clone())?;
+    log(&format!("{}: {}", first.label, reference.precision_line()));
+    let o = &CompareOptions {
+        train: TrainConfig { precision: reference.state.train.precision, ..o.train.clone() },
+        ..o.clone()
+    };
+    drop(reference);
     let steps = plan_steps(o, &data, &data_key)?;
     let mut runs = vec![];
     let mut trainers = vec![];
@@ -180,11 +191,12 @@ pub fn run(o: &CompareOptions, log: &dyn Fn(&str)) -> Result<Vec<VariantRun>> {
         let path = dir.join("metrics.jsonl");
         logs.push((std::fs::File::create(&path).map_err(Error::io(&path))?, path));
         log(&format!(
-            "{}: {} steps, {:.2} M parameters ({:.2} M active)",
+            "{}: {} steps, {:.2} M parameters ({:.2} M active); {}",
             v.label,
             n,
             sizes(&v.model, 1, 1).total_params as f64 / 1e6,
-            sizes(&v.model, 1, 1).active_params as f64 / 1e6
+            sizes(&v.model, 1, 1).active_params as f64 / 1e6,
+            tr.precision_line()
         ));
         let per_step = (o.train.batch_size * o.train.seq_len * o.train.grad_accum) as f64;
         log(&data.epochs_message(&v.label, per_step * n as f64));
@@ -196,6 +208,7 @@ pub fn run(o: &CompareOptions, log: &dyn Fn(&str)) -> Result<Vec<VariantRun>> {
             step_seconds: vec![],
             dir,
             checkpoint: PathBuf::new(),
+            precision: tr.state.train.precision,
         });
         trainers.push(tr);
     }
