@@ -251,3 +251,21 @@ fn expert_parallel_generation_equals_one_process() {
     assert!(!want.is_empty());
     assert_eq!(texts, vec![want.clone(), want]);
 }
+
+/// `--precision auto` in an expert-parallel job: the ranks measure together (their passes
+/// exchange tokens) and reach one decision, which each then trains in.
+#[test]
+fn ranks_agree_on_the_automatic_precision() {
+    use moe_engine::train::Precision;
+    let cfg = cfg(BalanceScope::Global, 0.0);
+    let data = data();
+    let chosen = on_ranks(2, |d| {
+        let tc = TrainConfig { precision: Precision::Auto, ..train_cfg(2) };
+        let mut tr = Trainer::distributed(cfg.clone(), tc, "d".into(), d).unwrap();
+        tr.step(&data).unwrap();
+        (tr.state.train.precision, tr.precision_line())
+    });
+    assert_ne!(chosen[0].0, Precision::Auto, "{}", chosen[0].1);
+    assert_eq!(chosen[0].0, chosen[1].0, "{} / {}", chosen[0].1, chosen[1].1);
+    assert!(chosen[0].1.contains("auto: "), "{}", chosen[0].1);
+}
