@@ -1,8 +1,8 @@
 //! The 256-bit kernels (AVX2, FMA): one block of 32 int8 products at a time, |w| times
-//! x * sign(w) summed to 8 int32 lanes (`vpmaddubsw` + `vpmaddwd` as llama.cpp's AVX2 path, or
-//! one `vpdpbusd` where AVX-512 VNNI is there), scaled by dw * dx into f32 lanes. Q8_0 and Q4_0
-//! take N activation rows per pass (each weight block loaded and unpacked once for all of
-//! them); Q6_K one row. Where AVX-512 VNNI is there, `vnni` runs Q8_0 and Q4_0 in pairs of
+//! x * sign(w) (or unsigned w times x) summed to 8 int32 lanes (`vpmaddubsw` + `vpmaddwd` as
+//! llama.cpp's AVX2 path, or one `vpdpbusd` where AVX-512 VNNI is there), scaled by dw * dx
+//! into f32 lanes. Q8_0 and Q4_0 take N activation rows per pass (each weight block loaded and
+//! unpacked once for all of them); Q6_K one row. Where AVX-512 VNNI is there, `vnni` runs Q8_0 and Q4_0 in pairs of
 //! blocks and uses these for odd tails.
 
 use super::{Q8Row, PREFETCH};
@@ -20,6 +20,19 @@ fn block(w: __m256i, x: __m256i) -> __m256i {
         // |w| <= 128 and |x| <= 127: a pair sums to at most 32512, no i16 saturation
         #[cfg(not(all(target_feature = "avx512vnni", target_feature = "avx512vl")))]
         _mm256_madd_epi16(_mm256_maddubs_epi16(aw, sx), _mm256_set1_epi16(1))
+    }
+}
+
+/// 8 partial i32 sums of w[j] * x[j] for 32 pairs of unsigned w (at most 31: Q4_K, Q5_K, the
+/// offset formats) and x in [-127, 127]: one `vpdpbusd` where AVX-512 VNNI is there, else
+/// `vpmaddubsw` (no i16 saturation: a pair sums to at most 2 x 31 x 127) + `vpmaddwd`.
+#[inline(always)]
+fn ublock(w: __m256i, x: __m256i) -> __m256i {
+    unsafe {
+        #[cfg(all(target_feature = "avx512vnni", target_feature = "avx512vl"))]
+        return _mm256_dpbusd_epi32(_mm256_setzero_si256(), w, x);
+        #[cfg(not(all(target_feature = "avx512vnni", target_feature = "avx512vl")))]
+        _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), _mm256_set1_epi16(1))
     }
 }
 
@@ -74,11 +87,7 @@ pub(super) fn rows<const N: usize, const STORED_M: bool, const SHIFT: i32>(
             for ((a, mn), r) in acc.iter_mut().zip(&mut mins).zip(&x) {
                 let xv = _mm256_loadu_si256(r.xq.as_ptr().add(32 * b) as *const __m256i);
                 let unsigned = STORED_M || SHIFT != 0;
-                let s = if unsigned {
-                    _mm256_madd_epi16(_mm256_maddubs_epi16(w, xv), _mm256_set1_epi16(1))
-                } else {
-                    block(w, xv)
-                };
+                let s = if unsigned { ublock(w, xv) } else { block(w, xv) };
                 *a = _mm256_fmadd_ps(_mm256_mul_ps(d, _mm256_set1_ps(r.xd[b])), _mm256_cvtepi32_ps(s), *a);
                 if unsigned {
                     let m = if STORED_M {
@@ -257,7 +266,7 @@ pub fn dot_q45_k(row: &[u8], x: Q8Row, five: bool) -> f32 {
                     let fifth = _mm256_and_si256(_mm256_srl_epi16(high, _mm_cvtsi32_si128(s as i32)), one);
                     let w = _mm256_or_si256(nib, _mm256_slli_epi16(fifth, 4));
                     let xv = _mm256_loadu_si256(x.xq.as_ptr().add(32 * (8 * b + s)) as *const __m256i);
-                    let isum = _mm256_madd_epi16(_mm256_maddubs_epi16(w, xv), _mm256_set1_epi16(1));
+                    let isum = ublock(w, xv);
                     let ms = _mm256_permutevar8x32_ps(mult, _mm256_set1_epi32(s as i32));
                     acc = _mm256_fmadd_ps(ms, _mm256_cvtepi32_ps(isum), acc);
                 }
