@@ -41,7 +41,7 @@ def train_args(moe, out, data, steps, every, mpi=False):
     ep = ["--expert-parallel", "2"] if mpi else []
     return launcher(moe, mpi) + ["train", "--preset", "tiny", "--data", data, "--steps", str(steps),
                                  "--checkpoint-every", str(every), "--eval-every", "10", "--log-every", "1",
-                                 "--sample-tokens", "0", "--quiet", "--out", out] + ep
+                                 "--sample-tokens", "0", "--quiet", "--precision", "fp32", "--out", out] + ep
 
 
 def kill_one_rank(proc, rng):
