@@ -38,13 +38,18 @@ pip install -q "$src/gguf-py"
 for arch in mixtral olmoe; do
   model="$work/$arch-1b"
   gguf="$work/$arch-1b-bf16.gguf"
-  [ -f "$model/config.json" ] || python3 scripts/make_checkpoint.py --arch "$arch" --out "$model"
-  if [ ! -f "$work/$arch-1b-q4_0.gguf" ]; then
-    python3 scripts/llama_convert.py "$src" "$model" "$gguf" bf16 > "$work/convert.log" 2>&1
-    python3 scripts/llama_convert.py "$src" "$model" "$work/$arch-1b-q8_0.gguf" q8_0 >> "$work/convert.log" 2>&1
-    "$src/build/bin/llama-quantize" "$gguf" "$work/$arch-1b-q4_0.gguf" Q4_0 > "$work/quantize.log" 2>&1
+  # the index is written last: a checkpoint without it was interrupted and is made again
+  if [ ! -f "$model/model.safetensors.index.json" ]; then
+    rm -rf "$model"
+    python3 scripts/make_checkpoint.py --arch "$arch" --out "$model"
   fi
-  for preset in Q4_K_M Q5_K_M Q3_K_M IQ4_XS; do
+  # every file is written as .part and renamed when complete, so an interrupted run redoes it
+  [ -f "$gguf" ] || { python3 scripts/llama_convert.py "$src" "$model" "$gguf.part" bf16 > "$work/convert.log" 2>&1 &&
+    mv "$gguf.part" "$gguf"; }
+  q8="$work/$arch-1b-q8_0.gguf"
+  [ -f "$q8" ] || { python3 scripts/llama_convert.py "$src" "$model" "$q8.part" q8_0 >> "$work/convert.log" 2>&1 &&
+    mv "$q8.part" "$q8"; }
+  for preset in Q4_0 Q4_K_M Q5_K_M Q3_K_M IQ4_XS; do
     out="$work/$arch-1b-$(echo "$preset" | tr 'A-Z' 'a-z').gguf"
     [ -f "$out" ] || "$src/build/bin/llama-quantize" "$gguf" "$out.part" "$preset" >> "$work/quantize.log" 2>&1
     [ -f "$out" ] || mv "$out.part" "$out"
