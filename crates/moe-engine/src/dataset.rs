@@ -42,8 +42,11 @@ pub struct CorpusInfo {
     pub dedup: Option<rustdocs::DedupStats>,
 }
 
-/// 64-bit FNV-1a, for cache keys.
-fn fnv(bytes: &[u8], mut h: u64) -> u64 {
+/// FNV-1a's starting value.
+pub(crate) const FNV_OFFSET: u64 = 0xcbf29ce484222325;
+
+/// 64-bit FNV-1a of `bytes` continuing from `h` (start from `FNV_OFFSET`), for cache keys.
+pub(crate) fn fnv(bytes: &[u8], mut h: u64) -> u64 {
     for &b in bytes {
         h ^= b as u64;
         h = h.wrapping_mul(0x100000001b3);
@@ -53,8 +56,7 @@ fn fnv(bytes: &[u8], mut h: u64) -> u64 {
 
 /// The cache directory name for a corpus identified by `ident` bytes and a vocabulary size.
 fn cache_key(ident: impl Iterator<Item = u8>, vocab: usize) -> String {
-    let mut h = 0xcbf29ce484222325;
-    h = fnv(&CACHE_VERSION.to_le_bytes(), h);
+    let mut h = fnv(&CACHE_VERSION.to_le_bytes(), FNV_OFFSET);
     h = fnv(&(vocab as u64).to_le_bytes(), h);
     for b in ident {
         h = fnv(&[b], h);

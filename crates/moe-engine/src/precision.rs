@@ -137,10 +137,9 @@ fn write_cache(path: &PathBuf, key: &str, t: Timing) {
     let mut all = read_cache(path);
     all.insert(key.to_string(), t);
     if let (Some(dir), Ok(bytes)) = (path.parent(), serde_json::to_vec_pretty(&all)) {
-        let _ = std::fs::create_dir_all(dir).map_err(|_| ()).and_then(|_| {
-            let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-            std::fs::write(&tmp, bytes).and_then(|_| std::fs::rename(&tmp, path)).map_err(|_| ())
-        });
+        if std::fs::create_dir_all(dir).is_ok() {
+            let _ = crate::checkpoint::write_atomic(path, &bytes);
+        }
     }
 }
 
@@ -166,11 +165,17 @@ impl Trainer {
         }
     }
 
+    /// Switches the process's matrix products to this run's precision (several trainers may
+    /// share a process: compare, bench). Resolved and checked at construction, so it holds.
+    pub(crate) fn use_precision(&self) {
+        moe_kernels::matmul::set_bf16_matmul(self.state.train.precision == Precision::Bf16);
+    }
+
     /// This run's calibration key: the CPU, the model and the batch shape.
     fn precision_key(&self) -> String {
         let tc = &self.state.train;
         let model = serde_json::to_string(&self.model.cfg).unwrap_or_default();
-        let h = model.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3));
+        let h = crate::dataset::fnv(model.as_bytes(), crate::dataset::FNV_OFFSET);
         let ranks = self.rank().1;
         format!(
             "{}; model {h:016x}; batch {}x{}; {} replicas; {ranks} ranks",
@@ -282,10 +287,8 @@ impl Trainer {
                     },
                 })
             }
-            (Precision::Bf16, None) => {
-                Precision::Bf16.apply()?;
-                None
-            }
+            // the apply below says why bf16 cannot run here
+            (Precision::Bf16, None) => None,
         };
         if let Some(d) = &decision {
             self.state.train.precision = d.precision;

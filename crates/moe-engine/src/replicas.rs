@@ -219,7 +219,7 @@ impl Trainer {
 
     /// Mean loss terms of one micro-batch of B sequences x, y [B * T] (no gradients, no jitter).
     pub fn forward_loss(&mut self, x: &[u32], y: &[u32]) -> LossParts {
-        moe_kernels::matmul::set_bf16_matmul(self.state.train.precision == crate::train::Precision::Bf16);
+        self.use_precision();
         self.reps.load(x, y);
         self.forward(None);
         self.loss(false)

@@ -76,10 +76,7 @@ fn prepare_data(o: &RunOptions, source: &Source, vocab: usize, log: &dyn Fn(&str
 /// Ends the job on every rank if the ranks disagree on the model, the training settings or
 /// the data (e.g. different flags per rank).
 fn check_agreement(d: &Dist, what: &str) -> Result<()> {
-    let mut h: u64 = 0xcbf29ce484222325;
-    for b in what.bytes() {
-        h = (h ^ b as u64).wrapping_mul(0x100000001b3);
-    }
+    let h = crate::dataset::fnv(what.as_bytes(), crate::dataset::FNV_OFFSET);
     let mut root = h.to_le_bytes();
     d.comm.broadcast(&mut root, 0).map_err(|e| Error::config(e.to_string(), "check that every rank is running"))?;
     let differs = u64::from_le_bytes(root) != h;

@@ -397,8 +397,7 @@ impl Trainer {
     pub fn step(&mut self, train: &[u32]) -> Result<StepMetrics> {
         let t0 = Instant::now();
         let tc = self.state.train.clone();
-        // several trainers may share the process (compare, bench): each computes in its own
-        tc.precision.apply()?;
+        self.use_precision();
         let (b, t) = (tc.batch_size, tc.seq_len);
         self.reps.zero_grads(&mut self.grads);
         let mut met = StepMetrics { step: self.state.step + 1, ..Default::default() };
@@ -511,7 +510,7 @@ impl Trainer {
 
     /// Mean cross-entropy over `batches` fixed windows of `val` (the same windows every call).
     pub fn evaluate(&mut self, val: &[u32], batches: usize) -> f64 {
-        moe_kernels::matmul::set_bf16_matmul(self.state.train.precision == Precision::Bf16);
+        self.use_precision();
         let mut rng = Rng::new(0xE7A1);
         let mut total = 0.0;
         for _ in 0..batches {
