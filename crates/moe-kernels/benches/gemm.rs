@@ -1,7 +1,10 @@
 //! GEMM candidates on the MoE training shapes of bench-moe8x2 (GUIDE section 6): the `gemm`
 //! crate (with its x86-v4 AVX-512 kernels, 1 and 2 threads) against `matrixmultiply` and our
-//! naive twin, and the bf16 product (AMX or AVX512-BF16, when the CPU has one). Prints GFLOP/s
-//! (median of repetitions) and the measured fp32 FMA peak. `cargo bench -p moe-kernels --bench gemm`.
+//! naive twin, and the bf16 product (AMX or AVX512-BF16, when the CPU has one); then the expert
+//! bins of a small MoE (tens to hundreds of rows, width 128) on one thread: the `gemm` crate
+//! against what single-threaded products use (the few-row kernel, `small_gemm`, for the forward
+//! x@W^T on AVX-512; the `gemm` crate otherwise). Prints GFLOP/s (median of repetitions) and the measured fp32 FMA peak.
+//! `cargo bench -p moe-kernels --bench gemm`.
 
 use moe_kernels::matmul::{matmul, matmul_naive, Mat};
 use std::time::Instant;
@@ -94,6 +97,33 @@ fn main() {
             gf(mm),
             gf(nv)
         );
+    }
+    println!(
+        "\n{:<22} {:>16} {:>12} {:>12} {:>8}",
+        "expert bin, 1 thread", "(M,K,N)", "gemm crate", "few-row", "ratio"
+    );
+    for rows in [8, 48, 96, 192, 384] {
+        let (c, f) = (128, 128);
+        let x: Vec<f32> = (0..rows * c).map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.1).collect();
+        let w: Vec<f32> = (0..f * c).map(|i| ((i * 5 % 11) as f32 - 5.0) * 0.1).collect();
+        let dy: Vec<f32> = (0..rows * f).map(|i| ((i * 3 % 7) as f32 - 3.0) * 0.1).collect();
+        // (name, a, b, M, K, N) of the forward and the two backward products
+        let forms = [
+            ("x@W^T", Mat::new(&x, rows, c), Mat::new(&w, f, c).t(), rows, c, f),
+            ("dY@W", Mat::new(&dy, rows, f), Mat::new(&w, f, c), rows, f, c),
+            ("dW = dY^T@X", Mat::new(&dy, rows, f).t(), Mat::new(&x, rows, c), f, rows, c),
+        ];
+        for (name, av, bv, m, k, n) in forms {
+            let mut out = vec![0f32; m * n];
+            let flops = 2.0 * (m * k * n) as f64;
+            // matmul(.., parallel = true) on one thread is the gemm crate; parallel = false
+            // takes the few-row kernel where it applies.
+            let crate_s = pool1.install(|| time(301, || matmul(&mut out, av, bv, false, true)));
+            let small_s = pool1.install(|| time(301, || matmul(&mut out, av, bv, false, false)));
+            let gf = |s: f64| flops / s / 1e9;
+            let shape = format!("({m},{k},{n})");
+            println!("{name:<22} {shape:>16} {:>12.1} {:>12.1} {:>7.2}x", gf(crate_s), gf(small_s), crate_s / small_s);
+        }
     }
     let peak = |pool: &rayon::ThreadPool| pool.install(|| moe_kernels::peak::fma_peak_gflops(0.2));
     println!(

@@ -156,7 +156,7 @@ fn pack_a<'p>(buf: &'p mut Vec<u16>, a: Mat<f32>, mp: usize, kp: usize) -> &'p [
 /// The 16 x 16 transpose of 32-bit lanes in registers (unpack, then 128-bit lane shuffles):
 /// out[j] lane i = r[i] lane j.
 #[target_feature(enable = "avx512f")]
-unsafe fn transpose16(r: [__m512; 16]) -> [__m512; 16] {
+pub(crate) unsafe fn transpose16(r: [__m512; 16]) -> [__m512; 16] {
     // t: rows paired and interleaved per 128-bit lane; u[4g+e]: lane L holds element 4L+e of
     // rows 4g..4g+4; the last two rounds gather the lanes.
     let mut t = [_mm512_setzero_ps(); 16];

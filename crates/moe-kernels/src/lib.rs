@@ -25,6 +25,8 @@ pub mod matmul;
 pub mod peak;
 pub mod rmsnorm;
 pub mod rope;
+#[cfg(target_arch = "x86_64")]
+pub mod small_gemm;
 pub mod softmax;
 pub mod swiglu;
 

@@ -95,18 +95,34 @@ pub unsafe fn matmul_raw<T: Float>(dst: *mut T, dst_rs: usize, a: Mat<T>, b: Mat
     let bf16 = std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() && bf16_matmul();
     #[cfg(target_arch = "x86_64")]
     if let Some(kernel) = crate::bf16::kernel().filter(|_| bf16) {
-        // SAFETY: T is f32 (checked above), so the casts are identities; the kernel is available.
-        let cast = |x: Mat<T>| Mat::<f32> {
-            data: std::slice::from_raw_parts(x.data.as_ptr() as *const f32, x.data.len()),
-            rows: x.rows,
-            cols: x.cols,
-            rs: x.rs,
-            cs: x.cs,
-        };
-        return crate::bf16::matmul_bf16(kernel, dst as *mut f32, dst_rs, cast(a), cast(b), accumulate);
+        // SAFETY: T is f32 (checked above); the kernel is available.
+        return crate::bf16::matmul_bf16(kernel, dst as *mut f32, dst_rs, as_f32(a), as_f32(b), accumulate);
+    }
+    #[cfg(target_arch = "x86_64")]
+    if !parallel && std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() {
+        // SAFETY: T is f32 (checked above).
+        let (a32, b32) = (as_f32(a), as_f32(b));
+        if crate::small_gemm::takes(&a32, &b32) {
+            return crate::small_gemm::matmul_small(dst as *mut f32, dst_rs, a32, b32, accumulate);
+        }
     }
     let threads = if parallel { rayon::current_num_threads() } else { 1 };
     gemm_rows(dst, dst_rs, a, b, accumulate, threads);
+}
+
+/// The same view with T = f32.
+///
+/// # Safety
+/// T must be f32.
+#[cfg(target_arch = "x86_64")]
+unsafe fn as_f32<T>(x: Mat<'_, T>) -> Mat<'_, f32> {
+    Mat {
+        data: std::slice::from_raw_parts(x.data.as_ptr() as *const f32, x.data.len()),
+        rows: x.rows,
+        cols: x.cols,
+        rs: x.rs,
+        cs: x.cs,
+    }
 }
 
 /// Rows per piece below which [`gemm_rows`] stops cutting a product.

@@ -356,3 +356,39 @@ fn zeroed_buffers_are_zero_and_writable_small_and_huge() {
     }
     assert!(zeroed::<f64>(1 << 19).iter().all(|&x| x == 0.0));
 }
+
+/// Single-threaded products of few rows (the expert GEMMs: the forward ones on the AVX-512
+/// few-row kernel when the CPU has it) over every transpose, narrow last column panels, k not a
+/// multiple of 16, and accumulation; and on that kernel a row's result does not depend on the
+/// other rows of the call.
+#[test]
+fn small_row_products_match_naive_and_are_row_independent() {
+    let mut rng = Rng::new(12);
+    for &(m, k, n) in &[(1, 1, 1), (5, 7, 3), (12, 16, 32), (13, 33, 17), (48, 128, 128), (97, 64, 70), (255, 40, 48)] {
+        for &(ta, tb) in &[(false, false), (true, false), (false, true), (true, true)] {
+            let (a, b) = (rng.vec32(m * k), rng.vec32(k * n));
+            let av = if ta { Mat::new(&a, k, m).t() } else { Mat::new(&a, m, k) };
+            let bv = if tb { Mat::new(&b, n, k).t() } else { Mat::new(&b, k, n) };
+            for acc in [false, true] {
+                let init = rng.vec32(m * n);
+                let (mut fast, mut slow) = (init.clone(), init.clone());
+                matmul(&mut fast, av, bv, acc, false);
+                matmul_naive(&mut slow, av, bv, acc);
+                let err = max_abs_diff(&fast, &slow);
+                assert!(err < 1e-4 * k as f32, "({m},{k},{n}) t=({ta},{tb}) acc={acc}: {err}");
+                // the last rows alone, at their own offset
+                let h = m / 3;
+                let tail = Mat { data: &av.data[h * av.rs..], rows: m - h, ..av };
+                #[cfg(target_arch = "x86_64")]
+                if !(moe_kernels::small_gemm::takes(&av, &bv) && moe_kernels::small_gemm::takes(&tail, &bv)) {
+                    continue;
+                }
+                #[cfg(not(target_arch = "x86_64"))]
+                continue;
+                let mut part = init[h * n..].to_vec();
+                matmul(&mut part, tail, bv, acc, false);
+                assert!(part == fast[h * n..], "({m},{k},{n}) t=({ta},{tb}) acc={acc}: rows depend on the others");
+            }
+        }
+    }
+}
