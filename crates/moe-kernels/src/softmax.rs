@@ -12,12 +12,20 @@ pub fn softmax_forward<T: Float>(y: &mut [T], x: &[T], e: usize) {
 
 /// One row: y = softmax(x).
 pub fn softmax_row<T: Float>(y: &mut [T], x: &[T]) {
+    softmax_row_lse(y, x);
+}
+
+/// One row: y = softmax(x), returning logsumexp(x) from the same exponentials (a router needs
+/// both; equal to [`logsumexp`] bit for bit for rows of up to 256).
+pub fn softmax_row_lse<T: Float>(y: &mut [T], x: &[T]) -> T {
     let m = max(x);
     for (yv, &xv) in y.iter_mut().zip(x) {
         *yv = (xv - m).exp();
     }
-    let inv = T::ONE / sum(y);
+    let s = sum(y);
+    let inv = T::ONE / s;
     y.iter_mut().for_each(|v| *v *= inv);
+    m + s.ln()
 }
 
 /// dx[N, E] += y * (dy - sum(dy * y)) per row.

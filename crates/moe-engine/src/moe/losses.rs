@@ -84,11 +84,13 @@ pub fn switch_loss_grad(counts: &[u32], n: usize) -> Vec<f64> {
 }
 
 /// Fills the statistics: probs[N,E], lse[N], chosen experts expert[R] of tokens token[R], kept
-/// rows per expert, dropped count; sequences of `t` tokens.
+/// rows per expert, dropped count; sequences of `t` tokens. `logits`[N,E] when `probs` is their
+/// softmax: the entropy then needs no logarithm per expert (-p ln p = p (lse - l)).
 #[allow(clippy::too_many_arguments)]
 pub fn routing_stats<T: Float>(
     s: &mut MoeStats,
     probs: &[T],
+    logits: Option<&[T]>,
     lse: &[T],
     expert: &[u32],
     token: &[u32],
@@ -119,12 +121,15 @@ pub fn routing_stats<T: Float>(
     for (i, row) in probs[..n * e].chunks(e).enumerate() {
         let acc = &mut s.seq_probs[(i / t) * e..(i / t + 1) * e];
         for (m, &p) in acc.iter_mut().zip(row) {
-            let p = p.to_f64();
-            *m += p;
-            if p > 0.0 {
-                ent -= p * p.ln();
-            }
+            *m += p.to_f64();
         }
+        ent += match logits {
+            Some(lg) => {
+                let z = lse[i].to_f64();
+                row.iter().zip(&lg[i * e..(i + 1) * e]).map(|(&p, &l)| p.to_f64() * (z - l.to_f64())).sum::<f64>()
+            }
+            None => row.iter().map(|&p| p.to_f64()).filter(|&p| p > 0.0).map(|p| -p * p.ln()).sum(),
+        };
     }
     s.mean_probs.clear();
     s.mean_probs.resize(e, 0.0);
@@ -134,4 +139,27 @@ pub fn routing_stats<T: Float>(
     }
     s.entropy = ent / n as f64;
     s.z_loss = lse[..n].iter().map(|&l| l.to_f64() * l.to_f64()).sum::<f64>() / n as f64;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The entropy from the logits (softmax affinities) equals -sum p ln p.
+    #[test]
+    fn entropy_from_logits_equals_the_direct_sum() {
+        let (n, e) = (6, 5);
+        let logits: Vec<f64> = (0..n * e).map(|i| ((i * 7 % 11) as f64 - 5.0) * 0.7).collect();
+        let (mut probs, mut lse) = (vec![0.0; n * e], vec![0.0; n]);
+        for ((p, l), z) in probs.chunks_mut(e).zip(logits.chunks(e)).zip(&mut lse) {
+            *z = moe_kernels::softmax::softmax_row_lse(p, l);
+        }
+        let (expert, token) = (vec![0u32; n], (0..n as u32).collect::<Vec<_>>());
+        let kept = vec![n as u32, 0, 0, 0, 0];
+        let (mut a, mut b) = (MoeStats::default(), MoeStats::default());
+        routing_stats(&mut a, &probs, Some(&logits), &lse, &expert, &token, &kept, 0, n, 3, e);
+        routing_stats(&mut b, &probs, None, &lse, &expert, &token, &kept, 0, n, 3, e);
+        assert!(b.entropy > 0.1 && b.entropy < (e as f64).ln());
+        assert!((a.entropy - b.entropy).abs() < 1e-12, "{} vs {}", a.entropy, b.entropy);
+    }
 }

@@ -164,9 +164,11 @@ pub fn moe_forward<T: Float>(
         shared_forward(out, x, sw, sa, n, c, s.fs);
     }
     let rt = &a.routing;
+    let softmax = s.router != RouterKind::SigmoidGroup;
     losses::routing_stats(
         &mut a.stats,
         &a.router.probs,
+        softmax.then_some(&a.router.logits[..]),
         &a.router.lse,
         expert,
         token,

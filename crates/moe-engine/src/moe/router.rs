@@ -10,7 +10,7 @@ use super::MoeSpec;
 use crate::config::RouterKind;
 use crate::rng::Rng;
 use moe_kernels::matmul::{linear_backward, linear_forward};
-use moe_kernels::softmax::{logsumexp, softmax_backward, softmax_row};
+use moe_kernels::softmax::{logsumexp, softmax_backward, softmax_row_lse};
 use moe_kernels::Float;
 use rayon::prelude::*;
 
@@ -118,13 +118,13 @@ pub fn router_forward<T: Float>(
         .zip(a.probs.par_chunks_mut(e))
         .zip(a.logits.par_chunks(e).zip(a.lse.par_iter_mut()))
         .for_each(|((sc, p), (lg, lse))| {
-            *lse = logsumexp(lg);
             if sigmoid {
+                *lse = logsumexp(lg);
                 sc.iter_mut().zip(lg).for_each(|(sv, &l)| *sv = T::ONE / (T::ONE + (-l).exp()));
                 let sum: T = sc.iter().copied().sum();
                 p.iter_mut().zip(sc.iter()).for_each(|(pv, &sv)| *pv = sv / sum);
             } else {
-                softmax_row(sc, lg);
+                *lse = softmax_row_lse(sc, lg);
                 p.copy_from_slice(sc);
             }
         });
