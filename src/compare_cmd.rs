@@ -23,7 +23,7 @@ pub struct BudgetArgs {
     /// Training FLOPs per model (1e15, 500T), each model at its own FLOPs per token.
     #[arg(long, value_parser = parse_amount)]
     flops: Option<f64>,
-    /// Minutes of training steps per model (steps estimated from three timed steps).
+    /// Minutes of training steps per model (steps from the median of five timed steps of each model, taken in turns).
     #[arg(long)]
     minutes: Option<f64>,
     /// Minutes of training steps of the whole comparison, as equal tokens per model, at most

@@ -200,6 +200,34 @@ fn a_total_time_budget_gives_equal_tokens_capped_at_one_epoch() {
     assert_eq!(run(&o2, &quiet).unwrap().iter().map(|r| r.steps).collect::<Vec<_>>(), vec![1, 1]);
 }
 
+/// An equal-time budget gives each model the steps its own measured step time allows: a model
+/// with far more compute per token gets fewer; almost no time gives one step each.
+#[test]
+fn a_time_budget_gives_the_slower_model_fewer_steps() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = write_corpus(dir.path());
+    let base = options(dir.path(), &corpus, "alone", 8);
+    let d = dense();
+    let big = ModelConfig { hidden_size: 4 * d.hidden_size, intermediate_size: 16 * d.intermediate_size, ..d.clone() };
+    let o = CompareOptions {
+        variants: vec![
+            Variant { label: "dense".into(), model: d.clone(), init: None },
+            Variant { label: "big".into(), model: big, init: None },
+        ],
+        train: base.train.clone(),
+        budget: Budget::Seconds(0.5),
+        evals: 2,
+        source: base.source.clone().unwrap(),
+        out_dir: dir.path().join("cmp"),
+        cache_dir: base.cache_dir.clone(),
+        progress: false,
+    };
+    let steps: Vec<u64> = run(&o, &quiet).unwrap().iter().map(|r| r.steps).collect();
+    assert!(steps[1] >= 1 && steps[1] < steps[0], "steps {steps:?}");
+    let o2 = CompareOptions { budget: Budget::Seconds(1e-9), out_dir: dir.path().join("cmp2"), ..o.clone() };
+    assert_eq!(run(&o2, &quiet).unwrap().iter().map(|r| r.steps).collect::<Vec<_>>(), vec![1, 1]);
+}
+
 #[test]
 fn layer_balance_sums_the_loads_of_the_steps() {
     use moe_engine::report::layer_balance;

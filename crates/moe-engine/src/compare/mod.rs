@@ -97,41 +97,55 @@ pub fn dir_name(label: &str) -> String {
 fn plan_steps(o: &CompareOptions, data: &Dataset, data_key: &str) -> Result<Vec<u64>> {
     let tc = &o.train;
     let per_step = (tc.batch_size * tc.seq_len * tc.grad_accum) as f64;
+    let step_s = match o.budget {
+        Budget::Seconds(_) | Budget::Total(_) => calibrate(&o.variants, tc, data, data_key)?,
+        _ => vec![],
+    };
     if let Budget::Total(s) = o.budget {
-        let mut step_s = 0.0;
-        for v in &o.variants {
-            step_s += calibrate(v, tc, data, data_key)?;
-        }
         let epoch = (data.train.len() as f64 / per_step).floor().max(1.0);
-        let steps = (s / step_s).min(epoch).round().max(1.0) as u64;
+        let steps = (s / step_s.iter().sum::<f64>()).min(epoch).round().max(1.0) as u64;
         return Ok(vec![steps; o.variants.len()]);
     }
-    o.variants
-        .iter()
-        .map(|v| {
-            let steps = match o.budget {
-                Budget::Tokens(n) => n as f64 / per_step,
-                Budget::Flops(f) => f / (sizes(&v.model, tc.batch_size, tc.seq_len).train_flops_per_token * per_step),
-                Budget::Seconds(s) | Budget::Total(s) => s / calibrate(v, tc, data, data_key)?,
-            };
-            Ok(steps.round().max(1.0) as u64)
-        })
-        .collect()
+    let steps = o.variants.iter().enumerate().map(|(i, v)| {
+        let steps = match o.budget {
+            Budget::Tokens(n) => n as f64 / per_step,
+            Budget::Flops(f) => f / (sizes(&v.model, tc.batch_size, tc.seq_len).train_flops_per_token * per_step),
+            Budget::Seconds(s) | Budget::Total(s) => s / step_s[i],
+        };
+        steps.round().max(1.0) as u64
+    });
+    Ok(steps.collect())
 }
 
-/// Median seconds per step of a throwaway copy of `v` (one warm-up step, three timed).
-fn calibrate(v: &Variant, tc: &TrainConfig, data: &Dataset, data_key: &str) -> Result<f64> {
-    let mut tr = Trainer::new(v.model.clone(), TrainConfig { steps: 4, ..tc.clone() }, data_key.into())?;
-    let mut times = vec![];
-    for i in 0..4 {
-        let t0 = Instant::now();
-        tr.step(&data.train)?;
-        if i > 0 {
-            times.push(t0.elapsed().as_secs_f64());
+/// Timed rounds of [`calibrate`].
+const CALIBRATION_ROUNDS: usize = 5;
+
+/// Median seconds per step of a throwaway copy of each variant: one warm-up step each, then
+/// rounds of one step of every variant in turn (as the comparison runs them), so a load that
+/// comes or goes during the measurement weighs on every variant alike.
+fn calibrate(variants: &[Variant], tc: &TrainConfig, data: &Dataset, data_key: &str) -> Result<Vec<f64>> {
+    let tc = TrainConfig { steps: 1 + CALIBRATION_ROUNDS as u64, ..tc.clone() };
+    let mut trainers = variants
+        .iter()
+        .map(|v| Trainer::new(v.model.clone(), tc.clone(), data_key.into()))
+        .collect::<Result<Vec<_>>>()?;
+    let mut times = vec![vec![]; trainers.len()];
+    for round in 0..=CALIBRATION_ROUNDS {
+        for (tr, t) in trainers.iter_mut().zip(&mut times) {
+            let t0 = Instant::now();
+            tr.step(&data.train)?;
+            if round > 0 {
+                t.push(t0.elapsed().as_secs_f64());
+            }
         }
     }
-    times.sort_by(f64::total_cmp);
-    Ok(times[1])
+    Ok(times
+        .into_iter()
+        .map(|mut t| {
+            t.sort_by(f64::total_cmp);
+            t[t.len() / 2]
+        })
+        .collect())
 }
 
 /// Runs the comparison; returns one record per variant, in order.
