@@ -13,7 +13,8 @@ from pathlib import Path
 
 def load(path):
     d = json.loads(Path(path).read_text())
-    dense, moe = d["rows"][0], d["rows"][1]
+    dense = d["rows"][0]
+    moe = next(r for r in d["rows"] if r["label"] == "16x3+1")
     seed = d["train"]["seed"]
     return seed, dense, moe
 
