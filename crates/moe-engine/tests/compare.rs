@@ -12,6 +12,7 @@ use moe_engine::config::ModelConfig;
 use moe_engine::inspect::sizes;
 use moe_engine::model::{Acts, KvCache, Model};
 use moe_engine::params::Layout;
+use std::path::Path;
 
 fn quiet(_: &str) {}
 
@@ -168,27 +169,32 @@ fn lockstep_runs_equal_separate_runs_and_report() {
     assert_eq!(runs[0].steps, (5.0 * ratio).round() as u64);
 }
 
+/// Options comparing [`dense`] with one other model on a corpus written into `dir`.
+fn dense_and(dir: &Path, (label, model): (&str, ModelConfig), budget: Budget) -> CompareOptions {
+    let corpus = write_corpus(dir);
+    let base = options(dir, &corpus, "alone", 8);
+    CompareOptions {
+        variants: vec![
+            Variant { label: "dense".into(), model: dense(), init: None },
+            Variant { label: label.into(), model, init: None },
+        ],
+        train: base.train.clone(),
+        budget,
+        evals: 2,
+        source: base.source.clone().unwrap(),
+        out_dir: dir.join("cmp"),
+        cache_dir: base.cache_dir.clone(),
+        progress: false,
+    }
+}
+
 #[test]
 fn a_total_time_budget_gives_equal_tokens_capped_at_one_epoch() {
     let dir = tempfile::tempdir().unwrap();
-    let corpus = write_corpus(dir.path());
-    let base = options(dir.path(), &corpus, "alone", 8);
     let d = dense();
     let moe = Spec::parse("4x2").unwrap().config(&d).unwrap();
-    let o = CompareOptions {
-        variants: vec![
-            Variant { label: "dense".into(), model: d.clone(), init: None },
-            Variant { label: "4x2".into(), model: moe, init: None },
-        ],
-        train: base.train.clone(),
-        // Far more time than the data: the cap decides.
-        budget: Budget::Total(1e6),
-        evals: 2,
-        source: base.source.clone().unwrap(),
-        out_dir: dir.path().join("cmp"),
-        cache_dir: base.cache_dir.clone(),
-        progress: false,
-    };
+    // Far more time than the data: the cap decides.
+    let o = dense_and(dir.path(), ("4x2", moe), Budget::Total(1e6));
     let runs = run(&o, &quiet).unwrap();
     let data = moe_engine::dataset::Dataset::prepare(&o.source, d.vocab_size, &o.cache_dir, &quiet, false).unwrap();
     let per_step = (o.train.batch_size * o.train.seq_len * o.train.grad_accum) as u64;
@@ -205,23 +211,9 @@ fn a_total_time_budget_gives_equal_tokens_capped_at_one_epoch() {
 #[test]
 fn a_time_budget_gives_the_slower_model_fewer_steps() {
     let dir = tempfile::tempdir().unwrap();
-    let corpus = write_corpus(dir.path());
-    let base = options(dir.path(), &corpus, "alone", 8);
     let d = dense();
-    let big = ModelConfig { hidden_size: 4 * d.hidden_size, intermediate_size: 16 * d.intermediate_size, ..d.clone() };
-    let o = CompareOptions {
-        variants: vec![
-            Variant { label: "dense".into(), model: d.clone(), init: None },
-            Variant { label: "big".into(), model: big, init: None },
-        ],
-        train: base.train.clone(),
-        budget: Budget::Seconds(0.5),
-        evals: 2,
-        source: base.source.clone().unwrap(),
-        out_dir: dir.path().join("cmp"),
-        cache_dir: base.cache_dir.clone(),
-        progress: false,
-    };
+    let big = ModelConfig { hidden_size: 4 * d.hidden_size, intermediate_size: 16 * d.intermediate_size, ..d };
+    let o = dense_and(dir.path(), ("big", big), Budget::Seconds(0.5));
     let steps: Vec<u64> = run(&o, &quiet).unwrap().iter().map(|r| r.steps).collect();
     assert!(steps[1] >= 1 && steps[1] < steps[0], "steps {steps:?}");
     let o2 = CompareOptions { budget: Budget::Seconds(1e-9), out_dir: dir.path().join("cmp2"), ..o.clone() };

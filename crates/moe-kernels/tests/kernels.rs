@@ -13,25 +13,36 @@ use moe_kernels::rope::*;
 use moe_kernels::softmax::*;
 use moe_kernels::swiglu::*;
 
-#[test]
-fn matmul_matches_naive_over_shapes_and_transposes() {
-    let mut rng = Rng::new(1);
-    for &(m, k, n) in &[(1, 1, 1), (3, 5, 7), (17, 33, 9), (64, 130, 67), (129, 64, 257)] {
+/// `matmul` (parallel or not) against its naive twin over `shapes`, every transpose, with and
+/// without accumulation; `then` sees each case (a, b, the initial dst, the product, acc).
+fn matmul_against_naive(
+    rng: &mut Rng,
+    shapes: &[(usize, usize, usize)],
+    parallel: bool,
+    mut then: impl FnMut(Mat<f32>, Mat<f32>, &[f32], &[f32], bool),
+) {
+    for &(m, k, n) in shapes {
         for &(ta, tb) in &[(false, false), (true, false), (false, true), (true, true)] {
-            let a = rng.vec32(m * k);
-            let b = rng.vec32(k * n);
+            let (a, b) = (rng.vec32(m * k), rng.vec32(k * n));
             let av = if ta { Mat::new(&a, k, m).t() } else { Mat::new(&a, m, k) };
             let bv = if tb { Mat::new(&b, n, k).t() } else { Mat::new(&b, k, n) };
             for acc in [false, true] {
                 let init = rng.vec32(m * n);
                 let (mut fast, mut slow) = (init.clone(), init.clone());
-                matmul(&mut fast, av, bv, acc, true);
+                matmul(&mut fast, av, bv, acc, parallel);
                 matmul_naive(&mut slow, av, bv, acc);
                 let err = max_abs_diff(&fast, &slow);
                 assert!(err < 1e-4 * k as f32, "({m},{k},{n}) t=({ta},{tb}) acc={acc}: {err}");
+                then(av, bv, &init, &fast, acc);
             }
         }
     }
+}
+
+#[test]
+fn matmul_matches_naive_over_shapes_and_transposes() {
+    let shapes = [(1, 1, 1), (3, 5, 7), (17, 33, 9), (64, 130, 67), (129, 64, 257)];
+    matmul_against_naive(&mut Rng::new(1), &shapes, true, |_, _, _, _, _| {});
 }
 
 /// A parallel product of many rows is cut into row pieces (one single-threaded GEMM each): the
@@ -363,34 +374,21 @@ fn zeroed_buffers_are_zero_and_writable_small_and_huge() {
 /// other rows of the call.
 #[test]
 fn small_row_products_match_naive_and_are_row_independent() {
-    let mut rng = Rng::new(12);
-    for &(m, k, n) in &[(1, 1, 1), (5, 7, 3), (12, 16, 32), (13, 33, 17), (48, 128, 128), (97, 64, 70), (255, 40, 48)] {
-        for &(ta, tb) in &[(false, false), (true, false), (false, true), (true, true)] {
-            let (a, b) = (rng.vec32(m * k), rng.vec32(k * n));
-            let av = if ta { Mat::new(&a, k, m).t() } else { Mat::new(&a, m, k) };
-            let bv = if tb { Mat::new(&b, n, k).t() } else { Mat::new(&b, k, n) };
-            for acc in [false, true] {
-                let init = rng.vec32(m * n);
-                let (mut fast, mut slow) = (init.clone(), init.clone());
-                matmul(&mut fast, av, bv, acc, false);
-                matmul_naive(&mut slow, av, bv, acc);
-                let err = max_abs_diff(&fast, &slow);
-                assert!(err < 1e-4 * k as f32, "({m},{k},{n}) t=({ta},{tb}) acc={acc}: {err}");
-                // the last rows alone, at their own offset
-                let h = m / 3;
-                let tail = Mat { data: &av.data[h * av.rs..], rows: m - h, ..av };
-                #[cfg(target_arch = "x86_64")]
-                if !(moe_kernels::small_gemm::takes(&av, &bv) && moe_kernels::small_gemm::takes(&tail, &bv)) {
-                    continue;
-                }
-                #[cfg(not(target_arch = "x86_64"))]
-                continue;
-                let mut part = init[h * n..].to_vec();
-                matmul(&mut part, tail, bv, acc, false);
-                assert!(part == fast[h * n..], "({m},{k},{n}) t=({ta},{tb}) acc={acc}: rows depend on the others");
-            }
+    let shapes = [(1, 1, 1), (5, 7, 3), (12, 16, 32), (13, 33, 17), (48, 128, 128), (97, 64, 70), (255, 40, 48)];
+    matmul_against_naive(&mut Rng::new(12), &shapes, false, |av, bv, init, fast, acc| {
+        // the last rows alone, at their own offset
+        let (h, n) = (av.rows / 3, bv.cols);
+        let tail = Mat { data: &av.data[h * av.rs..], rows: av.rows - h, ..av };
+        #[cfg(target_arch = "x86_64")]
+        if !(moe_kernels::small_gemm::takes(&av, &bv) && moe_kernels::small_gemm::takes(&tail, &bv)) {
+            return;
         }
-    }
+        #[cfg(not(target_arch = "x86_64"))]
+        return;
+        let mut part = init[h * n..].to_vec();
+        matmul(&mut part, tail, bv, acc, false);
+        assert!(part == fast[h * n..], "{:?} acc={acc}: rows depend on the others", (av.rows, av.cols, n));
+    });
 }
 
 /// The router's fused softmax + logsumexp gives logsumexp's value bit for bit (rows up to 256)
