@@ -5,9 +5,10 @@
 #   tokens-S   one epoch (18 M tokens) per model, seeds 1 and 2; the third seed is the
 #              `mini-epoch` run of scripts/moe_claim.sh (seed 1234, results/mini-epoch);
 #   minutes-S  5 minutes of training steps per model (equal time), seeds 1, 2 and 3.
-# Then scripts/seeds_table.py prints the per-seed speed-ups with their mean and spread, spliced
-# into RESULTS.md between the <!-- BEGIN seeds --> / <!-- END seeds --> markers. Every run is
-# skipped when its output exists.
+# Each run's compare.json and curves are copied to results/seeds/; scripts/seeds_table.py prints
+# the per-seed speed-ups from there with their mean and spread, spliced into RESULTS.md between
+# the <!-- BEGIN seeds --> / <!-- END seeds --> markers. Every run is skipped when its output
+# exists.
 #   bash scripts/seeds.sh     # from the project root; about 2 hours 10 minutes on 2 cores
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,6 +25,11 @@ for s in 1 2 3; do
     [ -f "$out/minutes-s$s/compare.md" ] ||
         $moe compare "${common[@]}" --minutes 5 --seed $s --out "$out/minutes-s$s"
 done
-python3 scripts/seeds_table.py "$out" > "$out/seeds.md"
+for run in "$out"/mini-s* "$out"/minutes-s*; do
+    [ -f "$run/compare.json" ] || continue
+    mkdir -p "results/seeds/$(basename "$run")"
+    cp "$run/compare.json" "$run/val_vs_tokens.png" "$run/val_vs_seconds.png" "results/seeds/$(basename "$run")/"
+done
+python3 scripts/seeds_table.py results/seeds > "$out/seeds.md"
 source scripts/splice.sh
 splice seeds "$out/seeds.md"

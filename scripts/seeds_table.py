@@ -1,8 +1,9 @@
 """Issue 20 item 5: the speed-ups of 16x3+1 over dense at the `mini` preset per seed, with the
 mean and the sample standard deviation, for equal tokens (one epoch) and equal time (5 minutes
-per model). Reads the compare.json of each run (scripts/seeds.sh); prints markdown.
+per model). Reads the compare.json of each run (copied to results/seeds/ by scripts/seeds.sh);
+prints markdown.
 
-    python3 scripts/seeds_table.py runs/seeds > runs/seeds/seeds.md
+    python3 scripts/seeds_table.py results/seeds
 """
 
 import json
@@ -48,7 +49,7 @@ def table(title, runs):
 
 
 def main():
-    out = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/seeds")
+    out = Path(sys.argv[1] if len(sys.argv) > 1 else "results/seeds")
     tokens = [load("results/mini-epoch/compare.json")]
     tokens += [load(p) for p in sorted(out.glob("mini-s*/compare.json"))]
     minutes = [load(p) for p in sorted(out.glob("minutes-s*/compare.json"))]
