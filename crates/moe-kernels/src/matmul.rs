@@ -91,19 +91,17 @@ pub unsafe fn matmul_raw<T: Float>(dst: *mut T, dst_rs: usize, a: Mat<T>, b: Mat
         }
         return;
     }
+    // f32 products on x86: bf16 when asked and the CPU has it, the few-row kernel where it
+    // applies (single-threaded, against a transposed weight).
     #[cfg(target_arch = "x86_64")]
-    let bf16 = std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() && bf16_matmul();
-    #[cfg(target_arch = "x86_64")]
-    if let Some(kernel) = crate::bf16::kernel().filter(|_| bf16) {
-        // SAFETY: T is f32 (checked above); the kernel is available.
-        return crate::bf16::matmul_bf16(kernel, dst as *mut f32, dst_rs, as_f32(a), as_f32(b), accumulate);
-    }
-    #[cfg(target_arch = "x86_64")]
-    if !parallel && std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() {
+    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() {
         // SAFETY: T is f32 (checked above).
-        let (a32, b32) = (as_f32(a), as_f32(b));
-        if crate::small_gemm::takes(&a32, &b32) {
-            return crate::small_gemm::matmul_small(dst as *mut f32, dst_rs, a32, b32, accumulate);
+        let (a32, b32, d32) = (as_f32(a), as_f32(b), dst as *mut f32);
+        if let Some(kernel) = crate::bf16::kernel().filter(|_| bf16_matmul()) {
+            return crate::bf16::matmul_bf16(kernel, d32, dst_rs, a32, b32, accumulate);
+        }
+        if !parallel && crate::small_gemm::takes(&a32, &b32) {
+            return crate::small_gemm::matmul_small(d32, dst_rs, a32, b32, accumulate);
         }
     }
     let threads = if parallel { rayon::current_num_threads() } else { 1 };
