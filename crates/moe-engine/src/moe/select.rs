@@ -28,6 +28,34 @@ pub fn topk<T: Float>(ids: &mut [u32], keys: &[T], allowed: impl Fn(usize) -> bo
     }
 }
 
+/// [`topk`] over all keys, each key passing down a sorted list of the best k so far and
+/// swapping places where it is larger (a displaced key beats an equal one below it when its id
+/// is lower), with selects instead of the insertion's data-dependent loop: a router's keys are
+/// near random, so the insertion mispredicts on most winners. Falls back to [`topk`] for k > 8
+/// or when fewer than k keys beat minus infinity (NaN or -inf keys), where that one decides.
+pub fn topk_all<T: Float>(ids: &mut [u32], keys: &[T]) {
+    const MAX_K: usize = 8;
+    let k = ids.len();
+    if k > MAX_K {
+        return topk(ids, keys, |_| true);
+    }
+    let mut best = [T::from_f64(f64::NEG_INFINITY); MAX_K];
+    let mut best_id = [u32::MAX; MAX_K];
+    for (i, &v) in keys.iter().enumerate() {
+        let (mut cv, mut ci) = (v, i as u32);
+        for (bv, bi) in best[..k].iter_mut().zip(&mut best_id[..k]) {
+            let gt = cv > *bv || (cv == *bv && ci < *bi);
+            let (hi, hi_id) = if gt { (cv, ci) } else { (*bv, *bi) };
+            let (lo, lo_id) = if gt { (*bv, *bi) } else { (cv, ci) };
+            (*bv, *bi, cv, ci) = (hi, hi_id, lo, lo_id);
+        }
+    }
+    if best_id[..k].contains(&u32::MAX) {
+        return topk(ids, keys, |_| true);
+    }
+    ids.copy_from_slice(&best_id[..k]);
+}
+
 /// Group-limited top-k: experts form `n_group` equal groups; a group scores the sum of its two
 /// best keys (its only key when a group has one expert); only the best `topk_group` groups are
 /// eligible, `topk_group` being the length of the scratch `group_ids`. With n_group = 1 this is plain top-k.
@@ -39,17 +67,17 @@ pub fn topk_grouped<T: Float>(
     group_ids: &mut [u32],
 ) {
     if n_group <= 1 {
-        return topk(ids, keys, |_| true);
+        return topk_all(ids, keys);
     }
     let per = keys.len() / n_group;
     for (g, gs) in group_scores.iter_mut().enumerate() {
         let grp = &keys[g * per..(g + 1) * per];
         let mut best = [0u32; 2];
         let take = per.min(2);
-        topk(&mut best[..take], grp, |_| true);
+        topk_all(&mut best[..take], grp);
         *gs = best[..take].iter().map(|&i| grp[i as usize]).sum();
     }
-    topk(group_ids, group_scores, |_| true);
+    topk_all(group_ids, group_scores);
     topk(ids, keys, |i| group_ids.contains(&((i / per) as u32)));
 }
 
@@ -93,6 +121,47 @@ pub fn update_selection_bias(params: &mut [f32], layout: &crate::params::Layout,
                 } else {
                     0.0
                 };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+
+    /// The branch-free top-k picks what the insertion top-k picks, ties and odd keys included.
+    #[test]
+    fn topk_all_matches_insertion_topk() {
+        let mut rng = Rng::new(7);
+        for case in 0..3000 {
+            let len = 1 + case % 40;
+            let k = 1 + (case / 40) % 10.min(len);
+            let k = k.min(len);
+            let mut keys: Vec<f32> = (0..len).map(|_| rng.uniform() as f32 - 0.5).collect();
+            match case % 5 {
+                // Ties: a handful of distinct values.
+                1 => keys.iter_mut().for_each(|v| *v = (*v * 4.0).round()),
+                // Minus infinity and NaN among the keys.
+                2 => keys[case % len] = f32::NEG_INFINITY,
+                3 => keys[(case / 3) % len] = f32::NAN,
+                4 => keys.iter_mut().for_each(|v| *v = f32::NEG_INFINITY),
+                _ => {}
+            }
+            let (mut want, mut got) = (vec![0u32; k], vec![0u32; k]);
+            topk(&mut want, &keys, |_| true);
+            topk_all(&mut got, &keys);
+            // With a NaN key the insertion top-k's order is arbitrary; both must still be k
+            // distinct in-range ids, and the branch-free one the best k of the other keys.
+            if keys.iter().any(|v| v.is_nan()) {
+                let mut sorted = got.clone();
+                sorted.sort();
+                sorted.dedup();
+                assert_eq!(sorted.len(), k, "case {case}: {got:?}");
+                assert!(got.iter().all(|&i| (i as usize) < len));
+                continue;
+            }
+            assert_eq!(got, want, "case {case}: keys {keys:?}");
         }
     }
 }
