@@ -221,6 +221,7 @@ enum BenchCmd {
 }
 
 fn main() {
+    moe_engine::contain::install_quiet_hook();
     if let Err(e) = real_main() {
         eprintln!("error: {e:#}");
         std::process::exit(1);

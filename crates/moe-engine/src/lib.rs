@@ -8,6 +8,7 @@ pub mod checksum;
 pub mod clock;
 pub mod compare;
 pub mod config;
+pub mod contain;
 pub mod corpus;
 pub mod dataset;
 pub mod dist;

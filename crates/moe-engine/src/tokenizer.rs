@@ -1,6 +1,7 @@
 //! Byte-level BPE tokenizers: trained on a corpus with the `tokenizers` crate, or loaded from a
 //! `tokenizer.json` (ours or a Hugging Face model's). Encoding and decoding go through it.
 
+use crate::contain::contained;
 use crate::error::{Error, Result};
 use std::path::Path;
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
@@ -48,7 +49,8 @@ impl Tokenizer {
     }
 
     pub fn load(path: &Path) -> Result<Self> {
-        let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| Error::Tokenizer {
+        let loaded = contained(|| tokenizers::Tokenizer::from_file(path).map_err(|e| e.to_string()));
+        let inner = loaded.and_then(|r| r).map_err(|e| Error::Tokenizer {
             what: format!("cannot load {}: {e}", path.display()),
             hint: "the file must be a tokenizer.json written by moe or Hugging Face tokenizers".into(),
         })?;
@@ -73,25 +75,25 @@ impl Tokenizer {
     }
 
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self
-            .inner
-            .encode(text, false)
-            .map_err(|e| Error::Tokenizer { what: e.to_string(), hint: "check the input text".into() })?;
+        let enc = self.encoding(text)?;
         Ok(enc.get_ids().to_vec())
     }
 
     /// Token ids and the byte offset where each token starts in `text`.
     pub fn encode_with_offsets(&self, text: &str) -> Result<(Vec<u32>, Vec<usize>)> {
-        let enc = self
-            .inner
-            .encode(text, false)
-            .map_err(|e| Error::Tokenizer { what: e.to_string(), hint: "check the input text".into() })?;
+        let enc = self.encoding(text)?;
         Ok((enc.get_ids().to_vec(), enc.get_offsets().iter().map(|o| o.0).collect()))
     }
 
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        self.inner
-            .decode(ids, false)
-            .map_err(|e| Error::Tokenizer { what: e.to_string(), hint: "check the token ids".into() })
+        contained(|| self.inner.decode(ids, false).map_err(|e| e.to_string()))
+            .and_then(|r| r)
+            .map_err(|e| Error::Tokenizer { what: e, hint: "check the token ids".into() })
+    }
+
+    fn encoding(&self, text: &str) -> Result<tokenizers::Encoding> {
+        contained(|| self.inner.encode(text, false).map_err(|e| e.to_string()))
+            .and_then(|r| r)
+            .map_err(|e| Error::Tokenizer { what: e, hint: "check the input text".into() })
     }
 }

@@ -5,8 +5,15 @@
 
 use crate::error::{io, Error, Result};
 use minijinja::{context, Environment};
+use moe_engine::contain::contained;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
+
+/// The chat template's instruction budget (minijinja fuel): real templates spend a few hundred
+/// instructions per message, so this allows any real conversation and stops a template that
+/// loops forever within a fraction of a second.
+const TEMPLATE_FUEL_BASE: u64 = 2_000_000;
+const TEMPLATE_FUEL_PER_MESSAGE: u64 = 20_000;
 
 pub struct HfTokenizer {
     tok: tokenizers::Tokenizer,
@@ -31,7 +38,9 @@ impl HfTokenizer {
         if !path.is_file() {
             return Err(Error::Tokenizer { path, msg: "missing; download tokenizer.json with the model".into() });
         }
-        let tok = tokenizers::Tokenizer::from_file(&path)
+        let loaded = contained(|| tokenizers::Tokenizer::from_file(&path).map_err(|e| e.to_string()));
+        let tok = loaded
+            .and_then(|r| r)
             .map_err(|e| Error::Tokenizer { path: path.clone(), msg: format!("cannot read ({e})") })?;
         let cfg_path = dir.join("tokenizer_config.json");
         let cfg: Value = if cfg_path.is_file() {
@@ -76,7 +85,8 @@ impl HfTokenizer {
             path: path.to_path_buf(),
             msg: "has no embedded tokenizer (no tokenizer.ggml.model); put the model's tokenizer.json next to it or pass --tokenizer DIR".into(),
         })?;
-        let tok = e.json.to_string().parse::<tokenizers::Tokenizer>().map_err(|err| Error::Tokenizer {
+        let built = contained(|| e.json.to_string().parse::<tokenizers::Tokenizer>().map_err(|err| err.to_string()));
+        let tok = built.and_then(|r| r).map_err(|err| Error::Tokenizer {
             path: path.to_path_buf(),
             msg: format!("its embedded tokenizer cannot be built ({err})"),
         })?;
@@ -90,12 +100,13 @@ impl HfTokenizer {
     /// Token ids of `text`; `special` applies the tokenizer's post-processor (BOS etc.) as
     /// transformers' `encode` does by default.
     pub fn encode(&self, text: &str, special: bool) -> Result<Vec<u32>> {
-        Ok(self.tok.encode(text, special).map_err(|e| self.err(e))?.get_ids().to_vec())
+        let enc = contained(|| self.tok.encode(text, special).map_err(|e| e.to_string()));
+        Ok(enc.and_then(|r| r).map_err(|e| self.err(e))?.get_ids().to_vec())
     }
 
     /// Text of `ids`, special tokens skipped.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        self.tok.decode(ids, true).map_err(|e| self.err(e))
+        contained(|| self.tok.decode(ids, true).map_err(|e| e.to_string())).and_then(|r| r).map_err(|e| self.err(e))
     }
 
     pub fn token_id(&self, s: &str) -> Option<u32> {
@@ -116,6 +127,8 @@ impl HfTokenizer {
             ))
         })?;
         let mut env = Environment::new();
+        // A template is data from a model file: one that loops forever ends in an error.
+        env.set_fuel(Some(TEMPLATE_FUEL_BASE + TEMPLATE_FUEL_PER_MESSAGE * messages.len() as u64));
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);

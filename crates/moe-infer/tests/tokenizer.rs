@@ -57,6 +57,17 @@ fn template_errors_are_reported_not_panics() {
     assert!(tok.render_chat(&chat(), true).unwrap_err().to_string().contains("does not parse"));
     tok.template = None;
     assert!(tok.render_chat(&chat(), true).unwrap_err().to_string().contains("no chat template"));
+    // A template that would loop for 10^15 steps runs out of fuel: an error, not a hang.
+    let r = "range(100000)";
+    tok.template = Some(format!(
+        "{{% for a in {r} %}}{{% for b in {r} %}}{{% for c in {r} %}}x{{% endfor %}}{{% endfor %}}{{% endfor %}}"
+    ));
+    let e = tok.render_chat(&chat(), true).unwrap_err().to_string();
+    assert!(e.contains("fuel"), "{e}");
+    // A long conversation stays within the budget of a real template.
+    tok.template = Some("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] | trim }}{% endfor %}".into());
+    let long: Vec<(String, String)> = (0..2000).map(|i| ("user".to_string(), format!("message {i}"))).collect();
+    assert!(tok.render_chat(&long, true).unwrap().ends_with("message 1999"));
 }
 
 #[test]

@@ -116,3 +116,27 @@ fn no_tokenizer_or_template_mutation_panics() {
     eprintln!("{loaded} of {runs} cases loaded");
     assert!(panics.is_empty(), "{} of {runs} cases panicked:\n{}", panics.len(), panics.join("\n"));
 }
+
+/// A syntax error inside the `decoder` object makes the `tokenizers` crate panic (an `expect`
+/// in its decoder deserializer; found by the `tokenizer_json` fuzz target): loading, here and
+/// through the training tokenizer, is an error naming the file, with no panic message printed.
+#[test]
+fn a_broken_decoder_is_an_error_not_a_panic() {
+    moe_engine::contain::install_quiet_hook();
+    let src = fixture("olmoe");
+    let text = std::fs::read_to_string(src.join("tokenizer.json")).unwrap();
+    let broken = text.replacen("\"split\": true\n  },\n  \"model\"", "\"split\" true\n  },\n  \"model\"", 1);
+    assert_ne!(broken, text, "the fixture's decoder changed; update the mutation");
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("tokenizer.json"), &broken).unwrap();
+    let e = common::no_panic({
+        let dir = tmp.path().to_path_buf();
+        move || HfTokenizer::load(&dir).err().map(|e| e.to_string())
+    })
+    .unwrap()
+    .expect("a broken decoder must not load");
+    assert!(e.contains("tokenizer.json") && e.contains("panicked"), "{e}");
+    let path = tmp.path().join("tokenizer.json");
+    let e = moe_engine::tokenizer::Tokenizer::load(&path).err().expect("nor through the training tokenizer");
+    assert!(e.to_string().contains("tokenizer.json"), "{e}");
+}
