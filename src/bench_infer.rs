@@ -23,6 +23,10 @@ pub struct InferBenchArgs {
     /// Tokens of the decode measurement.
     #[arg(long, default_value_t = 64)]
     gen_tokens: usize,
+    /// Tokens of context before the decode measurement (llama-bench's --n-depth), e.g. 4096 to
+    /// measure decode against a long KV cache.
+    #[arg(long, default_value_t = 0)]
+    depth: usize,
     /// Repetitions (medians reported).
     #[arg(long, default_value_t = 3)]
     reps: usize,
@@ -41,6 +45,7 @@ fn llama_cpp(bin: &Path, model: &Path, a: &InferBenchArgs, threads: usize) -> Re
         .arg(model)
         .args(["-t", &threads.to_string(), "-p", &a.prompt_tokens.to_string(), "-n", &a.gen_tokens.to_string()])
         .args(["-r", &a.reps.to_string(), "-o", "json"])
+        .args(if a.depth > 0 { vec!["-d".to_string(), a.depth.to_string()] } else { vec![] })
         .output()
         .with_context(|| format!("running {}", bin.display()))?;
     if !out.status.success() {
@@ -75,15 +80,17 @@ pub fn bench_infer(a: InferBenchArgs) -> Result<()> {
     let bw = read_bandwidth_gbs();
     // Warm-up, as llama-bench's: every page of the weights resident, one short decode.
     touch_weights(&m);
-    time_decode(&m, 4, 1)?;
+    time_decode(&m, 4, 1, 0)?;
     let reps = a.reps.max(1);
     let prefill =
         median((0..reps).map(|i| time_prefill(&m, a.prompt_tokens, i as u64)).collect::<moe_infer::Result<_>>()?);
-    let decode = median((0..reps).map(|i| time_decode(&m, a.gen_tokens, i as u64)).collect::<moe_infer::Result<_>>()?);
+    let decode =
+        median((0..reps).map(|i| time_decode(&m, a.gen_tokens, i as u64, a.depth)).collect::<moe_infer::Result<_>>()?);
     let (pp, tg) = (a.prompt_tokens as f64 / prefill, 1.0 / decode);
     let gbs = bytes as f64 * tg / 1e9;
     println!("measured memory read bandwidth: {bw:.1} GB/s ({threads} threads)");
-    println!("| engine | prefill {} tok/s | decode tok/s | GB/s of weights | of bandwidth |", a.prompt_tokens);
+    let at = if a.depth > 0 { format!(" at depth {}", a.depth) } else { String::new() };
+    println!("| engine | prefill {} tok/s | decode tok/s{at} | GB/s of weights | of bandwidth |", a.prompt_tokens);
     println!("|---|---:|---:|---:|---:|");
     println!("| moe | {pp:.1} | {tg:.2} | {gbs:.1} | {:.0}% |", 100.0 * gbs / bw);
     let bin = a.llama_bench.clone().unwrap_or_else(|| PathBuf::from("llama-bench"));

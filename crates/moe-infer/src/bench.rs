@@ -81,10 +81,14 @@ pub fn time_prefill(m: &Model, n: usize, seed: u64) -> Result<f64> {
     Ok(t0.elapsed().as_secs_f64())
 }
 
-/// Seconds per token of decoding `n` tokens greedily after a 1-token prompt.
-pub fn time_decode(m: &Model, n: usize, seed: u64) -> Result<f64> {
+/// Seconds per token of decoding `n` tokens greedily after a prompt of `depth` tokens (at
+/// least one; prefilled in chunks of 512, as a server does), the prompt not timed.
+pub fn time_decode(m: &Model, n: usize, seed: u64, depth: usize) -> Result<f64> {
     let mut cache = Cache::new(&m.spec);
-    let mut logits = m.forward(&ids(1, m.spec.vocab, seed), &mut cache, false)?;
+    let mut logits = vec![];
+    for chunk in ids(depth.max(1), m.spec.vocab, seed).chunks(512) {
+        logits = m.forward(chunk, &mut cache, false)?;
+    }
     let t0 = Instant::now();
     for _ in 0..n {
         let next = moe_engine::generate::argmax(&logits);
