@@ -35,7 +35,7 @@ pub fn summary(m: &Model) -> Summary {
     }
     let (e, k) = (s.moe.experts as u64, s.moe.top_k as u64);
     let active = total - experts / e * (e - k);
-    let kv = s.layers as u64 * s.kv_heads as u64 * (s.head_dim + s.v_dim) as u64 * 4;
+    let kv = crate::model::Cache::bytes_per_token(s) as u64;
     Summary {
         total_params: total,
         active_params: active,

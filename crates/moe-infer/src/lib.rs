@@ -16,6 +16,7 @@ pub mod gguf_tokenizer;
 pub mod inspect;
 pub mod linear;
 pub mod load;
+pub mod mla;
 pub mod model;
 pub mod moe;
 pub mod npy;

@@ -61,10 +61,10 @@ impl Cache {
     }
 
     /// Floats of keys and of values one position adds to one layer: [G, Dk] and [G, Dv], or
-    /// MLA's expanded per-head keys [H, nope + rope] and values [H, Dv].
+    /// MLA's latent row [kv_lora + rope] (in `k`; see `mla`).
     fn floats_per_token(spec: &Spec) -> (usize, usize) {
         match spec.mla {
-            Some(m) => (spec.heads * (m.nope + m.rope), spec.heads * m.v),
+            Some(m) => (m.kv_lora + m.rope, 0),
             None => (spec.kv_heads * spec.head_dim, spec.kv_heads * spec.v_dim),
         }
     }
@@ -382,20 +382,36 @@ impl Model {
                 rms_rows(&mut lat, kv_norm, m.kv_lora, s.eps);
                 rot(&mut q, nh, d, m.nope);
                 rot(&mut ckv, 1, w, m.kv_lora);
-                let mut kv = vec![0.0; t * nh * (m.nope + m.v)];
-                kv_b.forward(&lat, t, &mut kv);
                 for (&(r, n), cache) in spans.iter().zip(caches.iter_mut()) {
-                    let (kc, vc) = (&mut cache.k[li], &mut cache.v[li]);
                     for i in r..r + n {
-                        for hh in 0..nh {
-                            let src = &kv[(i * nh + hh) * (m.nope + m.v)..][..m.nope + m.v];
-                            kc.extend_from_slice(&src[..m.nope]);
-                            kc.extend_from_slice(&ckv[i * w + m.kv_lora..][..m.rope]);
-                            vc.extend_from_slice(&src[m.nope..]);
-                        }
+                        cache.k[li].extend_from_slice(&lat[i * m.kv_lora..][..m.kv_lora]);
+                        cache.k[li].extend_from_slice(&ckv[i * w + m.kv_lora..][..m.rope]);
                     }
                 }
-                (o, None)
+                for (&(r, n), cache) in spans.iter().zip(caches.iter()) {
+                    let (qs, hs) = (&q[r * nh * d..(r + n) * nh * d], &mut heads_out[r * nh * dv..(r + n) * nh * dv]);
+                    if !crate::mla::expand(&m, n, cache.len) {
+                        crate::mla::attend_latent(hs, qs, &cache.k[li], cache.len, n, nh, &m, kv_b, s.attn_scale);
+                        continue;
+                    }
+                    // Nothing cached yet: the new rows' per-head keys [n, H, nope + rope] and
+                    // values [n, H, v] from the up-projection.
+                    let mut kv = vec![0.0; n * nh * (m.nope + m.v)];
+                    kv_b.forward(&lat[r * m.kv_lora..(r + n) * m.kv_lora], n, &mut kv);
+                    let (mut k, mut v) = (Vec::with_capacity(n * nh * d), Vec::with_capacity(n * nh * dv));
+                    for i in 0..n {
+                        for hh in 0..nh {
+                            let src = &kv[(i * nh + hh) * (m.nope + m.v)..][..m.nope + m.v];
+                            k.extend_from_slice(&src[..m.nope]);
+                            k.extend_from_slice(&ckv[(r + i) * w + m.kv_lora..][..m.rope]);
+                            v.extend_from_slice(&src[m.nope..]);
+                        }
+                    }
+                    let dims = Dims { t: n, pos0: 0, h: nh, g: nh, dk: d, dv };
+                    attend(hs, qs, &k, &v, dims, s.attn_scale, s.windows[li], None);
+                }
+                o.forward(&heads_out, t, out);
+                return;
             }
         };
         for (&(r, n), cache) in spans.iter().zip(caches.iter()) {

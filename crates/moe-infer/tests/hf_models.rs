@@ -44,6 +44,17 @@ fn check(name: &str) {
     let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
     assert!(err < 1e-4, "{name}: logits differ from transformers by {err:e} (max abs)");
 
+    // the second half of the prompt one token at a time through the cache (the decode path,
+    // MLA's absorbed attention over the latent cache): the same logits
+    let (v, half) = (m.spec.vocab, ids.len() / 2);
+    let mut cache = Cache::new(&m.spec);
+    m.forward(&ids[..half], &mut cache, false).unwrap();
+    for (p, &id) in ids.iter().enumerate().skip(half) {
+        let got = m.forward(&[id], &mut cache, false).unwrap();
+        let err = got.iter().zip(&want[p * v..(p + 1) * v]).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert!(err < 1e-4, "{name}: decode logits at position {p} differ from transformers by {err:e}");
+    }
+
     // greedy: prefill the prompt, then one token at a time through the cache
     let mut cache = Cache::new(&m.spec);
     let mut logits = m.forward(&ids, &mut cache, false).unwrap();
@@ -79,6 +90,22 @@ fn olmoe_qk_norm_clip() {
 #[test]
 fn deepseek_v3_mla_group_routing_yarn() {
     check("deepseek_v3");
+}
+
+/// MLA caches one latent row per position and layer: the compressed KV and the rope key.
+#[test]
+fn deepseek_v3_caches_latents_not_expanded_heads() {
+    let m = Model::load(&dir("deepseek_v3")).unwrap();
+    let mla = m.spec.mla.unwrap();
+    let per_token = (mla.kv_lora + mla.rope) * m.spec.layers * 4;
+    assert_eq!(Cache::bytes_per_token(&m.spec), per_token);
+    let mut cache = Cache::new(&m.spec);
+    m.forward(&[3, 1, 4, 1, 5], &mut cache, false).unwrap();
+    m.forward(&[9], &mut cache, false).unwrap();
+    assert_eq!(cache.bytes(), 6 * per_token);
+    // The expanded cache would hold H x (nope + rope + v) floats per position and layer.
+    let expanded = m.spec.heads * (mla.nope + mla.rope + mla.v) * m.spec.layers * 4;
+    assert!(per_token < expanded);
 }
 #[test]
 fn granitemoe_multipliers() {
