@@ -18,6 +18,10 @@ fn moe(args: &[&str]) -> (i32, String, String) {
 }
 
 fn trained(cfg: ModelConfig, dir: &std::path::Path) -> std::path::PathBuf {
+    trained_with(cfg, dir, None)
+}
+
+fn trained_with(cfg: ModelConfig, dir: &std::path::Path, tokenizer_json: Option<&[u8]>) -> std::path::PathBuf {
     let tc = TrainConfig { steps: 3, batch_size: 2, seq_len: 16, warmup_steps: 1, lr: 1e-2, ..TrainConfig::default() };
     let mut tr = Trainer::new(cfg, tc, "d".into()).unwrap();
     let mut rng = Rng::new(1);
@@ -25,7 +29,7 @@ fn trained(cfg: ModelConfig, dir: &std::path::Path) -> std::path::PathBuf {
     for _ in 0..3 {
         tr.step(&data).unwrap();
     }
-    tr.save(&dir.join("ck"), None).unwrap()
+    tr.save(&dir.join("ck"), tokenizer_json).unwrap()
 }
 
 #[test]
@@ -44,6 +48,40 @@ fn exported_mixtral_gives_the_training_engines_logits() {
     let (code, _, err) = moe(&["export", "--checkpoint", ck.to_str().unwrap(), "--out", out.to_str().unwrap()]);
     assert_eq!(code, 1);
     assert!(err.contains("already holds a model"), "{err}");
+}
+
+/// `moe export --gguf`: the GGUF file runs in the inference engine with the training engine's
+/// logits (queries and keys permuted as llama.cpp's converter does, grouped KV heads), and its
+/// embedded tokenizer gives the checkpoint tokenizer's ids.
+#[test]
+fn exported_gguf_gives_the_training_engines_logits_and_token_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = ModelConfig { num_local_experts: 4, num_experts_per_tok: 2, norm_topk_prob: true, ..ModelConfig::tiny() };
+    assert!(cfg.num_key_value_heads < cfg.num_attention_heads);
+    let text = "The router sends each token to a few experts; fn main() { let x = 42; } \
+                Mixture-of-Experts layers replace the MLP. Attention stays shared. ";
+    let corpus: Vec<String> = (0..40).map(|i| format!("{text} item {i}: {}", "abc xyz ".repeat(i % 5))).collect();
+    let tok = moe_engine::tokenizer::Tokenizer::train(corpus.iter().map(|s| s.as_str()), cfg.vocab_size).unwrap();
+    let tk_path = dir.path().join("tokenizer.json");
+    tok.save(&tk_path).unwrap();
+    let ck = trained_with(cfg, dir.path(), Some(&std::fs::read(&tk_path).unwrap()));
+    let out = dir.path().join("model.gguf");
+    let (code, _, err) = moe(&["export", "--checkpoint", ck.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("GGUF"), "{err}");
+    let ids = [3u32, 17, 5, 99, 42, 7, 120, 1, 300, 64];
+    let (got, want) = logits_both(&ck, &out, &ids);
+    let diff = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    assert!(diff < 1e-4, "GGUF logits differ by {diff}");
+    let embedded = moe_infer::tokenizer::HfTokenizer::from_gguf(&out).unwrap();
+    for s in [text, "experts 123 <|endoftext|> tail", "  spaces\tand\nnewlines  "] {
+        let want = tok.encode(s).unwrap();
+        assert_eq!(embedded.encode(s, false).unwrap(), want, "{s:?}");
+        assert_eq!(embedded.decode(&want).unwrap(), tok.decode(&want).unwrap().replace("<|endoftext|>", ""));
+    }
+    let (code, _, err) = moe(&["export", "--checkpoint", ck.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("exists"), "{err}");
 }
 
 #[test]

@@ -13,6 +13,7 @@ pub mod generate;
 pub mod gguf;
 pub mod gguf_model;
 pub mod gguf_tokenizer;
+pub mod gguf_write;
 pub mod inspect;
 pub mod linear;
 pub mod load;
