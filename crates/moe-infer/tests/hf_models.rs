@@ -71,6 +71,12 @@ fn check(name: &str) {
 fn mixtral_sharded_bf16() {
     check("mixtral");
 }
+/// A model trained and exported by moe (`scripts/export_check.py --fixture`), against
+/// transformers' outputs on it.
+#[test]
+fn moe_export_as_loaded_by_transformers() {
+    check("moe_export");
+}
 #[test]
 fn mixtral_fused_experts() {
     check("mixtral_fused");

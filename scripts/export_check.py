@@ -1,0 +1,137 @@
+#!/usr/bin/env python3
+"""moe's exports checked against the tools people load them with (run by hand, never by CI;
+needs torch, transformers and tokenizers; llama.cpp optional).
+
+Trains the tiny preset for a few steps in Mixtral's form (no selection bias) on README.md,
+exports it as a Hugging Face directory and as a GGUF file, and checks:
+- transformers loads the directory (MixtralForCausalLM) and its float32 logits equal moe's
+  (`moe logits`) on the same ids to 1e-4;
+- moe's logits from the GGUF file equal them too;
+- with --llama-bin DIR (llama.cpp's build/bin, e.g. from scripts/llama_setup.sh): llama-server
+  loads the GGUF file on 127.0.0.1, tokenizes a text to the exported tokenizer.json's ids, and
+  its next-token probabilities after the prompt equal transformers' (top 5, 1e-3).
+With --fixture, writes the exported directory and transformers' outputs (reference.safetensors:
+input_ids, logits, greedy) to crates/moe-infer/tests/fixtures/moe_export, which
+crates/moe-infer/tests/hf_models.rs compares moe to on every test run.
+
+    python3 scripts/export_check.py --llama-bin /tmp/moe-bench-infer/llama_cpp_python/build/bin --fixture
+"""
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+import numpy as np
+import torch
+import transformers as tf
+from safetensors.torch import save_file
+from tokenizers import Tokenizer
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+FIXTURE = os.path.join(ROOT, "crates", "moe-infer", "tests", "fixtures", "moe_export")
+# Short: the tiny preset's context is 16 positions, prompt plus 8 generated tokens.
+TEXT = "the router experts"
+
+
+def run(*args):
+    r = subprocess.run(args, capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit(f"{' '.join(args)} failed:\n{r.stderr}")
+    return r
+
+
+def moe_logits(moe, model, ids, tmp):
+    out = os.path.join(tmp, "logits.npy")
+    run(moe, "logits", "--model", model, "--ids", ",".join(map(str, ids)), "--out", out)
+    return np.load(out)
+
+
+def post(port, path, body):
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", json.dumps(body).encode(),
+                                 {"Content-Type": "application/json"})
+    try:
+        return json.load(urllib.request.urlopen(req, timeout=60))
+    except urllib.error.HTTPError as e:
+        sys.exit(f"llama-server {path}: {e.code} {e.read().decode()}")
+
+
+def llama_check(bin_dir, gguf, ids, probs):
+    """llama-server on the GGUF file: token ids of TEXT and the top-5 next-token probabilities."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, LD_LIBRARY_PATH=bin_dir)
+    server = subprocess.Popen([os.path.join(bin_dir, "llama-server"), "-m", gguf, "--host", "127.0.0.1",
+                               "--port", str(port), "-t", "1", "-c", "256"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(120):
+            try:
+                if json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)).get("status") == "ok":
+                    break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            sys.exit("llama-server did not start")
+        got = post(port, "/tokenize", {"content": TEXT, "add_special": False})["tokens"]
+        print(f"llama.cpp token ids: {'equal' if got == ids else 'DIFFERENT'} ({len(got)} tokens)")
+        r = post(port, "/completion", {"prompt": ids, "n_predict": 1, "n_probs": 5, "temperature": 0,
+                                       "cache_prompt": False})
+        top = r["completion_probabilities"][0]["top_logprobs"]
+        err = max(abs(float(np.exp(t["logprob"])) - float(probs[t["id"]])) for t in top)
+        print(f"llama.cpp next-token probabilities (top 5) against transformers: max abs difference {err:.2e}")
+        return got == ids and err < 1e-3
+    finally:
+        server.terminate()
+        server.wait()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--moe", default=os.path.join(ROOT, "target", "release", "moe"))
+    ap.add_argument("--llama-bin", help="llama.cpp's build/bin directory")
+    ap.add_argument("--fixture", action="store_true", help=f"write the export and the reference to {FIXTURE}")
+    a = ap.parse_args()
+    tmp = tempfile.mkdtemp()
+    run_dir, hf, gguf = os.path.join(tmp, "run"), os.path.join(tmp, "hf"), os.path.join(tmp, "m.gguf")
+    run(a.moe, "train", "--preset", "tiny", "--data", os.path.join(ROOT, "README.md"), "--steps", "20",
+        "--seq-len", "16", "--batch-size", "4", "--bias-update-rate", "0", "--seed", "7", "--out", run_dir, "--quiet")
+    run(a.moe, "export", "--checkpoint", run_dir, "--out", hf)
+    run(a.moe, "export", "--checkpoint", run_dir, "--out", gguf)
+    ids = Tokenizer.from_file(os.path.join(hf, "tokenizer.json")).encode(TEXT, add_special_tokens=False).ids
+    assert len(ids) <= 8, f"{len(ids)} prompt tokens: shorten TEXT"
+
+    model = tf.AutoModelForCausalLM.from_pretrained(hf, dtype=torch.float32).eval()
+    print(f"transformers loads the export as {type(model).__name__}")
+    x = torch.tensor([ids])
+    with torch.no_grad():
+        want = model(x).logits[0].float()
+        greedy = model.generate(x, max_new_tokens=8, min_new_tokens=8, do_sample=False, eos_token_id=None,
+                                pad_token_id=0)[0, len(ids):]
+    ok = True
+    for name, path in [("Hugging Face directory", hf), ("GGUF file", gguf)]:
+        err = float(np.abs(moe_logits(a.moe, path, ids, tmp) - want.numpy()).max())
+        print(f"moe on the {name} against transformers: max abs logit difference {err:.2e}")
+        ok &= err < 1e-4
+    if a.llama_bin:
+        ok &= llama_check(a.llama_bin, gguf, ids, torch.softmax(want[-1], -1).numpy())
+    if a.fixture:
+        shutil.rmtree(FIXTURE, ignore_errors=True)
+        shutil.copytree(hf, FIXTURE)
+        ref = {"input_ids": torch.tensor(ids, dtype=torch.int64), "logits": want.contiguous(),
+               "greedy": greedy.to(torch.int64)}
+        save_file(ref, os.path.join(FIXTURE, "reference.safetensors"))
+        print(f"wrote {FIXTURE}")
+    shutil.rmtree(tmp)
+    print("all checks passed" if ok else "SOME CHECKS FAILED")
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()
