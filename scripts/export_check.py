@@ -2,16 +2,17 @@
 """moe's exports checked against the tools people load them with (run by hand, never by CI;
 needs torch, transformers and tokenizers; llama.cpp optional).
 
-Trains the tiny preset for a few steps in Mixtral's form (no selection bias) on README.md,
-exports it as a Hugging Face directory and as a GGUF file, and checks:
-- transformers loads the directory (MixtralForCausalLM) and its float32 logits equal moe's
-  (`moe logits`) on the same ids to 1e-4;
+Trains the tiny preset for a few steps on README.md in two forms: Mixtral's (no selection bias)
+and Qwen2-MoE's (a shared expert without gate, a dense first layer, weights not renormalised).
+Exports each as a Hugging Face directory, the first also as a GGUF file, and checks:
+- transformers loads each directory (MixtralForCausalLM, Qwen2MoeForCausalLM) and its float32
+  logits equal moe's (`moe logits`) on the same ids to 1e-4;
 - moe's logits from the GGUF file equal them too;
 - with --llama-bin DIR (llama.cpp's build/bin, e.g. from scripts/llama_setup.sh): llama-server
   loads the GGUF file on 127.0.0.1, tokenizes a text to the exported tokenizer.json's ids, and
   its next-token probabilities after the prompt equal transformers' (top 5, 1e-3).
-With --fixture, writes the exported directory and transformers' outputs (reference.safetensors:
-input_ids, logits, greedy) to crates/moe-infer/tests/fixtures/moe_export, which
+With --fixture, writes each exported directory and transformers' outputs (reference.safetensors:
+input_ids, logits, greedy) to crates/moe-infer/tests/fixtures/moe_export{,_qwen2}, which
 crates/moe-infer/tests/hf_models.rs compares moe to on every test run.
 
     python3 scripts/export_check.py --llama-bin /tmp/moe-bench-infer/llama_cpp_python/build/bin --fixture
@@ -34,7 +35,11 @@ from safetensors.torch import save_file
 from tokenizers import Tokenizer
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-FIXTURE = os.path.join(ROOT, "crates", "moe-infer", "tests", "fixtures", "moe_export")
+FIXTURES = os.path.join(ROOT, "crates", "moe-infer", "tests", "fixtures")
+# (fixture name, changes to the tiny preset's config)
+FORMS = [("moe_export", {}),
+         ("moe_export_qwen2", {"shared_expert_intermediate_size": 16, "first_k_dense_replace": 1,
+                               "norm_topk_prob": False})]
 # Short: the tiny preset's context is 16 positions, prompt plus 8 generated tokens.
 TEXT = "the router experts"
 
@@ -92,42 +97,56 @@ def llama_check(bin_dir, gguf, ids, probs):
         server.wait()
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--moe", default=os.path.join(ROOT, "target", "release", "moe"))
-    ap.add_argument("--llama-bin", help="llama.cpp's build/bin directory")
-    ap.add_argument("--fixture", action="store_true", help=f"write the export and the reference to {FIXTURE}")
-    a = ap.parse_args()
-    tmp = tempfile.mkdtemp()
-    run_dir, hf, gguf = os.path.join(tmp, "run"), os.path.join(tmp, "hf"), os.path.join(tmp, "m.gguf")
-    run(a.moe, "train", "--preset", "tiny", "--data", os.path.join(ROOT, "README.md"), "--steps", "20",
-        "--seq-len", "16", "--batch-size", "4", "--bias-update-rate", "0", "--seed", "7", "--out", run_dir, "--quiet")
+def check_form(a, tmp, name, config):
+    """Trains, exports and checks one form; writes its fixture with --fixture."""
+    work = os.path.join(tmp, name)
+    os.makedirs(work)
+    cfg, run_dir, hf, gguf = (os.path.join(work, f) for f in ("config.json", "run", "hf", "m.gguf"))
+    json.dump(config, open(cfg, "w"))
+    run(a.moe, "train", "--config", cfg, "--data", os.path.join(ROOT, "README.md"), "--steps", "20",
+        "--seq-len", "16", "--batch-size", "4", "--seed", "7", "--out", run_dir, "--quiet")
     run(a.moe, "export", "--checkpoint", run_dir, "--out", hf)
-    run(a.moe, "export", "--checkpoint", run_dir, "--out", gguf)
+    mixtral = name == "moe_export"
+    if mixtral:
+        run(a.moe, "export", "--checkpoint", run_dir, "--out", gguf)
     ids = Tokenizer.from_file(os.path.join(hf, "tokenizer.json")).encode(TEXT, add_special_tokens=False).ids
     assert len(ids) <= 8, f"{len(ids)} prompt tokens: shorten TEXT"
-
     model = tf.AutoModelForCausalLM.from_pretrained(hf, dtype=torch.float32).eval()
-    print(f"transformers loads the export as {type(model).__name__}")
+    print(f"{name}: transformers loads the export as {type(model).__name__}")
     x = torch.tensor([ids])
     with torch.no_grad():
         want = model(x).logits[0].float()
         greedy = model.generate(x, max_new_tokens=8, min_new_tokens=8, do_sample=False, eos_token_id=None,
                                 pad_token_id=0)[0, len(ids):]
     ok = True
-    for name, path in [("Hugging Face directory", hf), ("GGUF file", gguf)]:
-        err = float(np.abs(moe_logits(a.moe, path, ids, tmp) - want.numpy()).max())
-        print(f"moe on the {name} against transformers: max abs logit difference {err:.2e}")
+    for what, path in [("Hugging Face directory", hf)] + ([("GGUF file", gguf)] if mixtral else []):
+        err = float(np.abs(moe_logits(a.moe, path, ids, work) - want.numpy()).max())
+        print(f"{name}: moe on the {what} against transformers: max abs logit difference {err:.2e}")
         ok &= err < 1e-4
-    if a.llama_bin:
+    if a.llama_bin and mixtral:
         ok &= llama_check(a.llama_bin, gguf, ids, torch.softmax(want[-1], -1).numpy())
     if a.fixture:
-        shutil.rmtree(FIXTURE, ignore_errors=True)
-        shutil.copytree(hf, FIXTURE)
+        out = os.path.join(FIXTURES, name)
+        shutil.rmtree(out, ignore_errors=True)
+        shutil.copytree(hf, out)
         ref = {"input_ids": torch.tensor(ids, dtype=torch.int64), "logits": want.contiguous(),
                "greedy": greedy.to(torch.int64)}
-        save_file(ref, os.path.join(FIXTURE, "reference.safetensors"))
-        print(f"wrote {FIXTURE}")
+        save_file(ref, os.path.join(out, "reference.safetensors"))
+        print(f"wrote {out}")
+    return ok
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--moe", default=os.path.join(ROOT, "target", "release", "moe"))
+    ap.add_argument("--llama-bin", help="llama.cpp's build/bin directory")
+    ap.add_argument("--fixture", action="store_true", help=f"write the exports and the references to {FIXTURES}")
+    a = ap.parse_args()
+    tmp = tempfile.mkdtemp()
+    tiny = json.loads(run(a.moe, "inspect", "--print-config", "tiny").stdout)
+    ok = True
+    for name, changes in FORMS:
+        ok &= check_form(a, tmp, name, dict(tiny, bias_update_rate=0.0, **changes))
     shutil.rmtree(tmp)
     print("all checks passed" if ok else "SOME CHECKS FAILED")
     sys.exit(0 if ok else 1)

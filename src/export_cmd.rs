@@ -1,9 +1,10 @@
-//! `moe export`: a checkpoint trained by moe as a Hugging Face Mixtral checkpoint (config.json,
-//! model.safetensors with the hub's per-expert names, tokenizer.json), so that the inference
-//! engine (`--model`, `--quant`, `--max-memory`), transformers and llama.cpp's converter can run
-//! it, or as a GGUF file with its tokenizer embedded (`--gguf`) for llama.cpp and `moe serve`. Only models Mixtral can express are exported: softmax top-k routing with renormalised
-//! weights, every layer MoE, no shared expert, router bias or selection bias (the writer is
-//! `moe_infer::from_moe`, which `moe serve --checkpoint` shares).
+//! `moe export`: a checkpoint trained by moe as a Hugging Face checkpoint (Mixtral, or
+//! Qwen2-MoE for shared experts, dense layers and unnormalised routing weights; config.json,
+//! model.safetensors with the hub's per-expert names, tokenizer.json) that the inference engine
+//! (`--model`, `--quant`, `--max-memory`), transformers and llama.cpp's converter run, or as a
+//! GGUF file with its tokenizer embedded (`--gguf`, Mixtral's form) for llama.cpp and `moe
+//! serve`. Models with no such form are refused with the reason (the writers are
+//! `moe_infer::from_moe` and `from_moe_gguf`; `moe serve --checkpoint` shares the first).
 
 use anyhow::Result;
 use clap::Args;
@@ -29,9 +30,13 @@ pub fn export(a: ExportArgs) -> Result<()> {
     let ck = checkpoint::load(&a.checkpoint)?;
     let gguf = a.gguf || a.out.extension().is_some_and(|x| x == "gguf");
     let (params, what) = if gguf {
-        (moe_infer::from_moe::write_mixtral_gguf(&ck, &a.out)?, "a GGUF file (llama with experts)")
+        (moe_infer::from_moe_gguf::write_mixtral_gguf(&ck, &a.out)?, "a GGUF file (llama with experts)")
     } else {
-        (moe_infer::from_moe::write_mixtral(&ck, &a.out, false)?, "MixtralForCausalLM")
+        let (params, form) = moe_infer::from_moe::write_hf(&ck, &a.out, false)?;
+        (
+            params,
+            if form == moe_infer::from_moe::HfForm::Mixtral { "MixtralForCausalLM" } else { "Qwen2MoeForCausalLM" },
+        )
     };
     let params = params as f64 / 1e6;
     eprintln!("exported {} ({params:.2} M parameters) to {} as {what}", ck.dir.display(), a.out.display());

@@ -63,7 +63,7 @@ enum Cmd {
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCmd),
-    /// Write a checkpoint trained by moe as a Hugging Face Mixtral checkpoint.
+    /// Write a checkpoint trained by moe as a Hugging Face checkpoint (Mixtral or Qwen2-MoE) or a GGUF file.
     Export(export_cmd::ExportArgs),
     /// Mean cross-entropy and perplexity of a Hugging Face or GGUF model on a text.
     Perplexity(perplexity_cmd::PerplexityArgs),

@@ -74,7 +74,7 @@ pub fn serve(a: ServeArgs) -> Result<()> {
             let ck = moe_engine::checkpoint::load(c)?;
             let dir = std::env::temp_dir().join(format!("moe-serve-{}", std::process::id()));
             let _ = std::fs::remove_dir_all(&dir);
-            moe_infer::from_moe::write_mixtral(&ck, &dir, true)?;
+            moe_infer::from_moe::write_hf(&ck, &dir, true)?;
             (dir.clone(), Some(dir))
         }
         (None, None) => bail!("pass --model DIR_OR_GGUF or --checkpoint RUN_DIR"),

@@ -84,20 +84,51 @@ fn exported_gguf_gives_the_training_engines_logits_and_token_ids() {
     assert!(err.contains("exists"), "{err}");
 }
 
+/// Shared experts (with and without their gate), dense layers, unnormalised weights and Switch
+/// routing are written as Qwen2-MoE and give the training engine's logits; a router with no
+/// transformers class is refused with the reason, and so is the GGUF form of a Qwen2-MoE model.
 #[test]
-fn models_mixtral_cannot_express_are_refused() {
+fn qwen2_moe_forms_give_the_training_engines_logits_and_others_are_refused() {
+    use moe_engine::config::RouterKind;
     let dir = tempfile::tempdir().unwrap();
-    let cfg = ModelConfig {
-        num_local_experts: 4,
-        num_experts_per_tok: 2,
-        shared_expert_intermediate_size: 16,
-        ..ModelConfig::tiny()
-    };
-    let ck = trained(cfg, dir.path());
-    let out = dir.path().join("hf");
+    let experts = |k| ModelConfig { num_local_experts: 4, num_experts_per_tok: k, ..ModelConfig::tiny() };
+    let cases = [
+        ("shared expert", ModelConfig { shared_expert_intermediate_size: 16, norm_topk_prob: true, ..experts(2) }),
+        (
+            "gated shared expert, dense first layer",
+            ModelConfig {
+                shared_expert_intermediate_size: 8,
+                shared_expert_gate: true,
+                first_k_dense_replace: 1,
+                ..experts(2)
+            },
+        ),
+        ("switch", ModelConfig { router: RouterKind::Switch, norm_topk_prob: false, ..experts(1) }),
+    ];
+    let ids = [3u32, 17, 5, 99, 42, 7, 120, 1];
+    for (i, (what, cfg)) in cases.into_iter().enumerate() {
+        let ck = trained(cfg, &dir.path().join(i.to_string()));
+        let out = dir.path().join(format!("hf{i}"));
+        let (code, _, err) = moe(&["export", "--checkpoint", ck.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+        assert_eq!(code, 0, "{what}: {err}");
+        assert!(err.contains("Qwen2MoeForCausalLM"), "{what}: {err}");
+        let (got, want) = logits_both(&ck, &out, &ids);
+        let diff = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert!(diff < 1e-4, "{what}: exported logits differ by {diff}");
+        if i == 0 {
+            let gguf = dir.path().join("x.gguf");
+            let (code, _, err) =
+                moe(&["export", "--checkpoint", ck.to_str().unwrap(), "--out", gguf.to_str().unwrap()]);
+            assert_eq!(code, 1);
+            assert!(err.contains("Qwen2-MoE's form"), "{err}");
+        }
+    }
+    let cfg = ModelConfig { router: RouterKind::ExpertChoice, ..experts(2) };
+    let ck = trained(cfg, &dir.path().join("ec"));
+    let out = dir.path().join("ec-hf");
     let (code, _, err) = moe(&["export", "--checkpoint", ck.to_str().unwrap(), "--out", out.to_str().unwrap()]);
     assert_eq!(code, 1);
-    assert!(err.contains("cannot be written as Mixtral: it has a shared expert"), "{err}");
+    assert!(err.contains("ExpertChoice") && err.contains("no transformers class"), "{err}");
 }
 
 #[test]
@@ -149,7 +180,7 @@ fn the_default_presets_selection_bias_runs_in_the_inference_engine_and_is_served
     assert_eq!(code, 1);
     assert!(err.contains("selection bias"), "{err}");
     let out = dir.path().join("inf");
-    moe_infer::from_moe::write_mixtral(&loaded, &out, true).unwrap();
+    moe_infer::from_moe::write_hf(&loaded, &out, true).unwrap();
     let ids = [3u32, 17, 5, 99, 42, 7, 120, 1, 64, 9, 33, 2];
     let (got, want) = logits_both(&ck, &out, &ids);
     let diff = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
@@ -166,7 +197,7 @@ fn the_default_presets_selection_bias_runs_in_the_inference_engine_and_is_served
         }
     }
     plain.params = params;
-    moe_infer::from_moe::write_mixtral(&plain, &out, false).unwrap();
+    moe_infer::from_moe::write_hf(&plain, &out, false).unwrap();
     let (unbiased, _) = logits_both(&ck, &out, &ids);
     let off = unbiased.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
     assert!(off > 1e-3, "the selection bias changed no routing ({off}); the test needs a stronger bias");

@@ -9,6 +9,7 @@ pub mod error;
 pub mod expert_cache;
 pub mod fdot;
 pub mod from_moe;
+pub mod from_moe_gguf;
 pub mod generate;
 pub mod gguf;
 pub mod gguf_model;

@@ -191,7 +191,7 @@ impl L<'_> {
         let score_bias = match s.arch {
             Arch::DeepseekV3 => Some(self.st.vector(&format!("{blk}gate.e_score_correction_bias"), e)?),
             // a model trained by moe with aux-loss-free balancing (see `from_moe`)
-            Arch::Mixtral if self.st.contains(&format!("{blk}gate.e_score_correction_bias")) => {
+            Arch::Mixtral | Arch::Qwen2Moe if self.st.contains(&format!("{blk}gate.e_score_correction_bias")) => {
                 Some(self.st.vector(&format!("{blk}gate.e_score_correction_bias"), e)?)
             }
             _ => None,

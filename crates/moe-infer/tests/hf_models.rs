@@ -77,6 +77,11 @@ fn mixtral_sharded_bf16() {
 fn moe_export_as_loaded_by_transformers() {
     check("moe_export");
 }
+/// The same in Qwen2-MoE's form (a shared expert, a dense first layer, unnormalised weights).
+#[test]
+fn moe_export_qwen2_form_as_loaded_by_transformers() {
+    check("moe_export_qwen2");
+}
 #[test]
 fn mixtral_fused_experts() {
     check("mixtral_fused");

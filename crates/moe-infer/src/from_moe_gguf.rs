@@ -1,0 +1,180 @@
+//! A checkpoint trained by moe, written as one GGUF file (`moe export --gguf`): llama.cpp's
+//! `llama` architecture with experts (its Mixtral form), f32 tensors, the query and key rows
+//! permuted as llama.cpp's converter does, and the checkpoint's byte-level BPE tokenizer
+//! embedded, so that llama.cpp and `moe serve --model FILE.gguf` need nothing beside it. The
+//! models it takes are those `from_moe` writes as Mixtral.
+
+use crate::error::{io, Error, Result};
+use crate::from_moe::{hf_form, HfForm};
+use crate::gguf_write::{GgufWriter, Meta};
+use moe_engine::checkpoint::{self, Checkpoint};
+use moe_engine::config::ModelConfig;
+use moe_engine::params::Layout;
+use std::path::Path;
+
+/// The GGUF name of tensor `name` of our layout (llama.cpp's `llama` architecture with experts),
+/// and the head count its rows are permuted over (queries and keys), if any.
+fn gguf_name(cfg: &ModelConfig, name: &str) -> Option<(String, Option<usize>)> {
+    let global = match name {
+        "model.embed_tokens.weight" => Some("token_embd.weight"),
+        "model.norm.weight" => Some("output_norm.weight"),
+        "lm_head.weight" => Some("output.weight"),
+        _ => None,
+    };
+    if let Some(g) = global {
+        return Some((g.to_string(), None));
+    }
+    let rest = name.strip_prefix("model.layers.")?;
+    let (layer, rest) = rest.split_once('.')?;
+    let (base, heads) = match rest {
+        "input_layernorm.weight" => ("attn_norm.weight", None),
+        "self_attn.q_proj.weight" => ("attn_q.weight", Some(cfg.num_attention_heads)),
+        "self_attn.k_proj.weight" => ("attn_k.weight", Some(cfg.num_key_value_heads)),
+        "self_attn.v_proj.weight" => ("attn_v.weight", None),
+        "self_attn.o_proj.weight" => ("attn_output.weight", None),
+        "post_attention_layernorm.weight" => ("ffn_norm.weight", None),
+        "mlp.router.weight" => ("ffn_gate_inp.weight", None),
+        "mlp.experts.gate_proj" => ("ffn_gate_exps.weight", None),
+        "mlp.experts.up_proj" => ("ffn_up_exps.weight", None),
+        "mlp.experts.down_proj" => ("ffn_down_exps.weight", None),
+        _ => return None,
+    };
+    Some((format!("blk.{layer}.{base}"), heads))
+}
+
+/// Query or key rows [heads * d, C] reordered as llama.cpp's converter does, so that its RoPE
+/// over adjacent pairs (2i, 2i+1) computes what ours over (i, i + d/2) does: within a head, row
+/// 2i + j takes row j * d/2 + i.
+fn permute_rope_rows(w: &[f32], heads: usize, cols: usize) -> Vec<f32> {
+    let d = w.len() / cols / heads;
+    let mut out = vec![0.0; w.len()];
+    for h in 0..heads {
+        for i in 0..d / 2 {
+            for j in 0..2 {
+                let (to, from) = (h * d + 2 * i + j, h * d + j * d / 2 + i);
+                out[to * cols..(to + 1) * cols].copy_from_slice(&w[from * cols..(from + 1) * cols]);
+            }
+        }
+    }
+    out
+}
+
+/// The tokenizer.json of a checkpoint (byte-level BPE, as moe trains them) as GGUF metadata:
+/// tokens by id, their types (control for special added tokens), merges, and the
+/// end-of-text token as BOS and EOS (no BOS is added).
+fn gguf_tokenizer(w: &mut GgufWriter, tk: &serde_json::Value, vocab_size: usize) -> Result<()> {
+    let bad = |what: &str| Error::Input(format!("tokenizer.json: {what}; a byte-level BPE written by moe is expected"));
+    let model = &tk["model"];
+    if model["type"] != "BPE" {
+        return Err(bad("its model is not BPE"));
+    }
+    let mut tokens = vec![None; vocab_size];
+    let mut types = vec![1i32; vocab_size];
+    let vocab = model["vocab"].as_object().ok_or_else(|| bad("no model.vocab"))?;
+    let entries = vocab.iter().map(|(t, id)| (t.as_str(), id, false));
+    let added = tk["added_tokens"].as_array().into_iter().flatten();
+    let added = added.map(|a| (a["content"].as_str().unwrap_or(""), &a["id"], a["special"] == true));
+    for (text, id, special) in entries.chain(added) {
+        let id = id
+            .as_u64()
+            .map(|i| i as usize)
+            .filter(|&i| i < vocab_size)
+            .ok_or_else(|| bad("a token id beyond the vocabulary"))?;
+        tokens[id] = Some(text.to_string());
+        if special {
+            types[id] = 3; // control
+        }
+    }
+    // ids the tokenizer never produces (the model's vocabulary may be larger): unused tokens
+    let tokens: Vec<String> = tokens
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| {
+            t.unwrap_or_else(|| {
+                types[i] = 5;
+                format!("[PAD{i}]")
+            })
+        })
+        .collect();
+    let merges: Vec<String> = model["merges"]
+        .as_array()
+        .ok_or_else(|| bad("no model.merges"))?
+        .iter()
+        .map(|m| match m {
+            serde_json::Value::String(s) => Some(s.clone()),
+            serde_json::Value::Array(p) => Some(format!("{} {}", p.first()?.as_str()?, p.get(1)?.as_str()?)),
+            _ => None,
+        })
+        .collect::<Option<_>>()
+        .ok_or_else(|| bad("a merge that is neither \"a b\" nor [a, b]"))?;
+    let eos = tokens.iter().position(|t| t == moe_engine::tokenizer::EOS);
+    w.meta("tokenizer.ggml.model", Meta::Str("gpt2".into()));
+    w.meta("tokenizer.ggml.pre", Meta::Str("gpt-2".into()));
+    w.meta("tokenizer.ggml.tokens", Meta::Strs(tokens));
+    w.meta("tokenizer.ggml.token_type", Meta::I32s(types));
+    w.meta("tokenizer.ggml.merges", Meta::Strs(merges));
+    if let Some(id) = eos {
+        w.meta("tokenizer.ggml.bos_token_id", Meta::U32(id as u32));
+        w.meta("tokenizer.ggml.eos_token_id", Meta::U32(id as u32));
+    }
+    w.meta("tokenizer.ggml.add_bos_token", Meta::Bool(false));
+    Ok(())
+}
+
+/// Writes `ck` as a GGUF file at `out` (llama.cpp's `llama` architecture with experts, f32
+/// tensors, the checkpoint's tokenizer embedded). Returns the parameter count.
+pub fn write_mixtral_gguf(ck: &Checkpoint, out: &Path) -> Result<usize> {
+    let cfg = &ck.config;
+    let why = match hf_form(cfg, false) {
+        Ok(HfForm::Mixtral) => None,
+        Ok(HfForm::Qwen2Moe) => Some("it needs Qwen2-MoE's form (a shared expert, dense layers or unnormalised routing weights), which the GGUF export does not write yet; export a Hugging Face directory instead".to_string()),
+        Err(why) => Some(why),
+    };
+    if let Some(why) = why {
+        return Err(Error::Input(format!("{}: cannot be written as a GGUF file: {why}", ck.dir.display())));
+    }
+    if out.exists() {
+        return Err(Error::Input(format!("{} exists; choose another file name", out.display())));
+    }
+    let mut w = GgufWriter::default();
+    let arch = "llama";
+    w.meta("general.architecture", Meta::Str(arch.into()));
+    w.meta("general.name", Meta::Str(format!("moe export of {}", ck.dir.display())));
+    w.meta("general.file_type", Meta::U32(0)); // all f32
+    let u = |x: usize| Meta::U32(x as u32);
+    for (key, v) in [
+        ("block_count", u(cfg.num_hidden_layers)),
+        ("context_length", u(cfg.max_position_embeddings)),
+        ("embedding_length", u(cfg.hidden_size)),
+        ("feed_forward_length", u(cfg.moe_intermediate_size)),
+        ("attention.head_count", u(cfg.num_attention_heads)),
+        ("attention.head_count_kv", u(cfg.num_key_value_heads)),
+        ("attention.layer_norm_rms_epsilon", Meta::F32(cfg.rms_norm_eps as f32)),
+        ("rope.freq_base", Meta::F32(cfg.rope_theta as f32)),
+        ("rope.dimension_count", u(cfg.head_dim())),
+        ("expert_count", u(cfg.num_local_experts)),
+        ("expert_used_count", u(cfg.num_experts_per_tok)),
+        ("vocab_size", u(cfg.vocab_size)),
+    ] {
+        w.meta(&format!("{arch}.{key}"), v);
+    }
+    let tk = ck.dir.join("tokenizer.json");
+    if tk.is_file() {
+        let text = std::fs::read(&tk).map_err(io(&tk))?;
+        let json = serde_json::from_slice(&text).map_err(|e| Error::Input(format!("{}: {e}", tk.display())))?;
+        gguf_tokenizer(&mut w, &json, cfg.vocab_size)?;
+    }
+    let layout = Layout::new(cfg);
+    for t in &layout.tensors {
+        let (name, heads) = gguf_name(cfg, &t.name)
+            .ok_or_else(|| Error::Input(format!("tensor {} has no GGUF name; report this as a bug", t.name)))?;
+        let data = t.span.of(&ck.params);
+        let data = match heads {
+            Some(h) => permute_rope_rows(data, h, cfg.hidden_size),
+            None => data.to_vec(),
+        };
+        w.tensor(&name, &t.shape, data);
+    }
+    checkpoint::write_atomic(out, &w.bytes()).map_err(|e| Error::Input(format!("writing {}: {e}", out.display())))?;
+    Ok(layout.total)
+}
