@@ -48,13 +48,15 @@ mkdir -p results/fuzz fuzz/logs
 [ -f results/fuzz/runs.tsv ] || printf "date\ttarget\tseconds\truns\tcorpus\tcrashes\n" >results/fuzz/runs.tsv
 for t in "${targets[@]}"; do
   case $t in gguf_load | safetensors_load) max_len=300000 ;; checkpoint_dir) max_len=200000 ;; *) max_len=20000 ;; esac
-  before=$(ls "fuzz/artifacts/$t" 2>/dev/null | wc -l)
+  # crash-, oom-, timeout- and leak- files are failures (slow-unit- files are not)
+  failures() { ls "fuzz/artifacts/$t" 2>/dev/null | grep -cE '^(crash|oom|timeout|leak)-'; }
+  before=$(failures)
   start=$(date +%s)
   (cd fuzz && cargo fuzz run -O "$t" "corpus/$t" -- -max_total_time="$secs" -max_len=$max_len \
     -timeout=20 -rss_limit_mb=2048 -print_final_stats=1) >"fuzz/logs/$t.log" 2>&1
   took=$(($(date +%s) - start))
   runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "fuzz/logs/$t.log" | grep -o '[0-9]*$' | tail -1)
-  crashes=$(($(ls "fuzz/artifacts/$t" 2>/dev/null | wc -l) - before))
+  crashes=$(($(failures) - before))
   corpus=$(ls "fuzz/corpus/$t" | wc -l)
   printf "%s\t%s\t%s\t%s\t%s\t%s\n" "$(date -u +%Y-%m-%dT%H:%MZ)" "$t" "$took" "${runs:-0}" "$corpus" "$crashes" \
     | tee -a results/fuzz/runs.tsv

@@ -10,6 +10,7 @@
 //!   dense layers (`mlp_only_layers`), weights not renormalised (`norm_topk_prob` false; Switch
 //!   is top-1 of those), no query/key/value biases (`qkv_bias` false); a model without a shared
 //!   expert gets one of width 1 with zero weights, which adds exactly nothing.
+//!
 //! Sigmoid-group and expert-choice routers, and router biases, have no such class and are
 //! refused with the reason. Capacity limits apply in training only (both classes are dropless).
 //! The aux-loss-free selection bias of moe's default preset is one step further: with
