@@ -129,9 +129,12 @@ fn config(cfg: &ModelConfig, form: HfForm) -> serde_json::Value {
     c
 }
 
+/// A tensor to write: name, shape, f32 values.
+type Tensor = (String, Vec<usize>, Vec<f32>);
+
 /// The shared-expert tensors Qwen2-MoE needs that our layout lacks (name, shape, values) for
 /// MoE layer prefix `p` ("model.layers.3"), and the factor for our shared down projection.
-fn qwen2_shared(cfg: &ModelConfig, p: &str) -> (Vec<(String, Vec<usize>, Vec<f32>)>, f32) {
+fn qwen2_shared(cfg: &ModelConfig, p: &str) -> (Vec<Tensor>, f32) {
     let c = cfg.hidden_size;
     let mut add = vec![];
     if cfg.shared_expert_intermediate_size == 0 {
