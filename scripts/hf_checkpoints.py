@@ -74,6 +74,10 @@ ARCHS = {
                                      "original_max_position_embeddings": 12,
                                      "short_mscale": 1.1, "long_mscale": 1.3, "short_factor": [1.0, 1.2, 1.5, 2.0], "long_factor": [1.0, 2.0, 4.0, 8.0]}),
                torch.float32, None),
+    # dense checkpoints for `moe upcycle --from DIR` (read by the training engine)
+    "llama_dense": (tf.LlamaConfig, tf.LlamaForCausalLM, dict(intermediate_size=48), torch.bfloat16, None),
+    "mistral_dense": (tf.MistralConfig, tf.MistralForCausalLM,
+                      dict(intermediate_size=48, tie_word_embeddings=True, sliding_window=32), torch.float16, None),
     "gpt_oss": (tf.GptOssConfig, tf.GptOssForCausalLM,
                 dict(intermediate_size=32, num_local_experts=4, num_experts_per_tok=2, head_dim=8, sliding_window=4,
                      layer_types=["sliding_attention", "full_attention"]), torch.bfloat16, None),

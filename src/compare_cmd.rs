@@ -98,7 +98,8 @@ pub struct CompareArgs {
 
 #[derive(Args)]
 pub struct UpcycleArgs {
-    /// A dense checkpoint of ours (or its run directory).
+    /// A dense checkpoint of ours (or its run directory), or a Hugging Face dense checkpoint
+    /// directory (LlamaForCausalLM, MistralForCausalLM), trained on with its own tokenizer.
     #[arg(long)]
     from: PathBuf,
     /// The MoE: ExK[:F]; the expert width must divide the dense width (dense / width = slices).
@@ -129,7 +130,13 @@ fn header(title: &str, c: &CompareCommon, tc: &TrainConfig, budget: Budget, prec
     )
 }
 
-fn execute(title: &str, variants: Vec<Variant>, c: &CompareCommon, kind: &str) -> Result<()> {
+fn execute(
+    title: &str,
+    variants: Vec<Variant>,
+    c: &CompareCommon,
+    kind: &str,
+    tokenizer: Option<PathBuf>,
+) -> Result<()> {
     let tc = c.flags.config(&variants[0].model);
     let budget = c.budget.budget()?;
     let out = c.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(format!("{kind}-{}", utc_stamp())));
@@ -139,6 +146,7 @@ fn execute(title: &str, variants: Vec<Variant>, c: &CompareCommon, kind: &str) -
         budget,
         evals: c.evals.max(1),
         source: c.flags.source(),
+        tokenizer,
         out_dir: out.clone(),
         cache_dir: c.flags.cache_dir(),
         progress: !c.flags.quiet,
@@ -160,21 +168,36 @@ pub fn compare(a: CompareArgs) -> Result<()> {
     for s in specs.iter().filter(|s| s.as_str() != "dense") {
         variants.push(Variant { label: s.clone(), model: Spec::parse(s)?.config(&dense)?, init: None });
     }
-    execute("moe compare", variants, &a.common, "compare")
+    execute("moe compare", variants, &a.common, "compare", None)
 }
 
-/// Parameters trained by `moe train` (or `moe compare`) in `path`, and the tokens they saw.
-fn load_dense(path: &Path) -> Result<(ModelConfig, Vec<f32>, u64)> {
+/// A dense model to upcycle: parameters trained by `moe train` (or `moe compare`) in `path`, and
+/// the tokens they saw; or a Hugging Face dense checkpoint and its tokenizer.json.
+struct DenseStart {
+    config: ModelConfig,
+    params: Vec<f32>,
+    seen: u64,
+    tokenizer: Option<PathBuf>,
+}
+
+fn load_dense(path: &Path) -> Result<DenseStart> {
+    if moe_infer::dense_hf::is_hf_dir(path) {
+        let d = moe_infer::dense_hf::load_dense(path)?;
+        if d.tokenizer.is_none() {
+            bail!("{}: has no tokenizer.json; the corpus is tokenised with the model's own tokenizer", path.display());
+        }
+        return Ok(DenseStart { config: d.config, params: d.params, seen: 0, tokenizer: d.tokenizer });
+    }
     let ck = checkpoint::load(path)?;
     if ck.config.num_local_experts != 0 {
         bail!("{}: is an MoE model; upcycling starts from a dense checkpoint", ck.dir.display());
     }
-    let tokens = ck.state.as_ref().and_then(|s| s.get("tokens")).and_then(|t| t.as_u64()).unwrap_or(0);
-    Ok((ck.config, ck.params, tokens))
+    let seen = ck.state.as_ref().and_then(|s| s.get("tokens")).and_then(|t| t.as_u64()).unwrap_or(0);
+    Ok(DenseStart { config: ck.config, params: ck.params, seen, tokenizer: None })
 }
 
 pub fn upcycle_cmd(a: UpcycleArgs) -> Result<()> {
-    let (dense, dense_params, seen) = load_dense(&a.from)?;
+    let DenseStart { config: dense, params: dense_params, seen, tokenizer } = load_dense(&a.from)?;
     let spec = Spec::parse(&a.moe)?;
     if spec.shared > 0 {
         bail!("--moe {}: upcycling into a shared expert is not supported; drop the +S part", a.moe);
@@ -207,5 +230,5 @@ pub fn upcycle_cmd(a: UpcycleArgs) -> Result<()> {
         a.from.display(),
         seen as f64 / 1e6
     );
-    execute(&title, variants, &a.common, "upcycle")
+    execute(&title, variants, &a.common, "upcycle", tokenizer)
 }

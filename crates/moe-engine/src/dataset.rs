@@ -27,6 +27,20 @@ pub struct Dataset {
     pub info: CorpusInfo,
 }
 
+/// The tokenizer of a corpus: one trained on it with this many tokens (moe's own models), or a
+/// given tokenizer.json (a Hugging Face model's, to fine-tune or upcycle it).
+#[derive(Clone, Debug)]
+pub enum Vocab {
+    Train(usize),
+    Given(PathBuf),
+}
+
+impl From<usize> for Vocab {
+    fn from(vocab_size: usize) -> Self {
+        Vocab::Train(vocab_size)
+    }
+}
+
 /// The tokenizer is trained on at most this much text (every n-th document of a larger corpus).
 const TOKENIZER_SAMPLE_BYTES: usize = 32 << 20;
 
@@ -75,20 +89,30 @@ impl Dataset {
     /// by its files' paths, sizes and times, so a cached corpus loads without parsing it.
     pub fn prepare(
         source: &Source,
-        vocab_size: usize,
+        vocab: impl Into<Vocab>,
         cache_root: &Path,
         log: &dyn Fn(&str),
         progress: bool,
     ) -> Result<Self> {
+        // A given tokenizer's file joins the cache key; its vocabulary size stands in the name.
+        let (given, vocab_size, tk_ident) = match vocab.into() {
+            Vocab::Train(v) => (None, v, vec![]),
+            Vocab::Given(path) => {
+                let tk = Tokenizer::load(&path)?;
+                let bytes = std::fs::read(&path).map_err(Error::io(&path))?;
+                let v = tk.vocab_size();
+                (Some(tk), v, bytes)
+            }
+        };
         let (key, mut docs) = match source.parts() {
             Some(parts) => {
                 let dir = rustdocs::docs_dir()?;
                 let fp = rustdocs::fingerprint(&rustdocs::pages(&dir, parts)?)?;
-                (cache_key(fp.into_iter(), vocab_size), None)
+                (cache_key(fp.into_iter().chain(tk_ident), vocab_size), None)
             }
             None => {
                 let docs = corpus::load(source, false)?;
-                (cache_key(docs_ident(&docs), vocab_size), Some(docs))
+                (cache_key(docs_ident(&docs).chain(tk_ident), vocab_size), Some(docs))
             }
         };
         let dir = cache_root.join(key);
@@ -117,14 +141,19 @@ impl Dataset {
                 ));
             }
             let chars: usize = docs.iter().map(|d| d.text.len()).sum();
-            let every = chars.div_ceil(TOKENIZER_SAMPLE_BYTES).max(1);
-            log(&format!(
-                "training a byte-level BPE tokenizer ({vocab_size} tokens) on {} of {} documents, {:.1} MB",
-                docs.len().div_ceil(every),
-                docs.len(),
-                chars as f64 / 1e6
-            ));
-            let tk = Tokenizer::train(docs.iter().step_by(every).map(|d| d.text.as_str()), vocab_size)?;
+            let tk = match given {
+                Some(tk) => tk,
+                None => {
+                    let every = chars.div_ceil(TOKENIZER_SAMPLE_BYTES).max(1);
+                    log(&format!(
+                        "training a byte-level BPE tokenizer ({vocab_size} tokens) on {} of {} documents, {:.1} MB",
+                        docs.len().div_ceil(every),
+                        docs.len(),
+                        chars as f64 / 1e6
+                    ));
+                    Tokenizer::train(docs.iter().step_by(every).map(|d| d.text.as_str()), vocab_size)?
+                }
+            };
             let tokens = encode_documents(&tk, &docs, progress)?;
             let info =
                 CorpusInfo { source: source.describe(), documents: docs.len(), chars, tokens: tokens.len(), dedup };
@@ -179,6 +208,18 @@ impl Dataset {
             });
         }
         Ok(())
+    }
+
+    /// Every token id below the model's vocabulary (a given tokenizer may hold more tokens
+    /// than the model's embedding, e.g. added ones).
+    pub fn check_vocab(&self, model_vocab: usize) -> Result<()> {
+        match self.train.iter().chain(&self.val).copied().max() {
+            Some(m) if m as usize >= model_vocab => Err(Error::Corpus {
+                what: format!("the tokenizer produced token id {m}, beyond the model's vocabulary of {model_vocab}"),
+                hint: "use the model's own tokenizer.json".into(),
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// Entropy (nats) of the unigram distribution of the training tokens: the loss of a model

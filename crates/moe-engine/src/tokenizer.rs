@@ -70,8 +70,10 @@ impl Tokenizer {
         self.inner.get_vocab_size(true)
     }
 
+    /// The document separator: ours, or the end-of-text token of a Hugging Face tokenizer
+    /// (Llama 2 and Mistral's `</s>`, Llama 3's `<|end_of_text|>`, Qwen's `<|im_end|>`).
     pub fn eos_id(&self) -> Option<u32> {
-        self.inner.token_to_id(EOS)
+        [EOS, "</s>", "<|end_of_text|>", "<|im_end|>"].iter().find_map(|t| self.inner.token_to_id(t))
     }
 
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {

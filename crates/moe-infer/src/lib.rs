@@ -5,6 +5,7 @@
 pub mod attention;
 pub mod bench;
 pub mod config;
+pub mod dense_hf;
 pub mod error;
 pub mod expert_cache;
 pub mod fdot;

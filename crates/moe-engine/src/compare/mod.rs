@@ -11,7 +11,7 @@ pub mod upcycle;
 
 use crate::config::ModelConfig;
 use crate::corpus::Source;
-use crate::dataset::Dataset;
+use crate::dataset::{Dataset, Vocab};
 use crate::error::{Error, Result};
 use crate::inspect::sizes;
 use crate::train::{TrainConfig, Trainer};
@@ -58,6 +58,9 @@ pub struct CompareOptions {
     /// Validations per variant, evenly spaced (the resolution of the time-to-loss figures).
     pub evals: u64,
     pub source: Source,
+    /// A given tokenizer.json (a Hugging Face model's); None trains one on the corpus with the
+    /// models' vocabulary size.
+    pub tokenizer: Option<PathBuf>,
     pub out_dir: PathBuf,
     pub cache_dir: PathBuf,
     pub progress: bool,
@@ -176,8 +179,13 @@ pub fn run(o: &CompareOptions, log: &dyn Fn(&str)) -> Result<Vec<VariantRun>> {
         return Err(Error::checkpoint(&o.out_dir, "already holds a comparison", "choose another --out"));
     }
     o.train.precision.apply()?;
-    let data = Dataset::prepare(&o.source, first.model.vocab_size, &o.cache_dir, log, o.progress)?;
+    let vocab = match &o.tokenizer {
+        Some(t) => Vocab::Given(t.clone()),
+        None => Vocab::Train(first.model.vocab_size),
+    };
+    let data = Dataset::prepare(&o.source, vocab, &o.cache_dir, log, o.progress)?;
     data.check_context(o.train.seq_len)?;
+    data.check_vocab(first.model.vocab_size)?;
     let data_key = data.cache_dir.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     let tk_json = std::fs::read(data.cache_dir.join("tokenizer.json"))
         .map_err(Error::io(data.cache_dir.join("tokenizer.json")))?;

@@ -1,0 +1,84 @@
+//! Hugging Face dense checkpoints (Llama in bf16; Mistral in f16 with tied embeddings and a
+//! sliding window) read by the training engine: its forward gives transformers' logits (1e-4),
+//! and the MoE upcycled from it (every expert a copy of the MLP, renormalised top-2) computes
+//! the same function at step 0.
+
+use moe_engine::compare::upcycle::upcycle;
+use moe_engine::config::ModelConfig;
+use moe_engine::model::{Acts, KvCache, Model};
+use moe_infer::dense_hf::load_dense;
+use safetensors::SafeTensors;
+use std::path::PathBuf;
+
+fn dir(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+fn logits(cfg: &ModelConfig, params: &[f32], ids: &[u32]) -> Vec<f32> {
+    let m = Model::<f32>::new(cfg.clone()).unwrap();
+    let mut a = Acts::new(&m.cfg, 1, ids.len(), ids.len());
+    let mut kv = KvCache::new(&m.cfg, 1, ids.len());
+    m.forward(params, &mut a, &mut kv, ids, 0);
+    a.logits[..ids.len() * cfg.vocab_size].to_vec()
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+#[test]
+fn dense_checkpoints_give_transformers_logits_and_upcycle_exactly() {
+    for name in ["llama_dense", "mistral_dense"] {
+        let d = load_dense(&dir(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(d.tokenizer.is_some());
+        let bytes = std::fs::read(dir(name).join("reference.safetensors")).unwrap();
+        let st = SafeTensors::deserialize(&bytes).unwrap();
+        let ids: Vec<u32> = st
+            .tensor("input_ids")
+            .unwrap()
+            .data()
+            .chunks_exact(8)
+            .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as u32)
+            .collect();
+        let want: Vec<f32> = st
+            .tensor("logits")
+            .unwrap()
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        let got = logits(&d.config, &d.params, &ids);
+        let err = max_diff(&got, &want);
+        assert!(err < 1e-4, "{name}: logits differ from transformers by {err:e}");
+
+        let moe = ModelConfig {
+            num_local_experts: 4,
+            num_experts_per_tok: 2,
+            moe_intermediate_size: d.config.intermediate_size,
+            norm_topk_prob: true,
+            ..d.config.clone()
+        };
+        let p = upcycle(&d.config, &d.params, &moe, 1, 1e-3, 7).unwrap();
+        let err = max_diff(&logits(&moe, &p, &ids), &got);
+        assert!(err < 1e-4, "{name}: the upcycled MoE differs from the dense model by {err:e} at step 0");
+    }
+}
+
+#[test]
+fn what_the_training_model_cannot_express_is_refused() {
+    let base: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir("llama_dense").join("config.json")).unwrap()).unwrap();
+    let path = std::path::Path::new("config.json");
+    for (key, value, says) in [
+        ("attention_bias", serde_json::json!(true), "no biases"),
+        ("rope_parameters", serde_json::json!({"rope_type": "llama3", "rope_theta": 5e5}), "RoPE scaling"),
+        ("head_dim", serde_json::json!(16), "head_dim"),
+        ("architectures", serde_json::json!(["Qwen2ForCausalLM"]), "LlamaForCausalLM"),
+    ] {
+        let mut c = base.clone();
+        c[key] = value;
+        let e = moe_infer::dense_hf::dense_config(&c, path).err().expect(key).to_string();
+        assert!(e.contains(says), "{key}: {e}");
+    }
+}
