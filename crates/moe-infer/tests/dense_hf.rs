@@ -78,7 +78,7 @@ fn what_the_training_model_cannot_express_is_refused() {
     ] {
         let mut c = base.clone();
         c[key] = value;
-        let e = moe_infer::dense_hf::dense_config(&c, path).err().expect(key).to_string();
+        let e = moe_infer::dense_hf::dense_config(&c, path).expect_err(key).to_string();
         assert!(e.contains(says), "{key}: {e}");
     }
 }
