@@ -20,6 +20,11 @@ pub struct TrainArgs {
     /// Continue the run in --out from its latest checkpoint.
     #[arg(long, requires = "out")]
     resume: bool,
+    /// Fine-tune a Hugging Face dense checkpoint (LlamaForCausalLM, MistralForCausalLM; any
+    /// float dtype): its config replaces --preset/--config, and the data is tokenised with its
+    /// tokenizer.json.
+    #[arg(long, conflicts_with_all = ["resume", "config"])]
+    init: Option<PathBuf>,
     /// Optimizer steps of the whole schedule.
     #[arg(long)]
     steps: Option<u64>,
@@ -74,7 +79,19 @@ pub fn join_mpi_job(_: usize) -> Result<Dist> {
 }
 
 pub fn train(a: TrainArgs) -> Result<()> {
-    let model = a.model.build()?;
+    let (model, init) = match &a.init {
+        Some(dir) => {
+            let d = moe_infer::dense_hf::load_dense(dir)?;
+            let Some(tokenizer) = d.tokenizer else {
+                anyhow::bail!(
+                    "{}: has no tokenizer.json; fine-tuning tokenises the data with the model's own",
+                    dir.display()
+                )
+            };
+            (d.config, Some(moe_engine::run::Init { params: d.params, tokenizer }))
+        }
+        None => (a.model.build()?, None),
+    };
     let tc = TrainConfig {
         steps: a.steps.unwrap_or(TrainConfig::default().steps),
         eval_every: a.eval_every,
@@ -90,7 +107,11 @@ pub fn train(a: TrainArgs) -> Result<()> {
         _ => None,
     };
     let lead = dist.as_ref().is_none_or(|d| d.shard.rank == 0);
-    let name = a.model.config.as_ref().map_or(a.model.preset.clone(), |_| "custom".into());
+    let name = match (&a.init, &a.model.config) {
+        (Some(_), _) => "init".to_string(),
+        (None, Some(_)) => "custom".into(),
+        (None, None) => a.model.preset.clone(),
+    };
     let out = a.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(format!("{name}-{}", utc_stamp())));
     let opts = RunOptions {
         model,
@@ -105,6 +126,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
         sample_prompt: a.sample_prompt.clone(),
         sample_tokens: a.sample_tokens,
         dist: dist.clone(),
+        init,
     };
     if lead {
         eprintln!("moe train: run directory {}", out.display());

@@ -24,6 +24,7 @@ fn a_hugging_face_dense_checkpoint_is_upcycled_and_trained() {
     )
     .unwrap();
     let out = dir.path().join("up");
+    let cache = dir.path().join("cache");
     let from = format!("{FIXTURES}/llama_dense");
     let (code, log) = moe(&[
         "upcycle",

@@ -5,7 +5,7 @@
 use crate::checkpoint;
 use crate::config::ModelConfig;
 use crate::corpus::Source;
-use crate::dataset::Dataset;
+use crate::dataset::{Dataset, Vocab};
 use crate::dist::Dist;
 use crate::error::{Error, Result};
 use crate::generate::{generate_on, Sampling};
@@ -40,6 +40,16 @@ pub struct RunOptions {
     /// Expert parallelism: this process's rank of the job. Every rank trains; rank 0 alone
     /// logs, writes metrics, plots and the sample, and checkpoints (gathered from all ranks).
     pub dist: Option<Dist>,
+    /// Start from these weights of `model` (a Hugging Face checkpoint: `moe train --init`) and
+    /// tokenise the data with this tokenizer.json instead of training one.
+    pub init: Option<Init>,
+}
+
+/// Initial weights and their tokenizer.
+#[derive(Clone, Debug)]
+pub struct Init {
+    pub params: Vec<f32>,
+    pub tokenizer: PathBuf,
 }
 
 /// What a run produced.
@@ -57,10 +67,10 @@ pub struct RunSummary {
 
 /// Prepares the data; under expert parallelism rank 0 first (it may train the tokenizer),
 /// then the others from its cache.
-fn prepare_data(o: &RunOptions, source: &Source, vocab: usize, log: &dyn Fn(&str)) -> Result<Dataset> {
+fn prepare_data(o: &RunOptions, source: &Source, vocab: Vocab, log: &dyn Fn(&str)) -> Result<Dataset> {
     let Some(d) = &o.dist else { return Dataset::prepare(source, vocab, &o.cache_dir, log, o.progress) };
     let lead = d.shard.rank == 0;
-    let first = if lead { Some(Dataset::prepare(source, vocab, &o.cache_dir, log, o.progress)) } else { None };
+    let first = if lead { Some(Dataset::prepare(source, vocab.clone(), &o.cache_dir, log, o.progress)) } else { None };
     if d.any_failed(first.as_ref().is_some_and(|r| r.is_err())) {
         return match first {
             Some(Err(e)) => Err(e),
@@ -120,7 +130,17 @@ pub fn run(o: &RunOptions, log: &dyn Fn(&str)) -> Result<RunSummary> {
     };
     let model_cfg = resume_ck.as_ref().map_or(o.model.clone(), |c| c.config.clone());
     model_cfg.validate()?;
-    let recorded = if o.resume { recorded_data(&o.out_dir)? } else { None };
+    let (recorded, recorded_tokenizer) = if o.resume { recorded_data(&o.out_dir)? } else { (None, None) };
+    let tokenizer = match (&o.init, o.resume) {
+        (Some(i), false) => Some(i.tokenizer.clone()),
+        _ => recorded_tokenizer,
+    };
+    if o.init.is_some() && o.dist.is_some() {
+        return Err(Error::config(
+            "--init with --expert-parallel",
+            "fine-tune in one process (replicas use both cores)",
+        ));
+    }
     let source = match (&o.source, &recorded) {
         (Some(s), _) => s.clone(),
         (None, Some(r)) => {
@@ -129,9 +149,11 @@ pub fn run(o: &RunOptions, log: &dyn Fn(&str)) -> Result<RunSummary> {
         }
         (None, None) => Source::RustDocs,
     };
-    let data = prepare_data(o, &source, model_cfg.vocab_size, log)?;
+    let vocab = tokenizer.clone().map_or(Vocab::Train(model_cfg.vocab_size), Vocab::Given);
+    let data = prepare_data(o, &source, vocab, log)?;
+    data.check_vocab(model_cfg.vocab_size)?;
     let data_key = data.cache_dir.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-    if data.tokenizer.vocab_size() > model_cfg.vocab_size {
+    if tokenizer.is_none() && data.tokenizer.vocab_size() > model_cfg.vocab_size {
         return Err(Error::config(
             format!(
                 "the tokenizer has {} tokens, the model only {}",
@@ -168,9 +190,10 @@ pub fn run(o: &RunOptions, log: &dyn Fn(&str)) -> Result<RunSummary> {
             }
             tr
         }
-        None => match &o.dist {
-            Some(d) => Trainer::distributed(model_cfg, o.train.clone(), data_key, d.clone())?,
-            None => Trainer::new(model_cfg, o.train.clone(), data_key)?,
+        None => match (&o.dist, &o.init) {
+            (Some(d), _) => Trainer::distributed(model_cfg, o.train.clone(), data_key, d.clone())?,
+            (None, Some(i)) => Trainer::with_params(model_cfg, o.train.clone(), data_key, i.params.clone())?,
+            (None, None) => Trainer::new(model_cfg, o.train.clone(), data_key)?,
         },
     };
     let tc = tr.state.train.clone();
@@ -179,7 +202,7 @@ pub fn run(o: &RunOptions, log: &dyn Fn(&str)) -> Result<RunSummary> {
     if lead {
         truncate_metrics(&metrics_path, tr.state.step)?;
         if recorded.is_none() {
-            record_data(&o.out_dir, &source)?;
+            record_data(&o.out_dir, &source, tokenizer.as_deref())?;
         }
     }
     let unigram = data.unigram_entropy();
@@ -347,23 +370,28 @@ fn rank_summary(metrics: &[StepMetrics]) -> Option<String> {
 }
 
 /// The run directory's record of its data (`run.json`), written when the run starts.
-fn record_data(out: &Path, source: &Source) -> Result<()> {
-    let json = serde_json::json!({ "data": source.to_arg() });
+fn record_data(out: &Path, source: &Source, tokenizer: Option<&Path>) -> Result<()> {
+    let mut json = serde_json::json!({ "data": source.to_arg() });
+    if let Some(t) = tokenizer {
+        json["tokenizer"] = serde_json::json!(t.to_string_lossy());
+    }
     crate::checkpoint::write_atomic(&out.join("run.json"), json.to_string().as_bytes())
 }
 
-/// The `--data` the run in `out` recorded (None for runs from before 2026-12-06).
-fn recorded_data(out: &Path) -> Result<Option<String>> {
+/// The `--data` the run in `out` recorded (None for runs from before 2026-12-06), and the
+/// tokenizer.json it was given (`--init`).
+fn recorded_data(out: &Path) -> Result<(Option<String>, Option<PathBuf>)> {
     let path = out.join("run.json");
     if !path.is_file() {
-        return Ok(None);
+        return Ok((None, None));
     }
     let text = std::fs::read_to_string(&path).map_err(Error::io(&path))?;
     let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
         Error::checkpoint(&path, format!("invalid run record ({e})"), "delete it and pass --data again")
     })?;
+    let tokenizer = v.get("tokenizer").and_then(|t| t.as_str()).map(PathBuf::from);
     match v.get("data").and_then(|d| d.as_str()) {
-        Some(d) => Ok(Some(d.to_string())),
+        Some(d) => Ok((Some(d.to_string()), tokenizer)),
         None => Err(Error::checkpoint(&path, "names no data", "delete it and pass --data again")),
     }
 }

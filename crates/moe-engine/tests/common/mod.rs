@@ -70,5 +70,6 @@ pub fn options(dir: &Path, corpus: &Path, out: &str, steps: u64) -> RunOptions {
         sample_prompt: "the".into(),
         sample_tokens: 0,
         dist: None,
+        init: None,
     }
 }
