@@ -45,12 +45,22 @@ fn a_hugging_face_dense_checkpoint_is_upcycled_and_trained() {
         "--quiet",
         "--out",
         out.to_str().unwrap(),
+        "--cache-dir",
+        cache.to_str().unwrap(),
     ]);
     assert_eq!(code, 0, "{log}");
     let md = std::fs::read_to_string(out.join("compare.md")).unwrap();
     assert!(md.contains("4x2-upcycled") && md.contains("dense-continued") && md.contains("4x2-scratch"), "{md}");
 
-    let (code, log) = moe(&["upcycle", "--from", &format!("{FIXTURES}/mixtral"), "--data", text.to_str().unwrap()]);
+    let (code, log) = moe(&[
+        "upcycle",
+        "--from",
+        &format!("{FIXTURES}/mixtral"),
+        "--data",
+        text.to_str().unwrap(),
+        "--cache-dir",
+        cache.to_str().unwrap(),
+    ]);
     assert_eq!(code, 1);
     assert!(log.contains("LlamaForCausalLM"), "{log}");
 }
