@@ -181,8 +181,8 @@ struct DenseStart {
 }
 
 fn load_dense(path: &Path) -> Result<DenseStart> {
-    if moe_infer::dense_hf::is_hf_dir(path) {
-        let d = moe_infer::dense_hf::load_dense(path)?;
+    if moe_infer::hf_train::is_hf_dir(path) {
+        let d = moe_infer::hf_train::load_dense(path)?;
         if d.tokenizer.is_none() {
             bail!("{}: has no tokenizer.json; the corpus is tokenised with the model's own tokenizer", path.display());
         }

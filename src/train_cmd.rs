@@ -20,9 +20,9 @@ pub struct TrainArgs {
     /// Continue the run in --out from its latest checkpoint.
     #[arg(long, requires = "out")]
     resume: bool,
-    /// Fine-tune a Hugging Face dense checkpoint (LlamaForCausalLM, MistralForCausalLM; any
-    /// float dtype): its config replaces --preset/--config, and the data is tokenised with its
-    /// tokenizer.json.
+    /// Fine-tune a Hugging Face checkpoint (Llama, Mistral, Mixtral, Qwen2-MoE without biases;
+    /// any float dtype): its config replaces --preset/--config, and the data is tokenised with
+    /// its tokenizer.json.
     #[arg(long, conflicts_with_all = ["resume", "config"])]
     init: Option<PathBuf>,
     /// Optimizer steps of the whole schedule.
@@ -81,7 +81,7 @@ pub fn join_mpi_job(_: usize) -> Result<Dist> {
 pub fn train(a: TrainArgs) -> Result<()> {
     let (model, init) = match &a.init {
         Some(dir) => {
-            let d = moe_infer::dense_hf::load_dense(dir)?;
+            let d = moe_infer::hf_train::load_dense(dir)?;
             let Some(tokenizer) = d.tokenizer else {
                 anyhow::bail!(
                     "{}: has no tokenizer.json; fine-tuning tokenises the data with the model's own",

@@ -1,6 +1,7 @@
-//! `moe train --init HF_DIR`: a Hugging Face dense checkpoint (the tiny Llama fixture, bf16)
-//! fine-tuned on a text with its own tokenizer. Starts from exactly its weights, lowers the
-//! loss on the text, and resumes with the tokenizer the run recorded.
+//! `moe train --init HF_DIR`: Hugging Face checkpoints (the tiny Llama fixture in bf16, the
+//! sharded Mixtral one) fine-tuned on a text with their own tokenizer. A run starts from
+//! exactly the checkpoint's weights, lowers the loss on the text, and resumes with the
+//! tokenizer it recorded.
 
 use std::process::Command;
 
@@ -13,6 +14,7 @@ fn moe(args: &[&str]) -> (i32, String) {
 }
 
 const LLAMA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/crates/moe-infer/tests/fixtures/llama_dense");
+const MIXTRAL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/crates/moe-infer/tests/fixtures/mixtral");
 
 fn losses(run: &std::path::Path) -> Vec<f64> {
     let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
@@ -54,16 +56,18 @@ fn a_hugging_face_checkpoint_is_fine_tuned_from_its_own_weights() {
 
     // lr 1e-30 (updates far below the weights' f32 resolution) and no weight decay: the
     // checkpoint holds the fixture's weights exactly
-    let frozen = dir.path().join("frozen");
-    let mut args = vec!["train", "--init", LLAMA, "--steps", "2", "--lr", "1e-30", "--weight-decay", "0"];
-    args.extend(common);
-    args.extend(["--out", frozen.to_str().unwrap()]);
-    let (code, log) = moe(&args);
-    assert_eq!(code, 0, "{log}");
-    let ck = moe_engine::checkpoint::load(&frozen).unwrap();
-    let want = moe_infer::dense_hf::load_dense(std::path::Path::new(LLAMA)).unwrap();
-    assert_eq!(ck.config.vocab_size, want.config.vocab_size);
-    assert!(ck.params == want.params, "the run did not start from the checkpoint's weights");
+    for (i, from) in [LLAMA, MIXTRAL].into_iter().enumerate() {
+        let frozen = dir.path().join(format!("frozen{i}"));
+        let mut args = vec!["train", "--init", from, "--steps", "2", "--lr", "1e-30", "--weight-decay", "0"];
+        args.extend(common);
+        args.extend(["--out", frozen.to_str().unwrap()]);
+        let (code, log) = moe(&args);
+        assert_eq!(code, 0, "{from}: {log}");
+        let ck = moe_engine::checkpoint::load(&frozen).unwrap();
+        let want = moe_infer::hf_train::load_dense(std::path::Path::new(from)).unwrap();
+        assert_eq!(ck.config.num_local_experts, want.config.num_local_experts);
+        assert!(ck.params == want.params, "{from}: the run did not start from the checkpoint's weights");
+    }
 
     // trained: the loss on the text falls; stopped halfway, it resumes with the recorded tokenizer
     let run = dir.path().join("ft");

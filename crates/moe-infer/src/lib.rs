@@ -5,7 +5,6 @@
 pub mod attention;
 pub mod bench;
 pub mod config;
-pub mod dense_hf;
 pub mod error;
 pub mod expert_cache;
 pub mod fdot;
@@ -16,6 +15,7 @@ pub mod gguf;
 pub mod gguf_model;
 pub mod gguf_tokenizer;
 pub mod gguf_write;
+pub mod hf_train;
 pub mod inspect;
 pub mod linear;
 pub mod load;

@@ -1,12 +1,14 @@
-//! Hugging Face dense checkpoints (Llama in bf16; Mistral in f16 with tied embeddings and a
-//! sliding window) read by the training engine: its forward gives transformers' logits (1e-4),
-//! and the MoE upcycled from it (every expert a copy of the MLP, renormalised top-2) computes
-//! the same function at step 0.
+//! Hugging Face checkpoints read by the training engine: dense Llama (bf16) and Mistral (f16,
+//! tied embeddings, sliding window), Mixtral (sharded bf16, and fused experts), and moe's own
+//! Mixtral and Qwen2-MoE exports. The training engine's forward gives transformers' logits
+//! (1e-4); the MoE upcycled from a dense one (every expert a copy of the MLP, renormalised
+//! top-2) computes the same function at step 0; families with blocks the training model lacks
+//! are refused with the reason.
 
 use moe_engine::compare::upcycle::upcycle;
 use moe_engine::config::ModelConfig;
 use moe_engine::model::{Acts, KvCache, Model};
-use moe_infer::dense_hf::load_dense;
+use moe_infer::hf_train::load_dense;
 use safetensors::SafeTensors;
 use std::path::PathBuf;
 
@@ -28,8 +30,8 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
 }
 
 #[test]
-fn dense_checkpoints_give_transformers_logits_and_upcycle_exactly() {
-    for name in ["llama_dense", "mistral_dense"] {
+fn checkpoints_give_transformers_logits_and_dense_ones_upcycle_exactly() {
+    for name in ["llama_dense", "mistral_dense", "mixtral", "mixtral_fused", "moe_export", "moe_export_qwen2"] {
         let d = load_dense(&dir(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert!(d.tokenizer.is_some());
         let bytes = std::fs::read(dir(name).join("reference.safetensors")).unwrap();
@@ -51,6 +53,9 @@ fn dense_checkpoints_give_transformers_logits_and_upcycle_exactly() {
         let got = logits(&d.config, &d.params, &ids);
         let err = max_diff(&got, &want);
         assert!(err < 1e-4, "{name}: logits differ from transformers by {err:e}");
+        if d.config.num_local_experts > 0 {
+            continue;
+        }
 
         let moe = ModelConfig {
             num_local_experts: 4,
@@ -62,6 +67,16 @@ fn dense_checkpoints_give_transformers_logits_and_upcycle_exactly() {
         let p = upcycle(&d.config, &d.params, &moe, 1, 1e-3, 7).unwrap();
         let err = max_diff(&logits(&moe, &p, &ids), &got);
         assert!(err < 1e-4, "{name}: the upcycled MoE differs from the dense model by {err:e} at step 0");
+    }
+}
+
+#[test]
+fn families_the_training_model_cannot_hold_are_refused() {
+    for (name, says) in
+        [("qwen2_moe", "biases"), ("olmoe", "query/key norms"), ("deepseek_v3", "MLA"), ("gpt_oss", "biases")]
+    {
+        let e = load_dense(&dir(name)).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains(says), "{name}: {e}");
     }
 }
 
@@ -78,7 +93,7 @@ fn what_the_training_model_cannot_express_is_refused() {
     ] {
         let mut c = base.clone();
         c[key] = value;
-        let e = moe_infer::dense_hf::dense_config(&c, path).expect_err(key).to_string();
+        let e = moe_infer::hf_train::dense_config(&c, path).expect_err(key).to_string();
         assert!(e.contains(says), "{key}: {e}");
     }
 }

@@ -1,0 +1,259 @@
+//! A Hugging Face checkpoint (safetensors in any float dtype) as a model of the training
+//! engine: its config as a `ModelConfig` and its weights as f32 parameters in our layout, for
+//! `moe train --init DIR` (fine-tuning) and `moe upcycle --from DIR`.
+//! - Dense LlamaForCausalLM and MistralForCausalLM, read directly (our names are theirs);
+//! - MoE checkpoints through the inference loader (`load`: per-expert or fused expert tensors,
+//!   every dtype it reads), of the families whose blocks the training model has: Mixtral, and
+//!   Qwen2-MoE without query/key/value biases (moe's own exports; the released Qwen1.5-MoE has
+//!   the biases).
+//! What the training model cannot express is refused with the reason (biases, RoPE scaling, a
+//! head width other than hidden / heads, activations other than SiLU, q/k norms, ...); tied
+//! embeddings are copied into the LM head (the same function; training then unties them); a
+//! sliding window caps the context, so that attention over it equals the full attention the
+//! training model computes.
+
+use crate::config::{read_config, Act, Ffn, Norm, QkNorm, Router, Spec};
+use crate::error::{Error, Result};
+use crate::load::{Attn, FfnW};
+use crate::moe::{Expert, GateUp};
+use crate::store::TensorStore;
+use crate::weight::Weight;
+use moe_engine::config::ModelConfig;
+use moe_engine::params::Layout;
+use moe_engine::params::{FfnSpans, Span};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+/// A dense checkpoint read for training.
+pub struct DenseHf {
+    pub config: ModelConfig,
+    pub params: Vec<f32>,
+    /// The model's tokenizer.json, if it has one.
+    pub tokenizer: Option<PathBuf>,
+}
+
+/// Whether `dir` holds a Hugging Face checkpoint (a config.json with `architectures`).
+pub fn is_hf_dir(dir: &Path) -> bool {
+    read_config(dir).is_ok_and(|c| c.get("architectures").is_some())
+}
+
+/// The training config of the dense Hugging Face config `c` (read from `path`).
+pub fn dense_config(c: &Value, path: &Path) -> Result<ModelConfig> {
+    let bad = |msg: String| Error::Config { path: path.to_path_buf(), msg };
+    let arch = c["architectures"][0].as_str().unwrap_or("");
+    if !matches!(arch, "LlamaForCausalLM" | "MistralForCausalLM") {
+        return Err(bad(format!(
+            "`{arch}`: moe trains LlamaForCausalLM, MistralForCausalLM, MixtralForCausalLM and bias-free Qwen2MoeForCausalLM checkpoints"
+        )));
+    }
+    let num = |k: &str| c.get(k).and_then(Value::as_u64).map(|x| x as usize);
+    let need = |k: &str| num(k).filter(|&x| x > 0).ok_or_else(|| bad(format!("missing or zero `{k}`")));
+    let (hidden, heads) = (need("hidden_size")?, need("num_attention_heads")?);
+    if let Some(d) = num("head_dim").filter(|&d| d * heads != hidden) {
+        return Err(bad(format!(
+            "head_dim {d} times {heads} heads is not hidden_size {hidden}; the training model has hidden / heads"
+        )));
+    }
+    for flag in ["attention_bias", "mlp_bias"] {
+        if c.get(flag).and_then(Value::as_bool) == Some(true) {
+            return Err(bad(format!("`{flag}` is true; the training model has no biases")));
+        }
+    }
+    if c.get("hidden_act").and_then(Value::as_str).is_some_and(|a| a != "silu") {
+        return Err(bad(format!("hidden_act {}: the training model's MLP is SwiGLU (silu)", c["hidden_act"])));
+    }
+    // transformers 5 keeps theta and scaling in rope_parameters, 4.x in rope_theta and rope_scaling
+    let rope = c.get("rope_parameters").filter(|v| v.is_object());
+    let kind = rope.and_then(|r| r["rope_type"].as_str()).or(c["rope_scaling"]["rope_type"].as_str());
+    if let Some(k) = kind.filter(|k| *k != "default") {
+        return Err(bad(format!("RoPE scaling `{k}`: the training model has plain RoPE")));
+    }
+    let theta = rope.and_then(|r| r["rope_theta"].as_f64()).or(c["rope_theta"].as_f64()).unwrap_or(10000.0);
+    let mut context = need("max_position_embeddings")?;
+    if let Some(w) = num("sliding_window") {
+        context = context.min(w);
+    }
+    let cfg = ModelConfig {
+        vocab_size: need("vocab_size")?,
+        hidden_size: hidden,
+        num_hidden_layers: need("num_hidden_layers")?,
+        num_attention_heads: heads,
+        num_key_value_heads: num("num_key_value_heads").unwrap_or(heads),
+        intermediate_size: need("intermediate_size")?,
+        max_position_embeddings: context,
+        rms_norm_eps: c["rms_norm_eps"].as_f64().unwrap_or(1e-6),
+        rope_theta: theta,
+        num_local_experts: 0,
+        ..ModelConfig::bench_dense()
+    };
+    cfg.validate().map_err(|e| bad(e.to_string()))?;
+    Ok(cfg)
+}
+
+/// Reads the checkpoint in `dir` (dense or MoE).
+pub fn load_dense(dir: &Path) -> Result<DenseHf> {
+    let raw = read_config(dir)?;
+    let arch = raw["architectures"][0].as_str().unwrap_or("");
+    // the MoE families the inference engine reads go through its loader (and are refused there
+    // with what the training model lacks)
+    if !matches!(arch, "LlamaForCausalLM" | "MistralForCausalLM") && Spec::from_dir(dir).is_ok() {
+        return load_moe(dir, &raw);
+    }
+    let config = dense_config(&raw, &dir.join("config.json"))?;
+    let store = TensorStore::open(dir)?;
+    let layout = Layout::new(&config);
+    let mut params = vec![0.0f32; layout.total];
+    for t in &layout.tensors {
+        let name = if t.name == "lm_head.weight" && !store.contains(&t.name) {
+            "model.embed_tokens.weight" // tied embeddings
+        } else {
+            t.name.as_str()
+        };
+        store.weight(name, &t.shape)?.rows_f32(0, t.span.of_mut(&mut params));
+    }
+    let tk = dir.join("tokenizer.json");
+    Ok(DenseHf { config, params, tokenizer: tk.is_file().then_some(tk) })
+}
+
+/// An MoE checkpoint through the inference loader.
+fn load_moe(dir: &Path, raw: &Value) -> Result<DenseHf> {
+    let m = crate::Model::load(dir)?;
+    let s = &m.spec;
+    let config = moe_config(s, raw, &dir.join("config.json"))?;
+    let layout = Layout::new(&config);
+    let mut p = vec![0.0f32; layout.total];
+    let rows = |w: &Weight, span: Span, p: &mut [f32]| w.rows_f32(0, span.of_mut(p));
+    rows(&m.w.embed, layout.embed, &mut p);
+    layout.norm.of_mut(&mut p).copy_from_slice(&m.w.norm.w);
+    let head = if s.tie { &m.w.embed } else { &m.w.lm_head.w };
+    rows(head, layout.lm_head, &mut p);
+    for (l, sp) in m.w.layers.iter().zip(&layout.layers) {
+        sp.ln1.of_mut(&mut p).copy_from_slice(&l.in_norm.w);
+        sp.ln2.of_mut(&mut p).copy_from_slice(&l.post_norm.w);
+        let Attn::Std { q, k, v, o, .. } = &l.attn else { unreachable!("checked by moe_config") };
+        for (lin, span) in [(q, sp.wq), (k, sp.wk), (v, sp.wv), (o, sp.wo)] {
+            rows(&lin.w, span, &mut p);
+        }
+        match (&l.ffn, &sp.ffn) {
+            (FfnW::Dense(e), FfnSpans::Dense { gate, up, down }) => expert(e, [*gate, *up, *down], &mut p)?,
+            (FfnW::Moe(mw), FfnSpans::Moe(ms)) => {
+                rows(&mw.router.w, ms.router, &mut p);
+                let n = [ms.gate, ms.up, ms.down].map(|s| s.len / config.num_local_experts);
+                for (e, ex) in mw.experts.iter().enumerate() {
+                    let ex = ex.as_ref().ok_or_else(|| Error::Input("an expert is missing".into()))?;
+                    let slot = |s: Span, n: usize| Span { off: s.off + e * n, len: n };
+                    expert(ex, [slot(ms.gate, n[0]), slot(ms.up, n[1]), slot(ms.down, n[2])], &mut p)?;
+                }
+                if let (Some(sh), Some(spans)) = (&mw.shared, &ms.shared) {
+                    expert(sh, *spans, &mut p)?;
+                }
+                if let (Some(g), Some(span)) = (&mw.shared_gate, ms.shared_gate) {
+                    rows(&g.w, span, &mut p);
+                }
+            }
+            _ => unreachable!("the layout follows the config made from the spec"),
+        }
+    }
+    let tk = dir.join("tokenizer.json");
+    Ok(DenseHf { config, params: p, tokenizer: tk.is_file().then_some(tk) })
+}
+
+/// An expert's gate [F, C], up [F, C] and down [C, F] into `spans`.
+fn expert(e: &Expert, spans: [Span; 3], p: &mut [f32]) -> Result<()> {
+    let [g, u, d] = spans;
+    match &e.gate_up {
+        GateUp::Split(gate, up) => {
+            gate.w.rows_f32(0, g.of_mut(p));
+            up.w.rows_f32(0, u.of_mut(p));
+        }
+        GateUp::Fused { lin, interleaved } => {
+            let c = lin.inp;
+            let mut both = vec![0.0f32; 2 * g.len];
+            lin.w.rows_f32(0, &mut both);
+            let (gs, us) = (g.off, u.off);
+            for (r, row) in both.chunks_exact(c).enumerate() {
+                // fused rows: all gate rows then all up rows, or gate and up alternating
+                let (to_gate, i) = if *interleaved { (r % 2 == 0, r / 2) } else { (r < g.len / c, r % (g.len / c)) };
+                let at = if to_gate { gs } else { us } + i * c;
+                p[at..at + c].copy_from_slice(row);
+            }
+        }
+    }
+    if e.down.transposed {
+        return Err(Error::Input("expert down projections stored transposed are not read for training".into()));
+    }
+    e.down.w.rows_f32(0, d.of_mut(p));
+    Ok(())
+}
+
+/// The training config of an MoE spec, or what the training model lacks.
+fn moe_config(s: &Spec, raw: &Value, path: &Path) -> Result<ModelConfig> {
+    let bad = |msg: &str| {
+        Err(Error::Config { path: path.to_path_buf(), msg: format!("{msg}; the training model cannot hold it") })
+    };
+    let theta = raw.get("rope_parameters").and_then(|r| r["rope_theta"].as_f64()).or(raw["rope_theta"].as_f64());
+    let theta = theta.unwrap_or(10000.0);
+    let d = s.head_dim;
+    let plain_rope = (0..d / 2).all(|i| {
+        let want = theta.powf(-((2 * i) as f64) / d as f64);
+        s.rope.inv_freq.get(i).is_some_and(|&f| (f - want).abs() <= 1e-9 * want)
+    });
+    if s.norm != Norm::Rms || s.qk_norm != QkNorm::None {
+        return bad("LayerNorm or query/key norms");
+    }
+    if s.qkv_bias || s.o_bias || s.lm_head_bias || s.moe.router_bias || s.moe.expert_bias {
+        return bad("biases");
+    }
+    if s.mla.is_some() || s.sinks || s.clip_qkv.is_some() || s.mxfp4 {
+        return bad("MLA, attention sinks, clipped activations or MXFP4 experts");
+    }
+    if !plain_rope || s.rope.dim != d || s.rope.long.is_some() || s.rope.factor != 1.0 || s.rope.interleave {
+        return bad("RoPE scaling or partial or interleaved RoPE");
+    }
+    if d * s.heads != s.hidden || s.v_dim != d || (s.attn_scale - 1.0 / (d as f32).sqrt()).abs() > 1e-6 {
+        return bad("a head width other than hidden / heads, or another attention scale");
+    }
+    if s.embed_mult != 1.0 || s.residual_mult != 1.0 || s.logits_div != 1.0 || s.moe.act != Act::Swiglu {
+        return bad("embedding, residual or logit multipliers, or an activation other than SwiGLU");
+    }
+    let renorm = match s.moe.router {
+        Router::SoftmaxTopk { renorm } => renorm,
+        _ => return bad("a router other than softmax top-k"),
+    };
+    // dense layers: the first k, or every layer not a multiple of a step
+    let moe_at: Vec<bool> = s.ffn.iter().map(|f| *f == Ffn::Moe).collect();
+    let first_dense = moe_at.iter().take_while(|m| !**m).count();
+    let dense_width = s.ffn.iter().find_map(|f| if let Ffn::Dense(w) = f { Some(*w) } else { None });
+    if moe_at[first_dense..].iter().any(|m| !m)
+        || s.ffn.iter().any(|f| matches!(f, Ffn::Dense(w) if Some(*w) != dense_width))
+    {
+        return bad("dense layers other than the first ones");
+    }
+    let context = s.windows.iter().flatten().fold(s.max_pos, |c, &w| c.min(w));
+    let (shared, gate) = s.moe.shared.unwrap_or((0, false));
+    let cfg = ModelConfig {
+        vocab_size: s.vocab,
+        hidden_size: s.hidden,
+        num_hidden_layers: s.layers,
+        num_attention_heads: s.heads,
+        num_key_value_heads: s.kv_heads,
+        intermediate_size: dense_width.unwrap_or(s.moe.inter),
+        max_position_embeddings: context,
+        rms_norm_eps: s.eps,
+        rope_theta: theta,
+        num_local_experts: s.moe.experts,
+        num_experts_per_tok: s.moe.top_k,
+        moe_intermediate_size: s.moe.inter,
+        norm_topk_prob: renorm,
+        router: moe_engine::config::RouterKind::SoftmaxTopk,
+        first_k_dense_replace: first_dense,
+        decoder_sparse_step: 1,
+        shared_expert_intermediate_size: shared,
+        shared_expert_gate: gate,
+        bias_update_rate: 0.0,
+        router_bias: false,
+        ..ModelConfig::bench_dense()
+    };
+    cfg.validate().map_err(|e| Error::Config { path: path.to_path_buf(), msg: e.to_string() })?;
+    Ok(cfg)
+}
