@@ -6,6 +6,7 @@
 //!   every dtype it reads), of the families whose blocks the training model has: Mixtral, and
 //!   Qwen2-MoE without query/key/value biases (moe's own exports; the released Qwen1.5-MoE has
 //!   the biases).
+//!
 //! What the training model cannot express is refused with the reason (biases, RoPE scaling, a
 //! head width other than hidden / heads, activations other than SiLU, q/k norms, ...); tied
 //! embeddings are copied into the LM head (the same function; training then unties them); a
