@@ -78,6 +78,8 @@ ARCHS = {
     "llama_dense": (tf.LlamaConfig, tf.LlamaForCausalLM, dict(intermediate_size=48), torch.bfloat16, None),
     "mistral_dense": (tf.MistralConfig, tf.MistralForCausalLM,
                       dict(intermediate_size=48, tie_word_embeddings=True, sliding_window=32), torch.float16, None),
+    "qwen2_dense": (tf.Qwen2Config, tf.Qwen2ForCausalLM, dict(intermediate_size=48, tie_word_embeddings=True),
+                    torch.float32, None),
     "gpt_oss": (tf.GptOssConfig, tf.GptOssForCausalLM,
                 dict(intermediate_size=32, num_local_experts=4, num_experts_per_tok=2, head_dim=8, sliding_window=4,
                      layer_types=["sliding_attention", "full_attention"]), torch.bfloat16, None),

@@ -99,7 +99,8 @@ pub struct CompareArgs {
 #[derive(Args)]
 pub struct UpcycleArgs {
     /// A dense checkpoint of ours (or its run directory), or a Hugging Face dense checkpoint
-    /// directory (LlamaForCausalLM, MistralForCausalLM), trained on with its own tokenizer.
+    /// directory (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM), trained on with its
+    /// own tokenizer.
     #[arg(long)]
     from: PathBuf,
     /// The MoE: ExK[:F]; the expert width must divide the dense width (dense / width = slices).

@@ -20,8 +20,8 @@ pub struct TrainArgs {
     /// Continue the run in --out from its latest checkpoint.
     #[arg(long, requires = "out")]
     resume: bool,
-    /// Fine-tune a Hugging Face checkpoint (Llama, Mistral, Mixtral, Qwen2-MoE without biases;
-    /// any float dtype): its config replaces --preset/--config, and the data is tokenised with
+    /// Fine-tune a Hugging Face checkpoint (Llama, Mistral, Qwen2, Mixtral, Qwen2-MoE with its
+    /// dense layers first; any float dtype): its config replaces --preset/--config, and the data is tokenised with
     /// its tokenizer.json.
     #[arg(long, conflicts_with_all = ["resume", "config"])]
     init: Option<PathBuf>,

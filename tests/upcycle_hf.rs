@@ -1,6 +1,6 @@
 //! `moe upcycle --from HF_DIR`: a Hugging Face dense checkpoint (the tiny Llama fixture) is
 //! upcycled into an MoE and trained on a text with the model's own tokenizer, against an MoE from
-//! scratch and the dense model continued; an MoE checkpoint is refused with the reason.
+//! scratch and the dense model continued; an MoE checkpoint (Mixtral) is refused with the reason.
 
 use std::process::Command;
 
@@ -62,5 +62,5 @@ fn a_hugging_face_dense_checkpoint_is_upcycled_and_trained() {
         cache.to_str().unwrap(),
     ]);
     assert_eq!(code, 1);
-    assert!(log.contains("LlamaForCausalLM"), "{log}");
+    assert!(log.contains("already an MoE"), "{log}");
 }

@@ -94,6 +94,9 @@ pub struct ModelConfig {
     /// A trainable router bias (gpt-oss).
     #[serde(default)]
     pub router_bias: bool,
+    /// Biases on the query, key and value projections (Qwen2).
+    #[serde(default)]
+    pub qkv_bias: bool,
     /// Expert groups for group-limited routing (`sigmoid_group`).
     #[serde(default = "one")]
     pub n_group: usize,
@@ -159,6 +162,7 @@ impl ModelConfig {
             decoder_sparse_step: 1,
             router: RouterKind::SoftmaxTopk,
             router_bias: false,
+            qkv_bias: false,
             n_group: 1,
             topk_group: 1,
             routed_scaling_factor: 1.0,

@@ -16,7 +16,7 @@ use crate::params::{spans_mut, FfnSpans, Layout, MoeSpans, SpanCursor};
 use moe_kernels::attention::{attention_backward, attention_forward, AttnDims};
 use moe_kernels::cross_entropy::{cross_entropy_backward_inplace, cross_entropy_forward};
 use moe_kernels::embedding::{embedding_backward, embedding_forward};
-use moe_kernels::matmul::{linear_backward, linear_forward};
+use moe_kernels::matmul::{add_bias, bias_backward, linear_backward, linear_forward};
 use moe_kernels::rmsnorm::{rmsnorm_backward, rmsnorm_forward};
 use moe_kernels::rope::{rope_backward, rope_forward, rope_tables};
 use moe_kernels::Float;
@@ -306,6 +306,11 @@ impl<T: Float> Model<T> {
             linear_forward(&mut la.q[..n * hd], &la.ln1[..n * c], ls.wq.of(p), n, c, hd, true);
             linear_forward(&mut la.k_new[..n * gd], &la.ln1[..n * c], ls.wk.of(p), n, c, gd, true);
             linear_forward(&mut la.v_new[..n * gd], &la.ln1[..n * c], ls.wv.of(p), n, c, gd, true);
+            if let Some([bq, bk, bv]) = ls.qkv_bias {
+                add_bias(&mut la.q[..n * hd], bq.of(p));
+                add_bias(&mut la.k_new[..n * gd], bk.of(p));
+                add_bias(&mut la.v_new[..n * gd], bv.of(p));
+            }
             rope_forward(&mut la.q[..n * hd], &self.cos, &self.sin, tq, h, d, pos0);
             rope_forward(&mut la.k_new[..n * gd], &self.cos, &self.sin, tq, g, d, pos0);
             for bi in 0..b {
@@ -550,6 +555,11 @@ impl<T: Float> Model<T> {
             );
             rope_backward(&mut a.dq[..n * hd], &self.cos, &self.sin, t, h, d, 0);
             rope_backward(&mut a.dk[..n * gd], &self.cos, &self.sin, t, g, d, 0);
+            if let Some([bq, bk, bv]) = ls.qkv_bias {
+                bias_backward(bq.of_mut(gr), &a.dq[..n * hd]);
+                bias_backward(bk.of_mut(gr), &a.dk[..n * gd]);
+                bias_backward(bv.of_mut(gr), &a.dv[..n * gd]);
+            }
             linear_backward(
                 &mut a.dln[..n * c],
                 ls.wq.of_mut(gr),

@@ -136,6 +136,8 @@ pub struct LayerSpans {
     pub wq: Span,
     pub wk: Span,
     pub wv: Span,
+    /// Query, key and value biases [H*D], [G*D], [G*D] (`qkv_bias`).
+    pub qkv_bias: Option<[Span; 3]>,
     pub wo: Span,
     pub ln2: Span,
     pub ffn: FfnSpans,
@@ -205,6 +207,10 @@ impl Layout {
             let wq = b.push(format!("{p}.self_attn.q_proj.weight"), &[h * d, c], Init::Normal(std));
             let wk = b.push(format!("{p}.self_attn.k_proj.weight"), &[g * d, c], Init::Normal(std));
             let wv = b.push(format!("{p}.self_attn.v_proj.weight"), &[g * d, c], Init::Normal(std));
+            let qkv_bias = cfg.qkv_bias.then(|| {
+                [("q", h * d), ("k", g * d), ("v", g * d)]
+                    .map(|(x, n)| b.push(format!("{p}.self_attn.{x}_proj.bias"), &[n], Init::Zeros))
+            });
             let wo = b.push(format!("{p}.self_attn.o_proj.weight"), &[c, h * d], Init::Normal(std_out));
             let ln2 = b.push(format!("{p}.post_attention_layernorm.weight"), &[c], Init::Ones);
             let ffn = if cfg.is_moe_layer(l) {
@@ -260,7 +266,7 @@ impl Layout {
                     down: b.push(format!("{p}.mlp.down_proj.weight"), &[c, f], Init::Normal(std_out)),
                 }
             };
-            layers.push(LayerSpans { ln1, wq, wk, wv, wo, ln2, ffn });
+            layers.push(LayerSpans { ln1, wq, wk, wv, qkv_bias, wo, ln2, ffn });
         }
         let norm = b.push("model.norm.weight".into(), &[c], Init::Ones);
         let lm_head = b.push("lm_head.weight".into(), &[v, c], Init::Normal(std));

@@ -25,6 +25,10 @@ fn check_model(cfg: ModelConfig, seed: u64) {
     let mut p: Vec<f64> = m.layout.init(seed);
     let mut rng = Rng::new(seed + 1);
     p.iter_mut().for_each(|v| *v = *v * 4.0 + if *v == 1.0 { rng.normal() * 0.1 } else { 0.0 });
+    // Projection biases start at zero: random here, so that the forward adds something.
+    for t in m.layout.tensors.iter().filter(|t| t.name.ends_with("_proj.bias")) {
+        t.span.of_mut(&mut p).iter_mut().for_each(|v| *v = rng.normal() * 0.3);
+    }
     let v = m.cfg.vocab_size;
     let (x, y) = (tokens(seed + 2, b * t, v), tokens(seed + 3, b * t, v));
     let mut a = Acts::new(&m.cfg, b, t, t);
@@ -97,6 +101,12 @@ fn whole_model_gradients_sequence_balancing_deepseek_style() {
 #[test]
 fn dense_model_gradients() {
     check_model(ModelConfig { num_local_experts: 0, ..ModelConfig::tiny() }, 13);
+}
+
+#[test]
+fn query_key_value_bias_gradients() {
+    check_model(ModelConfig { num_local_experts: 0, qkv_bias: true, ..ModelConfig::tiny() }, 15);
+    check_model(ModelConfig { qkv_bias: true, ..mixed_config(BalanceScope::Layer) }, 16);
 }
 
 #[test]

@@ -8,7 +8,7 @@
 //! - Qwen2-MoE for the rest: a shared expert (ours has no gate unless asked: its gate is written
 //!   as zeros, sigmoid(0) = 1/2, and its down projection doubled, both exact in floating point),
 //!   dense layers (`mlp_only_layers`), weights not renormalised (`norm_topk_prob` false; Switch
-//!   is top-1 of those), no query/key/value biases (`qkv_bias` false); a model without a shared
+//!   is top-1 of those), query/key/value biases or none (`qkv_bias`); a model without a shared
 //!   expert gets one of width 1 with zero weights, which adds exactly nothing.
 //!
 //! Sigmoid-group and expert-choice routers, and router biases, have no such class and are
@@ -53,8 +53,10 @@ pub fn hf_form(cfg: &ModelConfig, selection_bias: bool) -> std::result::Result<H
     } else if cfg.has_selection_bias() && !selection_bias {
         "its router has a selection bias (the aux-loss-free balancing of the default preset; train with --bias-update-rate 0 to export)"
     } else {
-        let mixtral =
-            renormalised && cfg.num_moe_layers() == cfg.num_hidden_layers && cfg.shared_expert_intermediate_size == 0;
+        let mixtral = renormalised
+            && cfg.num_moe_layers() == cfg.num_hidden_layers
+            && cfg.shared_expert_intermediate_size == 0
+            && !cfg.qkv_bias;
         return Ok(if mixtral { HfForm::Mixtral } else { HfForm::Qwen2Moe });
     };
     Err(why.to_string())
@@ -121,7 +123,7 @@ fn config(cfg: &ModelConfig, form: HfForm) -> serde_json::Value {
             "norm_topk_prob": cfg.norm_topk_prob || cfg.router == RouterKind::TopkSoftmax,
             "decoder_sparse_step": 1,
             "mlp_only_layers": (0..cfg.num_hidden_layers).filter(|&l| !cfg.is_moe_layer(l)).collect::<Vec<_>>(),
-            "qkv_bias": false,
+            "qkv_bias": cfg.qkv_bias,
             "use_sliding_window": false,
         }),
     };

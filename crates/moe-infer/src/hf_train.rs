@@ -1,11 +1,11 @@
 //! A Hugging Face checkpoint (safetensors in any float dtype) as a model of the training
 //! engine: its config as a `ModelConfig` and its weights as f32 parameters in our layout, for
 //! `moe train --init DIR` (fine-tuning) and `moe upcycle --from DIR`.
-//! - Dense LlamaForCausalLM and MistralForCausalLM, read directly (our names are theirs);
+//! - Dense LlamaForCausalLM, MistralForCausalLM and Qwen2ForCausalLM (query/key/value biases),
+//!   read directly (our names are theirs);
 //! - MoE checkpoints through the inference loader (`load`: per-expert or fused expert tensors,
 //!   every dtype it reads), of the families whose blocks the training model has: Mixtral, and
-//!   Qwen2-MoE without query/key/value biases (moe's own exports; the released Qwen1.5-MoE has
-//!   the biases).
+//!   Qwen2-MoE whose dense layers come first (Qwen1.5-MoE has none).
 //!
 //! What the training model cannot express is refused with the reason (biases, RoPE scaling, a
 //! head width other than hidden / heads, activations other than SiLU, q/k norms, ...); tied
@@ -42,11 +42,12 @@ pub fn is_hf_dir(dir: &Path) -> bool {
 pub fn dense_config(c: &Value, path: &Path) -> Result<ModelConfig> {
     let bad = |msg: String| Error::Config { path: path.to_path_buf(), msg };
     let arch = c["architectures"][0].as_str().unwrap_or("");
-    if !matches!(arch, "LlamaForCausalLM" | "MistralForCausalLM") {
+    if !matches!(arch, "LlamaForCausalLM" | "MistralForCausalLM" | "Qwen2ForCausalLM") {
         return Err(bad(format!(
-            "`{arch}`: moe trains LlamaForCausalLM, MistralForCausalLM, MixtralForCausalLM and bias-free Qwen2MoeForCausalLM checkpoints"
+            "`{arch}`: moe trains LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, MixtralForCausalLM and Qwen2MoeForCausalLM checkpoints"
         )));
     }
+    let qwen2 = arch == "Qwen2ForCausalLM";
     let num = |k: &str| c.get(k).and_then(Value::as_u64).map(|x| x as usize);
     let need = |k: &str| num(k).filter(|&x| x > 0).ok_or_else(|| bad(format!("missing or zero `{k}`")));
     let (hidden, heads) = (need("hidden_size")?, need("num_attention_heads")?);
@@ -55,7 +56,7 @@ pub fn dense_config(c: &Value, path: &Path) -> Result<ModelConfig> {
             "head_dim {d} times {heads} heads is not hidden_size {hidden}; the training model has hidden / heads"
         )));
     }
-    for flag in ["attention_bias", "mlp_bias"] {
+    for flag in ["attention_bias", "mlp_bias"].into_iter().filter(|_| !qwen2) {
         if c.get(flag).and_then(Value::as_bool) == Some(true) {
             return Err(bad(format!("`{flag}` is true; the training model has no biases")));
         }
@@ -71,7 +72,9 @@ pub fn dense_config(c: &Value, path: &Path) -> Result<ModelConfig> {
     }
     let theta = rope.and_then(|r| r["rope_theta"].as_f64()).or(c["rope_theta"].as_f64()).unwrap_or(10000.0);
     let mut context = need("max_position_embeddings")?;
-    if let Some(w) = num("sliding_window") {
+    // Qwen2 names a window it does not use unless use_sliding_window
+    let windowed = !qwen2 || c.get("use_sliding_window").and_then(Value::as_bool) == Some(true);
+    if let Some(w) = num("sliding_window").filter(|_| windowed) {
         context = context.min(w);
     }
     let cfg = ModelConfig {
@@ -85,6 +88,7 @@ pub fn dense_config(c: &Value, path: &Path) -> Result<ModelConfig> {
         rms_norm_eps: c["rms_norm_eps"].as_f64().unwrap_or(1e-6),
         rope_theta: theta,
         num_local_experts: 0,
+        qkv_bias: qwen2,
         ..ModelConfig::bench_dense()
     };
     cfg.validate().map_err(|e| bad(e.to_string()))?;
@@ -134,6 +138,12 @@ fn load_moe(dir: &Path, raw: &Value) -> Result<DenseHf> {
         let Attn::Std { q, k, v, o, .. } = &l.attn else { unreachable!("checked by moe_config") };
         for (lin, span) in [(q, sp.wq), (k, sp.wk), (v, sp.wv), (o, sp.wo)] {
             rows(&lin.w, span, &mut p);
+        }
+        if let Some(spans) = sp.qkv_bias {
+            for (lin, span) in [q, k, v].into_iter().zip(spans) {
+                let b = lin.bias.as_ref().ok_or_else(|| Error::Input("a projection bias is missing".into()))?;
+                span.of_mut(&mut p).copy_from_slice(b);
+            }
         }
         match (&l.ffn, &sp.ffn) {
             (FfnW::Dense(e), FfnSpans::Dense { gate, up, down }) => expert(e, [*gate, *up, *down], &mut p)?,
@@ -202,8 +212,8 @@ fn moe_config(s: &Spec, raw: &Value, path: &Path) -> Result<ModelConfig> {
     if s.norm != Norm::Rms || s.qk_norm != QkNorm::None {
         return bad("LayerNorm or query/key norms");
     }
-    if s.qkv_bias || s.o_bias || s.lm_head_bias || s.moe.router_bias || s.moe.expert_bias {
-        return bad("biases");
+    if s.o_bias || s.lm_head_bias || s.moe.router_bias || s.moe.expert_bias {
+        return bad("biases other than the query/key/value ones");
     }
     if s.mla.is_some() || s.sinks || s.clip_qkv.is_some() || s.mxfp4 {
         return bad("MLA, attention sinks, clipped activations or MXFP4 experts");
@@ -253,6 +263,7 @@ fn moe_config(s: &Spec, raw: &Value, path: &Path) -> Result<ModelConfig> {
         shared_expert_gate: gate,
         bias_update_rate: 0.0,
         router_bias: false,
+        qkv_bias: s.qkv_bias,
         ..ModelConfig::bench_dense()
     };
     cfg.validate().map_err(|e| Error::Config { path: path.to_path_buf(), msg: e.to_string() })?;

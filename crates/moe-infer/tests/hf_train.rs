@@ -1,5 +1,5 @@
-//! Hugging Face checkpoints read by the training engine: dense Llama (bf16) and Mistral (f16,
-//! tied embeddings, sliding window), Mixtral (sharded bf16, and fused experts), and moe's own
+//! Hugging Face checkpoints read by the training engine: dense Llama (bf16), Mistral (f16,
+//! tied embeddings, sliding window) and Qwen2 (query/key/value biases, tied), Mixtral (sharded bf16, and fused experts), and moe's own
 //! Mixtral and Qwen2-MoE exports. The training engine's forward gives transformers' logits
 //! (1e-4); the MoE upcycled from a dense one (every expert a copy of the MLP, renormalised
 //! top-2) computes the same function at step 0; families with blocks the training model lacks
@@ -31,7 +31,9 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
 
 #[test]
 fn checkpoints_give_transformers_logits_and_dense_ones_upcycle_exactly() {
-    for name in ["llama_dense", "mistral_dense", "mixtral", "mixtral_fused", "moe_export", "moe_export_qwen2"] {
+    for name in
+        ["llama_dense", "mistral_dense", "qwen2_dense", "mixtral", "mixtral_fused", "moe_export", "moe_export_qwen2"]
+    {
         let d = load_dense(&dir(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert!(d.tokenizer.is_some());
         let bytes = std::fs::read(dir(name).join("reference.safetensors")).unwrap();
@@ -72,9 +74,12 @@ fn checkpoints_give_transformers_logits_and_dense_ones_upcycle_exactly() {
 
 #[test]
 fn families_the_training_model_cannot_hold_are_refused() {
-    for (name, says) in
-        [("qwen2_moe", "biases"), ("olmoe", "query/key norms"), ("deepseek_v3", "MLA"), ("gpt_oss", "biases")]
-    {
+    for (name, says) in [
+        ("qwen2_moe", "dense layers other than the first"),
+        ("olmoe", "query/key norms"),
+        ("deepseek_v3", "MLA"),
+        ("gpt_oss", "biases"),
+    ] {
         let e = load_dense(&dir(name)).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(e.contains(says), "{name}: {e}");
     }
@@ -89,7 +94,7 @@ fn what_the_training_model_cannot_express_is_refused() {
         ("attention_bias", serde_json::json!(true), "no biases"),
         ("rope_parameters", serde_json::json!({"rope_type": "llama3", "rope_theta": 5e5}), "RoPE scaling"),
         ("head_dim", serde_json::json!(16), "head_dim"),
-        ("architectures", serde_json::json!(["Qwen2ForCausalLM"]), "LlamaForCausalLM"),
+        ("architectures", serde_json::json!(["Qwen3ForCausalLM"]), "LlamaForCausalLM"),
     ] {
         let mut c = base.clone();
         c[key] = value;

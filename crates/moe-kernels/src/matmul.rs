@@ -205,3 +205,17 @@ pub fn linear_backward<T: Float>(
     matmul(dx, Mat::new(dy, n, o), Mat::new(w, o, i), dx_acc, par);
     matmul(dw, Mat::new(dy, n, o).t(), Mat::new(x, n, i), true, par);
 }
+
+/// y[N,O] += b[O] on every row.
+pub fn add_bias<T: Float>(y: &mut [T], b: &[T]) {
+    for row in y.chunks_exact_mut(b.len()) {
+        row.iter_mut().zip(b).for_each(|(v, &bv)| *v += bv);
+    }
+}
+
+/// db[O] += the sum of dy[N,O]'s rows (the gradient of [`add_bias`]).
+pub fn bias_backward<T: Float>(db: &mut [T], dy: &[T]) {
+    for row in dy.chunks_exact(db.len()) {
+        db.iter_mut().zip(row).for_each(|(g, &d)| *g += d);
+    }
+}

@@ -30,6 +30,7 @@ pub fn upcycle(
         || moe.num_attention_heads != dense.num_attention_heads
         || moe.num_key_value_heads != dense.num_key_value_heads
         || moe.intermediate_size != dense.intermediate_size
+        || moe.qkv_bias != dense.qkv_bias
     {
         return bad(
             "the MoE model's vocabulary, width, layers, heads or dense width differ from the dense checkpoint's".into(),
@@ -68,6 +69,9 @@ pub fn upcycle(
     for (d, m) in dl.layers.iter().zip(&ml.layers) {
         for (a, b) in [(d.ln1, m.ln1), (d.wq, m.wq), (d.wk, m.wk), (d.wv, m.wv), (d.wo, m.wo), (d.ln2, m.ln2)] {
             copy(a, b, &mut p);
+        }
+        if let (Some(a), Some(b)) = (d.qkv_bias, m.qkv_bias) {
+            a.into_iter().zip(b).for_each(|(a, b)| copy(a, b, &mut p));
         }
         let FfnSpans::Dense { gate, up, down } = &d.ffn else { unreachable!("a dense layout has dense layers") };
         match &m.ffn {
