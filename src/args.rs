@@ -198,7 +198,9 @@ pub struct TrainFlags {
     pub cache_dir: Option<PathBuf>,
     /// UTF-8 text file or directory of text files, or `rust-docs` (the default: the toolchain's
     /// Rust documentation, books, API pages and std sources, deduplicated) or `rust-books` (its
-    /// books only). `moe train --resume` reuses the run's own data when this is not given.
+    /// books only), or with `moe train --init` a .jsonl file of chat conversations
+    /// ({"messages": [...]} per line; loss on the assistant turns only). `moe train --resume`
+    /// reuses the run's own data when this is not given.
     #[arg(long)]
     pub data: Option<PathBuf>,
     /// No progress bar.

@@ -6,7 +6,7 @@ use clap::Args;
 use moe_engine::dist::Dist;
 use moe_engine::run::{run, RunOptions};
 use moe_engine::train::TrainConfig;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Args)]
 pub struct TrainArgs {
@@ -92,6 +92,17 @@ pub fn train(a: TrainArgs) -> Result<()> {
         }
         None => (a.model.build()?, None),
     };
+    // Chat fine-tuning: JSONL conversations rendered by the model's template (the model's
+    // directory given, or the one the resumed run recorded).
+    let chat_dir = match (&a.init, a.resume) {
+        (Some(dir), _) if a.flags.data.as_ref().is_some_and(|d| d.extension().is_some_and(|x| x == "jsonl")) => {
+            Some(dir.clone())
+        }
+        (None, true) => moe_engine::run::recorded_chat(a.out.as_deref().unwrap_or(Path::new(".")))?
+            .and_then(|t| t.parent().map(Path::to_path_buf)),
+        _ => None,
+    };
+    let chat = chat_dir.map(|d| moe_infer::chat_data::chat_encoder(&d)).transpose()?;
     let tc = TrainConfig {
         steps: a.steps.unwrap_or(TrainConfig::default().steps),
         eval_every: a.eval_every,
@@ -127,6 +138,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
         sample_tokens: a.sample_tokens,
         dist: dist.clone(),
         init,
+        chat,
     };
     if lead {
         eprintln!("moe train: run directory {}", out.display());

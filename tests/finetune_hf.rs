@@ -85,3 +85,31 @@ fn a_hugging_face_checkpoint_is_fine_tuned_from_its_own_weights() {
     let (first, last) = (l[..3].iter().sum::<f64>() / 3.0, l[27..].iter().sum::<f64>() / 3.0);
     assert!(last < first - 0.5, "fine-tuning did not lower the loss: {first:.3} -> {last:.3}");
 }
+
+/// Chat data (`--data x.jsonl` with `--init`): conversations rendered by the model's template,
+/// loss on the assistant turns only; the loss falls, and `--resume` renders the same way.
+#[test]
+fn chat_conversations_fine_tune_on_the_assistant_turns() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("chat.jsonl");
+    let line = r#"{"messages": [{"role": "user", "content": "the router"}, {"role": "assistant", "content": "sends each token to a few experts"}]}"#;
+    std::fs::write(&data, format!("{line}\n").repeat(300)).unwrap();
+    let (run, cache) = (dir.path().join("chat"), dir.path().join("cache"));
+    let (d, r, c) = (data.to_str().unwrap(), run.to_str().unwrap(), cache.to_str().unwrap());
+    let common =
+        ["--data", d, "--cache-dir", c, "--out", r, "--batch-size", "4", "--seq-len", "16", "--log-every", "1"];
+    let mut args = vec!["train", "--init", LLAMA, "--steps", "40", "--stop-after", "20", "--lr", "3e-3"];
+    args.extend(["--eval-every", "10", "--sample-tokens", "0"]);
+    args.extend(common);
+    let (code, log) = moe(&args);
+    assert_eq!(code, 0, "{log}");
+    let (code, log) =
+        moe(&["train", "--resume", "--steps", "40", "--out", r, "--cache-dir", c, "--sample-tokens", "0"]);
+    assert_eq!(code, 0, "{log}");
+    let l = losses(&run);
+    assert_eq!(l.len(), 40, "{l:?}");
+    let (first, last) = (l[..3].iter().sum::<f64>() / 3.0, l[37..].iter().sum::<f64>() / 3.0);
+    assert!(last < first - 0.5, "chat fine-tuning did not lower the loss: {first:.3} -> {last:.3}");
+    let record = std::fs::read_to_string(run.join("run.json")).unwrap();
+    assert!(record.contains("\"chat\":true"), "{record}");
+}

@@ -9,6 +9,7 @@ use crate::tokenizer::Tokenizer;
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Tokens per split chunk; every `VAL_EVERY`-th chunk is held out for validation.
 const CHUNK: usize = 4096;
@@ -27,12 +28,30 @@ pub struct Dataset {
     pub info: CorpusInfo,
 }
 
+/// Set on a token of the stream that is context but no training target (a prompt token of a
+/// chat example): [`sample_batch`] gives it as input and IGNORE as target.
+pub const NOT_TARGET: u32 = 1 << 31;
+
+/// Encodes one document into the token stream (ids, flagged with [`NOT_TARGET`] where the model
+/// reads but does not learn to predict them), with the corpus's tokenizer. A chat renderer of
+/// JSONL conversations is one (`moe_infer::chat_data`).
+#[derive(Clone)]
+pub struct DocEncoder(pub Arc<dyn Fn(&Tokenizer, &str) -> Result<Vec<u32>> + Send + Sync>);
+
+impl std::fmt::Debug for DocEncoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("DocEncoder")
+    }
+}
+
 /// The tokenizer of a corpus: one trained on it with this many tokens (moe's own models), or a
-/// given tokenizer.json (a Hugging Face model's, to fine-tune or upcycle it).
-#[derive(Clone, Debug)]
+/// given tokenizer.json (a Hugging Face model's, to fine-tune or upcycle it), optionally with
+/// an encoder of documents that `tag` names in the cache key.
+#[derive(Clone)]
 pub enum Vocab {
     Train(usize),
     Given(PathBuf),
+    GivenWith { tokenizer: PathBuf, encoder: DocEncoder, tag: String },
 }
 
 impl From<usize> for Vocab {
@@ -95,11 +114,17 @@ impl Dataset {
         progress: bool,
     ) -> Result<Self> {
         // A given tokenizer's file joins the cache key; its vocabulary size stands in the name.
-        let (given, vocab_size, tk_ident) = match vocab.into() {
-            Vocab::Train(v) => (None, v, vec![]),
-            Vocab::Given(path) => {
+        let (path, encoder, tag, trained_vocab) = match vocab.into() {
+            Vocab::Train(v) => (None, None, String::new(), v),
+            Vocab::Given(path) => (Some(path), None, String::new(), 0),
+            Vocab::GivenWith { tokenizer, encoder, tag } => (Some(tokenizer), Some(encoder), tag, 0),
+        };
+        let (given, vocab_size, tk_ident) = match path {
+            None => (None, trained_vocab, vec![]),
+            Some(path) => {
                 let tk = Tokenizer::load(&path)?;
-                let bytes = std::fs::read(&path).map_err(Error::io(&path))?;
+                let mut bytes = std::fs::read(&path).map_err(Error::io(&path))?;
+                bytes.extend(tag.bytes());
                 let v = tk.vocab_size();
                 (Some(tk), v, bytes)
             }
@@ -154,7 +179,7 @@ impl Dataset {
                     Tokenizer::train(docs.iter().step_by(every).map(|d| d.text.as_str()), vocab_size)?
                 }
             };
-            let tokens = encode_documents(&tk, &docs, progress)?;
+            let tokens = encode_documents(&tk, &docs, progress, encoder.as_ref())?;
             let info =
                 CorpusInfo { source: source.describe(), documents: docs.len(), chars, tokens: tokens.len(), dedup };
             std::fs::create_dir_all(&dir).map_err(Error::io(&dir))?;
@@ -213,7 +238,7 @@ impl Dataset {
     /// Every token id below the model's vocabulary (a given tokenizer may hold more tokens
     /// than the model's embedding, e.g. added ones).
     pub fn check_vocab(&self, model_vocab: usize) -> Result<()> {
-        match self.train.iter().chain(&self.val).copied().max() {
+        match self.train.iter().chain(&self.val).map(|&t| t & !NOT_TARGET).max() {
             Some(m) if m as usize >= model_vocab => Err(Error::Corpus {
                 what: format!("the tokenizer produced token id {m}, beyond the model's vocabulary of {model_vocab}"),
                 hint: "use the model's own tokenizer.json".into(),
@@ -225,16 +250,22 @@ impl Dataset {
     /// Entropy (nats) of the unigram distribution of the training tokens: the loss of a model
     /// that ignores context.
     pub fn unigram_entropy(&self) -> f64 {
-        let v = self.tokenizer.vocab_size().max(self.train.iter().max().map_or(0, |&m| m as usize + 1));
+        let ids = || self.train.iter().map(|&t| (t & !NOT_TARGET) as usize);
+        let v = self.tokenizer.vocab_size().max(ids().max().map_or(0, |m| m + 1));
         let mut counts = vec![0u64; v];
-        self.train.iter().for_each(|&t| counts[t as usize] += 1);
+        ids().for_each(|t| counts[t] += 1);
         let n = self.train.len() as f64;
         counts.iter().filter(|&&c| c > 0).map(|&c| -(c as f64 / n) * (c as f64 / n).ln()).sum()
     }
 }
 
 /// Encodes documents in parallel (paragraph by paragraph), each followed by the EOS token.
-fn encode_documents(tk: &Tokenizer, docs: &[Document], progress: bool) -> Result<Vec<u32>> {
+fn encode_documents(
+    tk: &Tokenizer,
+    docs: &[Document],
+    progress: bool,
+    encoder: Option<&DocEncoder>,
+) -> Result<Vec<u32>> {
     let total: usize = docs.iter().map(|d| d.text.len()).sum();
     let pb = if progress { ProgressBar::new(total as u64) } else { ProgressBar::hidden() };
     pb.set_style(
@@ -247,6 +278,11 @@ fn encode_documents(tk: &Tokenizer, docs: &[Document], progress: bool) -> Result
         .par_iter()
         .map(|d| {
             let mut ids = vec![];
+            if let Some(enc) = encoder {
+                ids = (enc.0)(tk, &d.text)?;
+                pb.inc(d.text.len() as u64);
+                return Ok(ids);
+            }
             for p in d.text.split_inclusive("\n\n") {
                 ids.extend(tk.encode(p)?);
             }
@@ -301,9 +337,14 @@ fn split(tokens: &[u32]) -> (Vec<u32>, Vec<u32>) {
 
 /// Fills x[B*T] with random windows of `stream` and y[B*T] with the next tokens.
 pub fn sample_batch(stream: &[u32], rng: &mut Rng, b: usize, t: usize, x: &mut [u32], y: &mut [u32]) {
+    use moe_kernels::cross_entropy::IGNORE;
     for i in 0..b {
         let start = rng.below(stream.len() - t);
-        x[i * t..(i + 1) * t].copy_from_slice(&stream[start..start + t]);
-        y[i * t..(i + 1) * t].copy_from_slice(&stream[start + 1..start + t + 1]);
+        for (xv, &s) in x[i * t..(i + 1) * t].iter_mut().zip(&stream[start..start + t]) {
+            *xv = s & !NOT_TARGET;
+        }
+        for (yv, &s) in y[i * t..(i + 1) * t].iter_mut().zip(&stream[start + 1..start + t + 1]) {
+            *yv = if s & NOT_TARGET != 0 { IGNORE } else { s };
+        }
     }
 }

@@ -355,7 +355,7 @@ impl<T: Float> Model<T> {
     pub fn loss(&self, a: &mut Acts<T>, targets: &[u32]) -> LossParts {
         let (n, v) = (a.n, self.cfg.vocab_size);
         cross_entropy_forward(&mut a.losses[..n], &a.logits[..n * v], targets, v);
-        let ce = a.losses[..n].iter().map(|l| l.to_f64()).sum::<f64>() / n as f64;
+        let ce = a.losses[..n].iter().map(|l| l.to_f64()).sum::<f64>() / targets_counted(&targets[..n]);
         let (aux, z) = self.aux_losses(&a.moe_stats());
         let total = ce + self.cfg.router_aux_loss_coef * aux + self.cfg.router_z_loss_coef * z;
         LossParts { ce, aux, z, total }
@@ -443,7 +443,7 @@ impl<T: Float> Model<T> {
         let (hd, gd) = (h * d, g * d);
         let bal = self.balance_grads(&a.moe_stats());
         let z_scale = if bal.is_empty() { 0.0 } else { cfg.router_z_loss_coef / bal.len() as f64 };
-        let scale = T::from_f64(1.0 / n as f64);
+        let scale = T::from_f64(1.0 / targets_counted(&targets[..n]));
         cross_entropy_backward_inplace(&mut a.logits[..n * v], &a.losses[..n], targets, v, scale);
         linear_backward(
             &mut a.dln[..n * c],
@@ -621,4 +621,10 @@ fn pooled(stats: &[&MoeStats]) -> (Vec<u32>, Vec<f64>, usize) {
     }
     probs.iter_mut().for_each(|p| *p /= rows as f64);
     (counts, probs, rows)
+}
+
+/// The positions whose targets count in the mean cross-entropy (not IGNORE; at least 1, so a
+/// window of prompt tokens only has loss and gradient 0).
+fn targets_counted(targets: &[u32]) -> f64 {
+    targets.iter().filter(|&&t| t != moe_kernels::cross_entropy::IGNORE).count().max(1) as f64
 }

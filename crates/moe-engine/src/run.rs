@@ -5,7 +5,7 @@
 use crate::checkpoint;
 use crate::config::ModelConfig;
 use crate::corpus::Source;
-use crate::dataset::{Dataset, Vocab};
+use crate::dataset::{Dataset, DocEncoder, Vocab};
 use crate::dist::Dist;
 use crate::error::{Error, Result};
 use crate::generate::{generate_on, Sampling};
@@ -43,6 +43,9 @@ pub struct RunOptions {
     /// Start from these weights of `model` (a Hugging Face checkpoint: `moe train --init`) and
     /// tokenise the data with this tokenizer.json instead of training one.
     pub init: Option<Init>,
+    /// Chat data: the encoder of JSONL conversations (with the tokenizer of `init`, or, when
+    /// resuming, the one the run recorded).
+    pub chat: Option<DocEncoder>,
 }
 
 /// Initial weights and their tokenizer.
@@ -149,7 +152,14 @@ pub fn run(o: &RunOptions, log: &dyn Fn(&str)) -> Result<RunSummary> {
         }
         (None, None) => Source::RustDocs,
     };
-    let vocab = tokenizer.clone().map_or(Vocab::Train(model_cfg.vocab_size), Vocab::Given);
+    let vocab = match (tokenizer.clone(), o.chat.clone()) {
+        (Some(t), Some(encoder)) => Vocab::GivenWith { tokenizer: t, encoder, tag: "chat".into() },
+        (Some(t), None) => Vocab::Given(t),
+        (None, Some(_)) => {
+            return Err(Error::config("chat data without a model's tokenizer", "fine-tune with --init MODEL_DIR"))
+        }
+        (None, None) => Vocab::Train(model_cfg.vocab_size),
+    };
     let data = prepare_data(o, &source, vocab, log)?;
     data.check_vocab(model_cfg.vocab_size)?;
     let data_key = data.cache_dir.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
@@ -202,7 +212,7 @@ pub fn run(o: &RunOptions, log: &dyn Fn(&str)) -> Result<RunSummary> {
     if lead {
         truncate_metrics(&metrics_path, tr.state.step)?;
         if recorded.is_none() {
-            record_data(&o.out_dir, &source, tokenizer.as_deref())?;
+            record_data(&o.out_dir, &source, tokenizer.as_deref(), o.chat.is_some())?;
         }
     }
     let unigram = data.unigram_entropy();
@@ -370,10 +380,13 @@ fn rank_summary(metrics: &[StepMetrics]) -> Option<String> {
 }
 
 /// The run directory's record of its data (`run.json`), written when the run starts.
-fn record_data(out: &Path, source: &Source, tokenizer: Option<&Path>) -> Result<()> {
+fn record_data(out: &Path, source: &Source, tokenizer: Option<&Path>, chat: bool) -> Result<()> {
     let mut json = serde_json::json!({ "data": source.to_arg() });
     if let Some(t) = tokenizer {
         json["tokenizer"] = serde_json::json!(t.to_string_lossy());
+    }
+    if chat {
+        json["chat"] = serde_json::json!(true);
     }
     crate::checkpoint::write_atomic(&out.join("run.json"), json.to_string().as_bytes())
 }
@@ -394,4 +407,16 @@ fn recorded_data(out: &Path) -> Result<(Option<String>, Option<PathBuf>)> {
         Some(d) => Ok((Some(d.to_string()), tokenizer)),
         None => Err(Error::checkpoint(&path, "names no data", "delete it and pass --data again")),
     }
+}
+
+/// Whether the run in `out` trains on chat data, and the tokenizer.json it recorded: what
+/// `--resume` needs to build the chat encoder again.
+pub fn recorded_chat(out: &Path) -> Result<Option<PathBuf>> {
+    let path = out.join("run.json");
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&path).map_err(Error::io(&path))?;
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    Ok(if v["chat"] == true { v["tokenizer"].as_str().map(PathBuf::from) } else { None })
 }

@@ -132,3 +132,45 @@ fn kv_cache_decoding_equals_full_recompute() {
     let err = got.iter().zip(&full.logits[..t * v]).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
     assert!(err < 1e-5, "cached decoding differs from the full pass by {err}");
 }
+
+/// Targets of IGNORE (prompt tokens in chat fine-tuning) do not count: the loss is the mean over
+/// the others, and their positions give no gradient through the logits.
+#[test]
+fn ignored_targets_do_not_count() {
+    use moe_kernels::cross_entropy::IGNORE;
+    let (b, t) = (2, 5);
+    let m = Model::<f64>::new(ModelConfig { num_local_experts: 0, ..ModelConfig::tiny() }).unwrap();
+    let p: Vec<f64> = m.layout.init(3);
+    let v = m.cfg.vocab_size;
+    let (x, y) = (tokens(5, b * t, v), tokens(6, b * t, v));
+    let mut a = Acts::new(&m.cfg, b, t, t);
+    let mut kv = KvCache::new(&m.cfg, b, t);
+    m.forward(&p, &mut a, &mut kv, &x, 0);
+    m.loss(&mut a, &y);
+    let per: Vec<f64> = a.losses[..b * t].to_vec();
+    let masked: Vec<u32> = y.iter().enumerate().map(|(i, &tg)| if i % 3 == 0 { IGNORE } else { tg }).collect();
+    let got = m.loss(&mut a, &masked).ce;
+    let kept: Vec<f64> = per.iter().enumerate().filter(|(i, _)| i % 3 != 0).map(|(_, &l)| l).collect();
+    let want = kept.iter().sum::<f64>() / kept.len() as f64;
+    assert!((got - want).abs() < 1e-12, "{got} vs {want}");
+    // finite differences of the masked loss on a few parameters
+    let mut g = vec![0.0; p.len()];
+    m.backward(&p, &mut g, &mut a, &kv, &x, &masked);
+    let total = |q: &[f64]| {
+        let mut a = Acts::new(&m.cfg, b, t, t);
+        let mut kv = KvCache::new(&m.cfg, b, t);
+        m.forward(q, &mut a, &mut kv, &x, 0);
+        m.loss(&mut a, &masked).total
+    };
+    let mut q = p.clone();
+    for j in [m.layout.lm_head.off + 7, m.layout.embed.off + 40, m.layout.norm.off + 1] {
+        let h = 1e-6;
+        q[j] = p[j] + h;
+        let lp = total(&q);
+        q[j] = p[j] - h;
+        let lm = total(&q);
+        q[j] = p[j];
+        let num = (lp - lm) / (2.0 * h);
+        assert!((num - g[j]).abs() < 1e-6 * (1.0 + num.abs()), "param {j}: analytic {} numeric {num}", g[j]);
+    }
+}

@@ -4,6 +4,7 @@
 
 pub mod attention;
 pub mod bench;
+pub mod chat_data;
 pub mod config;
 pub mod error;
 pub mod expert_cache;

@@ -71,5 +71,6 @@ pub fn options(dir: &Path, corpus: &Path, out: &str, steps: u64) -> RunOptions {
         sample_tokens: 0,
         dist: None,
         init: None,
+        chat: None,
     }
 }
