@@ -36,7 +36,10 @@ pub const NOT_TARGET: u32 = 1 << 31;
 /// reads but does not learn to predict them), with the corpus's tokenizer. A chat renderer of
 /// JSONL conversations is one (`moe_infer::chat_data`).
 #[derive(Clone)]
-pub struct DocEncoder(pub Arc<dyn Fn(&Tokenizer, &str) -> Result<Vec<u32>> + Send + Sync>);
+pub struct DocEncoder(pub Arc<EncodeFn>);
+
+/// What a [`DocEncoder`] calls: (the corpus's tokenizer, a document's text) -> its stream.
+pub type EncodeFn = dyn Fn(&Tokenizer, &str) -> Result<Vec<u32>> + Send + Sync;
 
 impl std::fmt::Debug for DocEncoder {
     fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
