@@ -200,9 +200,6 @@ fn load_dense(path: &Path) -> Result<DenseStart> {
 pub fn upcycle_cmd(a: UpcycleArgs) -> Result<()> {
     let DenseStart { config: dense, params: dense_params, seen, tokenizer } = load_dense(&a.from)?;
     let spec = Spec::parse(&a.moe)?;
-    if spec.shared > 0 {
-        bail!("--moe {}: upcycling into a shared expert is not supported; drop the +S part", a.moe);
-    }
     let moe = spec.config(&dense)?;
     let f = moe.moe_intermediate_size;
     if !dense.intermediate_size.is_multiple_of(f) {

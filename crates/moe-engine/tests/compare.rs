@@ -115,6 +115,16 @@ fn upcycled_model_computes_the_dense_function() {
     assert!(e.contains("split"), "{e}");
     let e = upcycle(&copies, &p, &halves, 2, 0.0, 9).unwrap_err().to_string();
     assert!(e.contains("already an MoE"), "{e}");
+    // A shared expert of the dense width (with and without its gate) and routed slices with a
+    // random router: the shared expert is the dense MLP, the routed experts add nothing yet.
+    for gate in [false, true] {
+        let shared = ModelConfig { shared_expert_intermediate_size: 24, shared_expert_gate: gate, ..halves.clone() };
+        let p = upcycle(&d, &dp, &shared, 2, 0.5, 9).unwrap();
+        assert!(max_diff(&logits(&shared, &p, &tokens), &want) < 1e-4, "gate {gate}");
+    }
+    let narrow = ModelConfig { shared_expert_intermediate_size: 12, ..halves.clone() };
+    let e = upcycle(&d, &dp, &narrow, 2, 0.0, 9).unwrap_err().to_string();
+    assert!(e.contains("the dense width"), "{e}");
 }
 
 #[test]

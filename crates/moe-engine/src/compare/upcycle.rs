@@ -3,6 +3,10 @@
 //! in every MoE layer each expert is a copy of the dense MLP, or with `split` G > 1 one of G
 //! fine-grained slices of it (expert e holds slice e mod G, its down projection scaled by G so
 //! that G experts of equal weight 1/G sum to the dense MLP); the router starts small and random.
+//! With a shared expert (Qwen2-MoE / DeepSeekMoE style) of the dense width, the shared expert is
+//! the dense MLP (its gate, if any, zero and its down projection doubled: sigmoid(0) = 1/2) and
+//! the routed experts start as above but with zero down projections, so the MoE computes the
+//! dense function exactly at step 0 and the routed experts grow from there.
 
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
@@ -46,8 +50,15 @@ pub fn upcycle(
             "use expert width = dense width / split",
         );
     }
-    if moe.shared_expert_intermediate_size > 0 {
-        return bad("upcycling into a shared expert is not supported".into(), "upcycle without a shared expert");
+    let shared = moe.shared_expert_intermediate_size > 0;
+    if shared && moe.shared_expert_intermediate_size != dense.intermediate_size {
+        return bad(
+            format!(
+                "the shared expert's width {} is not the dense width {}: the shared expert starts as the dense MLP",
+                moe.shared_expert_intermediate_size, dense.intermediate_size
+            ),
+            "give the shared part the dense width (--moe ExK:F+S with S x F = the dense width)",
+        );
     }
     let (dl, ml) = (Layout::new(dense), Layout::new(moe));
     if dense_params.len() != dl.total {
@@ -90,10 +101,21 @@ pub fn upcycle(
                     sp.gate.of_mut(&mut p)[e * fe * c..(e + 1) * fe * c].copy_from_slice(&dg[rows.clone()]);
                     sp.up.of_mut(&mut p)[e * fe * c..(e + 1) * fe * c].copy_from_slice(&du[rows]);
                     // down (E, C, Fe): columns s*Fe.. of the dense (C, F) matrix, times split.
+                    // (zero with a shared expert: it alone computes the dense MLP at first)
                     let dst = &mut sp.down.of_mut(&mut p)[e * c * fe..(e + 1) * c * fe];
+                    let scale = if shared { 0.0 } else { split as f32 };
                     for (row, out) in dst.chunks_exact_mut(fe).enumerate() {
                         let src = &dd[row * f + s * fe..row * f + (s + 1) * fe];
-                        out.iter_mut().zip(src).for_each(|(o, &x)| *o = x * split as f32);
+                        out.iter_mut().zip(src).for_each(|(o, &x)| *o = x * scale);
+                    }
+                }
+                if let Some([sg, su, sd]) = sp.shared {
+                    copy(*gate, sg, &mut p);
+                    copy(*up, su, &mut p);
+                    copy(*down, sd, &mut p);
+                    if let Some(g) = sp.shared_gate {
+                        g.of_mut(&mut p).fill(0.0);
+                        sd.of_mut(&mut p).iter_mut().for_each(|w| *w *= 2.0);
                     }
                 }
             }
