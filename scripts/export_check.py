@@ -2,17 +2,19 @@
 """moe's exports checked against the tools people load them with (run by hand, never by CI;
 needs torch, transformers and tokenizers; llama.cpp optional).
 
-Trains the tiny preset for a few steps on README.md in two forms: Mixtral's (no selection bias)
-and Qwen2-MoE's (a shared expert without gate, a dense first layer, weights not renormalised).
-Exports each as a Hugging Face directory, the first also as a GGUF file, and checks:
+Trains the tiny preset for a few steps on README.md in three forms: Mixtral's (no selection
+bias), Qwen2-MoE's (a shared expert without gate, a dense first layer, weights not renormalised)
+and Qwen2-MoE's with Switch routing, a gated shared expert and query/key/value biases. Exports
+each as a Hugging Face directory, and as a GGUF file where llama.cpp has the form (the first as
+`llama` with experts, the third as `qwen2moe`), and checks:
 - transformers loads each directory (MixtralForCausalLM, Qwen2MoeForCausalLM) and its float32
   logits equal moe's (`moe logits`) on the same ids to 1e-4;
-- moe's logits from the GGUF file equal them too;
+- moe's logits from the GGUF files equal them too;
 - with --llama-bin DIR (llama.cpp's build/bin, e.g. from scripts/llama_setup.sh): llama-server
   loads the GGUF file on 127.0.0.1, tokenizes a text to the exported tokenizer.json's ids, and
   its next-token probabilities after the prompt equal transformers' (top 5, 1e-3).
 With --fixture, writes each exported directory and transformers' outputs (reference.safetensors:
-input_ids, logits, greedy) to crates/moe-infer/tests/fixtures/moe_export{,_qwen2}, which
+input_ids, logits, greedy) to crates/moe-infer/tests/fixtures/moe_export{,_qwen2,_qwen2_switch}, which
 crates/moe-infer/tests/hf_models.rs compares moe to on every test run.
 
     python3 scripts/export_check.py --llama-bin /tmp/moe-bench-infer/llama_cpp_python/build/bin --fixture
@@ -39,7 +41,10 @@ FIXTURES = os.path.join(ROOT, "crates", "moe-infer", "tests", "fixtures")
 # (fixture name, changes to the tiny preset's config)
 FORMS = [("moe_export", {}),
          ("moe_export_qwen2", {"shared_expert_intermediate_size": 16, "first_k_dense_replace": 1,
-                               "norm_topk_prob": False})]
+                               "norm_topk_prob": False}),
+         ("moe_export_qwen2_switch", {"router": "switch", "num_experts_per_tok": 1, "norm_topk_prob": False,
+                                      "shared_expert_intermediate_size": 16, "shared_expert_gate": True,
+                                      "qkv_bias": True})]
 # Short: the tiny preset's context is 16 positions, prompt plus 8 generated tokens.
 TEXT = "the router experts"
 
@@ -106,9 +111,8 @@ def check_form(a, tmp, name, config):
     run(a.moe, "train", "--config", cfg, "--data", os.path.join(ROOT, "README.md"), "--steps", "20",
         "--seq-len", "16", "--batch-size", "4", "--seed", "7", "--out", run_dir, "--quiet")
     run(a.moe, "export", "--checkpoint", run_dir, "--out", hf)
-    mixtral = name == "moe_export"
-    if mixtral:
-        run(a.moe, "export", "--checkpoint", run_dir, "--out", gguf)
+    # a GGUF file where llama.cpp has the form (llama with experts, qwen2moe)
+    has_gguf = subprocess.run([a.moe, "export", "--checkpoint", run_dir, "--out", gguf], capture_output=True).returncode == 0
     ids = Tokenizer.from_file(os.path.join(hf, "tokenizer.json")).encode(TEXT, add_special_tokens=False).ids
     assert len(ids) <= 8, f"{len(ids)} prompt tokens: shorten TEXT"
     model = tf.AutoModelForCausalLM.from_pretrained(hf, dtype=torch.float32).eval()
@@ -119,11 +123,11 @@ def check_form(a, tmp, name, config):
         greedy = model.generate(x, max_new_tokens=8, min_new_tokens=8, do_sample=False, eos_token_id=None,
                                 pad_token_id=0)[0, len(ids):]
     ok = True
-    for what, path in [("Hugging Face directory", hf)] + ([("GGUF file", gguf)] if mixtral else []):
+    for what, path in [("Hugging Face directory", hf)] + ([("GGUF file", gguf)] if has_gguf else []):
         err = float(np.abs(moe_logits(a.moe, path, ids, work) - want.numpy()).max())
         print(f"{name}: moe on the {what} against transformers: max abs logit difference {err:.2e}")
         ok &= err < 1e-4
-    if a.llama_bin and mixtral:
+    if a.llama_bin and has_gguf:
         ok &= llama_check(a.llama_bin, gguf, ids, torch.softmax(want[-1], -1).numpy())
     if a.fixture:
         out = os.path.join(FIXTURES, name)

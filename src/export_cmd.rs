@@ -30,7 +30,8 @@ pub fn export(a: ExportArgs) -> Result<()> {
     let ck = checkpoint::load(&a.checkpoint)?;
     let gguf = a.gguf || a.out.extension().is_some_and(|x| x == "gguf");
     let (params, what) = if gguf {
-        (moe_infer::from_moe_gguf::write_mixtral_gguf(&ck, &a.out)?, "a GGUF file (llama with experts)")
+        let (params, arch) = moe_infer::from_moe_gguf::write_gguf(&ck, &a.out)?;
+        (params, if arch == "llama" { "a GGUF file (llama with experts)" } else { "a GGUF file (qwen2moe)" })
     } else {
         let (params, form) = moe_infer::from_moe::write_hf(&ck, &a.out, false)?;
         (

@@ -85,8 +85,9 @@ fn exported_gguf_gives_the_training_engines_logits_and_token_ids() {
 }
 
 /// Shared experts (with and without their gate), dense layers, unnormalised weights and Switch
-/// routing are written as Qwen2-MoE and give the training engine's logits; a router with no
-/// transformers class is refused with the reason, and so is the GGUF form of a Qwen2-MoE model.
+/// routing are written as Qwen2-MoE and give the training engine's logits, and as GGUF files of
+/// llama.cpp's qwen2moe where it holds them (unnormalised weights, every layer MoE); the others
+/// and a router with no transformers class are refused with the reason.
 #[test]
 fn qwen2_moe_forms_give_the_training_engines_logits_and_others_are_refused() {
     use moe_engine::config::RouterKind;
@@ -104,6 +105,20 @@ fn qwen2_moe_forms_give_the_training_engines_logits_and_others_are_refused() {
             },
         ),
         ("switch", ModelConfig { router: RouterKind::Switch, norm_topk_prob: false, ..experts(1) }),
+        (
+            "gated shared expert, biases, unnormalised",
+            ModelConfig {
+                shared_expert_intermediate_size: 8,
+                shared_expert_gate: true,
+                qkv_bias: true,
+                norm_topk_prob: false,
+                ..experts(2)
+            },
+        ),
+        (
+            "shared expert, unnormalised",
+            ModelConfig { shared_expert_intermediate_size: 8, norm_topk_prob: false, ..experts(2) },
+        ),
     ];
     let ids = [3u32, 17, 5, 99, 42, 7, 120, 1];
     for (i, (what, cfg)) in cases.into_iter().enumerate() {
@@ -115,12 +130,19 @@ fn qwen2_moe_forms_give_the_training_engines_logits_and_others_are_refused() {
         let (got, want) = logits_both(&ck, &out, &ids);
         let diff = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
         assert!(diff < 1e-4, "{what}: exported logits differ by {diff}");
-        if i == 0 {
-            let gguf = dir.path().join("x.gguf");
-            let (code, _, err) =
-                moe(&["export", "--checkpoint", ck.to_str().unwrap(), "--out", gguf.to_str().unwrap()]);
-            assert_eq!(code, 1);
-            assert!(err.contains("Qwen2-MoE's form"), "{err}");
+        // GGUF: llama.cpp's qwen2moe takes unnormalised weights in every layer
+        let gguf = dir.path().join(format!("x{i}.gguf"));
+        let (code, _, err) = moe(&["export", "--checkpoint", ck.to_str().unwrap(), "--out", gguf.to_str().unwrap()]);
+        match what {
+            "shared expert" => assert!(code == 1 && err.contains("does not renormalise"), "{what}: {err}"),
+            "gated shared expert, dense first layer" => assert!(code == 1 && err.contains("dense layers"), "{err}"),
+            _ => {
+                assert_eq!(code, 0, "{what}: {err}");
+                assert!(err.contains("qwen2moe"), "{err}");
+                let (got, want) = logits_both(&ck, &gguf, &ids);
+                let diff = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+                assert!(diff < 1e-4, "{what}: GGUF logits differ by {diff}");
+            }
         }
     }
     let cfg = ModelConfig { router: RouterKind::ExpertChoice, ..experts(2) };

@@ -1,8 +1,11 @@
-//! A checkpoint trained by moe, written as one GGUF file (`moe export --gguf`): llama.cpp's
-//! `llama` architecture with experts (its Mixtral form), f32 tensors, the query and key rows
-//! permuted as llama.cpp's converter does, and the checkpoint's byte-level BPE tokenizer
-//! embedded, so that llama.cpp and `moe serve --model FILE.gguf` need nothing beside it. The
-//! models it takes are those `from_moe` writes as Mixtral.
+//! A checkpoint trained by moe, written as one GGUF file (`moe export --gguf`) with f32 tensors
+//! and the checkpoint's byte-level BPE tokenizer embedded, so that llama.cpp and `moe serve
+//! --model FILE.gguf` need nothing beside it. What `from_moe` writes as Mixtral becomes
+//! llama.cpp's `llama` architecture with experts (query and key rows permuted as its converter
+//! does); what it writes as Qwen2-MoE becomes `qwen2moe` when every layer is MoE and the routing
+//! weights are not renormalised (llama.cpp's qwen2moe does not renormalise): the shared expert as
+//! `*_shexp` tensors (a zero one of width 1 when the model has none; an ungated one with a zero
+//! gate and a doubled down projection, as in `from_moe`), the query/key/value biases if any.
 
 use crate::error::{io, Error, Result};
 use crate::from_moe::{hf_form, HfForm};
@@ -14,7 +17,7 @@ use std::path::Path;
 
 /// The GGUF name of tensor `name` of our layout (llama.cpp's `llama` architecture with experts),
 /// and the head count its rows are permuted over (queries and keys), if any.
-fn gguf_name(cfg: &ModelConfig, name: &str) -> Option<(String, Option<usize>)> {
+fn gguf_name(cfg: &ModelConfig, name: &str, permute: bool) -> Option<(String, Option<usize>)> {
     let global = match name {
         "model.embed_tokens.weight" => Some("token_embd.weight"),
         "model.norm.weight" => Some("output_norm.weight"),
@@ -28,15 +31,22 @@ fn gguf_name(cfg: &ModelConfig, name: &str) -> Option<(String, Option<usize>)> {
     let (layer, rest) = rest.split_once('.')?;
     let (base, heads) = match rest {
         "input_layernorm.weight" => ("attn_norm.weight", None),
-        "self_attn.q_proj.weight" => ("attn_q.weight", Some(cfg.num_attention_heads)),
-        "self_attn.k_proj.weight" => ("attn_k.weight", Some(cfg.num_key_value_heads)),
+        "self_attn.q_proj.weight" => ("attn_q.weight", permute.then_some(cfg.num_attention_heads)),
+        "self_attn.k_proj.weight" => ("attn_k.weight", permute.then_some(cfg.num_key_value_heads)),
         "self_attn.v_proj.weight" => ("attn_v.weight", None),
+        "self_attn.q_proj.bias" => ("attn_q.bias", None),
+        "self_attn.k_proj.bias" => ("attn_k.bias", None),
+        "self_attn.v_proj.bias" => ("attn_v.bias", None),
         "self_attn.o_proj.weight" => ("attn_output.weight", None),
         "post_attention_layernorm.weight" => ("ffn_norm.weight", None),
         "mlp.router.weight" => ("ffn_gate_inp.weight", None),
         "mlp.experts.gate_proj" => ("ffn_gate_exps.weight", None),
         "mlp.experts.up_proj" => ("ffn_up_exps.weight", None),
         "mlp.experts.down_proj" => ("ffn_down_exps.weight", None),
+        "mlp.shared_expert.gate_proj.weight" => ("ffn_gate_shexp.weight", None),
+        "mlp.shared_expert.up_proj.weight" => ("ffn_up_shexp.weight", None),
+        "mlp.shared_expert.down_proj.weight" => ("ffn_down_shexp.weight", None),
+        "mlp.shared_expert_gate.weight" => ("ffn_gate_inp_shexp.weight", None),
         _ => return None,
     };
     Some((format!("blk.{layer}.{base}"), heads))
@@ -121,13 +131,19 @@ fn gguf_tokenizer(w: &mut GgufWriter, tk: &serde_json::Value, vocab_size: usize)
     Ok(())
 }
 
-/// Writes `ck` as a GGUF file at `out` (llama.cpp's `llama` architecture with experts, f32
-/// tensors, the checkpoint's tokenizer embedded). Returns the parameter count.
-pub fn write_mixtral_gguf(ck: &Checkpoint, out: &Path) -> Result<usize> {
+/// Writes `ck` as a GGUF file at `out` (see the module). Returns the parameter count and the
+/// GGUF architecture.
+pub fn write_gguf(ck: &Checkpoint, out: &Path) -> Result<(usize, &'static str)> {
     let cfg = &ck.config;
-    let why = match hf_form(cfg, false) {
-        Ok(HfForm::Mixtral) => None,
-        Ok(HfForm::Qwen2Moe) => Some("it needs Qwen2-MoE's form (a shared expert, dense layers or unnormalised routing weights), which the GGUF export does not write yet; export a Hugging Face directory instead".to_string()),
+    let form = hf_form(cfg, false);
+    let why = match form.clone() {
+        Ok(HfForm::Qwen2Moe) if cfg.num_moe_layers() != cfg.num_hidden_layers => {
+            Some("it has dense layers, which llama.cpp's qwen2moe does not; export a Hugging Face directory instead".into())
+        }
+        Ok(HfForm::Qwen2Moe) if cfg.norm_topk_prob || cfg.router == moe_engine::config::RouterKind::TopkSoftmax => {
+            Some("llama.cpp's qwen2moe does not renormalise the top-k weights, and this model needs it with its shared expert or biases; export a Hugging Face directory instead".into())
+        }
+        Ok(_) => None,
         Err(why) => Some(why),
     };
     if let Some(why) = why {
@@ -136,13 +152,15 @@ pub fn write_mixtral_gguf(ck: &Checkpoint, out: &Path) -> Result<usize> {
     if out.exists() {
         return Err(Error::Input(format!("{} exists; choose another file name", out.display())));
     }
+    let qwen2 = form == Ok(HfForm::Qwen2Moe);
+    let arch = if qwen2 { "qwen2moe" } else { "llama" };
     let mut w = GgufWriter::default();
-    let arch = "llama";
     w.meta("general.architecture", Meta::Str(arch.into()));
     w.meta("general.name", Meta::Str(format!("moe export of {}", ck.dir.display())));
     w.meta("general.file_type", Meta::U32(0)); // all f32
     let u = |x: usize| Meta::U32(x as u32);
-    for (key, v) in [
+    let shared = cfg.shared_expert_intermediate_size.max(1);
+    let mut keys = vec![
         ("block_count", u(cfg.num_hidden_layers)),
         ("context_length", u(cfg.max_position_embeddings)),
         ("embedding_length", u(cfg.hidden_size)),
@@ -155,7 +173,12 @@ pub fn write_mixtral_gguf(ck: &Checkpoint, out: &Path) -> Result<usize> {
         ("expert_count", u(cfg.num_local_experts)),
         ("expert_used_count", u(cfg.num_experts_per_tok)),
         ("vocab_size", u(cfg.vocab_size)),
-    ] {
+    ];
+    if qwen2 {
+        keys.push(("expert_feed_forward_length", u(cfg.moe_intermediate_size)));
+        keys.push(("expert_shared_feed_forward_length", u(shared)));
+    }
+    for (key, v) in keys {
         w.meta(&format!("{arch}.{key}"), v);
     }
     let tk = ck.dir.join("tokenizer.json");
@@ -165,16 +188,34 @@ pub fn write_mixtral_gguf(ck: &Checkpoint, out: &Path) -> Result<usize> {
         gguf_tokenizer(&mut w, &json, cfg.vocab_size)?;
     }
     let layout = Layout::new(cfg);
+    let c = cfg.hidden_size;
     for t in &layout.tensors {
-        let (name, heads) = gguf_name(cfg, &t.name)
+        let (name, heads) = gguf_name(cfg, &t.name, !qwen2)
             .ok_or_else(|| Error::Input(format!("tensor {} has no GGUF name; report this as a bug", t.name)))?;
-        let data = t.span.of(&ck.params);
-        let data = match heads {
-            Some(h) => permute_rope_rows(data, h, cfg.hidden_size),
-            None => data.to_vec(),
+        let mut data = match heads {
+            Some(h) => permute_rope_rows(t.span.of(&ck.params), h, c),
+            None => t.span.of(&ck.params).to_vec(),
         };
-        w.tensor(&name, &t.shape, data);
+        let mut shape = t.shape.clone();
+        if name.ends_with("ffn_down_shexp.weight") && !cfg.shared_expert_gate {
+            data.iter_mut().for_each(|v| *v *= 2.0); // sigmoid(0) = 1/2 from the zero gate below
+        }
+        if name.ends_with("ffn_gate_inp_shexp.weight") {
+            shape = vec![c]; // [1, C] in transformers, [C] in GGUF
+        }
+        w.tensor(&name, &shape, data);
+        if qwen2 && name.ends_with("ffn_gate_inp.weight") {
+            let blk = name.trim_end_matches("ffn_gate_inp.weight");
+            if cfg.shared_expert_intermediate_size == 0 {
+                w.tensor(&format!("{blk}ffn_gate_shexp.weight"), &[1, c], vec![0.0; c]);
+                w.tensor(&format!("{blk}ffn_up_shexp.weight"), &[1, c], vec![0.0; c]);
+                w.tensor(&format!("{blk}ffn_down_shexp.weight"), &[c, 1], vec![0.0; c]);
+            }
+            if !cfg.shared_expert_gate {
+                w.tensor(&format!("{blk}ffn_gate_inp_shexp.weight"), &[c], vec![0.0; c]);
+            }
+        }
     }
     checkpoint::write_atomic(out, &w.bytes()).map_err(|e| Error::Input(format!("writing {}: {e}", out.display())))?;
-    Ok(layout.total)
+    Ok((layout.total, arch))
 }

@@ -96,6 +96,11 @@ pub fn hf_config(g: &Gguf) -> Result<Value> {
             if let Some(s) = g.usize("qwen2moe.expert_shared_feed_forward_length").filter(|_| arch == "qwen2moe") {
                 c["shared_expert_intermediate_size"] = json!(s);
             }
+            if arch == "qwen2moe" {
+                // Qwen2-MoE has query/key/value biases; a file without them (moe's exports of
+                // models trained without) says so by their absence
+                c["qkv_bias"] = json!(g.tensors.iter().any(|t| t.name.ends_with("attn_q.bias")));
+            }
         }
         "deepseek2" => deepseek_config(g, &mut c, experts, ffn)?,
         _ => {

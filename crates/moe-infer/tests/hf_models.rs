@@ -82,6 +82,11 @@ fn moe_export_as_loaded_by_transformers() {
 fn moe_export_qwen2_form_as_loaded_by_transformers() {
     check("moe_export_qwen2");
 }
+/// Qwen2-MoE's form with Switch routing, a gated shared expert and query/key/value biases.
+#[test]
+fn moe_export_qwen2_switch_biases_as_loaded_by_transformers() {
+    check("moe_export_qwen2_switch");
+}
 #[test]
 fn mixtral_fused_experts() {
     check("mixtral_fused");
