@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Writes the Hugging Face parity fixtures of tests/fixtures/hf/ (run by hand, not by CI).
 
-For a tiny random MixtralForCausalLM (MoE) and LlamaForCausalLM (dense), in float64:
+For a tiny random MixtralForCausalLM (MoE), LlamaForCausalLM (dense) and Qwen2MoeForCausalLM
+(shared expert with its sigmoid gate, query/key/value biases, unnormalised top-k), in float64:
   config.json            our ModelConfig (Hugging Face field names)
   model.safetensors      the weights under our names (Mixtral's fused gate_up_proj split into
                          gate_proj / up_proj, router `mlp.gate` renamed `mlp.router`)
@@ -19,7 +20,8 @@ import os
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
-from transformers import LlamaConfig, LlamaForCausalLM, MixtralConfig, MixtralForCausalLM
+from transformers import (LlamaConfig, LlamaForCausalLM, MixtralConfig, MixtralForCausalLM, Qwen2MoeConfig,
+                          Qwen2MoeForCausalLM)
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "crates", "moe-engine", "tests", "fixtures", "hf")
 B, T = 2, 8
@@ -28,8 +30,8 @@ COMMON = dict(vocab_size=48, hidden_size=16, num_hidden_layers=2, num_attention_
 ROPE = {"rope_type": "default", "rope_theta": 10000.0}
 
 
-def our_config(hf, experts, top_k, expert_size, aux):
-    return {
+def our_config(hf, experts, top_k, expert_size, aux, **extra):
+    return extra | {
         "vocab_size": hf.vocab_size, "hidden_size": hf.hidden_size, "num_hidden_layers": hf.num_hidden_layers,
         "num_attention_heads": hf.num_attention_heads, "num_key_value_heads": hf.num_key_value_heads,
         "intermediate_size": hf.intermediate_size, "max_position_embeddings": hf.max_position_embeddings,
@@ -56,8 +58,18 @@ def our_tensors(named, experts_f):
 
 
 def build(kind):
-    torch.manual_seed(0 if kind == "mixtral" else 1)
-    if kind == "mixtral":
+    torch.manual_seed({"mixtral": 0, "llama": 1, "qwen2_moe": 2}[kind])
+    if kind == "qwen2_moe":
+        hf = Qwen2MoeConfig(**COMMON, intermediate_size=16, moe_intermediate_size=16, shared_expert_intermediate_size=16,
+                            num_experts=4, num_experts_per_tok=2, norm_topk_prob=False, qkv_bias=True,
+                            router_aux_loss_coef=0.02, output_router_logits=True, mlp_only_layers=[],
+                            decoder_sparse_step=1, use_sliding_window=False, rope_parameters=ROPE,
+                            experts_implementation="eager")
+        model = Qwen2MoeForCausalLM(hf)
+        cfg = our_config(hf, 4, 2, 16, 0.02, shared_expert_intermediate_size=16, shared_expert_gate=True,
+                         qkv_bias=True)
+        cfg["norm_topk_prob"] = False
+    elif kind == "mixtral":
         hf = MixtralConfig(**COMMON, intermediate_size=16, num_local_experts=4, num_experts_per_tok=2,
                            router_aux_loss_coef=0.02, output_router_logits=True, sliding_window=None,
                            rope_parameters=ROPE, experts_implementation="eager")
@@ -77,10 +89,11 @@ def build(kind):
                 p.copy_(0.15 * torch.randn_like(p))
     ids = torch.randint(0, hf.vocab_size, (B, T))
     targets = torch.randint(0, hf.vocab_size, (B, T))
-    out = model(input_ids=ids, output_router_logits=(kind == "mixtral"))
+    moe = kind != "llama"
+    out = model(input_ids=ids, output_router_logits=moe)
     logits = out.logits
     ce = F.cross_entropy(logits.reshape(-1, hf.vocab_size), targets.reshape(-1))
-    aux = out.aux_loss if kind == "mixtral" else torch.zeros((), dtype=torch.float64)
+    aux = out.aux_loss if moe else torch.zeros((), dtype=torch.float64)
     loss = ce + cfg["router_aux_loss_coef"] * aux
     loss.backward()
     named = dict(model.named_parameters())
@@ -103,6 +116,7 @@ def build(kind):
 if __name__ == "__main__":
     build("mixtral")
     build("llama")
+    build("qwen2_moe")
 
 
 # ---------------------------------------------------------------------------------------------

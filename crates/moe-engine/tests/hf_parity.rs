@@ -1,5 +1,5 @@
-//! Parity with Hugging Face transformers: tiny random MixtralForCausalLM and LlamaForCausalLM
-//! written by `scripts/hf_fixtures.py` (weights, inputs, and transformers' logits, loss and
+//! Parity with Hugging Face transformers: tiny random MixtralForCausalLM, LlamaForCausalLM and
+//! Qwen2MoeForCausalLM (shared expert with its gate, q/k/v biases) written by `scripts/hf_fixtures.py` (weights, inputs, and transformers' logits, loss and
 //! every parameter's gradient, float64). Our model, in f32 and in f64, must match logits, loss
 //! and all gradients to 1e-4 relative (max abs error over a tensor / max abs of the reference).
 //!
@@ -87,4 +87,10 @@ fn mixtral_logits_loss_and_gradients_match_transformers_f64() {
 fn llama_logits_loss_and_gradients_match_transformers() {
     check::<f32>("llama");
     check::<f64>("llama");
+}
+
+#[test]
+fn qwen2_moe_logits_loss_and_gradients_match_transformers() {
+    check::<f32>("qwen2_moe");
+    check::<f64>("qwen2_moe");
 }
