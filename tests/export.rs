@@ -42,7 +42,7 @@ fn exported_mixtral_gives_the_training_engines_logits() {
     assert_eq!(code, 0, "{err}");
     let ids = [3u32, 17, 5, 99, 42, 7, 120, 1];
     let (got, want) = logits_both(&ck, &out, &ids);
-    let diff = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    let diff = max_diff(&got, &want);
     assert!(diff < 1e-4, "exported logits differ by {diff}");
     // Exporting twice into the same directory is refused.
     let (code, _, err) = moe(&["export", "--checkpoint", ck.to_str().unwrap(), "--out", out.to_str().unwrap()]);
@@ -71,7 +71,7 @@ fn exported_gguf_gives_the_training_engines_logits_and_token_ids() {
     assert!(err.contains("GGUF"), "{err}");
     let ids = [3u32, 17, 5, 99, 42, 7, 120, 1, 300, 64];
     let (got, want) = logits_both(&ck, &out, &ids);
-    let diff = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    let diff = max_diff(&got, &want);
     assert!(diff < 1e-4, "GGUF logits differ by {diff}");
     let embedded = moe_infer::tokenizer::HfTokenizer::from_gguf(&out).unwrap();
     for s in [text, "experts 123 <|endoftext|> tail", "  spaces\tand\nnewlines  "] {
@@ -128,7 +128,7 @@ fn qwen2_moe_forms_give_the_training_engines_logits_and_others_are_refused() {
         assert_eq!(code, 0, "{what}: {err}");
         assert!(err.contains("Qwen2MoeForCausalLM"), "{what}: {err}");
         let (got, want) = logits_both(&ck, &out, &ids);
-        let diff = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        let diff = max_diff(&got, &want);
         assert!(diff < 1e-4, "{what}: exported logits differ by {diff}");
         // GGUF: llama.cpp's qwen2moe takes unnormalised weights in every layer
         let gguf = dir.path().join(format!("x{i}.gguf"));
@@ -140,7 +140,7 @@ fn qwen2_moe_forms_give_the_training_engines_logits_and_others_are_refused() {
                 assert_eq!(code, 0, "{what}: {err}");
                 assert!(err.contains("qwen2moe"), "{err}");
                 let (got, want) = logits_both(&ck, &gguf, &ids);
-                let diff = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+                let diff = max_diff(&got, &want);
                 assert!(diff < 1e-4, "{what}: GGUF logits differ by {diff}");
             }
         }
@@ -169,6 +169,10 @@ fn perplexity_of_a_text() {
     let (code, _, err) = moe(&["perplexity", "--model", f, "--text", empty.to_str().unwrap()]);
     assert_eq!(code, 1);
     assert!(err.contains("fewer than 2 tokens"), "{err}");
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
 /// Logits of the training engine and of the inference engine on `dir` (a written checkpoint).
@@ -205,7 +209,7 @@ fn the_default_presets_selection_bias_runs_in_the_inference_engine_and_is_served
     moe_infer::from_moe::write_hf(&loaded, &out, true).unwrap();
     let ids = [3u32, 17, 5, 99, 42, 7, 120, 1, 64, 9, 33, 2];
     let (got, want) = logits_both(&ck, &out, &ids);
-    let diff = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    let diff = max_diff(&got, &want);
     assert!(diff < 1e-4, "logits differ by {diff}");
     // without the bias they would differ: the test sees the bias
     std::fs::remove_dir_all(&out).unwrap();

@@ -15,21 +15,10 @@ use moe_engine::moe::router::{router_backward, router_forward, RouterGrads, Rout
 use moe_engine::moe::shared::{shared_backward, shared_forward, SharedGrads, SharedWeights};
 use moe_engine::moe::{moe_backward, moe_forward, MoeActs, MoeGrads, MoeSpec, MoeWeights};
 use moe_engine::rng::Rng;
-use std::time::Instant;
 
 /// Median seconds of `reps` calls after two warm-up calls.
-fn time(reps: usize, mut f: impl FnMut()) -> f64 {
-    f();
-    f();
-    let mut v: Vec<f64> = (0..reps)
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed().as_secs_f64()
-        })
-        .collect();
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+fn time(reps: usize, f: impl FnMut()) -> f64 {
+    moe_engine::bench::median_secs(2, reps, f)
 }
 
 fn randn(rng: &mut Rng, n: usize, scale: f64) -> Vec<f32> {

@@ -86,6 +86,20 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// Median seconds of `reps` calls of `f` after `warmup` untimed ones (micro-benchmarks).
+pub fn median_secs(warmup: usize, reps: usize, mut f: impl FnMut()) -> f64 {
+    (0..warmup).for_each(|_| f());
+    median(
+        (0..reps.max(1))
+            .map(|_| {
+                let t = Instant::now();
+                f();
+                t.elapsed().as_secs_f64()
+            })
+            .collect(),
+    )
+}
+
 /// How to run a training benchmark.
 #[derive(Clone, Copy, Debug)]
 pub struct BenchSpec {

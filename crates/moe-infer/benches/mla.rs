@@ -7,31 +7,20 @@
 //! ratio, and the cache bytes per layer. Both run on all threads, as decode does.
 //! `cargo bench -p moe-infer --bench mla`.
 
-use moe_engine::bench::median;
 use moe_engine::rng::Rng;
 use moe_infer::attention::{attend, Dims};
 use moe_infer::config::Mla;
 use moe_infer::linear::Linear;
 use moe_infer::mla::attend_latent;
 use moe_infer::weight::{Dtype, Weight};
-use std::time::Instant;
 
 fn randn(rng: &mut Rng, n: usize) -> Vec<f32> {
     (0..n).map(|_| rng.normal() as f32).collect()
 }
 
 /// Median seconds of 9 calls after one warm-up call.
-fn time(mut f: impl FnMut()) -> f64 {
-    f();
-    median(
-        (0..9)
-            .map(|_| {
-                let t = Instant::now();
-                f();
-                t.elapsed().as_secs_f64()
-            })
-            .collect(),
-    )
+fn time(f: impl FnMut()) -> f64 {
+    moe_engine::bench::median_secs(1, 9, f)
 }
 
 fn main() {
