@@ -23,6 +23,7 @@ pub mod params;
 pub mod plan;
 pub mod plot;
 pub mod precision;
+pub mod qkv;
 pub mod rebalance;
 pub mod registry;
 pub mod replicas;

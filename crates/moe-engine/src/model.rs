@@ -13,12 +13,13 @@ use crate::moe::router::{RouterGrads, RouterWeights};
 use crate::moe::shared::{SharedGrads, SharedWeights};
 use crate::moe::{moe_backward, moe_forward, MoeActs, MoeGrads, MoeSpec, MoeStats, MoeWeights};
 use crate::params::{spans_mut, FfnSpans, Layout, MoeSpans, SpanCursor};
+use crate::qkv::{qkv_backward, qkv_forward, Qkv};
 use moe_kernels::attention::{attention_backward, attention_forward, AttnDims};
 use moe_kernels::cross_entropy::{cross_entropy_backward_inplace, cross_entropy_forward};
 use moe_kernels::embedding::{embedding_backward, embedding_forward};
-use moe_kernels::matmul::{add_bias, bias_backward, linear_backward, linear_forward};
+use moe_kernels::matmul::{linear_backward, linear_forward};
 use moe_kernels::rmsnorm::{rmsnorm_backward, rmsnorm_forward};
-use moe_kernels::rope::{rope_backward, rope_forward, rope_tables};
+use moe_kernels::rope::rope_tables;
 use moe_kernels::Float;
 
 /// A model: config, parameter layout and RoPE tables. Parameters are passed separately.
@@ -303,16 +304,9 @@ impl<T: Float> Model<T> {
             let (before, after) = a.resid.split_at_mut(l + 1);
             let (x, out) = (&before[l][..n * c], &mut after[0][..n * c]);
             rmsnorm_forward(&mut la.ln1[..n * c], &mut la.rstd1[..n], x, ls.ln1.of(p), c, cfg.rms_norm_eps);
-            linear_forward(&mut la.q[..n * hd], &la.ln1[..n * c], ls.wq.of(p), n, c, hd, true);
-            linear_forward(&mut la.k_new[..n * gd], &la.ln1[..n * c], ls.wk.of(p), n, c, gd, true);
-            linear_forward(&mut la.v_new[..n * gd], &la.ln1[..n * c], ls.wv.of(p), n, c, gd, true);
-            if let Some([bq, bk, bv]) = ls.qkv_bias {
-                add_bias(&mut la.q[..n * hd], bq.of(p));
-                add_bias(&mut la.k_new[..n * gd], bk.of(p));
-                add_bias(&mut la.v_new[..n * gd], bv.of(p));
-            }
-            rope_forward(&mut la.q[..n * hd], &self.cos, &self.sin, tq, h, d, pos0);
-            rope_forward(&mut la.k_new[..n * gd], &self.cos, &self.sin, tq, g, d, pos0);
+            let s = Qkv { t: tq, pos0, c, h, g, d, cos: &self.cos, sin: &self.sin };
+            let (q, k, v) = (&mut la.q[..n * hd], &mut la.k_new[..n * gd], &mut la.v_new[..n * gd]);
+            qkv_forward(q, k, v, &la.ln1[..n * c], ls, p, s);
             for bi in 0..b {
                 let dst = (bi * cache.cap + pos0) * gd;
                 cache.k[l][dst..dst + tq * gd].copy_from_slice(&la.k_new[bi * tq * gd..(bi + 1) * tq * gd]);
@@ -553,49 +547,9 @@ impl<T: Float> Model<T> {
                 &cache.v[l],
                 dims,
             );
-            rope_backward(&mut a.dq[..n * hd], &self.cos, &self.sin, t, h, d, 0);
-            rope_backward(&mut a.dk[..n * gd], &self.cos, &self.sin, t, g, d, 0);
-            if let Some([bq, bk, bv]) = ls.qkv_bias {
-                bias_backward(bq.of_mut(gr), &a.dq[..n * hd]);
-                bias_backward(bk.of_mut(gr), &a.dk[..n * gd]);
-                bias_backward(bv.of_mut(gr), &a.dv[..n * gd]);
-            }
-            linear_backward(
-                &mut a.dln[..n * c],
-                ls.wq.of_mut(gr),
-                &a.dq[..n * hd],
-                &la.ln1[..n * c],
-                ls.wq.of(p),
-                n,
-                c,
-                hd,
-                false,
-                true,
-            );
-            linear_backward(
-                &mut a.dln[..n * c],
-                ls.wk.of_mut(gr),
-                &a.dk[..n * gd],
-                &la.ln1[..n * c],
-                ls.wk.of(p),
-                n,
-                c,
-                gd,
-                true,
-                true,
-            );
-            linear_backward(
-                &mut a.dln[..n * c],
-                ls.wv.of_mut(gr),
-                &a.dv[..n * gd],
-                &la.ln1[..n * c],
-                ls.wv.of(p),
-                n,
-                c,
-                gd,
-                true,
-                true,
-            );
+            let s = Qkv { t, pos0: 0, c, h, g, d, cos: &self.cos, sin: &self.sin };
+            let (dq, dk, dv) = (&mut a.dq[..n * hd], &mut a.dk[..n * gd], &a.dv[..n * gd]);
+            qkv_backward(&mut a.dln[..n * c], gr, dq, dk, dv, &la.ln1[..n * c], ls, p, s);
             rmsnorm_backward(
                 &mut a.dres[..n * c],
                 ls.ln1.of_mut(gr),
