@@ -78,6 +78,9 @@ ARCHS = {
     "llama_dense": (tf.LlamaConfig, tf.LlamaForCausalLM, dict(intermediate_size=48), torch.bfloat16, None),
     "mistral_dense": (tf.MistralConfig, tf.MistralForCausalLM,
                       dict(intermediate_size=48, tie_word_embeddings=True, sliding_window=32), torch.float16, None),
+    # OLMoE as released (no clip_qkv), for fine-tuning through the training engine
+    "olmoe_noclip": (tf.OlmoeConfig, tf.OlmoeForCausalLM, dict(intermediate_size=24, num_experts=4, num_experts_per_tok=2),
+                     torch.bfloat16, None),
     "qwen2_dense": (tf.Qwen2Config, tf.Qwen2ForCausalLM, dict(intermediate_size=48, tie_word_embeddings=True),
                     torch.float32, None),
     "gpt_oss": (tf.GptOssConfig, tf.GptOssForCausalLM,

@@ -18,6 +18,18 @@ pub enum BalanceScope {
     Sequence,
 }
 
+/// RMSNorm of the queries and keys before RoPE (see `qkv`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum QkNorm {
+    #[default]
+    None,
+    /// Over each head's D values, one weight [D] for all heads (Qwen3).
+    PerHead,
+    /// Over all of q [H*D] and all of k [G*D] (OLMoE).
+    Whole,
+}
+
 /// How the router scores experts and picks them (see `moe::router`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
@@ -97,6 +109,9 @@ pub struct ModelConfig {
     /// Biases on the query, key and value projections (Qwen2).
     #[serde(default)]
     pub qkv_bias: bool,
+    /// RMSNorm of queries and keys (Qwen3, OLMoE).
+    #[serde(default)]
+    pub qk_norm: QkNorm,
     /// Expert groups for group-limited routing (`sigmoid_group`).
     #[serde(default = "one")]
     pub n_group: usize,
@@ -163,6 +178,7 @@ impl ModelConfig {
             router: RouterKind::SoftmaxTopk,
             router_bias: false,
             qkv_bias: false,
+            qk_norm: QkNorm::None,
             n_group: 1,
             topk_group: 1,
             routed_scaling_factor: 1.0,

@@ -13,7 +13,7 @@ use crate::moe::router::{RouterGrads, RouterWeights};
 use crate::moe::shared::{SharedGrads, SharedWeights};
 use crate::moe::{moe_backward, moe_forward, MoeActs, MoeGrads, MoeSpec, MoeStats, MoeWeights};
 use crate::params::{spans_mut, FfnSpans, Layout, MoeSpans, SpanCursor};
-use crate::qkv::{qkv_backward, qkv_forward, Qkv};
+use crate::qkv::{qkv_backward, qkv_forward, QkNormActs, Qkv};
 use moe_kernels::attention::{attention_backward, attention_forward, AttnDims};
 use moe_kernels::cross_entropy::{cross_entropy_backward_inplace, cross_entropy_forward};
 use moe_kernels::embedding::{embedding_backward, embedding_forward};
@@ -78,6 +78,8 @@ pub struct LayerActs<T> {
     pub ln2: Vec<T>,
     pub rstd2: Vec<T>,
     pub ffn: FfnActs<T>,
+    /// The q/k norms' saved values (empty without them).
+    pub qk_norm: QkNormActs<T>,
 }
 
 /// All activations and backward scratch of one forward over B sequences of up to Tq tokens.
@@ -127,6 +129,7 @@ impl<T: Float> Acts<T> {
                 mid: z(n * c),
                 ln2: z(n * c),
                 rstd2: z(n),
+                qk_norm: QkNormActs::new(cfg, n),
                 ffn: if cfg.is_moe_layer(l) {
                     FfnActs::Moe(Box::new(MoeActs::new(MoeSpec::new(cfg, n, tq_max))))
                 } else {
@@ -306,7 +309,7 @@ impl<T: Float> Model<T> {
             rmsnorm_forward(&mut la.ln1[..n * c], &mut la.rstd1[..n], x, ls.ln1.of(p), c, cfg.rms_norm_eps);
             let s = Qkv { t: tq, pos0, c, h, g, d, cos: &self.cos, sin: &self.sin };
             let (q, k, v) = (&mut la.q[..n * hd], &mut la.k_new[..n * gd], &mut la.v_new[..n * gd]);
-            qkv_forward(q, k, v, &la.ln1[..n * c], ls, p, s);
+            qkv_forward(q, k, v, &la.ln1[..n * c], ls, p, &mut la.qk_norm, s);
             for bi in 0..b {
                 let dst = (bi * cache.cap + pos0) * gd;
                 cache.k[l][dst..dst + tq * gd].copy_from_slice(&la.k_new[bi * tq * gd..(bi + 1) * tq * gd]);
@@ -549,7 +552,7 @@ impl<T: Float> Model<T> {
             );
             let s = Qkv { t, pos0: 0, c, h, g, d, cos: &self.cos, sin: &self.sin };
             let (dq, dk, dv) = (&mut a.dq[..n * hd], &mut a.dk[..n * gd], &a.dv[..n * gd]);
-            qkv_backward(&mut a.dln[..n * c], gr, dq, dk, dv, &la.ln1[..n * c], ls, p, s);
+            qkv_backward(&mut a.dln[..n * c], gr, dq, dk, dv, &la.ln1[..n * c], ls, p, &mut la.qk_norm, s);
             rmsnorm_backward(
                 &mut a.dres[..n * c],
                 ls.ln1.of_mut(gr),

@@ -3,7 +3,7 @@
 //! Names follow Hugging Face LLaMA; MoE experts are stacked 3-D tensors. Under expert
 //! parallelism a rank's layout holds only its shard of every expert tensor.
 
-use crate::config::ModelConfig;
+use crate::config::{ModelConfig, QkNorm};
 use crate::dist::Shard;
 use crate::rng::Rng;
 use moe_kernels::Float;
@@ -138,6 +138,8 @@ pub struct LayerSpans {
     pub wv: Span,
     /// Query, key and value biases [H*D], [G*D], [G*D] (`qkv_bias`).
     pub qkv_bias: Option<[Span; 3]>,
+    /// Query and key RMSNorm weights: [D] and [D] per head, or [H*D] and [G*D] (`qk_norm`).
+    pub qk_norm: Option<[Span; 2]>,
     pub wo: Span,
     pub ln2: Span,
     pub ffn: FfnSpans,
@@ -211,6 +213,14 @@ impl Layout {
                 [("q", h * d), ("k", g * d), ("v", g * d)]
                     .map(|(x, n)| b.push(format!("{p}.self_attn.{x}_proj.bias"), &[n], Init::Zeros))
             });
+            let qk_widths = match cfg.qk_norm {
+                QkNorm::None => None,
+                QkNorm::PerHead => Some([d, d]),
+                QkNorm::Whole => Some([h * d, g * d]),
+            };
+            let qk_norm = qk_widths.map(|[wq, wk]| {
+                [("q", wq), ("k", wk)].map(|(x, n)| b.push(format!("{p}.self_attn.{x}_norm.weight"), &[n], Init::Ones))
+            });
             let wo = b.push(format!("{p}.self_attn.o_proj.weight"), &[c, h * d], Init::Normal(std_out));
             let ln2 = b.push(format!("{p}.post_attention_layernorm.weight"), &[c], Init::Ones);
             let ffn = if cfg.is_moe_layer(l) {
@@ -266,7 +276,7 @@ impl Layout {
                     down: b.push(format!("{p}.mlp.down_proj.weight"), &[c, f], Init::Normal(std_out)),
                 }
             };
-            layers.push(LayerSpans { ln1, wq, wk, wv, qkv_bias, wo, ln2, ffn });
+            layers.push(LayerSpans { ln1, wq, wk, wv, qkv_bias, qk_norm, wo, ln2, ffn });
         }
         let norm = b.push("model.norm.weight".into(), &[c], Init::Ones);
         let lm_head = b.push("lm_head.weight".into(), &[v, c], Init::Normal(std));

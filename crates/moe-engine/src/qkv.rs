@@ -1,10 +1,12 @@
 //! The query, key and value projections of a decoder layer, forward and backward: the normed
 //! input x[N,C] -> q[N,H*D], k[N,G*D], v[N,G*D], with their biases when the config has them
-//! (Qwen2) and RoPE on q and k: everything between the layer's first norm and the attention
-//! kernel.
+//! (Qwen2), the RMSNorm of q and k (per head: Qwen3; whole: OLMoE) and RoPE on q and k:
+//! everything between the layer's first norm and the attention kernel.
 
+use crate::config::{ModelConfig, QkNorm};
 use crate::params::LayerSpans;
 use moe_kernels::matmul::{add_bias, bias_backward, linear_backward, linear_forward};
+use moe_kernels::rmsnorm::{rmsnorm_backward, rmsnorm_forward};
 use moe_kernels::rope::{rope_backward, rope_forward};
 use moe_kernels::Float;
 
@@ -22,8 +24,52 @@ pub struct Qkv<'a, T> {
     pub sin: &'a [T],
 }
 
+/// What the q/k norms keep for the backward, for N rows (empty without q/k norms): q and k
+/// before the norm, their rstd per normed row, and a scratch of the larger.
+pub struct QkNormActs<T> {
+    q_pre: Vec<T>,
+    k_pre: Vec<T>,
+    rstd_q: Vec<T>,
+    rstd_k: Vec<T>,
+    scratch: Vec<T>,
+    /// Normed row widths of q and k (D per head, or H*D and G*D); eps.
+    widths: [usize; 2],
+    eps: f64,
+}
+
+impl<T: Float> QkNormActs<T> {
+    pub fn new(cfg: &ModelConfig, n: usize) -> Self {
+        let (d, h, g) = (cfg.head_dim(), cfg.num_attention_heads, cfg.num_key_value_heads);
+        let widths = match cfg.qk_norm {
+            QkNorm::None => [0, 0],
+            QkNorm::PerHead => [d, d],
+            QkNorm::Whole => [h * d, g * d],
+        };
+        let z = |len| if widths[0] == 0 { vec![] } else { vec![T::ZERO; len] };
+        QkNormActs {
+            q_pre: z(n * h * d),
+            k_pre: z(n * g * d),
+            rstd_q: z(n * h * d / widths[0].max(1)),
+            rstd_k: z(n * g * d / widths[1].max(1)),
+            scratch: z(n * h * d),
+            widths,
+            eps: cfg.rms_norm_eps,
+        }
+    }
+}
+
 /// q, k, v of x[N,C] (N = x.len() / C) under the layer's weights in `p`.
-pub fn qkv_forward<T: Float>(q: &mut [T], k: &mut [T], v: &mut [T], x: &[T], ls: &LayerSpans, p: &[T], s: Qkv<T>) {
+#[allow(clippy::too_many_arguments)]
+pub fn qkv_forward<T: Float>(
+    q: &mut [T],
+    k: &mut [T],
+    v: &mut [T],
+    x: &[T],
+    ls: &LayerSpans,
+    p: &[T],
+    a: &mut QkNormActs<T>,
+    s: Qkv<T>,
+) {
     let (n, hd, gd) = (x.len() / s.c, s.h * s.d, s.g * s.d);
     linear_forward(q, x, ls.wq.of(p), n, s.c, hd, true);
     linear_forward(k, x, ls.wk.of(p), n, s.c, gd, true);
@@ -32,6 +78,14 @@ pub fn qkv_forward<T: Float>(q: &mut [T], k: &mut [T], v: &mut [T], x: &[T], ls:
         add_bias(q, bq.of(p));
         add_bias(k, bk.of(p));
         add_bias(v, bv.of(p));
+    }
+    if let Some([nq, nk]) = ls.qk_norm {
+        let [wq, wk] = a.widths;
+        let (qp, kp) = (&mut a.q_pre[..q.len()], &mut a.k_pre[..k.len()]);
+        qp.copy_from_slice(q);
+        kp.copy_from_slice(k);
+        rmsnorm_forward(q, &mut a.rstd_q[..q.len() / wq], qp, nq.of(p), wq, a.eps);
+        rmsnorm_forward(k, &mut a.rstd_k[..k.len() / wk], kp, nk.of(p), wk, a.eps);
     }
     rope_forward(q, s.cos, s.sin, s.t, s.h, s.d, s.pos0);
     rope_forward(k, s.cos, s.sin, s.t, s.g, s.d, s.pos0);
@@ -49,11 +103,25 @@ pub fn qkv_backward<T: Float>(
     x: &[T],
     ls: &LayerSpans,
     p: &[T],
+    a: &mut QkNormActs<T>,
     s: Qkv<T>,
 ) {
     let (n, hd, gd) = (x.len() / s.c, s.h * s.d, s.g * s.d);
     rope_backward(dq, s.cos, s.sin, s.t, s.h, s.d, s.pos0);
     rope_backward(dk, s.cos, s.sin, s.t, s.g, s.d, s.pos0);
+    if let Some([nq, nk]) = ls.qk_norm {
+        // through the norms: dq and dk become the gradients of q and k before them
+        let [wq, wk] = a.widths;
+        for (dy, pre, rstd, w, width, span) in
+            [(&mut *dq, &a.q_pre, &a.rstd_q, nq.of(p), wq, nq), (&mut *dk, &a.k_pre, &a.rstd_k, nk.of(p), wk, nk)]
+        {
+            let len = dy.len();
+            let dpre = &mut a.scratch[..len];
+            dpre.fill(T::ZERO);
+            rmsnorm_backward(dpre, span.of_mut(gr), dy, &pre[..len], w, &rstd[..len / width], width);
+            dy.copy_from_slice(dpre);
+        }
+    }
     if let Some([bq, bk, bv]) = ls.qkv_bias {
         bias_backward(bq.of_mut(gr), dq);
         bias_backward(bk.of_mut(gr), dk);

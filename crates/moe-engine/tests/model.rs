@@ -104,6 +104,13 @@ fn dense_model_gradients() {
 }
 
 #[test]
+fn query_key_norm_gradients() {
+    use moe_engine::config::QkNorm;
+    check_model(ModelConfig { num_local_experts: 0, qk_norm: QkNorm::PerHead, ..ModelConfig::tiny() }, 17);
+    check_model(ModelConfig { qk_norm: QkNorm::Whole, qkv_bias: true, ..mixed_config(BalanceScope::Layer) }, 18);
+}
+
+#[test]
 fn query_key_value_bias_gradients() {
     check_model(ModelConfig { num_local_experts: 0, qkv_bias: true, ..ModelConfig::tiny() }, 15);
     check_model(ModelConfig { qkv_bias: true, ..mixed_config(BalanceScope::Layer) }, 16);

@@ -50,6 +50,8 @@ pub fn hf_form(cfg: &ModelConfig, selection_bias: bool) -> std::result::Result<H
         "it is dense (dense models are not exported yet)"
     } else if cfg.router_bias {
         "its router has a bias"
+    } else if cfg.qk_norm != moe_engine::config::QkNorm::None {
+        "its query/key norms (OLMoE's or Qwen3's form) are not exported yet"
     } else if cfg.has_selection_bias() && !selection_bias {
         "its router has a selection bias (the aux-loss-free balancing of the default preset; train with --bias-update-rate 0 to export)"
     } else {

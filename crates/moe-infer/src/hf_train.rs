@@ -4,8 +4,9 @@
 //! - Dense LlamaForCausalLM, MistralForCausalLM and Qwen2ForCausalLM (query/key/value biases),
 //!   read directly (our names are theirs);
 //! - MoE checkpoints through the inference loader (`load`: per-expert or fused expert tensors,
-//!   every dtype it reads), of the families whose blocks the training model has: Mixtral, and
-//!   Qwen2-MoE whose dense layers come first (Qwen1.5-MoE has none).
+//!   every dtype it reads), of the families whose blocks the training model has: Mixtral,
+//!   Qwen2-MoE whose dense layers come first (Qwen1.5-MoE has none), OLMoE without clipping
+//!   (q/k norms over whole projections) and Qwen3-MoE whose head width is hidden / heads.
 //!
 //! What the training model cannot express is refused with the reason (biases, RoPE scaling, a
 //! head width other than hidden / heads, activations other than SiLU, q/k norms, ...); tied
@@ -135,7 +136,11 @@ fn load_moe(dir: &Path, raw: &Value) -> Result<DenseHf> {
     for (l, sp) in m.w.layers.iter().zip(&layout.layers) {
         sp.ln1.of_mut(&mut p).copy_from_slice(&l.in_norm.w);
         sp.ln2.of_mut(&mut p).copy_from_slice(&l.post_norm.w);
-        let Attn::Std { q, k, v, o, .. } = &l.attn else { unreachable!("checked by moe_config") };
+        let Attn::Std { q, k, v, o, q_norm, k_norm, .. } = &l.attn else { unreachable!("checked by moe_config") };
+        if let (Some([sq, sk]), Some(nq), Some(nk)) = (sp.qk_norm, q_norm, k_norm) {
+            sq.of_mut(&mut p).copy_from_slice(&nq.w);
+            sk.of_mut(&mut p).copy_from_slice(&nk.w);
+        }
         for (lin, span) in [(q, sp.wq), (k, sp.wk), (v, sp.wv), (o, sp.wo)] {
             rows(&lin.w, span, &mut p);
         }
@@ -209,8 +214,8 @@ fn moe_config(s: &Spec, raw: &Value, path: &Path) -> Result<ModelConfig> {
         let want = theta.powf(-((2 * i) as f64) / d as f64);
         s.rope.inv_freq.get(i).is_some_and(|&f| (f - want).abs() <= 1e-9 * want)
     });
-    if s.norm != Norm::Rms || s.qk_norm != QkNorm::None {
-        return bad("LayerNorm or query/key norms");
+    if s.norm != Norm::Rms {
+        return bad("LayerNorm");
     }
     if s.o_bias || s.lm_head_bias || s.moe.router_bias || s.moe.expert_bias {
         return bad("biases other than the query/key/value ones");
@@ -264,6 +269,11 @@ fn moe_config(s: &Spec, raw: &Value, path: &Path) -> Result<ModelConfig> {
         bias_update_rate: 0.0,
         router_bias: false,
         qkv_bias: s.qkv_bias,
+        qk_norm: match s.qk_norm {
+            QkNorm::None => moe_engine::config::QkNorm::None,
+            QkNorm::PerHead => moe_engine::config::QkNorm::PerHead,
+            QkNorm::Whole => moe_engine::config::QkNorm::Whole,
+        },
         ..ModelConfig::bench_dense()
     };
     cfg.validate().map_err(|e| Error::Config { path: path.to_path_buf(), msg: e.to_string() })?;

@@ -1,5 +1,6 @@
 //! Hugging Face checkpoints read by the training engine: dense Llama (bf16), Mistral (f16,
-//! tied embeddings, sliding window) and Qwen2 (query/key/value biases, tied), Mixtral (sharded bf16, and fused experts), and moe's own
+//! tied embeddings, sliding window) and Qwen2 (query/key/value biases, tied), OLMoE (q/k norms,
+//! bf16), Mixtral (sharded bf16, and fused experts), and moe's own
 //! Mixtral and Qwen2-MoE exports. The training engine's forward gives transformers' logits
 //! (1e-4); the MoE upcycled from a dense one (every expert a copy of the MLP, renormalised
 //! top-2) computes the same function at step 0; families with blocks the training model lacks
@@ -31,9 +32,16 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
 
 #[test]
 fn checkpoints_give_transformers_logits_and_dense_ones_upcycle_exactly() {
-    for name in
-        ["llama_dense", "mistral_dense", "qwen2_dense", "mixtral", "mixtral_fused", "moe_export", "moe_export_qwen2"]
-    {
+    for name in [
+        "llama_dense",
+        "mistral_dense",
+        "qwen2_dense",
+        "mixtral",
+        "mixtral_fused",
+        "moe_export",
+        "moe_export_qwen2",
+        "olmoe_noclip",
+    ] {
         let d = load_dense(&dir(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert!(d.tokenizer.is_some());
         let bytes = std::fs::read(dir(name).join("reference.safetensors")).unwrap();
@@ -76,7 +84,8 @@ fn checkpoints_give_transformers_logits_and_dense_ones_upcycle_exactly() {
 fn families_the_training_model_cannot_hold_are_refused() {
     for (name, says) in [
         ("qwen2_moe", "dense layers other than the first"),
-        ("olmoe", "query/key norms"),
+        ("olmoe", "clipped"),
+        ("qwen3_moe", "head width"),
         ("deepseek_v3", "MLA"),
         ("gpt_oss", "biases"),
     ] {
