@@ -18,6 +18,10 @@ pub enum BalanceScope {
     Sequence,
 }
 
+fn is_zero(x: &usize) -> bool {
+    *x == 0
+}
+
 /// RMSNorm of the queries and keys before RoPE (see `qkv`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
@@ -112,6 +116,10 @@ pub struct ModelConfig {
     /// RMSNorm of queries and keys (Qwen3, OLMoE).
     #[serde(default)]
     pub qk_norm: QkNorm,
+    /// The attention head width when it is not hidden_size / num_attention_heads (Qwen3); 0 =
+    /// that quotient.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub head_dim: usize,
     /// Expert groups for group-limited routing (`sigmoid_group`).
     #[serde(default = "one")]
     pub n_group: usize,
@@ -179,6 +187,7 @@ impl ModelConfig {
             router_bias: false,
             qkv_bias: false,
             qk_norm: QkNorm::None,
+            head_dim: 0,
             n_group: 1,
             topk_group: 1,
             routed_scaling_factor: 1.0,
@@ -276,7 +285,11 @@ impl ModelConfig {
 
     /// D
     pub fn head_dim(&self) -> usize {
-        self.hidden_size / self.num_attention_heads
+        if self.head_dim > 0 {
+            self.head_dim
+        } else {
+            self.hidden_size / self.num_attention_heads
+        }
     }
     /// Whether layer `l` has an MoE feed-forward block.
     pub fn is_moe_layer(&self, l: usize) -> bool {
@@ -335,7 +348,7 @@ impl ModelConfig {
                 return Err(Error::config(format!("{name} is 0"), format!("set {name} to a positive value")));
             }
         }
-        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
+        if self.head_dim == 0 && !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return Err(Error::config(
                 format!(
                     "hidden_size {} is not divisible by num_attention_heads {}",

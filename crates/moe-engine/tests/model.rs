@@ -111,6 +111,13 @@ fn query_key_norm_gradients() {
 }
 
 #[test]
+fn wide_heads_gradients() {
+    // Qwen3's form: heads wider than hidden / heads (4 heads of 8 at width 16), per-head q/k norms
+    use moe_engine::config::QkNorm;
+    check_model(ModelConfig { head_dim: 8, qk_norm: QkNorm::PerHead, ..mixed_config(BalanceScope::Global) }, 19);
+}
+
+#[test]
 fn query_key_value_bias_gradients() {
     check_model(ModelConfig { num_local_experts: 0, qkv_bias: true, ..ModelConfig::tiny() }, 15);
     check_model(ModelConfig { qkv_bias: true, ..mixed_config(BalanceScope::Layer) }, 16);

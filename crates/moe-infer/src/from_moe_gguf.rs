@@ -174,6 +174,10 @@ pub fn write_gguf(ck: &Checkpoint, out: &Path) -> Result<(usize, &'static str)> 
         ("expert_used_count", u(cfg.num_experts_per_tok)),
         ("vocab_size", u(cfg.vocab_size)),
     ];
+    if cfg.head_dim() * cfg.num_attention_heads != cfg.hidden_size {
+        keys.push(("attention.key_length", u(cfg.head_dim())));
+        keys.push(("attention.value_length", u(cfg.head_dim())));
+    }
     if qwen2 {
         keys.push(("expert_feed_forward_length", u(cfg.moe_intermediate_size)));
         keys.push(("expert_shared_feed_forward_length", u(shared)));

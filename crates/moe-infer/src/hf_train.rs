@@ -6,10 +6,10 @@
 //! - MoE checkpoints through the inference loader (`load`: per-expert or fused expert tensors,
 //!   every dtype it reads), of the families whose blocks the training model has: Mixtral,
 //!   Qwen2-MoE whose dense layers come first (Qwen1.5-MoE has none), OLMoE without clipping
-//!   (q/k norms over whole projections) and Qwen3-MoE whose head width is hidden / heads.
+//!   (q/k norms over whole projections) and Qwen3-MoE (q/k norms per head, wide heads).
 //!
-//! What the training model cannot express is refused with the reason (biases, RoPE scaling, a
-//! head width other than hidden / heads, activations other than SiLU, q/k norms, ...); tied
+//! What the training model cannot express is refused with the reason (biases, RoPE scaling,
+//! activations other than SiLU, ...); tied
 //! embeddings are copied into the LM head (the same function; training then unties them); a
 //! sliding window caps the context, so that attention over it equals the full attention the
 //! training model computes.
@@ -52,11 +52,7 @@ pub fn dense_config(c: &Value, path: &Path) -> Result<ModelConfig> {
     let num = |k: &str| c.get(k).and_then(Value::as_u64).map(|x| x as usize);
     let need = |k: &str| num(k).filter(|&x| x > 0).ok_or_else(|| bad(format!("missing or zero `{k}`")));
     let (hidden, heads) = (need("hidden_size")?, need("num_attention_heads")?);
-    if let Some(d) = num("head_dim").filter(|&d| d * heads != hidden) {
-        return Err(bad(format!(
-            "head_dim {d} times {heads} heads is not hidden_size {hidden}; the training model has hidden / heads"
-        )));
-    }
+    let head_dim = num("head_dim").filter(|&d| d * heads != hidden).unwrap_or(0);
     for flag in ["attention_bias", "mlp_bias"].into_iter().filter(|_| !qwen2) {
         if c.get(flag).and_then(Value::as_bool) == Some(true) {
             return Err(bad(format!("`{flag}` is true; the training model has no biases")));
@@ -90,6 +86,7 @@ pub fn dense_config(c: &Value, path: &Path) -> Result<ModelConfig> {
         rope_theta: theta,
         num_local_experts: 0,
         qkv_bias: qwen2,
+        head_dim,
         ..ModelConfig::bench_dense()
     };
     cfg.validate().map_err(|e| bad(e.to_string()))?;
@@ -226,8 +223,8 @@ fn moe_config(s: &Spec, raw: &Value, path: &Path) -> Result<ModelConfig> {
     if !plain_rope || s.rope.dim != d || s.rope.long.is_some() || s.rope.factor != 1.0 || s.rope.interleave {
         return bad("RoPE scaling or partial or interleaved RoPE");
     }
-    if d * s.heads != s.hidden || s.v_dim != d || (s.attn_scale - 1.0 / (d as f32).sqrt()).abs() > 1e-6 {
-        return bad("a head width other than hidden / heads, or another attention scale");
+    if s.v_dim != d || (s.attn_scale - 1.0 / (d as f32).sqrt()).abs() > 1e-6 {
+        return bad("value heads of another width than the query heads, or another attention scale");
     }
     if s.embed_mult != 1.0 || s.residual_mult != 1.0 || s.logits_div != 1.0 || s.moe.act != Act::Swiglu {
         return bad("embedding, residual or logit multipliers, or an activation other than SwiGLU");
@@ -269,6 +266,7 @@ fn moe_config(s: &Spec, raw: &Value, path: &Path) -> Result<ModelConfig> {
         bias_update_rate: 0.0,
         router_bias: false,
         qkv_bias: s.qkv_bias,
+        head_dim: if d * s.heads == s.hidden { 0 } else { d },
         qk_norm: match s.qk_norm {
             QkNorm::None => moe_engine::config::QkNorm::None,
             QkNorm::PerHead => moe_engine::config::QkNorm::PerHead,
