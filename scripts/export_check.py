@@ -2,9 +2,11 @@
 """moe's exports checked against the tools people load them with (run by hand, never by CI;
 needs torch, transformers and tokenizers; llama.cpp optional).
 
-Trains the tiny preset for a few steps on README.md in three forms: Mixtral's (no selection
-bias), Qwen2-MoE's (a shared expert without gate, a dense first layer, weights not renormalised)
-and Qwen2-MoE's with Switch routing, a gated shared expert and query/key/value biases. Exports
+Trains the tiny preset for a few steps on README.md in five forms: Mixtral's (no selection
+bias), Qwen2-MoE's (a shared expert without gate, a dense first layer, weights not renormalised),
+Qwen2-MoE's with Switch routing, a gated shared expert and query/key/value biases, OLMoE's
+(query/key norms over the projections) and Qwen3-MoE's (per-head query/key norms, heads wider
+than hidden / heads, a dense first layer). Exports
 each as a Hugging Face directory, and as a GGUF file where llama.cpp has the form (the first as
 `llama` with experts, the third as `qwen2moe`), and checks:
 - transformers loads each directory (MixtralForCausalLM, Qwen2MoeForCausalLM) and its float32
@@ -14,7 +16,8 @@ each as a Hugging Face directory, and as a GGUF file where llama.cpp has the for
   loads the GGUF file on 127.0.0.1, tokenizes a text to the exported tokenizer.json's ids, and
   its next-token probabilities after the prompt equal transformers' (top 5, 1e-3).
 With --fixture, writes each exported directory and transformers' outputs (reference.safetensors:
-input_ids, logits, greedy) to crates/moe-infer/tests/fixtures/moe_export{,_qwen2,_qwen2_switch}, which
+input_ids, logits, greedy) to crates/moe-infer/tests/fixtures/moe_export{,_qwen2,_qwen2_switch,_olmoe,_qwen3},
+which
 crates/moe-infer/tests/hf_models.rs compares moe to on every test run.
 
     python3 scripts/export_check.py --llama-bin /tmp/moe-bench-infer/llama_cpp_python/build/bin --fixture
@@ -44,7 +47,9 @@ FORMS = [("moe_export", {}),
                                "norm_topk_prob": False}),
          ("moe_export_qwen2_switch", {"router": "switch", "num_experts_per_tok": 1, "norm_topk_prob": False,
                                       "shared_expert_intermediate_size": 16, "shared_expert_gate": True,
-                                      "qkv_bias": True})]
+                                      "qkv_bias": True}),
+         ("moe_export_olmoe", {"qk_norm": "whole", "norm_topk_prob": False}),
+         ("moe_export_qwen3", {"qk_norm": "per_head", "head_dim": 8, "first_k_dense_replace": 1})]
 # Short: the tiny preset's context is 16 positions, prompt plus 8 generated tokens.
 TEXT = "the router experts"
 

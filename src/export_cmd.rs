@@ -33,11 +33,15 @@ pub fn export(a: ExportArgs) -> Result<()> {
         let (params, arch) = moe_infer::from_moe_gguf::write_gguf(&ck, &a.out)?;
         (params, if arch == "llama" { "a GGUF file (llama with experts)" } else { "a GGUF file (qwen2moe)" })
     } else {
+        use moe_infer::from_moe::HfForm;
         let (params, form) = moe_infer::from_moe::write_hf(&ck, &a.out, false)?;
-        (
-            params,
-            if form == moe_infer::from_moe::HfForm::Mixtral { "MixtralForCausalLM" } else { "Qwen2MoeForCausalLM" },
-        )
+        let class = match form {
+            HfForm::Mixtral => "MixtralForCausalLM",
+            HfForm::Qwen2Moe => "Qwen2MoeForCausalLM",
+            HfForm::Olmoe => "OlmoeForCausalLM",
+            HfForm::Qwen3Moe => "Qwen3MoeForCausalLM",
+        };
+        (params, class)
     };
     let params = params as f64 / 1e6;
     eprintln!("exported {} ({params:.2} M parameters) to {} as {what}", ck.dir.display(), a.out.display());

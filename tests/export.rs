@@ -259,3 +259,34 @@ fn the_default_presets_selection_bias_runs_in_the_inference_engine_and_is_served
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.contains("\"completion_tokens\":5"), "{answer}");
 }
+
+/// Query/key norms: over the whole projections, every layer MoE -> OLMoE; per head, with wide
+/// heads and a dense first layer -> Qwen3-MoE. Both give the training engine's logits in the
+/// inference engine; their GGUF form is refused with the reason.
+#[test]
+fn olmoe_and_qwen3_moe_forms_give_the_training_engines_logits() {
+    use moe_engine::config::QkNorm;
+    let dir = tempfile::tempdir().unwrap();
+    let experts = ModelConfig { num_local_experts: 4, num_experts_per_tok: 2, ..ModelConfig::tiny() };
+    let cases = [
+        ("OlmoeForCausalLM", ModelConfig { qk_norm: QkNorm::Whole, norm_topk_prob: false, ..experts.clone() }),
+        (
+            "Qwen3MoeForCausalLM",
+            ModelConfig { qk_norm: QkNorm::PerHead, head_dim: 8, first_k_dense_replace: 1, ..experts.clone() },
+        ),
+    ];
+    let ids = [3u32, 17, 5, 99, 42, 7, 120, 1];
+    for (i, (class, cfg)) in cases.into_iter().enumerate() {
+        let ck = trained(cfg, &dir.path().join(i.to_string()));
+        let out = dir.path().join(format!("hf{i}"));
+        let (code, _, err) = moe(&["export", "--checkpoint", ck.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+        assert_eq!(code, 0, "{class}: {err}");
+        assert!(err.contains(class), "{err}");
+        let (got, want) = logits_both(&ck, &out, &ids);
+        let diff = max_diff(&got, &want);
+        assert!(diff < 1e-4, "{class}: exported logits differ by {diff}");
+        let gguf = dir.path().join(format!("x{i}.gguf"));
+        let (code, _, err) = moe(&["export", "--checkpoint", ck.to_str().unwrap(), "--out", gguf.to_str().unwrap()]);
+        assert!(code == 1 && err.contains("not written as GGUF yet"), "{err}");
+    }
+}

@@ -11,6 +11,9 @@
 //!   is top-1 of those), query/key/value biases or none (`qkv_bias`); a model without a shared
 //!   expert gets one of width 1 with zero weights, which adds exactly nothing.
 //!
+//! Query/key norms make OLMoE (over the whole projections, every layer MoE) or Qwen3-MoE (per
+//! head, heads of any width) when there is no shared expert and no bias.
+//!
 //! Sigmoid-group and expert-choice routers, and router biases, have no such class and are
 //! refused with the reason. Capacity limits apply in training only (both classes are dropless).
 //! The aux-loss-free selection bias of moe's default preset is one step further: with
@@ -20,7 +23,7 @@
 
 use crate::error::{io, Error, Result};
 use moe_engine::checkpoint::{self, Checkpoint};
-use moe_engine::config::{ModelConfig, RouterKind};
+use moe_engine::config::{ModelConfig, QkNorm, RouterKind};
 use moe_engine::params::Layout;
 use safetensors::tensor::{Dtype, TensorView};
 use serde_json::json;
@@ -31,6 +34,10 @@ use std::path::Path;
 pub enum HfForm {
     Mixtral,
     Qwen2Moe,
+    /// Query/key norms over the whole projections, every layer MoE.
+    Olmoe,
+    /// Query/key norms per head.
+    Qwen3Moe,
 }
 
 /// The form `cfg` is written in, or why it cannot be (with or without the selection bias).
@@ -50,10 +57,18 @@ pub fn hf_form(cfg: &ModelConfig, selection_bias: bool) -> std::result::Result<H
         "it is dense (dense models are not exported yet)"
     } else if cfg.router_bias {
         "its router has a bias"
-    } else if cfg.qk_norm != moe_engine::config::QkNorm::None {
-        "its query/key norms (OLMoE's or Qwen3's form) are not exported yet"
     } else if cfg.has_selection_bias() && !selection_bias {
         "its router has a selection bias (the aux-loss-free balancing of the default preset; train with --bias-update-rate 0 to export)"
+    } else if cfg.qk_norm != QkNorm::None && (cfg.shared_expert_intermediate_size > 0 || cfg.qkv_bias) {
+        "it has query/key norms with a shared expert or biases, which no transformers class holds"
+    } else if cfg.qk_norm != QkNorm::None && cfg.has_selection_bias() {
+        "its router has a selection bias, which moe runs only in Mixtral's and Qwen2-MoE's forms"
+    } else if cfg.qk_norm == QkNorm::Whole && cfg.num_moe_layers() != cfg.num_hidden_layers {
+        "it has OLMoE's query/key norms and dense layers, which OLMoE does not have"
+    } else if cfg.qk_norm == QkNorm::Whole {
+        return Ok(HfForm::Olmoe);
+    } else if cfg.qk_norm == QkNorm::PerHead {
+        return Ok(HfForm::Qwen3Moe);
     } else {
         let mixtral = renormalised
             && cfg.num_moe_layers() == cfg.num_hidden_layers
@@ -107,6 +122,10 @@ fn config(cfg: &ModelConfig, form: HfForm) -> serde_json::Value {
         "sliding_window": null,
         "torch_dtype": "float32",
         "router_aux_loss_coef": cfg.router_aux_loss_coef,
+        // the ids live in the tokenizer; a class's defaults (OLMoE's eos 50279) must not apply
+        "bos_token_id": null,
+        "eos_token_id": null,
+        "pad_token_id": null,
     });
     let extra = match form {
         HfForm::Mixtral => json!({
@@ -114,6 +133,27 @@ fn config(cfg: &ModelConfig, form: HfForm) -> serde_json::Value {
             "model_type": "mixtral",
             "intermediate_size": cfg.moe_intermediate_size,
             "num_local_experts": cfg.num_local_experts,
+        }),
+        HfForm::Olmoe => json!({
+            "architectures": ["OlmoeForCausalLM"],
+            "model_type": "olmoe",
+            "intermediate_size": cfg.moe_intermediate_size,
+            "num_experts": cfg.num_local_experts,
+            "norm_topk_prob": cfg.norm_topk_prob || cfg.router == RouterKind::TopkSoftmax,
+            "clip_qkv": null,
+            "attention_bias": false,
+        }),
+        HfForm::Qwen3Moe => json!({
+            "architectures": ["Qwen3MoeForCausalLM"],
+            "model_type": "qwen3_moe",
+            "intermediate_size": cfg.intermediate_size,
+            "moe_intermediate_size": cfg.moe_intermediate_size,
+            "num_experts": cfg.num_local_experts,
+            "norm_topk_prob": cfg.norm_topk_prob || cfg.router == RouterKind::TopkSoftmax,
+            "decoder_sparse_step": 1,
+            "mlp_only_layers": (0..cfg.num_hidden_layers).filter(|&l| !cfg.is_moe_layer(l)).collect::<Vec<_>>(),
+            "attention_bias": false,
+            "use_sliding_window": false,
         }),
         HfForm::Qwen2Moe => json!({
             "architectures": ["Qwen2MoeForCausalLM"],

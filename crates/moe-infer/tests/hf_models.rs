@@ -87,6 +87,12 @@ fn moe_export_qwen2_form_as_loaded_by_transformers() {
 fn moe_export_qwen2_switch_biases_as_loaded_by_transformers() {
     check("moe_export_qwen2_switch");
 }
+/// OLMoE's form (query/key norms over the projections) and Qwen3-MoE's (per head, wide heads).
+#[test]
+fn moe_export_olmoe_and_qwen3_forms_as_loaded_by_transformers() {
+    check("moe_export_olmoe");
+    check("moe_export_qwen3");
+}
 #[test]
 fn mixtral_fused_experts() {
     check("mixtral_fused");
