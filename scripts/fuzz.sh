@@ -54,7 +54,9 @@ for t in "${targets[@]}"; do
   start=$(date +%s)
   (cd fuzz && cargo fuzz run -O "$t" "corpus/$t" -- -max_total_time="$secs" -max_len=$max_len \
     -timeout=20 -rss_limit_mb=2048 -print_final_stats=1) >"fuzz/logs/$t.log" 2>&1
-  took=$(($(date +%s) - start))
+  # libFuzzer's own count of seconds spent fuzzing (not building); the wall time if it died
+  took=$(grep -o 'Done [0-9]* runs in [0-9]* second' "fuzz/logs/$t.log" | grep -o '[0-9]* second' | grep -o '[0-9]*' | tail -1)
+  took=${took:-$(($(date +%s) - start))}
   runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "fuzz/logs/$t.log" | grep -o '[0-9]*$' | tail -1)
   crashes=$(($(failures) - before))
   corpus=$(ls "fuzz/corpus/$t" | wc -l)
