@@ -183,7 +183,7 @@ struct DenseStart {
 
 fn load_dense(path: &Path) -> Result<DenseStart> {
     if moe_infer::hf_train::is_hf_dir(path) {
-        let d = moe_infer::hf_train::load_dense(path)?;
+        let d = moe_infer::hf_train::read_checkpoint(path)?;
         if d.tokenizer.is_none() {
             bail!("{}: has no tokenizer.json; the corpus is tokenised with the model's own tokenizer", path.display());
         }

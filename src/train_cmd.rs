@@ -81,7 +81,7 @@ pub fn join_mpi_job(_: usize) -> Result<Dist> {
 pub fn train(a: TrainArgs) -> Result<()> {
     let (model, init) = match &a.init {
         Some(dir) => {
-            let d = moe_infer::hf_train::load_dense(dir)?;
+            let d = moe_infer::hf_train::read_checkpoint(dir)?;
             let Some(tokenizer) = d.tokenizer else {
                 anyhow::bail!(
                     "{}: has no tokenizer.json; fine-tuning tokenises the data with the model's own",

@@ -65,7 +65,7 @@ fn a_hugging_face_checkpoint_is_fine_tuned_from_its_own_weights() {
         let (code, log) = moe(&args);
         assert_eq!(code, 0, "{from}: {log}");
         let ck = moe_engine::checkpoint::load(&frozen).unwrap();
-        let want = moe_infer::hf_train::load_dense(std::path::Path::new(from)).unwrap();
+        let want = moe_infer::hf_train::read_checkpoint(std::path::Path::new(from)).unwrap();
         assert_eq!(ck.config.num_local_experts, want.config.num_local_experts);
         assert!(ck.params == want.params, "{from}: the run did not start from the checkpoint's weights");
     }

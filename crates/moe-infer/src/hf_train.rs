@@ -26,8 +26,8 @@ use moe_engine::params::{FfnSpans, Span};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
-/// A dense checkpoint read for training.
-pub struct DenseHf {
+/// A Hugging Face checkpoint read for training.
+pub struct HfCheckpoint {
     pub config: ModelConfig,
     pub params: Vec<f32>,
     /// The model's tokenizer.json, if it has one.
@@ -94,7 +94,7 @@ pub fn dense_config(c: &Value, path: &Path) -> Result<ModelConfig> {
 }
 
 /// Reads the checkpoint in `dir` (dense or MoE).
-pub fn load_dense(dir: &Path) -> Result<DenseHf> {
+pub fn read_checkpoint(dir: &Path) -> Result<HfCheckpoint> {
     let raw = read_config(dir)?;
     let arch = raw["architectures"][0].as_str().unwrap_or("");
     // the MoE families the inference engine reads go through its loader (and are refused there
@@ -115,11 +115,11 @@ pub fn load_dense(dir: &Path) -> Result<DenseHf> {
         store.weight(name, &t.shape)?.rows_f32(0, t.span.of_mut(&mut params));
     }
     let tk = dir.join("tokenizer.json");
-    Ok(DenseHf { config, params, tokenizer: tk.is_file().then_some(tk) })
+    Ok(HfCheckpoint { config, params, tokenizer: tk.is_file().then_some(tk) })
 }
 
 /// An MoE checkpoint through the inference loader.
-fn load_moe(dir: &Path, raw: &Value) -> Result<DenseHf> {
+fn load_moe(dir: &Path, raw: &Value) -> Result<HfCheckpoint> {
     let m = crate::Model::load(dir)?;
     let s = &m.spec;
     let config = moe_config(s, raw, &dir.join("config.json"))?;
@@ -168,7 +168,7 @@ fn load_moe(dir: &Path, raw: &Value) -> Result<DenseHf> {
         }
     }
     let tk = dir.join("tokenizer.json");
-    Ok(DenseHf { config, params: p, tokenizer: tk.is_file().then_some(tk) })
+    Ok(HfCheckpoint { config, params: p, tokenizer: tk.is_file().then_some(tk) })
 }
 
 /// An expert's gate [F, C], up [F, C] and down [C, F] into `spans`.

@@ -9,7 +9,7 @@
 use moe_engine::compare::upcycle::upcycle;
 use moe_engine::config::ModelConfig;
 use moe_engine::model::{Acts, KvCache, Model};
-use moe_infer::hf_train::load_dense;
+use moe_infer::hf_train::read_checkpoint;
 use safetensors::SafeTensors;
 use std::path::PathBuf;
 
@@ -43,7 +43,7 @@ fn checkpoints_give_transformers_logits_and_dense_ones_upcycle_exactly() {
         "olmoe_noclip",
         "qwen3_moe",
     ] {
-        let d = load_dense(&dir(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let d = read_checkpoint(&dir(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert!(d.tokenizer.is_some());
         let bytes = std::fs::read(dir(name).join("reference.safetensors")).unwrap();
         let st = SafeTensors::deserialize(&bytes).unwrap();
@@ -89,7 +89,7 @@ fn families_the_training_model_cannot_hold_are_refused() {
         ("deepseek_v3", "MLA"),
         ("gpt_oss", "biases"),
     ] {
-        let e = load_dense(&dir(name)).err().map(|e| e.to_string()).unwrap_or_default();
+        let e = read_checkpoint(&dir(name)).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(e.contains(says), "{name}: {e}");
     }
 }
