@@ -267,7 +267,9 @@ fn join_kv_b(store: &mut TensorStore, c: &Value) -> Result<()> {
     let (h, kv, nope, v) =
         (dim("num_attention_heads"), dim("kv_lora_rank"), dim("qk_nope_head_dim"), dim("v_head_dim"));
     let mut joined = vec![];
-    for l in 0..dim("num_hidden_layers") {
+    // No more layers can hold a k_b than the file has tensors: a damaged block_count (2^40,
+    // found by fuzzing) must not keep this loop naming layers for hours.
+    for l in 0..dim("num_hidden_layers").min(store.entries.len()) {
         let p = format!("model.layers.{l}.self_attn.");
         let (kn, vn) = (format!("{p}k_b_proj.weight"), format!("{p}v_b_proj.weight"));
         if !store.contains(&kn) && !store.contains(&vn) {

@@ -272,3 +272,20 @@ fn k_quant_files_decode_as_llama_cpp_does_and_run_like_their_float_twin() {
         assert!(diff < 0.05 * scale, "{file}: differs from its float twin by {diff} in place");
     }
 }
+
+/// Inputs the `gguf_load` fuzz target found slow (tests/fixtures/fuzz/): one named a block count
+/// of about 2^40, and opening the file named that many layers before anything checked it. Each
+/// now loads or fails at once; a thread bounds the wait so a regression fails instead of hanging.
+#[test]
+fn fuzz_found_slow_files_load_or_fail_at_once() {
+    for name in ["gguf-huge-block-count.gguf", "gguf-slow-unit.gguf"] {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fuzz").join(name);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let loaded = Model::load(&path).map(|m| m.forward(&[0, 1], &mut Cache::new(&m.spec), false).is_ok());
+            let _ = tx.send(loaded.is_ok());
+        });
+        let done = rx.recv_timeout(std::time::Duration::from_secs(60));
+        assert!(done.is_ok(), "{name}: still loading after 60 s");
+    }
+}
