@@ -92,7 +92,7 @@ pub fn qkv_forward<T: Float>(
 }
 
 /// dx[N,C] = dL/dx from dq, dk, dv (the gradients of the rotated q and k, overwritten on the
-/// way), and the weights' and biases' gradients accumulated into `gr`.
+/// way), and the weights', biases' and q/k norms' gradients accumulated into `gr`.
 #[allow(clippy::too_many_arguments)]
 pub fn qkv_backward<T: Float>(
     dx: &mut [T],
