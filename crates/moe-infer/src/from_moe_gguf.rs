@@ -15,41 +15,18 @@ use moe_engine::config::ModelConfig;
 use moe_engine::params::Layout;
 use std::path::Path;
 
-/// The GGUF name of tensor `name` of our layout (llama.cpp's `llama` architecture with experts),
-/// and the head count its rows are permuted over (queries and keys), if any.
-fn gguf_name(cfg: &ModelConfig, name: &str, permute: bool) -> Option<(String, Option<usize>)> {
-    let global = match name {
-        "model.embed_tokens.weight" => Some("token_embd.weight"),
-        "model.norm.weight" => Some("output_norm.weight"),
-        "lm_head.weight" => Some("output.weight"),
+/// The GGUF name of tensor `name` of our layout in GGUF architecture `arch` (the reader's table
+/// inverted; our router is the hub's `mlp.gate`), and the head count its rows are permuted over
+/// (the `llama` architecture's queries and keys), if any.
+fn gguf_name(cfg: &ModelConfig, name: &str, arch: &str) -> Option<(String, Option<usize>)> {
+    let hf = name.replace(".mlp.router.weight", ".mlp.gate.weight");
+    let g = crate::gguf_model::gguf_name(arch, &hf)?;
+    let heads = match g.rsplit('.').nth(1) {
+        Some("attn_q") if arch == "llama" => Some(cfg.num_attention_heads),
+        Some("attn_k") if arch == "llama" => Some(cfg.num_key_value_heads),
         _ => None,
     };
-    if let Some(g) = global {
-        return Some((g.to_string(), None));
-    }
-    let rest = name.strip_prefix("model.layers.")?;
-    let (layer, rest) = rest.split_once('.')?;
-    let (base, heads) = match rest {
-        "input_layernorm.weight" => ("attn_norm.weight", None),
-        "self_attn.q_proj.weight" => ("attn_q.weight", permute.then_some(cfg.num_attention_heads)),
-        "self_attn.k_proj.weight" => ("attn_k.weight", permute.then_some(cfg.num_key_value_heads)),
-        "self_attn.v_proj.weight" => ("attn_v.weight", None),
-        "self_attn.q_proj.bias" => ("attn_q.bias", None),
-        "self_attn.k_proj.bias" => ("attn_k.bias", None),
-        "self_attn.v_proj.bias" => ("attn_v.bias", None),
-        "self_attn.o_proj.weight" => ("attn_output.weight", None),
-        "post_attention_layernorm.weight" => ("ffn_norm.weight", None),
-        "mlp.router.weight" => ("ffn_gate_inp.weight", None),
-        "mlp.experts.gate_proj" => ("ffn_gate_exps.weight", None),
-        "mlp.experts.up_proj" => ("ffn_up_exps.weight", None),
-        "mlp.experts.down_proj" => ("ffn_down_exps.weight", None),
-        "mlp.shared_expert.gate_proj.weight" => ("ffn_gate_shexp.weight", None),
-        "mlp.shared_expert.up_proj.weight" => ("ffn_up_shexp.weight", None),
-        "mlp.shared_expert.down_proj.weight" => ("ffn_down_shexp.weight", None),
-        "mlp.shared_expert_gate.weight" => ("ffn_gate_inp_shexp.weight", None),
-        _ => return None,
-    };
-    Some((format!("blk.{layer}.{base}"), heads))
+    Some((g, heads))
 }
 
 /// Query or key rows [heads * d, C] reordered as llama.cpp's converter does, so that its RoPE
@@ -197,7 +174,7 @@ pub fn write_gguf(ck: &Checkpoint, out: &Path) -> Result<(usize, &'static str)> 
     let layout = Layout::new(cfg);
     let c = cfg.hidden_size;
     for t in &layout.tensors {
-        let (name, heads) = gguf_name(cfg, &t.name, !qwen2)
+        let (name, heads) = gguf_name(cfg, &t.name, arch)
             .ok_or_else(|| Error::Input(format!("tensor {} has no GGUF name; report this as a bug", t.name)))?;
         let mut data = match heads {
             Some(h) => permute_rope_rows(t.span.of(&ck.params), h, c),

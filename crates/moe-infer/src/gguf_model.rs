@@ -221,6 +221,49 @@ pub fn hf_name(arch: &str, name: &str) -> Option<(String, Option<Vec<usize>>)> {
     Some((format!("{p}{mapped}.{suffix}"), None))
 }
 
+/// The GGUF names of a layer's tensors (before `.weight` / `.bias`) that [`hf_name`] maps: what
+/// [`gguf_name`] searches to invert it, so that the mapping itself is written once.
+const LAYER_BASES: [&str; 26] = [
+    "attn_norm",
+    "ffn_norm",
+    "attn_q",
+    "attn_k",
+    "attn_v",
+    "attn_output",
+    "attn_q_norm",
+    "attn_k_norm",
+    "attn_q_a",
+    "attn_q_a_norm",
+    "attn_q_b",
+    "attn_kv_a_mqa",
+    "attn_kv_a_norm",
+    "attn_kv_b",
+    "exp_probs_b",
+    "ffn_gate_inp",
+    "ffn_gate",
+    "ffn_up",
+    "ffn_down",
+    "ffn_gate_shexp",
+    "ffn_up_shexp",
+    "ffn_down_shexp",
+    "ffn_gate_exps",
+    "ffn_up_exps",
+    "ffn_down_exps",
+    "ffn_gate_inp_shexp",
+];
+
+/// The GGUF name whose [`hf_name`] in architecture `arch` is `hf` (the writer's direction).
+pub fn gguf_name(arch: &str, hf: &str) -> Option<String> {
+    let found = |cand: String| (hf_name(arch, &cand).map(|(n, _)| n).as_deref() == Some(hf)).then_some(cand);
+    if let Some(g) =
+        ["token_embd.weight", "output_norm.weight", "output.weight"].into_iter().find_map(|g| found(g.into()))
+    {
+        return Some(g);
+    }
+    let layer = hf.strip_prefix("model.layers.")?.split_once('.')?.0;
+    LAYER_BASES.iter().flat_map(|b| ["weight", "bias"].map(|x| format!("blk.{layer}.{b}.{x}"))).find_map(found)
+}
+
 /// True for a path to a GGUF file (a file named *.gguf, or starting with the GGUF magic).
 pub fn is_gguf(path: &Path) -> bool {
     if !path.is_file() {

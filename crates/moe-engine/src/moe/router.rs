@@ -9,7 +9,7 @@ use super::select::{expert_choice, topk_grouped};
 use super::MoeSpec;
 use crate::config::RouterKind;
 use crate::rng::Rng;
-use moe_kernels::matmul::{linear_backward, linear_forward};
+use moe_kernels::matmul::{add_bias, bias_backward, linear_backward, linear_forward};
 use moe_kernels::softmax::{logsumexp, softmax_backward, softmax_row_lse};
 use moe_kernels::Float;
 use rayon::prelude::*;
@@ -110,7 +110,7 @@ pub fn router_forward<T: Float>(
     };
     linear_forward(&mut a.logits[..n * e], input, w.weight, n, c, e, true);
     if let Some(b) = w.bias {
-        a.logits[..n * e].par_chunks_mut(e).for_each(|row| row.iter_mut().zip(b).for_each(|(l, &bv)| *l += bv));
+        add_bias(&mut a.logits[..n * e], b);
     }
     let sigmoid = s.router == RouterKind::SigmoidGroup;
     a.scores[..n * e]
@@ -296,9 +296,7 @@ pub fn router_backward<T: Float>(
         );
     }
     if let Some(db) = g.bias {
-        for row in a.dlogits[..n * e].chunks(e) {
-            db.iter_mut().zip(row).for_each(|(d, &v)| *d += v);
-        }
+        bias_backward(db, &a.dlogits[..n * e]);
     }
     if a.jittered {
         linear_backward(
