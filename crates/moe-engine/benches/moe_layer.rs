@@ -7,9 +7,10 @@
 
 use moe_engine::config::ModelConfig;
 use moe_engine::ffn::{mlp_backward, mlp_forward, MlpActs, MlpGrads, MlpWeights};
+use moe_engine::lora::{Lin, LinGrad};
 use moe_engine::moe::combine::{combine_backward, combine_forward};
 use moe_engine::moe::dispatch::{dispatch_backward, dispatch_forward};
-use moe_engine::moe::experts::{experts_backward, experts_forward, ExpertGrads, ExpertWeights};
+use moe_engine::moe::experts::{experts_backward, experts_forward};
 use moe_engine::moe::losses::{routing_stats, MoeStats};
 use moe_engine::moe::router::{router_backward, router_forward, RouterGrads, RouterWeights};
 use moe_engine::moe::shared::{shared_backward, shared_forward, SharedGrads, SharedWeights};
@@ -29,14 +30,14 @@ fn randn(rng: &mut Rng, n: usize, scale: f64) -> Vec<f32> {
 fn dense(rng: &mut Rng, n: usize, c: usize, f: usize) -> f64 {
     let (x, dy) = (randn(rng, n * c, 1.0), randn(rng, n * c, 1.0));
     let (g, u, d) = (randn(rng, f * c, 0.05), randn(rng, f * c, 0.05), randn(rng, c * f, 0.05));
-    let w = MlpWeights { gate: &g, up: &u, down: &d };
+    let w = MlpWeights::plain(&g, &u, &d);
     let z = |len: usize| vec![0f32; len];
     let (mut ag, mut au, mut ah, mut y, mut dx) = (z(n * f), z(n * f), z(n * f), z(n * c), z(n * c));
     let (mut gg, mut gu, mut gd) = (z(f * c), z(f * c), z(f * c));
     let (mut s1, mut s2, mut s3) = (z(n * f), z(n * f), z(n * f));
     time(21, || {
         mlp_forward(&mut y, MlpActs { g: &mut ag, u: &mut au, h: &mut ah }, &x, w, n, c, f, false);
-        let grads = MlpGrads { gate: &mut gg, up: &mut gu, down: &mut gd };
+        let grads = MlpGrads::plain(&mut gg, &mut gu, &mut gd);
         mlp_backward(&mut dx, grads, &dy, &x, w, &ag, &au, &ah, [&mut s1, &mut s2, &mut s3], n, c, f, false);
     })
 }
@@ -49,9 +50,9 @@ fn moe(rng: &mut Rng, cfg: &ModelConfig, n: usize, t: usize) -> (f64, Vec<(&'sta
     let rw = randn(rng, e * c, 0.05);
     let (eg, eu, ed) = (randn(rng, e * f * c, 0.05), randn(rng, e * f * c, 0.05), randn(rng, e * c * f, 0.05));
     let (sg, su, sd) = (randn(rng, fs * c, 0.05), randn(rng, fs * c, 0.05), randn(rng, c * fs, 0.05));
-    let experts = ExpertWeights { gate: &eg, up: &eu, down: &ed };
-    let router = RouterWeights { weight: &rw, bias: None, selection_bias: None };
-    let shared = (fs > 0).then_some(SharedWeights { mlp: MlpWeights { gate: &sg, up: &su, down: &sd }, gate: None });
+    let experts = MlpWeights::plain(&eg, &eu, &ed);
+    let router = RouterWeights { weight: Lin::from(&rw[..]), bias: None, selection_bias: None };
+    let shared = (fs > 0).then_some(SharedWeights { mlp: MlpWeights::plain(&sg, &su, &sd), gate: None });
     let w = MoeWeights { router, experts, shared };
     let z = |len: usize| vec![0f32; len];
     let mut a = MoeActs::<f32>::new(s);
@@ -62,10 +63,10 @@ fn moe(rng: &mut Rng, cfg: &ModelConfig, n: usize, t: usize) -> (f64, Vec<(&'sta
     let layer = time(21, || {
         moe_forward(&mut out, &x, w, &mut a, s, Some(1));
         let gw = MoeGrads {
-            router: RouterGrads { weight: &mut grw, bias: None },
-            experts: ExpertGrads { gate: &mut geg, up: &mut geu, down: &mut ged },
+            router: RouterGrads { weight: LinGrad::from(&mut grw[..]), bias: None },
+            experts: MlpGrads::plain(&mut geg, &mut geu, &mut ged),
             shared: shared
-                .map(|_| SharedGrads { mlp: MlpGrads { gate: &mut gsg, up: &mut gsu, down: &mut gsd }, gate: None }),
+                .map(|_| SharedGrads { mlp: MlpGrads::plain(&mut gsg, &mut gsu, &mut gsd), gate: None }),
         };
         moe_backward(&mut dx, gw, &dy, &x, w, &mut a, s, &dprobs, 1e-3);
     });
@@ -94,7 +95,7 @@ fn moe(rng: &mut Rng, cfg: &ModelConfig, n: usize, t: usize) -> (f64, Vec<(&'sta
         (
             "experts backward",
             time(21, || {
-                let gw = ExpertGrads { gate: &mut geg, up: &mut geu, down: &mut ged };
+                let gw = MlpGrads::plain(&mut geg, &mut geu, &mut ged);
                 let scratch = [&mut dh[..], &mut dg[..], &mut du[..]];
                 experts_backward(&mut dxs, gw, &dys, &a.xs, experts, &a.g, &a.u, &a.h, scratch, &bins, c, f)
             }),
@@ -105,7 +106,7 @@ fn moe(rng: &mut Rng, cfg: &ModelConfig, n: usize, t: usize) -> (f64, Vec<(&'sta
             time(21, || {
                 let (Some(sw), Some(sa)) = (shared, a.shared.as_mut()) else { return };
                 shared_forward(&mut out, &x, sw, sa, n, c, fs);
-                let g = SharedGrads { mlp: MlpGrads { gate: &mut gsg, up: &mut gsu, down: &mut gsd }, gate: None };
+                let g = SharedGrads { mlp: MlpGrads::plain(&mut gsg, &mut gsu, &mut gsd), gate: None };
                 shared_backward(&mut dx, g, &dy, &x, sw, sa, n, c, fs);
             }),
         ),
@@ -132,7 +133,7 @@ fn moe(rng: &mut Rng, cfg: &ModelConfig, n: usize, t: usize) -> (f64, Vec<(&'sta
         (
             "router backward",
             time(21, || {
-                let g = RouterGrads { weight: &mut grw, bias: None };
+                let g = RouterGrads { weight: LinGrad::from(&mut grw[..]), bias: None };
                 router_backward(&mut dx, g, &dweight, &dprobs, 1e-3, &mut a.router, &x, router, &s)
             }),
         ),

@@ -148,6 +148,9 @@ pub struct ModelConfig {
     /// the bias is used for selection only. 0 = off.
     #[serde(default)]
     pub bias_update_rate: f64,
+    /// LoRA adapters on the chosen linear layers; the base weights are then frozen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lora: Option<crate::lora::LoraConfig>,
 }
 
 fn one() -> usize {
@@ -197,6 +200,7 @@ impl ModelConfig {
             shared_expert_intermediate_size: 0,
             shared_expert_gate: false,
             bias_update_rate: 0.0,
+            lora: None,
         }
     }
     /// 8 experts, top-2, expert width 512: the active compute of `bench_dense`.
@@ -399,6 +403,9 @@ impl ModelConfig {
         }
         if self.rope_theta.is_nan() || self.rope_theta <= 0.0 {
             return Err(Error::config(format!("rope_theta is {}", self.rope_theta), "rope_theta must be > 0"));
+        }
+        if let Some(l) = &self.lora {
+            l.validate(self)?;
         }
         Ok(())
     }

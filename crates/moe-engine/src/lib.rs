@@ -16,6 +16,7 @@ pub mod error;
 pub mod ffn;
 pub mod generate;
 pub mod inspect;
+pub mod lora;
 pub mod model;
 pub mod moe;
 pub mod nonfinite;

@@ -8,16 +8,15 @@ use crate::config::{BalanceScope, ModelConfig};
 use crate::dist::{Comm, ExpertParallel, Shard};
 use crate::error::Result;
 use crate::ffn::{mlp_backward, mlp_forward, MlpActs, MlpGrads, MlpWeights};
-use crate::moe::experts::{ExpertGrads, ExpertWeights};
+use crate::lora::{GradCursor, Lin};
 use crate::moe::router::{RouterGrads, RouterWeights};
 use crate::moe::shared::{SharedGrads, SharedWeights};
 use crate::moe::{moe_backward, moe_forward, MoeActs, MoeGrads, MoeSpec, MoeStats, MoeWeights};
-use crate::params::{spans_mut, FfnSpans, Layout, MoeSpans, SpanCursor};
+use crate::params::{FfnSpans, Layout, MoeSpans};
 use crate::qkv::{qkv_backward, qkv_forward, QkNormActs, Qkv};
 use moe_kernels::attention::{attention_backward, attention_forward, AttnDims};
 use moe_kernels::cross_entropy::{cross_entropy_backward_inplace, cross_entropy_forward};
 use moe_kernels::embedding::{embedding_backward, embedding_forward};
-use moe_kernels::matmul::{linear_backward, linear_forward};
 use moe_kernels::rmsnorm::{rmsnorm_backward, rmsnorm_forward};
 use moe_kernels::rope::rope_tables;
 use moe_kernels::Float;
@@ -262,32 +261,33 @@ impl<T: Float> Model<T> {
     fn moe_weights<'a>(p: &'a [T], sp: &MoeSpans) -> MoeWeights<'a, T> {
         MoeWeights {
             router: RouterWeights {
-                weight: sp.router.of(p),
+                weight: Lin::at(p, sp.router, sp.router_lora),
                 bias: sp.router_bias.map(|s| s.of(p)),
                 selection_bias: sp.selection_bias.map(|s| s.of(p)),
             },
-            experts: ExpertWeights { gate: sp.gate.of(p), up: sp.up.of(p), down: sp.down.of(p) },
-            shared: sp.shared.map(|[g, u, d]| SharedWeights {
-                mlp: MlpWeights { gate: g.of(p), up: u.of(p), down: d.of(p) },
+            experts: MlpWeights::at(p, [sp.gate, sp.up, sp.down], sp.experts_lora),
+            shared: sp.shared.map(|w| SharedWeights {
+                mlp: MlpWeights::at(p, w, sp.shared_lora),
                 gate: sp.shared_gate.map(|s| s.of(p)),
             }),
         }
     }
 
-    /// Views of an MoE block's gradients (spans are taken in layout order).
-    fn moe_grads<'a>(gr: &'a mut [T], sp: &MoeSpans) -> MoeGrads<'a, T> {
-        let mut cur = SpanCursor::new(gr);
-        let weight = cur.take(sp.router);
-        let bias = sp.router_bias.map(|s| cur.take(s));
-        if let Some(s) = sp.selection_bias {
-            cur.take(s); // not trained: no gradient
-        }
-        let (gate, up, down) = (cur.take(sp.gate), cur.take(sp.up), cur.take(sp.down));
-        let shared = sp.shared.map(|[g, u, d]| {
-            let mlp = MlpGrads { gate: cur.take(g), up: cur.take(u), down: cur.take(d) };
-            SharedGrads { mlp, gate: sp.shared_gate.map(|s| cur.take(s)) }
+    /// Views of an MoE block's gradients (the selection bias has none).
+    fn moe_grads<'a>(mut gc: GradCursor<'a, T>, sp: &MoeSpans) -> MoeGrads<'a, T> {
+        let weight = gc.lin(sp.router, sp.router_lora);
+        let bias = gc.opt(sp.router_bias);
+        let experts = MlpGrads::take(&mut gc, [sp.gate, sp.up, sp.down], sp.experts_lora);
+        let shared = sp.shared.map(|w| {
+            let mlp = MlpGrads::take(&mut gc, w, sp.shared_lora);
+            SharedGrads { mlp, gate: gc.opt(sp.shared_gate) }
         });
-        MoeGrads { router: RouterGrads { weight, bias }, experts: ExpertGrads { gate, up, down }, shared }
+        MoeGrads { router: RouterGrads { weight, bias }, experts, shared }
+    }
+
+    /// A fresh cursor over the gradient buffer `gr`.
+    fn grads<'a>(&self, gr: &'a mut [T]) -> GradCursor<'a, T> {
+        GradCursor::new(gr, self.layout.base_total, self.cfg.lora.is_some())
     }
 
     /// Runs tokens[B * tq] (B = a.b) at positions pos0.. through the model; logits land in
@@ -317,7 +317,8 @@ impl<T: Float> Model<T> {
             }
             let dims = AttnDims { b, tq, tk: pos0 + tq, tcap: cache.cap, h, g, d };
             attention_forward(&mut la.attn[..n * hd], &mut la.att, &la.q[..n * hd], &cache.k[l], &cache.v[l], dims);
-            linear_forward(&mut la.mid[..n * c], &la.attn[..n * hd], ls.wo.of(p), n, hd, c, true);
+            let wo = Lin::at(p, ls.wo, ls.attn_lora.map(|l| l[3]));
+            wo.forward(&mut la.mid[..n * c], &la.attn[..n * hd], n, hd, c, true);
             la.mid[..n * c].iter_mut().zip(x).for_each(|(m, &xv)| *m += xv);
             rmsnorm_forward(
                 &mut la.ln2[..n * c],
@@ -328,10 +329,10 @@ impl<T: Float> Model<T> {
                 cfg.rms_norm_eps,
             );
             match (&ls.ffn, &mut la.ffn) {
-                (FfnSpans::Dense { gate, up, down }, FfnActs::Dense { g, u, h }) => {
+                (FfnSpans::Dense { gate, up, down, lora }, FfnActs::Dense { g, u, h }) => {
                     let f = cfg.intermediate_size;
                     let acts = MlpActs { g: &mut g[..n * f], u: &mut u[..n * f], h: &mut h[..n * f] };
-                    let w = MlpWeights { gate: gate.of(p), up: up.of(p), down: down.of(p) };
+                    let w = MlpWeights::at(p, [*gate, *up, *down], *lora);
                     mlp_forward(out, acts, &la.ln2[..n * c], w, n, c, f, true);
                 }
                 (FfnSpans::Moe(sp), FfnActs::Moe(m)) => {
@@ -345,7 +346,8 @@ impl<T: Float> Model<T> {
         }
         let last = &a.resid[cfg.num_hidden_layers][..n * c];
         rmsnorm_forward(&mut a.lnf[..n * c], &mut a.rstdf[..n], last, self.layout.norm.of(p), c, cfg.rms_norm_eps);
-        linear_forward(&mut a.logits[..n * v], &a.lnf[..n * c], self.layout.lm_head.of(p), n, c, v, true);
+        let head = Lin::from(self.layout.lm_head.of(p));
+        head.forward(&mut a.logits[..n * v], &a.lnf[..n * c], n, c, v, true);
     }
 
     /// Cross-entropy against targets[N] plus the auxiliary losses of the last forward.
@@ -442,18 +444,9 @@ impl<T: Float> Model<T> {
         let z_scale = if bal.is_empty() { 0.0 } else { cfg.router_z_loss_coef / bal.len() as f64 };
         let scale = T::from_f64(1.0 / targets_counted(&targets[..n]));
         cross_entropy_backward_inplace(&mut a.logits[..n * v], &a.losses[..n], targets, v, scale);
-        linear_backward(
-            &mut a.dln[..n * c],
-            self.layout.lm_head.of_mut(gr),
-            &a.logits[..n * v],
-            &a.lnf[..n * c],
-            self.layout.lm_head.of(p),
-            n,
-            c,
-            v,
-            false,
-            true,
-        );
+        let head = Lin::from(self.layout.lm_head.of(p));
+        let g_head = self.grads(gr).lin(self.layout.lm_head, None);
+        head.backward(&mut a.dln[..n * c], g_head, &a.logits[..n * v], &a.lnf[..n * c], n, c, v, false, true);
         a.dres[..n * c].fill(T::ZERO);
         let last = &a.resid[cfg.num_hidden_layers][..n * c];
         rmsnorm_backward(
@@ -472,12 +465,11 @@ impl<T: Float> Model<T> {
             // out = mid + ffn(ln2(mid))
             a.dln[..n * c].fill(T::ZERO);
             match (&ls.ffn, &mut la.ffn) {
-                (FfnSpans::Dense { gate, up, down }, FfnActs::Dense { g, u, h }) => {
+                (FfnSpans::Dense { gate, up, down, lora }, FfnActs::Dense { g, u, h }) => {
                     let f = cfg.intermediate_size;
-                    let w = MlpWeights { gate: gate.of(p), up: up.of(p), down: down.of(p) };
+                    let w = MlpWeights::at(p, [*gate, *up, *down], *lora);
                     let [s0, s1, s2] = &mut a.dense_scratch;
-                    let [gg, gu, gd] = spans_mut(gr, [*gate, *up, *down]);
-                    let grads = MlpGrads { gate: gg, up: gu, down: gd };
+                    let grads = MlpGrads::take(&mut self.grads(gr), [*gate, *up, *down], *lora);
                     let scratch = [&mut s0[..n * f], &mut s1[..n * f], &mut s2[..n * f]];
                     mlp_backward(
                         &mut a.dln[..n * c],
@@ -497,7 +489,7 @@ impl<T: Float> Model<T> {
                 }
                 (FfnSpans::Moe(sp), FfnActs::Moe(m)) => {
                     moe_idx -= 1;
-                    let (w, grads) = (Self::moe_weights(p, sp), Self::moe_grads(gr, sp));
+                    let (w, grads) = (Self::moe_weights(p, sp), Self::moe_grads(self.grads(gr), sp));
                     moe_backward(
                         &mut a.dln[..n * c],
                         grads,
@@ -522,18 +514,9 @@ impl<T: Float> Model<T> {
                 c,
             );
             // mid = x + o_proj(attn)
-            linear_backward(
-                &mut a.dattn[..n * hd],
-                ls.wo.of_mut(gr),
-                &a.dres[..n * c],
-                &la.attn[..n * hd],
-                ls.wo.of(p),
-                n,
-                hd,
-                c,
-                false,
-                true,
-            );
+            let lora_o = ls.attn_lora.map(|l| l[3]);
+            let (wo, g_wo) = (Lin::at(p, ls.wo, lora_o), self.grads(gr).lin(ls.wo, lora_o));
+            wo.backward(&mut a.dattn[..n * hd], g_wo, &a.dres[..n * c], &la.attn[..n * hd], n, hd, c, false, true);
             a.dq[..n * hd].fill(T::ZERO);
             a.dk[..n * gd].fill(T::ZERO);
             a.dv[..n * gd].fill(T::ZERO);
@@ -552,7 +535,8 @@ impl<T: Float> Model<T> {
             );
             let s = Qkv { t, pos0: 0, c, h, g, d, cos: &self.cos, sin: &self.sin };
             let (dq, dk, dv) = (&mut a.dq[..n * hd], &mut a.dk[..n * gd], &a.dv[..n * gd]);
-            qkv_backward(&mut a.dln[..n * c], gr, dq, dk, dv, &la.ln1[..n * c], ls, p, &mut la.qk_norm, s);
+            let gc = self.grads(gr);
+            qkv_backward(&mut a.dln[..n * c], gc, dq, dk, dv, &la.ln1[..n * c], ls, p, &mut la.qk_norm, s);
             rmsnorm_backward(
                 &mut a.dres[..n * c],
                 ls.ln1.of_mut(gr),
@@ -563,7 +547,14 @@ impl<T: Float> Model<T> {
                 c,
             );
         }
-        embedding_backward(self.layout.embed.of_mut(gr), &a.dres[..n * c], tokens, c);
+        if self.cfg.lora.is_some() {
+            // A frozen base: its matrices got no gradient; its vectors' (norm weights) are zeroed.
+            for t in self.layout.tensors.iter().filter(|t| !t.trainable && t.shape.len() == 1) {
+                t.span.of_mut(gr).fill(T::ZERO);
+            }
+        } else {
+            embedding_backward(self.layout.embed.of_mut(gr), &a.dres[..n * c], tokens, c);
+        }
     }
 }
 

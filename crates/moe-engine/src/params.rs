@@ -5,6 +5,7 @@
 
 use crate::config::{ModelConfig, QkNorm};
 use crate::dist::Shard;
+use crate::lora::{LoraSpans, LoraTarget};
 use crate::rng::Rng;
 use moe_kernels::Float;
 
@@ -33,6 +34,10 @@ pub struct SpanCursor<'a, T> {
 impl<'a, T> SpanCursor<'a, T> {
     pub fn new(buf: &'a mut [T]) -> Self {
         SpanCursor { rest: buf, base: 0 }
+    }
+    /// A cursor over `buf`, which holds the buffer's elements from offset `base` on.
+    pub fn at(buf: &'a mut [T], base: usize) -> Self {
+        SpanCursor { rest: buf, base }
     }
     /// The view of `s`, which must start at or after the end of the previous one.
     pub fn take(&mut self, s: Span) -> &'a mut [T] {
@@ -115,6 +120,11 @@ pub struct MoeSpans {
     pub shared: Option<[Span; 3]>,
     /// [1,C] sigmoid gate of the shared expert (Qwen2-MoE).
     pub shared_gate: Option<Span>,
+    /// LoRA adapters of the router, the experts (gate, up, down; [E,R,I] and [E,O,R]) and the
+    /// shared expert (gate, up, down).
+    pub router_lora: Option<LoraSpans>,
+    pub experts_lora: Option<[LoraSpans; 3]>,
+    pub shared_lora: Option<[LoraSpans; 3]>,
 }
 
 /// Spans of a feed-forward block.
@@ -125,6 +135,8 @@ pub enum FfnSpans {
         gate: Span,
         up: Span,
         down: Span,
+        /// LoRA adapters of gate, up, down.
+        lora: Option<[LoraSpans; 3]>,
     },
     Moe(Box<MoeSpans>),
 }
@@ -143,6 +155,8 @@ pub struct LayerSpans {
     pub wo: Span,
     pub ln2: Span,
     pub ffn: FfnSpans,
+    /// LoRA adapters of q, k, v, o.
+    pub attn_lora: Option<[LoraSpans; 4]>,
 }
 
 /// The whole layout.
@@ -154,16 +168,22 @@ pub struct Layout {
     pub layers: Vec<LayerSpans>,
     pub norm: Span,
     pub lm_head: Span,
+    /// Where the LoRA adapters start: the base model is `[..base_total]` (= total without LoRA).
+    pub base_total: usize,
+    /// alpha / R of the adapters (0 without LoRA).
+    pub lora_scale: f64,
 }
 
 struct Builder {
     tensors: Vec<TensorInfo>,
     total: usize,
+    /// Base tensors are frozen (LoRA fine-tuning).
+    frozen: bool,
 }
 
 impl Builder {
     fn push(&mut self, name: String, shape: &[usize], init: Init) -> Span {
-        self.push_with(name, shape, init, true)
+        self.push_with(name, shape, init, !self.frozen)
     }
     fn push_with(&mut self, name: String, shape: &[usize], init: Init, trainable: bool) -> Span {
         let len = shape.iter().product();
@@ -185,6 +205,29 @@ impl Builder {
         self.tensors[last].experts = Some(ExpertSlots { moe_layer, total: shape[0], slots, primary, replicated });
         span
     }
+    /// The adapter of `base`: A[R,I] (Normal with the variance of PEFT's uniform init) and
+    /// B[O,R] zero, so the adapted layer starts as the base; stacked per expert when `base`
+    /// is an expert tensor.
+    fn push_lora(&mut self, base: Span, rank: usize, scale: f64) -> LoraSpans {
+        let t = self.tensors.iter().find(|t| t.span == base).cloned().expect("the base tensor was pushed");
+        let (stem, suffix) = match t.name.strip_suffix(".weight") {
+            Some(stem) => (stem.to_string(), ".weight"),
+            None => (t.name.clone(), ""),
+        };
+        let [o, i] = [t.shape[t.shape.len() - 2], t.shape[t.shape.len() - 1]];
+        let std = 1.0 / (3.0 * i as f64).sqrt();
+        let lead: Vec<usize> = t.shape[..t.shape.len() - 2].to_vec();
+        let shape = |x: usize, y: usize| lead.iter().copied().chain([x, y]).collect::<Vec<_>>();
+        let (frozen, was) = (self.frozen, self.tensors.len());
+        self.frozen = false;
+        let a = self.push(format!("{stem}.lora_A{suffix}"), &shape(rank, i), Init::Normal(std));
+        let b = self.push(format!("{stem}.lora_B{suffix}"), &shape(o, rank), Init::Zeros);
+        self.frozen = frozen;
+        for n in [was, was + 1] {
+            self.tensors[n].experts = t.experts.clone();
+        }
+        LoraSpans { a, b, scale }
+    }
 }
 
 impl Layout {
@@ -199,7 +242,7 @@ impl Layout {
         let std = 0.02;
         // Residual projections scaled down with depth (GPT-2).
         let std_out = std / (2.0 * cfg.num_hidden_layers as f64).sqrt();
-        let mut b = Builder { tensors: vec![], total: 0 };
+        let mut b = Builder { tensors: vec![], total: 0, frozen: cfg.lora.is_some() };
         let embed = b.push("model.embed_tokens.weight".into(), &[v, c], Init::Normal(std));
         let mut layers = vec![];
         let mut moe_layer = 0;
@@ -267,6 +310,9 @@ impl Layout {
                     down,
                     shared,
                     shared_gate,
+                    router_lora: None,
+                    experts_lora: None,
+                    shared_lora: None,
                 }))
             } else {
                 let f = cfg.intermediate_size;
@@ -274,42 +320,116 @@ impl Layout {
                     gate: b.push(format!("{p}.mlp.gate_proj.weight"), &[f, c], Init::Normal(std)),
                     up: b.push(format!("{p}.mlp.up_proj.weight"), &[f, c], Init::Normal(std)),
                     down: b.push(format!("{p}.mlp.down_proj.weight"), &[c, f], Init::Normal(std_out)),
+                    lora: None,
                 }
             };
-            layers.push(LayerSpans { ln1, wq, wk, wv, qkv_bias, qk_norm, wo, ln2, ffn });
+            layers.push(LayerSpans { ln1, wq, wk, wv, qkv_bias, qk_norm, wo, ln2, ffn, attn_lora: None });
         }
         let norm = b.push("model.norm.weight".into(), &[c], Init::Ones);
         let lm_head = b.push("lm_head.weight".into(), &[v, c], Init::Normal(std));
-        Layout { tensors: b.tensors, total: b.total, embed, layers, norm, lm_head }
-    }
-
-    /// Fresh parameters drawn from the init of each tensor.
-    pub fn init<T: Float>(&self, seed: u64) -> Vec<T> {
-        let mut rng = Rng::new(seed);
-        let mut p = moe_kernels::buffer::zeroed::<T>(self.total);
-        for t in &self.tensors {
-            let dst = t.span.of_mut(&mut p);
-            match t.init {
-                Init::Ones => dst.fill(T::ONE),
-                Init::Zeros => dst.fill(T::ZERO),
-                Init::Normal(std) => match &t.experts {
-                    None => dst.iter_mut().for_each(|x| *x = T::from_f64(rng.normal() * std)),
-                    // A rank draws the whole expert tensor and keeps its slots' experts: every
-                    // rank count and placement starts from the same weights.
-                    Some(ex) => {
-                        let n = t.per_expert();
-                        let whole: Vec<f64> = (0..ex.total * n).map(|_| rng.normal() * std).collect();
-                        for (slot, &x) in dst.chunks_exact_mut(n).zip(&ex.slots) {
-                            slot.iter_mut().zip(&whole[x * n..]).for_each(|(d, &w)| *d = T::from_f64(w));
-                        }
-                    }
-                },
+        let base_total = b.total;
+        let lora_scale = cfg.lora.as_ref().map_or(0.0, |l| l.scale());
+        if let Some(lc) = &cfg.lora {
+            for ls in &mut layers {
+                add_adapters(&mut b, ls, lc);
             }
         }
+        Layout { tensors: b.tensors, total: b.total, embed, layers, norm, lm_head, base_total, lora_scale }
+    }
+
+    /// Fresh parameters drawn from the init of each tensor (the adapters from a stream of
+    /// their own, as `init_adapters` draws them).
+    pub fn init<T: Float>(&self, seed: u64) -> Vec<T> {
+        let mut rng = Rng::new(seed);
+        let mut p = moe_kernels::buffer::zeroed::<T>(self.base_total);
+        for t in self.tensors.iter().filter(|t| t.span.off < self.base_total) {
+            init_tensor(t, t.span.of_mut(&mut p), &mut rng);
+        }
+        self.init_adapters(&mut p, seed);
         p
+    }
+
+    /// Extends the base parameters `p` ([base_total]) with freshly drawn adapters.
+    pub fn init_adapters<T: Float>(&self, p: &mut Vec<T>, seed: u64) {
+        assert_eq!(p.len(), self.base_total, "the base model's parameters");
+        let mut rng = Rng::new(seed ^ 0x4C6F_5241);
+        p.resize(self.total, T::ZERO);
+        for t in self.tensors.iter().filter(|t| t.span.off >= self.base_total) {
+            init_tensor(t, t.span.of_mut(p), &mut rng);
+        }
     }
 
     pub fn find(&self, name: &str) -> Option<&TensorInfo> {
         self.tensors.iter().find(|t| t.name == name)
+    }
+
+    /// Every adapted weight with its adapter, in layer order.
+    pub fn adapters(&self) -> Vec<(Span, LoraSpans)> {
+        let mut out = vec![];
+        let mut add = |w: &[Span], l: Option<&[LoraSpans]>| {
+            if let Some(l) = l {
+                out.extend(w.iter().copied().zip(l.iter().copied()));
+            }
+        };
+        for ls in &self.layers {
+            add(&[ls.wq, ls.wk, ls.wv, ls.wo], ls.attn_lora.as_ref().map(|l| &l[..]));
+            match &ls.ffn {
+                FfnSpans::Dense { gate, up, down, lora } => add(&[*gate, *up, *down], lora.as_ref().map(|l| &l[..])),
+                FfnSpans::Moe(m) => {
+                    add(&[m.router], m.router_lora.as_ref().map(std::slice::from_ref));
+                    add(&[m.gate, m.up, m.down], m.experts_lora.as_ref().map(|l| &l[..]));
+                    if let Some(sh) = m.shared {
+                        add(&sh, m.shared_lora.as_ref().map(|l| &l[..]));
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Adds the adapters `lc` asks for to the layer's linear layers.
+fn add_adapters(b: &mut Builder, ls: &mut LayerSpans, lc: &crate::lora::LoraConfig) {
+    let (r, s) = (lc.rank, lc.scale());
+    if lc.has(LoraTarget::Attn) {
+        ls.attn_lora = Some([ls.wq, ls.wk, ls.wv, ls.wo].map(|w| b.push_lora(w, r, s)));
+    }
+    match &mut ls.ffn {
+        FfnSpans::Dense { gate, up, down, lora } => {
+            if lc.has(LoraTarget::Mlp) {
+                *lora = Some([*gate, *up, *down].map(|w| b.push_lora(w, r, s)));
+            }
+        }
+        FfnSpans::Moe(m) => {
+            if lc.has(LoraTarget::Router) {
+                m.router_lora = Some(b.push_lora(m.router, r, s));
+            }
+            if lc.has(LoraTarget::Experts) {
+                m.experts_lora = Some([m.gate, m.up, m.down].map(|w| b.push_lora(w, r, s)));
+            }
+            if let (true, Some(sh)) = (lc.has(LoraTarget::Mlp), m.shared) {
+                m.shared_lora = Some(sh.map(|w| b.push_lora(w, r, s)));
+            }
+        }
+    }
+}
+
+/// Draws tensor `t` into `dst` from its init.
+fn init_tensor<T: Float>(t: &TensorInfo, dst: &mut [T], rng: &mut Rng) {
+    match t.init {
+        Init::Ones => dst.fill(T::ONE),
+        Init::Zeros => dst.fill(T::ZERO),
+        Init::Normal(std) => match &t.experts {
+            None => dst.iter_mut().for_each(|x| *x = T::from_f64(rng.normal() * std)),
+            // A rank draws the whole expert tensor and keeps its slots' experts: every
+            // rank count and placement starts from the same weights.
+            Some(ex) => {
+                let n = t.per_expert();
+                let whole: Vec<f64> = (0..ex.total * n).map(|_| rng.normal() * std).collect();
+                for (slot, &x) in dst.chunks_exact_mut(n).zip(&ex.slots) {
+                    slot.iter_mut().zip(&whole[x * n..]).for_each(|(d, &w)| *d = T::from_f64(w));
+                }
+            }
+        },
     }
 }

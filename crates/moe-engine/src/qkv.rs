@@ -4,8 +4,9 @@
 //! everything between the layer's first norm and the attention kernel.
 
 use crate::config::{ModelConfig, QkNorm};
+use crate::lora::{GradCursor, Lin};
 use crate::params::LayerSpans;
-use moe_kernels::matmul::{add_bias, bias_backward, linear_backward, linear_forward};
+use moe_kernels::matmul::{add_bias, bias_backward};
 use moe_kernels::rmsnorm::{rmsnorm_backward, rmsnorm_forward};
 use moe_kernels::rope::{rope_backward, rope_forward};
 use moe_kernels::Float;
@@ -71,9 +72,10 @@ pub fn qkv_forward<T: Float>(
     s: Qkv<T>,
 ) {
     let (n, hd, gd) = (x.len() / s.c, s.h * s.d, s.g * s.d);
-    linear_forward(q, x, ls.wq.of(p), n, s.c, hd, true);
-    linear_forward(k, x, ls.wk.of(p), n, s.c, gd, true);
-    linear_forward(v, x, ls.wv.of(p), n, s.c, gd, true);
+    let [wq, wk, wv] = lins(ls, p);
+    wq.forward(q, x, n, s.c, hd, true);
+    wk.forward(k, x, n, s.c, gd, true);
+    wv.forward(v, x, n, s.c, gd, true);
     if let Some([bq, bk, bv]) = ls.qkv_bias {
         add_bias(q, bq.of(p));
         add_bias(k, bk.of(p));
@@ -91,12 +93,19 @@ pub fn qkv_forward<T: Float>(
     rope_forward(k, s.cos, s.sin, s.t, s.g, s.d, s.pos0);
 }
 
+/// The q, k, v projections of the layer with their adapters.
+fn lins<'a, T: Float>(ls: &LayerSpans, p: &'a [T]) -> [Lin<'a, T>; 3] {
+    let lora = |i: usize| ls.attn_lora.map(|l| l[i]);
+    [Lin::at(p, ls.wq, lora(0)), Lin::at(p, ls.wk, lora(1)), Lin::at(p, ls.wv, lora(2))]
+}
+
 /// dx[N,C] = dL/dx from dq, dk, dv (the gradients of the rotated q and k, overwritten on the
-/// way), and the weights', biases' and q/k norms' gradients accumulated into `gr`.
+/// way), and the weights', biases' and q/k norms' gradients accumulated through `gc` (a fresh
+/// cursor over the gradient buffer).
 #[allow(clippy::too_many_arguments)]
 pub fn qkv_backward<T: Float>(
     dx: &mut [T],
-    gr: &mut [T],
+    mut gc: GradCursor<T>,
     dq: &mut [T],
     dk: &mut [T],
     dv: &[T],
@@ -107,27 +116,32 @@ pub fn qkv_backward<T: Float>(
     s: Qkv<T>,
 ) {
     let (n, hd, gd) = (x.len() / s.c, s.h * s.d, s.g * s.d);
+    let lora = |i: usize| ls.attn_lora.map(|l| l[i]);
+    let (gq, gk, gv) = (gc.lin(ls.wq, lora(0)), gc.lin(ls.wk, lora(1)), gc.lin(ls.wv, lora(2)));
+    let bias_grads = ls.qkv_bias.map(|[bq, bk, bv]| [bq, bk, bv].map(|b| gc.opt(Some(b))));
+    let norm_grads = ls.qk_norm.map(|[nq, nk]| [gc.take(nq), gc.take(nk)]);
     rope_backward(dq, s.cos, s.sin, s.t, s.h, s.d, s.pos0);
     rope_backward(dk, s.cos, s.sin, s.t, s.g, s.d, s.pos0);
-    if let Some([nq, nk]) = ls.qk_norm {
+    if let (Some([nq, nk]), Some([gnq, gnk])) = (ls.qk_norm, norm_grads) {
         // through the norms: dq and dk become the gradients of q and k before them
         let [wq, wk] = a.widths;
-        for (dy, pre, rstd, w, width, span) in
-            [(&mut *dq, &a.q_pre, &a.rstd_q, nq.of(p), wq, nq), (&mut *dk, &a.k_pre, &a.rstd_k, nk.of(p), wk, nk)]
+        for (dy, pre, rstd, w, width, g) in
+            [(&mut *dq, &a.q_pre, &a.rstd_q, nq.of(p), wq, gnq), (&mut *dk, &a.k_pre, &a.rstd_k, nk.of(p), wk, gnk)]
         {
             let len = dy.len();
             let dpre = &mut a.scratch[..len];
             dpre.fill(T::ZERO);
-            rmsnorm_backward(dpre, span.of_mut(gr), dy, &pre[..len], w, &rstd[..len / width], width);
+            rmsnorm_backward(dpre, g, dy, &pre[..len], w, &rstd[..len / width], width);
             dy.copy_from_slice(dpre);
         }
     }
-    if let Some([bq, bk, bv]) = ls.qkv_bias {
-        bias_backward(bq.of_mut(gr), dq);
-        bias_backward(bk.of_mut(gr), dk);
-        bias_backward(bv.of_mut(gr), dv);
+    for (db, dy) in bias_grads.into_iter().flatten().zip([&*dq, &*dk, dv]) {
+        if let Some(db) = db {
+            bias_backward(db, dy);
+        }
     }
-    linear_backward(dx, ls.wq.of_mut(gr), dq, x, ls.wq.of(p), n, s.c, hd, false, true);
-    linear_backward(dx, ls.wk.of_mut(gr), dk, x, ls.wk.of(p), n, s.c, gd, true, true);
-    linear_backward(dx, ls.wv.of_mut(gr), dv, x, ls.wv.of(p), n, s.c, gd, true, true);
+    let [wq, wk, wv] = lins(ls, p);
+    wq.backward(dx, gq, dq, x, n, s.c, hd, false, true);
+    wk.backward(dx, gk, dk, x, n, s.c, gd, true, true);
+    wv.backward(dx, gv, dv, x, n, s.c, gd, true, true);
 }

@@ -8,7 +8,7 @@ use moe_engine::config::ModelConfig;
 use moe_engine::dist::placement::balance;
 use moe_engine::dist::{thread_ranks, Comm, ExpertParallel, Placement};
 use moe_engine::ffn::{MlpGrads, MlpWeights};
-use moe_engine::moe::experts::{ExpertGrads, ExpertWeights};
+use moe_engine::lora::{Lin, LinGrad};
 use moe_engine::moe::router::{RouterGrads, RouterWeights};
 use moe_engine::moe::shared::{SharedGrads, SharedWeights};
 use moe_engine::moe::{moe_backward, moe_forward, MoeActs, MoeGrads, MoeSpec, MoeWeights};
@@ -61,9 +61,9 @@ impl Layer {
     fn weights(&self) -> MoeWeights<'_, f64> {
         let v = &self.0;
         MoeWeights {
-            router: RouterWeights { weight: &v[0], bias: None, selection_bias: None },
-            experts: ExpertWeights { gate: &v[1], up: &v[2], down: &v[3] },
-            shared: Some(SharedWeights { mlp: MlpWeights { gate: &v[4], up: &v[5], down: &v[6] }, gate: Some(&v[7]) }),
+            router: RouterWeights { weight: Lin::from(&v[0][..]), bias: None, selection_bias: None },
+            experts: MlpWeights::plain(&v[1], &v[2], &v[3]),
+            shared: Some(SharedWeights { mlp: MlpWeights::plain(&v[4], &v[5], &v[6]), gate: Some(&v[7]) }),
         }
     }
     fn zeros(&self) -> Layer {
@@ -88,9 +88,9 @@ fn run(spec: MoeSpec, w: &Layer, x: &[f64], r: &[f64], z: f64, ep: Option<(Arc<d
     {
         let [router, gate, up, down, sg, su, sd, sgg] = &mut g.0[..] else { unreachable!() };
         let grads = MoeGrads {
-            router: RouterGrads { weight: router, bias: None },
-            experts: ExpertGrads { gate, up, down },
-            shared: Some(SharedGrads { mlp: MlpGrads { gate: sg, up: su, down: sd }, gate: Some(sgg) }),
+            router: RouterGrads { weight: LinGrad::from(&mut router[..]), bias: None },
+            experts: MlpGrads::plain(gate, up, down),
+            shared: Some(SharedGrads { mlp: MlpGrads::plain(sg, su, sd), gate: Some(sgg) }),
         };
         moe_backward(&mut dx, grads, r, x, w.weights(), &mut a, spec, &dp, z);
     }

@@ -7,7 +7,7 @@
 
 use moe_engine::config::ModelConfig;
 use moe_engine::ffn::{MlpGrads, MlpWeights};
-use moe_engine::moe::experts::{ExpertGrads, ExpertWeights};
+use moe_engine::lora::{Lin, LinGrad};
 use moe_engine::moe::router::{RouterGrads, RouterWeights};
 use moe_engine::moe::shared::{SharedGrads, SharedWeights};
 use moe_engine::moe::{moe_backward, moe_forward, MoeActs, MoeGrads, MoeSpec, MoeWeights};
@@ -50,18 +50,10 @@ fn check(kind: &str) {
     let spec = MoeSpec::new(&cfg, n, n);
     let get = |name: &str| w.get(name).map(|v| &v[..]);
     let weights = MoeWeights {
-        router: RouterWeights { weight: &w["router.weight"], bias: None, selection_bias: get("router.selection_bias") },
-        experts: ExpertWeights {
-            gate: &w["experts.gate_proj"],
-            up: &w["experts.up_proj"],
-            down: &w["experts.down_proj"],
-        },
+        router: RouterWeights { weight: Lin::from(&w["router.weight"][..]), bias: None, selection_bias: get("router.selection_bias") },
+        experts: MlpWeights::plain(&w["experts.gate_proj"], &w["experts.up_proj"], &w["experts.down_proj"]),
         shared: Some(SharedWeights {
-            mlp: MlpWeights {
-                gate: &w["shared_expert.gate_proj"],
-                up: &w["shared_expert.up_proj"],
-                down: &w["shared_expert.down_proj"],
-            },
+            mlp: MlpWeights::plain(&w["shared_expert.gate_proj"], &w["shared_expert.up_proj"], &w["shared_expert.down_proj"]),
             gate: get("shared_expert_gate"),
         }),
     };
@@ -99,10 +91,10 @@ fn check(kind: &str) {
         );
         let mut sgate = take("shared_expert_gate");
         let grads = MoeGrads {
-            router: RouterGrads { weight: &mut rw, bias: None },
-            experts: ExpertGrads { gate: &mut eg, up: &mut eu, down: &mut ed },
+            router: RouterGrads { weight: LinGrad::from(&mut rw[..]), bias: None },
+            experts: MlpGrads::plain(&mut eg, &mut eu, &mut ed),
             shared: Some(SharedGrads {
-                mlp: MlpGrads { gate: &mut sg, up: &mut su, down: &mut sd },
+                mlp: MlpGrads::plain(&mut sg, &mut su, &mut sd),
                 gate: sgate.as_deref_mut(),
             }),
         };

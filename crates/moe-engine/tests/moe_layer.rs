@@ -5,7 +5,7 @@
 
 use moe_engine::config::{DropPolicy, ModelConfig, RouterKind};
 use moe_engine::ffn::{mlp_forward, MlpActs, MlpGrads, MlpWeights};
-use moe_engine::moe::experts::{ExpertGrads, ExpertWeights};
+use moe_engine::lora::{Lin, LinGrad};
 use moe_engine::moe::losses::switch_loss_grad;
 use moe_engine::moe::router::{RouterGrads, RouterWeights};
 use moe_engine::moe::shared::{SharedGrads, SharedWeights};
@@ -75,10 +75,10 @@ fn case(cfg: ModelConfig, n: usize, t: usize, seed: u64) -> Case {
 fn weights(p: &Params) -> MoeWeights<'_, f64> {
     let opt = |i: usize| (!p.0[i].is_empty()).then_some(&p.0[i][..]);
     MoeWeights {
-        router: RouterWeights { weight: &p.0[ROUTER], bias: opt(RBIAS), selection_bias: opt(SBIAS) },
-        experts: ExpertWeights { gate: &p.0[GATE], up: &p.0[UP], down: &p.0[DOWN] },
+        router: RouterWeights { weight: Lin::from(&p.0[ROUTER][..]), bias: opt(RBIAS), selection_bias: opt(SBIAS) },
+        experts: MlpWeights::plain(&p.0[GATE], &p.0[UP], &p.0[DOWN]),
         shared: (!p.0[SGATE].is_empty()).then(|| SharedWeights {
-            mlp: MlpWeights { gate: &p.0[SGATE], up: &p.0[SUP], down: &p.0[SDOWN] },
+            mlp: MlpWeights::plain(&p.0[SGATE], &p.0[SUP], &p.0[SDOWN]),
             gate: opt(SG),
         }),
     }
@@ -145,10 +145,10 @@ fn gradient_check(cfg: ModelConfig, n: usize, t: usize, seed: u64) {
         let [router, rbias, _sbias, gate, up, down, sgate, sup, sdown, sg] = &mut g.0[..] else { unreachable!() };
         let has_shared = !sgate.is_empty();
         let grads = MoeGrads {
-            router: RouterGrads { weight: router, bias: opt_mut(rbias) },
-            experts: ExpertGrads { gate, up, down },
+            router: RouterGrads { weight: LinGrad::from(&mut router[..]), bias: opt_mut(rbias) },
+            experts: MlpGrads::plain(gate, up, down),
             shared: has_shared
-                .then(|| SharedGrads { mlp: MlpGrads { gate: sgate, up: sup, down: sdown }, gate: opt_mut(sg) }),
+                .then(|| SharedGrads { mlp: MlpGrads::plain(sgate, sup, sdown), gate: opt_mut(sg) }),
         };
         moe_backward(&mut dx, grads, &r, &cs.x, weights(&cs.p), &mut a, cs.spec, &dp, Z);
     }
@@ -310,7 +310,7 @@ fn one_expert_top1_equals_dense_mlp() {
         let (out, _) = forward(&cs, &cs.x, &cs.p);
         let (c, f) = (cs.spec.c, cs.spec.f);
         let (mut g, mut u, mut h, mut y) = (vec![0.0; 7 * f], vec![0.0; 7 * f], vec![0.0; 7 * f], vec![0.0; 7 * c]);
-        let w = MlpWeights { gate: &cs.p.0[GATE], up: &cs.p.0[UP], down: &cs.p.0[DOWN] };
+        let w = MlpWeights::plain(&cs.p.0[GATE], &cs.p.0[UP], &cs.p.0[DOWN]);
         mlp_forward(&mut y, MlpActs { g: &mut g, u: &mut u, h: &mut h }, &cs.x, w, 7, c, f, false);
         assert!(out.iter().zip(&y).all(|(a, b)| (a - b).abs() < 1e-12), "norm={norm}");
     }
@@ -343,11 +343,7 @@ fn grouped_dispatch_equals_naive_per_token_loop() {
             for &i in &order[..k] {
                 let fc = f * c;
                 let (mut g, mut u, mut h, mut y) = (vec![0.0; f], vec![0.0; f], vec![0.0; f], vec![0.0; c]);
-                let w = MlpWeights {
-                    gate: &cs.p.0[GATE][i * fc..][..fc],
-                    up: &cs.p.0[UP][i * fc..][..fc],
-                    down: &cs.p.0[DOWN][i * fc..][..fc],
-                };
+                let w = MlpWeights::plain(&cs.p.0[GATE][i * fc..][..fc], &cs.p.0[UP][i * fc..][..fc], &cs.p.0[DOWN][i * fc..][..fc]);
                 mlp_forward(&mut y, MlpActs { g: &mut g, u: &mut u, h: &mut h }, xr, w, 1, c, f, false);
                 let wt = if norm { p[i] / s } else { p[i] };
                 want.iter_mut().zip(&y).for_each(|(o, v)| *o += wt * v);

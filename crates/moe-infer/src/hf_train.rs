@@ -148,7 +148,7 @@ fn load_moe(dir: &Path, raw: &Value) -> Result<HfCheckpoint> {
             }
         }
         match (&l.ffn, &sp.ffn) {
-            (FfnW::Dense(e), FfnSpans::Dense { gate, up, down }) => expert(e, [*gate, *up, *down], &mut p)?,
+            (FfnW::Dense(e), FfnSpans::Dense { gate, up, down, .. }) => expert(e, [*gate, *up, *down], &mut p)?,
             (FfnW::Moe(mw), FfnSpans::Moe(ms)) => {
                 rows(&mw.router.w, ms.router, &mut p);
                 let n = [ms.gate, ms.up, ms.down].map(|s| s.len / config.num_local_experts);

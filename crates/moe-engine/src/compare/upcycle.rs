@@ -84,9 +84,9 @@ pub fn upcycle(
         if let (Some(a), Some(b)) = (d.qkv_bias, m.qkv_bias) {
             a.into_iter().zip(b).for_each(|(a, b)| copy(a, b, &mut p));
         }
-        let FfnSpans::Dense { gate, up, down } = &d.ffn else { unreachable!("a dense layout has dense layers") };
+        let FfnSpans::Dense { gate, up, down, .. } = &d.ffn else { unreachable!("a dense layout has dense layers") };
         match &m.ffn {
-            FfnSpans::Dense { gate: g, up: u, down: dn } => {
+            FfnSpans::Dense { gate: g, up: u, down: dn, .. } => {
                 copy(*gate, *g, &mut p);
                 copy(*up, *u, &mut p);
                 copy(*down, *dn, &mut p);

@@ -7,11 +7,6 @@ use crate::ffn::{mlp_backward, mlp_forward, MlpActs, MlpGrads, MlpWeights};
 use moe_kernels::Float;
 use rayon::prelude::*;
 
-/// The first `e` pieces of `fc` elements of `buf` (one expert's weights each).
-fn per_expert<T>(buf: &mut [T], fc: usize, e: usize) -> Vec<&mut [T]> {
-    buf.chunks_mut(fc).take(e).collect()
-}
-
 /// Splits `buf` into the consecutive pieces [bins[i]*w, bins[i+1]*w).
 fn carve<'a, T>(mut buf: &'a mut [T], bins: &[usize], w: usize) -> Vec<&'a mut [T]> {
     let mut out = Vec::with_capacity(bins.len().saturating_sub(1));
@@ -24,30 +19,11 @@ fn carve<'a, T>(mut buf: &'a mut [T], bins: &[usize], w: usize) -> Vec<&'a mut [
     out
 }
 
-/// Stacked expert weights.
-#[derive(Clone, Copy)]
-pub struct ExpertWeights<'a, T> {
-    pub gate: &'a [T],
-    pub up: &'a [T],
-    pub down: &'a [T],
-}
-
-impl<'a, T> ExpertWeights<'a, T> {
-    fn expert(&self, i: usize, fc: usize) -> MlpWeights<'a, T> {
-        MlpWeights {
-            gate: &self.gate[i * fc..(i + 1) * fc],
-            up: &self.up[i * fc..(i + 1) * fc],
-            down: &self.down[i * fc..(i + 1) * fc],
-        }
-    }
-}
+/// Stacked expert weights (gate[E,F,C], up[E,F,C], down[E,C,F], adapters stacked the same way).
+pub type ExpertWeights<'a, T> = MlpWeights<'a, T>;
 
 /// Stacked expert gradients.
-pub struct ExpertGrads<'a, T> {
-    pub gate: &'a mut [T],
-    pub up: &'a mut [T],
-    pub down: &'a mut [T],
-}
+pub type ExpertGrads<'a, T> = MlpGrads<'a, T>;
 
 /// ys[R,C] = expert_e(xs[R,C]) bin by bin (`bins`[E+1] row offsets); g, u, h [R,F] saved.
 #[allow(clippy::too_many_arguments)]
@@ -63,13 +39,14 @@ pub fn experts_forward<T: Float>(
     f: usize,
 ) {
     let b = bins;
+    let e = b.len() - 1;
     let jobs: Vec<_> =
         carve(ys, b, c).into_iter().zip(carve(g, b, f)).zip(carve(u, b, f)).zip(carve(h, b, f)).collect();
     jobs.into_par_iter().enumerate().for_each(|(i, (((y, g), u), h))| {
         let (lo, hi) = (b[i], b[i + 1]);
         if lo < hi {
             let acts = MlpActs { g, u, h };
-            mlp_forward(y, acts, &xs[lo * c..hi * c], w.expert(i, f * c), hi - lo, c, f, false);
+            mlp_forward(y, acts, &xs[lo * c..hi * c], w.part(i, e), hi - lo, c, f, false);
         }
     });
 }
@@ -91,30 +68,27 @@ pub fn experts_backward<T: Float>(
     f: usize,
 ) {
     let [dh, dg, du] = scratch;
-    let fc = f * c;
     let r = *bins.last().unwrap_or(&0);
     dxs[..r * c].fill(T::ZERO);
     let b = bins;
     let e = b.len() - 1;
-    let (gg, gu, gd) = (per_expert(gw.gate, fc, e), per_expert(gw.up, fc, e), per_expert(gw.down, fc, e));
     let jobs: Vec<_> = carve(dxs, b, c)
         .into_iter()
         .zip(carve(dh, b, f))
         .zip(carve(dg, b, f))
         .zip(carve(du, b, f))
-        .zip(gg.into_iter().zip(gu).zip(gd))
+        .zip(gw.split(e))
         .collect();
-    jobs.into_par_iter().enumerate().for_each(|(i, ((((dx, dh), dg), du), ((gate, up), down)))| {
+    jobs.into_par_iter().enumerate().for_each(|(i, ((((dx, dh), dg), du), grads))| {
         let (lo, hi) = (b[i], b[i + 1]);
         if lo < hi {
             let (rf, rc) = (lo * f..hi * f, lo * c..hi * c);
-            let grads = MlpGrads { gate, up, down };
             mlp_backward(
                 dx,
                 grads,
                 &dys[rc.clone()],
                 &xs[rc],
-                w.expert(i, fc),
+                w.part(i, e),
                 &g[rf.clone()],
                 &u[rf.clone()],
                 &h[rf],

@@ -9,22 +9,24 @@ use super::select::{expert_choice, topk_grouped};
 use super::MoeSpec;
 use crate::config::RouterKind;
 use crate::rng::Rng;
-use moe_kernels::matmul::{add_bias, bias_backward, linear_backward, linear_forward};
+use crate::lora::{Lin, LinGrad};
+use moe_kernels::matmul::{add_bias, bias_backward};
 use moe_kernels::softmax::{logsumexp, softmax_backward, softmax_row_lse};
 use moe_kernels::Float;
 use rayon::prelude::*;
 
-/// Router weights: weight[E,C], optional trainable bias[E], optional selection-only bias[E].
+/// Router weights: weight[E,C] (with its LoRA adapter if it has one), optional trainable
+/// bias[E], optional selection-only bias[E].
 #[derive(Clone, Copy)]
 pub struct RouterWeights<'a, T> {
-    pub weight: &'a [T],
+    pub weight: Lin<'a, T>,
     pub bias: Option<&'a [T]>,
     pub selection_bias: Option<&'a [T]>,
 }
 
 /// Router gradients (the selection bias has none).
 pub struct RouterGrads<'a, T> {
-    pub weight: &'a mut [T],
+    pub weight: LinGrad<'a, T>,
     pub bias: Option<&'a mut [T]>,
 }
 
@@ -108,7 +110,7 @@ pub fn router_forward<T: Float>(
     } else {
         &x[..n * c]
     };
-    linear_forward(&mut a.logits[..n * e], input, w.weight, n, c, e, true);
+    w.weight.forward(&mut a.logits[..n * e], input, n, c, e, true);
     if let Some(b) = w.bias {
         add_bias(&mut a.logits[..n * e], b);
     }
@@ -299,23 +301,12 @@ pub fn router_backward<T: Float>(
         bias_backward(db, &a.dlogits[..n * e]);
     }
     if a.jittered {
-        linear_backward(
-            &mut a.dxr[..n * c],
-            g.weight,
-            &a.dlogits[..n * e],
-            &a.xr[..n * c],
-            w.weight,
-            n,
-            c,
-            e,
-            false,
-            true,
-        );
+        w.weight.backward(&mut a.dxr[..n * c], g.weight, &a.dlogits[..n * e], &a.xr[..n * c], n, c, e, false, true);
         dx[..n * c]
             .par_iter_mut()
             .zip(a.dxr.par_iter().zip(a.noise.par_iter()))
             .for_each(|(d, (&g, &nv))| *d += g * nv);
     } else {
-        linear_backward(&mut dx[..n * c], g.weight, &a.dlogits[..n * e], &x[..n * c], w.weight, n, c, e, true, true);
+        w.weight.backward(&mut dx[..n * c], g.weight, &a.dlogits[..n * e], &x[..n * c], n, c, e, true, true);
     }
 }

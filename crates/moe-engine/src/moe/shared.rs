@@ -85,14 +85,17 @@ pub fn shared_backward<T: Float>(
     c: usize,
     fs: usize,
 ) {
-    if let (Some(wg), Some(dwg)) = (w.gate, gr.gate) {
-        // dgate_logit_n = (dout_n . y_n) * g (1 - g)
+    if let Some(wg) = w.gate {
+        // dgate_logit_n = (dout_n . y_n) * g (1 - g); the gate's own gradient unless frozen
+        let mut dwg = gr.gate;
         for ((((dxr, xr), d), y), &g) in
             dx.chunks_mut(c).zip(x.chunks(c)).zip(dout.chunks(c)).zip(a.y.chunks(c)).zip(&a.gs[..n])
         {
             let dl = d.iter().zip(y).map(|(&p, &q)| p * q).sum::<T>() * g * (T::ONE - g);
             dxr.iter_mut().zip(wg).for_each(|(v, &wv)| *v += dl * wv);
-            dwg.iter_mut().zip(xr).for_each(|(v, &xv)| *v += dl * xv);
+            if let Some(dwg) = dwg.as_deref_mut() {
+                dwg.iter_mut().zip(xr).for_each(|(v, &xv)| *v += dl * xv);
+            }
         }
     }
     a.dy[..n * c].par_chunks_mut(c).zip(dout.par_chunks(c)).zip(a.gs.par_iter()).for_each(|((dy, d), &g)| {
