@@ -27,7 +27,8 @@ pub struct ExportArgs {
 }
 
 pub fn export(a: ExportArgs) -> Result<()> {
-    let ck = checkpoint::load(&a.checkpoint)?;
+    // LoRA adapters are folded into the weights first
+    let ck = moe_engine::lora::merge_checkpoint(checkpoint::load(&a.checkpoint)?);
     let gguf = a.gguf || a.out.extension().is_some_and(|x| x == "gguf");
     let (params, what) = if gguf {
         let (params, arch) = moe_infer::from_moe_gguf::write_gguf(&ck, &a.out)?;

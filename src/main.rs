@@ -6,6 +6,7 @@ mod compare_cmd;
 mod dist_cmd;
 mod export_cmd;
 mod hf;
+mod merge_cmd;
 mod perplexity_cmd;
 mod plan_cmd;
 mod serve_cmd;
@@ -65,6 +66,8 @@ enum Cmd {
     Bench(BenchCmd),
     /// Write a checkpoint trained by moe as a Hugging Face checkpoint (Mixtral or Qwen2-MoE) or a GGUF file.
     Export(export_cmd::ExportArgs),
+    /// Fold the LoRA adapters of a fine-tuned checkpoint into its weights.
+    MergeLora(merge_cmd::MergeLoraArgs),
     /// Mean cross-entropy and perplexity of a Hugging Face or GGUF model on a text.
     Perplexity(perplexity_cmd::PerplexityArgs),
 }
@@ -242,6 +245,7 @@ fn real_main() -> Result<()> {
         Cmd::Corpus(a) => corpus_cmd(a),
         Cmd::Bench(b) => bench(b),
         Cmd::Export(a) => export_cmd::export(a),
+        Cmd::MergeLora(a) => merge_cmd::merge_lora(a),
         Cmd::Perplexity(a) => perplexity_cmd::perplexity(a),
         Cmd::Balance(a) => dist_cmd::balance_cmd(a),
         Cmd::Plan(a) => plan_cmd::plan_cmd(a),

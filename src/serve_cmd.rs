@@ -71,7 +71,7 @@ pub fn serve(a: ServeArgs) -> Result<()> {
     let (path, scratch) = match (&a.model, &a.checkpoint) {
         (Some(m), _) => (m.clone(), None),
         (None, Some(c)) => {
-            let ck = moe_engine::checkpoint::load(c)?;
+            let ck = moe_engine::lora::merge_checkpoint(moe_engine::checkpoint::load(c)?);
             let dir = std::env::temp_dir().join(format!("moe-serve-{}", std::process::id()));
             let _ = std::fs::remove_dir_all(&dir);
             moe_infer::from_moe::write_hf(&ck, &dir, true)?;

@@ -1,9 +1,10 @@
 //! `moe train`: flags, then one training run (`moe_engine::run`) with its report.
 
-use crate::args::{utc_stamp, ModelArgs, TrainFlags};
+use crate::args::{parse_enum, utc_stamp, ModelArgs, TrainFlags};
 use anyhow::Result;
 use clap::Args;
 use moe_engine::dist::Dist;
+use moe_engine::lora::{LoraConfig, LoraTarget};
 use moe_engine::run::{run, RunOptions};
 use moe_engine::train::TrainConfig;
 use std::path::{Path, PathBuf};
@@ -25,6 +26,18 @@ pub struct TrainArgs {
     /// its tokenizer.json.
     #[arg(long, conflicts_with_all = ["resume", "config"])]
     init: Option<PathBuf>,
+    /// With --init: train LoRA adapters of this rank (8 to 64 is usual) instead of all weights;
+    /// the base model is frozen. `moe merge-lora` folds them into the weights.
+    #[arg(long, requires = "init")]
+    lora_rank: Option<usize>,
+    /// The adapters' update B A is scaled by alpha / rank [default: 2 x rank].
+    #[arg(long, requires = "lora_rank")]
+    lora_alpha: Option<f64>,
+    /// Comma-separated layers that get adapters: attn (q, k, v, o projections), experts (one
+    /// adapter per routed expert), router, mlp (dense layers' MLPs and shared experts)
+    /// [default: attn,experts,mlp, those the model has].
+    #[arg(long, requires = "lora_rank", value_delimiter = ',', value_parser = parse_enum::<LoraTarget>)]
+    lora_targets: Option<Vec<LoraTarget>>,
     /// Optimizer steps of the whole schedule.
     #[arg(long)]
     steps: Option<u64>,
@@ -88,7 +101,15 @@ pub fn train(a: TrainArgs) -> Result<()> {
                     dir.display()
                 )
             };
-            (d.config, Some(moe_engine::run::Init { params: d.params, tokenizer }))
+            let mut config = d.config;
+            config.lora = a.lora_rank.map(|rank| LoraConfig {
+                rank,
+                alpha: a.lora_alpha.unwrap_or(2.0 * rank as f64),
+                targets: a.lora_targets.clone().unwrap_or_else(|| {
+                    LoraTarget::DEFAULT.into_iter().filter(|t| t.present_in(&config)).collect()
+                }),
+            });
+            (config, Some(moe_engine::run::Init { params: d.params, tokenizer }))
         }
         None => (a.model.build()?, None),
     };

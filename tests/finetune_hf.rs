@@ -114,3 +114,66 @@ fn chat_conversations_fine_tune_on_the_assistant_turns() {
     let record = std::fs::read_to_string(run.join("run.json")).unwrap();
     assert!(record.contains("\"chat\":true"), "{record}");
 }
+
+/// LoRA (`--lora-rank`): the base weights stay exactly the checkpoint's while the loss falls;
+/// the run resumes; `moe merge-lora` folds the adapters in, and the merged model computes what
+/// the adapted one does; `moe export` merges on the fly.
+#[test]
+fn lora_fine_tunes_adapters_over_a_frozen_base_and_merges() {
+    use moe_engine::model::{Acts, KvCache, Model};
+    let dir = tempfile::tempdir().unwrap();
+    let text = dir.path().join("t.txt");
+    std::fs::write(&text, "the router sends each token to a few experts; the model adds their outputs.\n\n".repeat(200))
+        .unwrap();
+    let (run, cache) = (dir.path().join("lora"), dir.path().join("cache"));
+    let (t, r, c) = (text.to_str().unwrap(), run.to_str().unwrap(), cache.to_str().unwrap());
+    let common = ["--out", r, "--cache-dir", c, "--sample-tokens", "0"];
+    let mut args = vec!["train", "--init", MIXTRAL, "--lora-rank", "4", "--lora-targets", "attn,experts,router"];
+    args.extend(["--data", t, "--batch-size", "4", "--seq-len", "16", "--log-every", "1", "--eval-every", "10"]);
+    args.extend(["--steps", "30", "--stop-after", "15", "--lr", "1e-2"]);
+    args.extend(common);
+    let (code, log) = moe(&args);
+    assert_eq!(code, 0, "{log}");
+    let mut args = vec!["train", "--resume", "--steps", "30"];
+    args.extend(common);
+    let (code, log) = moe(&args);
+    assert_eq!(code, 0, "{log}");
+    let l = losses(&run);
+    assert_eq!(l.len(), 30, "{l:?}");
+    let (first, last) = (l[..3].iter().sum::<f64>() / 3.0, l[27..].iter().sum::<f64>() / 3.0);
+    assert!(last < first - 0.5, "LoRA did not lower the loss: {first:.3} -> {last:.3}");
+
+    let ck = moe_engine::checkpoint::load(&run).unwrap();
+    let lora = ck.config.lora.clone().expect("the run recorded its adapters");
+    assert_eq!((lora.rank, lora.alpha, lora.targets.len()), (4, 8.0, 3));
+    let layout = moe_engine::params::Layout::new(&ck.config);
+    let base = moe_infer::hf_train::read_checkpoint(std::path::Path::new(MIXTRAL)).unwrap();
+    assert!(ck.params[..layout.base_total] == base.params[..], "the frozen base changed");
+    assert!(ck.params[layout.base_total..].iter().any(|&v| v != 0.0));
+
+    let merged = dir.path().join("merged");
+    let (code, log) = moe(&["merge-lora", "--checkpoint", r, "--out", merged.to_str().unwrap()]);
+    assert_eq!(code, 0, "{log}");
+    let mk = moe_engine::checkpoint::load(&merged).unwrap();
+    assert!(mk.config.lora.is_none() && mk.params.len() == layout.base_total);
+    assert!(mk.dir.join("tokenizer.json").is_file());
+    let logits = |cfg: &moe_engine::config::ModelConfig, p: &[f32]| {
+        let m = Model::<f32>::new(cfg.clone()).unwrap();
+        let x: Vec<u32> = (0..16).map(|i| (i * 7 % 100) as u32).collect();
+        let (mut a, mut kv) = (Acts::new(&m.cfg, 1, 16, 16), KvCache::new(&m.cfg, 1, 16));
+        m.forward(p, &mut a, &mut kv, &x, 0);
+        a.logits[..16 * m.cfg.vocab_size].to_vec()
+    };
+    let (want, got) = (logits(&ck.config, &ck.params), logits(&mk.config, &mk.params));
+    let worst = want.iter().zip(&got).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    assert!(worst < 1e-4, "merged logits differ by {worst}");
+    let before = logits(&mk.config, &base.params);
+    assert!(want.iter().zip(&before).any(|(a, b)| (a - b).abs() > 1e-2), "the adapters changed nothing");
+
+    let (code, log) = moe(&["merge-lora", "--checkpoint", merged.to_str().unwrap(), "--out", "/nonexistent/x"]);
+    assert!(code != 0 && log.contains("has no LoRA adapters"), "{log}");
+    let hf = dir.path().join("hf");
+    let (code, log) = moe(&["export", "--checkpoint", r, "--out", hf.to_str().unwrap()]);
+    assert_eq!(code, 0, "{log}");
+    assert!(hf.join("model.safetensors").is_file() || hf.join("model.safetensors.index.json").is_file());
+}

@@ -130,6 +130,17 @@ pub fn report(cfg: &ModelConfig, b: usize, t: usize) -> String {
         count(s.active_params),
         count(s.expert_params)
     );
+    if let Some(l) = &cfg.lora {
+        let layout = crate::params::Layout::new(cfg);
+        let targets: Vec<String> = l.targets.iter().map(|t| format!("{t:?}").to_lowercase()).collect();
+        r += &format!(
+            "LoRA              rank {}, alpha {} on {}: {} trainable, the base frozen\n",
+            l.rank,
+            l.alpha,
+            targets.join(", "),
+            count(layout.total - layout.base_total)
+        );
+    }
     r += &format!(
         "FLOPs per token   {:.1} M forward, {:.1} M training (context {t})\n",
         s.forward_flops_per_token / 1e6,

@@ -26,6 +26,23 @@ pub enum LoraTarget {
     Mlp,
 }
 
+impl LoraTarget {
+    /// Attention, experts and router, MLP: the default targets (the router is small and steers
+    /// the routing, so it is adapted only when asked for).
+    pub const DEFAULT: [LoraTarget; 3] = [LoraTarget::Attn, LoraTarget::Experts, LoraTarget::Mlp];
+
+    /// Whether `cfg` has layers of this kind.
+    pub fn present_in(self, cfg: &ModelConfig) -> bool {
+        match self {
+            LoraTarget::Attn => true,
+            LoraTarget::Experts | LoraTarget::Router => cfg.num_moe_layers() > 0,
+            LoraTarget::Mlp => {
+                cfg.num_moe_layers() < cfg.num_hidden_layers || cfg.shared_expert_intermediate_size > 0
+            }
+        }
+    }
+}
+
 /// The adapters of a model: rank R, alpha (scale = alpha / R) and the layers they adapt.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -51,14 +68,7 @@ impl LoraConfig {
         if !self.alpha.is_finite() || self.alpha <= 0.0 {
             return Err(Error::config(format!("the LoRA alpha is {}", self.alpha), "pass a positive --lora-alpha"));
         }
-        let moe = cfg.num_moe_layers() > 0;
-        let dense_mlp = cfg.num_moe_layers() < cfg.num_hidden_layers || cfg.shared_expert_intermediate_size > 0;
-        let present = |t: &LoraTarget| match t {
-            LoraTarget::Attn => true,
-            LoraTarget::Experts | LoraTarget::Router => moe,
-            LoraTarget::Mlp => dense_mlp,
-        };
-        if let Some(t) = self.targets.iter().find(|t| !present(t)) {
+        if let Some(t) = self.targets.iter().find(|t| !t.present_in(cfg)) {
             return Err(Error::config(
                 format!("the LoRA target {t:?} does not exist in this model"),
                 "choose --lora-targets among the model's layers (attn; experts and router need MoE layers; mlp needs dense layers or a shared expert)",
@@ -248,6 +258,16 @@ pub fn merge_model<T: Float>(cfg: &ModelConfig, mut p: Vec<T>) -> (ModelConfig, 
     }
     p.truncate(layout.base_total);
     (ModelConfig { lora: None, ..cfg.clone() }, p)
+}
+
+/// A checkpoint with its adapters folded into the weights (without optimizer state, which
+/// belongs to the adapters); a checkpoint without adapters as it is.
+pub fn merge_checkpoint(ck: crate::checkpoint::Checkpoint) -> crate::checkpoint::Checkpoint {
+    if ck.config.lora.is_none() {
+        return ck;
+    }
+    let (config, params) = merge_model(&ck.config, ck.params);
+    crate::checkpoint::Checkpoint { dir: ck.dir, config, params, moments: None, state: None }
 }
 
 /// W[O,I] += scale * B[O,R] A[R,I] for each of the `parts` stacked matrices (experts) of `w`.
