@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """Writes the Hugging Face parity fixtures of tests/fixtures/hf/ (run by hand, not by CI).
 
-For a tiny random MixtralForCausalLM (MoE), LlamaForCausalLM (dense) and Qwen2MoeForCausalLM
-(shared expert with its sigmoid gate, query/key/value biases, unnormalised top-k), in float64:
+For a tiny random MixtralForCausalLM (MoE), LlamaForCausalLM (dense), Qwen2MoeForCausalLM
+(shared expert with its sigmoid gate, query/key/value biases, unnormalised top-k) and the Llama
+with PEFT's LoRA adapters on every linear layer (llama_lora: gradients of the adapters only), in
+float64:
   config.json            our ModelConfig (Hugging Face field names)
   model.safetensors      the weights under our names (Mixtral's fused gate_up_proj split into
                          gate_proj / up_proj, router `mlp.gate` renamed `mlp.router`)
@@ -11,7 +13,7 @@ For a tiny random MixtralForCausalLM (MoE), LlamaForCausalLM (dense) and Qwen2Mo
 loss = cross_entropy(logits, targets) + router_aux_loss_coef * aux_loss, where aux_loss is
 transformers' own load_balancing_loss_func (pooled over layers; see the Rust test).
 
-    pip install torch transformers safetensors
+    pip install torch transformers safetensors peft
     python scripts/hf_fixtures.py            # from the project root
 """
 import json
@@ -57,8 +59,14 @@ def our_tensors(named, experts_f):
     return {k: v.detach().to(torch.float32).contiguous() for k, v in out.items()}
 
 
+def peft_name(name):
+    """PEFT's parameter name -> the wrapped model's (its adapters as <layer>.lora_A.weight)."""
+    name = name.removeprefix("base_model.model.").replace(".base_layer.", ".")
+    return name.replace(".lora_A.default.", ".lora_A.").replace(".lora_B.default.", ".lora_B.")
+
+
 def build(kind):
-    torch.manual_seed({"mixtral": 0, "llama": 1, "qwen2_moe": 2}[kind])
+    torch.manual_seed({"mixtral": 0, "llama": 1, "qwen2_moe": 2, "llama_lora": 3}[kind])
     if kind == "qwen2_moe":
         hf = Qwen2MoeConfig(**COMMON, intermediate_size=16, moe_intermediate_size=16, shared_expert_intermediate_size=16,
                             num_experts=4, num_experts_per_tok=2, norm_topk_prob=False, qkv_bias=True,
@@ -87,18 +95,29 @@ def build(kind):
                 p.copy_(1.0 + 0.1 * torch.randn_like(p))
             else:
                 p.copy_(0.15 * torch.randn_like(p))
+    if kind == "llama_lora":
+        # PEFT's LoRA on every linear layer (rank 4, alpha 8: scale 2), A and B random so every
+        # adapter carries a gradient; only the adapters train.
+        from peft import LoraConfig, get_peft_model
+        targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+        model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=targets, lora_dropout=0.0))
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_" in name:
+                    p.copy_(0.3 * torch.randn_like(p))
+        cfg["lora"] = {"rank": 4, "alpha": 8.0, "targets": ["attn", "mlp"]}
     ids = torch.randint(0, hf.vocab_size, (B, T))
     targets = torch.randint(0, hf.vocab_size, (B, T))
-    moe = kind != "llama"
+    moe = kind not in ("llama", "llama_lora")
     out = model(input_ids=ids, output_router_logits=moe)
     logits = out.logits
     ce = F.cross_entropy(logits.reshape(-1, hf.vocab_size), targets.reshape(-1))
     aux = out.aux_loss if moe else torch.zeros((), dtype=torch.float64)
     loss = ce + cfg["router_aux_loss_coef"] * aux
     loss.backward()
-    named = dict(model.named_parameters())
+    named = {peft_name(k): v for k, v in model.named_parameters()}
     weights = our_tensors({k: v for k, v in named.items()}, 16)
-    grads = our_tensors({k: v.grad for k, v in named.items()}, 16)
+    grads = our_tensors({k: v.grad for k, v in named.items() if v.grad is not None}, 16)
     ref = {"input_ids": ids.to(torch.int64), "targets": targets.to(torch.int64),
            "logits": logits.detach().float().reshape(B * T, -1).contiguous(),
            "ce": ce.detach().float().reshape(1), "aux": aux.detach().float().reshape(1),
@@ -117,6 +136,7 @@ if __name__ == "__main__":
     build("mixtral")
     build("llama")
     build("qwen2_moe")
+    build("llama_lora")
 
 
 # ---------------------------------------------------------------------------------------------

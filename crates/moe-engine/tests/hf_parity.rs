@@ -1,6 +1,7 @@
-//! Parity with Hugging Face transformers: tiny random MixtralForCausalLM, LlamaForCausalLM and
-//! Qwen2MoeForCausalLM (shared expert with its gate, q/k/v biases) written by `scripts/hf_fixtures.py` (weights, inputs, and transformers' logits, loss and
-//! every parameter's gradient, float64). Our model, in f32 and in f64, must match logits, loss
+//! Parity with Hugging Face transformers: tiny random MixtralForCausalLM, LlamaForCausalLM,
+//! Qwen2MoeForCausalLM (shared expert with its gate, q/k/v biases) and the Llama with PEFT's
+//! LoRA adapters on every linear layer, written by `scripts/hf_fixtures.py` (weights, inputs,
+//! and transformers' logits, loss and every trained parameter's gradient, float64). Our model, in f32 and in f64, must match logits, loss
 //! and all gradients to 1e-4 relative (max abs error over a tensor / max abs of the reference).
 //!
 //! Balancing-loss normalisation: transformers' `load_balancing_loss_func` concatenates the router
@@ -68,6 +69,11 @@ fn check<T: Float>(name: &str) {
     let mut g = vec![T::ZERO; p.len()];
     m.backward(&p, &mut g, &mut a, &kv, &x, &y);
     for tsr in &m.layout.tensors {
+        if !tsr.trainable {
+            // a frozen base under LoRA (PEFT gives it no gradient)
+            assert!(tsr.span.of(&g).iter().all(|v| v.to_f64() == 0.0), "{name}: frozen {} has a gradient", tsr.name);
+            continue;
+        }
         let e = rel_err(tsr.span.of(&g), &r.f32s(&format!("grad.{}", tsr.name)));
         assert!(e < 1e-4, "{name}: gradient of {} differs by {e:e}", tsr.name);
     }
@@ -93,4 +99,14 @@ fn llama_logits_loss_and_gradients_match_transformers() {
 fn qwen2_moe_logits_loss_and_gradients_match_transformers() {
     check::<f32>("qwen2_moe");
     check::<f64>("qwen2_moe");
+}
+
+#[test]
+fn llama_with_peft_lora_adapters_matches_f32() {
+    check::<f32>("llama_lora");
+}
+
+#[test]
+fn llama_with_peft_lora_adapters_matches_f64() {
+    check::<f64>("llama_lora");
 }
