@@ -5,6 +5,7 @@ use anyhow::Result;
 use clap::Args;
 use moe_engine::dist::Dist;
 use moe_engine::lora::{LoraConfig, LoraTarget};
+use moe_engine::packed::BaseFormat;
 use moe_engine::run::{run, RunOptions};
 use moe_engine::train::TrainConfig;
 use std::path::{Path, PathBuf};
@@ -38,6 +39,10 @@ pub struct TrainArgs {
     /// [default: attn,experts,mlp, those the model has].
     #[arg(long, requires = "lora_rank", value_delimiter = ',', value_parser = parse_enum::<LoraTarget>)]
     lora_targets: Option<Vec<LoraTarget>>,
+    /// How the frozen base's weight matrices are held while training: f32, bf16 (half the
+    /// memory) or q8_0 (llama.cpp's 8-bit blocks, a quarter plus scales); products decode them.
+    #[arg(long, requires = "lora_rank", default_value = "f32", value_parser = parse_enum::<BaseFormat>)]
+    lora_base: BaseFormat,
     /// Optimizer steps of the whole schedule.
     #[arg(long)]
     steps: Option<u64>,
@@ -108,6 +113,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
                 targets: a.lora_targets.clone().unwrap_or_else(|| {
                     LoraTarget::DEFAULT.into_iter().filter(|t| t.present_in(&config)).collect()
                 }),
+                base: a.lora_base,
             });
             (config, Some(moe_engine::run::Init { params: d.params, tokenizer }))
         }

@@ -134,6 +134,7 @@ fn lora_fine_tunes_adapters_over_a_frozen_base_and_merges() {
     args.extend(common);
     let (code, log) = moe(&args);
     assert_eq!(code, 0, "{log}");
+    let args_first = args.clone();
     let mut args = vec!["train", "--resume", "--steps", "30"];
     args.extend(common);
     let (code, log) = moe(&args);
@@ -142,6 +143,13 @@ fn lora_fine_tunes_adapters_over_a_frozen_base_and_merges() {
     assert_eq!(l.len(), 30, "{l:?}");
     let (first, last) = (l[..3].iter().sum::<f64>() / 3.0, l[27..].iter().sum::<f64>() / 3.0);
     assert!(last < first - 0.5, "LoRA did not lower the loss: {first:.3} -> {last:.3}");
+    // the resumed run (adapters and their moments from the checkpoint) is the uninterrupted one
+    let whole = dir.path().join("whole");
+    let w = whole.to_str().unwrap();
+    let args: Vec<&str> = args_first.iter().map(|a| if *a == r { w } else { a }).filter(|a| *a != "--stop-after" && *a != "15").collect();
+    let (code, log) = moe(&args);
+    assert_eq!(code, 0, "{log}");
+    assert_eq!(losses(&whole), l, "resuming a LoRA run changed its losses");
 
     let ck = moe_engine::checkpoint::load(&run).unwrap();
     let lora = ck.config.lora.clone().expect("the run recorded its adapters");
@@ -172,6 +180,24 @@ fn lora_fine_tunes_adapters_over_a_frozen_base_and_merges() {
 
     let (code, log) = moe(&["merge-lora", "--checkpoint", merged.to_str().unwrap(), "--out", "/nonexistent/x"]);
     assert!(code != 0 && log.contains("has no LoRA adapters"), "{log}");
+    // over a bf16 base: the checkpoint holds the base's matrices rounded to bf16, the rest as given
+    let b16 = dir.path().join("bf16");
+    let mut args = vec!["train", "--init", MIXTRAL, "--lora-rank", "4", "--lora-base", "bf16", "--steps", "10"];
+    args.extend(["--data", t, "--batch-size", "4", "--seq-len", "16", "--lr", "1e-2", "--cache-dir", c]);
+    args.extend(["--sample-tokens", "0", "--out", b16.to_str().unwrap()]);
+    let (code, log) = moe(&args);
+    assert_eq!(code, 0, "{log}");
+    let bk = moe_engine::checkpoint::load(&b16).unwrap();
+    let linear: Vec<_> = layout.linear_weights();
+    for tsr in layout.tensors.iter().filter(|t| t.span.off < layout.base_total) {
+        let (got, want) = (tsr.span.of(&bk.params), tsr.span.of(&base.params));
+        if linear.contains(&tsr.span) {
+            assert!(got.iter().all(|v| v.to_bits() & 0xffff == 0), "{} is not bf16", tsr.name);
+            assert!(got.iter().zip(want).all(|(g, w)| (g - w).abs() <= w.abs() / 128.0), "{}", tsr.name);
+        } else {
+            assert!(got == want, "{} changed", tsr.name);
+        }
+    }
     let hf = dir.path().join("hf");
     let (code, log) = moe(&["export", "--checkpoint", r, "--out", hf.to_str().unwrap()]);
     assert_eq!(code, 0, "{log}");

@@ -7,7 +7,7 @@
 
 use moe_engine::config::ModelConfig;
 use moe_engine::ffn::{mlp_backward, mlp_forward, MlpActs, MlpGrads, MlpWeights};
-use moe_engine::lora::{Lin, LinGrad};
+use moe_engine::linear::{Lin, LinGrad};
 use moe_engine::moe::combine::{combine_backward, combine_forward};
 use moe_engine::moe::dispatch::{dispatch_backward, dispatch_forward};
 use moe_engine::moe::experts::{experts_backward, experts_forward};

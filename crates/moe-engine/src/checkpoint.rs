@@ -1,5 +1,6 @@
 //! Checkpoints: a directory with config.json (model config), model.safetensors (f32 weights,
-//! named as in `params::Layout`), optional optimizer.safetensors (AdamW moments), state.json
+//! named as in `params::Layout`), optional optimizer.safetensors (AdamW moments of the trained
+//! part: every weight, or under LoRA the adapters), state.json
 //! (training state) and tokenizer.json. A checkpoint is written into a temporary directory and
 //! renamed into place only when complete, so a crash never leaves one that loads as valid but
 //! wrong; the run directory's `latest` file (written atomically) names the newest one; its
@@ -97,8 +98,10 @@ fn write_files(root: &Path, name: &str, req: &SaveRequest) -> Result<PathBuf> {
         req.layout.tensors.iter().map(|t| (t.name.clone(), t.shape.clone(), t.span.of(req.params))).collect();
     write_atomic(&tmp.join("model.safetensors"), &safetensors_bytes(&weights, &tmp)?)?;
     if let Some((m, v)) = req.moments {
-        let p = req.params.len();
-        let opt = vec![("adamw.m".to_string(), vec![p], m), ("adamw.v".to_string(), vec![p], v)];
+        // the moments of the trained part (`Layout::grad_range`: all, or the LoRA adapters)
+        let r = req.layout.grad_range();
+        let (m, v) = (&m[r.clone()], &v[r.clone()]);
+        let opt = vec![("adamw.m".to_string(), vec![r.len()], m), ("adamw.v".to_string(), vec![r.len()], v)];
         write_atomic(&tmp.join("optimizer.safetensors"), &safetensors_bytes(&opt, &tmp)?)?;
     }
     Ok(tmp)
@@ -294,10 +297,12 @@ pub fn load_sharded(path: &Path, shard: &Shard) -> Result<Checkpoint> {
         let ost = SafeTensors::deserialize(&omap)
             .map_err(|e| Error::checkpoint(&opath, e.to_string(), "the file is corrupt"))?;
         let mut mv = [moe_kernels::buffer::zeroed::<f32>(layout.total), moe_kernels::buffer::zeroed(layout.total)];
+        let r = full.grad_range();
         for (name, out) in ["adamw.m", "adamw.v"].into_iter().zip(&mut mv) {
-            let flat = tensor_f32(&ost, name, &[full.total], &opath)?;
-            for (ft, lt) in full.tensors.iter().zip(&layout.tensors) {
-                let whole = &flat[ft.span.off * 4..(ft.span.off + ft.span.len) * 4];
+            let flat = tensor_f32(&ost, name, &[r.len()], &opath)?;
+            for (ft, lt) in full.tensors.iter().zip(&layout.tensors).filter(|(ft, _)| ft.span.off >= r.start) {
+                let off = ft.span.off - r.start;
+                let whole = &flat[off * 4..(off + ft.span.len) * 4];
                 decode_local(lt.span.of_mut(out), whole, lt);
             }
         }

@@ -1,7 +1,8 @@
 //! The SwiGLU MLP over a block of rows: y = down(silu(gate(x)) * up(x)). Used as the dense
 //! feed-forward block and, per expert, by the MoE expert stage.
 
-use crate::lora::{GradCursor, Lin, LinGrad, LoraSpans};
+use crate::linear::{GradCursor, Lin, LinGrad, LoraSpans};
+use crate::packed::Weights;
 use crate::params::Span;
 use moe_kernels::swiglu::{swiglu_backward, swiglu_forward};
 use moe_kernels::Float;
@@ -20,9 +21,9 @@ impl<'a, T: Float> MlpWeights<'a, T> {
     pub fn plain(gate: &'a [T], up: &'a [T], down: &'a [T]) -> Self {
         MlpWeights { gate: gate.into(), up: up.into(), down: down.into() }
     }
-    /// The weights at `w` (gate, up, down) over `p` with the adapters at `lora`.
-    pub fn at(p: &'a [T], w: [Span; 3], lora: Option<[LoraSpans; 3]>) -> Self {
-        let [gate, up, down] = [0, 1, 2].map(|i| Lin::at(p, w[i], lora.map(|l| l[i])));
+    /// The weights at `w` (gate, up, down) in `ws` with the adapters at `lora`.
+    pub fn at(ws: Weights<'a, T>, w: [Span; 3], lora: Option<[LoraSpans; 3]>) -> Self {
+        let [gate, up, down] = [0, 1, 2].map(|i| Lin::at(ws, w[i], lora.map(|l| l[i])));
         MlpWeights { gate, up, down }
     }
     /// Part `i` of `parts` (one expert of stacked weights).

@@ -130,17 +130,27 @@ pub fn report(cfg: &ModelConfig, b: usize, t: usize) -> String {
         count(s.active_params),
         count(s.expert_params)
     );
-    if let Some(l) = &cfg.lora {
+    let lora = cfg.lora.as_ref().map(|l| {
         let layout = crate::params::Layout::new(cfg);
         let targets: Vec<String> = l.targets.iter().map(|t| format!("{t:?}").to_lowercase()).collect();
+        let adapters = layout.total - layout.base_total;
+        let matrices: usize = layout.linear_weights().iter().map(|s| s.len).sum();
+        let per = match l.base {
+            crate::packed::BaseFormat::F32 => 4.0,
+            crate::packed::BaseFormat::Bf16 => 2.0,
+            crate::packed::BaseFormat::Q8_0 => 34.0 / 32.0,
+        };
+        let base_bytes = (matrices as f64 * per) as usize + (layout.base_total - matrices) * 4;
         r += &format!(
-            "LoRA              rank {}, alpha {} on {}: {} trainable, the base frozen\n",
+            "LoRA              rank {}, alpha {} on {}: {} trainable, the base frozen ({:?})\n",
             l.rank,
             l.alpha,
             targets.join(", "),
-            count(layout.total - layout.base_total)
+            count(adapters),
+            l.base
         );
-    }
+        (base_bytes, adapters * 16)
+    });
     r += &format!(
         "FLOPs per token   {:.1} M forward, {:.1} M training (context {t})\n",
         s.forward_flops_per_token / 1e6,
@@ -151,10 +161,22 @@ pub fn report(cfg: &ModelConfig, b: usize, t: usize) -> String {
         human(s.weight_bytes),
         human(s.kv_cache_bytes)
     );
-    r += &format!(
-        "memory, training  {} weights+grads+AdamW, {} activations for batch {b} x {t}\n",
-        human(s.train_state_bytes),
-        human(s.activation_bytes)
-    );
+    match lora {
+        Some((base, adapters)) => {
+            r += &format!(
+                "memory, training  {} frozen base + {} adapters+grads+AdamW, {} activations for batch {b} x {t}\n",
+                human(base),
+                human(adapters),
+                human(s.activation_bytes)
+            )
+        }
+        None => {
+            r += &format!(
+                "memory, training  {} weights+grads+AdamW, {} activations for batch {b} x {t}\n",
+                human(s.train_state_bytes),
+                human(s.activation_bytes)
+            )
+        }
+    }
     r
 }

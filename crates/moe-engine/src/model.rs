@@ -8,7 +8,8 @@ use crate::config::{BalanceScope, ModelConfig};
 use crate::dist::{Comm, ExpertParallel, Shard};
 use crate::error::Result;
 use crate::ffn::{mlp_backward, mlp_forward, MlpActs, MlpGrads, MlpWeights};
-use crate::lora::{GradCursor, Lin};
+use crate::linear::{GradCursor, Lin};
+use crate::packed::{PackedBase, Weights};
 use crate::moe::router::{RouterGrads, RouterWeights};
 use crate::moe::shared::{SharedGrads, SharedWeights};
 use crate::moe::{moe_backward, moe_forward, MoeActs, MoeGrads, MoeSpec, MoeStats, MoeWeights};
@@ -27,6 +28,9 @@ pub struct Model<T> {
     /// Which experts this process holds (all of them unless expert-parallel).
     pub shard: Shard,
     pub layout: Layout,
+    /// The frozen base's weight matrices, packed (LoRA over a bf16 or Q8_0 base); their spans
+    /// in the parameter buffer are then unused.
+    pub packed: Option<PackedBase>,
     /// [T_max, D/2]
     cos: Vec<T>,
     sin: Vec<T>,
@@ -254,20 +258,26 @@ impl<T: Float> Model<T> {
         let (t, half) = (cfg.max_position_embeddings, cfg.head_dim() / 2);
         let (mut cos, mut sin) = (vec![T::ZERO; t * half], vec![T::ZERO; t * half]);
         rope_tables(&mut cos, &mut sin, t, cfg.head_dim(), cfg.rope_theta);
-        Ok(Model { cfg, shard, layout, cos, sin })
+        Ok(Model { cfg, shard, layout, packed: None, cos, sin })
+    }
+
+    /// The weights of parameters `p` (with the packed base, if any).
+    pub fn weights<'a>(&'a self, p: &'a [T]) -> Weights<'a, T> {
+        Weights { p, packed: self.packed.as_ref() }
     }
 
     /// Views of an MoE block's weights.
-    fn moe_weights<'a>(p: &'a [T], sp: &MoeSpans) -> MoeWeights<'a, T> {
+    fn moe_weights<'a>(ws: Weights<'a, T>, sp: &MoeSpans) -> MoeWeights<'a, T> {
+        let p = ws.p;
         MoeWeights {
             router: RouterWeights {
-                weight: Lin::at(p, sp.router, sp.router_lora),
+                weight: Lin::at(ws, sp.router, sp.router_lora),
                 bias: sp.router_bias.map(|s| s.of(p)),
                 selection_bias: sp.selection_bias.map(|s| s.of(p)),
             },
-            experts: MlpWeights::at(p, [sp.gate, sp.up, sp.down], sp.experts_lora),
+            experts: MlpWeights::at(ws, [sp.gate, sp.up, sp.down], sp.experts_lora),
             shared: sp.shared.map(|w| SharedWeights {
-                mlp: MlpWeights::at(p, w, sp.shared_lora),
+                mlp: MlpWeights::at(ws, w, sp.shared_lora),
                 gate: sp.shared_gate.map(|s| s.of(p)),
             }),
         }
@@ -300,6 +310,7 @@ impl<T: Float> Model<T> {
         let n = b * tq;
         assert!(tq <= a.tq_max && pos0 + tq <= cache.cap && cache.b == b, "forward beyond the allocated buffers");
         let (hd, gd) = (h * d, g * d);
+        let ws = self.weights(p);
         a.n = n;
         embedding_forward(&mut a.resid[0][..n * c], self.layout.embed.of(p), tokens, c);
         for (l, ls) in self.layout.layers.iter().enumerate() {
@@ -309,7 +320,7 @@ impl<T: Float> Model<T> {
             rmsnorm_forward(&mut la.ln1[..n * c], &mut la.rstd1[..n], x, ls.ln1.of(p), c, cfg.rms_norm_eps);
             let s = Qkv { t: tq, pos0, c, h, g, d, cos: &self.cos, sin: &self.sin };
             let (q, k, v) = (&mut la.q[..n * hd], &mut la.k_new[..n * gd], &mut la.v_new[..n * gd]);
-            qkv_forward(q, k, v, &la.ln1[..n * c], ls, p, &mut la.qk_norm, s);
+            qkv_forward(q, k, v, &la.ln1[..n * c], ls, ws, &mut la.qk_norm, s);
             for bi in 0..b {
                 let dst = (bi * cache.cap + pos0) * gd;
                 cache.k[l][dst..dst + tq * gd].copy_from_slice(&la.k_new[bi * tq * gd..(bi + 1) * tq * gd]);
@@ -317,7 +328,7 @@ impl<T: Float> Model<T> {
             }
             let dims = AttnDims { b, tq, tk: pos0 + tq, tcap: cache.cap, h, g, d };
             attention_forward(&mut la.attn[..n * hd], &mut la.att, &la.q[..n * hd], &cache.k[l], &cache.v[l], dims);
-            let wo = Lin::at(p, ls.wo, ls.attn_lora.map(|l| l[3]));
+            let wo = Lin::at(ws, ls.wo, ls.attn_lora.map(|l| l[3]));
             wo.forward(&mut la.mid[..n * c], &la.attn[..n * hd], n, hd, c, true);
             la.mid[..n * c].iter_mut().zip(x).for_each(|(m, &xv)| *m += xv);
             rmsnorm_forward(
@@ -332,13 +343,13 @@ impl<T: Float> Model<T> {
                 (FfnSpans::Dense { gate, up, down, lora }, FfnActs::Dense { g, u, h }) => {
                     let f = cfg.intermediate_size;
                     let acts = MlpActs { g: &mut g[..n * f], u: &mut u[..n * f], h: &mut h[..n * f] };
-                    let w = MlpWeights::at(p, [*gate, *up, *down], *lora);
+                    let w = MlpWeights::at(ws, [*gate, *up, *down], *lora);
                     mlp_forward(out, acts, &la.ln2[..n * c], w, n, c, f, true);
                 }
                 (FfnSpans::Moe(sp), FfnActs::Moe(m)) => {
                     let seed = a.noise_seed.map(|s| s ^ (l as u64 + 1).wrapping_mul(0x9E3779B97F4A7C15));
                     let spec = MoeSpec::new(cfg, n, tq);
-                    moe_forward(out, &la.ln2[..n * c], Self::moe_weights(p, sp), m, spec, seed);
+                    moe_forward(out, &la.ln2[..n * c], Self::moe_weights(ws, sp), m, spec, seed);
                 }
                 _ => unreachable!("activations are built from the same config as the layout"),
             }
@@ -346,7 +357,7 @@ impl<T: Float> Model<T> {
         }
         let last = &a.resid[cfg.num_hidden_layers][..n * c];
         rmsnorm_forward(&mut a.lnf[..n * c], &mut a.rstdf[..n], last, self.layout.norm.of(p), c, cfg.rms_norm_eps);
-        let head = Lin::from(self.layout.lm_head.of(p));
+        let head = Lin::at(ws, self.layout.lm_head, None);
         head.forward(&mut a.logits[..n * v], &a.lnf[..n * c], n, c, v, true);
     }
 
@@ -444,14 +455,15 @@ impl<T: Float> Model<T> {
         let z_scale = if bal.is_empty() { 0.0 } else { cfg.router_z_loss_coef / bal.len() as f64 };
         let scale = T::from_f64(1.0 / targets_counted(&targets[..n]));
         cross_entropy_backward_inplace(&mut a.logits[..n * v], &a.losses[..n], targets, v, scale);
-        let head = Lin::from(self.layout.lm_head.of(p));
+        let ws = self.weights(p);
+        let head = Lin::at(ws, self.layout.lm_head, None);
         let g_head = self.grads(gr).lin(self.layout.lm_head, None);
         head.backward(&mut a.dln[..n * c], g_head, &a.logits[..n * v], &a.lnf[..n * c], n, c, v, false, true);
         a.dres[..n * c].fill(T::ZERO);
         let last = &a.resid[cfg.num_hidden_layers][..n * c];
         rmsnorm_backward(
             &mut a.dres[..n * c],
-            self.layout.norm.of_mut(gr),
+            self.grads(gr).take(self.layout.norm),
             &a.dln[..n * c],
             last,
             self.layout.norm.of(p),
@@ -467,7 +479,7 @@ impl<T: Float> Model<T> {
             match (&ls.ffn, &mut la.ffn) {
                 (FfnSpans::Dense { gate, up, down, lora }, FfnActs::Dense { g, u, h }) => {
                     let f = cfg.intermediate_size;
-                    let w = MlpWeights::at(p, [*gate, *up, *down], *lora);
+                    let w = MlpWeights::at(ws, [*gate, *up, *down], *lora);
                     let [s0, s1, s2] = &mut a.dense_scratch;
                     let grads = MlpGrads::take(&mut self.grads(gr), [*gate, *up, *down], *lora);
                     let scratch = [&mut s0[..n * f], &mut s1[..n * f], &mut s2[..n * f]];
@@ -489,7 +501,7 @@ impl<T: Float> Model<T> {
                 }
                 (FfnSpans::Moe(sp), FfnActs::Moe(m)) => {
                     moe_idx -= 1;
-                    let (w, grads) = (Self::moe_weights(p, sp), Self::moe_grads(self.grads(gr), sp));
+                    let (w, grads) = (Self::moe_weights(ws, sp), Self::moe_grads(self.grads(gr), sp));
                     moe_backward(
                         &mut a.dln[..n * c],
                         grads,
@@ -506,7 +518,7 @@ impl<T: Float> Model<T> {
             }
             rmsnorm_backward(
                 &mut a.dres[..n * c],
-                ls.ln2.of_mut(gr),
+                self.grads(gr).take(ls.ln2),
                 &a.dln[..n * c],
                 &la.mid[..n * c],
                 ls.ln2.of(p),
@@ -515,7 +527,7 @@ impl<T: Float> Model<T> {
             );
             // mid = x + o_proj(attn)
             let lora_o = ls.attn_lora.map(|l| l[3]);
-            let (wo, g_wo) = (Lin::at(p, ls.wo, lora_o), self.grads(gr).lin(ls.wo, lora_o));
+            let (wo, g_wo) = (Lin::at(ws, ls.wo, lora_o), self.grads(gr).lin(ls.wo, lora_o));
             wo.backward(&mut a.dattn[..n * hd], g_wo, &a.dres[..n * c], &la.attn[..n * hd], n, hd, c, false, true);
             a.dq[..n * hd].fill(T::ZERO);
             a.dk[..n * gd].fill(T::ZERO);
@@ -536,10 +548,10 @@ impl<T: Float> Model<T> {
             let s = Qkv { t, pos0: 0, c, h, g, d, cos: &self.cos, sin: &self.sin };
             let (dq, dk, dv) = (&mut a.dq[..n * hd], &mut a.dk[..n * gd], &a.dv[..n * gd]);
             let gc = self.grads(gr);
-            qkv_backward(&mut a.dln[..n * c], gc, dq, dk, dv, &la.ln1[..n * c], ls, p, &mut la.qk_norm, s);
+            qkv_backward(&mut a.dln[..n * c], gc, dq, dk, dv, &la.ln1[..n * c], ls, ws, &mut la.qk_norm, s);
             rmsnorm_backward(
                 &mut a.dres[..n * c],
-                ls.ln1.of_mut(gr),
+                self.grads(gr).take(ls.ln1),
                 &a.dln[..n * c],
                 x,
                 ls.ln1.of(p),
@@ -547,12 +559,8 @@ impl<T: Float> Model<T> {
                 c,
             );
         }
-        if self.cfg.lora.is_some() {
-            // A frozen base: its matrices got no gradient; its vectors' (norm weights) are zeroed.
-            for t in self.layout.tensors.iter().filter(|t| !t.trainable && t.shape.len() == 1) {
-                t.span.of_mut(gr).fill(T::ZERO);
-            }
-        } else {
+        // (a frozen base under LoRA has no gradient: the backward wrote only the adapters')
+        if self.cfg.lora.is_none() {
             embedding_backward(self.layout.embed.of_mut(gr), &a.dres[..n * c], tokens, c);
         }
     }

@@ -5,7 +5,8 @@
 
 use crate::config::{ModelConfig, QkNorm};
 use crate::dist::Shard;
-use crate::lora::{LoraSpans, LoraTarget};
+use crate::linear::LoraSpans;
+use crate::lora::LoraTarget;
 use crate::rng::Rng;
 use moe_kernels::Float;
 
@@ -170,8 +171,6 @@ pub struct Layout {
     pub lm_head: Span,
     /// Where the LoRA adapters start: the base model is `[..base_total]` (= total without LoRA).
     pub base_total: usize,
-    /// alpha / R of the adapters (0 without LoRA).
-    pub lora_scale: f64,
 }
 
 struct Builder {
@@ -328,13 +327,12 @@ impl Layout {
         let norm = b.push("model.norm.weight".into(), &[c], Init::Ones);
         let lm_head = b.push("lm_head.weight".into(), &[v, c], Init::Normal(std));
         let base_total = b.total;
-        let lora_scale = cfg.lora.as_ref().map_or(0.0, |l| l.scale());
         if let Some(lc) = &cfg.lora {
             for ls in &mut layers {
                 add_adapters(&mut b, ls, lc);
             }
         }
-        Layout { tensors: b.tensors, total: b.total, embed, layers, norm, lm_head, base_total, lora_scale }
+        Layout { tensors: b.tensors, total: b.total, embed, layers, norm, lm_head, base_total }
     }
 
     /// Fresh parameters drawn from the init of each tensor (the adapters from a stream of
@@ -361,6 +359,17 @@ impl Layout {
 
     pub fn find(&self, name: &str) -> Option<&TensorInfo> {
         self.tensors.iter().find(|t| t.name == name)
+    }
+
+    /// The part of the buffer that has gradients (and optimizer moments): everything, or
+    /// under LoRA the adapters alone (they follow the frozen base).
+    pub fn grad_range(&self) -> std::ops::Range<usize> {
+        let adapters = self.base_total < self.total;
+        if adapters {
+            self.base_total..self.total
+        } else {
+            0..self.total
+        }
     }
 
     /// Every adapted weight with its adapter, in layer order.

@@ -212,7 +212,7 @@ impl Trainer {
         if let Some(d) = &self.dist {
             d.mean(&mut m);
         }
-        self.reps.zero_grads(&mut self.grads);
+        self.reps.zero_grads(&mut self.grads, self.model.layout.grad_range());
         Timing { fp32_s: m[0], bf16_s: m[1] }
     }
 

@@ -4,7 +4,8 @@
 //! everything between the layer's first norm and the attention kernel.
 
 use crate::config::{ModelConfig, QkNorm};
-use crate::lora::{GradCursor, Lin};
+use crate::linear::{GradCursor, Lin};
+use crate::packed::Weights;
 use crate::params::LayerSpans;
 use moe_kernels::matmul::{add_bias, bias_backward};
 use moe_kernels::rmsnorm::{rmsnorm_backward, rmsnorm_forward};
@@ -59,7 +60,7 @@ impl<T: Float> QkNormActs<T> {
     }
 }
 
-/// q, k, v of x[N,C] (N = x.len() / C) under the layer's weights in `p`.
+/// q, k, v of x[N,C] (N = x.len() / C) under the layer's weights in `ws`.
 #[allow(clippy::too_many_arguments)]
 pub fn qkv_forward<T: Float>(
     q: &mut [T],
@@ -67,12 +68,13 @@ pub fn qkv_forward<T: Float>(
     v: &mut [T],
     x: &[T],
     ls: &LayerSpans,
-    p: &[T],
+    ws: Weights<T>,
     a: &mut QkNormActs<T>,
     s: Qkv<T>,
 ) {
     let (n, hd, gd) = (x.len() / s.c, s.h * s.d, s.g * s.d);
-    let [wq, wk, wv] = lins(ls, p);
+    let p = ws.p;
+    let [wq, wk, wv] = lins(ls, ws);
     wq.forward(q, x, n, s.c, hd, true);
     wk.forward(k, x, n, s.c, gd, true);
     wv.forward(v, x, n, s.c, gd, true);
@@ -94,9 +96,9 @@ pub fn qkv_forward<T: Float>(
 }
 
 /// The q, k, v projections of the layer with their adapters.
-fn lins<'a, T: Float>(ls: &LayerSpans, p: &'a [T]) -> [Lin<'a, T>; 3] {
+fn lins<'a, T: Float>(ls: &LayerSpans, ws: Weights<'a, T>) -> [Lin<'a, T>; 3] {
     let lora = |i: usize| ls.attn_lora.map(|l| l[i]);
-    [Lin::at(p, ls.wq, lora(0)), Lin::at(p, ls.wk, lora(1)), Lin::at(p, ls.wv, lora(2))]
+    [Lin::at(ws, ls.wq, lora(0)), Lin::at(ws, ls.wk, lora(1)), Lin::at(ws, ls.wv, lora(2))]
 }
 
 /// dx[N,C] = dL/dx from dq, dk, dv (the gradients of the rotated q and k, overwritten on the
@@ -111,11 +113,12 @@ pub fn qkv_backward<T: Float>(
     dv: &[T],
     x: &[T],
     ls: &LayerSpans,
-    p: &[T],
+    ws: Weights<T>,
     a: &mut QkNormActs<T>,
     s: Qkv<T>,
 ) {
     let (n, hd, gd) = (x.len() / s.c, s.h * s.d, s.g * s.d);
+    let p = ws.p;
     let lora = |i: usize| ls.attn_lora.map(|l| l[i]);
     let (gq, gk, gv) = (gc.lin(ls.wq, lora(0)), gc.lin(ls.wk, lora(1)), gc.lin(ls.wv, lora(2)));
     let bias_grads = ls.qkv_bias.map(|[bq, bk, bv]| [bq, bk, bv].map(|b| gc.opt(Some(b))));
@@ -140,7 +143,7 @@ pub fn qkv_backward<T: Float>(
             bias_backward(db, dy);
         }
     }
-    let [wq, wk, wv] = lins(ls, p);
+    let [wq, wk, wv] = lins(ls, ws);
     wq.backward(dx, gq, dq, x, n, s.c, hd, false, true);
     wk.backward(dx, gk, dk, x, n, s.c, gd, true, true);
     wv.backward(dx, gv, dv, x, n, s.c, gd, true, true);

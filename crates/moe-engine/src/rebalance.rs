@@ -78,7 +78,7 @@ impl Trainer {
         let [params, m, v]: [Vec<f32>; 3] = moved.try_into().unwrap_or_else(|_| unreachable!("three buffers moved"));
         (self.params, self.m, self.v) = (params, m, v);
         self.grads = moe_kernels::buffer::zeroed(layout.total);
-        self.norm_parts = vec![0.0; layout.total.div_ceil(NORM_CHUNK)];
+        self.norm_parts = vec![0.0; layout.grad_range().len().div_ceil(NORM_CHUNK)];
         self.model = Model::sharded(cfg, new.clone())?;
         self.reps.reps[0].acts.attach_expert_parallel(&self.model.cfg, d.comm.clone(), &new);
         if let Some(dist) = self.dist.as_mut() {

@@ -128,25 +128,27 @@ impl Replicas {
     }
 
     /// Zeroes the gradient buffer of replica 0, `grads` (the trainer's), and the others' unless
-    /// [`Replicas::sum_grads`] already did as it read them.
-    pub fn zero_grads(&mut self, grads: &mut [f32]) {
-        grads.par_chunks_mut(NORM_CHUNK).for_each(|g| g.fill(0.0));
+    /// [`Replicas::sum_grads`] already did as it read them. Only `range` is touched: the part
+    /// the backward writes (`Layout::grad_range`; under LoRA the rest is never even paged in).
+    pub fn zero_grads(&mut self, grads: &mut [f32], range: std::ops::Range<usize>) {
+        grads[range.clone()].par_chunks_mut(NORM_CHUNK).for_each(|g| g.fill(0.0));
         if !self.others_zero {
-            self.reps[1..].par_iter_mut().for_each(|r| r.grads.fill(0.0));
+            self.reps[1..].par_iter_mut().for_each(|r| r.grads[range.clone()].fill(0.0));
             self.others_zero = true;
         }
     }
 
-    /// Adds the other replicas' gradients into `grads` (replica 0's), in replica order, and
+    /// Adds the other replicas' gradients into `grads` (replica 0's; the written range), in replica order, and
     /// zeroes theirs for the next step, in one pass over chunks of NORM_CHUNK; with `norm_parts`
     /// (one per chunk), also each chunk's sum of squares of the summed gradient (the same
     /// chunks as a separate pass would use, so the norm is bitwise the same).
-    pub fn sum_grads(&mut self, grads: &mut [f32], norm_parts: Option<&mut [f64]>) {
+    pub fn sum_grads(&mut self, grads: &mut [f32], range: std::ops::Range<usize>, norm_parts: Option<&mut [f64]>) {
+        let grads = &mut grads[range.clone()];
         let chunks = grads.len().div_ceil(NORM_CHUNK);
         // others[c] = the other replicas' chunk c.
         let mut others: Vec<Vec<&mut [f32]>> = (0..chunks).map(|_| vec![]).collect();
         for r in &mut self.reps[1..] {
-            for (c, g) in r.grads.chunks_mut(NORM_CHUNK).enumerate() {
+            for (c, g) in r.grads[range.clone()].chunks_mut(NORM_CHUNK).enumerate() {
                 others[c].push(g);
             }
         }

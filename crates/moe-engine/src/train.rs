@@ -319,7 +319,7 @@ impl Trainer {
     pub fn with_params(cfg: ModelConfig, train: TrainConfig, data_key: String, params: Vec<f32>) -> Result<Self> {
         train.validate(&cfg)?;
         train.precision.apply()?;
-        let model = Model::new(cfg)?;
+        let mut model = Model::new(cfg)?;
         let mut params = params;
         if model.cfg.lora.is_some() && params.len() == model.layout.base_total {
             // LoRA over the given base model: fresh adapters (B = 0, so step 0 is the base).
@@ -331,6 +331,7 @@ impl Trainer {
                 "initialise from a checkpoint of this config",
             ));
         }
+        let params = crate::packed::pack_base(&mut model, params)?;
         let state = TrainState::fresh(train, data_key);
         Self::assemble(model, params, None, state).with_precision()
     }
@@ -338,7 +339,8 @@ impl Trainer {
     /// Continues from a checkpoint that holds optimizer moments and training state.
     pub fn resume(ck: Checkpoint, steps_override: Option<u64>) -> Result<Self> {
         let (cfg, params, moments, state) = Self::resume_parts(ck, steps_override)?;
-        let model = Model::new(cfg)?;
+        let mut model = Model::new(cfg)?;
+        let params = crate::packed::pack_base(&mut model, params)?;
         Self::assemble(model, params, Some(moments), state).with_precision()
     }
 
@@ -388,7 +390,7 @@ impl Trainer {
             x_all: vec![0; b * t],
             y_all: vec![0; b * t],
             grads: zeroed(p),
-            norm_parts: vec![0.0; p.div_ceil(NORM_CHUNK)],
+            norm_parts: vec![0.0; model.layout.grad_range().len().div_ceil(NORM_CHUNK)],
             fault: None,
             precision_decision: None,
             model,
@@ -405,7 +407,7 @@ impl Trainer {
         let tc = self.state.train.clone();
         self.use_precision();
         let (b, t) = (tc.batch_size, tc.seq_len);
-        self.reps.zero_grads(&mut self.grads);
+        self.reps.zero_grads(&mut self.grads, self.model.layout.grad_range());
         let mut met = StepMetrics { step: self.state.step + 1, ..Default::default() };
         let counters = self.reps.reps[0].acts.expert_parallel_counters();
         for micro in 0..tc.grad_accum {
@@ -417,7 +419,7 @@ impl Trainer {
             let mut parts = self.loss(true);
             match self.fault.take() {
                 Some(Fault::NanLoss) => parts.total = f64::NAN,
-                Some(Fault::InfGradient) => self.grads[0] = f32::INFINITY,
+                Some(Fault::InfGradient) => self.grads[self.model.layout.grad_range().start] = f32::INFINITY,
                 None => {}
             }
             let stats = self.reps.reps[0].acts.moe_stats();
@@ -451,17 +453,17 @@ impl Trainer {
         let scale = 1.0 / (tc.grad_accum * self.reps.len()) as f64;
         if !met.loss.is_finite() {
             // Every rank's gradient norm (summed over ranks) then says skip.
-            self.grads[0] = f32::NAN;
+            self.grads[self.model.layout.grad_range().start] = f32::NAN;
         }
         let norm = match &self.dist {
             Some(d) => {
-                self.reps.sum_grads(&mut self.grads, None);
+                self.reps.sum_grads(&mut self.grads, self.model.layout.grad_range(), None);
                 d.sync_grads(&self.model.layout, &mut self.grads);
                 d.grad_norm_sq(&self.model.layout, &self.grads).sqrt() * scale
             }
             None => {
                 // Fixed-size chunks summed in order: the norm is bitwise reproducible (exact resume).
-                self.reps.sum_grads(&mut self.grads, Some(&mut self.norm_parts));
+                self.reps.sum_grads(&mut self.grads, self.model.layout.grad_range(), Some(&mut self.norm_parts));
                 self.norm_parts.iter().sum::<f64>().sqrt() * scale
             }
         };
@@ -533,10 +535,16 @@ impl Trainer {
         let name = format!("step-{:07}", self.state.step);
         let state = serde_json::to_value(&self.state)
             .map_err(|e| Error::checkpoint(root, e.to_string(), "report this as a bug"))?;
+        // a packed base is written decoded: the checkpoint holds the weights the model computed with
+        let unpacked = self.model.packed.as_ref().map(|pb| {
+            let mut full = self.params.clone();
+            pb.unpack_into(&mut full);
+            full
+        });
         let req = SaveRequest {
             config: &self.model.cfg,
             layout: &self.model.layout,
-            params: &self.params,
+            params: unpacked.as_deref().unwrap_or(&self.params),
             moments: Some((&self.m, &self.v)),
             state: Some(&state),
             tokenizer_json,

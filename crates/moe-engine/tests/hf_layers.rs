@@ -7,7 +7,7 @@
 
 use moe_engine::config::ModelConfig;
 use moe_engine::ffn::{MlpGrads, MlpWeights};
-use moe_engine::lora::{Lin, LinGrad};
+use moe_engine::linear::{Lin, LinGrad};
 use moe_engine::moe::router::{RouterGrads, RouterWeights};
 use moe_engine::moe::shared::{SharedGrads, SharedWeights};
 use moe_engine::moe::{moe_backward, moe_forward, MoeActs, MoeGrads, MoeSpec, MoeWeights};

@@ -1,11 +1,13 @@
 //! LoRA: the adapters' gradients against finite differences of the whole model's loss (every
 //! target: attention, routed experts, router, dense MLP and shared expert), the frozen base
-//! getting no gradient, zero adapters computing the base model exactly, and merging adapters
-//! into the weights keeping the model's function.
+//! getting no gradient, zero adapters computing the base model exactly, merging adapters into
+//! the weights keeping the model's function, and a base packed in bf16 or Q8_0 computing what
+//! the same weights in f32 compute.
 
 use moe_engine::config::ModelConfig;
 use moe_engine::lora::{merge_model, LoraConfig, LoraTarget};
 use moe_engine::model::{Acts, KvCache, Model};
+use moe_engine::packed::{pack_base, BaseFormat, PackedBase};
 use moe_engine::rng::Rng;
 
 fn tokens(seed: u64, n: usize, v: usize) -> Vec<u32> {
@@ -24,7 +26,7 @@ fn config(targets: &[LoraTarget]) -> ModelConfig {
         shared_expert_intermediate_size: 8,
         shared_expert_gate: true,
         qkv_bias: true,
-        lora: Some(LoraConfig { rank: 3, alpha: 5.0, targets: targets.to_vec() }),
+        lora: Some(LoraConfig { rank: 3, alpha: 5.0, targets: targets.to_vec(), base: BaseFormat::F32 }),
         ..ModelConfig::tiny()
     }
 }
@@ -137,11 +139,98 @@ fn merging_adapters_keeps_the_function() {
 fn targets_missing_from_the_model_are_refused() {
     let dense = ModelConfig {
         num_local_experts: 0,
-        lora: Some(LoraConfig { rank: 2, alpha: 4.0, targets: vec![LoraTarget::Experts] }),
+        lora: Some(LoraConfig { rank: 2, alpha: 4.0, targets: vec![LoraTarget::Experts], base: BaseFormat::F32 }),
         ..ModelConfig::tiny()
     };
     let e = dense.validate().unwrap_err().to_string();
     assert!(e.contains("Experts") && e.contains("--lora-targets"), "{e}");
-    let zero = ModelConfig { lora: Some(LoraConfig { rank: 0, alpha: 4.0, targets: ALL.to_vec() }), ..config(&ALL) };
+    let zero = ModelConfig { lora: Some(LoraConfig { rank: 0, alpha: 4.0, targets: ALL.to_vec(), base: BaseFormat::F32 }), ..config(&ALL) };
     assert!(zero.validate().unwrap_err().to_string().contains("rank is 0"));
+}
+
+#[test]
+fn a_packed_base_computes_what_its_decoded_weights_compute() {
+    let (b, t) = (2, 6);
+    for format in [BaseFormat::Bf16, BaseFormat::Q8_0] {
+        let mut cfg = config(&ALL);
+        let m64 = Model::<f64>::new(cfg.clone()).unwrap();
+        let p: Vec<f32> = params(&m64, 21).iter().map(|&v| v as f32).collect();
+        cfg.lora.as_mut().unwrap().base = format;
+        let mut packed = Model::<f32>::new(cfg.clone()).unwrap();
+        let q = pack_base(&mut packed, p.clone()).unwrap();
+        let pb = packed.packed.as_ref().unwrap();
+        let lens = packed.layout.linear_weights().iter().map(|s| s.len).collect::<Vec<_>>();
+        let want = match format {
+            BaseFormat::Bf16 => lens.iter().map(|l| 2 * l).sum::<usize>(),
+            _ => lens.iter().map(|l| l.div_ceil(32) * 34).sum(),
+        };
+        assert_eq!(pb.bytes(), want, "{format:?}");
+        for s in packed.layout.linear_weights() {
+            assert!(s.of(&q).iter().all(|&v| v == 0.0), "a packed matrix is also in the buffer");
+        }
+        // the same model with the decoded weights in f32
+        let mut decoded = p.clone();
+        pb.unpack_into(&mut decoded);
+        assert!(decoded != p, "{format:?} changed nothing");
+        let again = PackedBase::pack(&decoded, &packed.layout.linear_weights(), format).unwrap();
+        let mut twice = decoded.clone();
+        again.unpack_into(&mut twice);
+        assert!(twice == decoded, "{format:?}: packing decoded weights is not exact");
+        let plain = Model::<f32>::new(cfg.clone()).unwrap();
+        let (x, y) = (tokens(22, b * t, cfg.vocab_size), tokens(23, b * t, cfg.vocab_size));
+        let run = |m: &Model<f32>, p: &[f32]| {
+            let mut a = Acts::new(&m.cfg, b, t, t);
+            let mut kv = KvCache::new(&m.cfg, b, t);
+            m.forward(p, &mut a, &mut kv, &x, 0);
+            let logits = a.logits[..b * t * cfg.vocab_size].to_vec();
+            m.loss(&mut a, &y);
+            let mut g = vec![0.0f32; p.len()];
+            m.backward(p, &mut g, &mut a, &kv, &x, &y);
+            (logits, g)
+        };
+        let ((l1, g1), (l2, g2)) = (run(&packed, &q), run(&plain, &decoded));
+        let rel = |a: &[f32], b: &[f32]| {
+            let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-30);
+            a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max) / scale
+        };
+        assert!(rel(&l1, &l2) < 1e-5, "{format:?}: logits differ by {}", rel(&l1, &l2));
+        for tsr in packed.layout.tensors.iter().filter(|t| t.trainable) {
+            let e = rel(tsr.span.of(&g1), tsr.span.of(&g2));
+            assert!(e < 1e-4, "{format:?}: gradient of {} differs by {e}", tsr.name);
+        }
+    }
+}
+
+/// A packed weight larger than one decoding block (600 x 1024: rows decoded 256 at a time),
+/// with an adapter: forward and backward equal the plain layer over the decoded weights.
+#[test]
+fn packed_weights_decode_block_by_block() {
+    use moe_engine::linear::{Lin, LinGrad, Lora, LoraGrad, Wt};
+    use moe_engine::params::Span;
+    let (n, i, o, r) = (5, 1024, 600, 3);
+    let mut rng = Rng::new(9);
+    let mut randn = |k: usize| (0..k).map(|_| rng.normal() as f32).collect::<Vec<f32>>();
+    let (w, x, dy, a, bm) = (randn(o * i), randn(n * i), randn(n * o), randn(r * i), randn(o * r));
+    let span = Span { off: 0, len: o * i };
+    for format in [BaseFormat::Bf16, BaseFormat::Q8_0] {
+        let pb = PackedBase::pack(&w, &[span], format).unwrap();
+        let mut dec = vec![0.0f32; o * i];
+        pb.unpack_into(&mut dec);
+        let lora = Some(Lora { a: &a[..], b: &bm[..], scale: 0.5 });
+        let packed = Lin { w: Wt::Packed(pb.get(span).unwrap()), lora };
+        let plain = Lin { w: Wt::Plain(&dec[..]), lora };
+        let run = |l: &Lin<f32>| {
+            let mut y = vec![0.0f32; n * o];
+            l.forward(&mut y, &x, n, i, o, false);
+            let (mut dx, mut ga, mut gb) = (vec![1.0f32; n * i], vec![0.0f32; r * i], vec![0.0f32; o * r]);
+            let g = LinGrad { w: None, lora: Some(LoraGrad { a: &mut ga, b: &mut gb }) };
+            l.backward(&mut dx, g, &dy, &x, n, i, o, false, false);
+            (y, dx, ga, gb)
+        };
+        let (p, q) = (run(&packed), run(&plain));
+        for (what, u, v) in [("y", &p.0, &q.0), ("dx", &p.1, &q.1), ("dA", &p.2, &q.2), ("dB", &p.3, &q.3)] {
+            let worst = u.iter().zip(v).map(|(s, t)| (s - t).abs()).fold(0.0f32, f32::max);
+            assert!(worst < 1e-3, "{format:?} {what}: {worst}");
+        }
+    }
 }

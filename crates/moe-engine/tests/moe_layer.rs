@@ -5,7 +5,7 @@
 
 use moe_engine::config::{DropPolicy, ModelConfig, RouterKind};
 use moe_engine::ffn::{mlp_forward, MlpActs, MlpGrads, MlpWeights};
-use moe_engine::lora::{Lin, LinGrad};
+use moe_engine::linear::{Lin, LinGrad};
 use moe_engine::moe::losses::switch_loss_grad;
 use moe_engine::moe::router::{RouterGrads, RouterWeights};
 use moe_engine::moe::shared::{SharedGrads, SharedWeights};

@@ -18,6 +18,7 @@ pub fn rmsnorm_forward<T: Float>(y: &mut [T], rstd: &mut [T], x: &[T], w: &[T], 
 }
 
 /// dx[N,C] += dL/dx; dw[C] += sum_n dy * x * rstd.
+/// `dw` may be empty: then no weight gradient is computed (a frozen norm).
 pub fn rmsnorm_backward<T: Float>(dx: &mut [T], dw: &mut [T], dy: &[T], x: &[T], w: &[T], rstd: &[T], c: usize) {
     let inv_c = T::from_f64(1.0 / c as f64);
     dx.par_chunks_mut(c).zip(dy.par_chunks(c)).zip(x.par_chunks(c)).zip(rstd.par_iter()).for_each(
@@ -38,6 +39,9 @@ pub fn rmsnorm_backward<T: Float>(dx: &mut [T], dw: &mut [T], dy: &[T], x: &[T],
         },
     );
     // Weight gradient: reduce over rows (serial over rows, vectorised over C).
+    if dw.is_empty() {
+        return;
+    }
     for ((dyr, xr), &r) in dy.chunks(c).zip(x.chunks(c)).zip(rstd) {
         for ((dwv, &d), &xv) in dw.iter_mut().zip(dyr).zip(xr) {
             *dwv += d * xv * r;

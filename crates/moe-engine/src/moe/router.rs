@@ -9,7 +9,7 @@ use super::select::{expert_choice, topk_grouped};
 use super::MoeSpec;
 use crate::config::RouterKind;
 use crate::rng::Rng;
-use crate::lora::{Lin, LinGrad};
+use crate::linear::{Lin, LinGrad};
 use moe_kernels::matmul::{add_bias, bias_backward};
 use moe_kernels::softmax::{logsumexp, softmax_backward, softmax_row_lse};
 use moe_kernels::Float;
