@@ -193,6 +193,10 @@ pub struct TrainFlags {
     /// weight changes) before the run stops, keeping its last checkpoint.
     #[arg(long, default_value_t = TrainConfig::default().max_skipped_steps)]
     pub max_skipped_steps: u64,
+    /// Activation checkpointing: keep only each layer's input and recompute the layer in the
+    /// backward (about a third more compute; activations of one layer instead of all).
+    #[arg(long)]
+    pub recompute: bool,
     /// Tokenizer and token cache (default: ~/.cache/moe).
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
@@ -224,6 +228,7 @@ impl TrainFlags {
             seed: self.seed,
             precision: self.precision,
             replicas: self.replicas,
+            recompute: self.recompute,
             max_skipped_steps: self.max_skipped_steps,
             ..TrainConfig::default()
         }

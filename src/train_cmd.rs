@@ -110,9 +110,10 @@ pub fn train(a: TrainArgs) -> Result<()> {
             config.lora = a.lora_rank.map(|rank| LoraConfig {
                 rank,
                 alpha: a.lora_alpha.unwrap_or(2.0 * rank as f64),
-                targets: a.lora_targets.clone().unwrap_or_else(|| {
-                    LoraTarget::DEFAULT.into_iter().filter(|t| t.present_in(&config)).collect()
-                }),
+                targets: a
+                    .lora_targets
+                    .clone()
+                    .unwrap_or_else(|| LoraTarget::DEFAULT.into_iter().filter(|t| t.present_in(&config)).collect()),
                 base: a.lora_base,
             });
             (config, Some(moe_engine::run::Init { params: d.params, tokenizer }))

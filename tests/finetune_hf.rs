@@ -123,8 +123,11 @@ fn lora_fine_tunes_adapters_over_a_frozen_base_and_merges() {
     use moe_engine::model::{Acts, KvCache, Model};
     let dir = tempfile::tempdir().unwrap();
     let text = dir.path().join("t.txt");
-    std::fs::write(&text, "the router sends each token to a few experts; the model adds their outputs.\n\n".repeat(200))
-        .unwrap();
+    std::fs::write(
+        &text,
+        "the router sends each token to a few experts; the model adds their outputs.\n\n".repeat(200),
+    )
+    .unwrap();
     let (run, cache) = (dir.path().join("lora"), dir.path().join("cache"));
     let (t, r, c) = (text.to_str().unwrap(), run.to_str().unwrap(), cache.to_str().unwrap());
     let common = ["--out", r, "--cache-dir", c, "--sample-tokens", "0"];
@@ -146,7 +149,8 @@ fn lora_fine_tunes_adapters_over_a_frozen_base_and_merges() {
     // the resumed run (adapters and their moments from the checkpoint) is the uninterrupted one
     let whole = dir.path().join("whole");
     let w = whole.to_str().unwrap();
-    let args: Vec<&str> = args_first.iter().map(|a| if *a == r { w } else { a }).filter(|a| *a != "--stop-after" && *a != "15").collect();
+    let args: Vec<&str> =
+        args_first.iter().map(|a| if *a == r { w } else { a }).filter(|a| *a != "--stop-after" && *a != "15").collect();
     let (code, log) = moe(&args);
     assert_eq!(code, 0, "{log}");
     assert_eq!(losses(&whole), l, "resuming a LoRA run changed its losses");

@@ -65,8 +65,7 @@ fn moe(rng: &mut Rng, cfg: &ModelConfig, n: usize, t: usize) -> (f64, Vec<(&'sta
         let gw = MoeGrads {
             router: RouterGrads { weight: LinGrad::from(&mut grw[..]), bias: None },
             experts: MlpGrads::plain(&mut geg, &mut geu, &mut ged),
-            shared: shared
-                .map(|_| SharedGrads { mlp: MlpGrads::plain(&mut gsg, &mut gsu, &mut gsd), gate: None }),
+            shared: shared.map(|_| SharedGrads { mlp: MlpGrads::plain(&mut gsg, &mut gsu, &mut gsd), gate: None }),
         };
         moe_backward(&mut dx, gw, &dy, &x, w, &mut a, s, &dprobs, 1e-3);
     });

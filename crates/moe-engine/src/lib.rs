@@ -16,6 +16,7 @@ pub mod error;
 pub mod ffn;
 pub mod generate;
 pub mod inspect;
+pub mod layer;
 pub mod linear;
 pub mod lora;
 pub mod model;

@@ -220,4 +220,3 @@ impl<'a, T> LinGrad<'a, T> {
         w.into_iter().zip(lora).map(|(w, lora)| LinGrad { w, lora }).collect()
     }
 }
-

@@ -34,9 +34,7 @@ impl LoraTarget {
         match self {
             LoraTarget::Attn => true,
             LoraTarget::Experts | LoraTarget::Router => cfg.num_moe_layers() > 0,
-            LoraTarget::Mlp => {
-                cfg.num_moe_layers() < cfg.num_hidden_layers || cfg.shared_expert_intermediate_size > 0
-            }
+            LoraTarget::Mlp => cfg.num_moe_layers() < cfg.num_hidden_layers || cfg.shared_expert_intermediate_size > 0,
         }
     }
 }
@@ -93,7 +91,8 @@ pub fn merge_model<T: Float>(cfg: &ModelConfig, mut p: Vec<T>) -> (ModelConfig, 
     for (w, l) in layout.adapters() {
         let shape = &layout.tensors.iter().find(|t| t.span == w).expect("an adapted tensor of the layout").shape;
         let parts = if shape.len() == 3 { shape[0] } else { 1 };
-        let (a, b) = (&adapters[l.a.off - layout.base_total..][..l.a.len], &adapters[l.b.off - layout.base_total..][..l.b.len]);
+        let (a, b) =
+            (&adapters[l.a.off - layout.base_total..][..l.a.len], &adapters[l.b.off - layout.base_total..][..l.b.len]);
         merge(w.of_mut(base), a, b, lc.rank, l.scale, parts);
     }
     p.truncate(layout.base_total);

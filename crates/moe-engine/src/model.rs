@@ -7,15 +7,12 @@
 use crate::config::{BalanceScope, ModelConfig};
 use crate::dist::{Comm, ExpertParallel, Shard};
 use crate::error::Result;
-use crate::ffn::{mlp_backward, mlp_forward, MlpActs, MlpGrads, MlpWeights};
+pub use crate::layer::{FfnActs, LayerActs};
+use crate::layer::{Kv, LayerStep, Scratch};
 use crate::linear::{GradCursor, Lin};
+use crate::moe::MoeStats;
 use crate::packed::{PackedBase, Weights};
-use crate::moe::router::{RouterGrads, RouterWeights};
-use crate::moe::shared::{SharedGrads, SharedWeights};
-use crate::moe::{moe_backward, moe_forward, MoeActs, MoeGrads, MoeSpec, MoeStats, MoeWeights};
-use crate::params::{FfnSpans, Layout, MoeSpans};
-use crate::qkv::{qkv_backward, qkv_forward, QkNormActs, Qkv};
-use moe_kernels::attention::{attention_backward, attention_forward, AttnDims};
+use crate::params::Layout;
 use moe_kernels::cross_entropy::{cross_entropy_backward_inplace, cross_entropy_forward};
 use moe_kernels::embedding::{embedding_backward, embedding_forward};
 use moe_kernels::rmsnorm::{rmsnorm_backward, rmsnorm_forward};
@@ -32,8 +29,8 @@ pub struct Model<T> {
     /// in the parameter buffer are then unused.
     pub packed: Option<PackedBase>,
     /// [T_max, D/2]
-    cos: Vec<T>,
-    sin: Vec<T>,
+    pub(crate) cos: Vec<T>,
+    pub(crate) sin: Vec<T>,
 }
 
 /// Keys and values of every layer: [B, Tcap, G, D] each.
@@ -52,39 +49,6 @@ impl<T: Float> KvCache<T> {
     }
 }
 
-/// Feed-forward activations of one layer.
-pub enum FfnActs<T> {
-    /// g, u, h [N,F]
-    Dense {
-        g: Vec<T>,
-        u: Vec<T>,
-        h: Vec<T>,
-    },
-    Moe(Box<MoeActs<T>>),
-}
-
-/// Saved activations of one layer for up to N = B * Tq tokens.
-pub struct LayerActs<T> {
-    pub ln1: Vec<T>,
-    pub rstd1: Vec<T>,
-    /// [N, H*D] rotated queries.
-    pub q: Vec<T>,
-    /// [N, G*D] new rotated keys / values before they enter the cache.
-    pub k_new: Vec<T>,
-    pub v_new: Vec<T>,
-    /// [B, H, Tq, Tcap] attention probabilities.
-    pub att: Vec<T>,
-    /// [N, H*D] attention output before o_proj.
-    pub attn: Vec<T>,
-    /// [N, C] residual stream after attention.
-    pub mid: Vec<T>,
-    pub ln2: Vec<T>,
-    pub rstd2: Vec<T>,
-    pub ffn: FfnActs<T>,
-    /// The q/k norms' saved values (empty without them).
-    pub qk_norm: QkNormActs<T>,
-}
-
 /// All activations and backward scratch of one forward over B sequences of up to Tq tokens.
 pub struct Acts<T> {
     pub b: usize,
@@ -95,53 +59,55 @@ pub struct Acts<T> {
     pub noise_seed: Option<u64>,
     /// L+1 residual streams [N, C]: the input of each layer, then the output of the last.
     pub resid: Vec<Vec<T>>,
+    /// Each layer's activations, or under recomputation one set per kind of layer (MoE,
+    /// dense) that the layers of that kind reuse.
     pub layers: Vec<LayerActs<T>>,
+    /// [L] the set of `layers` each layer uses.
+    slots: Vec<usize>,
     pub lnf: Vec<T>,
     pub rstdf: Vec<T>,
     /// [N, V] logits; the backward overwrites them with their gradient.
     pub logits: Vec<T>,
     /// [N] per-token cross-entropy.
     pub losses: Vec<T>,
-    // Backward scratch.
-    dres: Vec<T>,
-    dln: Vec<T>,
-    dq: Vec<T>,
-    dk: Vec<T>,
-    dv: Vec<T>,
-    dattn: Vec<T>,
-    /// [B, G, T, T] attention backward scratch.
-    datt: Vec<T>,
-    dense_scratch: [Vec<T>; 3],
+    /// Activation recomputation: only the layers' inputs are kept; the backward runs each
+    /// layer's forward again before its backward (`--recompute`).
+    pub recompute: bool,
+    /// Under recomputation, each MoE layer's routing statistics of the forward.
+    saved_stats: Vec<MoeStats>,
+    pub(crate) sc: Scratch<T>,
 }
 
 impl<T: Float> Acts<T> {
     pub fn new(cfg: &ModelConfig, b: usize, tq_max: usize, tcap: usize) -> Self {
+        Self::build(cfg, b, tq_max, tcap, false)
+    }
+
+    /// Buffers for training with activation recomputation: one layer's activations, every
+    /// layer's input.
+    pub fn recomputing(cfg: &ModelConfig, b: usize, tq_max: usize, tcap: usize) -> Self {
+        Self::build(cfg, b, tq_max, tcap, true)
+    }
+
+    fn build(cfg: &ModelConfig, b: usize, tq_max: usize, tcap: usize, recompute: bool) -> Self {
         let n = b * tq_max;
-        let (c, v, d) = (cfg.hidden_size, cfg.vocab_size, cfg.head_dim());
-        let (hd, gd) = (cfg.num_attention_heads * d, cfg.num_key_value_heads * d);
+        let (c, v) = (cfg.hidden_size, cfg.vocab_size);
         let z = moe_kernels::buffer::zeroed::<T>;
-        let layers = (0..cfg.num_hidden_layers)
-            .map(|l| LayerActs {
-                ln1: z(n * c),
-                rstd1: z(n),
-                q: z(n * hd),
-                k_new: z(n * gd),
-                v_new: z(n * gd),
-                att: z(b * cfg.num_attention_heads * tq_max * tcap),
-                attn: z(n * hd),
-                mid: z(n * c),
-                ln2: z(n * c),
-                rstd2: z(n),
-                qk_norm: QkNormActs::new(cfg, n),
-                ffn: if cfg.is_moe_layer(l) {
-                    FfnActs::Moe(Box::new(MoeActs::new(MoeSpec::new(cfg, n, tq_max))))
-                } else {
-                    let f = cfg.intermediate_size;
-                    FfnActs::Dense { g: z(n * f), u: z(n * f), h: z(n * f) }
-                },
-            })
-            .collect();
-        let fd = if (0..cfg.num_hidden_layers).any(|l| !cfg.is_moe_layer(l)) { n * cfg.intermediate_size } else { 0 };
+        // under recomputation one set per kind of layer (MoE, dense) that the layers reuse
+        let (layers, slots) = match recompute {
+            false => {
+                let all = (0..cfg.num_hidden_layers).map(|l| LayerActs::new(cfg, l, b, tq_max, tcap)).collect();
+                (all, (0..cfg.num_hidden_layers).collect())
+            }
+            true => {
+                let moe = (0..cfg.num_hidden_layers).find(|&l| cfg.is_moe_layer(l));
+                let dense = (0..cfg.num_hidden_layers).find(|&l| !cfg.is_moe_layer(l));
+                let kinds: Vec<usize> = moe.into_iter().chain(dense).collect();
+                let sets = kinds.iter().map(|&l| LayerActs::new(cfg, l, b, tq_max, tcap)).collect();
+                let slot = |l: usize| usize::from(moe.is_some() && !cfg.is_moe_layer(l));
+                (sets, (0..cfg.num_hidden_layers).map(slot).collect())
+            }
+        };
         Acts {
             b,
             tq_max,
@@ -149,18 +115,14 @@ impl<T: Float> Acts<T> {
             noise_seed: None,
             resid: (0..=cfg.num_hidden_layers).map(|_| z(n * c)).collect(),
             layers,
+            slots,
             lnf: z(n * c),
             rstdf: z(n),
             logits: z(n * v),
             losses: z(n),
-            dres: z(n * c),
-            dln: z(n * c),
-            dq: z(n * hd),
-            dk: z(n * gd),
-            dv: z(n * gd),
-            dattn: z(n * hd),
-            datt: z(b * cfg.num_key_value_heads * tq_max * tcap),
-            dense_scratch: [z(fd), z(fd), z(fd)],
+            recompute,
+            saved_stats: vec![MoeStats::default(); if recompute { cfg.num_moe_layers() } else { 0 }],
+            sc: Scratch::new(cfg, b, tq_max, tcap),
         }
     }
 
@@ -183,6 +145,9 @@ impl<T: Float> Acts<T> {
 
     /// Mutable routing statistics of the MoE layers (expert parallelism pools them over ranks).
     pub fn moe_stats_mut(&mut self) -> Vec<&mut MoeStats> {
+        if self.recompute {
+            return self.saved_stats.iter_mut().collect();
+        }
         self.layers
             .iter_mut()
             .filter_map(|l| match &mut l.ffn {
@@ -210,6 +175,9 @@ impl<T: Float> Acts<T> {
 
     /// Routing statistics of the MoE layers of the last forward, in layer order.
     pub fn moe_stats(&self) -> Vec<&MoeStats> {
+        if self.recompute {
+            return self.saved_stats.iter().collect();
+        }
         self.layers
             .iter()
             .filter_map(|l| match &l.ffn {
@@ -266,37 +234,13 @@ impl<T: Float> Model<T> {
         Weights { p, packed: self.packed.as_ref() }
     }
 
-    /// Views of an MoE block's weights.
-    fn moe_weights<'a>(ws: Weights<'a, T>, sp: &MoeSpans) -> MoeWeights<'a, T> {
-        let p = ws.p;
-        MoeWeights {
-            router: RouterWeights {
-                weight: Lin::at(ws, sp.router, sp.router_lora),
-                bias: sp.router_bias.map(|s| s.of(p)),
-                selection_bias: sp.selection_bias.map(|s| s.of(p)),
-            },
-            experts: MlpWeights::at(ws, [sp.gate, sp.up, sp.down], sp.experts_lora),
-            shared: sp.shared.map(|w| SharedWeights {
-                mlp: MlpWeights::at(ws, w, sp.shared_lora),
-                gate: sp.shared_gate.map(|s| s.of(p)),
-            }),
-        }
-    }
-
-    /// Views of an MoE block's gradients (the selection bias has none).
-    fn moe_grads<'a>(mut gc: GradCursor<'a, T>, sp: &MoeSpans) -> MoeGrads<'a, T> {
-        let weight = gc.lin(sp.router, sp.router_lora);
-        let bias = gc.opt(sp.router_bias);
-        let experts = MlpGrads::take(&mut gc, [sp.gate, sp.up, sp.down], sp.experts_lora);
-        let shared = sp.shared.map(|w| {
-            let mlp = MlpGrads::take(&mut gc, w, sp.shared_lora);
-            SharedGrads { mlp, gate: gc.opt(sp.shared_gate) }
-        });
-        MoeGrads { router: RouterGrads { weight, bias }, experts, shared }
+    /// The index of MoE layer `l` among the MoE layers.
+    fn moe_index(&self, l: usize) -> usize {
+        (0..l).filter(|&i| self.cfg.is_moe_layer(i)).count()
     }
 
     /// A fresh cursor over the gradient buffer `gr`.
-    fn grads<'a>(&self, gr: &'a mut [T]) -> GradCursor<'a, T> {
+    pub(crate) fn grads<'a>(&self, gr: &'a mut [T]) -> GradCursor<'a, T> {
         GradCursor::new(gr, self.layout.base_total, self.cfg.lora.is_some())
     }
 
@@ -304,56 +248,26 @@ impl<T: Float> Model<T> {
     /// `a.logits[..N*V]`. Keys/values are appended to `cache` at pos0.
     pub fn forward(&self, p: &[T], a: &mut Acts<T>, cache: &mut KvCache<T>, tokens: &[u32], pos0: usize) {
         let cfg = &self.cfg;
-        let (b, c, v, d) = (a.b, cfg.hidden_size, cfg.vocab_size, cfg.head_dim());
-        let (h, g) = (cfg.num_attention_heads, cfg.num_key_value_heads);
+        let (b, c, v) = (a.b, cfg.hidden_size, cfg.vocab_size);
         let tq = tokens.len() / b;
         let n = b * tq;
         assert!(tq <= a.tq_max && pos0 + tq <= cache.cap && cache.b == b, "forward beyond the allocated buffers");
-        let (hd, gd) = (h * d, g * d);
         let ws = self.weights(p);
         a.n = n;
         embedding_forward(&mut a.resid[0][..n * c], self.layout.embed.of(p), tokens, c);
-        for (l, ls) in self.layout.layers.iter().enumerate() {
-            let la = &mut a.layers[l];
+        for l in 0..cfg.num_hidden_layers {
             let (before, after) = a.resid.split_at_mut(l + 1);
             let (x, out) = (&before[l][..n * c], &mut after[0][..n * c]);
-            rmsnorm_forward(&mut la.ln1[..n * c], &mut la.rstd1[..n], x, ls.ln1.of(p), c, cfg.rms_norm_eps);
-            let s = Qkv { t: tq, pos0, c, h, g, d, cos: &self.cos, sin: &self.sin };
-            let (q, k, v) = (&mut la.q[..n * hd], &mut la.k_new[..n * gd], &mut la.v_new[..n * gd]);
-            qkv_forward(q, k, v, &la.ln1[..n * c], ls, ws, &mut la.qk_norm, s);
-            for bi in 0..b {
-                let dst = (bi * cache.cap + pos0) * gd;
-                cache.k[l][dst..dst + tq * gd].copy_from_slice(&la.k_new[bi * tq * gd..(bi + 1) * tq * gd]);
-                cache.v[l][dst..dst + tq * gd].copy_from_slice(&la.v_new[bi * tq * gd..(bi + 1) * tq * gd]);
-            }
-            let dims = AttnDims { b, tq, tk: pos0 + tq, tcap: cache.cap, h, g, d };
-            attention_forward(&mut la.attn[..n * hd], &mut la.att, &la.q[..n * hd], &cache.k[l], &cache.v[l], dims);
-            let wo = Lin::at(ws, ls.wo, ls.attn_lora.map(|l| l[3]));
-            wo.forward(&mut la.mid[..n * c], &la.attn[..n * hd], n, hd, c, true);
-            la.mid[..n * c].iter_mut().zip(x).for_each(|(m, &xv)| *m += xv);
-            rmsnorm_forward(
-                &mut la.ln2[..n * c],
-                &mut la.rstd2[..n],
-                &la.mid[..n * c],
-                ls.ln2.of(p),
-                c,
-                cfg.rms_norm_eps,
-            );
-            match (&ls.ffn, &mut la.ffn) {
-                (FfnSpans::Dense { gate, up, down, lora }, FfnActs::Dense { g, u, h }) => {
-                    let f = cfg.intermediate_size;
-                    let acts = MlpActs { g: &mut g[..n * f], u: &mut u[..n * f], h: &mut h[..n * f] };
-                    let w = MlpWeights::at(ws, [*gate, *up, *down], *lora);
-                    mlp_forward(out, acts, &la.ln2[..n * c], w, n, c, f, true);
+            let la = &mut a.layers[a.slots[l]];
+            let kv = Kv::Write(&mut cache.k[l], &mut cache.v[l]);
+            let step = LayerStep { b, tq, pos0, cap: cache.cap, noise_seed: a.noise_seed };
+            self.layer_forward(l, ws, la, x, out, kv, step);
+            if a.recompute {
+                if let FfnActs::Moe(m) = &la.ffn {
+                    let i = self.moe_index(l);
+                    a.saved_stats[i] = m.stats.clone();
                 }
-                (FfnSpans::Moe(sp), FfnActs::Moe(m)) => {
-                    let seed = a.noise_seed.map(|s| s ^ (l as u64 + 1).wrapping_mul(0x9E3779B97F4A7C15));
-                    let spec = MoeSpec::new(cfg, n, tq);
-                    moe_forward(out, &la.ln2[..n * c], Self::moe_weights(ws, sp), m, spec, seed);
-                }
-                _ => unreachable!("activations are built from the same config as the layout"),
             }
-            out.iter_mut().zip(&la.mid[..n * c]).for_each(|(o, &m)| *o += m);
         }
         let last = &a.resid[cfg.num_hidden_layers][..n * c];
         rmsnorm_forward(&mut a.lnf[..n * c], &mut a.rstdf[..n], last, self.layout.norm.of(p), c, cfg.rms_norm_eps);
@@ -446,11 +360,9 @@ impl<T: Float> Model<T> {
         targets: &[u32],
     ) {
         let cfg = &self.cfg;
-        let (b, n, c, v, d) = (a.b, a.n, cfg.hidden_size, cfg.vocab_size, cfg.head_dim());
+        let (b, n, c, v) = (a.b, a.n, cfg.hidden_size, cfg.vocab_size);
         let t = n / b;
         assert_eq!(t, cache.cap, "backward needs the training shape");
-        let (h, g) = (cfg.num_attention_heads, cfg.num_key_value_heads);
-        let (hd, gd) = (h * d, g * d);
         let bal = self.balance_grads(&a.moe_stats());
         let z_scale = if bal.is_empty() { 0.0 } else { cfg.router_z_loss_coef / bal.len() as f64 };
         let scale = T::from_f64(1.0 / targets_counted(&targets[..n]));
@@ -458,110 +370,34 @@ impl<T: Float> Model<T> {
         let ws = self.weights(p);
         let head = Lin::at(ws, self.layout.lm_head, None);
         let g_head = self.grads(gr).lin(self.layout.lm_head, None);
-        head.backward(&mut a.dln[..n * c], g_head, &a.logits[..n * v], &a.lnf[..n * c], n, c, v, false, true);
-        a.dres[..n * c].fill(T::ZERO);
+        head.backward(&mut a.sc.dln[..n * c], g_head, &a.logits[..n * v], &a.lnf[..n * c], n, c, v, false, true);
+        a.sc.dres[..n * c].fill(T::ZERO);
         let last = &a.resid[cfg.num_hidden_layers][..n * c];
         rmsnorm_backward(
-            &mut a.dres[..n * c],
+            &mut a.sc.dres[..n * c],
             self.grads(gr).take(self.layout.norm),
-            &a.dln[..n * c],
+            &a.sc.dln[..n * c],
             last,
             self.layout.norm.of(p),
             &a.rstdf[..n],
             c,
         );
-        let mut moe_idx = bal.len();
-        for (l, ls) in self.layout.layers.iter().enumerate().rev() {
-            let la = &mut a.layers[l];
+        for l in (0..cfg.num_hidden_layers).rev() {
             let x = &a.resid[l][..n * c];
-            // out = mid + ffn(ln2(mid))
-            a.dln[..n * c].fill(T::ZERO);
-            match (&ls.ffn, &mut la.ffn) {
-                (FfnSpans::Dense { gate, up, down, lora }, FfnActs::Dense { g, u, h }) => {
-                    let f = cfg.intermediate_size;
-                    let w = MlpWeights::at(ws, [*gate, *up, *down], *lora);
-                    let [s0, s1, s2] = &mut a.dense_scratch;
-                    let grads = MlpGrads::take(&mut self.grads(gr), [*gate, *up, *down], *lora);
-                    let scratch = [&mut s0[..n * f], &mut s1[..n * f], &mut s2[..n * f]];
-                    mlp_backward(
-                        &mut a.dln[..n * c],
-                        grads,
-                        &a.dres[..n * c],
-                        &la.ln2[..n * c],
-                        w,
-                        &g[..n * f],
-                        &u[..n * f],
-                        &h[..n * f],
-                        scratch,
-                        n,
-                        c,
-                        f,
-                        true,
-                    );
-                }
-                (FfnSpans::Moe(sp), FfnActs::Moe(m)) => {
-                    moe_idx -= 1;
-                    let (w, grads) = (Self::moe_weights(ws, sp), Self::moe_grads(self.grads(gr), sp));
-                    moe_backward(
-                        &mut a.dln[..n * c],
-                        grads,
-                        &a.dres[..n * c],
-                        &la.ln2[..n * c],
-                        w,
-                        m,
-                        MoeSpec::new(cfg, n, t),
-                        &bal[moe_idx],
-                        z_scale,
-                    );
-                }
-                _ => unreachable!("activations are built from the same config as the layout"),
+            let la = &mut a.layers[a.slots[l]];
+            if a.recompute {
+                // this layer's activations again, from its saved input (the cache holds its k, v)
+                let step = LayerStep { b, tq: t, pos0: 0, cap: t, noise_seed: a.noise_seed };
+                let mut out = std::mem::take(&mut a.sc.dln);
+                self.layer_forward(l, ws, la, x, &mut out[..n * c], Kv::Read(&cache.k[l], &cache.v[l]), step);
+                a.sc.dln = out;
             }
-            rmsnorm_backward(
-                &mut a.dres[..n * c],
-                self.grads(gr).take(ls.ln2),
-                &a.dln[..n * c],
-                &la.mid[..n * c],
-                ls.ln2.of(p),
-                &la.rstd2[..n],
-                c,
-            );
-            // mid = x + o_proj(attn)
-            let lora_o = ls.attn_lora.map(|l| l[3]);
-            let (wo, g_wo) = (Lin::at(ws, ls.wo, lora_o), self.grads(gr).lin(ls.wo, lora_o));
-            wo.backward(&mut a.dattn[..n * hd], g_wo, &a.dres[..n * c], &la.attn[..n * hd], n, hd, c, false, true);
-            a.dq[..n * hd].fill(T::ZERO);
-            a.dk[..n * gd].fill(T::ZERO);
-            a.dv[..n * gd].fill(T::ZERO);
-            let dims = AttnDims::causal(b, t, h, g, d);
-            attention_backward(
-                &mut a.dq[..n * hd],
-                &mut a.dk[..n * gd],
-                &mut a.dv[..n * gd],
-                &mut a.datt,
-                &a.dattn[..n * hd],
-                &la.att,
-                &la.q[..n * hd],
-                &cache.k[l],
-                &cache.v[l],
-                dims,
-            );
-            let s = Qkv { t, pos0: 0, c, h, g, d, cos: &self.cos, sin: &self.sin };
-            let (dq, dk, dv) = (&mut a.dq[..n * hd], &mut a.dk[..n * gd], &a.dv[..n * gd]);
-            let gc = self.grads(gr);
-            qkv_backward(&mut a.dln[..n * c], gc, dq, dk, dv, &la.ln1[..n * c], ls, ws, &mut la.qk_norm, s);
-            rmsnorm_backward(
-                &mut a.dres[..n * c],
-                self.grads(gr).take(ls.ln1),
-                &a.dln[..n * c],
-                x,
-                ls.ln1.of(p),
-                &la.rstd1[..n],
-                c,
-            );
+            let moe = self.cfg.is_moe_layer(l).then(|| (&bal[self.moe_index(l)][..], z_scale));
+            self.layer_backward(l, ws, gr, la, &mut a.sc, x, (&cache.k[l], &cache.v[l]), t, moe);
         }
         // (a frozen base under LoRA has no gradient: the backward wrote only the adapters')
         if self.cfg.lora.is_none() {
-            embedding_backward(self.layout.embed.of_mut(gr), &a.dres[..n * c], tokens, c);
+            embedding_backward(self.layout.embed.of_mut(gr), &a.sc.dres[..n * c], tokens, c);
         }
     }
 }

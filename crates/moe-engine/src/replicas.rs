@@ -57,13 +57,13 @@ fn replica_seed(seed: u64, i: usize) -> u64 {
 
 impl Replicas {
     /// `r` replicas of b / r sequences of t tokens (r divides b), with gradient buffers of
-    /// `params` values for replicas after the first.
-    pub fn new(cfg: &ModelConfig, b: usize, t: usize, r: usize, params: usize) -> Self {
+    /// `params` values for replicas after the first; `recompute`: activation recomputation.
+    pub fn new(cfg: &ModelConfig, b: usize, t: usize, r: usize, params: usize, recompute: bool) -> Self {
         debug_assert!(r >= 1 && b.is_multiple_of(r), "replicas must divide the batch");
         let rb = b / r;
         let reps = (0..r)
             .map(|i| Replica {
-                acts: Acts::new(cfg, rb, t, t),
+                acts: if recompute { Acts::recomputing(cfg, rb, t, t) } else { Acts::new(cfg, rb, t, t) },
                 cache: KvCache::new(cfg, rb, t),
                 x: vec![0; rb * t],
                 y: vec![0; rb * t],

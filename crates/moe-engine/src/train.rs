@@ -71,6 +71,10 @@ pub struct TrainConfig {
     /// stops (see `nonfinite`).
     #[serde(default = "crate::nonfinite::default_limit")]
     pub max_skipped_steps: u64,
+    /// Activation recomputation: keep only each layer's input and run the layer's forward
+    /// again in the backward (about a third more compute, a fraction of the activations).
+    #[serde(default)]
+    pub recompute: bool,
 }
 
 impl Default for TrainConfig {
@@ -98,6 +102,7 @@ impl Default for TrainConfig {
             redundant_experts: 0,
             replicas: 0,
             max_skipped_steps: crate::nonfinite::default_limit(),
+            recompute: false,
         }
     }
 }
@@ -293,8 +298,14 @@ impl Trainer {
                 "run one rank per core instead of replicas inside a rank",
             ));
         }
+        if self.state.train.recompute {
+            return Err(Error::config(
+                "--recompute with --expert-parallel",
+                "spread the experts over more ranks instead, or train in one process",
+            ));
+        }
         if self.reps.len() > 1 {
-            self.reps = Replicas::new(&self.model.cfg, b, t, 1, 0);
+            self.reps = Replicas::new(&self.model.cfg, b, t, 1, 0, false);
         }
         self.reps.reps[0].acts.attach_expert_parallel(&self.model.cfg, dist.comm.clone(), &dist.shard);
         self.x_all = vec![0; p * b * t];
@@ -384,7 +395,7 @@ impl Trainer {
             r => r,
         };
         Trainer {
-            reps: Replicas::new(&model.cfg, b, t, r, p),
+            reps: Replicas::new(&model.cfg, b, t, r, p, state.train.recompute),
             dist: None,
             load_window: vec![],
             x_all: vec![0; b * t],

@@ -50,10 +50,18 @@ fn check(kind: &str) {
     let spec = MoeSpec::new(&cfg, n, n);
     let get = |name: &str| w.get(name).map(|v| &v[..]);
     let weights = MoeWeights {
-        router: RouterWeights { weight: Lin::from(&w["router.weight"][..]), bias: None, selection_bias: get("router.selection_bias") },
+        router: RouterWeights {
+            weight: Lin::from(&w["router.weight"][..]),
+            bias: None,
+            selection_bias: get("router.selection_bias"),
+        },
         experts: MlpWeights::plain(&w["experts.gate_proj"], &w["experts.up_proj"], &w["experts.down_proj"]),
         shared: Some(SharedWeights {
-            mlp: MlpWeights::plain(&w["shared_expert.gate_proj"], &w["shared_expert.up_proj"], &w["shared_expert.down_proj"]),
+            mlp: MlpWeights::plain(
+                &w["shared_expert.gate_proj"],
+                &w["shared_expert.up_proj"],
+                &w["shared_expert.down_proj"],
+            ),
             gate: get("shared_expert_gate"),
         }),
     };
@@ -93,10 +101,7 @@ fn check(kind: &str) {
         let grads = MoeGrads {
             router: RouterGrads { weight: LinGrad::from(&mut rw[..]), bias: None },
             experts: MlpGrads::plain(&mut eg, &mut eu, &mut ed),
-            shared: Some(SharedGrads {
-                mlp: MlpGrads::plain(&mut sg, &mut su, &mut sd),
-                gate: sgate.as_deref_mut(),
-            }),
+            shared: Some(SharedGrads { mlp: MlpGrads::plain(&mut sg, &mut su, &mut sd), gate: sgate.as_deref_mut() }),
         };
         let dp = vec![0.0; e];
         moe_backward(&mut dx, grads, &r["r"], &r["x"], weights, &mut a, spec, &dp, 0.0);

@@ -77,10 +77,8 @@ fn weights(p: &Params) -> MoeWeights<'_, f64> {
     MoeWeights {
         router: RouterWeights { weight: Lin::from(&p.0[ROUTER][..]), bias: opt(RBIAS), selection_bias: opt(SBIAS) },
         experts: MlpWeights::plain(&p.0[GATE], &p.0[UP], &p.0[DOWN]),
-        shared: (!p.0[SGATE].is_empty()).then(|| SharedWeights {
-            mlp: MlpWeights::plain(&p.0[SGATE], &p.0[SUP], &p.0[SDOWN]),
-            gate: opt(SG),
-        }),
+        shared: (!p.0[SGATE].is_empty())
+            .then(|| SharedWeights { mlp: MlpWeights::plain(&p.0[SGATE], &p.0[SUP], &p.0[SDOWN]), gate: opt(SG) }),
     }
 }
 
@@ -147,8 +145,7 @@ fn gradient_check(cfg: ModelConfig, n: usize, t: usize, seed: u64) {
         let grads = MoeGrads {
             router: RouterGrads { weight: LinGrad::from(&mut router[..]), bias: opt_mut(rbias) },
             experts: MlpGrads::plain(gate, up, down),
-            shared: has_shared
-                .then(|| SharedGrads { mlp: MlpGrads::plain(sgate, sup, sdown), gate: opt_mut(sg) }),
+            shared: has_shared.then(|| SharedGrads { mlp: MlpGrads::plain(sgate, sup, sdown), gate: opt_mut(sg) }),
         };
         moe_backward(&mut dx, grads, &r, &cs.x, weights(&cs.p), &mut a, cs.spec, &dp, Z);
     }
@@ -343,7 +340,11 @@ fn grouped_dispatch_equals_naive_per_token_loop() {
             for &i in &order[..k] {
                 let fc = f * c;
                 let (mut g, mut u, mut h, mut y) = (vec![0.0; f], vec![0.0; f], vec![0.0; f], vec![0.0; c]);
-                let w = MlpWeights::plain(&cs.p.0[GATE][i * fc..][..fc], &cs.p.0[UP][i * fc..][..fc], &cs.p.0[DOWN][i * fc..][..fc]);
+                let w = MlpWeights::plain(
+                    &cs.p.0[GATE][i * fc..][..fc],
+                    &cs.p.0[UP][i * fc..][..fc],
+                    &cs.p.0[DOWN][i * fc..][..fc],
+                );
                 mlp_forward(&mut y, MlpActs { g: &mut g, u: &mut u, h: &mut h }, xr, w, 1, c, f, false);
                 let wt = if norm { p[i] / s } else { p[i] };
                 want.iter_mut().zip(&y).for_each(|(o, v)| *o += wt * v);

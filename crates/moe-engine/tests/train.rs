@@ -139,3 +139,19 @@ fn routes_separate_prose_and_code() {
     domain.plot("t", &dir.path().join("r.png")).unwrap();
     assert!(domain.markdown().contains("| code |"));
 }
+
+#[test]
+fn recomputation_trains_exactly_as_without() {
+    use moe_engine::train::{TrainConfig, Trainer};
+    let cfg = moe_engine::config::ModelConfig { router_jitter_noise: 0.05, ..common::tiny_model() };
+    let data: Vec<u32> = (0..4000).map(|i| (i * 7 % 300) as u32).collect();
+    let train = |recompute: bool| {
+        let tc = TrainConfig { steps: 4, batch_size: 4, seq_len: 16, replicas: 2, recompute, ..TrainConfig::default() };
+        let mut tr = Trainer::new(cfg.clone(), tc, "test".into()).unwrap();
+        let losses: Vec<f64> = (0..4).map(|_| tr.step(&data).unwrap().loss).collect();
+        (losses, tr.params)
+    };
+    let (plain, re) = (train(false), train(true));
+    assert_eq!(plain.0, re.0);
+    assert!(plain.1 == re.1, "the weights differ after 4 steps");
+}

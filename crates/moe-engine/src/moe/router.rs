@@ -8,8 +8,8 @@
 use super::select::{expert_choice, topk_grouped};
 use super::MoeSpec;
 use crate::config::RouterKind;
-use crate::rng::Rng;
 use crate::linear::{Lin, LinGrad};
+use crate::rng::Rng;
 use moe_kernels::matmul::{add_bias, bias_backward};
 use moe_kernels::softmax::{logsumexp, softmax_backward, softmax_row_lse};
 use moe_kernels::Float;
