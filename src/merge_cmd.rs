@@ -38,6 +38,7 @@ pub fn merge_lora(a: MergeLoraArgs) -> Result<()> {
         moments: None,
         state: None,
         tokenizer_json: tokenizer.as_deref(),
+        packed: None,
     };
     let written = checkpoint::save(&a.out, "merged", &req, 1)?;
     eprintln!(

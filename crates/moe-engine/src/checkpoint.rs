@@ -10,7 +10,8 @@ use crate::config::ModelConfig;
 use crate::dist::Shard;
 use crate::error::{Error, Result};
 use crate::params::{Layout, TensorInfo};
-use safetensors::tensor::{Dtype, TensorView};
+use crate::st_write::{write_safetensors, Data};
+use safetensors::tensor::Dtype;
 use safetensors::SafeTensors;
 use std::collections::HashMap;
 use std::io::Write;
@@ -46,18 +47,6 @@ pub fn to_bytes(x: &[f32]) -> Vec<u8> {
     x.iter().flat_map(|v| v.to_le_bytes()).collect()
 }
 
-/// Serialises named f32 tensors as safetensors.
-fn safetensors_bytes(tensors: &[(String, Vec<usize>, &[f32])], path: &Path) -> Result<Vec<u8>> {
-    let bytes: Vec<Vec<u8>> = tensors.iter().map(|(_, _, d)| to_bytes(d)).collect();
-    let views: Vec<(String, TensorView)> = tensors
-        .iter()
-        .zip(&bytes)
-        .map(|((name, shape, _), b)| TensorView::new(Dtype::F32, shape.clone(), b).map(|v| (name.clone(), v)))
-        .collect::<std::result::Result<_, _>>()
-        .map_err(|e| Error::checkpoint(path, e.to_string(), "report this as a bug"))?;
-    safetensors::serialize(views, None).map_err(|e| Error::checkpoint(path, e.to_string(), "report this as a bug"))
-}
-
 /// What a checkpoint holds.
 pub struct Checkpoint {
     pub dir: PathBuf,
@@ -78,6 +67,9 @@ pub struct SaveRequest<'a> {
     pub state: Option<&'a serde_json::Value>,
     /// tokenizer.json content to copy in.
     pub tokenizer_json: Option<&'a [u8]>,
+    /// A packed frozen base: its matrices are written from here (their spans in `params`
+    /// are unused).
+    pub packed: Option<&'a crate::packed::PackedBase>,
 }
 
 /// Writes checkpoint `name` under `root` (e.g. runs/x/checkpoints/step-000100), points
@@ -94,15 +86,19 @@ pub fn save(root: &Path, name: &str, req: &SaveRequest, keep: usize) -> Result<P
 
 fn write_files(root: &Path, name: &str, req: &SaveRequest) -> Result<PathBuf> {
     let tmp = start(root, name, &std::process::id().to_string(), req)?;
-    let weights: Vec<(String, Vec<usize>, &[f32])> =
-        req.layout.tensors.iter().map(|t| (t.name.clone(), t.shape.clone(), t.span.of(req.params))).collect();
-    write_atomic(&tmp.join("model.safetensors"), &safetensors_bytes(&weights, &tmp)?)?;
+    // a packed base's matrices as they are held (bf16), or decoded (Q8_0)
+    let data = |t: &TensorInfo| match req.packed.and_then(|pb| pb.get(t.span)) {
+        Some(m) => Data::Packed(m),
+        None => Data::F32(t.span.of(req.params)),
+    };
+    let weights: Vec<_> = req.layout.tensors.iter().map(|t| (t.name.clone(), t.shape.clone(), data(t))).collect();
+    write_safetensors(&tmp.join("model.safetensors"), &weights)?;
     if let Some((m, v)) = req.moments {
         // the moments of the trained part (`Layout::grad_range`: all, or the LoRA adapters)
         let r = req.layout.grad_range();
-        let (m, v) = (&m[r.clone()], &v[r.clone()]);
+        let (m, v) = (Data::F32(&m[r.clone()]), Data::F32(&v[r.clone()]));
         let opt = vec![("adamw.m".to_string(), vec![r.len()], m), ("adamw.v".to_string(), vec![r.len()], v)];
-        write_atomic(&tmp.join("optimizer.safetensors"), &safetensors_bytes(&opt, &tmp)?)?;
+        write_safetensors(&tmp.join("optimizer.safetensors"), &opt)?;
     }
     Ok(tmp)
 }
@@ -208,17 +204,22 @@ fn map_f32_tensors(path: &Path) -> Result<memmap2::Mmap> {
     Ok(map)
 }
 
-fn tensor_f32<'a>(st: &'a SafeTensors, name: &str, expected: &[usize], path: &Path) -> Result<&'a [u8]> {
+fn tensor_f32<'a>(st: &'a SafeTensors, name: &str, expected: &[usize], path: &Path) -> Result<(&'a [u8], usize)> {
     let t = st.tensor(name).map_err(|_| {
         Error::checkpoint(path, format!("tensor `{name}` is missing"), "the weights do not belong to this config")
     })?;
-    if t.dtype() != Dtype::F32 {
-        return Err(Error::checkpoint(
-            path,
-            format!("tensor `{name}` is {:?}, expected F32", t.dtype()),
-            "moe checkpoints store f32",
-        ));
-    }
+    let width = match t.dtype() {
+        Dtype::F32 => 4,
+        // the frozen base of a LoRA run over a bf16 base
+        Dtype::BF16 => 2,
+        other => {
+            return Err(Error::checkpoint(
+                path,
+                format!("tensor `{name}` is {other:?}, expected F32 or BF16"),
+                "moe checkpoints store f32 (and bf16 for a frozen bf16 base)",
+            ))
+        }
+    };
     if t.shape() != expected {
         return Err(Error::Shape {
             path: path.to_path_buf(),
@@ -227,23 +228,30 @@ fn tensor_f32<'a>(st: &'a SafeTensors, name: &str, expected: &[usize], path: &Pa
             found: t.shape().to_vec(),
         });
     }
-    Ok(t.data())
+    Ok((t.data(), width))
 }
 
-fn decode(dst: &mut [f32], src: &[u8]) {
+/// Values of `width`-byte elements (4: f32, 2: bf16) into f32.
+fn decode(dst: &mut [f32], src: &[u8], width: usize) {
+    if width == 2 {
+        for (o, b) in dst.iter_mut().zip(src.chunks_exact(2)) {
+            *o = moe_kernels::bf16::from_bf16(u16::from_le_bytes([b[0], b[1]]));
+        }
+        return;
+    }
     for (o, b) in dst.iter_mut().zip(src.chunks_exact(4)) {
         *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
     }
 }
 
-/// `local`'s part (its slots, for an expert tensor) of a whole tensor's f32 bytes `whole`.
-fn decode_local(dst: &mut [f32], whole: &[u8], local: &TensorInfo) {
+/// `local`'s part (its slots, for an expert tensor) of a whole tensor's bytes `whole`.
+fn decode_local(dst: &mut [f32], (whole, width): (&[u8], usize), local: &TensorInfo) {
     match &local.experts {
-        None => decode(dst, whole),
+        None => decode(dst, whole, width),
         Some(ex) => {
             let n = local.per_expert();
             for (slot, &x) in dst.chunks_exact_mut(n).zip(&ex.slots) {
-                decode(slot, &whole[x * n * 4..(x + 1) * n * 4]);
+                decode(slot, &whole[x * n * width..(x + 1) * n * width], width);
             }
         }
     }
@@ -299,11 +307,11 @@ pub fn load_sharded(path: &Path, shard: &Shard) -> Result<Checkpoint> {
         let mut mv = [moe_kernels::buffer::zeroed::<f32>(layout.total), moe_kernels::buffer::zeroed(layout.total)];
         let r = full.grad_range();
         for (name, out) in ["adamw.m", "adamw.v"].into_iter().zip(&mut mv) {
-            let flat = tensor_f32(&ost, name, &[r.len()], &opath)?;
+            let (flat, width) = tensor_f32(&ost, name, &[r.len()], &opath)?;
             for (ft, lt) in full.tensors.iter().zip(&layout.tensors).filter(|(ft, _)| ft.span.off >= r.start) {
                 let off = ft.span.off - r.start;
-                let whole = &flat[off * 4..(off + ft.span.len) * 4];
-                decode_local(lt.span.of_mut(out), whole, lt);
+                let whole = &flat[off * width..(off + ft.span.len) * width];
+                decode_local(lt.span.of_mut(out), (whole, width), lt);
             }
         }
         let [m, v] = mv;

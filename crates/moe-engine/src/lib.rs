@@ -36,6 +36,7 @@ pub mod rng;
 pub mod routes;
 pub mod run;
 pub mod rustdocs;
+pub mod st_write;
 pub mod tokenizer;
 pub mod train;
 

@@ -42,6 +42,12 @@ impl<'a> PackedMat<'a> {
         PackedMat { start: self.start + i * n, len: n, ..*self }
     }
 
+    /// The bf16 bytes of a bf16 matrix.
+    pub fn raw_bf16(&self) -> &'a [u8] {
+        debug_assert_eq!(self.format, BaseFormat::Bf16);
+        &self.data[self.start * 2..(self.start + self.len) * 2]
+    }
+
     /// out[k] = element e0 + k of this matrix, for k < out.len().
     pub fn decode<T: Float>(&self, e0: usize, out: &mut [T]) {
         let e0 = self.start + e0;

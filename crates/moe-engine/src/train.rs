@@ -546,16 +546,11 @@ impl Trainer {
         let name = format!("step-{:07}", self.state.step);
         let state = serde_json::to_value(&self.state)
             .map_err(|e| Error::checkpoint(root, e.to_string(), "report this as a bug"))?;
-        // a packed base is written decoded: the checkpoint holds the weights the model computed with
-        let unpacked = self.model.packed.as_ref().map(|pb| {
-            let mut full = self.params.clone();
-            pb.unpack_into(&mut full);
-            full
-        });
         let req = SaveRequest {
             config: &self.model.cfg,
             layout: &self.model.layout,
-            params: unpacked.as_deref().unwrap_or(&self.params),
+            params: &self.params,
+            packed: self.model.packed.as_ref(),
             moments: Some((&self.m, &self.v)),
             state: Some(&state),
             tokenizer_json,
