@@ -116,7 +116,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
                     .unwrap_or_else(|| LoraTarget::DEFAULT.into_iter().filter(|t| t.present_in(&config)).collect()),
                 base: a.lora_base,
             });
-            (config, Some(moe_engine::run::Init { params: d.params, tokenizer }))
+            (config, Some(moe_engine::run::Init::new(d.params, tokenizer)))
         }
         None => (a.model.build()?, None),
     };

@@ -163,19 +163,20 @@ impl Layout {
 }
 
 /// Under LoRA over a packed base (`LoraConfig::base`), packs the model's linear weights from
-/// `params` into `model.packed` and returns the parameters without them: a fresh buffer whose
-/// spans of the packed matrices are never written, so their memory is never paged in.
-pub fn pack_base(model: &mut crate::model::Model<f32>, params: Vec<f32>) -> Result<Vec<f32>> {
+/// `params` into `model.packed` and returns the parameters without them: their spans are set to
+/// zero and their pages given back to the OS (`buffer::release`), one matrix at a time, so
+/// packing never holds much more than the f32 weights.
+pub fn pack_base(model: &mut crate::model::Model<f32>, mut params: Vec<f32>) -> Result<Vec<f32>> {
     let format = model.cfg.lora.as_ref().map_or(BaseFormat::F32, |l| l.base);
     if format == BaseFormat::F32 {
         return Ok(params);
     }
     let spans = model.layout.linear_weights();
-    let packed = PackedBase::pack(&params, &spans, format)?;
-    let mut p = moe_kernels::buffer::zeroed::<f32>(params.len());
-    for t in model.layout.tensors.iter().filter(|t| packed.get(t.span).is_none()) {
-        t.span.of_mut(&mut p).copy_from_slice(t.span.of(&params));
+    let mut tensors = HashMap::with_capacity(spans.len());
+    for s in spans {
+        tensors.insert(s.off, (s, encode(s.of(&params), format)));
+        moe_kernels::buffer::release(s.of_mut(&mut params));
     }
-    model.packed = Some(packed);
-    Ok(p)
+    model.packed = Some(PackedBase { format, tensors });
+    Ok(params)
 }

@@ -48,11 +48,23 @@ pub struct RunOptions {
     pub chat: Option<DocEncoder>,
 }
 
-/// Initial weights and their tokenizer.
+/// Initial weights and their tokenizer. The run takes the weights instead of copying them (a
+/// 1 B model's are 4 GB in f32): clones of the options share them, and only one run gets them.
 #[derive(Clone, Debug)]
 pub struct Init {
-    pub params: Vec<f32>,
+    params: std::sync::Arc<std::sync::Mutex<Option<Vec<f32>>>>,
     pub tokenizer: PathBuf,
+}
+
+impl Init {
+    pub fn new(params: Vec<f32>, tokenizer: PathBuf) -> Self {
+        Init { params: std::sync::Arc::new(std::sync::Mutex::new(Some(params))), tokenizer }
+    }
+    /// The weights, for the first caller.
+    fn take(&self) -> Result<Vec<f32>> {
+        let taken = self.params.lock().map(|mut p| p.take()).unwrap_or(None);
+        taken.ok_or_else(|| Error::config("the initial weights were used by an earlier run", "load them again"))
+    }
 }
 
 /// What a run produced.
@@ -202,7 +214,7 @@ pub fn run(o: &RunOptions, log: &dyn Fn(&str)) -> Result<RunSummary> {
         }
         None => match (&o.dist, &o.init) {
             (Some(d), _) => Trainer::distributed(model_cfg, o.train.clone(), data_key, d.clone())?,
-            (None, Some(i)) => Trainer::with_params(model_cfg, o.train.clone(), data_key, i.params.clone())?,
+            (None, Some(i)) => Trainer::with_params(model_cfg, o.train.clone(), data_key, i.take()?)?,
             (None, None) => Trainer::new(model_cfg, o.train.clone(), data_key)?,
         },
     };

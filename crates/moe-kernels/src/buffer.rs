@@ -32,3 +32,28 @@ fn advise_huge(addr: usize, bytes: usize) {
 
 #[cfg(not(target_os = "linux"))]
 fn advise_huge(_addr: usize, _bytes: usize) {}
+
+/// Sets `x` to zeros and gives its whole pages back to the OS (Linux `MADV_DONTNEED`: they
+/// read as zeros and take no memory until written again); the partial pages at its ends are
+/// filled with zeros. For a buffer whose contents are done with but whose allocation stays.
+pub fn release<T: Float>(x: &mut [T]) {
+    let (addr, bytes) = (x.as_mut_ptr() as usize, std::mem::size_of_val(x));
+    let start = addr.next_multiple_of(4096);
+    let end = ((addr + bytes) / 4096 * 4096).max(start);
+    let size = std::mem::size_of::<T>();
+    let (head, tail) = ((start - addr) / size, (addr + bytes - end) / size);
+    if cfg!(not(target_os = "linux")) || end == start {
+        x.fill(T::ZERO);
+        return;
+    }
+    x[..head].fill(T::ZERO);
+    let n = x.len();
+    x[n - tail..].fill(T::ZERO);
+    #[cfg(target_os = "linux")]
+    // SAFETY: [start, end) is whole pages inside the live, exclusively borrowed allocation `x`,
+    // which is private anonymous memory (from the allocator); MADV_DONTNEED makes those pages
+    // read as zeros, which is the value this function promises (zero bits are T::ZERO).
+    unsafe {
+        libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED)
+    };
+}
