@@ -2,11 +2,12 @@
 """moe's exports checked against the tools people load them with (run by hand, never by CI;
 needs torch, transformers and tokenizers; llama.cpp optional).
 
-Trains the tiny preset for a few steps on README.md in five forms: Mixtral's (no selection
+Trains the tiny preset for a few steps on README.md in seven forms: Mixtral's (no selection
 bias), Qwen2-MoE's (a shared expert without gate, a dense first layer, weights not renormalised),
 Qwen2-MoE's with Switch routing, a gated shared expert and query/key/value biases, OLMoE's
-(query/key norms over the projections) and Qwen3-MoE's (per-head query/key norms, heads wider
-than hidden / heads, a dense first layer). Exports
+(query/key norms over the projections), Qwen3-MoE's (per-head query/key norms, heads wider
+than hidden / heads, a dense first layer), and two dense models (Llama's; Qwen2's with biases:
+their logits are compared with the training engine's by tests/export.rs). Exports
 each as a Hugging Face directory, and as a GGUF file where llama.cpp has the form (the first as
 `llama` with experts, the third as `qwen2moe`), and checks:
 - transformers loads each directory (MixtralForCausalLM, Qwen2MoeForCausalLM) and its float32
@@ -16,7 +17,8 @@ each as a Hugging Face directory, and as a GGUF file where llama.cpp has the for
   loads the GGUF file on 127.0.0.1, tokenizes a text to the exported tokenizer.json's ids, and
   its next-token probabilities after the prompt equal transformers' (top 5, 1e-3).
 With --fixture, writes each exported directory and transformers' outputs (reference.safetensors:
-input_ids, logits, greedy) to crates/moe-infer/tests/fixtures/moe_export{,_qwen2,_qwen2_switch,_olmoe,_qwen3},
+input_ids, logits, greedy) to crates/moe-infer/tests/fixtures/moe_export{,_qwen2,_qwen2_switch,_olmoe,_qwen3,
+_llama,_qwen2_dense},
 which
 crates/moe-infer/tests/hf_models.rs compares moe to on every test run.
 
@@ -49,7 +51,14 @@ FORMS = [("moe_export", {}),
                                       "shared_expert_intermediate_size": 16, "shared_expert_gate": True,
                                       "qkv_bias": True}),
          ("moe_export_olmoe", {"qk_norm": "whole", "norm_topk_prob": False}),
-         ("moe_export_qwen3", {"qk_norm": "per_head", "head_dim": 8, "first_k_dense_replace": 1})]
+         ("moe_export_qwen3", {"qk_norm": "per_head", "head_dim": 8, "first_k_dense_replace": 1}),
+         # dense models (a merged LoRA fine-tune): LlamaForCausalLM, Qwen2ForCausalLM with biases
+         ("moe_export_llama", {"num_local_experts": 0, "num_experts_per_tok": 0, "moe_intermediate_size": 0}),
+         ("moe_export_qwen2_dense", {"num_local_experts": 0, "num_experts_per_tok": 0, "moe_intermediate_size": 0,
+                                     "qkv_bias": True})]
+# The inference engine runs MoE families only: the dense exports' logits are compared with the
+# training engine's by tests/export.rs on the fixtures instead.
+DENSE = {"moe_export_llama", "moe_export_qwen2_dense"}
 # Short: the tiny preset's context is 16 positions, prompt plus 8 generated tokens.
 TEXT = "the router experts"
 
@@ -128,7 +137,8 @@ def check_form(a, tmp, name, config):
         greedy = model.generate(x, max_new_tokens=8, min_new_tokens=8, do_sample=False, eos_token_id=None,
                                 pad_token_id=0)[0, len(ids):]
     ok = True
-    for what, path in [("Hugging Face directory", hf)] + ([("GGUF file", gguf)] if has_gguf else []):
+    checks = [] if name in DENSE else [("Hugging Face directory", hf)]
+    for what, path in checks + ([("GGUF file", gguf)] if has_gguf else []):
         err = float(np.abs(moe_logits(a.moe, path, ids, work) - want.numpy()).max())
         print(f"{name}: moe on the {what} against transformers: max abs logit difference {err:.2e}")
         ok &= err < 1e-4

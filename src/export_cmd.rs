@@ -41,6 +41,8 @@ pub fn export(a: ExportArgs) -> Result<()> {
             HfForm::Qwen2Moe => "Qwen2MoeForCausalLM",
             HfForm::Olmoe => "OlmoeForCausalLM",
             HfForm::Qwen3Moe => "Qwen3MoeForCausalLM",
+            HfForm::Llama => "LlamaForCausalLM",
+            HfForm::Qwen2 => "Qwen2ForCausalLM",
         };
         (params, class)
     };

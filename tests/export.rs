@@ -290,3 +290,60 @@ fn olmoe_and_qwen3_moe_forms_give_the_training_engines_logits() {
         assert!(code == 1 && err.contains("not written as GGUF yet"), "{err}");
     }
 }
+
+/// Dense models (a merged LoRA fine-tune of a Llama or Qwen2): written as LlamaForCausalLM, or
+/// Qwen2ForCausalLM with query/key/value biases; read back by `moe train --init`'s reader they
+/// are exactly the checkpoint; transformers' logits on the fixtures `scripts/export_check.py`
+/// wrote from such exports equal the training engine's. GGUF is refused with the reason.
+#[test]
+fn dense_models_export_as_llama_and_qwen2() {
+    let dir = tempfile::tempdir().unwrap();
+    let dense =
+        ModelConfig { num_local_experts: 0, num_experts_per_tok: 0, moe_intermediate_size: 0, ..ModelConfig::tiny() };
+    for (i, (class, cfg)) in
+        [("LlamaForCausalLM", dense.clone()), ("Qwen2ForCausalLM", ModelConfig { qkv_bias: true, ..dense })]
+            .into_iter()
+            .enumerate()
+    {
+        let ck = trained(cfg.clone(), &dir.path().join(i.to_string()));
+        let out = dir.path().join(format!("hf{i}"));
+        let (code, _, err) = moe(&["export", "--checkpoint", ck.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+        assert_eq!(code, 0, "{class}: {err}");
+        assert!(err.contains(class), "{err}");
+        let back = moe_infer::hf_train::read_checkpoint(&out).unwrap();
+        let orig = moe_engine::checkpoint::load(&ck).unwrap();
+        assert_eq!(back.config.qkv_bias, cfg.qkv_bias, "{class}");
+        assert!(back.params == orig.params, "{class}: the export does not read back as the checkpoint");
+        let gguf = dir.path().join(format!("x{i}.gguf"));
+        let (code, _, err) = moe(&["export", "--checkpoint", ck.to_str().unwrap(), "--out", gguf.to_str().unwrap()]);
+        assert!(code == 1 && err.contains("dense models are not written as GGUF yet"), "{err}");
+    }
+    // transformers' logits on exports of trained dense models (scripts/export_check.py --fixture)
+    for name in ["moe_export_llama", "moe_export_qwen2_dense"] {
+        let fixture =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("crates/moe-infer/tests/fixtures").join(name);
+        let hf = moe_infer::hf_train::read_checkpoint(&fixture).unwrap();
+        let bytes = std::fs::read(fixture.join("reference.safetensors")).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let ids: Vec<u32> = st
+            .tensor("input_ids")
+            .unwrap()
+            .data()
+            .chunks_exact(8)
+            .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as u32)
+            .collect();
+        let want: Vec<f32> = st
+            .tensor("logits")
+            .unwrap()
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        let m = Model::<f32>::new(hf.config).unwrap();
+        let t = ids.len();
+        let (mut a, mut kv) = (Acts::new(&m.cfg, 1, t, t), KvCache::new(&m.cfg, 1, t));
+        m.forward(&hf.params, &mut a, &mut kv, &ids, 0);
+        let diff = max_diff(&a.logits[..t * m.cfg.vocab_size], &want);
+        assert!(diff < 1e-4, "{name}: transformers' logits differ by {diff}");
+    }
+}

@@ -12,7 +12,9 @@
 //!   expert gets one of width 1 with zero weights, which adds exactly nothing.
 //!
 //! Query/key norms make OLMoE (over the whole projections, every layer MoE) or Qwen3-MoE (per
-//! head, heads of any width) when there is no shared expert and no bias.
+//! head, heads of any width) when there is no shared expert and no bias. Dense models (a LoRA
+//! fine-tune of a Llama or Qwen2, merged) are written as LlamaForCausalLM, or
+//! Qwen2ForCausalLM when they have query/key/value biases; our tensor names are theirs.
 //!
 //! Sigmoid-group and expert-choice routers, and router biases, have no such class and are
 //! refused with the reason. Capacity limits apply in training only (both classes are dropless).
@@ -38,10 +40,21 @@ pub enum HfForm {
     Olmoe,
     /// Query/key norms per head.
     Qwen3Moe,
+    /// A dense model (no experts) without biases: LlamaForCausalLM.
+    Llama,
+    /// A dense model with query/key/value biases: Qwen2ForCausalLM.
+    Qwen2,
 }
 
 /// The form `cfg` is written in, or why it cannot be (with or without the selection bias).
 pub fn hf_form(cfg: &ModelConfig, selection_bias: bool) -> std::result::Result<HfForm, String> {
+    if cfg.num_local_experts == 0 {
+        return match (cfg.qk_norm, cfg.qkv_bias) {
+            (QkNorm::None, false) => Ok(HfForm::Llama),
+            (QkNorm::None, true) => Ok(HfForm::Qwen2),
+            _ => Err("it is dense with query/key norms (Qwen3's or OLMo2's forms), which are not exported yet".into()),
+        };
+    }
     let renormalised = match cfg.router {
         RouterKind::SoftmaxTopk => cfg.norm_topk_prob,
         RouterKind::TopkSoftmax => true,
@@ -53,9 +66,7 @@ pub fn hf_form(cfg: &ModelConfig, selection_bias: bool) -> std::result::Result<H
             ))
         }
     };
-    let why = if cfg.num_local_experts == 0 {
-        "it is dense (dense models are not exported yet)"
-    } else if cfg.router_bias {
+    let why = if cfg.router_bias {
         "its router has a bias"
     } else if cfg.has_selection_bias() && !selection_bias {
         "its router has a selection bias (the aux-loss-free balancing of the default preset; train with --bias-update-rate 0 to export)"
@@ -153,6 +164,19 @@ fn config(cfg: &ModelConfig, form: HfForm) -> serde_json::Value {
             "decoder_sparse_step": 1,
             "mlp_only_layers": (0..cfg.num_hidden_layers).filter(|&l| !cfg.is_moe_layer(l)).collect::<Vec<_>>(),
             "attention_bias": false,
+            "use_sliding_window": false,
+        }),
+        HfForm::Llama => json!({
+            "architectures": ["LlamaForCausalLM"],
+            "model_type": "llama",
+            "intermediate_size": cfg.intermediate_size,
+            "attention_bias": false,
+            "mlp_bias": false,
+        }),
+        HfForm::Qwen2 => json!({
+            "architectures": ["Qwen2ForCausalLM"],
+            "model_type": "qwen2",
+            "intermediate_size": cfg.intermediate_size,
             "use_sliding_window": false,
         }),
         HfForm::Qwen2Moe => json!({

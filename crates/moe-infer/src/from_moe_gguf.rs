@@ -120,6 +120,9 @@ pub fn write_gguf(ck: &Checkpoint, out: &Path) -> Result<(usize, &'static str)> 
         Ok(HfForm::Qwen2Moe) if cfg.norm_topk_prob || cfg.router == moe_engine::config::RouterKind::TopkSoftmax => {
             Some("llama.cpp's qwen2moe does not renormalise the top-k weights, and this model needs it with its shared expert or biases; export a Hugging Face directory instead".into())
         }
+        Ok(HfForm::Llama | HfForm::Qwen2) => Some(
+            "dense models are not written as GGUF yet; export a Hugging Face directory (llama.cpp's convert_hf_to_gguf.py converts it)".into(),
+        ),
         Ok(HfForm::Olmoe | HfForm::Qwen3Moe) => {
             Some("its query/key norms (OLMoE's or Qwen3's form) are not written as GGUF yet; export a Hugging Face directory instead".into())
         }
