@@ -2,7 +2,9 @@
 """Writes the Hugging Face parity fixtures of tests/fixtures/hf/ (run by hand, not by CI).
 
 For a tiny random MixtralForCausalLM (MoE), LlamaForCausalLM (dense), Qwen2MoeForCausalLM
-(shared expert with its sigmoid gate, query/key/value biases, unnormalised top-k) and the Llama
+(shared expert with its sigmoid gate, query/key/value biases, unnormalised top-k), OlmoeForCausalLM
+(query/key norms over the whole projections), Qwen3MoeForCausalLM (per-head query/key norms,
+heads wider than hidden / heads) and the Llama
 with PEFT's LoRA adapters on every linear layer (llama_lora: gradients of the adapters only), in
 float64:
   config.json            our ModelConfig (Hugging Face field names)
@@ -22,8 +24,9 @@ import os
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
-from transformers import (LlamaConfig, LlamaForCausalLM, MixtralConfig, MixtralForCausalLM, Qwen2MoeConfig,
-                          Qwen2MoeForCausalLM)
+from transformers import (LlamaConfig, LlamaForCausalLM, MixtralConfig, MixtralForCausalLM, OlmoeConfig,
+                          OlmoeForCausalLM, Qwen2MoeConfig, Qwen2MoeForCausalLM, Qwen3MoeConfig,
+                          Qwen3MoeForCausalLM)
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "crates", "moe-engine", "tests", "fixtures", "hf")
 B, T = 2, 8
@@ -66,7 +69,7 @@ def peft_name(name):
 
 
 def build(kind):
-    torch.manual_seed({"mixtral": 0, "llama": 1, "qwen2_moe": 2, "llama_lora": 3}[kind])
+    torch.manual_seed({"mixtral": 0, "llama": 1, "qwen2_moe": 2, "llama_lora": 3, "olmoe": 4, "qwen3_moe": 5}[kind])
     if kind == "qwen2_moe":
         hf = Qwen2MoeConfig(**COMMON, intermediate_size=16, moe_intermediate_size=16, shared_expert_intermediate_size=16,
                             num_experts=4, num_experts_per_tok=2, norm_topk_prob=False, qkv_bias=True,
@@ -77,6 +80,20 @@ def build(kind):
         cfg = our_config(hf, 4, 2, 16, 0.02, shared_expert_intermediate_size=16, shared_expert_gate=True,
                          qkv_bias=True)
         cfg["norm_topk_prob"] = False
+    elif kind == "olmoe":
+        hf = OlmoeConfig(**COMMON, intermediate_size=16, num_experts=4, num_experts_per_tok=2, norm_topk_prob=False,
+                         router_aux_loss_coef=0.02, output_router_logits=True, clip_qkv=None, rope_parameters=ROPE,
+                         eos_token_id=None, pad_token_id=None, bos_token_id=None, experts_implementation="eager")
+        model = OlmoeForCausalLM(hf)
+        cfg = our_config(hf, 4, 2, 16, 0.02, qk_norm="whole")
+        cfg["norm_topk_prob"] = False
+    elif kind == "qwen3_moe":
+        hf = Qwen3MoeConfig(**COMMON, intermediate_size=16, moe_intermediate_size=16, num_experts=4,
+                            num_experts_per_tok=2, head_dim=8, norm_topk_prob=True, router_aux_loss_coef=0.02,
+                            output_router_logits=True, mlp_only_layers=[], decoder_sparse_step=1,
+                            use_sliding_window=False, rope_parameters=ROPE, experts_implementation="eager")
+        model = Qwen3MoeForCausalLM(hf)
+        cfg = our_config(hf, 4, 2, 16, 0.02, qk_norm="per_head", head_dim=8)
     elif kind == "mixtral":
         hf = MixtralConfig(**COMMON, intermediate_size=16, num_local_experts=4, num_experts_per_tok=2,
                            router_aux_loss_coef=0.02, output_router_logits=True, sliding_window=None,
@@ -137,6 +154,8 @@ if __name__ == "__main__":
     build("llama")
     build("qwen2_moe")
     build("llama_lora")
+    build("olmoe")
+    build("qwen3_moe")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 //! Parity with Hugging Face transformers: tiny random MixtralForCausalLM, LlamaForCausalLM,
-//! Qwen2MoeForCausalLM (shared expert with its gate, q/k/v biases) and the Llama with PEFT's
+//! Qwen2MoeForCausalLM (shared expert with its gate, q/k/v biases), OlmoeForCausalLM (q/k norms
+//! over the projections), Qwen3MoeForCausalLM (per-head q/k norms, wide heads) and the Llama with PEFT's
 //! LoRA adapters on every linear layer, written by `scripts/hf_fixtures.py` (weights, inputs,
 //! and transformers' logits, loss and every trained parameter's gradient, float64). Our model, in f32 and in f64, must match logits, loss
 //! and all gradients to 1e-4 relative (max abs error over a tensor / max abs of the reference).
@@ -109,4 +110,16 @@ fn llama_with_peft_lora_adapters_matches_f32() {
 #[test]
 fn llama_with_peft_lora_adapters_matches_f64() {
     check::<f64>("llama_lora");
+}
+
+#[test]
+fn olmoe_logits_loss_and_gradients_match_transformers() {
+    check::<f32>("olmoe");
+    check::<f64>("olmoe");
+}
+
+#[test]
+fn qwen3_moe_logits_loss_and_gradients_match_transformers() {
+    check::<f32>("qwen3_moe");
+    check::<f64>("qwen3_moe");
 }
