@@ -40,12 +40,12 @@ pub fn release<T: Float>(x: &mut [T]) {
     let (addr, bytes) = (x.as_mut_ptr() as usize, std::mem::size_of_val(x));
     let start = addr.next_multiple_of(4096);
     let end = ((addr + bytes) / 4096 * 4096).max(start);
-    let size = std::mem::size_of::<T>();
-    let (head, tail) = ((start - addr) / size, (addr + bytes - end) / size);
     if cfg!(not(target_os = "linux")) || end == start {
         x.fill(T::ZERO);
         return;
     }
+    let size = std::mem::size_of::<T>();
+    let (head, tail) = ((start - addr) / size, (addr + bytes - end) / size);
     x[..head].fill(T::ZERO);
     let n = x.len();
     x[n - tail..].fill(T::ZERO);

@@ -409,3 +409,19 @@ fn softmax_row_lse_matches_logsumexp_and_reference() {
         }
     }
 }
+
+/// `buffer::release` zeroes any slice (inside one page, across pages, many pages, unaligned
+/// ends) and the buffer stays usable.
+#[test]
+fn released_buffers_read_as_zeros_and_stay_writable() {
+    let mut v: Vec<f32> = (0..300_000).map(|i| i as f32 + 1.0).collect();
+    for (lo, hi) in [(3, 10), (1000, 1030), (5, 5000), (7, 299_991), (0, 300_000)] {
+        moe_kernels::buffer::release(&mut v[lo..hi]);
+        assert!(v[lo..hi].iter().all(|&x| x == 0.0), "{lo}..{hi}");
+        if lo > 0 {
+            assert_eq!(v[lo - 1], (lo - 1) as f32 + 1.0, "the value before {lo} kept");
+        }
+        v[lo..hi].iter_mut().enumerate().for_each(|(i, x)| *x = (lo + i) as f32 + 1.0);
+    }
+    assert!(v.iter().enumerate().all(|(i, &x)| x == i as f32 + 1.0));
+}
