@@ -2,11 +2,12 @@
 """moe's exports checked against the tools people load them with (run by hand, never by CI;
 needs torch, transformers and tokenizers; llama.cpp optional).
 
-Trains the tiny preset for a few steps on README.md in seven forms: Mixtral's (no selection
+Trains the tiny preset for a few steps on README.md in eight forms: Mixtral's (no selection
 bias), Qwen2-MoE's (a shared expert without gate, a dense first layer, weights not renormalised),
 Qwen2-MoE's with Switch routing, a gated shared expert and query/key/value biases, OLMoE's
 (query/key norms over the projections), Qwen3-MoE's (per-head query/key norms, heads wider
-than hidden / heads, a dense first layer), and two dense models (Llama's; Qwen2's with biases:
+than hidden / heads, a dense first layer), GraniteMoE's (its four multipliers, top-k softmax
+routing), and two dense models (Llama's; Qwen2's with biases:
 their logits are compared with the training engine's by tests/export.rs). Exports
 each as a Hugging Face directory, and as a GGUF file where llama.cpp has the form (the first as
 `llama` with experts, the third as `qwen2moe`), and checks:
@@ -18,7 +19,7 @@ each as a Hugging Face directory, and as a GGUF file where llama.cpp has the for
   its next-token probabilities after the prompt equal transformers' (top 5, 1e-3).
 With --fixture, writes each exported directory and transformers' outputs (reference.safetensors:
 input_ids, logits, greedy) to crates/moe-infer/tests/fixtures/moe_export{,_qwen2,_qwen2_switch,_olmoe,_qwen3,
-_llama,_qwen2_dense},
+_granite,_llama,_qwen2_dense},
 which
 crates/moe-infer/tests/hf_models.rs compares moe to on every test run.
 
@@ -52,6 +53,8 @@ FORMS = [("moe_export", {}),
                                       "qkv_bias": True}),
          ("moe_export_olmoe", {"qk_norm": "whole", "norm_topk_prob": False}),
          ("moe_export_qwen3", {"qk_norm": "per_head", "head_dim": 8, "first_k_dense_replace": 1}),
+         ("moe_export_granite", {"router": "topk_softmax", "embedding_multiplier": 2.0, "attention_multiplier": 0.3,
+                                 "residual_multiplier": 0.5, "logits_scaling": 4.0}),
          # dense models (a merged LoRA fine-tune): LlamaForCausalLM, Qwen2ForCausalLM with biases
          ("moe_export_llama", {"num_local_experts": 0, "num_experts_per_tok": 0, "moe_intermediate_size": 0}),
          ("moe_export_qwen2_dense", {"num_local_experts": 0, "num_experts_per_tok": 0, "moe_intermediate_size": 0,

@@ -4,7 +4,8 @@
 For a tiny random MixtralForCausalLM (MoE), LlamaForCausalLM (dense), Qwen2MoeForCausalLM
 (shared expert with its sigmoid gate, query/key/value biases, unnormalised top-k), OlmoeForCausalLM
 (query/key norms over the whole projections), Qwen3MoeForCausalLM (per-head query/key norms,
-heads wider than hidden / heads) and the Llama
+heads wider than hidden / heads), GraniteMoeForCausalLM (embedding, attention, residual and logit
+multipliers, top-k softmax router) and the Llama
 with PEFT's LoRA adapters on every linear layer (llama_lora: gradients of the adapters only), in
 float64:
   config.json            our ModelConfig (Hugging Face field names)
@@ -24,7 +25,8 @@ import os
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
-from transformers import (LlamaConfig, LlamaForCausalLM, MixtralConfig, MixtralForCausalLM, OlmoeConfig,
+from transformers import (GraniteMoeConfig, GraniteMoeForCausalLM, LlamaConfig, LlamaForCausalLM, MixtralConfig,
+                          MixtralForCausalLM, OlmoeConfig,
                           OlmoeForCausalLM, Qwen2MoeConfig, Qwen2MoeForCausalLM, Qwen3MoeConfig,
                           Qwen3MoeForCausalLM)
 
@@ -51,6 +53,7 @@ def our_tensors(named, experts_f):
     """Hugging Face name -> tensor, to our names (a table, not code paths)."""
     out = {}
     for name, t in named.items():
+        name = name.replace(".block_sparse_moe.", ".mlp.")  # GraniteMoE
         if name.endswith("mlp.gate.weight"):
             out[name.replace("mlp.gate.weight", "mlp.router.weight")] = t
         elif name.endswith("mlp.experts.gate_up_proj"):
@@ -69,7 +72,8 @@ def peft_name(name):
 
 
 def build(kind):
-    torch.manual_seed({"mixtral": 0, "llama": 1, "qwen2_moe": 2, "llama_lora": 3, "olmoe": 4, "qwen3_moe": 5}[kind])
+    torch.manual_seed({"mixtral": 0, "llama": 1, "qwen2_moe": 2, "llama_lora": 3, "olmoe": 4, "qwen3_moe": 5,
+                       "granitemoe": 6}[kind])
     if kind == "qwen2_moe":
         hf = Qwen2MoeConfig(**COMMON, intermediate_size=16, moe_intermediate_size=16, shared_expert_intermediate_size=16,
                             num_experts=4, num_experts_per_tok=2, norm_topk_prob=False, qkv_bias=True,
@@ -94,6 +98,14 @@ def build(kind):
                             use_sliding_window=False, rope_parameters=ROPE, experts_implementation="eager")
         model = Qwen3MoeForCausalLM(hf)
         cfg = our_config(hf, 4, 2, 16, 0.02, qk_norm="per_head", head_dim=8)
+    elif kind == "granitemoe":
+        hf = GraniteMoeConfig(**COMMON, intermediate_size=16, num_local_experts=4, num_experts_per_tok=2,
+                              router_aux_loss_coef=0.02, output_router_logits=True, rope_parameters=ROPE,
+                              embedding_multiplier=2.0, attention_multiplier=0.3, residual_multiplier=0.5,
+                              logits_scaling=4.0, experts_implementation="eager")
+        model = GraniteMoeForCausalLM(hf)
+        cfg = our_config(hf, 4, 2, 16, 0.02, router="topk_softmax", embedding_multiplier=2.0,
+                         attention_multiplier=0.3, residual_multiplier=0.5, logits_scaling=4.0)
     elif kind == "mixtral":
         hf = MixtralConfig(**COMMON, intermediate_size=16, num_local_experts=4, num_experts_per_tok=2,
                            router_aux_loss_coef=0.02, output_router_logits=True, sliding_window=None,
@@ -156,6 +168,7 @@ if __name__ == "__main__":
     build("llama_lora")
     build("olmoe")
     build("qwen3_moe")
+    build("granitemoe")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,6 +1,8 @@
 //! `moe export`: a checkpoint trained by moe as a Hugging Face checkpoint (Mixtral, or
-//! Qwen2-MoE for shared experts, dense layers and unnormalised routing weights; config.json,
-//! model.safetensors with the hub's per-expert names, tokenizer.json) that the inference engine
+//! Qwen2-MoE for shared experts, dense layers and unnormalised routing weights; OLMoE and
+//! Qwen3-MoE for query/key norms, GraniteMoE for its multipliers, Llama and Qwen2 for dense
+//! models; LoRA adapters merged first; config.json, model.safetensors with the hub's names,
+//! tokenizer.json) that the inference engine
 //! (`--model`, `--quant`, `--max-memory`), transformers and llama.cpp's converter run, or as a
 //! GGUF file with its tokenizer embedded (`--gguf`, Mixtral's form) for llama.cpp and `moe
 //! serve`. Models with no such form are refused with the reason (the writers are
@@ -43,6 +45,7 @@ pub fn export(a: ExportArgs) -> Result<()> {
             HfForm::Qwen3Moe => "Qwen3MoeForCausalLM",
             HfForm::Llama => "LlamaForCausalLM",
             HfForm::Qwen2 => "Qwen2ForCausalLM",
+            HfForm::GraniteMoe => "GraniteMoeForCausalLM",
         };
         (params, class)
     };

@@ -23,7 +23,7 @@ pub struct TrainArgs {
     #[arg(long, requires = "out")]
     resume: bool,
     /// Fine-tune a Hugging Face checkpoint (Llama, Mistral, Qwen2, Mixtral, Qwen2-MoE with its
-    /// dense layers first, OLMoE, Qwen3-MoE; any float dtype): its config replaces --preset/--config, and the data is tokenised with
+    /// dense layers first, OLMoE, Qwen3-MoE, GraniteMoE; any float dtype): its config replaces --preset/--config, and the data is tokenised with
     /// its tokenizer.json.
     #[arg(long, conflicts_with_all = ["resume", "config"])]
     init: Option<PathBuf>,

@@ -261,14 +261,24 @@ fn the_default_presets_selection_bias_runs_in_the_inference_engine_and_is_served
 }
 
 /// Query/key norms: over the whole projections, every layer MoE -> OLMoE; per head, with wide
-/// heads and a dense first layer -> Qwen3-MoE. Both give the training engine's logits in the
+/// heads and a dense first layer -> Qwen3-MoE; Granite's multipliers -> GraniteMoE (experts
+/// fused as the hub holds them). Each gives the training engine's logits in the
 /// inference engine; their GGUF form is refused with the reason.
 #[test]
-fn olmoe_and_qwen3_moe_forms_give_the_training_engines_logits() {
+fn olmoe_qwen3_moe_and_granite_forms_give_the_training_engines_logits() {
     use moe_engine::config::QkNorm;
     let dir = tempfile::tempdir().unwrap();
     let experts = ModelConfig { num_local_experts: 4, num_experts_per_tok: 2, ..ModelConfig::tiny() };
+    let granite = ModelConfig {
+        embedding_multiplier: 2.0,
+        attention_multiplier: 0.3,
+        residual_multiplier: 0.5,
+        logits_scaling: 4.0,
+        router: moe_engine::config::RouterKind::TopkSoftmax,
+        ..experts.clone()
+    };
     let cases = [
+        ("GraniteMoeForCausalLM", granite),
         ("OlmoeForCausalLM", ModelConfig { qk_norm: QkNorm::Whole, norm_topk_prob: false, ..experts.clone() }),
         (
             "Qwen3MoeForCausalLM",

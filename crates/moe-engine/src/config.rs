@@ -151,6 +151,18 @@ pub struct ModelConfig {
     /// LoRA adapters on the chosen linear layers; the base weights are then frozen.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lora: Option<crate::lora::LoraConfig>,
+    /// Granite's multipliers: the embeddings are scaled by `embedding_multiplier`, attention
+    /// scores by `attention_multiplier` instead of 1/sqrt(head dim) (0 = that), each block's
+    /// output by `residual_multiplier` before it joins the residual stream, and the logits are
+    /// divided by `logits_scaling`.
+    #[serde(default = "one_f", skip_serializing_if = "is_one")]
+    pub embedding_multiplier: f64,
+    #[serde(default, skip_serializing_if = "is_zero_f")]
+    pub attention_multiplier: f64,
+    #[serde(default = "one_f", skip_serializing_if = "is_one")]
+    pub residual_multiplier: f64,
+    #[serde(default = "one_f", skip_serializing_if = "is_one")]
+    pub logits_scaling: f64,
 }
 
 fn one() -> usize {
@@ -159,6 +171,14 @@ fn one() -> usize {
 
 fn one_f() -> f64 {
     1.0
+}
+
+fn is_one(x: &f64) -> bool {
+    *x == 1.0
+}
+
+fn is_zero_f(x: &f64) -> bool {
+    *x == 0.0
 }
 
 /// Names of the presets, in the order `--help` lists them.
@@ -201,6 +221,10 @@ impl ModelConfig {
             shared_expert_gate: false,
             bias_update_rate: 0.0,
             lora: None,
+            embedding_multiplier: 1.0,
+            attention_multiplier: 0.0,
+            residual_multiplier: 1.0,
+            logits_scaling: 1.0,
         }
     }
     /// 8 experts, top-2, expert width 512: the active compute of `bench_dense`.
@@ -287,6 +311,14 @@ impl ModelConfig {
         })
     }
 
+    /// The factor of the attention scores: `attention_multiplier`, or 1/sqrt(D).
+    pub fn attention_scale(&self) -> f64 {
+        if self.attention_multiplier > 0.0 {
+            self.attention_multiplier
+        } else {
+            1.0 / (self.head_dim() as f64).sqrt()
+        }
+    }
     /// D
     pub fn head_dim(&self) -> usize {
         if self.head_dim > 0 {
@@ -393,6 +425,16 @@ impl ModelConfig {
             self.validate_routing()?;
         }
         for (name, v) in [
+            ("embedding_multiplier", self.embedding_multiplier),
+            ("residual_multiplier", self.residual_multiplier),
+            ("logits_scaling", self.logits_scaling),
+        ] {
+            if !(v > 0.0 && v.is_finite()) {
+                return Err(Error::config(format!("{name} is {v}"), format!("{name} must be a finite number > 0")));
+            }
+        }
+        for (name, v) in [
+            ("attention_multiplier", self.attention_multiplier),
             ("router_aux_loss_coef", self.router_aux_loss_coef),
             ("router_z_loss_coef", self.router_z_loss_coef),
             ("rms_norm_eps", self.rms_norm_eps),

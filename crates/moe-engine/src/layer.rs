@@ -92,6 +92,8 @@ pub struct Scratch<T> {
     /// [B, G, T, T] attention backward scratch.
     pub datt: Vec<T>,
     pub dense_scratch: [Vec<T>; 3],
+    /// [N, C] a block output's gradient under Granite's residual multiplier (else empty).
+    pub dy: Vec<T>,
 }
 
 impl<T: Float> Scratch<T> {
@@ -110,6 +112,7 @@ impl<T: Float> Scratch<T> {
             dattn: z(n * hd),
             datt: z(b * cfg.num_key_value_heads * tq_max * tcap),
             dense_scratch: [z(fd), z(fd), z(fd)],
+            dy: z(if cfg.residual_multiplier != 1.0 { n * c } else { 0 }),
         }
     }
 }
@@ -162,6 +165,12 @@ fn moe_grads<'a, T>(mut gc: GradCursor<'a, T>, sp: &MoeSpans) -> MoeGrads<'a, T>
 }
 
 impl<T: Float> Model<T> {
+    /// The factor on the rotated queries that turns the kernel's 1/sqrt(D) into the config's
+    /// attention scale (1 unless Granite's `attention_multiplier` is set).
+    fn q_scale(&self) -> T {
+        T::from_f64(self.cfg.attention_scale() * (self.cfg.head_dim() as f64).sqrt())
+    }
+
     /// out[N,C] = layer l of x[N,C] (N = B * tq), its activations saved in `la`.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn layer_forward(
@@ -181,7 +190,7 @@ impl<T: Float> Model<T> {
         let (hd, gd) = (h * d, g * d);
         let (ls, p) = (&self.layout.layers[l], ws.p);
         rmsnorm_forward(&mut la.ln1[..n * c], &mut la.rstd1[..n], x, ls.ln1.of(p), c, cfg.rms_norm_eps);
-        let s = Qkv { t: tq, pos0, c, h, g, d, cos: &self.cos, sin: &self.sin };
+        let s = Qkv { t: tq, pos0, c, h, g, d, cos: &self.cos, sin: &self.sin, q_scale: self.q_scale() };
         let (q, k, v) = (&mut la.q[..n * hd], &mut la.k_new[..n * gd], &mut la.v_new[..n * gd]);
         qkv_forward(q, k, v, &la.ln1[..n * c], ls, ws, &mut la.qk_norm, s);
         let (ck, cv): (&[T], &[T]) = match kv {
@@ -199,7 +208,8 @@ impl<T: Float> Model<T> {
         attention_forward(&mut la.attn[..n * hd], &mut la.att, &la.q[..n * hd], ck, cv, dims);
         let wo = Lin::at(ws, ls.wo, ls.attn_lora.map(|l| l[3]));
         wo.forward(&mut la.mid[..n * c], &la.attn[..n * hd], n, hd, c, true);
-        la.mid[..n * c].iter_mut().zip(x).for_each(|(m, &xv)| *m += xv);
+        let r = T::from_f64(cfg.residual_multiplier);
+        la.mid[..n * c].iter_mut().zip(x).for_each(|(m, &xv)| *m = *m * r + xv);
         rmsnorm_forward(&mut la.ln2[..n * c], &mut la.rstd2[..n], &la.mid[..n * c], ls.ln2.of(p), c, cfg.rms_norm_eps);
         match (&ls.ffn, &mut la.ffn) {
             (FfnSpans::Dense { gate, up, down, lora }, FfnActs::Dense { g, u, h }) => {
@@ -215,7 +225,7 @@ impl<T: Float> Model<T> {
             }
             _ => unreachable!("activations are built from the same config as the layout"),
         }
-        out.iter_mut().zip(&la.mid[..n * c]).for_each(|(o, &m)| *o += m);
+        out.iter_mut().zip(&la.mid[..n * c]).for_each(|(o, &m)| *o = *o * r + m);
     }
 
     /// Backward of layer l: `sc.dres` holds dL/d(out) on entry and dL/dx on return; weight
@@ -239,7 +249,12 @@ impl<T: Float> Model<T> {
         let (h, g) = (cfg.num_attention_heads, cfg.num_key_value_heads);
         let (hd, gd) = (h * d, g * d);
         let (ls, p) = (&self.layout.layers[l], ws.p);
-        // out = mid + ffn(ln2(mid))
+        // out = mid + r ffn(ln2(mid)): the FFN's output gradient is r dres
+        let scaled = cfg.residual_multiplier != 1.0;
+        let r = T::from_f64(cfg.residual_multiplier);
+        if scaled {
+            sc.dy[..n * c].iter_mut().zip(&sc.dres[..n * c]).for_each(|(y, &d)| *y = r * d);
+        }
         sc.dln[..n * c].fill(T::ZERO);
         match (&ls.ffn, &mut la.ffn) {
             (FfnSpans::Dense { gate, up, down, lora }, FfnActs::Dense { g, u, h }) => {
@@ -251,7 +266,7 @@ impl<T: Float> Model<T> {
                 mlp_backward(
                     &mut sc.dln[..n * c],
                     grads,
-                    &sc.dres[..n * c],
+                    if scaled { &sc.dy[..n * c] } else { &sc.dres[..n * c] },
                     &la.ln2[..n * c],
                     w,
                     &g[..n * f],
@@ -270,7 +285,7 @@ impl<T: Float> Model<T> {
                 moe_backward(
                     &mut sc.dln[..n * c],
                     grads,
-                    &sc.dres[..n * c],
+                    if scaled { &sc.dy[..n * c] } else { &sc.dres[..n * c] },
                     &la.ln2[..n * c],
                     w,
                     m,
@@ -290,10 +305,14 @@ impl<T: Float> Model<T> {
             &la.rstd2[..n],
             c,
         );
-        // mid = x + o_proj(attn)
+        // mid = x + r o_proj(attn)
+        if scaled {
+            sc.dy[..n * c].iter_mut().zip(&sc.dres[..n * c]).for_each(|(y, &d)| *y = r * d);
+        }
+        let dmid = if scaled { &sc.dy[..n * c] } else { &sc.dres[..n * c] };
         let lora_o = ls.attn_lora.map(|l| l[3]);
         let (wo, g_wo) = (Lin::at(ws, ls.wo, lora_o), self.grads(gr).lin(ls.wo, lora_o));
-        wo.backward(&mut sc.dattn[..n * hd], g_wo, &sc.dres[..n * c], &la.attn[..n * hd], n, hd, c, false, true);
+        wo.backward(&mut sc.dattn[..n * hd], g_wo, dmid, &la.attn[..n * hd], n, hd, c, false, true);
         sc.dq[..n * hd].fill(T::ZERO);
         sc.dk[..n * gd].fill(T::ZERO);
         sc.dv[..n * gd].fill(T::ZERO);
@@ -310,7 +329,7 @@ impl<T: Float> Model<T> {
             kv.1,
             dims,
         );
-        let s = Qkv { t, pos0: 0, c, h, g, d, cos: &self.cos, sin: &self.sin };
+        let s = Qkv { t, pos0: 0, c, h, g, d, cos: &self.cos, sin: &self.sin, q_scale: self.q_scale() };
         let (dq, dk, dv) = (&mut sc.dq[..n * hd], &mut sc.dk[..n * gd], &sc.dv[..n * gd]);
         let gc = self.grads(gr);
         qkv_backward(&mut sc.dln[..n * c], gc, dq, dk, dv, &la.ln1[..n * c], ls, ws, &mut la.qk_norm, s);

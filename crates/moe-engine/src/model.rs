@@ -255,6 +255,10 @@ impl<T: Float> Model<T> {
         let ws = self.weights(p);
         a.n = n;
         embedding_forward(&mut a.resid[0][..n * c], self.layout.embed.of(p), tokens, c);
+        let em = T::from_f64(cfg.embedding_multiplier);
+        if em != T::ONE {
+            a.resid[0][..n * c].iter_mut().for_each(|v| *v *= em);
+        }
         for l in 0..cfg.num_hidden_layers {
             let (before, after) = a.resid.split_at_mut(l + 1);
             let (x, out) = (&before[l][..n * c], &mut after[0][..n * c]);
@@ -273,6 +277,10 @@ impl<T: Float> Model<T> {
         rmsnorm_forward(&mut a.lnf[..n * c], &mut a.rstdf[..n], last, self.layout.norm.of(p), c, cfg.rms_norm_eps);
         let head = Lin::at(ws, self.layout.lm_head, None);
         head.forward(&mut a.logits[..n * v], &a.lnf[..n * c], n, c, v, true);
+        if cfg.logits_scaling != 1.0 {
+            let inv = T::from_f64(1.0 / cfg.logits_scaling);
+            a.logits[..n * v].iter_mut().for_each(|x| *x *= inv);
+        }
     }
 
     /// Cross-entropy against targets[N] plus the auxiliary losses of the last forward.
@@ -367,6 +375,10 @@ impl<T: Float> Model<T> {
         let z_scale = if bal.is_empty() { 0.0 } else { cfg.router_z_loss_coef / bal.len() as f64 };
         let scale = T::from_f64(1.0 / targets_counted(&targets[..n]));
         cross_entropy_backward_inplace(&mut a.logits[..n * v], &a.losses[..n], targets, v, scale);
+        if cfg.logits_scaling != 1.0 {
+            let inv = T::from_f64(1.0 / cfg.logits_scaling);
+            a.logits[..n * v].iter_mut().for_each(|x| *x *= inv);
+        }
         let ws = self.weights(p);
         let head = Lin::at(ws, self.layout.lm_head, None);
         let g_head = self.grads(gr).lin(self.layout.lm_head, None);
@@ -397,6 +409,10 @@ impl<T: Float> Model<T> {
         }
         // (a frozen base under LoRA has no gradient: the backward wrote only the adapters')
         if self.cfg.lora.is_none() {
+            let em = T::from_f64(cfg.embedding_multiplier);
+            if em != T::ONE {
+                a.sc.dres[..n * c].iter_mut().for_each(|v| *v *= em);
+            }
             embedding_backward(self.layout.embed.of_mut(gr), &a.sc.dres[..n * c], tokens, c);
         }
     }

@@ -1,7 +1,8 @@
 //! The query, key and value projections of a decoder layer, forward and backward: the normed
 //! input x[N,C] -> q[N,H*D], k[N,G*D], v[N,G*D], with their biases when the config has them
-//! (Qwen2), the RMSNorm of q and k (per head: Qwen3; whole: OLMoE) and RoPE on q and k:
-//! everything between the layer's first norm and the attention kernel.
+//! (Qwen2), the RMSNorm of q and k (per head: Qwen3; whole: OLMoE), RoPE on q and k, and the
+//! queries' factor for an attention scale other than 1/sqrt(D) (Granite): everything between the
+//! layer's first norm and the attention kernel.
 
 use crate::config::{ModelConfig, QkNorm};
 use crate::linear::{GradCursor, Lin};
@@ -24,6 +25,8 @@ pub struct Qkv<'a, T> {
     pub d: usize,
     pub cos: &'a [T],
     pub sin: &'a [T],
+    /// Factor on the rotated queries (an attention scale other than 1/sqrt(D); 1 else).
+    pub q_scale: T,
 }
 
 /// What the q/k norms keep for the backward, for N rows (empty without q/k norms): q and k
@@ -93,6 +96,9 @@ pub fn qkv_forward<T: Float>(
     }
     rope_forward(q, s.cos, s.sin, s.t, s.h, s.d, s.pos0);
     rope_forward(k, s.cos, s.sin, s.t, s.g, s.d, s.pos0);
+    if s.q_scale != T::ONE {
+        q.iter_mut().for_each(|v| *v *= s.q_scale);
+    }
 }
 
 /// The q, k, v projections of the layer with their adapters.
@@ -123,6 +129,9 @@ pub fn qkv_backward<T: Float>(
     let (gq, gk, gv) = (gc.lin(ls.wq, lora(0)), gc.lin(ls.wk, lora(1)), gc.lin(ls.wv, lora(2)));
     let bias_grads = ls.qkv_bias.map(|[bq, bk, bv]| [bq, bk, bv].map(|b| gc.opt(Some(b))));
     let norm_grads = ls.qk_norm.map(|[nq, nk]| [gc.take(nq), gc.take(nk)]);
+    if s.q_scale != T::ONE {
+        dq.iter_mut().for_each(|v| *v *= s.q_scale);
+    }
     rope_backward(dq, s.cos, s.sin, s.t, s.h, s.d, s.pos0);
     rope_backward(dk, s.cos, s.sin, s.t, s.g, s.d, s.pos0);
     if let (Some([nq, nk]), Some([gnq, gnk])) = (ls.qk_norm, norm_grads) {

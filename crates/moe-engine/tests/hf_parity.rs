@@ -1,6 +1,7 @@
 //! Parity with Hugging Face transformers: tiny random MixtralForCausalLM, LlamaForCausalLM,
 //! Qwen2MoeForCausalLM (shared expert with its gate, q/k/v biases), OlmoeForCausalLM (q/k norms
-//! over the projections), Qwen3MoeForCausalLM (per-head q/k norms, wide heads) and the Llama with PEFT's
+//! over the projections), Qwen3MoeForCausalLM (per-head q/k norms, wide heads), GraniteMoeForCausalLM
+//! (multipliers, top-k softmax router) and the Llama with PEFT's
 //! LoRA adapters on every linear layer, written by `scripts/hf_fixtures.py` (weights, inputs,
 //! and transformers' logits, loss and every trained parameter's gradient, float64). Our model, in f32 and in f64, must match logits, loss
 //! and all gradients to 1e-4 relative (max abs error over a tensor / max abs of the reference).
@@ -122,4 +123,10 @@ fn olmoe_logits_loss_and_gradients_match_transformers() {
 fn qwen3_moe_logits_loss_and_gradients_match_transformers() {
     check::<f32>("qwen3_moe");
     check::<f64>("qwen3_moe");
+}
+
+#[test]
+fn granitemoe_logits_loss_and_gradients_match_transformers() {
+    check::<f32>("granitemoe");
+    check::<f64>("granitemoe");
 }

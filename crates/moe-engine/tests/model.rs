@@ -222,3 +222,18 @@ fn recomputation_gives_the_same_gradients() {
     assert!(full.1 == re.1, "recomputed gradients differ");
     assert!(Acts::<f32>::recomputing(&m.cfg, b, t, t).layers.len() == 2);
 }
+
+#[test]
+fn granite_multipliers_gradients() {
+    // embedding, attention, residual multipliers and the logits' divisor (GraniteMoE), with its
+    // top-k-then-softmax router
+    let cfg = ModelConfig {
+        embedding_multiplier: 3.0,
+        attention_multiplier: 0.2,
+        residual_multiplier: 0.4,
+        logits_scaling: 2.5,
+        router: moe_engine::config::RouterKind::TopkSoftmax,
+        ..mixed_config(BalanceScope::Global)
+    };
+    check_model(cfg, 31);
+}

@@ -15,6 +15,8 @@
 //! head, heads of any width) when there is no shared expert and no bias. Dense models (a LoRA
 //! fine-tune of a Llama or Qwen2, merged) are written as LlamaForCausalLM, or
 //! Qwen2ForCausalLM when they have query/key/value biases; our tensor names are theirs.
+//! Granite's multipliers make GraniteMoE (every layer MoE, renormalised top-k), its experts
+//! fused as the hub's checkpoints hold them.
 //!
 //! Sigmoid-group and expert-choice routers, and router biases, have no such class and are
 //! refused with the reason. Capacity limits apply in training only (both classes are dropless).
@@ -44,6 +46,8 @@ pub enum HfForm {
     Llama,
     /// A dense model with query/key/value biases: Qwen2ForCausalLM.
     Qwen2,
+    /// Granite's embedding, attention, residual and logit multipliers: GraniteMoeForCausalLM.
+    GraniteMoe,
 }
 
 /// The form `cfg` is written in, or why it cannot be (with or without the selection bias).
@@ -66,6 +70,10 @@ pub fn hf_form(cfg: &ModelConfig, selection_bias: bool) -> std::result::Result<H
             ))
         }
     };
+    let multipliers = cfg.embedding_multiplier != 1.0
+        || cfg.attention_multiplier != 0.0
+        || cfg.residual_multiplier != 1.0
+        || cfg.logits_scaling != 1.0;
     let why = if cfg.router_bias {
         "its router has a bias"
     } else if cfg.has_selection_bias() && !selection_bias {
@@ -76,6 +84,17 @@ pub fn hf_form(cfg: &ModelConfig, selection_bias: bool) -> std::result::Result<H
         "its router has a selection bias, which moe runs only in Mixtral's and Qwen2-MoE's forms"
     } else if cfg.qk_norm == QkNorm::Whole && cfg.num_moe_layers() != cfg.num_hidden_layers {
         "it has OLMoE's query/key norms and dense layers, which OLMoE does not have"
+    } else if multipliers
+        && (!renormalised
+            || cfg.num_moe_layers() != cfg.num_hidden_layers
+            || cfg.shared_expert_intermediate_size > 0
+            || cfg.qkv_bias
+            || cfg.qk_norm != QkNorm::None
+            || cfg.has_selection_bias())
+    {
+        "it has Granite's multipliers with blocks GraniteMoE does not have (GraniteMoE: every layer MoE, renormalised top-k, no shared expert, biases, query/key norms or selection bias)"
+    } else if multipliers {
+        return Ok(HfForm::GraniteMoe);
     } else if cfg.qk_norm == QkNorm::Whole {
         return Ok(HfForm::Olmoe);
     } else if cfg.qk_norm == QkNorm::PerHead {
@@ -166,6 +185,17 @@ fn config(cfg: &ModelConfig, form: HfForm) -> serde_json::Value {
             "attention_bias": false,
             "use_sliding_window": false,
         }),
+        HfForm::GraniteMoe => json!({
+            "architectures": ["GraniteMoeForCausalLM"],
+            "model_type": "granitemoe",
+            "intermediate_size": cfg.moe_intermediate_size,
+            "num_local_experts": cfg.num_local_experts,
+            "embedding_multiplier": cfg.embedding_multiplier,
+            "attention_multiplier": cfg.attention_scale(),
+            "residual_multiplier": cfg.residual_multiplier,
+            "logits_scaling": cfg.logits_scaling,
+            "attention_bias": false,
+        }),
         HfForm::Llama => json!({
             "architectures": ["LlamaForCausalLM"],
             "model_type": "llama",
@@ -199,6 +229,43 @@ fn config(cfg: &ModelConfig, form: HfForm) -> serde_json::Value {
 
 /// A tensor to write: name, shape, f32 values.
 type Tensor = (String, Vec<usize>, Vec<f32>);
+
+/// GraniteMoE's stacked expert and router tensors for tensor `t` of our layout (as its hub
+/// checkpoints hold them): `input_linear` [E, 2F, C] = each expert's gate rows then its up rows,
+/// `output_linear` [E, C, F] = down, `router.layer` = router; the up projection is written with
+/// the gate (an empty list); None for the tensors named as in Llama.
+fn granite_tensor(
+    layout: &Layout,
+    t: &moe_engine::params::TensorInfo,
+    p: &[f32],
+) -> Option<Vec<(String, Vec<usize>, Vec<u8>)>> {
+    let bytes = checkpoint::to_bytes;
+    if let Some(prefix) = t.name.strip_suffix(".mlp.router.weight") {
+        return Some(vec![(
+            format!("{prefix}.block_sparse_moe.router.layer.weight"),
+            t.shape.clone(),
+            bytes(t.span.of(p)),
+        )]);
+    }
+    if let Some(prefix) = t.name.strip_suffix(".mlp.experts.down_proj") {
+        return Some(vec![(
+            format!("{prefix}.block_sparse_moe.output_linear.weight"),
+            t.shape.clone(),
+            bytes(t.span.of(p)),
+        )]);
+    }
+    if t.name.ends_with(".mlp.experts.up_proj") {
+        return Some(vec![]);
+    }
+    let prefix = t.name.strip_suffix(".mlp.experts.gate_proj")?;
+    let up = layout.find(&format!("{prefix}.mlp.experts.up_proj"))?;
+    let (e, fc) = (t.shape[0], t.per_expert());
+    let (gate, up) = (t.span.of(p), up.span.of(p));
+    let fused: Vec<f32> =
+        (0..e).flat_map(|x| gate[x * fc..(x + 1) * fc].iter().chain(&up[x * fc..(x + 1) * fc]).copied()).collect();
+    let shape = vec![e, 2 * t.shape[1], t.shape[2]];
+    Some(vec![(format!("{prefix}.block_sparse_moe.input_linear.weight"), shape, bytes(&fused))])
+}
 
 /// The shared-expert tensors Qwen2-MoE needs that our layout lacks (name, shape, values) for
 /// MoE layer prefix `p` ("model.layers.3"), and the factor for our shared down projection.
@@ -235,6 +302,12 @@ pub fn write_hf(ck: &Checkpoint, out: &Path, selection_bias: bool) -> Result<(us
     let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = vec![];
     for t in &layout.tensors {
         let data = t.span.of(&ck.params);
+        if form == HfForm::GraniteMoe {
+            if let Some(g) = granite_tensor(&layout, t, &ck.params) {
+                tensors.extend(g);
+                continue;
+            }
+        }
         let (name, per_expert) = hf_name(form, &t.name);
         if per_expert {
             let n = t.per_expert();

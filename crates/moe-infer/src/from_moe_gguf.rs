@@ -123,8 +123,8 @@ pub fn write_gguf(ck: &Checkpoint, out: &Path) -> Result<(usize, &'static str)> 
         Ok(HfForm::Llama | HfForm::Qwen2) => Some(
             "dense models are not written as GGUF yet; export a Hugging Face directory (llama.cpp's convert_hf_to_gguf.py converts it)".into(),
         ),
-        Ok(HfForm::Olmoe | HfForm::Qwen3Moe) => {
-            Some("its query/key norms (OLMoE's or Qwen3's form) are not written as GGUF yet; export a Hugging Face directory instead".into())
+        Ok(HfForm::Olmoe | HfForm::Qwen3Moe | HfForm::GraniteMoe) => {
+            Some("its query/key norms (OLMoE's or Qwen3's form) or Granite's multipliers are not written as GGUF yet; export a Hugging Face directory instead".into())
         }
         Ok(_) => None,
         Err(why) => Some(why),

@@ -223,16 +223,20 @@ fn moe_config(s: &Spec, raw: &Value, path: &Path) -> Result<ModelConfig> {
     if !plain_rope || s.rope.dim != d || s.rope.long.is_some() || s.rope.factor != 1.0 || s.rope.interleave {
         return bad("RoPE scaling or partial or interleaved RoPE");
     }
-    if s.v_dim != d || (s.attn_scale - 1.0 / (d as f32).sqrt()).abs() > 1e-6 {
-        return bad("value heads of another width than the query heads, or another attention scale");
+    if s.v_dim != d {
+        return bad("value heads of another width than the query heads");
     }
-    if s.embed_mult != 1.0 || s.residual_mult != 1.0 || s.logits_div != 1.0 || s.moe.act != Act::Swiglu {
-        return bad("embedding, residual or logit multipliers, or an activation other than SwiGLU");
+    if s.moe.act != Act::Swiglu {
+        return bad("an activation other than SwiGLU");
     }
-    let renorm = match s.moe.router {
-        Router::SoftmaxTopk { renorm } => renorm,
-        _ => return bad("a router other than softmax top-k"),
+    let (router, renorm) = match s.moe.router {
+        Router::SoftmaxTopk { renorm } => (moe_engine::config::RouterKind::SoftmaxTopk, renorm),
+        // GraniteMoE: softmax over the k largest logits
+        Router::TopkSoftmax => (moe_engine::config::RouterKind::TopkSoftmax, true),
+        _ => return bad("a router other than softmax top-k or top-k softmax"),
     };
+    // GraniteMoE's multipliers (1 and 1/sqrt(D) elsewhere)
+    let default_scale = (s.attn_scale - 1.0 / (d as f32).sqrt()).abs() <= 1e-6;
     // dense layers: the first k, or every layer not a multiple of a step
     let moe_at: Vec<bool> = s.ffn.iter().map(|f| *f == Ffn::Moe).collect();
     let first_dense = moe_at.iter().take_while(|m| !**m).count();
@@ -258,7 +262,11 @@ fn moe_config(s: &Spec, raw: &Value, path: &Path) -> Result<ModelConfig> {
         num_experts_per_tok: s.moe.top_k,
         moe_intermediate_size: s.moe.inter,
         norm_topk_prob: renorm,
-        router: moe_engine::config::RouterKind::SoftmaxTopk,
+        router,
+        embedding_multiplier: s.embed_mult as f64,
+        attention_multiplier: if default_scale { 0.0 } else { s.attn_scale as f64 },
+        residual_multiplier: s.residual_mult as f64,
+        logits_scaling: s.logits_div as f64,
         first_k_dense_replace: first_dense,
         decoder_sparse_step: 1,
         shared_expert_intermediate_size: shared,

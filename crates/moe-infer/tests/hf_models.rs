@@ -89,9 +89,10 @@ fn moe_export_qwen2_switch_biases_as_loaded_by_transformers() {
 }
 /// OLMoE's form (query/key norms over the projections) and Qwen3-MoE's (per head, wide heads).
 #[test]
-fn moe_export_olmoe_and_qwen3_forms_as_loaded_by_transformers() {
+fn moe_export_olmoe_qwen3_and_granite_forms_as_loaded_by_transformers() {
     check("moe_export_olmoe");
     check("moe_export_qwen3");
+    check("moe_export_granite");
 }
 #[test]
 fn mixtral_fused_experts() {

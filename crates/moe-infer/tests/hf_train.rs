@@ -1,6 +1,7 @@
 //! Hugging Face checkpoints read by the training engine: dense Llama (bf16), Mistral (f16,
 //! tied embeddings, sliding window) and Qwen2 (query/key/value biases, tied), OLMoE (q/k norms,
-//! bf16), Qwen3-MoE (per-head q/k norms, heads wider than hidden / heads, tied), Mixtral (sharded bf16, and fused experts), and moe's own
+//! bf16), Qwen3-MoE (per-head q/k norms, heads wider than hidden / heads, tied), GraniteMoE
+//! (embedding, attention, residual and logit multipliers, top-k softmax router), Mixtral (sharded bf16, and fused experts), and moe's own
 //! Mixtral and Qwen2-MoE exports. The training engine's forward gives transformers' logits
 //! (1e-4); the MoE upcycled from a dense one (every expert a copy of the MLP, renormalised
 //! top-2) computes the same function at step 0; families with blocks the training model lacks
@@ -42,6 +43,7 @@ fn checkpoints_give_transformers_logits_and_dense_ones_upcycle_exactly() {
         "moe_export_qwen2",
         "olmoe_noclip",
         "qwen3_moe",
+        "granitemoe",
     ] {
         let d = read_checkpoint(&dir(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert!(d.tokenizer.is_some());
@@ -88,6 +90,7 @@ fn families_the_training_model_cannot_hold_are_refused() {
         ("olmoe", "clipped"),
         ("deepseek_v3", "MLA"),
         ("gpt_oss", "biases"),
+        ("phimoe", "LayerNorm"),
     ] {
         let e = read_checkpoint(&dir(name)).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(e.contains(says), "{name}: {e}");
