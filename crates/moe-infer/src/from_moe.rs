@@ -230,15 +230,14 @@ fn config(cfg: &ModelConfig, form: HfForm) -> serde_json::Value {
 /// A tensor to write: name, shape, f32 values.
 type Tensor = (String, Vec<usize>, Vec<f32>);
 
+/// A tensor to write as bytes: name, shape, little-endian f32 bytes.
+type TensorBytes = (String, Vec<usize>, Vec<u8>);
+
 /// GraniteMoE's stacked expert and router tensors for tensor `t` of our layout (as its hub
 /// checkpoints hold them): `input_linear` [E, 2F, C] = each expert's gate rows then its up rows,
 /// `output_linear` [E, C, F] = down, `router.layer` = router; the up projection is written with
 /// the gate (an empty list); None for the tensors named as in Llama.
-fn granite_tensor(
-    layout: &Layout,
-    t: &moe_engine::params::TensorInfo,
-    p: &[f32],
-) -> Option<Vec<(String, Vec<usize>, Vec<u8>)>> {
+fn granite_tensor(layout: &Layout, t: &moe_engine::params::TensorInfo, p: &[f32]) -> Option<Vec<TensorBytes>> {
     let bytes = checkpoint::to_bytes;
     if let Some(prefix) = t.name.strip_suffix(".mlp.router.weight") {
         return Some(vec![(
@@ -299,7 +298,7 @@ pub fn write_hf(ck: &Checkpoint, out: &Path, selection_bias: bool) -> Result<(us
     write(&out.join("config.json"), &text)?;
     // Every tensor under its hub name; stacked experts split into one matrix per expert.
     let layout = Layout::new(cfg);
-    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = vec![];
+    let mut tensors: Vec<TensorBytes> = vec![];
     for t in &layout.tensors {
         let data = t.span.of(&ck.params);
         if form == HfForm::GraniteMoe {
