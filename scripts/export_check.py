@@ -2,15 +2,16 @@
 """moe's exports checked against the tools people load them with (run by hand, never by CI;
 needs torch, transformers and tokenizers; llama.cpp optional).
 
-Trains the tiny preset for a few steps on README.md in eight forms: Mixtral's (no selection
+Trains the tiny preset for a few steps on README.md in nine forms: Mixtral's (no selection
 bias), Qwen2-MoE's (a shared expert without gate, a dense first layer, weights not renormalised),
 Qwen2-MoE's with Switch routing, a gated shared expert and query/key/value biases, OLMoE's
 (query/key norms over the projections), Qwen3-MoE's (per-head query/key norms, heads wider
-than hidden / heads, a dense first layer), GraniteMoE's (its four multipliers, top-k softmax
+than hidden / heads, a dense first layer; and with every layer MoE), GraniteMoE's (its four multipliers, top-k softmax
 routing), and two dense models (Llama's; Qwen2's with biases:
 their logits are compared with the training engine's by tests/export.rs). Exports
-each as a Hugging Face directory, and as a GGUF file where llama.cpp has the form (the first as
-`llama` with experts, the third as `qwen2moe`), and checks:
+each as a Hugging Face directory, and as a GGUF file where llama.cpp has the form (Mixtral's as
+`llama` with experts, the third as `qwen2moe`, OLMoE's as `olmoe`, the all-MoE Qwen3-MoE as
+`qwen3moe`), and checks:
 - transformers loads each directory (MixtralForCausalLM, Qwen2MoeForCausalLM) and its float32
   logits equal moe's (`moe logits`) on the same ids to 1e-4;
 - moe's logits from the GGUF files equal them too;
@@ -19,7 +20,7 @@ each as a Hugging Face directory, and as a GGUF file where llama.cpp has the for
   its next-token probabilities after the prompt equal transformers' (top 5, 1e-3).
 With --fixture, writes each exported directory and transformers' outputs (reference.safetensors:
 input_ids, logits, greedy) to crates/moe-infer/tests/fixtures/moe_export{,_qwen2,_qwen2_switch,_olmoe,_qwen3,
-_granite,_llama,_qwen2_dense},
+_qwen3_moe_only,_granite,_llama,_qwen2_dense},
 which
 crates/moe-infer/tests/hf_models.rs compares moe to on every test run.
 
@@ -51,8 +52,9 @@ FORMS = [("moe_export", {}),
          ("moe_export_qwen2_switch", {"router": "switch", "num_experts_per_tok": 1, "norm_topk_prob": False,
                                       "shared_expert_intermediate_size": 16, "shared_expert_gate": True,
                                       "qkv_bias": True}),
-         ("moe_export_olmoe", {"qk_norm": "whole", "norm_topk_prob": False}),
+         ("moe_export_olmoe", {"qk_norm": "whole", "norm_topk_prob": False, "num_key_value_heads": 4}),
          ("moe_export_qwen3", {"qk_norm": "per_head", "head_dim": 8, "first_k_dense_replace": 1}),
+         ("moe_export_qwen3_moe_only", {"qk_norm": "per_head", "head_dim": 8}),
          ("moe_export_granite", {"router": "topk_softmax", "embedding_multiplier": 2.0, "attention_multiplier": 0.3,
                                  "residual_multiplier": 0.5, "logits_scaling": 4.0}),
          # dense models (a merged LoRA fine-tune): LlamaForCausalLM, Qwen2ForCausalLM with biases

@@ -34,7 +34,14 @@ pub fn export(a: ExportArgs) -> Result<()> {
     let gguf = a.gguf || a.out.extension().is_some_and(|x| x == "gguf");
     let (params, what) = if gguf {
         let (params, arch) = moe_infer::from_moe_gguf::write_gguf(&ck, &a.out)?;
-        (params, if arch == "llama" { "a GGUF file (llama with experts)" } else { "a GGUF file (qwen2moe)" })
+        (
+            params,
+            if arch == "llama" {
+                "a GGUF file (llama with experts)".to_string()
+            } else {
+                format!("a GGUF file ({arch})")
+            },
+        )
     } else {
         use moe_infer::from_moe::HfForm;
         let (params, form) = moe_infer::from_moe::write_hf(&ck, &a.out, false)?;
@@ -47,7 +54,7 @@ pub fn export(a: ExportArgs) -> Result<()> {
             HfForm::Qwen2 => "Qwen2ForCausalLM",
             HfForm::GraniteMoe => "GraniteMoeForCausalLM",
         };
-        (params, class)
+        (params, class.to_string())
     };
     let params = params as f64 / 1e6;
     eprintln!("exported {} ({params:.2} M parameters) to {} as {what}", ck.dir.display(), a.out.display());

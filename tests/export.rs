@@ -262,8 +262,9 @@ fn the_default_presets_selection_bias_runs_in_the_inference_engine_and_is_served
 
 /// Query/key norms: over the whole projections, every layer MoE -> OLMoE; per head, with wide
 /// heads and a dense first layer -> Qwen3-MoE; Granite's multipliers -> GraniteMoE (experts
-/// fused as the hub holds them). Each gives the training engine's logits in the
-/// inference engine; their GGUF form is refused with the reason.
+/// fused as the hub holds them). Each gives the training engine's logits in the inference
+/// engine, and so do the GGUF files of the first two (llama.cpp's olmoe and qwen3moe); what those
+/// cannot hold, and Granite's GGUF form, are refused with the reason.
 #[test]
 fn olmoe_qwen3_moe_and_granite_forms_give_the_training_engines_logits() {
     use moe_engine::config::QkNorm;
@@ -279,11 +280,11 @@ fn olmoe_qwen3_moe_and_granite_forms_give_the_training_engines_logits() {
     };
     let cases = [
         ("GraniteMoeForCausalLM", granite),
-        ("OlmoeForCausalLM", ModelConfig { qk_norm: QkNorm::Whole, norm_topk_prob: false, ..experts.clone() }),
         (
-            "Qwen3MoeForCausalLM",
-            ModelConfig { qk_norm: QkNorm::PerHead, head_dim: 8, first_k_dense_replace: 1, ..experts.clone() },
+            "OlmoeForCausalLM",
+            ModelConfig { qk_norm: QkNorm::Whole, norm_topk_prob: false, num_key_value_heads: 4, ..experts.clone() },
         ),
+        ("Qwen3MoeForCausalLM", ModelConfig { qk_norm: QkNorm::PerHead, head_dim: 8, ..experts.clone() }),
     ];
     let ids = [3u32, 17, 5, 99, 42, 7, 120, 1];
     for (i, (class, cfg)) in cases.into_iter().enumerate() {
@@ -297,7 +298,28 @@ fn olmoe_qwen3_moe_and_granite_forms_give_the_training_engines_logits() {
         assert!(diff < 1e-4, "{class}: exported logits differ by {diff}");
         let gguf = dir.path().join(format!("x{i}.gguf"));
         let (code, _, err) = moe(&["export", "--checkpoint", ck.to_str().unwrap(), "--out", gguf.to_str().unwrap()]);
-        assert!(code == 1 && err.contains("not written as GGUF yet"), "{err}");
+        match class {
+            "GraniteMoeForCausalLM" => assert!(code == 1 && err.contains("not written as GGUF yet"), "{err}"),
+            _ => {
+                // OLMoE as llama.cpp's olmoe, Qwen3-MoE (every layer MoE) as qwen3moe
+                assert_eq!(code, 0, "{class}: {err}");
+                let (got, want) = logits_both(&ck, &gguf, &ids);
+                let diff = max_diff(&got, &want);
+                assert!(diff < 1e-4, "{class}: GGUF logits differ by {diff}");
+            }
+        }
+    }
+    // what llama.cpp's olmoe and qwen3moe cannot hold is refused with the reason
+    for (cfg, says) in [
+        (ModelConfig { qk_norm: QkNorm::Whole, norm_topk_prob: true, ..experts.clone() }, "does not renormalise"),
+        (ModelConfig { qk_norm: QkNorm::Whole, norm_topk_prob: false, ..experts.clone() }, "grouped-query"),
+        (ModelConfig { qk_norm: QkNorm::PerHead, first_k_dense_replace: 1, ..experts.clone() }, "dense layers"),
+        (ModelConfig { qk_norm: QkNorm::PerHead, norm_topk_prob: false, ..experts.clone() }, "renormalises"),
+    ] {
+        let ck = trained(cfg, &dir.path().join(says));
+        let gguf = dir.path().join("refused.gguf");
+        let (code, _, err) = moe(&["export", "--checkpoint", ck.to_str().unwrap(), "--out", gguf.to_str().unwrap()]);
+        assert!(code == 1 && err.contains(says), "{says}: {err}");
     }
 }
 

@@ -6,6 +6,9 @@
 //! weights are not renormalised (llama.cpp's qwen2moe does not renormalise): the shared expert as
 //! `*_shexp` tensors (a zero one of width 1 when the model has none; an ungated one with a zero
 //! gate and a doubled down projection, as in `from_moe`), the query/key/value biases if any.
+//! The OLMoE form becomes `olmoe` (weights not renormalised, as llama.cpp's olmoe computes) and
+//! the Qwen3-MoE form `qwen3moe` (renormalised, every layer MoE), their query/key norms as
+//! `attn_{q,k}_norm`.
 
 use crate::error::{io, Error, Result};
 use crate::from_moe::{hf_form, HfForm};
@@ -113,30 +116,46 @@ fn gguf_tokenizer(w: &mut GgufWriter, tk: &serde_json::Value, vocab_size: usize)
 pub fn write_gguf(ck: &Checkpoint, out: &Path) -> Result<(usize, &'static str)> {
     let cfg = &ck.config;
     let form = hf_form(cfg, false);
-    let why = match form.clone() {
-        Ok(HfForm::Qwen2Moe) if cfg.num_moe_layers() != cfg.num_hidden_layers => {
-            Some("it has dense layers, which llama.cpp's qwen2moe does not; export a Hugging Face directory instead".into())
+    let renormalised = cfg.norm_topk_prob || cfg.router == moe_engine::config::RouterKind::TopkSoftmax;
+    let all_moe = cfg.num_moe_layers() == cfg.num_hidden_layers;
+    let arch = match form {
+        Ok(HfForm::Mixtral) => Ok("llama"),
+        Ok(HfForm::Qwen2Moe) if !all_moe => {
+            Err("it has dense layers, which llama.cpp's qwen2moe does not; export a Hugging Face directory instead".into())
         }
-        Ok(HfForm::Qwen2Moe) if cfg.norm_topk_prob || cfg.router == moe_engine::config::RouterKind::TopkSoftmax => {
-            Some("llama.cpp's qwen2moe does not renormalise the top-k weights, and this model needs it with its shared expert or biases; export a Hugging Face directory instead".into())
+        Ok(HfForm::Qwen2Moe) if renormalised => {
+            Err("llama.cpp's qwen2moe does not renormalise the top-k weights, and this model needs it with its shared expert or biases; export a Hugging Face directory instead".into())
         }
-        Ok(HfForm::Llama | HfForm::Qwen2) => Some(
+        Ok(HfForm::Qwen2Moe) => Ok("qwen2moe"),
+        Ok(HfForm::Olmoe) if renormalised => {
+            Err("llama.cpp's olmoe does not renormalise the top-k weights; train with norm_topk_prob false or export a Hugging Face directory".into())
+        }
+        Ok(HfForm::Olmoe) if cfg.num_key_value_heads != cfg.num_attention_heads => {
+            Err("llama.cpp's olmoe has no grouped-query attention (its key norm spans the hidden width); export a Hugging Face directory instead".into())
+        }
+        Ok(HfForm::Olmoe) => Ok("olmoe"),
+        Ok(HfForm::Qwen3Moe) if !all_moe => {
+            Err("it has dense layers, which llama.cpp's qwen3moe does not; export a Hugging Face directory instead".into())
+        }
+        Ok(HfForm::Qwen3Moe) if !renormalised => {
+            Err("llama.cpp's qwen3moe renormalises the top-k weights, and this model does not; export a Hugging Face directory instead".into())
+        }
+        Ok(HfForm::Qwen3Moe) => Ok("qwen3moe"),
+        Ok(HfForm::Llama | HfForm::Qwen2) => Err(
             "dense models are not written as GGUF yet; export a Hugging Face directory (llama.cpp's convert_hf_to_gguf.py converts it)".into(),
         ),
-        Ok(HfForm::Olmoe | HfForm::Qwen3Moe | HfForm::GraniteMoe) => {
-            Some("its query/key norms (OLMoE's or Qwen3's form) or Granite's multipliers are not written as GGUF yet; export a Hugging Face directory instead".into())
+        Ok(HfForm::GraniteMoe) => {
+            Err("Granite's multipliers are not written as GGUF yet; export a Hugging Face directory instead".into())
         }
-        Ok(_) => None,
-        Err(why) => Some(why),
+        Err(why) => Err(why),
     };
-    if let Some(why) = why {
-        return Err(Error::Input(format!("{}: cannot be written as a GGUF file: {why}", ck.dir.display())));
-    }
+    let arch: &'static str = arch.map_err(|why: String| {
+        Error::Input(format!("{}: cannot be written as a GGUF file: {why}", ck.dir.display()))
+    })?;
     if out.exists() {
         return Err(Error::Input(format!("{} exists; choose another file name", out.display())));
     }
-    let qwen2 = form == Ok(HfForm::Qwen2Moe);
-    let arch = if qwen2 { "qwen2moe" } else { "llama" };
+    let qwen2 = arch == "qwen2moe";
     let mut w = GgufWriter::default();
     w.meta("general.architecture", Meta::Str(arch.into()));
     w.meta("general.name", Meta::Str(format!("moe export of {}", ck.dir.display())));
@@ -161,8 +180,10 @@ pub fn write_gguf(ck: &Checkpoint, out: &Path) -> Result<(usize, &'static str)> 
         keys.push(("attention.key_length", u(cfg.head_dim())));
         keys.push(("attention.value_length", u(cfg.head_dim())));
     }
-    if qwen2 {
+    if qwen2 || arch == "qwen3moe" {
         keys.push(("expert_feed_forward_length", u(cfg.moe_intermediate_size)));
+    }
+    if qwen2 {
         keys.push(("expert_shared_feed_forward_length", u(shared)));
     }
     for (key, v) in keys {

@@ -93,6 +93,7 @@ fn moe_export_olmoe_qwen3_and_granite_forms_as_loaded_by_transformers() {
     check("moe_export_olmoe");
     check("moe_export_qwen3");
     check("moe_export_granite");
+    check("moe_export_qwen3_moe_only");
 }
 #[test]
 fn mixtral_fused_experts() {
