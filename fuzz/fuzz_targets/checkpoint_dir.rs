@@ -35,6 +35,7 @@ fn base() -> &'static Vec<(String, Vec<u8>)> {
             moments: Some((&zeros, &zeros)),
             state: Some(&state),
             tokenizer_json: Some(br#"{"model": {"type": "BPE", "vocab": {}, "merges": []}}"#),
+            packed: None,
         };
         let dir: PathBuf = checkpoint::save(root.path(), "step-0000003", &req, 1).expect("save");
         std::fs::read_dir(&dir)
