@@ -26,15 +26,18 @@ fn losses(run: &std::path::Path) -> Vec<f64> {
         .collect()
 }
 
+/// A short text repeated, to fine-tune on: `dir`/t.txt.
+fn write_text(dir: &std::path::Path) -> std::path::PathBuf {
+    let text = dir.join("t.txt");
+    let line = "the router sends each token to a few experts; the model adds their outputs.\n\n";
+    std::fs::write(&text, line.repeat(200)).unwrap();
+    text
+}
+
 #[test]
 fn a_hugging_face_checkpoint_is_fine_tuned_from_its_own_weights() {
     let dir = tempfile::tempdir().unwrap();
-    let text = dir.path().join("t.txt");
-    std::fs::write(
-        &text,
-        "the router sends each token to a few experts; the model adds their outputs.\n\n".repeat(200),
-    )
-    .unwrap();
+    let text = write_text(dir.path());
     let t = text.to_str().unwrap();
     let cache = dir.path().join("cache");
     let c = cache.to_str().unwrap();
@@ -122,12 +125,7 @@ fn chat_conversations_fine_tune_on_the_assistant_turns() {
 fn lora_fine_tunes_adapters_over_a_frozen_base_and_merges() {
     use moe_engine::model::{Acts, KvCache, Model};
     let dir = tempfile::tempdir().unwrap();
-    let text = dir.path().join("t.txt");
-    std::fs::write(
-        &text,
-        "the router sends each token to a few experts; the model adds their outputs.\n\n".repeat(200),
-    )
-    .unwrap();
+    let text = write_text(dir.path());
     let (run, cache) = (dir.path().join("lora"), dir.path().join("cache"));
     let (t, r, c) = (text.to_str().unwrap(), run.to_str().unwrap(), cache.to_str().unwrap());
     let common = ["--out", r, "--cache-dir", c, "--sample-tokens", "0"];

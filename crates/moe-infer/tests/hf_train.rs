@@ -2,7 +2,7 @@
 //! tied embeddings, sliding window) and Qwen2 (query/key/value biases, tied), OLMoE (q/k norms,
 //! bf16), Qwen3-MoE (per-head q/k norms, heads wider than hidden / heads, tied), GraniteMoE
 //! (embedding, attention, residual and logit multipliers, top-k softmax router), Mixtral (sharded bf16, and fused experts), and moe's own
-//! Mixtral and Qwen2-MoE exports. The training engine's forward gives transformers' logits
+//! Mixtral, Qwen2-MoE, Llama and Qwen2 exports. The training engine's forward gives transformers' logits
 //! (1e-4); the MoE upcycled from a dense one (every expert a copy of the MLP, renormalised
 //! top-2) computes the same function at step 0; families with blocks the training model lacks
 //! are refused with the reason.
@@ -44,6 +44,8 @@ fn checkpoints_give_transformers_logits_and_dense_ones_upcycle_exactly() {
         "olmoe_noclip",
         "qwen3_moe",
         "granitemoe",
+        "moe_export_llama",
+        "moe_export_qwen2_dense",
     ] {
         let d = read_checkpoint(&dir(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert!(d.tokenizer.is_some());
