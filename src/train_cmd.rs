@@ -179,6 +179,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
             );
         }
         if !a.resume {
+            opts.model.validate()?;
             eprint!("{}", moe_engine::inspect::report(&opts.model, opts.train.batch_size, opts.train.seq_len));
         }
     }

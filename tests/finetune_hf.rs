@@ -200,6 +200,11 @@ fn lora_fine_tunes_adapters_over_a_frozen_base_and_merges() {
             assert!(got == want, "{} changed", tsr.name);
         }
     }
+    // a target the model lacks is refused before anything runs
+    let bad = dir.path().join("bad");
+    let args = ["train", "--init", LLAMA, "--lora-rank", "4", "--lora-targets", "experts", "--data", t, "--out"];
+    let (code, log) = moe(&[&args[..], &[bad.to_str().unwrap()]].concat());
+    assert!(code != 0 && log.contains("`experts` does not exist"), "{log}");
     let hf = dir.path().join("hf");
     let (code, log) = moe(&["export", "--checkpoint", r, "--out", hf.to_str().unwrap()]);
     assert_eq!(code, 0, "{log}");

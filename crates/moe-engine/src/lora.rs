@@ -70,7 +70,7 @@ impl LoraConfig {
         }
         if let Some(t) = self.targets.iter().find(|t| !t.present_in(cfg)) {
             return Err(Error::config(
-                format!("the LoRA target {t:?} does not exist in this model"),
+                format!("the LoRA target `{}` does not exist in this model", format!("{t:?}").to_lowercase()),
                 "choose --lora-targets among the model's layers (attn; experts and router need MoE layers; mlp needs dense layers or a shared expert)",
             ));
         }

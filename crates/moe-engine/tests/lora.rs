@@ -143,7 +143,7 @@ fn targets_missing_from_the_model_are_refused() {
         ..ModelConfig::tiny()
     };
     let e = dense.validate().unwrap_err().to_string();
-    assert!(e.contains("Experts") && e.contains("--lora-targets"), "{e}");
+    assert!(e.contains("`experts`") && e.contains("--lora-targets"), "{e}");
     let zero = ModelConfig {
         lora: Some(LoraConfig { rank: 0, alpha: 4.0, targets: ALL.to_vec(), base: BaseFormat::F32 }),
         ..config(&ALL)
