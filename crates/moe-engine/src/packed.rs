@@ -1,12 +1,13 @@
 //! A frozen base model's weight matrices held packed, in bf16 or Q8_0, for LoRA fine-tuning
 //! over a compressed base (the QLoRA idea in the formats this engine runs): the matrices take
 //! 2 or 1.06 bytes per weight instead of 4, and every product decodes them to the model's float
-//! type a block of rows at a time (`linear::Lin`). Q8_0 is llama.cpp's: blocks of 32 int8 values
-//! with one f16 scale (max |x| / 127); packing a decoded matrix again gives the same bytes, so a
+//! type a block of rows at a time (`linear::Lin`). Q8_0 is llama.cpp's (`moe_kernels::q8_0`, as
+//! the inference engine quantises); packing a decoded matrix again gives the same bytes, so a
 //! run resumed from a checkpoint (which holds the decoded weights) computes exactly the same.
 
 use crate::error::{Error, Result};
 use crate::params::{Layout, Span};
+use moe_kernels::q8_0::{self, BLOCK as Q8_BLOCK, BYTES as Q8_BYTES};
 use moe_kernels::Float;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -21,9 +22,6 @@ pub enum BaseFormat {
     Bf16,
     Q8_0,
 }
-
-const Q8_BLOCK: usize = 32;
-const Q8_BYTES: usize = 2 + Q8_BLOCK;
 
 /// One packed tensor, or a contiguous part of one (an expert): elements [start, start + len)
 /// of the tensor whose bytes are `data`.
@@ -59,15 +57,15 @@ impl<'a> PackedMat<'a> {
                 }
             }
             BaseFormat::Q8_0 => {
-                let mut e = e0;
-                let mut k = 0;
+                // whole blocks decoded, the part of each that [e0, e0 + len) covers kept
+                let mut block = [0.0f32; Q8_BLOCK];
+                let (mut e, mut k) = (e0, 0);
                 while k < out.len() {
                     let (blk, within) = (e / Q8_BLOCK, e % Q8_BLOCK);
-                    let b = &self.data[blk * Q8_BYTES..(blk + 1) * Q8_BYTES];
-                    let d = half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32();
+                    q8_0::decode_block(&self.data[blk * Q8_BYTES..(blk + 1) * Q8_BYTES], &mut block);
                     let take = (Q8_BLOCK - within).min(out.len() - k);
-                    for (o, &q) in out[k..k + take].iter_mut().zip(&b[2 + within..2 + within + take]) {
-                        *o = T::from_f64((q as i8 as f32 * d) as f64);
+                    for (o, &v) in out[k..k + take].iter_mut().zip(&block[within..]) {
+                        *o = T::from_f64(v as f64);
                     }
                     k += take;
                     e += take;
@@ -120,14 +118,9 @@ fn encode(x: &[f32], format: BaseFormat) -> Vec<u8> {
         BaseFormat::F32 => unreachable!("f32 weights are not packed"),
         BaseFormat::Bf16 => x.iter().flat_map(|&v| moe_kernels::bf16::to_bf16(v).to_le_bytes()).collect(),
         BaseFormat::Q8_0 => {
-            let mut out = Vec::with_capacity(x.len().div_ceil(Q8_BLOCK) * Q8_BYTES);
-            for blk in x.chunks(Q8_BLOCK) {
-                let amax = blk.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-                let d = amax / 127.0;
-                let id = if d > 0.0 { 1.0 / d } else { 0.0 };
-                out.extend(half::f16::from_f32(d).to_bits().to_le_bytes());
-                out.extend(blk.iter().map(|&v| (v * id).round() as i8 as u8));
-                out.resize(out.len() + Q8_BLOCK - blk.len(), 0);
+            let mut out = vec![0u8; x.len().div_ceil(Q8_BLOCK) * Q8_BYTES];
+            for (blk, dst) in x.chunks(Q8_BLOCK).zip(out.chunks_exact_mut(Q8_BYTES)) {
+                q8_0::encode_block(blk, dst);
             }
             out
         }

@@ -82,9 +82,9 @@ pub fn q4_values(nibbles: &[u8]) -> [i8; 32] {
 }
 
 pub fn decode_q8_0(b: &[u8], y: &mut [f32]) {
-    for (o, blk) in y.chunks_exact_mut(32).zip(b.chunks_exact(34)) {
-        let d = f16(blk);
-        o.iter_mut().zip(&blk[2..]).for_each(|(v, &q)| *v = d * q as i8 as f32);
+    use moe_kernels::q8_0::{decode_block, BLOCK, BYTES};
+    for (o, blk) in y.chunks_exact_mut(BLOCK).zip(b.chunks_exact(BYTES)) {
+        decode_block(blk, o);
     }
 }
 

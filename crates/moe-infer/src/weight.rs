@@ -256,15 +256,7 @@ impl Weight {
                 self.row_f32(r, row);
                 for (b, x) in dst.chunks_exact_mut(blk).zip(row.chunks_exact(32)) {
                     match kind {
-                        Quant::Q8_0 => {
-                            let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-                            let d = half::f16::from_f32(amax / 127.0);
-                            let inv = if d.to_f32() > 0.0 { 1.0 / d.to_f32() } else { 0.0 };
-                            b[..2].copy_from_slice(&d.to_bits().to_le_bytes());
-                            for (q, &v) in b[2..].iter_mut().zip(x) {
-                                *q = (v * inv).round().clamp(-127.0, 127.0) as i8 as u8;
-                            }
-                        }
+                        Quant::Q8_0 => moe_kernels::q8_0::encode_block(x, b),
                         Quant::Q4_0 => {
                             let m = x.iter().fold(0.0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
                             let d = m / -8.0;

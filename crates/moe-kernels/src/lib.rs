@@ -23,6 +23,7 @@ pub mod embedding;
 pub mod float;
 pub mod matmul;
 pub mod peak;
+pub mod q8_0;
 pub mod rmsnorm;
 pub mod rope;
 #[cfg(target_arch = "x86_64")]
