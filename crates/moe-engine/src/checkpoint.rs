@@ -16,7 +16,7 @@ use safetensors::SafeTensors;
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::AtomicI64;
 
 /// Test hook of the disk-full path: bytes that `write_atomic` may still write before it fails
 /// as a full disk does (ENOSPC); negative = no limit. Only tests set it.
@@ -26,19 +26,11 @@ pub static DISK_BUDGET: AtomicI64 = AtomicI64::new(-1);
 /// Writes `bytes` to `path` atomically: temporary file, fsync, rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-    let mut f = std::fs::File::create(&tmp).map_err(Error::io(&tmp))?;
-    let budget = DISK_BUDGET.load(Ordering::SeqCst);
-    if budget >= 0 && bytes.len() as i64 > budget {
-        DISK_BUDGET.store(0, Ordering::SeqCst);
-        f.write_all(&bytes[..budget as usize]).map_err(Error::io(&tmp))?;
-        return Err(Error::io(&tmp)(std::io::Error::from_raw_os_error(28)));
-    }
-    if budget >= 0 {
-        DISK_BUDGET.fetch_sub(bytes.len() as i64, Ordering::SeqCst);
-    }
-    f.write_all(bytes).map_err(Error::io(&tmp))?;
-    f.sync_all().map_err(Error::io(&tmp))?;
-    drop(f);
+    let f = std::fs::File::create(&tmp).map_err(Error::io(&tmp))?;
+    let mut w = crate::st_write::Budgeted(f);
+    w.write_all(bytes).map_err(Error::io(&tmp))?;
+    w.0.sync_all().map_err(Error::io(&tmp))?;
+    drop(w);
     std::fs::rename(&tmp, path).map_err(Error::io(path))
 }
 

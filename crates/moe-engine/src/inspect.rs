@@ -161,22 +161,10 @@ pub fn report(cfg: &ModelConfig, b: usize, t: usize) -> String {
         human(s.weight_bytes),
         human(s.kv_cache_bytes)
     );
-    match lora {
-        Some((base, adapters)) => {
-            r += &format!(
-                "memory, training  {} frozen base + {} adapters+grads+AdamW, {} activations for batch {b} x {t}\n",
-                human(base),
-                human(adapters),
-                human(s.activation_bytes)
-            )
-        }
-        None => {
-            r += &format!(
-                "memory, training  {} weights+grads+AdamW, {} activations for batch {b} x {t}\n",
-                human(s.train_state_bytes),
-                human(s.activation_bytes)
-            )
-        }
-    }
+    let state = match lora {
+        Some((base, adapters)) => format!("{} frozen base + {} adapters+grads+AdamW", human(base), human(adapters)),
+        None => format!("{} weights+grads+AdamW", human(s.train_state_bytes)),
+    };
+    r += &format!("memory, training  {state}, {} activations for batch {b} x {t}\n", human(s.activation_bytes));
     r
 }

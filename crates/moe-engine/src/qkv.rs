@@ -127,7 +127,7 @@ pub fn qkv_backward<T: Float>(
     let p = ws.p;
     let lora = |i: usize| ls.attn_lora.map(|l| l[i]);
     let (gq, gk, gv) = (gc.lin(ls.wq, lora(0)), gc.lin(ls.wk, lora(1)), gc.lin(ls.wv, lora(2)));
-    let bias_grads = ls.qkv_bias.map(|[bq, bk, bv]| [bq, bk, bv].map(|b| gc.opt(Some(b))));
+    let bias_grads = ls.qkv_bias.map(|spans| spans.map(|b| gc.opt(Some(b))));
     let norm_grads = ls.qk_norm.map(|[nq, nk]| [gc.take(nq), gc.take(nk)]);
     if s.q_scale != T::ONE {
         dq.iter_mut().for_each(|v| *v *= s.q_scale);

@@ -36,33 +36,42 @@ impl Data<'_> {
 /// Elements converted per write.
 const CHUNK: usize = 1 << 16;
 
+/// A safetensors header for tensors stored back to back in this order, each (name, dtype,
+/// shape, bytes): the 8-byte length, then the JSON padded with spaces to a multiple of 8 bytes.
+pub(crate) fn header<'a>(tensors: impl IntoIterator<Item = (&'a str, &'a str, &'a [usize], usize)>) -> Vec<u8> {
+    let mut map = serde_json::Map::new();
+    let mut off = 0;
+    for (name, dtype, shape, bytes) in tensors {
+        map.insert(
+            name.to_string(),
+            serde_json::json!({"dtype": dtype, "shape": shape, "data_offsets": [off, off + bytes]}),
+        );
+        off += bytes;
+    }
+    let mut json = serde_json::Value::Object(map).to_string().into_bytes();
+    json.resize(json.len().next_multiple_of(8), b' ');
+    let mut out = (json.len() as u64).to_le_bytes().to_vec();
+    out.extend(json);
+    out
+}
+
 /// Writes `tensors` (name, shape, values) as the safetensors file `path`.
 pub fn write_safetensors(path: &Path, tensors: &[(String, Vec<usize>, Data)]) -> Result<()> {
-    let mut header = serde_json::Map::new();
-    let mut off = 0;
-    for (name, shape, d) in tensors {
-        let end = off + d.bytes();
-        header
-            .insert(name.clone(), serde_json::json!({"dtype": d.dtype(), "shape": shape, "data_offsets": [off, end]}));
-        off = end;
-    }
-    let mut json = serde_json::Value::Object(header).to_string().into_bytes();
-    json.resize(json.len().div_ceil(8) * 8, b' ');
+    let head = header(tensors.iter().map(|(n, s, d)| (n.as_str(), d.dtype(), &s[..], d.bytes())));
     let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
     let file = std::fs::File::create(&tmp).map_err(Error::io(&tmp))?;
     let w = Budgeted(std::io::BufWriter::with_capacity(1 << 20, file));
-    stream(w, &json, tensors).map_err(Error::io(&tmp))?;
+    stream(w, &head, tensors).map_err(Error::io(&tmp))?;
     std::fs::rename(&tmp, path).map_err(Error::io(path))
 }
 
 /// The header, then every tensor's bytes; fsync.
 fn stream(
     mut w: Budgeted<std::io::BufWriter<std::fs::File>>,
-    json: &[u8],
+    head: &[u8],
     tensors: &[(String, Vec<usize>, Data)],
 ) -> std::io::Result<()> {
-    w.write_all(&(json.len() as u64).to_le_bytes())?;
-    w.write_all(json)?;
+    w.write_all(head)?;
     let mut buf: Vec<f32> = Vec::with_capacity(CHUNK);
     for (_, _, d) in tensors {
         match d {
@@ -84,8 +93,9 @@ fn stream(
     w.0.into_inner().map_err(|e| e.into_error())?.sync_all()
 }
 
-/// A writer that fails as a full disk does once the test hook `DISK_BUDGET` is spent.
-struct Budgeted<W>(W);
+/// A writer that fails as a full disk does once the test hook `DISK_BUDGET` is spent (every
+/// checkpoint file goes through one: `checkpoint::write_atomic` too).
+pub(crate) struct Budgeted<W>(pub W);
 
 impl<W: Write> Write for Budgeted<W> {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {

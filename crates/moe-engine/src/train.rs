@@ -327,11 +327,10 @@ impl Trainer {
     /// Starts from the given parameters (upcycled, or a model trained further) with fresh
     /// optimizer moments and schedule.
     /// With LoRA in `cfg`, `params` may be the base model's alone: the adapters are added.
-    pub fn with_params(cfg: ModelConfig, train: TrainConfig, data_key: String, params: Vec<f32>) -> Result<Self> {
+    pub fn with_params(cfg: ModelConfig, train: TrainConfig, data_key: String, mut params: Vec<f32>) -> Result<Self> {
         train.validate(&cfg)?;
         train.precision.apply()?;
         let mut model = Model::new(cfg)?;
-        let mut params = params;
         if model.cfg.lora.is_some() && params.len() == model.layout.base_total {
             // LoRA over the given base model: fresh adapters (B = 0, so step 0 is the base).
             model.layout.init_adapters(&mut params, train.seed);

@@ -14,21 +14,9 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-/// A safetensors header for f32 tensors stored back to back in this order: the 8-byte length,
-/// then the JSON padded with spaces to a multiple of 8 bytes.
+/// A safetensors header for f32 tensors stored back to back in this order.
 fn header(tensors: &[(&str, Vec<usize>)]) -> Vec<u8> {
-    let mut map = serde_json::Map::new();
-    let mut off = 0usize;
-    for (name, shape) in tensors {
-        let end = off + 4 * shape.iter().product::<usize>();
-        map.insert(name.to_string(), serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [off, end]}));
-        off = end;
-    }
-    let mut json = serde_json::Value::Object(map).to_string().into_bytes();
-    json.resize(json.len().next_multiple_of(8), b' ');
-    let mut out = (json.len() as u64).to_le_bytes().to_vec();
-    out.extend(json);
-    out
+    crate::st_write::header(tensors.iter().map(|(n, s)| (*n, "F32", &s[..], 4 * s.iter().product::<usize>())))
 }
 
 /// The two files of a checkpoint being written: (path, data start) of the weights and of the
