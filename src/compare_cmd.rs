@@ -86,7 +86,8 @@ pub struct CompareArgs {
     model: ModelArgs,
     /// MoE variants: ExK (E experts, top-K, expert width = dense width / K: equal active
     /// compute), ExK+S (plus a shared expert S expert-widths wide, width = dense / (K + S)),
-    /// ExK:F (explicit width F).
+    /// ExK:F (explicit width F); a suffix @B trains that variant for B times the budget, its
+    /// schedule ending there (16x3+1@0.5: does the MoE reach the dense loss in half the tokens?).
     #[arg(long, num_args = 1.., default_values = ["8x2", "16x4"], conflicts_with = "sweep")]
     moe: Vec<String>,
     /// The trade-off sweep instead: 4x2, 8x2, 16x2 (experts), 8x1, 16x4, 32x8 (granularity), 16x3+1 (shared).
@@ -165,9 +166,10 @@ fn execute(
 pub fn compare(a: CompareArgs) -> Result<()> {
     let dense = dense_reference(&a.model.build()?);
     let specs: Vec<String> = if a.sweep { SWEEP.iter().map(|s| s.to_string()).collect() } else { a.moe.clone() };
-    let mut variants = vec![Variant { label: "dense".into(), model: dense.clone(), init: None }];
+    let mut variants = vec![Variant { label: "dense".into(), model: dense.clone(), init: None, budget: 1.0 }];
     for s in specs.iter().filter(|s| s.as_str() != "dense") {
-        variants.push(Variant { label: s.clone(), model: Spec::parse(s)?.config(&dense)?, init: None });
+        let spec = Spec::parse(s)?;
+        variants.push(Variant { label: s.clone(), model: spec.config(&dense)?, init: None, budget: spec.budget });
     }
     execute("moe compare", variants, &a.common, "compare", None)
 }
@@ -219,9 +221,9 @@ pub fn upcycle_cmd(a: UpcycleArgs) -> Result<()> {
     );
     let tag = a.moe.clone();
     let variants = vec![
-        Variant { label: format!("{tag}-scratch"), model: moe.clone(), init: None },
-        Variant { label: format!("{tag}-upcycled"), model: moe, init: Some(init) },
-        Variant { label: "dense-continued".into(), model: dense, init: Some(dense_params) },
+        Variant { label: format!("{tag}-scratch"), model: moe.clone(), init: None, budget: 1.0 },
+        Variant { label: format!("{tag}-upcycled"), model: moe, init: Some(init), budget: 1.0 },
+        Variant { label: "dense-continued".into(), model: dense, init: Some(dense_params), budget: 1.0 },
     ];
     let title = format!(
         "moe upcycle (dense start: {}, {:.2} M tokens already trained, not counted below)",

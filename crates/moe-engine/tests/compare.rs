@@ -59,7 +59,14 @@ fn specs_keep_the_active_compute() {
     let explicit = Spec::parse("8x2:5").unwrap().config(&d).unwrap();
     assert_eq!(explicit.moe_intermediate_size, 5);
     assert_eq!(Spec::parse("dense").unwrap().config(&d).unwrap(), d);
-    for bad in ["8", "x2", "2x3", "8x0", "8x2:0", "8x2+q", "axb"] {
+    assert_eq!(Spec::parse("8x3+1@0.5").unwrap().budget, 0.5);
+    assert_eq!(
+        Spec::parse("8x3+1@0.5").unwrap().config(&d).unwrap(),
+        Spec::parse("8x3+1").unwrap().config(&d).unwrap()
+    );
+    assert_eq!(Spec::parse("dense@0.25").unwrap().budget, 0.25);
+    assert_eq!(Spec::parse("8x2").unwrap().budget, 1.0);
+    for bad in ["8", "x2", "2x3", "8x0", "8x2:0", "8x2+q", "axb", "8x2@0", "8x2@1.5", "8x2@x", "8x2@-1"] {
         let e = Spec::parse(bad).unwrap_err().to_string();
         assert!(e.contains(bad) && e.contains("8x2"), "{bad}: {e}");
     }
@@ -136,8 +143,8 @@ fn lockstep_runs_equal_separate_runs_and_report() {
     let moe = Spec::parse("4x2").unwrap().config(&d).unwrap();
     let o = CompareOptions {
         variants: vec![
-            Variant { label: "dense".into(), model: d.clone(), init: None },
-            Variant { label: "4x2".into(), model: moe.clone(), init: None },
+            Variant { label: "dense".into(), model: d.clone(), init: None, budget: 1.0 },
+            Variant { label: "4x2".into(), model: moe.clone(), init: None, budget: 1.0 },
         ],
         train: base.train.clone(),
         budget: Budget::Tokens(8 * 2 * 16),
@@ -178,6 +185,21 @@ fn lockstep_runs_equal_separate_runs_and_report() {
     assert_eq!(runs[1].steps, 5);
     let ratio = sizes(&moe, 2, 16).train_flops_per_token / sizes(&d, 2, 16).train_flops_per_token;
     assert_eq!(runs[0].steps, (5.0 * ratio).round() as u64);
+    // A variant with half the budget trains half the steps, its schedule ending there.
+    let mut o3 = CompareOptions { out_dir: dir.path().join("cmp3"), ..o.clone() };
+    o3.variants[1].budget = 0.5;
+    let runs = run(&o3, &quiet).unwrap();
+    assert_eq!(runs.iter().map(|r| r.steps).collect::<Vec<_>>(), vec![8, 4]);
+    assert_eq!(runs[1].val.last().map(|v| v.step), Some(4));
+    let metrics = std::fs::read_to_string(runs[1].dir.join("metrics.jsonl")).unwrap();
+    let lr = |line: &str| serde_json::from_str::<serde_json::Value>(line).unwrap()["m"]["lr"].as_f64();
+    let last_lr = metrics.lines().filter_map(lr).last().unwrap();
+    let full = std::fs::read_to_string(runs[0].dir.join("metrics.jsonl")).unwrap();
+    let at4 = full.lines().filter_map(lr).nth(3).unwrap();
+    assert!(
+        last_lr < at4,
+        "the half-budget schedule ends lower ({last_lr}) than the full one at the same step ({at4})"
+    );
 }
 
 /// Options comparing [`dense`] with one other model on a corpus written into `dir`.
@@ -186,8 +208,8 @@ fn dense_and(dir: &Path, (label, model): (&str, ModelConfig), budget: Budget) ->
     let base = options(dir, &corpus, "alone", 8);
     CompareOptions {
         variants: vec![
-            Variant { label: "dense".into(), model: dense(), init: None },
-            Variant { label: label.into(), model, init: None },
+            Variant { label: "dense".into(), model: dense(), init: None, budget: 1.0 },
+            Variant { label: label.into(), model, init: None, budget: 1.0 },
         ],
         train: base.train.clone(),
         budget,

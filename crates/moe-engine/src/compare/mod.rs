@@ -30,6 +30,8 @@ pub struct Variant {
     pub model: ModelConfig,
     /// Initial parameters (upcycled or continued); None = fresh initialisation.
     pub init: Option<Vec<f32>>,
+    /// Share of the budget this variant trains (its schedule ends there; 1 = all of it).
+    pub budget: f64,
 }
 
 /// How long every variant trains.
@@ -106,8 +108,8 @@ fn plan_steps(o: &CompareOptions, data: &Dataset, data_key: &str) -> Result<Vec<
     };
     if let Budget::Total(s) = o.budget {
         let epoch = (data.train.len() as f64 / per_step).floor().max(1.0);
-        let steps = (s / step_s.iter().sum::<f64>()).min(epoch).round().max(1.0) as u64;
-        return Ok(vec![steps; o.variants.len()]);
+        let steps = (s / step_s.iter().sum::<f64>()).min(epoch);
+        return Ok(o.variants.iter().map(|v| (steps * v.budget).round().max(1.0) as u64).collect());
     }
     let steps = o.variants.iter().enumerate().map(|(i, v)| {
         let steps = match o.budget {
@@ -115,7 +117,7 @@ fn plan_steps(o: &CompareOptions, data: &Dataset, data_key: &str) -> Result<Vec<
             Budget::Flops(f) => f / (sizes(&v.model, tc.batch_size, tc.seq_len).train_flops_per_token * per_step),
             Budget::Seconds(s) | Budget::Total(s) => s / step_s[i],
         };
-        steps.round().max(1.0) as u64
+        (steps * v.budget).round().max(1.0) as u64
     });
     Ok(steps.collect())
 }

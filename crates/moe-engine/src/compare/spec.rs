@@ -1,6 +1,7 @@
-//! Variant specs of `moe compare`: short names such as `8x2`, `16x3+1` or `8x2:256` turned into
-//! model configs derived from the dense reference, with the same active compute per token
-//! unless an expert width is given. Owns only the parsing and the derivation.
+//! Variant specs of `moe compare`: short names such as `8x2`, `16x3+1`, `8x2:256` or `16x3+1@0.5`
+//! turned into model configs derived from the dense reference, with the same active compute per
+//! token unless an expert width is given, and the share of the comparison's budget each trains
+//! (its own learning-rate schedule fitted to it). Owns only the parsing and the derivation.
 
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
@@ -9,7 +10,7 @@ use crate::error::{Error, Result};
 /// expert size (8x1 coarse, 16x4 and 32x8 fine-grained) and a shared expert (16x3+1).
 pub const SWEEP: &[&str] = &["dense", "4x2", "8x2", "16x2", "8x1", "16x4", "32x8", "16x3+1"];
 
-/// One parsed spec: `dense`, or `E x K [+ S] [: F]`.
+/// One parsed spec: `dense` or `E x K [+ S] [: F]`, then optionally `@ B`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Spec {
     /// E (0 = dense)
@@ -20,20 +21,30 @@ pub struct Spec {
     pub shared: usize,
     /// Explicit expert width F; None = the dense width / (K + S) (equal active compute).
     pub expert_size: Option<usize>,
+    /// B: the share of the comparison's budget this variant trains, its learning-rate schedule
+    /// ending there (1 = the whole budget). `16x3+1@0.5` asks whether the MoE trained for half
+    /// the dense model's tokens, annealed at the end, reaches the dense model's final loss.
+    pub budget: f64,
 }
 
 fn bad(spec: &str, why: &str) -> Error {
     Error::config(
         format!("variant `{spec}`: {why}"),
-        "write `dense`, `ExK` (E experts, top-K), `ExK+S` (plus a shared expert S expert widths wide) or `ExK:F` (expert width F), e.g. 8x2, 16x3+1, 8x2:256",
+        "write `dense`, `ExK` (E experts, top-K), `ExK+S` (plus a shared expert S expert widths wide) or `ExK:F` (expert width F), each optionally followed by `@B` (train B times the budget, 0 < B <= 1), e.g. 8x2, 16x3+1, 8x2:256, 16x3+1@0.5",
     )
 }
 
 impl Spec {
     pub fn parse(spec: &str) -> Result<Spec> {
-        let s = spec.trim();
+        let (s, budget) = match spec.trim().split_once('@') {
+            Some((s, b)) => match b.parse::<f64>() {
+                Ok(b) if b > 0.0 && b <= 1.0 => (s, b),
+                _ => return Err(bad(spec, "the budget share after `@` must be a number in (0, 1]")),
+            },
+            None => (spec.trim(), 1.0),
+        };
         if s == "dense" {
-            return Ok(Spec { experts: 0, top_k: 0, shared: 0, expert_size: None });
+            return Ok(Spec { experts: 0, top_k: 0, shared: 0, expert_size: None, budget });
         }
         let (body, width) = match s.split_once(':') {
             Some((b, w)) => {
@@ -57,7 +68,7 @@ impl Spec {
         if width == Some(0) {
             return Err(bad(spec, "the expert width must be positive"));
         }
-        Ok(Spec { experts, top_k, shared, expert_size: width })
+        Ok(Spec { experts, top_k, shared, expert_size: width, budget })
     }
 
     /// The config of this variant: `dense` with its MLP replaced by the variant's MoE layers
