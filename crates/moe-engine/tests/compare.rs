@@ -193,7 +193,7 @@ fn lockstep_runs_equal_separate_runs_and_report() {
     assert_eq!(runs[1].val.last().map(|v| v.step), Some(4));
     let metrics = std::fs::read_to_string(runs[1].dir.join("metrics.jsonl")).unwrap();
     let lr = |line: &str| serde_json::from_str::<serde_json::Value>(line).unwrap()["m"]["lr"].as_f64();
-    let last_lr = metrics.lines().filter_map(lr).last().unwrap();
+    let last_lr = metrics.lines().filter_map(lr).next_back().unwrap();
     let full = std::fs::read_to_string(runs[0].dir.join("metrics.jsonl")).unwrap();
     let at4 = full.lines().filter_map(lr).nth(3).unwrap();
     assert!(
