@@ -149,6 +149,15 @@ impl Dtype {
         use Dtype::*;
         matches!(self, Q8_0 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | IQ4NL | Q3K | Q4K | Q5K | Q6K | IQ4XS)
     }
+    /// The layout of activations (`qdot::Lanes`) whose 512-bit pair kernel multiplies rows of
+    /// this type, if it has one.
+    pub fn lane_kind(self) -> Option<crate::qdot::LaneKind> {
+        match self {
+            Dtype::Q8_0 => Some(crate::qdot::LaneKind::Q8_0),
+            Dtype::Q4_0 => Some(crate::qdot::LaneKind::Q4_0),
+            _ => None,
+        }
+    }
     /// llama.cpp's block quantisations (GGUF files, or quantised on load).
     pub fn is_block_quant(self) -> bool {
         self.format().is_some()
@@ -459,6 +468,19 @@ impl Weight {
             Dtype::IQ4NL => crate::qdot::dot_iq4_nl_n(b, x),
             Dtype::Q8_0 => crate::qdot::dot_q8_0_n(b, x),
             d => unreachable!("{d:?} has no integer dot product (has_q8_dot is false)"),
+        }
+    }
+
+    /// [`Weight::dot_row_q8_n`] on activations laid out for this type's pair kernel (rows of
+    /// another type, or laid out for another, take their plain rows).
+    pub fn dot_row_lanes_n<const N: usize>(&self, r: usize, x: [&crate::qdot::Lanes; N]) -> [f32; N] {
+        let rb = self.row_bytes();
+        let b = &self.map[self.start + r * rb..self.start + (r + 1) * rb];
+        let kind = self.dtype.lane_kind();
+        match self.dtype {
+            Dtype::Q8_0 if kind.is_some() && x.iter().all(|l| l.kind == kind) => crate::qdot::dot_q8_0_lanes(b, x),
+            Dtype::Q4_0 if kind.is_some() && x.iter().all(|l| l.kind == kind) => crate::qdot::dot_q4_0_lanes(b, x),
+            _ => self.dot_row_q8_n(r, x.map(|l| l.x)),
         }
     }
 

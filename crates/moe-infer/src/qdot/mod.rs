@@ -42,7 +42,19 @@ pub fn block_sums(xq: &[i8]) -> Vec<i32> {
     xq.chunks_exact(32).map(|b| b.iter().map(|&v| v as i32).sum()).collect()
 }
 
+pub mod lanes;
 pub mod scalar;
+
+pub use lanes::{LaneKind, Lanes};
+
+/// Whether the 512-bit pair kernels (`vnni`), the readers of [`Lanes`] layouts, are built.
+pub const PAIR_KERNELS: bool = cfg!(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma",
+    target_feature = "avx512vnni",
+    target_feature = "avx512vl"
+));
 
 // Built for the machine (`-C target-cpu=native`): AVX-512 VNNI, else AVX2, else portable.
 #[cfg(all(
@@ -63,7 +75,7 @@ pub mod x86;
     target_feature = "avx512vnni",
     target_feature = "avx512vl"
 ))]
-pub use vnni::{dot_q4_0_n, dot_q8_0_n};
+pub use vnni::{dot_q4_0_lanes, dot_q4_0_n, dot_q8_0_lanes, dot_q8_0_n};
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
 pub use x86::{dot_iq4_nl_n, dot_iq4_xs, dot_q3_k, dot_q45_k, dot_q4_1_n, dot_q5_0_n, dot_q5_1_n, dot_q6_k};
 #[cfg(all(
@@ -78,6 +90,30 @@ pub use x86::{dot_q4_0_n, dot_q8_0_n};
 pub use scalar::{
     dot_iq4_nl_n, dot_iq4_xs, dot_q3_k, dot_q45_k, dot_q4_0_n, dot_q4_1_n, dot_q5_0_n, dot_q5_1_n, dot_q6_k, dot_q8_0_n,
 };
+
+/// Q8_0 row dotted with N activation rows (their plain rows where the pair kernels are not built).
+#[cfg(not(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma",
+    target_feature = "avx512vnni",
+    target_feature = "avx512vl"
+)))]
+pub fn dot_q8_0_lanes<const N: usize>(row: &[u8], x: [&Lanes; N]) -> [f32; N] {
+    dot_q8_0_n(row, x.map(|l| l.x))
+}
+
+/// Q4_0 row dotted with N activation rows (their plain rows where the pair kernels are not built).
+#[cfg(not(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma",
+    target_feature = "avx512vnni",
+    target_feature = "avx512vl"
+)))]
+pub fn dot_q4_0_lanes<const N: usize>(row: &[u8], x: [&Lanes; N]) -> [f32; N] {
+    dot_q4_0_n(row, x.map(|l| l.x))
+}
 
 /// Q8_0 row dotted with one activation row.
 pub fn dot_q8_0(row: &[u8], xq: &[i8], xd: &[f32], xs: &[i32]) -> f32 {
@@ -144,6 +180,41 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn laid_out_activations_give_the_same_sums_bit_for_bit() {
+        let mut seed = 13;
+        for blocks in [1, 2, 3, 8, 33] {
+            for (bytes, kind) in [(34, LaneKind::Q8_0), (18, LaneKind::Q4_0)] {
+                let (row, _, _) = data(blocks, bytes, &mut seed);
+                let acts: Vec<(Vec<i8>, Vec<f32>)> = (0..3)
+                    .map(|_| {
+                        let (_, xq, xd) = data(blocks, bytes, &mut seed);
+                        (xq, xd)
+                    })
+                    .collect();
+                let sums: Vec<Vec<i32>> = acts.iter().map(|a| block_sums(&a.0)).collect();
+                let x: [Q8Row; 3] = std::array::from_fn(|k| Q8Row { xq: &acts[k].0, xd: &acts[k].1, xs: &sums[k] });
+                let lanes = x.map(|r| Lanes::new(r, kind));
+                let l = [&lanes[0], &lanes[1], &lanes[2]];
+                let (laid, plain) = match kind {
+                    LaneKind::Q8_0 => (dot_q8_0_lanes(&row, l), dot_q8_0_n(&row, x)),
+                    LaneKind::Q4_0 => (dot_q4_0_lanes(&row, l), dot_q4_0_n(&row, x)),
+                };
+                assert_eq!(laid, plain, "{kind:?}, {blocks} blocks");
+            }
+        }
+    }
+
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx512vnni", target_feature = "avx512vl"))]
+    #[test]
+    #[should_panic(expected = "another format")]
+    fn activations_laid_out_for_another_format_are_refused() {
+        let (xq, xd) = (vec![1i8; 64], vec![1.0f32; 2]);
+        let xs = block_sums(&xq);
+        let l = Lanes::new(Q8Row { xq: &xq, xd: &xd, xs: &xs }, LaneKind::Q4_0);
+        dot_q8_0_lanes(&[0u8; 68], [&l]);
     }
 
     #[test]

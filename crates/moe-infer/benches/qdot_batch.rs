@@ -1,0 +1,84 @@
+//! Integer products of a batch of tokens against one quantised weight (a batched decode step,
+//! a prefill chunk): the plain kernels (`dot_row_q8_n`, activations shuffled per row) against
+//! the same kernels on activations laid out once (`dot_row_lanes_n`), and the whole
+//! `Linear::forward` at 1-64 tokens; one thread, a 2048 x 1024 weight (4 MiB of f32, a
+//! Mixtral-shaped expert's up-projection; `QDOT_SHAPE=ROWSxCOLS` for another), median of 15
+//! repetitions. Note that the four-token kernel pass streams the whole weight (2.2 MB of Q8_0)
+//! per pass, so it is bound by the read bandwidth; `Linear::forward` reuses weight rows across
+//! tokens from cache.
+//! `cargo bench -p moe-infer --bench qdot_batch`.
+
+use moe_infer::linear::Linear;
+use moe_infer::qdot::{block_sums, Lanes, Q8Row};
+use moe_infer::weight::{quantize_q8_row, Dtype, Quant, Weight};
+use std::time::Instant;
+
+fn median(reps: usize, mut f: impl FnMut()) -> f64 {
+    f();
+    let mut t: Vec<f64> = (0..reps)
+        .map(|_| {
+            let s = Instant::now();
+            f();
+            s.elapsed().as_secs_f64()
+        })
+        .collect();
+    t.sort_by(f64::total_cmp);
+    t[reps / 2]
+}
+
+fn main() {
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().expect("a one-thread pool");
+    let shape = std::env::var("QDOT_SHAPE").ok();
+    let parsed = shape.as_deref().and_then(|s| s.split_once('x')).map(|(a, b)| (a.parse(), b.parse()));
+    let (o, i) = match parsed {
+        Some((Ok(o), Ok(i))) => (o, i),
+        None => (2048, 1024),
+        _ => panic!("QDOT_SHAPE must be ROWSxCOLS, e.g. 256x8192"),
+    };
+    let mut s = 1u64;
+    let mut rnd = move || {
+        s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+    };
+    let wf: Vec<f32> = (0..o * i).map(|_| rnd()).collect();
+    let bytes: Vec<u8> = wf.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let w32 = Weight::from_bytes(bytes, Dtype::F32, o, i).expect("an f32 weight");
+    for quant in [Quant::Q8_0, Quant::Q4_0] {
+        let w = w32.quantize(quant).expect("1024 columns quantise");
+        let kind = w.dtype.lane_kind().expect("a pair kernel type");
+        // four tokens, every row: the kernels alone
+        let x: Vec<f32> = (0..4 * i).map(|_| rnd()).collect();
+        let (mut xq, mut xd) = (vec![0i8; 4 * i], vec![0f32; 4 * i / 32]);
+        for t in 0..4 {
+            quantize_q8_row(&x[t * i..(t + 1) * i], &mut xq[t * i..(t + 1) * i], &mut xd[t * i / 32..(t + 1) * i / 32]);
+        }
+        let xs = block_sums(&xq);
+        let rows: [Q8Row; 4] = std::array::from_fn(|t| {
+            let b = t * i / 32..(t + 1) * i / 32;
+            Q8Row { xq: &xq[t * i..(t + 1) * i], xd: &xd[b.clone()], xs: &xs[b] }
+        });
+        let lanes = rows.map(|r| Lanes::new(r, kind));
+        let mut sink = 0.0f32;
+        let plain = median(15, || (0..o).for_each(|r| sink += w.dot_row_q8_n(r, rows)[0]));
+        let laid = median(15, || {
+            (0..o).for_each(|r| sink += w.dot_row_lanes_n(r, [&lanes[0], &lanes[1], &lanes[2], &lanes[3]])[0])
+        });
+        println!(
+            "{quant:?} {o}x{i}, 4 tokens: plain {:.3} ms, laid out {:.3} ms ({:.2}x)  [{sink:.1}]",
+            plain * 1e3,
+            laid * 1e3,
+            plain / laid
+        );
+        let lin = Linear::new(w, None);
+        for n in [1, 4, 16, 64, 65, 256] {
+            let x: Vec<f32> = (0..n * i).map(|_| rnd()).collect();
+            let mut y = vec![0f32; n * o];
+            let s = pool.install(|| median(15, || lin.forward(&x, n, &mut y)));
+            println!(
+                "  Linear::forward, {n:>2} tokens: {:.3} ms, {:.1} ns per token and row",
+                s * 1e3,
+                s * 1e9 / (n * o) as f64
+            );
+        }
+    }
+}
