@@ -88,7 +88,7 @@ pub struct CompareArgs {
     /// compute), ExK+S (plus a shared expert S expert-widths wide, width = dense / (K + S)),
     /// ExK:F (explicit width F); a suffix @B trains that variant for B times the budget, its
     /// schedule ending there (16x3+1@0.5: does the MoE reach the dense loss in half the tokens?).
-    #[arg(long, num_args = 1.., default_values = ["8x2", "16x4"], conflicts_with = "sweep")]
+    #[arg(long, num_args = 1.., default_values = ["16x3+1"], conflicts_with = "sweep")]
     moe: Vec<String>,
     /// The trade-off sweep instead: 4x2, 8x2, 16x2 (experts), 8x1, 16x4, 32x8 (granularity), 16x3+1 (shared).
     #[arg(long)]
