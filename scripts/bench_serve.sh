@@ -4,6 +4,8 @@
 # (--parallel 64), loopback only, with scripts/bench_serve.py at 1, 4, 16 and 64 concurrent
 # clients (2 streamed requests each, at least 8 per level, 64 prompt tokens, 32 new tokens, ignore_eos).
 #   bash scripts/bench_serve.sh [WORKDIR]     # from the project root; default /tmp/moe-bench-infer
+# A subset: ENGINES="moe" ARCHS="mixtral" QUANTS="q8_0" CLIENTS="1 16"; MOE=path/to/moe runs
+# another build of moe (before/after a change), OUT=file another results file.
 # The peer and the models come from scripts/llama_setup.sh. Results: WORKDIR/serve.jsonl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,7 +14,8 @@ work=${1:-/tmp/moe-bench-infer}
 uptime
 cargo build --release --quiet
 source scripts/llama_setup.sh "$work"
-out="$work/serve.jsonl"
+out=${OUT:-$work/serve.jsonl}
+moe=${MOE:-$root/target/release/moe}
 : > "$out"
 port=18431
 wait_ready() {  # bounded: at most 120 s
@@ -23,12 +26,12 @@ wait_ready() {  # bounded: at most 120 s
   echo "server on port $port did not start" >&2
   return 1
 }
-for arch in mixtral olmoe; do
-  for q in q8_0 q4_0; do
+for arch in ${ARCHS:-mixtral olmoe}; do
+  for q in ${QUANTS:-q8_0 q4_0}; do
     gguf="$work/$arch-1b-$q.gguf"
-    for engine in moe llama; do
+    for engine in ${ENGINES:-moe llama}; do
       if [ "$engine" = moe ]; then
-        RAYON_NUM_THREADS=2 "$root/target/release/moe" serve --model "$gguf" --alias m --port $port \
+        RAYON_NUM_THREADS=2 "$moe" serve --model "$gguf" --alias m --port $port \
           --parallel 64 --ctx-size 128 2> "$work/serve-$engine.log" &
       else
         "$src/build/bin/llama-server" -m "$gguf" --alias m --port $port --host 127.0.0.1 -t 2 -tb 2 \
@@ -36,7 +39,7 @@ for arch in mixtral olmoe; do
       fi
       pid=$!
       if wait_ready; then
-        python3 scripts/bench_serve.py --url "http://127.0.0.1:$port" --model m --clients 1 4 16 64 \
+        python3 scripts/bench_serve.py --url "http://127.0.0.1:$port" --model m --clients ${CLIENTS:-1 4 16 64} \
           --label "$engine $arch $q" >> "$out"
       fi
       kill $pid; wait $pid 2> /dev/null || true

@@ -100,8 +100,12 @@ pub fn report(cfg: &ModelConfig, b: usize, t: usize) -> String {
     let kind = if cfg.num_local_experts == 0 {
         "dense".to_string()
     } else {
+        let shared = match cfg.shared_expert_intermediate_size {
+            0 => String::new(),
+            fs => format!(" plus a shared expert of width {fs}"),
+        };
         format!(
-            "MoE: {} experts, top-{}, expert width {}, {} of {} layers MoE",
+            "MoE: {} experts, top-{}, expert width {}{shared}, {} of {} layers MoE",
             cfg.num_local_experts,
             cfg.num_experts_per_tok,
             cfg.moe_intermediate_size,
