@@ -91,7 +91,7 @@ pub use scalar::{
     dot_iq4_nl_n, dot_iq4_xs, dot_q3_k, dot_q45_k, dot_q4_0_n, dot_q4_1_n, dot_q5_0_n, dot_q5_1_n, dot_q6_k, dot_q8_0_n,
 };
 
-/// Q8_0 row dotted with N activation rows (their plain rows where the pair kernels are not built).
+/// Where the pair kernels are not built, laid-out activations are multiplied as their plain rows.
 #[cfg(not(all(
     target_arch = "x86_64",
     target_feature = "avx2",
@@ -99,11 +99,15 @@ pub use scalar::{
     target_feature = "avx512vnni",
     target_feature = "avx512vl"
 )))]
-pub fn dot_q8_0_lanes<const N: usize>(row: &[u8], x: [&Lanes; N]) -> [f32; N] {
-    dot_q8_0_n(row, x.map(|l| l.x))
+mod plain_lanes {
+    use super::{dot_q4_0_n, dot_q8_0_n, Lanes};
+    pub fn dot_q8_0_lanes<const N: usize>(row: &[u8], x: [&Lanes; N]) -> [f32; N] {
+        dot_q8_0_n(row, x.map(|l| l.x))
+    }
+    pub fn dot_q4_0_lanes<const N: usize>(row: &[u8], x: [&Lanes; N]) -> [f32; N] {
+        dot_q4_0_n(row, x.map(|l| l.x))
+    }
 }
-
-/// Q4_0 row dotted with N activation rows (their plain rows where the pair kernels are not built).
 #[cfg(not(all(
     target_arch = "x86_64",
     target_feature = "avx2",
@@ -111,9 +115,7 @@ pub fn dot_q8_0_lanes<const N: usize>(row: &[u8], x: [&Lanes; N]) -> [f32; N] {
     target_feature = "avx512vnni",
     target_feature = "avx512vl"
 )))]
-pub fn dot_q4_0_lanes<const N: usize>(row: &[u8], x: [&Lanes; N]) -> [f32; N] {
-    dot_q4_0_n(row, x.map(|l| l.x))
-}
+pub use plain_lanes::{dot_q4_0_lanes, dot_q8_0_lanes};
 
 /// Q8_0 row dotted with one activation row.
 pub fn dot_q8_0(row: &[u8], xq: &[i8], xd: &[f32], xs: &[i32]) -> f32 {
@@ -146,6 +148,23 @@ mod tests {
         (row, xq, xd)
     }
 
+    /// n activation rows of `blocks` blocks: values, scales, block sums.
+    struct Act(Vec<i8>, Vec<f32>, Vec<i32>);
+    impl Act {
+        fn row(&self) -> Q8Row<'_> {
+            Q8Row { xq: &self.0, xd: &self.1, xs: &self.2 }
+        }
+    }
+    fn activations(n: usize, blocks: usize, bytes: usize, seed: &mut u64) -> Vec<Act> {
+        (0..n)
+            .map(|_| {
+                let (_, xq, xd) = data(blocks, bytes, seed);
+                let xs = block_sums(&xq);
+                Act(xq, xd, xs)
+            })
+            .collect()
+    }
+
     #[test]
     #[should_panic(expected = "activations differ")]
     fn a_q6_k_row_longer_than_its_activations_is_refused() {
@@ -160,14 +179,8 @@ mod tests {
         for blocks in [1, 2, 7, 32] {
             for bytes in [34, 18] {
                 let (row, _, _) = data(blocks, bytes, &mut seed);
-                let acts: Vec<(Vec<i8>, Vec<f32>)> = (0..4)
-                    .map(|_| {
-                        let (_, xq, xd) = data(blocks, bytes, &mut seed);
-                        (xq, xd)
-                    })
-                    .collect();
-                let sums: Vec<Vec<i32>> = acts.iter().map(|a| block_sums(&a.0)).collect();
-                let x: [Q8Row; 4] = std::array::from_fn(|k| Q8Row { xq: &acts[k].0, xd: &acts[k].1, xs: &sums[k] });
+                let acts = activations(4, blocks, bytes, &mut seed);
+                let x: [Q8Row; 4] = std::array::from_fn(|k| acts[k].row());
                 let (four, one): ([f32; 4], [f32; 4]) = if bytes == 34 {
                     (dot_q8_0_n(&row, x), x.map(|r| dot_q8_0(&row, r.xq, r.xd, r.xs)))
                 } else {
@@ -188,14 +201,8 @@ mod tests {
         for blocks in [1, 2, 3, 8, 33] {
             for (bytes, kind) in [(34, LaneKind::Q8_0), (18, LaneKind::Q4_0)] {
                 let (row, _, _) = data(blocks, bytes, &mut seed);
-                let acts: Vec<(Vec<i8>, Vec<f32>)> = (0..3)
-                    .map(|_| {
-                        let (_, xq, xd) = data(blocks, bytes, &mut seed);
-                        (xq, xd)
-                    })
-                    .collect();
-                let sums: Vec<Vec<i32>> = acts.iter().map(|a| block_sums(&a.0)).collect();
-                let x: [Q8Row; 3] = std::array::from_fn(|k| Q8Row { xq: &acts[k].0, xd: &acts[k].1, xs: &sums[k] });
+                let acts = activations(3, blocks, bytes, &mut seed);
+                let x: [Q8Row; 3] = std::array::from_fn(|k| acts[k].row());
                 let lanes = x.map(|r| Lanes::new(r, kind));
                 let l = [&lanes[0], &lanes[1], &lanes[2]];
                 let (laid, plain) = match kind {
