@@ -66,10 +66,11 @@ impl Linear {
         }
     }
 
-    /// A few tokens (decoding): each weight row is read once, in place, and dotted with every
-    /// token; output rows are split over the threads. Types with integer kernels take the
-    /// tokens quantised to Q8_0 blocks (laid out once for the pair kernels where the type has
-    /// one), four at a time.
+    /// A few tokens (decoding, short prompts): weight rows are read in place and dotted with
+    /// every token; chunks of output rows are split over the threads, and each chunk passes
+    /// over the tokens in blocks of `TOKEN_BLOCK`. Types with integer kernels take the tokens
+    /// quantised to Q8_0 blocks (laid out once for the pair kernels where the type has one),
+    /// four, two or one per kernel call.
     fn dot_rows(&self, x: &[f32], n: usize, y: &mut [f32]) {
         let (i, o) = (self.inp, self.out);
         const CHUNK: usize = 64;
