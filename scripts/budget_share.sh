@@ -2,10 +2,11 @@
 # Issue 20 item 5, "Shorter schedules" in RESULTS.md: does the MoE, trained for only a share of
 # the dense model's tokens with its learning-rate schedule annealed at the end of that share,
 # reach the dense model's final loss? `mini` preset, one epoch (18 M tokens) for the dense
-# model, 16x3+1 with 55%, 60% and 70% of it (`16x3+1@B`), all four in lockstep, seed 1234.
-# The table is spliced into RESULTS.md between the <!-- BEGIN budget-share --> /
-# <!-- END budget-share --> markers and the plots copied to results/budget-share/.
-#   bash scripts/budget_share.sh     # from the project root; about 40 minutes on 2 cores
+# model, 16x3+1 with 55%, 60% and 70% of it (`16x3+1@B`), all four in lockstep, seed 1234;
+# then dense against 16x3+1@0.6 with seed 1 (budget-share-s1).
+# The tables are spliced into RESULTS.md between the <!-- BEGIN name --> / <!-- END name -->
+# markers and the plots copied to results/name/.
+#   bash scripts/budget_share.sh     # from the project root; about an hour on 2 cores
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --quiet
@@ -14,9 +15,15 @@ out=${OUT:-runs}/budget-share
 [ -f "$out/compare.md" ] ||
     $moe compare --preset mini --moe 16x3+1@0.55 16x3+1@0.6 16x3+1@0.7 --tokens 18M --evals 16 \
         --eval-batches 16 --precision fp32 --quiet --out "$out"
-mkdir -p results/budget-share
-cp "$out/val_vs_tokens.png" "$out/val_vs_seconds.png" "$out/compare.json" results/budget-share/
-tail -n +3 "$out/compare.md" > "$out/body.md"
+[ -f "$out-s1/compare.md" ] ||
+    $moe compare --preset mini --moe 16x3+1@0.6 --tokens 18M --evals 16 --eval-batches 16 \
+        --precision fp32 --seed 1 --quiet --out "$out-s1"
 source scripts/splice.sh
-splice budget-share "$out/body.md"
-echo "RESULTS.md updated; plots in results/budget-share/"
+for name in budget-share budget-share-s1; do
+    dir=$(dirname "$out")/$name
+    mkdir -p results/$name
+    cp "$dir/val_vs_tokens.png" "$dir/val_vs_seconds.png" "$dir/compare.json" results/$name/
+    tail -n +3 "$dir/compare.md" > "$dir/body.md"
+    splice $name "$dir/body.md"
+done
+echo "RESULTS.md updated; plots in results/budget-share*/"
