@@ -65,6 +65,11 @@ impl<'a> Lanes<'a> {
         Lanes { x, kind: Some(kind), v }
     }
 
+    /// Whether the row is laid out for a pair kernel (not on machines without them).
+    pub fn laid_out(&self) -> bool {
+        !self.v.is_empty()
+    }
+
     /// The plain row only, for weight types without a pair kernel.
     pub fn plain(x: Q8Row<'a>) -> Lanes<'a> {
         Lanes { x, kind: None, v: Vec::new() }

@@ -204,6 +204,7 @@ mod tests {
                 let acts = activations(3, blocks, bytes, &mut seed);
                 let x: [Q8Row; 3] = std::array::from_fn(|k| acts[k].row());
                 let lanes = x.map(|r| Lanes::new(r, kind));
+                assert_eq!(lanes[0].laid_out(), PAIR_KERNELS && blocks >= 2);
                 let l = [&lanes[0], &lanes[1], &lanes[2]];
                 let (laid, plain) = match kind {
                     LaneKind::Q8_0 => (dot_q8_0_lanes(&row, l), dot_q8_0_n(&row, x)),
