@@ -8,22 +8,14 @@
 //! tokens from cache.
 //! `cargo bench -p moe-infer --bench qdot_batch`.
 
+use moe_engine::rng::Rng;
 use moe_infer::linear::Linear;
 use moe_infer::qdot::{block_sums, Lanes, Q8Row};
 use moe_infer::weight::{quantize_q8_row, Dtype, Quant, Weight};
-use std::time::Instant;
 
-fn median(reps: usize, mut f: impl FnMut()) -> f64 {
-    f();
-    let mut t: Vec<f64> = (0..reps)
-        .map(|_| {
-            let s = Instant::now();
-            f();
-            s.elapsed().as_secs_f64()
-        })
-        .collect();
-    t.sort_by(f64::total_cmp);
-    t[reps / 2]
+/// Median seconds of 15 calls after one warm-up call.
+fn median(f: impl FnMut()) -> f64 {
+    moe_engine::bench::median_secs(1, 15, f)
 }
 
 fn main() {
@@ -35,11 +27,8 @@ fn main() {
         None => (2048, 1024),
         _ => panic!("QDOT_SHAPE must be ROWSxCOLS, e.g. 256x8192"),
     };
-    let mut s = 1u64;
-    let mut rnd = move || {
-        s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-    };
+    let mut rng = Rng::new(1);
+    let mut rnd = move || rng.uniform() as f32 - 0.5;
     let wf: Vec<f32> = (0..o * i).map(|_| rnd()).collect();
     let bytes: Vec<u8> = wf.iter().flat_map(|v| v.to_le_bytes()).collect();
     let w32 = Weight::from_bytes(bytes, Dtype::F32, o, i).expect("an f32 weight");
@@ -59,8 +48,8 @@ fn main() {
         });
         let lanes = rows.map(|r| Lanes::new(r, kind));
         let mut sink = 0.0f32;
-        let plain = median(15, || (0..o).for_each(|r| sink += w.dot_row_q8_n(r, rows)[0]));
-        let laid = median(15, || {
+        let plain = median(|| (0..o).for_each(|r| sink += w.dot_row_q8_n(r, rows)[0]));
+        let laid = median(|| {
             (0..o).for_each(|r| sink += w.dot_row_lanes_n(r, [&lanes[0], &lanes[1], &lanes[2], &lanes[3]])[0])
         });
         println!(
@@ -73,7 +62,7 @@ fn main() {
         for n in [1, 4, 16, 64, 65, 256] {
             let x: Vec<f32> = (0..n * i).map(|_| rnd()).collect();
             let mut y = vec![0f32; n * o];
-            let s = pool.install(|| median(15, || lin.forward(&x, n, &mut y)));
+            let s = pool.install(|| median(|| lin.forward(&x, n, &mut y)));
             println!(
                 "  Linear::forward, {n:>2} tokens: {:.3} ms, {:.1} ns per token and row",
                 s * 1e3,

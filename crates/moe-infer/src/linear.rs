@@ -182,11 +182,8 @@ mod tests {
     /// rows of odd and even block counts; and close to the f32 product of the decoded weight.
     #[test]
     fn batched_integer_products_equal_one_token_at_a_time() {
-        let mut s = 3u64;
-        let mut rnd = move || {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-        };
+        let mut rng = moe_engine::rng::Rng::new(3);
+        let mut rnd = move || rng.uniform() as f32 - 0.5;
         for cols in [96, 160, 256] {
             let rows = 70; // more than one chunk of 64 rows
             let wf: Vec<f32> = (0..rows * cols).map(|_| rnd()).collect();

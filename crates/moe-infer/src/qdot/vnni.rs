@@ -44,9 +44,7 @@ unsafe fn pairs<const X_ORDER: i32, const N: usize>(
         // the row (and the next ones, contiguous) streams from memory: ask ahead
         _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH) as *const i8);
         let w = load(p);
-        let (d0, d1) =
-            (u16::from_le_bytes([*p, *p.add(1)]), u16::from_le_bytes([*p.add(blk_bytes), *p.add(blk_bytes + 1)]));
-        let d = _mm_cvtph_ps(_mm_cvtsi32_si128((d0 as u32 | (d1 as u32) << 16) as i32));
+        let d = pair_scales(p, blk_bytes);
         for (a, r) in acc.iter_mut().zip(&x) {
             let xv = _mm512_loadu_si512(r.xq.as_ptr().add(32 * b) as *const _);
             let xv = _mm512_shuffle_i64x2::<X_ORDER>(xv, xv);
@@ -88,6 +86,17 @@ pub fn dot_q4_0_n<const N: usize>(row: &[u8], x: [Q8Row; N]) -> [f32; N] {
     let tail = rows::<N, false, 8>(18, &row[18 * b..], x.map(|r| r.skip(b)), |p| nibbles(p, 2));
     total.iter_mut().zip(tail).for_each(|(t, v)| *t += v);
     total
+}
+
+/// The f16 scales of the blocks at p and p + blk_bytes as the two low f32 lanes.
+///
+/// # Safety
+/// The features of this module; p and p + blk_bytes start readable blocks.
+#[inline(always)]
+unsafe fn pair_scales(p: *const u8, blk_bytes: usize) -> __m128 {
+    let (d0, d1) =
+        (u16::from_le_bytes([*p, *p.add(1)]), u16::from_le_bytes([*p.add(blk_bytes), *p.add(blk_bytes + 1)]));
+    _mm_cvtph_ps(_mm_cvtsi32_si128((d0 as u32 | (d1 as u32) << 16) as i32))
 }
 
 /// The pair at p of Q8_0 blocks as unsigned bytes w + 128 (`flip` = -128 in every byte).
@@ -144,10 +153,7 @@ unsafe fn pairs_lanes<const N: usize>(
         let at = row.as_ptr().add(2 * blk_bytes * p);
         _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(PREFETCH) as *const i8);
         let w = load(at);
-        let (d0, d1) =
-            (u16::from_le_bytes([*at, *at.add(1)]), u16::from_le_bytes([*at.add(blk_bytes), *at.add(blk_bytes + 1)]));
-        let d = _mm_cvtph_ps(_mm_cvtsi32_si128((d0 as u32 | (d1 as u32) << 16) as i32));
-        let d = _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(d));
+        let d = _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(pair_scales(at, blk_bytes)));
         for (a, l) in acc.iter_mut().zip(&x) {
             let c = l.v.as_ptr().add(3 * p) as *const __m512i;
             let prod =
