@@ -10,7 +10,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-600}
 shift || true
-all=(config_json tokenizer_json chat_template checkpoint_dir gguf_load safetensors_load)
+all=(config_json tokenizer_json chat_template checkpoint_dir gguf_load safetensors_load server_request)
 targets=("${@:-${all[@]}}")
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked || exit 1
 export RUSTC_BOOTSTRAP=1 # cargo-fuzz's sanitizer flags need nightly features
@@ -41,6 +41,7 @@ seed tokenizer_json "$fx/olmoe/tokenizer.json" fuzz/seeds/tokenizer_json/*
 seed chat_template "$fx/olmoe/chat_template.jinja" fuzz/seeds/chat_template/*
 seed gguf_load "$fx"/gguf/*q4_0.gguf "$fx"/gguf/mixtral-f32.gguf
 seed safetensors_load "$fx/olmoe/model.safetensors"
+seed server_request fuzz/seeds/server_request/*
 seed_ckpt || echo "warning: no checkpoint seeds (moe train failed)"
 
 (cd fuzz && cargo fuzz build -O) || exit 1

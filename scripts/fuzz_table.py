@@ -11,7 +11,7 @@ import re
 import sys
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-TARGETS = ["gguf_load", "safetensors_load", "config_json", "tokenizer_json", "chat_template", "checkpoint_dir"]
+TARGETS = ["gguf_load", "safetensors_load", "config_json", "tokenizer_json", "chat_template", "checkpoint_dir", "server_request"]
 
 
 def table():
