@@ -11,6 +11,7 @@
 use moe_engine::rng::Rng;
 use moe_infer::linear::Linear;
 use moe_infer::qdot::{block_sums, Lanes, Q8Row};
+use moe_infer::qgemm;
 use moe_infer::weight::{quantize_q8_row, Dtype, Quant, Weight};
 
 /// Median seconds of 15 calls after one warm-up call.
@@ -63,11 +64,12 @@ fn main() {
             let x: Vec<f32> = (0..n * i).map(|_| rnd()).collect();
             let mut y = vec![0f32; n * o];
             let s = pool.install(|| median(|| lin.forward(&x, n, &mut y)));
-            println!(
-                "  Linear::forward, {n:>2} tokens: {:.3} ms, {:.1} ns per token and row",
-                s * 1e3,
-                s * 1e9 / (n * o) as f64
-            );
+            print!("  Linear::forward, {n:>3} tokens: {:.3} ms, {:.1} ns per token and row", s * 1e3, s * 1e9 / (n * o) as f64);
+            if qgemm::BUILT && n >= 16 {
+                let g = pool.install(|| median(|| qgemm::forward(&lin.w, &x, n, &mut y)));
+                print!("; int8 GEMM {:.1} ns ({:.2}x)", g * 1e9 / (n * o) as f64, s / g);
+            }
+            println!();
         }
     }
 }

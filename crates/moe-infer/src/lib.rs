@@ -25,6 +25,7 @@ pub mod model;
 pub mod moe;
 pub mod npy;
 pub mod qdot;
+pub mod qgemm;
 pub mod quants;
 pub mod rope;
 pub mod store;

@@ -1,8 +1,11 @@
 //! y = x W^T + b over a memory-mapped weight of any dtype. F32 weights are multiplied in place;
-//! others are decoded in panels of rows into a small per-thread buffer and multiplied panel by
-//! panel, so the weights are never copied whole.
+//! a few tokens take dot products of the rows in place; many tokens over block-quantised
+//! weights take the int8 GEMM (`qgemm`) where it is built; the others are decoded in panels of
+//! rows into a small per-thread buffer and multiplied panel by panel, so the weights are never
+//! copied whole.
 
 use crate::qdot::{Lanes, Q8Row};
+use crate::qgemm;
 use crate::weight::{quantize_q8_row, Weight};
 use moe_kernels::matmul::{matmul, matmul_strided, Mat};
 use rayon::prelude::*;
@@ -53,6 +56,7 @@ impl Linear {
         let par = n * i * o > 1 << 18;
         match (self.w.as_f32(), self.transposed) {
             (None, false) if n <= DOT_ROWS_DECODED => self.dot_rows(x, n, y),
+            (None, false) if qgemm::BUILT && qgemm::supports(self.w.dtype) => qgemm::forward(&self.w, x, n, y),
             (_, false) if n <= DOT_ROWS => self.dot_rows(x, n, y),
             (Some(w), false) => matmul(y, Mat::new(x, n, i), Mat::new(w, o, i).t(), false, par),
             (Some(w), true) => matmul(y, Mat::new(x, n, i), Mat::new(w, i, o), false, par),

@@ -484,6 +484,12 @@ impl Weight {
         }
     }
 
+    /// The stored bytes of row r.
+    pub fn row_data(&self, r: usize) -> &[u8] {
+        let rb = self.row_bytes();
+        &self.map[self.start + r * rb..self.start + (r + 1) * rb]
+    }
+
     /// Decodes row r into out[cols].
     pub fn row_f32(&self, r: usize, out: &mut [f32]) {
         let rb = self.row_bytes();
