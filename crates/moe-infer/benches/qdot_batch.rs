@@ -64,7 +64,11 @@ fn main() {
             let x: Vec<f32> = (0..n * i).map(|_| rnd()).collect();
             let mut y = vec![0f32; n * o];
             let s = pool.install(|| median(|| lin.forward(&x, n, &mut y)));
-            print!("  Linear::forward, {n:>3} tokens: {:.3} ms, {:.1} ns per token and row", s * 1e3, s * 1e9 / (n * o) as f64);
+            print!(
+                "  Linear::forward, {n:>3} tokens: {:.3} ms, {:.1} ns per token and row",
+                s * 1e3,
+                s * 1e9 / (n * o) as f64
+            );
             if qgemm::BUILT && n >= 16 {
                 let g = pool.install(|| median(|| qgemm::forward(&lin.w, &x, n, &mut y)));
                 print!("; int8 GEMM {:.1} ns ({:.2}x)", g * 1e9 / (n * o) as f64, s / g);

@@ -1,10 +1,10 @@
 //! Prompt-sized products over quantised weights in integers (int8 GEMM): y[n, out] = x[n, in] W^T
-//! for many tokens, without decoding the weights to f32. Every block format whose scales come per
-//! 32 values (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, Q4_K, Q5_K, IQ4_XS) is unpacked, 16 weight
-//! rows at a time, into unsigned bytes u with w = d u + m per row and block of 32, interleaved so
-//! one 512-bit load holds 4 consecutive values of the 16 rows (a panel). The tokens are quantised
-//! to Q8_0 blocks (q, dx, and the block sum s = sum q). Per block and token the 16 rows take
-//! I = sum u q in eight `vpdpbusd` (each with 4 activation bytes broadcast), then in f32
+//! for many tokens, without decoding the weights to f32. Every block format moe reads is
+//! unpacked, 16 weight rows at a time, into unsigned bytes u with w = d u + m per row and scale
+//! block (32 values; 16 for Q2_K, Q3_K and Q6_K), interleaved so one 512-bit load holds 4
+//! consecutive values of the 16 rows (a panel). The tokens are quantised to Q8_0 blocks (q, dx,
+//! and per scale block the sum s of q). Per scale block and token the 16 rows take I = sum u q
+//! in eight (or four) `vpdpbusd`, each with 4 activation bytes broadcast, then in f32
 //! y += (d dx) I + m (dx s). Panels are split over the threads; each is unpacked once per call
 //! and multiplied with every token, `TOKENS` at a time.
 //! Built where AVX-512 VNNI is (`BUILT`); elsewhere `Linear` decodes panels to f32 instead.
@@ -19,24 +19,29 @@ const ROWS: usize = 16;
 pub const TOKENS: usize = 8;
 
 /// Whether the integer GEMM is built on this machine.
-pub const BUILT: bool = cfg!(all(
-    target_arch = "x86_64",
-    target_feature = "avx512f",
-    target_feature = "avx512vnni"
-));
+pub const BUILT: bool = cfg!(all(target_arch = "x86_64", target_feature = "avx512f", target_feature = "avx512vnni"));
 
-/// Whether rows of `dtype` unpack to this GEMM's form (scales per 32 values).
-pub fn supports(dtype: Dtype) -> bool {
+/// Values per scale block of `dtype` in this GEMM's form, if it has one.
+pub fn granularity(dtype: Dtype) -> Option<usize> {
     use Dtype::*;
-    matches!(dtype, Q8_0 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | IQ4NL | Q4K | Q5K | IQ4XS)
+    match dtype {
+        Q8_0 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | IQ4NL | Q4K | Q5K | IQ4XS => Some(32),
+        Q2K | Q3K | Q6K => Some(16),
+        _ => None,
+    }
+}
+
+/// Whether rows of `dtype` unpack to this GEMM's form.
+pub fn supports(dtype: Dtype) -> bool {
+    granularity(dtype).is_some()
 }
 
 fn f16(b: &[u8]) -> f32 {
     half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32()
 }
 
-/// Row `row` (bytes of a `supports` type) as unsigned values u[cols] and per block of 32 the
-/// scale d and offset m, so that value j of block b is d[b] u[j] + m[b].
+/// Row `row` (bytes of a `supports` type) as unsigned values u[cols] and per scale block (of
+/// `granularity` values) the scale d and offset m, so that value j is d[j / g] u[j] + m[j / g].
 pub fn unpack_row(dtype: Dtype, row: &[u8], u: &mut [u8], d: &mut [f32], m: &mut [f32]) {
     // signed values v in [-128, 127] with one scale: u = v + 128, m = -128 d
     let signed = |v: [i8; 32], u: &mut [u8]| u.iter_mut().zip(v).for_each(|(o, v)| *o = (v as u8) ^ 0x80);
@@ -96,12 +101,72 @@ pub fn unpack_row(dtype: Dtype, row: &[u8], u: &mut [u8], d: &mut [f32], m: &mut
                 }
             }
         }
+        Dtype::Q2K | Dtype::Q3K | Dtype::Q6K => {
+            let bb = dtype.format().map_or(1, |f| f.bytes);
+            let mut v = [0.0f32; crate::quants::QK_K];
+            for ((blk, u), (d, m)) in row
+                .chunks_exact(bb)
+                .zip(u.chunks_exact_mut(256))
+                .zip(d.chunks_exact_mut(16).zip(m.chunks_exact_mut(16)))
+            {
+                super_block_16(dtype, blk, &mut v, d, m);
+                u.iter_mut().zip(&v).for_each(|(o, &q)| *o = q as u8);
+            }
+        }
         other => unreachable!("{other:?} is not a qgemm type (supports is false)"),
     }
 }
 
-/// 16 weight rows unpacked and interleaved: u as [block][group of 4 values][row][4], d and m as
-/// [block][row]. Rows past the weight's end are zero.
+/// One Q2_K, Q3_K or Q6_K super-block: its 256 unsigned values (as f32, in v) and the scale and
+/// offset of each run of 16.
+fn super_block_16(dtype: Dtype, blk: &[u8], v: &mut [f32; 256], d: &mut [f32], m: &mut [f32]) {
+    use crate::quants::two_bit_runs;
+    match dtype {
+        Dtype::Q2K => {
+            // w = d (sc & 15) q - dmin (sc >> 4), q in [0, 3]
+            let (sc, dd, dmin) = (&blk[..16], f16(&blk[80..]), f16(&blk[82..]));
+            two_bit_runs(&blk[16..80], v, |_, _, q| q as f32);
+            for r in 0..16 {
+                (d[r], m[r]) = (dd * (sc[r] & 0xF) as f32, -dmin * (sc[r] >> 4) as f32);
+            }
+        }
+        Dtype::Q3K => {
+            // w = d sc (q - sub), q - sub in [-4, 3]: u = q - sub + 4, m = -4 d sc
+            let (hm, sc, dd) = (&blk[..32], crate::quants::q3_scales(&blk[96..108]), f16(&blk[108..]));
+            two_bit_runs(&blk[32..96], v, |run, l, q| {
+                let bit = 4 * (run / 8) + run / 2 % 4;
+                let sub = if hm[l % 32] >> bit & 1 == 1 { 0 } else { 4 };
+                (q as i32 - sub + 4) as f32
+            });
+            for r in 0..16 {
+                d[r] = dd * sc[r] as f32;
+                m[r] = -4.0 * d[r];
+            }
+        }
+        _ => {
+            // Q6_K: w = d sc (q - 32), q in [0, 63]
+            let dd = f16(&blk[208..210]);
+            for h in 0..2 {
+                let (ql, qh) = (&blk[64 * h..64 * h + 64], &blk[128 + 32 * h..128 + 32 * h + 32]);
+                for l in 0..32 {
+                    let (a, b, c) = (ql[l], ql[l + 32], qh[l]);
+                    let at = 128 * h + l;
+                    v[at] = ((a & 0xF) | ((c & 3) << 4)) as f32;
+                    v[at + 32] = ((b & 0xF) | (((c >> 2) & 3) << 4)) as f32;
+                    v[at + 64] = ((a >> 4) | (((c >> 4) & 3) << 4)) as f32;
+                    v[at + 96] = ((b >> 4) | (((c >> 6) & 3) << 4)) as f32;
+                }
+            }
+            for r in 0..16 {
+                d[r] = dd * (blk[192 + r] as i8) as f32;
+                m[r] = -32.0 * d[r];
+            }
+        }
+    }
+}
+
+/// 16 weight rows unpacked and interleaved: u as [group of 4 values][row][4], d and m as
+/// [scale block][row]. Rows past the weight's end are zero.
 struct Panel {
     u: Vec<u8>,
     d: Vec<f32>,
@@ -110,7 +175,7 @@ struct Panel {
 
 impl Panel {
     fn fill(&mut self, w: &Weight, r0: usize, row: &mut [u8], rd: &mut [f32], rm: &mut [f32]) {
-        let (cols, nb) = (w.cols, w.cols / 32);
+        let (cols, nb) = (w.cols, rd.len());
         self.u.resize(cols * ROWS, 0);
         self.d.resize(nb * ROWS, 0.0);
         self.m.resize(nb * ROWS, 0.0);
@@ -118,7 +183,9 @@ impl Panel {
             if r0 + r < w.rows {
                 unpack_row(w.dtype, w.row_data(r0 + r), row, rd, rm);
             } else {
-                (row.fill(0), rd.fill(0.0), rm.fill(0.0));
+                row.fill(0);
+                rd.fill(0.0);
+                rm.fill(0.0);
             }
             for (g, v) in row.chunks_exact(4).enumerate() {
                 self.u[g * 4 * ROWS + 4 * r..g * 4 * ROWS + 4 * r + 4].copy_from_slice(v);
@@ -133,21 +200,21 @@ impl Panel {
 /// Tokens quantised to Q8_0 blocks, padded with zero tokens to a multiple of `TOKENS`.
 struct Tokens {
     q: Vec<i8>,
-    /// dx per token and block.
+    /// dx per token and block of 32.
     d: Vec<f32>,
-    /// dx times the block sum per token and block.
+    /// dx times the sum of q per token and scale block (of `g` values).
     ds: Vec<f32>,
 }
 
 impl Tokens {
-    fn new(x: &[f32], n: usize, cols: usize) -> Tokens {
-        let (nb, padded) = (cols / 32, n.div_ceil(TOKENS) * TOKENS);
-        let mut t = Tokens { q: vec![0; padded * cols], d: vec![0.0; padded * nb], ds: vec![0.0; padded * nb] };
+    fn new(x: &[f32], n: usize, cols: usize, g: usize) -> Tokens {
+        let (nb, ns, padded) = (cols / 32, cols / g, n.div_ceil(TOKENS) * TOKENS);
+        let mut t = Tokens { q: vec![0; padded * cols], d: vec![0.0; padded * nb], ds: vec![0.0; padded * ns] };
         for tok in 0..n {
             let (q, d) = (&mut t.q[tok * cols..(tok + 1) * cols], &mut t.d[tok * nb..(tok + 1) * nb]);
             quantize_q8_row(&x[tok * cols..(tok + 1) * cols], q, d);
-            for ((ds, qb), &dx) in t.ds[tok * nb..(tok + 1) * nb].iter_mut().zip(q.chunks_exact(32)).zip(d.iter()) {
-                *ds = dx * qb.iter().map(|&v| v as i32).sum::<i32>() as f32;
+            for (k, (ds, qs)) in t.ds[tok * ns..(tok + 1) * ns].iter_mut().zip(q.chunks_exact(g)).enumerate() {
+                *ds = d[k * g / 32] * qs.iter().map(|&v| v as i32).sum::<i32>() as f32;
             }
         }
         t
@@ -156,20 +223,25 @@ impl Tokens {
 
 /// y[n, out] = x[n, cols] W^T for a weight of a `supports` type, on a machine where `BUILT`.
 pub fn forward(w: &Weight, x: &[f32], n: usize, y: &mut [f32]) {
-    assert!(BUILT && supports(w.dtype) && w.cols % 32 == 0, "qgemm::forward on a weight it cannot multiply");
-    let (cols, nb, out) = (w.cols, w.cols / 32, w.rows);
-    let tokens = Tokens::new(x, n, cols);
+    let g = granularity(w.dtype).filter(|_| BUILT && w.cols.is_multiple_of(32));
+    let g = g.expect("qgemm::forward on a weight it cannot multiply (check BUILT and supports)");
+    let (cols, nb, ns, out) = (w.cols, w.cols / 32, w.cols / g, w.rows);
+    let tokens = Tokens::new(x, n, cols, g);
     let padded = n.div_ceil(TOKENS) * TOKENS;
     let panels = out.div_ceil(ROWS);
     // per panel [padded tokens][16 rows], so the panels' outputs are contiguous for the threads
     let mut t = vec![0.0f32; panels * padded * ROWS];
     t.par_chunks_mut(padded * ROWS).enumerate().for_each_init(
-        || (Panel { u: vec![], d: vec![], m: vec![] }, vec![0u8; cols], vec![0.0; nb], vec![0.0; nb]),
+        || (Panel { u: vec![], d: vec![], m: vec![] }, vec![0u8; cols], vec![0.0; ns], vec![0.0; ns]),
         |(panel, row, rd, rm), (p, tp)| {
             panel.fill(w, p * ROWS, row, rd, rm);
-            for (g, tg) in tp.chunks_exact_mut(TOKENS * ROWS).enumerate() {
-                let tok = g * TOKENS;
-                tile(panel, nb, &tokens.q[tok * cols..], &tokens.d[tok * nb..], &tokens.ds[tok * nb..], tg);
+            for (k, tk) in tp.chunks_exact_mut(TOKENS * ROWS).enumerate() {
+                let (q, d, ds) =
+                    (&tokens.q[k * TOKENS * cols..], &tokens.d[k * TOKENS * nb..], &tokens.ds[k * TOKENS * ns..]);
+                match g {
+                    32 => tile::<1>(panel, nb, q, d, ds, tk),
+                    _ => tile::<2>(panel, nb, q, d, ds, tk),
+                }
             }
         },
     );
@@ -182,41 +254,45 @@ pub fn forward(w: &Weight, x: &[f32], n: usize, y: &mut [f32]) {
     }
 }
 
-/// One panel against `TOKENS` tokens (q [TOKENS][cols], d and ds [TOKENS][nb]): out [TOKENS][16].
+/// One panel against `TOKENS` tokens (q [TOKENS][cols], d [TOKENS][nb], ds [TOKENS][nb SUB]):
+/// out [TOKENS][16]. SUB scale blocks per block of 32 (1, or 2 for runs of 16).
 #[cfg(all(target_arch = "x86_64", target_feature = "avx512f", target_feature = "avx512vnni"))]
-fn tile(p: &Panel, nb: usize, q: &[i8], d: &[f32], ds: &[f32], out: &mut [f32]) {
+fn tile<const SUB: usize>(p: &Panel, nb: usize, q: &[i8], d: &[f32], ds: &[f32], out: &mut [f32]) {
     use std::arch::x86_64::*;
-    let cols = 32 * nb;
+    let (cols, ns) = (32 * nb, SUB * nb);
     assert!(
         p.u.len() >= cols * ROWS
-            && p.d.len() >= nb * ROWS
-            && p.m.len() >= nb * ROWS
+            && p.d.len() >= ns * ROWS
+            && p.m.len() >= ns * ROWS
             && q.len() >= TOKENS * cols
             && d.len() >= TOKENS * nb
-            && ds.len() >= TOKENS * nb
+            && ds.len() >= TOKENS * ns
             && out.len() >= TOKENS * ROWS,
         "panel, tokens and output differ"
     );
     // SAFETY: the features are built in (cfg); every read below is inside the slices checked
-    // above: u[(8 b + g) 64 .. + 64], d/m[16 b .. + 16], q[t cols + 32 b + 4 g .. + 4],
-    // d/ds[t nb + b], out[16 t .. + 16].
+    // above: u[(8 b + g) 64 .. + 64], d/m[16 k .. + 16] for k < nb SUB, q[t cols + 32 b + 4 g ..
+    // + 4], d[t nb + b], ds[t ns + k], out[16 t .. + 16].
     unsafe {
         let mut acc = [_mm512_setzero_ps(); TOKENS];
         for b in 0..nb {
-            let mut sum = [_mm512_setzero_si512(); TOKENS];
-            for g in 0..8 {
-                let wv = _mm512_loadu_si512(p.u.as_ptr().add((8 * b + g) * 64) as *const _);
-                for (t, s) in sum.iter_mut().enumerate() {
-                    let xv = (q.as_ptr().add(t * cols + 32 * b + 4 * g) as *const i32).read_unaligned();
-                    *s = _mm512_dpbusd_epi32(*s, wv, _mm512_set1_epi32(xv));
+            for s in 0..SUB {
+                let mut sum = [_mm512_setzero_si512(); TOKENS];
+                for g in s * 8 / SUB..(s + 1) * 8 / SUB {
+                    let wv = _mm512_loadu_si512(p.u.as_ptr().add((8 * b + g) * 64) as *const _);
+                    for (t, v) in sum.iter_mut().enumerate() {
+                        let xv = (q.as_ptr().add(t * cols + 32 * b + 4 * g) as *const i32).read_unaligned();
+                        *v = _mm512_dpbusd_epi32(*v, wv, _mm512_set1_epi32(xv));
+                    }
                 }
-            }
-            let dv = _mm512_loadu_ps(p.d.as_ptr().add(b * ROWS));
-            let mv = _mm512_loadu_ps(p.m.as_ptr().add(b * ROWS));
-            for (t, (a, s)) in acc.iter_mut().zip(sum).enumerate() {
-                let scale = _mm512_mul_ps(dv, _mm512_set1_ps(*d.get_unchecked(t * nb + b)));
-                *a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), scale, *a);
-                *a = _mm512_fmadd_ps(mv, _mm512_set1_ps(*ds.get_unchecked(t * nb + b)), *a);
+                let k = SUB * b + s;
+                let dv = _mm512_loadu_ps(p.d.as_ptr().add(k * ROWS));
+                let mv = _mm512_loadu_ps(p.m.as_ptr().add(k * ROWS));
+                for (t, (a, v)) in acc.iter_mut().zip(sum).enumerate() {
+                    let scale = _mm512_mul_ps(dv, _mm512_set1_ps(*d.get_unchecked(t * nb + b)));
+                    *a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(v), scale, *a);
+                    *a = _mm512_fmadd_ps(mv, _mm512_set1_ps(*ds.get_unchecked(t * ns + k)), *a);
+                }
             }
         }
         for (t, a) in acc.into_iter().enumerate() {
@@ -226,7 +302,7 @@ fn tile(p: &Panel, nb: usize, q: &[i8], d: &[f32], ds: &[f32], out: &mut [f32]) 
 }
 
 #[cfg(not(all(target_arch = "x86_64", target_feature = "avx512f", target_feature = "avx512vnni")))]
-fn tile(_: &Panel, _: usize, _: &[i8], _: &[f32], _: &[f32], _: &mut [f32]) {
+fn tile<const SUB: usize>(_: &Panel, _: usize, _: &[i8], _: &[f32], _: &[f32], _: &mut [f32]) {
     unreachable!("qgemm::forward checks BUILT")
 }
 
@@ -235,7 +311,7 @@ mod tests {
     use super::*;
     use crate::qdot::{block_sums, Q8Row};
 
-    const TYPES: [Dtype; 9] = [
+    const TYPES: [Dtype; 12] = [
         Dtype::Q8_0,
         Dtype::Q4_0,
         Dtype::Q4_1,
@@ -245,6 +321,9 @@ mod tests {
         Dtype::Q4K,
         Dtype::Q5K,
         Dtype::IQ4XS,
+        Dtype::Q2K,
+        Dtype::Q3K,
+        Dtype::Q6K,
     ];
 
     /// A weight of random bytes in `dtype` whose f16 fields (scales, mins) are finite.
@@ -252,6 +331,9 @@ mod tests {
         let f = dtype.format().unwrap();
         let halves: &[usize] = match dtype {
             Dtype::Q4_1 | Dtype::Q5_1 | Dtype::Q4K | Dtype::Q5K => &[0, 2],
+            Dtype::Q2K => &[80, 82],
+            Dtype::Q3K => &[108],
+            Dtype::Q6K => &[208],
             _ => &[0],
         };
         let mut bytes: Vec<u8> = (0..rows * cols / f.values * f.bytes).map(|_| (rng.uniform() * 256.0) as u8).collect();
@@ -272,24 +354,26 @@ mod tests {
         for dtype in TYPES {
             assert!(supports(dtype));
             let w = random_weight(dtype, rows, cols, &mut rng);
-            let (mut u, mut d, mut m, mut want) = (vec![0u8; cols], vec![0.0; cols / 32], vec![0.0; cols / 32], vec![0.0; cols]);
+            let g = granularity(dtype).unwrap();
+            let (mut u, mut d, mut m, mut want) =
+                (vec![0u8; cols], vec![0.0; cols / g], vec![0.0; cols / g], vec![0.0; cols]);
             for r in 0..rows {
                 unpack_row(dtype, w.row_data(r), &mut u, &mut d, &mut m);
                 w.row_f32(r, &mut want);
                 for (j, &v) in want.iter().enumerate() {
-                    let got = d[j / 32] * u[j] as f32 + m[j / 32];
+                    let got = d[j / g] * u[j] as f32 + m[j / g];
                     assert!((got - v).abs() <= 1e-6 * (1e-3 + v.abs()), "{dtype:?} row {r} value {j}: {got} vs {v}");
                 }
             }
         }
-        assert!(!supports(Dtype::Q6K) && !supports(Dtype::Q3K) && !supports(Dtype::BF16));
+        assert!(!supports(Dtype::BF16) && !supports(Dtype::F32) && !supports(Dtype::Mxfp4));
     }
 
-    /// The GEMM equals the integer dot products of each row and token (the same quantised
-    /// activations, the same integer block sums; only the f32 summation order differs), for
-    /// token counts that are not a multiple of the pass and rows that are not of the panel.
+    /// The GEMM equals the product of the decoded rows with the quantised activations (in f64,
+    /// to the f32 rounding of the sums), for token counts that are not a multiple of the pass and
+    /// rows that are not of the panel; and for the types with integer dot products, those.
     #[test]
-    fn the_gemm_equals_the_row_dot_products() {
+    fn the_gemm_equals_the_decoded_product_and_the_row_dot_products() {
         if !BUILT {
             eprintln!("skipped: qgemm is not built on this CPU (no AVX-512 VNNI)");
             return;
@@ -302,17 +386,22 @@ mod tests {
                 let x: Vec<f32> = (0..n * cols).map(|_| rng.uniform() as f32 * 2.0 - 1.0).collect();
                 let mut y = vec![f32::NAN; n * rows];
                 forward(&w, &x, n, &mut y);
+                let mut wr = vec![0.0; cols];
                 for tok in 0..n {
                     let (mut xq, mut xd) = (vec![0i8; cols], vec![0.0; cols / 32]);
                     quantize_q8_row(&x[tok * cols..(tok + 1) * cols], &mut xq, &mut xd);
                     let xs = block_sums(&xq);
                     for r in 0..rows {
-                        let want = w.dot_row_q8_n(r, [Q8Row { xq: &xq, xd: &xd, xs: &xs }])[0];
                         let got = y[tok * rows + r];
-                        assert!(
-                            (got - want).abs() <= 1e-4 * want.abs().max(1.0),
-                            "{dtype:?} n {n} token {tok} row {r}: {got} vs {want}"
-                        );
+                        w.row_f32(r, &mut wr);
+                        let terms = wr.iter().enumerate().map(|(j, &v)| v as f64 * (xd[j / 32] * xq[j] as f32) as f64);
+                        let (exact, size) = terms.fold((0.0, 0.0), |(s, a), t| (s + t, a + t.abs()));
+                        let what = format!("{dtype:?} n {n} token {tok} row {r}");
+                        assert!((got as f64 - exact).abs() <= 1e-5 * size, "{what}: {got} vs decoded {exact}");
+                        if dtype.has_q8_dot() {
+                            let dot = w.dot_row_q8_n(r, [Q8Row { xq: &xq, xd: &xd, xs: &xs }])[0];
+                            assert!((got - dot).abs() <= 1e-5 * size as f32, "{what}: {got} vs dot {dot}");
+                        }
                     }
                 }
             }
