@@ -3,7 +3,10 @@
 clients, each sending R streamed /v1/completions requests one after another (a bounded loop),
 with the same prompt (token ids) and a fixed number of new tokens (ignore_eos, which moe serve and
 llama-server both accept). Reports, per concurrency level: aggregate generated tokens/s,
-requests/s, time to first token and inter-token latency per request (p50 and p99), failed requests.
+requests/s, time to first token and inter-token latency per request (p50 and p99), failed requests,
+and two checks of what "first token" means for a server: chunks per generated token, and the median
+of each request's longest pause between chunks (a first chunk sent before the prompt is read shows
+as a long pause after it).
 
     python3 scripts/bench_serve.py --url http://127.0.0.1:8080 --model NAME --clients 1 4 16 64
 Prints one JSON line per level (and a table to stderr). Standard library only.
@@ -81,6 +84,10 @@ def level(url, model, clients, per_client, prompt_tokens, max_tokens):
         return round(scale * xs[max(0, math.ceil(q * len(xs)) - 1)], nd) if xs else None
 
     tokens = sum(r[2] or len(r[1]) for r in results)
+    # whether a server's first chunk comes before the prompt is read: then the chunks outnumber
+    # the tokens, or the longest pause falls after the first chunk
+    chunks = sum(len(ts) for _, ts, _ in results)
+    gaps = sorted(max(b - a for a, b in zip(ts, ts[1:])) for _, ts, _ in results if len(ts) > 1)
     return {
         "clients": clients, "requests": len(results), "errors": len(errors), "wall_s": round(wall, 2),
         "tokens_per_s": round(tokens / wall, 2), "requests_per_s": round(len(results) / wall, 3),
@@ -88,6 +95,8 @@ def level(url, model, clients, per_client, prompt_tokens, max_tokens):
         "ttft_p99_s": pct(ttft, 0.99),
         "itl_p50_ms": round(1000 * statistics.median(itl), 1) if itl else None,
         "itl_p99_ms": pct(itl, 0.99, 1000, 1),
+        "chunks_per_token": round(chunks / tokens, 3) if tokens else None,
+        "longest_pause_p50_s": round(statistics.median(gaps), 3) if gaps else None,
         "first_error": errors[0] if errors else None,
     }
 
