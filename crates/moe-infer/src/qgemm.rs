@@ -5,7 +5,8 @@
 //! consecutive values of the 16 rows (a panel). The tokens are quantised to Q8_0 blocks (q, dx,
 //! and per scale block the sum s of q). Per scale block and token the 16 rows take I = sum u q
 //! in eight (or four) `vpdpbusd`, each with 4 activation bytes broadcast, then in f32
-//! y += (d dx) I + m (dx s). Panels are split over the threads; each is unpacked once per call
+//! y += (d dx) I + m (dx s); for the signed types stored with an offset (m = -c d) the sums
+//! start from -c s instead and the second term goes. Panels are split over the threads; each is unpacked once per call
 //! and multiplied with every token, `TOKENS` at a time.
 //! Built where AVX-512 VNNI is (`BUILT`); elsewhere `Linear` decodes panels to f32 instead.
 
@@ -27,6 +28,20 @@ pub fn granularity(dtype: Dtype) -> Option<usize> {
     match dtype {
         Q8_0 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | IQ4NL | Q4K | Q5K | IQ4XS => Some(32),
         Q2K | Q3K | Q6K => Some(16),
+        _ => None,
+    }
+}
+
+/// For the types whose offset is a fixed multiple of the scale (m = -c d: signed values stored
+/// unsigned), c: the offset then starts the integer sums (-c s) instead of costing an FMA.
+fn centre(dtype: Dtype) -> Option<i32> {
+    use Dtype::*;
+    match dtype {
+        Q8_0 | IQ4NL | IQ4XS => Some(128),
+        Q4_0 => Some(8),
+        Q5_0 => Some(16),
+        Q3K => Some(4),
+        Q6K => Some(32),
         _ => None,
     }
 }
@@ -202,19 +217,31 @@ struct Tokens {
     q: Vec<i8>,
     /// dx per token and block of 32.
     d: Vec<f32>,
-    /// dx times the sum of q per token and scale block (of `g` values).
+    /// Per token and scale block (of `g` values) with s the sum of its q: dx s (types with a
+    /// free offset m), or -c s (types centred on c, `centre`) to start the integer sums from.
     ds: Vec<f32>,
+    start: Vec<i32>,
 }
 
 impl Tokens {
-    fn new(x: &[f32], n: usize, cols: usize, g: usize) -> Tokens {
+    fn new(x: &[f32], n: usize, cols: usize, g: usize, centre: Option<i32>) -> Tokens {
         let (nb, ns, padded) = (cols / 32, cols / g, n.div_ceil(TOKENS) * TOKENS);
-        let mut t = Tokens { q: vec![0; padded * cols], d: vec![0.0; padded * nb], ds: vec![0.0; padded * ns] };
+        let mut t = Tokens {
+            q: vec![0; padded * cols],
+            d: vec![0.0; padded * nb],
+            ds: vec![0.0; padded * ns],
+            start: vec![0; padded * ns],
+        };
         for tok in 0..n {
             let (q, d) = (&mut t.q[tok * cols..(tok + 1) * cols], &mut t.d[tok * nb..(tok + 1) * nb]);
             quantize_q8_row(&x[tok * cols..(tok + 1) * cols], q, d);
-            for (k, (ds, qs)) in t.ds[tok * ns..(tok + 1) * ns].iter_mut().zip(q.chunks_exact(g)).enumerate() {
-                *ds = d[k * g / 32] * qs.iter().map(|&v| v as i32).sum::<i32>() as f32;
+            let (ds, start) = (&mut t.ds[tok * ns..(tok + 1) * ns], &mut t.start[tok * ns..(tok + 1) * ns]);
+            for (k, qs) in q.chunks_exact(g).enumerate() {
+                let sum = qs.iter().map(|&v| v as i32).sum::<i32>();
+                match centre {
+                    Some(c) => start[k] = -c * sum,
+                    None => ds[k] = d[k * g / 32] * sum as f32,
+                }
             }
         }
         t
@@ -226,7 +253,8 @@ pub fn forward(w: &Weight, x: &[f32], n: usize, y: &mut [f32]) {
     let g = granularity(w.dtype).filter(|_| BUILT && w.cols.is_multiple_of(32));
     let g = g.expect("qgemm::forward on a weight it cannot multiply (check BUILT and supports)");
     let (cols, nb, ns, out) = (w.cols, w.cols / 32, w.cols / g, w.rows);
-    let tokens = Tokens::new(x, n, cols, g);
+    let centred = centre(w.dtype);
+    let tokens = Tokens::new(x, n, cols, g, centred);
     let padded = n.div_ceil(TOKENS) * TOKENS;
     let panels = out.div_ceil(ROWS);
     // per panel [padded tokens][16 rows], so the panels' outputs are contiguous for the threads
@@ -236,11 +264,17 @@ pub fn forward(w: &Weight, x: &[f32], n: usize, y: &mut [f32]) {
         |(panel, row, rd, rm), (p, tp)| {
             panel.fill(w, p * ROWS, row, rd, rm);
             for (k, tk) in tp.chunks_exact_mut(TOKENS * ROWS).enumerate() {
-                let (q, d, ds) =
-                    (&tokens.q[k * TOKENS * cols..], &tokens.d[k * TOKENS * nb..], &tokens.ds[k * TOKENS * ns..]);
-                match g {
-                    32 => tile::<1>(panel, nb, q, d, ds, tk),
-                    _ => tile::<2>(panel, nb, q, d, ds, tk),
+                let x = TokenGroup {
+                    q: &tokens.q[k * TOKENS * cols..],
+                    d: &tokens.d[k * TOKENS * nb..],
+                    ds: &tokens.ds[k * TOKENS * ns..],
+                    start: &tokens.start[k * TOKENS * ns..],
+                };
+                match (g, centred.is_some()) {
+                    (32, true) => tile::<1, false>(panel, nb, x, tk),
+                    (32, false) => tile::<1, true>(panel, nb, x, tk),
+                    (_, true) => tile::<2, false>(panel, nb, x, tk),
+                    (_, false) => tile::<2, true>(panel, nb, x, tk),
                 }
             }
         },
@@ -254,12 +288,24 @@ pub fn forward(w: &Weight, x: &[f32], n: usize, y: &mut [f32]) {
     }
 }
 
-/// One panel against `TOKENS` tokens (q [TOKENS][cols], d [TOKENS][nb], ds [TOKENS][nb SUB]):
-/// out [TOKENS][16]. SUB scale blocks per block of 32 (1, or 2 for runs of 16).
+/// `TOKENS` tokens of a `Tokens` from the first on: q [TOKENS][cols], d [TOKENS][nb], ds and
+/// start [TOKENS][scale blocks].
+#[derive(Clone, Copy)]
+struct TokenGroup<'a> {
+    q: &'a [i8],
+    d: &'a [f32],
+    ds: &'a [f32],
+    start: &'a [i32],
+}
+
+/// One panel against a group of tokens: out [TOKENS][16]. SUB scale blocks per block of 32 (1,
+/// or 2 for runs of 16); MIN: the type has a free offset m (else its integer sums start from
+/// the tokens' `start`).
 #[cfg(all(target_arch = "x86_64", target_feature = "avx512f", target_feature = "avx512vnni"))]
-fn tile<const SUB: usize>(p: &Panel, nb: usize, q: &[i8], d: &[f32], ds: &[f32], out: &mut [f32]) {
+fn tile<const SUB: usize, const MIN: bool>(p: &Panel, nb: usize, x: TokenGroup, out: &mut [f32]) {
     use std::arch::x86_64::*;
     let (cols, ns) = (32 * nb, SUB * nb);
+    let TokenGroup { q, d, ds, start } = x;
     assert!(
         p.u.len() >= cols * ROWS
             && p.d.len() >= ns * ROWS
@@ -267,17 +313,20 @@ fn tile<const SUB: usize>(p: &Panel, nb: usize, q: &[i8], d: &[f32], ds: &[f32],
             && q.len() >= TOKENS * cols
             && d.len() >= TOKENS * nb
             && ds.len() >= TOKENS * ns
+            && start.len() >= TOKENS * ns
             && out.len() >= TOKENS * ROWS,
         "panel, tokens and output differ"
     );
     // SAFETY: the features are built in (cfg); every read below is inside the slices checked
     // above: u[(8 b + g) 64 .. + 64], d/m[16 k .. + 16] for k < nb SUB, q[t cols + 32 b + 4 g ..
-    // + 4], d[t nb + b], ds[t ns + k], out[16 t .. + 16].
+    // + 4], d[t nb + b], ds/start[t ns + k], out[16 t .. + 16].
     unsafe {
         let mut acc = [_mm512_setzero_ps(); TOKENS];
         for b in 0..nb {
             for s in 0..SUB {
-                let mut sum = [_mm512_setzero_si512(); TOKENS];
+                let k = SUB * b + s;
+                let mut sum: [__m512i; TOKENS] =
+                    std::array::from_fn(|t| _mm512_set1_epi32(*start.get_unchecked(t * ns + k)));
                 for g in s * 8 / SUB..(s + 1) * 8 / SUB {
                     let wv = _mm512_loadu_si512(p.u.as_ptr().add((8 * b + g) * 64) as *const _);
                     for (t, v) in sum.iter_mut().enumerate() {
@@ -285,13 +334,14 @@ fn tile<const SUB: usize>(p: &Panel, nb: usize, q: &[i8], d: &[f32], ds: &[f32],
                         *v = _mm512_dpbusd_epi32(*v, wv, _mm512_set1_epi32(xv));
                     }
                 }
-                let k = SUB * b + s;
                 let dv = _mm512_loadu_ps(p.d.as_ptr().add(k * ROWS));
                 let mv = _mm512_loadu_ps(p.m.as_ptr().add(k * ROWS));
                 for (t, (a, v)) in acc.iter_mut().zip(sum).enumerate() {
                     let scale = _mm512_mul_ps(dv, _mm512_set1_ps(*d.get_unchecked(t * nb + b)));
                     *a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(v), scale, *a);
-                    *a = _mm512_fmadd_ps(mv, _mm512_set1_ps(*ds.get_unchecked(t * ns + k)), *a);
+                    if MIN {
+                        *a = _mm512_fmadd_ps(mv, _mm512_set1_ps(*ds.get_unchecked(t * ns + k)), *a);
+                    }
                 }
             }
         }
@@ -302,7 +352,7 @@ fn tile<const SUB: usize>(p: &Panel, nb: usize, q: &[i8], d: &[f32], ds: &[f32],
 }
 
 #[cfg(not(all(target_arch = "x86_64", target_feature = "avx512f", target_feature = "avx512vnni")))]
-fn tile<const SUB: usize>(_: &Panel, _: usize, _: &[i8], _: &[f32], _: &[f32], _: &mut [f32]) {
+fn tile<const SUB: usize, const MIN: bool>(_: &Panel, _: usize, _: TokenGroup, _: &mut [f32]) {
     unreachable!("qgemm::forward checks BUILT")
 }
 
