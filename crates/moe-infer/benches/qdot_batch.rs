@@ -1,7 +1,8 @@
 //! Integer products of a batch of tokens against one quantised weight (a batched decode step,
 //! a prefill chunk): the plain kernels (`dot_row_q8_n`, activations shuffled per row) against
-//! the same kernels on activations laid out once (`dot_row_lanes_n`), and the whole
-//! `Linear::forward` at 1-64 tokens; one thread, a 2048 x 1024 weight (4 MiB of f32, a
+//! the same kernels on activations laid out once (`dot_row_lanes_n`), the whole
+//! `Linear::forward` at 1-256 tokens, and its three paths for many tokens side by side (dot
+//! products, f32 panels, the int8 GEMM of `qgemm`) at 8-512 tokens; one thread, a 2048 x 1024 weight (4 MiB of f32, a
 //! Mixtral-shaped expert's up-projection; `QDOT_SHAPE=ROWSxCOLS` for another), median of 15
 //! repetitions. Note that the four-token kernel pass streams the whole weight (2.2 MB of Q8_0)
 //! per pass, so it is bound by the read bandwidth; `Linear::forward` reuses weight rows across
@@ -17,6 +18,25 @@ use moe_infer::weight::{quantize_q8_row, Dtype, Quant, Weight};
 /// Median seconds of 15 calls after one warm-up call.
 fn median(f: impl FnMut()) -> f64 {
     moe_engine::bench::median_secs(1, 15, f)
+}
+
+/// The three paths of `Linear` for many tokens side by side, ns per token and row.
+fn paths(pool: &rayon::ThreadPool, w: Weight, rnd: &mut impl FnMut() -> f32) {
+    let (o, i) = (w.rows, w.cols);
+    let lin = Linear::new(w, None);
+    println!("  {:?} {o}x{i}: tokens, then ns per token and row: dot products, f32 panels, int8 GEMM", lin.w.dtype);
+    for n in [8, 16, 32, 48, 64, 96, 128, 256, 512] {
+        let x: Vec<f32> = (0..n * i).map(|_| rnd()).collect();
+        let mut y = vec![0f32; n * o];
+        let per = |s: f64| s * 1e9 / (n * o) as f64;
+        let dots = pool.install(|| median(|| lin.dot_rows(&x, n, &mut y)));
+        let panels = pool.install(|| median(|| lin.panels_out(&x, n, &mut y, false)));
+        let gemm = match qgemm::BUILT {
+            true => format!("{:9.1}", per(pool.install(|| median(|| qgemm::forward(&lin.w, &x, n, &mut y))))),
+            false => "        -".into(),
+        };
+        println!("  {n:>6}  {:12.1}  {:10.1}  {gemm}", per(dots), per(panels));
+    }
 }
 
 fn main() {
@@ -59,21 +79,24 @@ fn main() {
             laid * 1e3,
             plain / laid
         );
-        let lin = Linear::new(w, None);
+        let lin = Linear::new(w.clone(), None);
         for n in [1, 4, 16, 64, 65, 256] {
             let x: Vec<f32> = (0..n * i).map(|_| rnd()).collect();
             let mut y = vec![0f32; n * o];
             let s = pool.install(|| median(|| lin.forward(&x, n, &mut y)));
-            print!(
+            println!(
                 "  Linear::forward, {n:>3} tokens: {:.3} ms, {:.1} ns per token and row",
                 s * 1e3,
                 s * 1e9 / (n * o) as f64
             );
-            if qgemm::BUILT && n >= 16 {
-                let g = pool.install(|| median(|| qgemm::forward(&lin.w, &x, n, &mut y)));
-                print!("; int8 GEMM {:.1} ns ({:.2}x)", g * 1e9 / (n * o) as f64, s / g);
-            }
-            println!();
         }
+        paths(&pool, w, &mut rnd);
+    }
+    // the k-quants of Q4_K_M files (random blocks: the time does not depend on the values)
+    let mut brng = Rng::new(2);
+    for dtype in [Dtype::Q4K, Dtype::Q6K] {
+        let f = dtype.format().expect("a block format");
+        let w = Weight::from_bytes(f.random_blocks(o * i / f.values, &mut brng), dtype, o, i).expect("whole blocks");
+        paths(&pool, w, &mut rnd);
     }
 }

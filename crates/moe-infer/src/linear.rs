@@ -75,7 +75,7 @@ impl Linear {
     /// over the tokens in blocks of `TOKEN_BLOCK`. Types with integer kernels take the tokens
     /// quantised to Q8_0 blocks (laid out once for the pair kernels where the type has one),
     /// four, two or one per kernel call.
-    fn dot_rows(&self, x: &[f32], n: usize, y: &mut [f32]) {
+    pub fn dot_rows(&self, x: &[f32], n: usize, y: &mut [f32]) {
         let (i, o) = (self.inp, self.out);
         const CHUNK: usize = 64;
         let q8 = self.w.dtype.has_q8_dot();
@@ -137,8 +137,9 @@ impl Linear {
         }
     }
 
-    /// [out, in] weight: panel of output rows -> columns of y.
-    fn panels_out(&self, x: &[f32], n: usize, y: &mut [f32], par: bool) {
+    /// [out, in] weight: panel of output rows -> columns of y (public for the benchmarks that
+    /// compare the paths).
+    pub fn panels_out(&self, x: &[f32], n: usize, y: &mut [f32], par: bool) {
         let per = (PANEL / self.inp).max(1);
         for o0 in (0..self.out).step_by(per) {
             let m = per.min(self.out - o0);

@@ -376,24 +376,9 @@ mod tests {
         Dtype::Q6K,
     ];
 
-    /// A weight of random bytes in `dtype` whose f16 fields (scales, mins) are finite.
     fn random_weight(dtype: Dtype, rows: usize, cols: usize, rng: &mut moe_engine::rng::Rng) -> Weight {
         let f = dtype.format().unwrap();
-        let halves: &[usize] = match dtype {
-            Dtype::Q4_1 | Dtype::Q5_1 | Dtype::Q4K | Dtype::Q5K => &[0, 2],
-            Dtype::Q2K => &[80, 82],
-            Dtype::Q3K => &[108],
-            Dtype::Q6K => &[208],
-            _ => &[0],
-        };
-        let mut bytes: Vec<u8> = (0..rows * cols / f.values * f.bytes).map(|_| (rng.uniform() * 256.0) as u8).collect();
-        for blk in bytes.chunks_exact_mut(f.bytes) {
-            for &at in halves {
-                let v = half::f16::from_f32((rng.uniform() as f32 - 0.3) * 0.02);
-                blk[at..at + 2].copy_from_slice(&v.to_bits().to_le_bytes());
-            }
-        }
-        Weight::from_bytes(bytes, dtype, rows, cols).unwrap()
+        Weight::from_bytes(f.random_blocks(rows * cols / f.values, rng), dtype, rows, cols).unwrap()
     }
 
     /// Every supported type: the unpacked form d u + m equals the format's own decoder.

@@ -35,20 +35,37 @@ pub struct Format {
     pub bytes: usize,
     /// Decodes whole blocks `b` into y (y.len() = blocks x values).
     pub decode: fn(&[u8], &mut [f32]),
+    /// Byte offsets of the block's f16 fields (scales, mins).
+    pub halves: &'static [usize],
 }
 
-pub const Q8_0: Format = Format { name: "Q8_0", values: 32, bytes: 34, decode: decode_q8_0 };
-pub const Q4_0: Format = Format { name: "Q4_0", values: 32, bytes: 18, decode: decode_q4_0 };
-pub const Q4_1: Format = Format { name: "Q4_1", values: 32, bytes: 20, decode: decode_q4_1 };
-pub const Q5_0: Format = Format { name: "Q5_0", values: 32, bytes: 22, decode: decode_q5_0 };
-pub const Q5_1: Format = Format { name: "Q5_1", values: 32, bytes: 24, decode: decode_q5_1 };
-pub const IQ4_NL: Format = Format { name: "IQ4_NL", values: 32, bytes: 18, decode: decode_iq4_nl };
-pub const Q2_K: Format = Format { name: "Q2_K", values: 256, bytes: 84, decode: decode_q2_k };
-pub const Q3_K: Format = Format { name: "Q3_K", values: 256, bytes: 110, decode: decode_q3_k };
-pub const Q4_K: Format = Format { name: "Q4_K", values: 256, bytes: 144, decode: decode_q4_k };
-pub const Q5_K: Format = Format { name: "Q5_K", values: 256, bytes: 176, decode: decode_q5_k };
-pub const Q6_K: Format = Format { name: "Q6_K", values: 256, bytes: 210, decode: decode_q6_k };
-pub const IQ4_XS: Format = Format { name: "IQ4_XS", values: 256, bytes: 136, decode: decode_iq4_xs };
+impl Format {
+    /// `blocks` blocks of random bytes whose f16 fields are finite and small (in [-0.006,
+    /// 0.014]): rows of every value this format can hold, for tests and benchmarks.
+    pub fn random_blocks(&self, blocks: usize, rng: &mut moe_engine::rng::Rng) -> Vec<u8> {
+        let mut bytes: Vec<u8> = (0..blocks * self.bytes).map(|_| (rng.uniform() * 256.0) as u8).collect();
+        for blk in bytes.chunks_exact_mut(self.bytes) {
+            for &at in self.halves {
+                let v = half::f16::from_f32((rng.uniform() as f32 - 0.3) * 0.02);
+                blk[at..at + 2].copy_from_slice(&v.to_bits().to_le_bytes());
+            }
+        }
+        bytes
+    }
+}
+
+pub const Q8_0: Format = Format { name: "Q8_0", values: 32, bytes: 34, decode: decode_q8_0, halves: &[0] };
+pub const Q4_0: Format = Format { name: "Q4_0", values: 32, bytes: 18, decode: decode_q4_0, halves: &[0] };
+pub const Q4_1: Format = Format { name: "Q4_1", values: 32, bytes: 20, decode: decode_q4_1, halves: &[0, 2] };
+pub const Q5_0: Format = Format { name: "Q5_0", values: 32, bytes: 22, decode: decode_q5_0, halves: &[0] };
+pub const Q5_1: Format = Format { name: "Q5_1", values: 32, bytes: 24, decode: decode_q5_1, halves: &[0, 2] };
+pub const IQ4_NL: Format = Format { name: "IQ4_NL", values: 32, bytes: 18, decode: decode_iq4_nl, halves: &[0] };
+pub const Q2_K: Format = Format { name: "Q2_K", values: 256, bytes: 84, decode: decode_q2_k, halves: &[80, 82] };
+pub const Q3_K: Format = Format { name: "Q3_K", values: 256, bytes: 110, decode: decode_q3_k, halves: &[108] };
+pub const Q4_K: Format = Format { name: "Q4_K", values: 256, bytes: 144, decode: decode_q4_k, halves: &[0, 2] };
+pub const Q5_K: Format = Format { name: "Q5_K", values: 256, bytes: 176, decode: decode_q5_k, halves: &[0, 2] };
+pub const Q6_K: Format = Format { name: "Q6_K", values: 256, bytes: 210, decode: decode_q6_k, halves: &[208] };
+pub const IQ4_XS: Format = Format { name: "IQ4_XS", values: 256, bytes: 136, decode: decode_iq4_xs, halves: &[0] };
 
 /// Every block format moe reads.
 pub const FORMATS: [&Format; 12] =
