@@ -76,7 +76,7 @@ impl Quant {
 use crate::quants::q4_values;
 
 impl Dtype {
-    const ALL: [Dtype; 17] = [
+    pub(crate) const ALL: [Dtype; 17] = [
         Dtype::F32,
         Dtype::F16,
         Dtype::BF16,
