@@ -1,7 +1,7 @@
 //! y = x W^T + b over a memory-mapped weight of any dtype. F32 weights are multiplied in place;
-//! a few tokens take dot products of the rows in place; many tokens over block-quantised
-//! weights take the int8 GEMM (`qgemm`) where it is built; the others are decoded in panels of
-//! rows into a small per-thread buffer and multiplied panel by panel, so the weights are never
+//! block-quantised weights take the int8 GEMM (`qgemm`) from 8 or 16 tokens on where it is
+//! built; a few tokens take dot products of the rows in place; the others are decoded in panels
+//! of rows into a small per-thread buffer and multiplied panel by panel, so the weights are never
 //! copied whole.
 
 use crate::qdot::{Lanes, Q8Row};
@@ -55,8 +55,8 @@ impl Linear {
         let (x, y) = (&x[..n * i], &mut y[..n * o]);
         let par = n * i * o > 1 << 18;
         match (self.w.as_f32(), self.transposed) {
+            (None, false) if n >= qgemm::min_tokens(self.w.dtype) => qgemm::forward(&self.w, x, n, y),
             (None, false) if n <= DOT_ROWS_DECODED => self.dot_rows(x, n, y),
-            (None, false) if qgemm::BUILT && qgemm::supports(self.w.dtype) => qgemm::forward(&self.w, x, n, y),
             (_, false) if n <= DOT_ROWS => self.dot_rows(x, n, y),
             (Some(w), false) => matmul(y, Mat::new(x, n, i), Mat::new(w, o, i).t(), false, par),
             (Some(w), true) => matmul(y, Mat::new(x, n, i), Mat::new(w, i, o), false, par),
@@ -182,9 +182,10 @@ mod tests {
     use super::*;
     use crate::weight::{Dtype, Quant};
 
-    /// A batch of tokens through the integer kernels (laid-out activations, in blocks of
+    /// A batch of tokens through the integer dot products (laid-out activations, in blocks of
     /// tokens, four, two and one at a time) gives each token exactly what it gets alone, for
-    /// rows of odd and even block counts; and close to the f32 product of the decoded weight.
+    /// rows of odd and even block counts; and `forward` (which takes the int8 GEMM for the larger
+    /// batches where it is built) is close to the f32 product of the decoded weight.
     #[test]
     fn batched_integer_products_equal_one_token_at_a_time() {
         let mut rng = moe_engine::rng::Rng::new(3);
@@ -200,15 +201,17 @@ mod tests {
                 let lin = Linear::new(q, None);
                 for n in [1, 2, 3, 5, 9, 17, 64] {
                     let x: Vec<f32> = (0..n * cols).map(|_| rnd()).collect();
-                    let mut y = vec![0.0; n * rows];
-                    lin.forward(&x, n, &mut y);
+                    let (mut y, mut batch) = (vec![0.0; n * rows], vec![0.0; n * rows]);
+                    lin.dot_rows(&x, n, &mut y);
+                    lin.forward(&x, n, &mut batch);
                     let mut want = vec![0.0; n * rows];
                     decoded.forward(&x, n, &mut want);
                     for t in 0..n {
                         let mut one = vec![0.0; rows];
                         lin.forward(&x[t * cols..(t + 1) * cols], 1, &mut one);
                         assert_eq!(&y[t * rows..(t + 1) * rows], &one[..], "{quant:?} {cols} cols, token {t} of {n}");
-                        for (r, (a, b)) in one.iter().zip(&want[t * rows..(t + 1) * rows]).enumerate() {
+                        let got = one.iter().chain(&batch[t * rows..(t + 1) * rows]);
+                        for (r, (a, b)) in got.zip(want[t * rows..(t + 1) * rows].iter().cycle()).enumerate() {
                             // activations quantised to 8 bits per block: a small relative error
                             assert!((a - b).abs() <= 0.02 * cols as f32 / 32.0, "{quant:?} row {r}: {a} vs {b}");
                         }

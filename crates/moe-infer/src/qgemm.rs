@@ -10,7 +10,7 @@
 //! and multiplied with every token, `TOKENS` at a time.
 //! Built where AVX-512 VNNI is (`BUILT`); elsewhere `Linear` decodes panels to f32 instead.
 
-use crate::quants::{nibbles, scale_min, IQ4};
+use crate::quants::{scale_min, IQ4};
 use crate::weight::{quantize_q8_row, Dtype, Weight};
 use rayon::prelude::*;
 
@@ -46,6 +46,20 @@ fn centre(dtype: Dtype) -> Option<i32> {
     }
 }
 
+/// From how many tokens this GEMM beats the dot products of `Linear` on rows of `dtype`
+/// (usize::MAX where it is not built or the type has no GEMM form). Measured with `cargo bench
+/// -p moe-infer --bench qdot_batch` (2048 x 1024, one thread, AMD EPYC Zen 4, 2026-12-07): Q8_0
+/// and Q4_0 cross over between 8 and 16 tokens (at 16: 19.6 and 17.2 against 27.0 and 26 ns per
+/// token and row), the super-block types below 8 (at 8: Q4_K 26.5 against 49.2, Q6_K 26.5
+/// against 58.0).
+pub fn min_tokens(dtype: Dtype) -> usize {
+    match (BUILT, dtype.format()) {
+        (true, Some(f)) if supports(dtype) && f.values == 256 => 8,
+        (true, Some(_)) if supports(dtype) => 16,
+        _ => usize::MAX,
+    }
+}
+
 /// Whether rows of `dtype` unpack to this GEMM's form.
 pub fn supports(dtype: Dtype) -> bool {
     granularity(dtype).is_some()
@@ -55,36 +69,67 @@ fn f16(b: &[u8]) -> f32 {
     half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32()
 }
 
+/// IQ4_NL's levels stored unsigned (level + 128).
+const IQ4U: [u8; 16] = {
+    let mut t = [0u8; 16];
+    let mut i = 0;
+    while i < 16 {
+        t[i] = (IQ4[i] as u8) ^ 0x80;
+        i += 1;
+    }
+    t
+};
+
+/// The 32 values of 16 nibble bytes (value j in the low nibble of byte j, j + 16 in its high
+/// one), with bit j of `fifth` as value j's fifth bit (Q5_0, Q5_1), into u[..32].
+#[inline(always)]
+fn nibbles_into(qs: &[u8], fifth: u32, u: &mut [u8]) {
+    let qs: &[u8; 16] = qs[..16].try_into().expect("16 bytes");
+    let u: &mut [u8; 32] = (&mut u[..32]).try_into().expect("32 values");
+    for j in 0..16 {
+        u[j] = (qs[j] & 0xF) | ((((fifth >> j) & 1) as u8) << 4);
+        u[j + 16] = (qs[j] >> 4) | ((((fifth >> (j + 16)) & 1) as u8) << 4);
+    }
+}
+
 /// Row `row` (bytes of a `supports` type) as unsigned values u[cols] and per scale block (of
 /// `granularity` values) the scale d and offset m, so that value j is d[j / g] u[j] + m[j / g].
 pub fn unpack_row(dtype: Dtype, row: &[u8], u: &mut [u8], d: &mut [f32], m: &mut [f32]) {
-    // signed values v in [-128, 127] with one scale: u = v + 128, m = -128 d
-    let signed = |v: [i8; 32], u: &mut [u8]| u.iter_mut().zip(v).for_each(|(o, v)| *o = (v as u8) ^ 0x80);
     let (us, ds, ms) = (u.chunks_exact_mut(32), d.iter_mut(), m.iter_mut());
     match dtype {
         Dtype::Q8_0 | Dtype::Q4_0 | Dtype::Q4_1 | Dtype::Q5_0 | Dtype::Q5_1 | Dtype::IQ4NL => {
             let bb = dtype.format().map_or(1, |f| f.bytes);
             for (((blk, u), d), m) in row.chunks_exact(bb).zip(us).zip(ds).zip(ms) {
                 *d = f16(blk);
-                let hi = |at: usize| Some(u32::from_le_bytes([blk[at], blk[at + 1], blk[at + 2], blk[at + 3]]));
-                let (q, offset) = match dtype {
+                let fifth = |at: usize| u32::from_le_bytes([blk[at], blk[at + 1], blk[at + 2], blk[at + 3]]);
+                *m = match dtype {
                     Dtype::Q8_0 => {
-                        signed(std::array::from_fn(|j| blk[2 + j] as i8), u);
-                        (None, -128.0 * *d)
+                        // signed values stored unsigned: u = v + 128
+                        u.iter_mut().zip(&blk[2..34]).for_each(|(o, &v)| *o = v ^ 0x80);
+                        -128.0 * *d
                     }
                     Dtype::IQ4NL => {
-                        signed(nibbles(&blk[2..], None).map(|q| IQ4[q as usize]), u);
-                        (None, -128.0 * *d)
+                        nibbles_into(&blk[2..], 0, u);
+                        u.iter_mut().for_each(|o| *o = IQ4U[*o as usize & 15]);
+                        -128.0 * *d
                     }
-                    Dtype::Q4_0 => (Some(nibbles(&blk[2..], None)), -8.0 * *d),
-                    Dtype::Q5_0 => (Some(nibbles(&blk[6..], hi(2))), -16.0 * *d),
-                    Dtype::Q4_1 => (Some(nibbles(&blk[4..], None)), f16(&blk[2..])),
-                    _ => (Some(nibbles(&blk[8..], hi(4))), f16(&blk[2..])), // Q5_1
+                    Dtype::Q4_0 => {
+                        nibbles_into(&blk[2..], 0, u);
+                        -8.0 * *d
+                    }
+                    Dtype::Q5_0 => {
+                        nibbles_into(&blk[6..], fifth(2), u);
+                        -16.0 * *d
+                    }
+                    Dtype::Q4_1 => {
+                        nibbles_into(&blk[4..], 0, u);
+                        f16(&blk[2..])
+                    }
+                    _ => {
+                        nibbles_into(&blk[8..], fifth(4), u); // Q5_1
+                        f16(&blk[2..])
+                    }
                 };
-                if let Some(q) = q {
-                    u.copy_from_slice(&q);
-                }
-                *m = offset;
             }
         }
         Dtype::Q4K | Dtype::Q5K => {
@@ -93,13 +138,19 @@ pub fn unpack_row(dtype: Dtype, row: &[u8], u: &mut [u8], d: &mut [f32], m: &mut
             let mut parts = us.zip(ds).zip(ms);
             for blk in row.chunks_exact(bb) {
                 let (dd, dmin) = (f16(blk), f16(&blk[2..]));
-                let (high, qs) = if five { (&blk[16..48], &blk[48..]) } else { (&[0u8; 32][..], &blk[16..]) };
+                let (high, qs): (&[u8; 32], &[u8]) = match five {
+                    true => (blk[16..48].try_into().expect("32 bytes"), &blk[48..]),
+                    false => (&[0; 32], &blk[16..]),
+                };
                 for s in 0..8 {
                     let Some(((u, d), m)) = parts.next() else { return };
-                    let (sc, mn) = scale_min(s, &blk[4..16]);
-                    for (l, o) in u.iter_mut().enumerate() {
-                        *o = ((qs[32 * (s / 2) + l] >> (4 * (s % 2))) & 0xF) | (((high[l] >> s) & 1) << 4);
+                    let q: &[u8; 32] = qs[32 * (s / 2)..32 * (s / 2) + 32].try_into().expect("32 bytes");
+                    let (shift, u): (u32, &mut [u8; 32]) = (4 * (s as u32 % 2), u.try_into().expect("32 values"));
+                    match five {
+                        true => (0..32).for_each(|l| u[l] = ((q[l] >> shift) & 0xF) | (((high[l] >> s) & 1) << 4)),
+                        false => (0..32).for_each(|l| u[l] = (q[l] >> shift) & 0xF),
                     }
+                    let (sc, mn) = scale_min(s, &blk[4..16]);
                     (*d, *m) = (dd * sc as f32, -dmin * mn as f32);
                 }
             }
@@ -110,7 +161,8 @@ pub fn unpack_row(dtype: Dtype, row: &[u8], u: &mut [u8], d: &mut [f32], m: &mut
                 let dd = f16(blk);
                 for (ib, qs) in blk[8..].chunks_exact(16).enumerate() {
                     let Some(((u, d), m)) = parts.next() else { return };
-                    signed(nibbles(qs, None).map(|q| IQ4[q as usize]), u);
+                    nibbles_into(qs, 0, u);
+                    u.iter_mut().for_each(|o| *o = IQ4U[*o as usize & 15]);
                     *d = dd * crate::quants::iq4_xs_scale(blk, ib) as f32;
                     *m = -128.0 * *d;
                 }
@@ -118,41 +170,45 @@ pub fn unpack_row(dtype: Dtype, row: &[u8], u: &mut [u8], d: &mut [f32], m: &mut
         }
         Dtype::Q2K | Dtype::Q3K | Dtype::Q6K => {
             let bb = dtype.format().map_or(1, |f| f.bytes);
-            let mut v = [0.0f32; crate::quants::QK_K];
             for ((blk, u), (d, m)) in row
                 .chunks_exact(bb)
                 .zip(u.chunks_exact_mut(256))
                 .zip(d.chunks_exact_mut(16).zip(m.chunks_exact_mut(16)))
             {
-                super_block_16(dtype, blk, &mut v, d, m);
-                u.iter_mut().zip(&v).for_each(|(o, &q)| *o = q as u8);
+                super_block_16(dtype, blk, u.try_into().expect("256 values"), d, m);
             }
         }
         other => unreachable!("{other:?} is not a qgemm type (supports is false)"),
     }
 }
 
-/// One Q2_K, Q3_K or Q6_K super-block: its 256 unsigned values (as f32, in v) and the scale and
-/// offset of each run of 16.
-fn super_block_16(dtype: Dtype, blk: &[u8], v: &mut [f32; 256], d: &mut [f32], m: &mut [f32]) {
-    use crate::quants::two_bit_runs;
+/// One Q2_K, Q3_K or Q6_K super-block: its 256 unsigned values u and the scale and offset of
+/// each run of 16.
+fn super_block_16(dtype: Dtype, blk: &[u8], u: &mut [u8; 256], d: &mut [f32], m: &mut [f32]) {
+    // Q2_K and Q3_K: value 128 h + 32 j + l holds bits 2j, 2j + 1 of byte l of half h's 32
+    let two_bits = |qs: &[u8], u: &mut [u8; 256], high: &dyn Fn(usize, usize, usize) -> u8| {
+        for h in 0..2 {
+            let q: &[u8; 32] = qs[32 * h..32 * h + 32].try_into().expect("32 bytes");
+            for j in 0..4 {
+                for l in 0..32 {
+                    u[128 * h + 32 * j + l] = ((q[l] >> (2 * j)) & 3) | high(h, j, l);
+                }
+            }
+        }
+    };
     match dtype {
         Dtype::Q2K => {
             // w = d (sc & 15) q - dmin (sc >> 4), q in [0, 3]
             let (sc, dd, dmin) = (&blk[..16], f16(&blk[80..]), f16(&blk[82..]));
-            two_bit_runs(&blk[16..80], v, |_, _, q| q as f32);
+            two_bits(&blk[16..80], u, &|_, _, _| 0);
             for r in 0..16 {
                 (d[r], m[r]) = (dd * (sc[r] & 0xF) as f32, -dmin * (sc[r] >> 4) as f32);
             }
         }
         Dtype::Q3K => {
-            // w = d sc (q - sub), q - sub in [-4, 3]: u = q - sub + 4, m = -4 d sc
+            // w = d sc (q - 4 unless the high bit is set): u = q + 4 high, m = -4 d sc
             let (hm, sc, dd) = (&blk[..32], crate::quants::q3_scales(&blk[96..108]), f16(&blk[108..]));
-            two_bit_runs(&blk[32..96], v, |run, l, q| {
-                let bit = 4 * (run / 8) + run / 2 % 4;
-                let sub = if hm[l % 32] >> bit & 1 == 1 { 0 } else { 4 };
-                (q as i32 - sub + 4) as f32
-            });
+            two_bits(&blk[32..96], u, &|h, j, l| ((hm[l] >> (4 * h + j)) & 1) << 2);
             for r in 0..16 {
                 d[r] = dd * sc[r] as f32;
                 m[r] = -4.0 * d[r];
@@ -162,14 +218,15 @@ fn super_block_16(dtype: Dtype, blk: &[u8], v: &mut [f32; 256], d: &mut [f32], m
             // Q6_K: w = d sc (q - 32), q in [0, 63]
             let dd = f16(&blk[208..210]);
             for h in 0..2 {
-                let (ql, qh) = (&blk[64 * h..64 * h + 64], &blk[128 + 32 * h..128 + 32 * h + 32]);
+                let ql: &[u8; 64] = blk[64 * h..64 * h + 64].try_into().expect("64 bytes");
+                let qh: &[u8; 32] = blk[128 + 32 * h..128 + 32 * h + 32].try_into().expect("32 bytes");
+                let u: &mut [u8; 128] = (&mut u[128 * h..128 * h + 128]).try_into().expect("128 values");
                 for l in 0..32 {
                     let (a, b, c) = (ql[l], ql[l + 32], qh[l]);
-                    let at = 128 * h + l;
-                    v[at] = ((a & 0xF) | ((c & 3) << 4)) as f32;
-                    v[at + 32] = ((b & 0xF) | (((c >> 2) & 3) << 4)) as f32;
-                    v[at + 64] = ((a >> 4) | (((c >> 4) & 3) << 4)) as f32;
-                    v[at + 96] = ((b >> 4) | (((c >> 6) & 3) << 4)) as f32;
+                    u[l] = (a & 0xF) | ((c & 3) << 4);
+                    u[l + 32] = (b & 0xF) | (((c >> 2) & 3) << 4);
+                    u[l + 64] = (a >> 4) | (((c >> 4) & 3) << 4);
+                    u[l + 96] = (b >> 4) | (((c >> 6) & 3) << 4);
                 }
             }
             for r in 0..16 {
@@ -189,12 +246,15 @@ struct Panel {
 }
 
 impl Panel {
-    fn fill(&mut self, w: &Weight, r0: usize, row: &mut [u8], rd: &mut [f32], rm: &mut [f32]) {
-        let (cols, nb) = (w.cols, rd.len());
+    /// Unpacks rows r0.. r0 + 16 of w: each row into `stage` ([16][cols], row-major), then
+    /// interleaved; rd, rm hold one row's scales and offsets.
+    fn fill(&mut self, w: &Weight, r0: usize, stage: &mut Vec<u8>, rd: &mut [f32], rm: &mut [f32]) {
+        let (cols, ns) = (w.cols, rd.len());
         self.u.resize(cols * ROWS, 0);
-        self.d.resize(nb * ROWS, 0.0);
-        self.m.resize(nb * ROWS, 0.0);
-        for r in 0..ROWS {
+        self.d.resize(ns * ROWS, 0.0);
+        self.m.resize(ns * ROWS, 0.0);
+        stage.resize(cols * ROWS, 0);
+        for (r, row) in stage.chunks_exact_mut(cols).enumerate() {
             if r0 + r < w.rows {
                 unpack_row(w.dtype, w.row_data(r0 + r), row, rd, rm);
             } else {
@@ -202,12 +262,39 @@ impl Panel {
                 rd.fill(0.0);
                 rm.fill(0.0);
             }
-            for (g, v) in row.chunks_exact(4).enumerate() {
-                self.u[g * 4 * ROWS + 4 * r..g * 4 * ROWS + 4 * r + 4].copy_from_slice(v);
+            for k in 0..ns {
+                (self.d[k * ROWS + r], self.m[k * ROWS + r]) = (rd[k], rm[k]);
             }
-            for b in 0..nb {
-                (self.d[b * ROWS + r], self.m[b * ROWS + r]) = (rd[b], rm[b]);
-            }
+        }
+        interleave(stage, cols, &mut self.u);
+    }
+}
+
+/// u[g][r][0..4] = stage[r][4 g..4 g + 4] for the 16 rows: one gather of 16 groups of 4 bytes
+/// (a 32-bit lane each) per group.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx512f", target_feature = "avx512vnni"))]
+fn interleave(stage: &[u8], cols: usize, u: &mut [u8]) {
+    use std::arch::x86_64::*;
+    assert!(stage.len() >= ROWS * cols && u.len() >= ROWS * cols && ROWS * cols < i32::MAX as usize);
+    // SAFETY: the features are built in; lane r reads stage[r cols + 4 g .. + 4] and the store
+    // writes u[64 g .. + 64], inside the slices for g < cols / 4 (checked above).
+    unsafe {
+        let at = _mm512_mullo_epi32(
+            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+            _mm512_set1_epi32(cols as i32),
+        );
+        for g in 0..cols / 4 {
+            let v = _mm512_i32gather_epi32::<1>(at, stage.as_ptr().add(4 * g) as *const _);
+            _mm512_storeu_si512(u.as_mut_ptr().add(64 * g) as *mut _, v);
+        }
+    }
+}
+
+#[cfg(not(all(target_arch = "x86_64", target_feature = "avx512f", target_feature = "avx512vnni")))]
+fn interleave(stage: &[u8], cols: usize, u: &mut [u8]) {
+    for (g, dst) in u.chunks_exact_mut(4 * ROWS).enumerate() {
+        for (r, d) in dst.chunks_exact_mut(4).enumerate() {
+            d.copy_from_slice(&stage[r * cols + 4 * g..r * cols + 4 * g + 4]);
         }
     }
 }
@@ -260,9 +347,9 @@ pub fn forward(w: &Weight, x: &[f32], n: usize, y: &mut [f32]) {
     // per panel [padded tokens][16 rows], so the panels' outputs are contiguous for the threads
     let mut t = vec![0.0f32; panels * padded * ROWS];
     t.par_chunks_mut(padded * ROWS).enumerate().for_each_init(
-        || (Panel { u: vec![], d: vec![], m: vec![] }, vec![0u8; cols], vec![0.0; ns], vec![0.0; ns]),
-        |(panel, row, rd, rm), (p, tp)| {
-            panel.fill(w, p * ROWS, row, rd, rm);
+        || (Panel { u: vec![], d: vec![], m: vec![] }, vec![], vec![0.0; ns], vec![0.0; ns]),
+        |(panel, stage, rd, rm), (p, tp)| {
+            panel.fill(w, p * ROWS, stage, rd, rm);
             for (k, tk) in tp.chunks_exact_mut(TOKENS * ROWS).enumerate() {
                 let x = TokenGroup {
                     q: &tokens.q[k * TOKENS * cols..],
