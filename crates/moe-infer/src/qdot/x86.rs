@@ -47,6 +47,19 @@ fn f16x8(b: &[u8]) -> __m256 {
     unsafe { _mm256_cvtph_ps(_mm_set1_epi16(u16::from_le_bytes([b[0], b[1]]) as i16)) }
 }
 
+/// Lane s of the result: the sum of the 8 lanes of v[s].
+#[inline(always)]
+fn lane_sums(v: [__m256i; 8]) -> __m256i {
+    unsafe {
+        // pairwise: [v0 v1 v0 v1 | v0 v1 v0 v1]-style partial sums, then the two halves added
+        let (a, b) = (_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
+        let (c, d) = (_mm256_hadd_epi32(v[4], v[5]), _mm256_hadd_epi32(v[6], v[7]));
+        let (ab, cd) = (_mm256_hadd_epi32(a, b), _mm256_hadd_epi32(c, d));
+        // ab = [s0 s1 s2 s3 (low halves) | s0 s1 s2 s3 (high halves)], cd the same for 4-7
+        _mm256_add_epi32(_mm256_permute2x128_si256::<0x20>(ab, cd), _mm256_permute2x128_si256::<0x31>(ab, cd))
+    }
+}
+
 #[inline(always)]
 pub(super) fn hsum(v: __m256) -> f32 {
     unsafe {
@@ -257,6 +270,7 @@ pub fn dot_q45_k(row: &[u8], x: Q8Row, five: bool) -> f32 {
             let qs = blk.as_ptr().add(if five { 48 } else { 16 });
             let high =
                 if five { _mm256_loadu_si256(blk.as_ptr().add(16) as *const __m256i) } else { _mm256_setzero_si256() };
+            let mut isum = [_mm256_setzero_si256(); 8];
             for g in 0..4 {
                 let q = _mm256_loadu_si256(qs.add(32 * g) as *const __m256i);
                 for h in 0..2 {
@@ -266,11 +280,12 @@ pub fn dot_q45_k(row: &[u8], x: Q8Row, five: bool) -> f32 {
                     let fifth = _mm256_and_si256(_mm256_srl_epi16(high, _mm_cvtsi32_si128(s as i32)), one);
                     let w = _mm256_or_si256(nib, _mm256_slli_epi16(fifth, 4));
                     let xv = _mm256_loadu_si256(x.xq.as_ptr().add(32 * (8 * b + s)) as *const __m256i);
-                    let isum = ublock(w, xv);
-                    let ms = _mm256_permutevar8x32_ps(mult, _mm256_set1_epi32(s as i32));
-                    acc = _mm256_fmadd_ps(ms, _mm256_cvtepi32_ps(isum), acc);
+                    isum[s] = ublock(w, xv);
                 }
             }
+            // the 8 sub-blocks' sums into the 8 lanes of one vector, then one FMA with their
+            // multipliers (no chain of 8 FMAs on the accumulator, no lane permute per sub-block)
+            acc = _mm256_fmadd_ps(mult, _mm256_cvtepi32_ps(lane_sums(isum)), acc);
         }
         hsum(acc) - hsum(mins)
     }
