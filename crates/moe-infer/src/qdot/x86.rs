@@ -206,8 +206,9 @@ pub fn dot_q6_k(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
     let nb = row.len() / 210;
     // The activation loads below are unchecked: a short activation row must stop here.
     assert!(xq.len() >= 256 * nb && xd.len() >= 8 * nb, "Q6_K row of {nb} super-blocks and activations differ");
-    // SAFETY: every load reads 32 bytes inside a 210-byte super-block (chunks_exact) or a
-    // 32-value activation block of xq (at most 256 * nb values, checked above).
+    // SAFETY: every load reads 32 bytes inside a 210-byte super-block (chunks_exact), a
+    // 32-value activation block of xq (at most 256 * nb values) or the super-block's 8 scales
+    // of xd (at most 8 * nb; both checked above).
     unsafe {
         let mut acc = _mm256_setzero_ps();
         let (m4, m3, m32) = (_mm256_set1_epi8(0xF), _mm256_set1_epi8(3), _mm256_set1_epi8(32));
@@ -216,6 +217,7 @@ pub fn dot_q6_k(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
                 _mm_prefetch::<_MM_HINT_T0>(blk.as_ptr().wrapping_add(PREFETCH + 64 * line) as *const i8);
             }
             let d = f16x8(&blk[208..210]);
+            let mut sums = [_mm256_setzero_si256(); 8];
             for h in 0..2 {
                 let qh = _mm256_loadu_si256(blk.as_ptr().add(128 + 32 * h) as *const __m256i);
                 for c in 0..4 {
@@ -224,15 +226,15 @@ pub fn dot_q6_k(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
                         if c < 2 { _mm256_and_si256(ql, m4) } else { _mm256_and_si256(_mm256_srli_epi16(ql, 4), m4) };
                     let hb = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * c as i32)), m3);
                     let w = _mm256_sub_epi8(_mm256_or_si256(nib, _mm256_slli_epi16(hb, 4)), m32);
-                    let chunk = 8 * b + 4 * h + c;
-                    let x = _mm256_loadu_si256(xq.as_ptr().add(32 * chunk) as *const __m256i);
-                    let s = block(w, x);
+                    let x = _mm256_loadu_si256(xq.as_ptr().add(32 * (8 * b + 4 * h + c)) as *const __m256i);
                     let (s0, s1) = (blk[192 + 8 * h + 2 * c] as i8 as i32, blk[193 + 8 * h + 2 * c] as i8 as i32);
                     let sc = _mm256_setr_epi32(s0, s0, s0, s0, s1, s1, s1, s1);
-                    let s = _mm256_cvtepi32_ps(_mm256_mullo_epi32(s, sc));
-                    acc = _mm256_fmadd_ps(_mm256_mul_ps(d, _mm256_set1_ps(xd[chunk])), s, acc);
+                    sums[4 * h + c] = _mm256_mullo_epi32(block(w, x), sc);
                 }
             }
+            // the 8 activation blocks' scaled sums in one vector, times d dx in one FMA
+            let dx = _mm256_loadu_ps(xd.as_ptr().add(8 * b));
+            acc = _mm256_fmadd_ps(_mm256_mul_ps(d, dx), _mm256_cvtepi32_ps(lane_sums(sums)), acc);
         }
         hsum(acc)
     }
