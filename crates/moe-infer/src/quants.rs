@@ -212,6 +212,22 @@ pub fn scale_min(j: usize, q: &[u8]) -> (u8, u8) {
     }
 }
 
+/// All 8 scales and 8 mins of a Q4_K/Q5_K super-block from its 12 packed bytes at once, as
+/// [`scale_min`] gives them one by one: a few 32-bit masks and shifts (as ggml's AVX2 path).
+#[inline(always)]
+pub fn scales_mins(q: &[u8]) -> ([u8; 8], [u8; 8]) {
+    let word = |i: usize| u32::from_le_bytes([q[4 * i], q[4 * i + 1], q[4 * i + 2], q[4 * i + 3]]);
+    let (a, b, c) = (word(0), word(1), word(2));
+    let (low6, low4, top2) = (0x3f3f_3f3fu32, 0x0f0f_0f0fu32, 0x0303_0303u32);
+    let sc = [a & low6, (c & low4) | (((a >> 6) & top2) << 4)];
+    let mn = [b & low6, ((c >> 4) & low4) | (((b >> 6) & top2) << 4)];
+    let bytes = |w: [u32; 2]| {
+        let (x, y) = (w[0].to_le_bytes(), w[1].to_le_bytes());
+        [x[0], x[1], x[2], x[3], y[0], y[1], y[2], y[3]]
+    };
+    (bytes(sc), bytes(mn))
+}
+
 /// One Q4_K (`high` None) or Q5_K (`high` the 32 fifth-bit bytes) super-block into y[256].
 fn decode_q45(y: &mut [f32], d: f32, dmin: f32, scales: &[u8], high: Option<&[u8]>, qs: &[u8]) {
     for (g, (ys, q)) in y.chunks_exact_mut(64).zip(qs.chunks_exact(32)).enumerate() {
@@ -279,6 +295,24 @@ pub fn decode_iq4_xs(b: &[u8], y: &mut [f32]) {
         for (ib, (o, qs)) in ys.chunks_exact_mut(32).zip(blk[8..].chunks_exact(16)).enumerate() {
             let dl = d * iq4_xs_scale(blk, ib) as f32;
             o.iter_mut().zip(nibbles(qs, None)).for_each(|(v, q)| *v = dl * IQ4[q as usize] as f32);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The 32-bit unpacking of a super-block's scales and mins equals the one-by-one reading.
+    #[test]
+    fn scales_and_mins_at_once_equal_one_by_one() {
+        let mut rng = moe_engine::rng::Rng::new(11);
+        for _ in 0..1000 {
+            let q: Vec<u8> = (0..12).map(|_| (rng.uniform() * 256.0) as u8).collect();
+            let (sc, mn) = scales_mins(&q);
+            for j in 0..8 {
+                assert_eq!((sc[j], mn[j]), scale_min(j, &q), "sub-block {j} of {q:?}");
+            }
         }
     }
 }

@@ -241,10 +241,18 @@ pub fn dot_q6_k(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
 }
 
 /// Q4_K or Q5_K (`five`): each sub-block of 32 unsigned values (nibbles, plus the fifth bit)
-/// times its activation block in one `vpmaddubsw` (q >= 0 needs no sign trick), scaled by
-/// d scale dx; the mins leave as dmin min dx times the block sums, in a scalar.
+/// times its activation block in one `vpmaddubsw` (q >= 0 needs no sign trick); the 8
+/// sub-blocks' sums gathered in one vector and scaled by d scale dx in one FMA; the mins leave
+/// as dmin min dx times the block sums.
 pub fn dot_q45_k(row: &[u8], x: Q8Row, five: bool) -> f32 {
-    let bb = if five { 176 } else { 144 };
+    match five {
+        true => q45_k::<true>(row, x),
+        false => q45_k::<false>(row, x),
+    }
+}
+
+fn q45_k<const FIVE: bool>(row: &[u8], x: Q8Row) -> f32 {
+    let bb = if FIVE { 176 } else { 144 };
     let nb = row.len() / bb;
     // the activation loads below are unchecked
     assert!(x.xq.len() >= 256 * nb && x.xd.len() >= 8 * nb && x.xs.len() >= 8 * nb, "row and activations differ");
@@ -257,30 +265,28 @@ pub fn dot_q45_k(row: &[u8], x: Q8Row, five: bool) -> f32 {
             for line in 0..3 {
                 _mm_prefetch::<_MM_HINT_T0>(blk.as_ptr().wrapping_add(PREFETCH + 64 * line) as *const i8);
             }
-            // the 8 sub-blocks' multipliers in vectors, no scalar float work per sub-block:
-            // d scale_s dx_s for the sums, dmin min_s dx_s xs_s for the mins
-            let (mut sc, mut m) = ([0i32; 8], [0i32; 8]);
-            for s in 0..8 {
-                let (a, b) = crate::quants::scale_min(s, &blk[4..16]);
-                (sc[s], m[s]) = (a as i32, b as i32);
-            }
+            // the 8 sub-blocks' multipliers in vectors: d scale_s dx_s for the sums, dmin min_s
+            // dx_s xs_s for the mins
+            let (sc, m) = crate::quants::scales_mins(&blk[4..16]);
+            let cvt = |v: [u8; 8]| _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(i64::from_le_bytes(v))));
             let dx = _mm256_loadu_ps(x.xd.as_ptr().add(8 * b));
-            let cvt = |v: &[i32; 8]| _mm256_cvtepi32_ps(_mm256_loadu_si256(v.as_ptr() as *const __m256i));
-            let mult = _mm256_mul_ps(_mm256_mul_ps(f16x8(blk), cvt(&sc)), dx);
+            let mult = _mm256_mul_ps(_mm256_mul_ps(f16x8(blk), cvt(sc)), dx);
             let xs = _mm256_cvtepi32_ps(_mm256_loadu_si256(x.xs.as_ptr().add(8 * b) as *const __m256i));
-            mins = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_mul_ps(f16x8(&blk[2..]), cvt(&m)), dx), xs, mins);
-            let qs = blk.as_ptr().add(if five { 48 } else { 16 });
+            mins = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_mul_ps(f16x8(&blk[2..]), cvt(m)), dx), xs, mins);
+            let qs = blk.as_ptr().add(if FIVE { 48 } else { 16 });
             let high =
-                if five { _mm256_loadu_si256(blk.as_ptr().add(16) as *const __m256i) } else { _mm256_setzero_si256() };
+                if FIVE { _mm256_loadu_si256(blk.as_ptr().add(16) as *const __m256i) } else { _mm256_setzero_si256() };
             let mut isum = [_mm256_setzero_si256(); 8];
             for g in 0..4 {
                 let q = _mm256_loadu_si256(qs.add(32 * g) as *const __m256i);
                 for h in 0..2 {
                     let s = 2 * g + h;
-                    let nib =
+                    let mut w =
                         if h == 0 { _mm256_and_si256(q, m4) } else { _mm256_and_si256(_mm256_srli_epi16(q, 4), m4) };
-                    let fifth = _mm256_and_si256(_mm256_srl_epi16(high, _mm_cvtsi32_si128(s as i32)), one);
-                    let w = _mm256_or_si256(nib, _mm256_slli_epi16(fifth, 4));
+                    if FIVE {
+                        let fifth = _mm256_and_si256(_mm256_srl_epi16(high, _mm_cvtsi32_si128(s as i32)), one);
+                        w = _mm256_or_si256(w, _mm256_slli_epi16(fifth, 4));
+                    }
                     let xv = _mm256_loadu_si256(x.xq.as_ptr().add(32 * (8 * b + s)) as *const __m256i);
                     isum[s] = ublock(w, xv);
                 }
