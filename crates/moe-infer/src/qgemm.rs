@@ -6,8 +6,8 @@
 //! and per scale block the sum s of q). Per scale block and token the 16 rows take I = sum u q
 //! in eight (or four) `vpdpbusd`, each with 4 activation bytes broadcast, then in f32
 //! y += (d dx) I + m (dx s); for the signed types stored with an offset (m = -c d) the sums
-//! start from -c s instead and the second term goes. Panels are split over the threads; each is unpacked once per call
-//! and multiplied with every token, `TOKENS` at a time.
+//! start from -c s instead and the second term goes. Panels are split over the threads; each is
+//! unpacked once per call and multiplied with every token, `TOKENS` at a time.
 //! Built where AVX-512 VNNI is (`BUILT`); elsewhere `Linear` decodes panels to f32 instead.
 
 use crate::quants::{scale_min, IQ4};
