@@ -1,11 +1,14 @@
 """The MoE claim across sizes (issue 20, item 6): validation loss against training compute for the
 dense model and the best MoE of each size, from the comparisons RESULTS.md records (each
 section's run table gives the training FLOPs per token, its curve table the validation loss
-along the run), and a table of the speed-ups per size.
+along the run), and a table of the speed-ups per size; plus, at the smallest size, the MoE on
+its own shorter schedule (annealed at 70% of the dense model's tokens, seed 1234, from
+results/budget-share/compare.json).
 
     pip install matplotlib        # once; never needed by CI
     python3 scripts/sizes_plot.py  # writes results/sizes/loss_vs_compute.png and prints the table
 """
+import json
 import os
 import re
 
@@ -58,10 +61,17 @@ for (name, label, moe), color in zip(SIZES, ["tab:green", "tab:blue", "tab:red"]
     print(f"| {label} | {final_tokens / active:.0f} | {moe} | {by['dense'][col['final val loss']]} / "
           f"{by[moe][col['final val loss']]} | {by[moe][col['speed-up (tokens)']]} | "
           f"{by[moe][col['speed-up (wall-clock)']]} |")
+# the shorter schedule ("Shorter schedules" in RESULTS.md): the same mini MoE, annealed at 70%
+short = json.load(open(os.path.join(root, "results", "budget-share", "compare.json")))
+label = "16x3+1@0.7"
+run = next(r for r in short["runs"] if r["label"] == label)
+per_token = next(r for r in short["rows"] if r["label"] == label)["train_flops_per_token"]
+ax.plot([v["tokens"] * per_token for v in run["val"]], [v["loss"] for v in run["val"]], ":", color="tab:green",
+        marker="s", ms=3, label="0.5 M active 16x3+1, annealed at 70%")
 ax.set_xscale("log")
 ax.set_xlabel("training FLOPs")
 ax.set_ylabel("validation loss (nats)")
-ax.set_title("dense (solid) vs MoE (dashed) at equal active compute")
+ax.set_title("dense (solid) vs MoE (dashed; dotted: a shorter schedule) at equal active compute", fontsize=10)
 ax.grid(alpha=0.3)
 ax.legend(fontsize=8)
 os.makedirs(os.path.join(root, "results", "sizes"), exist_ok=True)
