@@ -10,7 +10,7 @@
 //! unpacked once per call and multiplied with every token, `TOKENS` at a time.
 //! Built where AVX-512 VNNI is (`BUILT`); elsewhere `Linear` decodes panels to f32 instead.
 
-use crate::quants::{scale_min, IQ4};
+use crate::quants::{nibbles_into, scale_min, IQ4};
 use crate::weight::{quantize_q8_row, Dtype, Weight};
 use rayon::prelude::*;
 
@@ -79,18 +79,6 @@ const IQ4U: [u8; 16] = {
     }
     t
 };
-
-/// The 32 values of 16 nibble bytes (value j in the low nibble of byte j, j + 16 in its high
-/// one), with bit j of `fifth` as value j's fifth bit (Q5_0, Q5_1), into u[..32].
-#[inline(always)]
-fn nibbles_into(qs: &[u8], fifth: u32, u: &mut [u8]) {
-    let qs: &[u8; 16] = qs[..16].try_into().expect("16 bytes");
-    let u: &mut [u8; 32] = (&mut u[..32]).try_into().expect("32 values");
-    for j in 0..16 {
-        u[j] = (qs[j] & 0xF) | ((((fifth >> j) & 1) as u8) << 4);
-        u[j + 16] = (qs[j] >> 4) | ((((fifth >> (j + 16)) & 1) as u8) << 4);
-    }
-}
 
 /// Row `row` (bytes of a `supports` type) as unsigned values u[cols] and per scale block (of
 /// `granularity` values) the scale d and offset m, so that value j is d[j / g] u[j] + m[j / g].

@@ -115,12 +115,20 @@ pub fn decode_q4_0(b: &[u8], y: &mut [f32]) {
 /// The 32 unsigned 4-bit (or, with the 32 fifth bits `qh`, 5-bit) values of a nibble block.
 pub fn nibbles(qs: &[u8], qh: Option<u32>) -> [u8; 32] {
     let mut q = [0u8; 32];
-    for j in 0..16 {
-        let (h0, h1) = qh.map_or((0, 0), |h| ((((h >> j) << 4) & 0x10) as u8, ((h >> (j + 12)) & 0x10) as u8));
-        q[j] = (qs[j] & 0xF) | h0;
-        q[j + 16] = (qs[j] >> 4) | h1;
-    }
+    nibbles_into(qs, qh.unwrap_or(0), &mut q);
     q
+}
+
+/// The same into u[..32]: value j in the low nibble of byte j, j + 16 in its high one, bit j of
+/// `fifth` as value j's fifth bit (0: none).
+#[inline(always)]
+pub fn nibbles_into(qs: &[u8], fifth: u32, u: &mut [u8]) {
+    let qs: &[u8; 16] = qs[..16].try_into().expect("16 bytes");
+    let u: &mut [u8; 32] = (&mut u[..32]).try_into().expect("32 values");
+    for j in 0..16 {
+        u[j] = (qs[j] & 0xF) | ((((fifth >> j) & 1) as u8) << 4);
+        u[j + 16] = (qs[j] >> 4) | ((((fifth >> (j + 16)) & 1) as u8) << 4);
+    }
 }
 
 fn qh(b: &[u8]) -> Option<u32> {
