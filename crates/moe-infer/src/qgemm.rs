@@ -173,22 +173,12 @@ pub fn unpack_row(dtype: Dtype, row: &[u8], u: &mut [u8], d: &mut [f32], m: &mut
 /// One Q2_K, Q3_K or Q6_K super-block: its 256 unsigned values u and the scale and offset of
 /// each run of 16.
 fn super_block_16(dtype: Dtype, blk: &[u8], u: &mut [u8; 256], d: &mut [f32], m: &mut [f32]) {
-    // Q2_K and Q3_K: value 128 h + 32 j + l holds bits 2j, 2j + 1 of byte l of half h's 32
-    let two_bits = |qs: &[u8], u: &mut [u8; 256], high: &dyn Fn(usize, usize, usize) -> u8| {
-        for h in 0..2 {
-            let q: &[u8; 32] = qs[32 * h..32 * h + 32].try_into().expect("32 bytes");
-            for j in 0..4 {
-                for l in 0..32 {
-                    u[128 * h + 32 * j + l] = ((q[l] >> (2 * j)) & 3) | high(h, j, l);
-                }
-            }
-        }
-    };
+    use crate::quants::two_bit_runs;
     match dtype {
         Dtype::Q2K => {
             // w = d (sc & 15) q - dmin (sc >> 4), q in [0, 3]
             let (sc, dd, dmin) = (&blk[..16], f16(&blk[80..]), f16(&blk[82..]));
-            two_bits(&blk[16..80], u, &|_, _, _| 0);
+            two_bit_runs(&blk[16..80], u, |_, _, q| q);
             for r in 0..16 {
                 (d[r], m[r]) = (dd * (sc[r] & 0xF) as f32, -dmin * (sc[r] >> 4) as f32);
             }
@@ -196,7 +186,7 @@ fn super_block_16(dtype: Dtype, blk: &[u8], u: &mut [u8; 256], d: &mut [f32], m:
         Dtype::Q3K => {
             // w = d sc (q - 4 unless the high bit is set): u = q + 4 high, m = -4 d sc
             let (hm, sc, dd) = (&blk[..32], crate::quants::q3_scales(&blk[96..108]), f16(&blk[108..]));
-            two_bits(&blk[32..96], u, &|h, j, l| ((hm[l] >> (4 * h + j)) & 1) << 2);
+            two_bit_runs(&blk[32..96], u, |run, l, q| q | (((hm[l % 32] >> (4 * (run / 8) + run / 2 % 4)) & 1) << 2));
             for r in 0..16 {
                 d[r] = dd * sc[r] as f32;
                 m[r] = -4.0 * d[r];

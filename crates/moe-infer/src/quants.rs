@@ -166,7 +166,7 @@ pub fn decode_iq4_nl(b: &[u8], y: &mut [f32]) {
 /// Q2_K and Q3_K share a layout of 2-bit values: for each half (128 values, 32 bytes of q),
 /// four shifts, each giving two runs of 16 (bytes 0-15 and 16-31). `value(run, l, q2)` maps run
 /// number (0-15), byte index within the half (0-31) and the 2-bit value to the output.
-fn two_bit_runs(qs: &[u8], y: &mut [f32], value: impl Fn(usize, usize, u8) -> f32) {
+pub fn two_bit_runs<T>(qs: &[u8], y: &mut [T], value: impl Fn(usize, usize, u8) -> T) {
     for (h, (q, ys)) in qs.chunks_exact(32).zip(y.chunks_exact_mut(128)).enumerate() {
         for (j, ys) in ys.chunks_exact_mut(32).enumerate() {
             for (l, v) in ys.iter_mut().enumerate() {
