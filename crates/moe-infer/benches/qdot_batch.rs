@@ -2,8 +2,7 @@
 //! a prefill chunk): the plain kernels (`dot_row_q8_n`, activations shuffled per row) against
 //! the same kernels on activations laid out once (`dot_row_lanes_n`), the whole
 //! `Linear::forward` at 1-256 tokens, and its three paths for many tokens side by side (dot
-//! products, f32 panels, the int8 GEMM of `qgemm`) at 8-512 tokens, and one token (a decode
-//! step) per type: rows one at a time against `Linear`'s rows in pairs; one thread, a 2048 x 1024 weight (4 MiB of f32, a
+//! products, f32 panels, the int8 GEMM of `qgemm`) at 8-512 tokens; one thread, a 2048 x 1024 weight (4 MiB of f32, a
 //! Mixtral-shaped expert's up-projection; `QDOT_SHAPE=ROWSxCOLS` for another), median of 15
 //! repetitions. Note that the four-token kernel pass streams the whole weight (2.2 MB of Q8_0)
 //! per pass, so it is bound by the read bandwidth; `Linear::forward` reuses weight rows across
@@ -99,33 +98,5 @@ fn main() {
         let f = dtype.format().expect("a block format");
         let w = Weight::from_bytes(f.random_blocks(o * i / f.values, &mut brng), dtype, o, i).expect("whole blocks");
         paths(&pool, w, &mut rnd);
-    }
-    decode(&pool, o, i, &mut rnd);
-}
-
-/// One token (a decode step) against a weight of each type with an integer kernel: GB/s of
-/// weight bytes for the rows one at a time and for `Linear::forward` (rows in pairs through the
-/// two-row kernels where the type has them). The weight stays in cache here, so these are the
-/// kernels' rates, not the memory's.
-fn decode(pool: &rayon::ThreadPool, o: usize, i: usize, rnd: &mut impl FnMut() -> f32) {
-    println!("decode, one token, {o}x{i}: GB/s of weights, rows one at a time / Linear::forward (pairs)");
-    let x: Vec<f32> = (0..i).map(|_| rnd()).collect();
-    let (mut xq, mut xd) = (vec![0i8; i], vec![0f32; i / 32]);
-    quantize_q8_row(&x, &mut xq, &mut xd);
-    let xs = block_sums(&xq);
-    let row = Q8Row { xq: &xq, xd: &xd, xs: &xs };
-    let mut brng = Rng::new(3);
-    use Dtype::*;
-    for dtype in [Q8_0, Q4_0, Q4_1, Q5_0, Q4K, Q5K, Q6K, Q3K, IQ4XS] {
-        let f = dtype.format().expect("a block format");
-        let w = Weight::from_bytes(f.random_blocks(o * i / f.values, &mut brng), dtype, o, i).expect("whole blocks");
-        let l = dtype.lane_kind().map_or_else(|| Lanes::plain(row), |k| Lanes::new(row, k));
-        let gb = (o * w.row_bytes()) as f64 / 1e9;
-        let mut sink = 0.0f32;
-        let one = median(|| (0..o).for_each(|r| sink += w.dot_row_lanes_n(r, [&l])[0]));
-        let lin = Linear::new(w, None);
-        let mut y = vec![0f32; o];
-        let pairs = pool.install(|| median(|| lin.forward(&x, 1, &mut y)));
-        println!("  {dtype:?}: {:5.1} / {:5.1}  [{sink:.0}]", gb / one, gb / pairs);
     }
 }

@@ -105,18 +105,6 @@ impl Linear {
             // tokens in blocks whose activations stay in cache while the chunk's rows pass
             for t0 in (0..n).step_by(TOKEN_BLOCK) {
                 let t1 = (t0 + TOKEN_BLOCK).min(n);
-                if q8 && n == 1 {
-                    // one token (a decode step): rows in pairs through the two-row kernels
-                    let last_row = c * CHUNK + ts.len() - 1;
-                    let mut pairs = ts.chunks_exact_mut(2);
-                    for (k, tr) in pairs.by_ref().enumerate() {
-                        tr.copy_from_slice(&self.w.dot_row_pair(c * CHUNK + 2 * k, &lanes[0]));
-                    }
-                    if let [last] = pairs.into_remainder() {
-                        *last = self.w.dot_row_lanes_n(last_row, [&lanes[0]])[0];
-                    }
-                    continue;
-                }
                 for (k, tr) in ts.chunks_exact_mut(n).enumerate() {
                     let row = c * CHUNK + k;
                     if !q8 {
@@ -230,35 +218,6 @@ mod tests {
                     }
                 }
             }
-        }
-    }
-
-    /// A decode step (one token) takes the rows in pairs through the two-row kernels: each pair
-    /// equals its rows alone bit for bit, for the types with such kernels and the others, and
-    /// an odd row count leaves the last row alone.
-    #[test]
-    fn row_pairs_equal_rows_alone() {
-        use crate::qdot::{block_sums, Lanes, Q8Row};
-        let mut rng = moe_engine::rng::Rng::new(5);
-        for dtype in
-            [Dtype::Q8_0, Dtype::Q4_0, Dtype::Q4K, Dtype::Q5K, Dtype::Q6K, Dtype::Q3K, Dtype::IQ4XS, Dtype::Q5_0]
-        {
-            let f = dtype.format().expect("a block format");
-            let (rows, cols) = (7, 768);
-            let w = Weight::from_bytes(f.random_blocks(rows * cols / f.values, &mut rng), dtype, rows, cols).unwrap();
-            let x: Vec<f32> = (0..cols).map(|_| rng.uniform() as f32 - 0.5).collect();
-            let (mut xq, mut xd) = (vec![0i8; cols], vec![0f32; cols / 32]);
-            quantize_q8_row(&x, &mut xq, &mut xd);
-            let xs = block_sums(&xq);
-            let row = Q8Row { xq: &xq, xd: &xd, xs: &xs };
-            let l = dtype.lane_kind().map_or_else(|| Lanes::plain(row), |k| Lanes::new(row, k));
-            let alone: Vec<f32> = (0..rows).map(|r| w.dot_row_lanes_n(r, [&l])[0]).collect();
-            for r in 0..rows - 1 {
-                assert_eq!(w.dot_row_pair(r, &l), [alone[r], alone[r + 1]], "{dtype:?} rows {r}, {}", r + 1);
-            }
-            let mut y = vec![0.0; rows];
-            Linear::new(w, None).forward(&x, 1, &mut y);
-            assert_eq!(y, alone, "{dtype:?}: one token through Linear");
         }
     }
 }

@@ -484,25 +484,6 @@ impl Weight {
         }
     }
 
-    /// Rows r and r + 1 dotted with one token, each as [`Weight::dot_row_lanes_n`] gives it (the
-    /// same value bit for bit): the types with two-row kernels (Q8_0, Q4_0, the super-block types)
-    /// load each activation block once for both rows and run two independent accumulator
-    /// chains (about 1.2-1.4x the rate of one row at a time, one thread, AMD Zen 4).
-    pub fn dot_row_pair(&self, r: usize, x: &crate::qdot::Lanes) -> [f32; 2] {
-        let rb = self.row_bytes();
-        let b = &self.map[self.start + r * rb..self.start + (r + 2) * rb];
-        let kind = self.dtype.lane_kind();
-        match self.dtype {
-            Dtype::Q8_0 if kind.is_some() && x.kind == kind => crate::qdot::dot_q8_0_lanes_rows(b, x),
-            Dtype::Q4_0 if kind.is_some() && x.kind == kind => crate::qdot::dot_q4_0_lanes_rows(b, x),
-            Dtype::Q4K | Dtype::Q5K => crate::qdot::dot_q45_k_rows(b, x.x, self.dtype == Dtype::Q5K),
-            Dtype::Q6K => crate::qdot::dot_q6_k_rows(b, x.x.xq, x.x.xd),
-            Dtype::Q3K => crate::qdot::dot_q3_k_rows(b, x.x),
-            Dtype::IQ4XS => crate::qdot::dot_iq4_xs_rows(b, x.x),
-            _ => [self.dot_row_lanes_n(r, [x])[0], self.dot_row_lanes_n(r + 1, [x])[0]],
-        }
-    }
-
     /// The stored bytes of row r.
     pub fn row_data(&self, r: usize) -> &[u8] {
         let rb = self.row_bytes();

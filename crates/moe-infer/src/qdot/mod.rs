@@ -75,12 +75,9 @@ pub mod x86;
     target_feature = "avx512vnni",
     target_feature = "avx512vl"
 ))]
-pub use vnni::{dot_q4_0_lanes, dot_q4_0_lanes_rows, dot_q4_0_n, dot_q8_0_lanes, dot_q8_0_lanes_rows, dot_q8_0_n};
+pub use vnni::{dot_q4_0_lanes, dot_q4_0_n, dot_q8_0_lanes, dot_q8_0_n};
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
-pub use x86::{
-    dot_iq4_nl_n, dot_iq4_xs, dot_iq4_xs_rows, dot_q3_k, dot_q3_k_rows, dot_q45_k, dot_q45_k_rows, dot_q4_1_n,
-    dot_q5_0_n, dot_q5_1_n, dot_q6_k, dot_q6_k_rows,
-};
+pub use x86::{dot_iq4_nl_n, dot_iq4_xs, dot_q3_k, dot_q45_k, dot_q4_1_n, dot_q5_0_n, dot_q5_1_n, dot_q6_k};
 #[cfg(all(
     target_arch = "x86_64",
     target_feature = "avx2",
@@ -103,18 +100,12 @@ pub use scalar::{
     target_feature = "avx512vl"
 )))]
 mod plain_lanes {
-    use super::{dot_q4_0_n, dot_q8_0_n, each_row, Lanes};
+    use super::{dot_q4_0_n, dot_q8_0_n, Lanes};
     pub fn dot_q8_0_lanes<const N: usize>(row: &[u8], x: [&Lanes; N]) -> [f32; N] {
         dot_q8_0_n(row, x.map(|l| l.x))
     }
     pub fn dot_q4_0_lanes<const N: usize>(row: &[u8], x: [&Lanes; N]) -> [f32; N] {
         dot_q4_0_n(row, x.map(|l| l.x))
-    }
-    pub fn dot_q8_0_lanes_rows<const R: usize>(rows: &[u8], x: &Lanes) -> [f32; R] {
-        each_row(rows, |r| dot_q8_0_n(r, [x.x])[0])
-    }
-    pub fn dot_q4_0_lanes_rows<const R: usize>(rows: &[u8], x: &Lanes) -> [f32; R] {
-        each_row(rows, |r| dot_q4_0_n(r, [x.x])[0])
     }
 }
 #[cfg(not(all(
@@ -124,35 +115,7 @@ mod plain_lanes {
     target_feature = "avx512vnni",
     target_feature = "avx512vl"
 )))]
-pub use plain_lanes::{dot_q4_0_lanes, dot_q4_0_lanes_rows, dot_q8_0_lanes, dot_q8_0_lanes_rows};
-
-/// Where the R-row kernels of the super-block types are not built: one row at a time.
-#[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")))]
-mod plain_rows {
-    use super::{dot_iq4_xs, dot_q3_k, dot_q45_k, dot_q6_k, each_row, Q8Row};
-    pub fn dot_q45_k_rows<const R: usize>(rows: &[u8], x: Q8Row, five: bool) -> [f32; R] {
-        each_row(rows, |r| dot_q45_k(r, x, five))
-    }
-    pub fn dot_q6_k_rows<const R: usize>(rows: &[u8], xq: &[i8], xd: &[f32]) -> [f32; R] {
-        each_row(rows, |r| dot_q6_k(r, xq, xd))
-    }
-    pub fn dot_q3_k_rows<const R: usize>(rows: &[u8], x: Q8Row) -> [f32; R] {
-        each_row(rows, |r| dot_q3_k(r, x))
-    }
-    pub fn dot_iq4_xs_rows<const R: usize>(rows: &[u8], x: Q8Row) -> [f32; R] {
-        each_row(rows, |r| dot_iq4_xs(r, x))
-    }
-}
-#[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")))]
-pub use plain_rows::{dot_iq4_xs_rows, dot_q3_k_rows, dot_q45_k_rows, dot_q6_k_rows};
-
-/// R consecutive rows (back to back in `rows`) each through `one`, where a type has no R-row
-/// kernel on this machine.
-#[allow(dead_code)] // only the builds without some R-row kernels call it
-fn each_row<const R: usize>(rows: &[u8], one: impl Fn(&[u8]) -> f32) -> [f32; R] {
-    let rb = rows.len() / R;
-    std::array::from_fn(|r| one(&rows[r * rb..(r + 1) * rb]))
-}
+pub use plain_lanes::{dot_q4_0_lanes, dot_q8_0_lanes};
 
 /// Q8_0 row dotted with one activation row.
 pub fn dot_q8_0(row: &[u8], xq: &[i8], xd: &[f32], xs: &[i32]) -> f32 {

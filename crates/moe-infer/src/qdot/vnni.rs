@@ -2,9 +2,7 @@
 //! unsigned weights (Q8_0: w + 128; Q4_0: the raw nibbles) whose offset is removed through the
 //! activations' block sums, for N activation rows per pass; an odd last block runs through the
 //! 256-bit kernel of `x86`. The `_lanes` twins read activations laid out by `lanes` (the same
-//! sums in the same order, so the same results bit for bit, with less work per row); their
-//! `_rows` forms take R consecutive rows against one token (a decode step), loading each
-//! activation chunk once for the R rows.
+//! sums in the same order, so the same results bit for bit, with less work per row).
 
 use super::lanes::{LaneKind, Lanes};
 use super::x86::{load_q8_0, nibbles, rows};
@@ -190,69 +188,5 @@ pub fn dot_q4_0_lanes<const N: usize>(row: &[u8], x: [&Lanes; N]) -> [f32; N] {
     };
     let tail = rows::<N, false, 8>(18, &row[18 * b..], x.map(|l| l.x.skip(b)), |p| nibbles(p, 2));
     total.iter_mut().zip(tail).for_each(|(t, v)| *t += v);
-    total
-}
-
-/// [`pairs_lanes`] for R consecutive weight rows (`rows` holds them back to back) against one
-/// laid-out token: each pair's three activation chunks are loaded once for the R rows, and the
-/// R accumulators are independent chains (a decode step's matrix-vector product).
-///
-/// # Safety
-/// As [`pairs_lanes`]; rows holds R rows of two blocks per pair each.
-#[inline(always)]
-unsafe fn pairs_lanes_rows<const R: usize>(
-    blk_bytes: usize,
-    rows: &[u8],
-    x: &Lanes,
-    idx: __m512i,
-    load: impl Fn(*const u8) -> __m512i,
-) -> ([f32; R], usize) {
-    let pairs = x.v.len() / 3;
-    let rb = rows.len() / R;
-    assert!(rows.len() == R * rb && rb >= 2 * blk_bytes * pairs, "rows and activations differ");
-    let mut acc = [_mm512_setzero_ps(); R];
-    for p in 0..pairs {
-        let c = x.v.as_ptr().add(3 * p) as *const __m512i;
-        let (xv, init) = (_mm512_load_si512(c as *const _), _mm512_load_si512(c.add(1) as *const _));
-        let dx = _mm512_load_ps(c.add(2) as *const f32);
-        for (r, a) in acc.iter_mut().enumerate() {
-            let at = rows.as_ptr().add(r * rb + 2 * blk_bytes * p);
-            _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(PREFETCH) as *const i8);
-            let w = load(at);
-            let d = _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(pair_scales(at, blk_bytes)));
-            let prod = _mm512_dpbusd_epi32(init, w, xv);
-            *a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(prod), _mm512_mul_ps(d, dx), *a);
-        }
-    }
-    (acc.map(|a| _mm512_reduce_add_ps(a)), 2 * pairs)
-}
-
-/// [`dot_q8_0_lanes`] for R consecutive rows (back to back in `w`) and one token.
-pub fn dot_q8_0_lanes_rows<const R: usize>(w: &[u8], x: &Lanes) -> [f32; R] {
-    assert!(x.kind == Some(LaneKind::Q8_0), "activations laid out for another format");
-    // SAFETY: as in dot_q8_0_n; pairs_lanes_rows checks the lengths.
-    let (mut total, b) = unsafe {
-        let flip = _mm512_set1_epi8(-128);
-        pairs_lanes_rows::<R>(34, w, x, lane_idx(LaneKind::Q8_0), |p| pair_q8_0(p, flip))
-    };
-    let rb = w.len() / R;
-    for (r, t) in total.iter_mut().enumerate() {
-        *t += rows::<1, false, 0>(34, &w[r * rb + 34 * b..(r + 1) * rb], [x.x.skip(b)], load_q8_0)[0];
-    }
-    total
-}
-
-/// [`dot_q4_0_lanes`] for R consecutive rows (back to back in `rows`) and one token.
-pub fn dot_q4_0_lanes_rows<const R: usize>(w: &[u8], x: &Lanes) -> [f32; R] {
-    assert!(x.kind == Some(LaneKind::Q4_0), "activations laid out for another format");
-    // SAFETY: as in dot_q4_0_n; pairs_lanes_rows checks the lengths.
-    let (mut total, b) = unsafe {
-        let m = _mm256_set1_epi8(15);
-        pairs_lanes_rows::<R>(18, w, x, lane_idx(LaneKind::Q4_0), |p| pair_q4_0(p, m))
-    };
-    let rb = w.len() / R;
-    for (r, t) in total.iter_mut().enumerate() {
-        *t += rows::<1, false, 8>(18, &w[r * rb + 18 * b..(r + 1) * rb], [x.x.skip(b)], |p| nibbles(p, 2))[0];
-    }
     total
 }

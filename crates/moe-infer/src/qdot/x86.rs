@@ -2,10 +2,8 @@
 //! x * sign(w) (or unsigned w times x) summed to 8 int32 lanes (`vpmaddubsw` + `vpmaddwd` as
 //! llama.cpp's AVX2 path, or one `vpdpbusd` where AVX-512 VNNI is there), scaled by dw * dx
 //! into f32 lanes. Q8_0 and Q4_0 take N activation rows per pass (each weight block loaded and
-//! unpacked once for all of them); the super-block types one row, and (but Q2_K) also R
-//! consecutive rows against one token (`_rows`: each activation block loaded once for them).
-//! Where AVX-512 VNNI is there, `vnni` runs Q8_0 and Q4_0 in pairs of blocks and uses these
-//! for odd tails.
+//! unpacked once for all of them); Q6_K one row. Where AVX-512 VNNI is there, `vnni` runs Q8_0 and Q4_0 in pairs of
+//! blocks and uses these for odd tails.
 
 use super::{Q8Row, PREFETCH};
 use std::arch::x86_64::*;
@@ -47,15 +45,6 @@ fn ublock(w: __m256i, x: __m256i) -> __m256i {
 fn f16x8(b: &[u8]) -> __m256 {
     // SAFETY: F16C comes with the AVX2 machines this module is built for (x86-64-v3 and later).
     unsafe { _mm256_cvtph_ps(_mm_set1_epi16(u16::from_le_bytes([b[0], b[1]]) as i16)) }
-}
-
-/// [`f16x8`] of the half at p.
-///
-/// # Safety
-/// p..p + 2 is readable.
-#[inline(always)]
-unsafe fn f16x8_at(p: *const u8) -> __m256 {
-    _mm256_cvtph_ps(_mm_set1_epi16(std::ptr::read_unaligned(p as *const i16)))
 }
 
 /// Lane s of the result: the sum of the 8 lanes of v[s].
@@ -271,58 +260,40 @@ pub fn dot_q4_0_n<const N: usize>(row: &[u8], x: [Q8Row; N]) -> [f32; N] {
 }
 
 pub fn dot_q6_k(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
-    dot_q6_k_rows::<1>(row, xq, xd)[0]
-}
-
-/// [`dot_q6_k`] for R consecutive rows (back to back in `rows`) and one token: each
-/// activation block is loaded once for the R rows, whose accumulators are independent chains.
-pub fn dot_q6_k_rows<const R: usize>(rows: &[u8], xq: &[i8], xd: &[f32]) -> [f32; R] {
-    let rb = rows.len() / R;
-    let nb = rb / 210;
-    assert!(rows.len() == R * rb && rb == nb * 210, "R whole rows of super-blocks");
+    let nb = row.len() / 210;
     // The activation loads below are unchecked: a short activation row must stop here.
     assert!(xq.len() >= 256 * nb && xd.len() >= 8 * nb, "Q6_K row of {nb} super-blocks and activations differ");
-    // SAFETY: every load reads 32 bytes inside a 210-byte super-block of a row, a 32-value
-    // activation block of xq (at most 256 * nb values) or the super-block's 8 scales of xd (at
-    // most 8 * nb; both checked above).
+    // SAFETY: every load reads 32 bytes inside a 210-byte super-block (chunks_exact), a
+    // 32-value activation block of xq (at most 256 * nb values) or the super-block's 8 scales
+    // of xd (at most 8 * nb; both checked above).
     unsafe {
-        let mut acc = [_mm256_setzero_ps(); R];
+        let mut acc = _mm256_setzero_ps();
         let (m4, m3, m32) = (_mm256_set1_epi8(0xF), _mm256_set1_epi8(3), _mm256_set1_epi8(32));
-        for b in 0..nb {
-            let blks: [*const u8; R] = std::array::from_fn(|r| rows.as_ptr().add(r * rb + 210 * b));
-            for blk in blks {
-                for line in 0..4 {
-                    _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(PREFETCH + 64 * line) as *const i8);
-                }
+        for (b, blk) in row.chunks_exact(210).enumerate() {
+            for line in 0..4 {
+                _mm_prefetch::<_MM_HINT_T0>(blk.as_ptr().wrapping_add(PREFETCH + 64 * line) as *const i8);
             }
-            let mut sums = [[_mm256_setzero_si256(); 8]; R];
+            let d = f16x8(&blk[208..210]);
+            let mut sums = [_mm256_setzero_si256(); 8];
             for h in 0..2 {
+                let qh = _mm256_loadu_si256(blk.as_ptr().add(128 + 32 * h) as *const __m256i);
                 for c in 0..4 {
+                    let ql = _mm256_loadu_si256(blk.as_ptr().add(64 * h + 32 * (c % 2)) as *const __m256i);
+                    let nib =
+                        if c < 2 { _mm256_and_si256(ql, m4) } else { _mm256_and_si256(_mm256_srli_epi16(ql, 4), m4) };
+                    let hb = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * c as i32)), m3);
+                    let w = _mm256_sub_epi8(_mm256_or_si256(nib, _mm256_slli_epi16(hb, 4)), m32);
                     let x = _mm256_loadu_si256(xq.as_ptr().add(32 * (8 * b + 4 * h + c)) as *const __m256i);
-                    for (sum, blk) in sums.iter_mut().zip(blks) {
-                        let qh = _mm256_loadu_si256(blk.add(128 + 32 * h) as *const __m256i);
-                        let ql = _mm256_loadu_si256(blk.add(64 * h + 32 * (c % 2)) as *const __m256i);
-                        let nib = if c < 2 {
-                            _mm256_and_si256(ql, m4)
-                        } else {
-                            _mm256_and_si256(_mm256_srli_epi16(ql, 4), m4)
-                        };
-                        let hb = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * c as i32)), m3);
-                        let w = _mm256_sub_epi8(_mm256_or_si256(nib, _mm256_slli_epi16(hb, 4)), m32);
-                        sum[4 * h + c] = block(w, x);
-                    }
+                    sums[4 * h + c] = block(w, x);
                 }
             }
-            // per row the 8 activation blocks' sums times their 16 scales in one vector, times
-            // d dx in one FMA
+            // the 8 activation blocks' sums times their 16 scales in one vector, times d dx
+            // in one FMA
+            let sc = _mm_loadu_si128(blk.as_ptr().add(192) as *const __m128i);
             let dx = _mm256_loadu_ps(xd.as_ptr().add(8 * b));
-            for ((a, sum), blk) in acc.iter_mut().zip(sums).zip(blks) {
-                let sc = _mm_loadu_si128(blk.add(192) as *const __m128i);
-                let d = f16x8_at(blk.add(208));
-                *a = _mm256_fmadd_ps(_mm256_mul_ps(d, dx), _mm256_cvtepi32_ps(scaled_lane_sums(sum, sc)), *a);
-            }
+            acc = _mm256_fmadd_ps(_mm256_mul_ps(d, dx), _mm256_cvtepi32_ps(scaled_lane_sums(sums, sc)), acc);
         }
-        acc.map(hsum)
+        hsum(acc)
     }
 }
 
@@ -332,76 +303,56 @@ pub fn dot_q6_k_rows<const R: usize>(rows: &[u8], xq: &[i8], xd: &[f32]) -> [f32
 /// as dmin min dx times the block sums.
 pub fn dot_q45_k(row: &[u8], x: Q8Row, five: bool) -> f32 {
     match five {
-        true => q45_k::<true, 1>(row, x)[0],
-        false => q45_k::<false, 1>(row, x)[0],
+        true => q45_k::<true>(row, x),
+        false => q45_k::<false>(row, x),
     }
 }
 
-/// [`dot_q45_k`] for R consecutive rows (back to back in `rows`) and one token: each
-/// activation block is loaded once for the R rows, whose accumulators are independent chains.
-pub fn dot_q45_k_rows<const R: usize>(rows: &[u8], x: Q8Row, five: bool) -> [f32; R] {
-    match five {
-        true => q45_k::<true, R>(rows, x),
-        false => q45_k::<false, R>(rows, x),
-    }
-}
-
-fn q45_k<const FIVE: bool, const R: usize>(rows: &[u8], x: Q8Row) -> [f32; R] {
+fn q45_k<const FIVE: bool>(row: &[u8], x: Q8Row) -> f32 {
     let bb = if FIVE { 176 } else { 144 };
-    let rb = rows.len() / R;
-    let nb = rb / bb;
+    let nb = row.len() / bb;
     // the activation loads below are unchecked
-    assert!(rows.len() == R * rb && rb == nb * bb, "R whole rows of super-blocks");
     assert!(x.xq.len() >= 256 * nb && x.xd.len() >= 8 * nb && x.xs.len() >= 8 * nb, "row and activations differ");
-    // SAFETY: every load reads 32 bytes inside a super-block of a row, an activation block of
-    // xq, or 8 scales / block sums of the super-block's activation blocks (checked above).
+    // SAFETY: every load reads 32 bytes inside a super-block (chunks_exact), an activation block
+    // of xq, or 8 scales / block sums of the super-block's activation blocks (checked above).
     unsafe {
         let (m4, one) = (_mm256_set1_epi8(0xF), _mm256_set1_epi8(1));
-        let (mut acc, mut mins) = ([_mm256_setzero_ps(); R], [_mm256_setzero_ps(); R]);
-        let cvt = |v: [u8; 8]| _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(i64::from_le_bytes(v))));
-        for b in 0..nb {
-            let dx = _mm256_loadu_ps(x.xd.as_ptr().add(8 * b));
-            let xs = _mm256_cvtepi32_ps(_mm256_loadu_si256(x.xs.as_ptr().add(8 * b) as *const __m256i));
-            let blks: [&[u8]; R] = std::array::from_fn(|r| &rows[r * rb + b * bb..r * rb + (b + 1) * bb]);
-            let mut isum = [[_mm256_setzero_si256(); 8]; R];
-            for (r, blk) in blks.iter().enumerate() {
-                for line in 0..3 {
-                    _mm_prefetch::<_MM_HINT_T0>(blk.as_ptr().wrapping_add(PREFETCH + 64 * line) as *const i8);
-                }
-                // the 8 sub-blocks' multipliers for the mins: dmin min_s dx_s xs_s
-                let (_, m) = crate::quants::scales_mins(&blk[4..16]);
-                mins[r] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_mul_ps(f16x8(&blk[2..]), cvt(m)), dx), xs, mins[r]);
+        let (mut acc, mut mins) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        for (b, blk) in row.chunks_exact(bb).enumerate() {
+            for line in 0..3 {
+                _mm_prefetch::<_MM_HINT_T0>(blk.as_ptr().wrapping_add(PREFETCH + 64 * line) as *const i8);
             }
+            // the 8 sub-blocks' multipliers in vectors: d scale_s dx_s for the sums, dmin min_s
+            // dx_s xs_s for the mins
+            let (sc, m) = crate::quants::scales_mins(&blk[4..16]);
+            let cvt = |v: [u8; 8]| _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(i64::from_le_bytes(v))));
+            let dx = _mm256_loadu_ps(x.xd.as_ptr().add(8 * b));
+            let mult = _mm256_mul_ps(_mm256_mul_ps(f16x8(blk), cvt(sc)), dx);
+            let xs = _mm256_cvtepi32_ps(_mm256_loadu_si256(x.xs.as_ptr().add(8 * b) as *const __m256i));
+            mins = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_mul_ps(f16x8(&blk[2..]), cvt(m)), dx), xs, mins);
+            let qs = blk.as_ptr().add(if FIVE { 48 } else { 16 });
+            let high =
+                if FIVE { _mm256_loadu_si256(blk.as_ptr().add(16) as *const __m256i) } else { _mm256_setzero_si256() };
+            let mut isum = [_mm256_setzero_si256(); 8];
             for g in 0..4 {
+                let q = _mm256_loadu_si256(qs.add(32 * g) as *const __m256i);
                 for h in 0..2 {
                     let s = 2 * g + h;
-                    let xv = _mm256_loadu_si256(x.xq.as_ptr().add(32 * (8 * b + s)) as *const __m256i);
-                    for (r, blk) in blks.iter().enumerate() {
-                        let qs = blk.as_ptr().add(if FIVE { 48 } else { 16 });
-                        let q = _mm256_loadu_si256(qs.add(32 * g) as *const __m256i);
-                        let mut w = if h == 0 {
-                            _mm256_and_si256(q, m4)
-                        } else {
-                            _mm256_and_si256(_mm256_srli_epi16(q, 4), m4)
-                        };
-                        if FIVE {
-                            let high = _mm256_loadu_si256(blk.as_ptr().add(16) as *const __m256i);
-                            let fifth = _mm256_and_si256(_mm256_srl_epi16(high, _mm_cvtsi32_si128(s as i32)), one);
-                            w = _mm256_or_si256(w, _mm256_slli_epi16(fifth, 4));
-                        }
-                        isum[r][s] = ublock(w, xv);
+                    let mut w =
+                        if h == 0 { _mm256_and_si256(q, m4) } else { _mm256_and_si256(_mm256_srli_epi16(q, 4), m4) };
+                    if FIVE {
+                        let fifth = _mm256_and_si256(_mm256_srl_epi16(high, _mm_cvtsi32_si128(s as i32)), one);
+                        w = _mm256_or_si256(w, _mm256_slli_epi16(fifth, 4));
                     }
+                    let xv = _mm256_loadu_si256(x.xq.as_ptr().add(32 * (8 * b + s)) as *const __m256i);
+                    isum[s] = ublock(w, xv);
                 }
             }
-            // per row the 8 sub-blocks' sums into the 8 lanes of one vector, then one FMA with
-            // their multipliers d scale_s dx_s (no chain of 8 FMAs, no lane permute per sub-block)
-            for (r, blk) in blks.iter().enumerate() {
-                let (sc, _) = crate::quants::scales_mins(&blk[4..16]);
-                let mult = _mm256_mul_ps(_mm256_mul_ps(f16x8(blk), cvt(sc)), dx);
-                acc[r] = _mm256_fmadd_ps(mult, _mm256_cvtepi32_ps(lane_sums(isum[r])), acc[r]);
-            }
+            // the 8 sub-blocks' sums into the 8 lanes of one vector, then one FMA with their
+            // multipliers (no chain of 8 FMAs on the accumulator, no lane permute per sub-block)
+            acc = _mm256_fmadd_ps(mult, _mm256_cvtepi32_ps(lane_sums(isum)), acc);
         }
-        std::array::from_fn(|r| hsum(acc[r]) - hsum(mins[r]))
+        hsum(acc) - hsum(mins)
     }
 }
 
@@ -410,93 +361,62 @@ fn q45_k<const FIVE: bool, const R: usize>(rows: &[u8], x: Q8Row) -> [f32; R] {
 /// 16-31, scaled by their two 6-bit scales in integers; the 8 blocks' sums gathered in one
 /// vector and scaled by d dx in one FMA per super-block (as Q6_K: no chain of 8 FMAs).
 pub fn dot_q3_k(row: &[u8], x: Q8Row) -> f32 {
-    dot_q3_k_rows::<1>(row, x)[0]
-}
-
-/// [`dot_q3_k`] for R consecutive rows (back to back in `rows`) and one token.
-pub fn dot_q3_k_rows<const R: usize>(rows: &[u8], x: Q8Row) -> [f32; R] {
-    let rb = rows.len() / R;
-    let nb = rb / 110;
-    assert!(rows.len() == R * rb && rb == nb * 110, "R whole rows of super-blocks");
+    let nb = row.len() / 110;
     // the activation loads below are unchecked
     assert!(x.xq.len() >= 256 * nb && x.xd.len() >= 8 * nb, "row and activations differ");
-    // SAFETY: every load reads 32 bytes inside a 110-byte super-block of a row, an activation
-    // block of xq or the super-block's 8 scales of xd (checked above).
+    // SAFETY: every load reads 32 bytes inside a 110-byte super-block (chunks_exact), an
+    // activation block of xq or the super-block's 8 scales of xd (checked above).
     unsafe {
         let (m3, one) = (_mm256_set1_epi8(3), _mm256_set1_epi8(1));
-        let mut acc = [_mm256_setzero_ps(); R];
-        for b in 0..nb {
-            let blks: [*const u8; R] = std::array::from_fn(|r| rows.as_ptr().add(r * rb + 110 * b));
-            for blk in blks {
-                _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(PREFETCH) as *const i8);
-                _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(PREFETCH + 64) as *const i8);
-            }
-            let mut sums = [[_mm256_setzero_si256(); 8]; R];
+        let mut acc = _mm256_setzero_ps();
+        for (b, blk) in row.chunks_exact(110).enumerate() {
+            _mm_prefetch::<_MM_HINT_T0>(blk.as_ptr().wrapping_add(PREFETCH) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(blk.as_ptr().wrapping_add(PREFETCH + 64) as *const i8);
+            let (sc, d) = (q3_scales(blk.as_ptr().add(96)), f16x8(&blk[108..]));
+            let hm = _mm256_loadu_si256(blk.as_ptr() as *const __m256i);
+            let mut sums = [_mm256_setzero_si256(); 8];
             for h in 0..2 {
+                let q = _mm256_loadu_si256(blk.as_ptr().add(32 + 32 * h) as *const __m256i);
                 for j in 0..4 {
+                    let q2 = _mm256_and_si256(_mm256_srl_epi16(q, _mm_cvtsi32_si128(2 * j as i32)), m3);
+                    let hb = _mm256_and_si256(_mm256_srl_epi16(hm, _mm_cvtsi32_si128((4 * h + j) as i32)), one);
+                    let w = _mm256_sub_epi8(q2, _mm256_slli_epi16(_mm256_xor_si256(hb, one), 2));
                     let c = 4 * h + j;
                     let xv = _mm256_loadu_si256(x.xq.as_ptr().add(32 * (8 * b + c)) as *const __m256i);
-                    for (sum, blk) in sums.iter_mut().zip(blks) {
-                        let (hm, q) = (
-                            _mm256_loadu_si256(blk as *const __m256i),
-                            _mm256_loadu_si256(blk.add(32 + 32 * h) as *const __m256i),
-                        );
-                        let q2 = _mm256_and_si256(_mm256_srl_epi16(q, _mm_cvtsi32_si128(2 * j as i32)), m3);
-                        let hb = _mm256_and_si256(_mm256_srl_epi16(hm, _mm_cvtsi32_si128(c as i32)), one);
-                        let w = _mm256_sub_epi8(q2, _mm256_slli_epi16(_mm256_xor_si256(hb, one), 2));
-                        sum[c] = block(w, xv);
-                    }
+                    sums[c] = block(w, xv);
                 }
             }
             let dx = _mm256_loadu_ps(x.xd.as_ptr().add(8 * b));
-            for ((a, sum), blk) in acc.iter_mut().zip(sums).zip(blks) {
-                let d = f16x8_at(blk.add(108));
-                let sc = q3_scales(blk.add(96));
-                *a = _mm256_fmadd_ps(_mm256_mul_ps(d, dx), _mm256_cvtepi32_ps(scaled_lane_sums(sum, sc)), *a);
-            }
+            acc = _mm256_fmadd_ps(_mm256_mul_ps(d, dx), _mm256_cvtepi32_ps(scaled_lane_sums(sums, sc)), acc);
         }
-        acc.map(hsum)
+        hsum(acc)
     }
 }
 
 /// IQ4_XS: per sub-block of 32, the nibbles' levels (pshufb) in one block product; the 8
 /// sub-blocks' sums gathered in one vector and scaled by d (scale - 32) dx in one FMA.
 pub fn dot_iq4_xs(row: &[u8], x: Q8Row) -> f32 {
-    dot_iq4_xs_rows::<1>(row, x)[0]
-}
-
-/// [`dot_iq4_xs`] for R consecutive rows (back to back in `rows`) and one token.
-pub fn dot_iq4_xs_rows<const R: usize>(rows: &[u8], x: Q8Row) -> [f32; R] {
-    let rb = rows.len() / R;
-    let nb = rb / 136;
-    assert!(rows.len() == R * rb && rb == nb * 136, "R whole rows of super-blocks");
+    let nb = row.len() / 136;
     // the activation loads below are unchecked
     assert!(x.xq.len() >= 256 * nb && x.xd.len() >= 8 * nb, "row and activations differ");
-    // SAFETY: every load reads 16 nibble bytes inside a 136-byte super-block of a row, an
+    // SAFETY: every load reads 16 nibble bytes inside a 136-byte super-block (chunks_exact), an
     // activation block of xq or the super-block's 8 scales of xd (checked above).
     unsafe {
         let levels = iq4_levels();
-        let mut acc = [_mm256_setzero_ps(); R];
-        for b in 0..nb {
-            let blks: [*const u8; R] = std::array::from_fn(|r| rows.as_ptr().add(r * rb + 136 * b));
-            for blk in blks {
-                _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(PREFETCH) as *const i8);
-                _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(PREFETCH + 64) as *const i8);
-            }
-            let mut sums = [[_mm256_setzero_si256(); 8]; R];
-            for ib in 0..8 {
-                let xv = _mm256_loadu_si256(x.xq.as_ptr().add(32 * (8 * b + ib)) as *const __m256i);
-                for (sum, blk) in sums.iter_mut().zip(blks) {
-                    sum[ib] = block(_mm256_shuffle_epi8(levels, nibbles(blk, 8 + 16 * ib)), xv);
-                }
-            }
-            let dx = _mm256_loadu_ps(x.xd.as_ptr().add(8 * b));
-            for ((a, sum), blk) in acc.iter_mut().zip(sums).zip(blks) {
-                let d = f16x8_at(blk);
-                let mult = _mm256_mul_ps(_mm256_mul_ps(d, iq4_xs_scales(blk)), dx);
-                *a = _mm256_fmadd_ps(mult, _mm256_cvtepi32_ps(lane_sums(sum)), *a);
-            }
+        let mut acc = _mm256_setzero_ps();
+        for (b, blk) in row.chunks_exact(136).enumerate() {
+            _mm_prefetch::<_MM_HINT_T0>(blk.as_ptr().wrapping_add(PREFETCH) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(blk.as_ptr().wrapping_add(PREFETCH + 64) as *const i8);
+            let sums: [__m256i; 8] = std::array::from_fn(|ib| {
+                let w = _mm256_shuffle_epi8(levels, nibbles(blk.as_ptr(), 8 + 16 * ib));
+                block(w, _mm256_loadu_si256(x.xq.as_ptr().add(32 * (8 * b + ib)) as *const __m256i))
+            });
+            let mult = _mm256_mul_ps(
+                _mm256_mul_ps(f16x8(blk), iq4_xs_scales(blk.as_ptr())),
+                _mm256_loadu_ps(x.xd.as_ptr().add(8 * b)),
+            );
+            acc = _mm256_fmadd_ps(mult, _mm256_cvtepi32_ps(lane_sums(sums)), acc);
         }
-        acc.map(hsum)
+        hsum(acc)
     }
 }
