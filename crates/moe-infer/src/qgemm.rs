@@ -356,6 +356,10 @@ pub fn forward(w: &Weight, x: &[f32], n: usize, y: &mut [f32]) {
 /// `TOKENS` tokens of a `Tokens` from the first on: q [TOKENS][cols], d [TOKENS][nb], ds and
 /// start [TOKENS][scale blocks].
 #[derive(Clone, Copy)]
+#[cfg_attr(
+    not(all(target_arch = "x86_64", target_feature = "avx512f", target_feature = "avx512vnni")),
+    allow(dead_code)
+)]
 struct TokenGroup<'a> {
     q: &'a [i8],
     d: &'a [f32],
