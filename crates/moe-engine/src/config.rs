@@ -65,6 +65,9 @@ pub enum DropPolicy {
     Position,
 }
 
+/// The most layers a config may name (the largest released models have under 200).
+pub const MAX_LAYERS: usize = 4096;
+
 /// A decoder-only LLaMA-style transformer whose feed-forward block is dense or MoE per layer.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -384,6 +387,14 @@ impl ModelConfig {
             if v == 0 {
                 return Err(Error::config(format!("{name} is 0"), format!("set {name} to a positive value")));
             }
+        }
+        if self.num_hidden_layers > MAX_LAYERS {
+            // a hostile count (the config_json fuzz target's 5 x 10^13) would be walked layer
+            // by layer below and in the model's tables
+            return Err(Error::config(
+                format!("num_hidden_layers is {}", self.num_hidden_layers),
+                format!("num_hidden_layers must be at most {MAX_LAYERS}"),
+            ));
         }
         if self.head_dim == 0 && !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return Err(Error::config(

@@ -57,6 +57,9 @@ fn unknown_preset_and_bad_configs() {
     assert!(one_line(&bad.validate().unwrap_err()).contains("top-k"));
     let bad = ModelConfig { num_attention_heads: 3, ..ModelConfig::tiny() };
     assert!(one_line(&bad.validate().unwrap_err()).contains("divisible"));
+    // the config_json fuzz target's find: a count of 5 x 10^13 was walked layer by layer
+    let bad = ModelConfig { num_hidden_layers: 49_999_999_999_996, ..ModelConfig::tiny() };
+    assert!(one_line(&bad.validate().unwrap_err()).contains("num_hidden_layers must be at most"));
     let bad = ModelConfig { router_aux_loss_coef: -1.0, ..ModelConfig::tiny() };
     assert!(one_line(&bad.validate().unwrap_err()).contains("router_aux_loss_coef"));
 }

@@ -209,6 +209,13 @@ impl Spec {
         let kv_heads = c.opt_usize("num_key_value_heads").unwrap_or(heads);
         let vocab = c.usize("vocab_size")?;
         let max_pos = c.opt_usize("max_position_embeddings").unwrap_or(4096);
+        // a hostile count (10^13) would fill the per-layer tables below until a timeout
+        if layers > moe_engine::config::MAX_LAYERS {
+            return Err(c.err(format!(
+                "num_hidden_layers = {layers} is not a real model's (at most {}); fix the config",
+                moe_engine::config::MAX_LAYERS
+            )));
+        }
         if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 || hidden == 0 || layers == 0 {
             return Err(c.err(format!(
                 "bad sizes: hidden {hidden}, layers {layers}, heads {heads}, kv heads {kv_heads} (heads must be a multiple of kv heads)"

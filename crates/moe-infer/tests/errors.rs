@@ -157,6 +157,25 @@ fn shard_paths_outside_the_folder_are_refused() {
     }
 }
 
+/// The `config_json` fuzz target's find: a layer count of about 5 x 10^13 made parsing fill
+/// per-layer tables until its timeout. Refused at once, naming the field; a thread bounds the
+/// wait so a regression fails instead of hanging.
+#[test]
+fn a_huge_layer_count_is_refused_at_once() {
+    let t = copy("mixtral");
+    let p = t.path().join("config.json");
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    v["num_hidden_layers"] = serde_json::json!(49_999_999_999_996u64);
+    std::fs::write(&p, v.to_string()).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let dir = t.path().to_path_buf();
+    std::thread::spawn(move || {
+        let _ = tx.send(load_err(&dir));
+    });
+    let e = rx.recv_timeout(std::time::Duration::from_secs(60)).expect("still loading after 60 s");
+    assert!(e.contains("num_hidden_layers") && e.contains("at most"), "{e}");
+}
+
 #[test]
 fn a_rotary_dimension_beyond_the_head_is_refused() {
     let t = copy("olmoe");
