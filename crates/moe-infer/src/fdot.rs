@@ -1,9 +1,9 @@
 //! The bf16 decode kernel: a bf16 weight row dotted with f32 activations in place. Each
 //! 16-value chunk is widened to f32 in registers (bf16 is the top half of an f32) and
 //! multiplied into one of four independent accumulators, so the loop is bound by loads, not by
-//! the latency of one FMA chain; the bytes `qdot::PREFETCH` ahead are requested as it goes.
-//! AVX-512 where the build targets it, else AVX2 (8-value chunks), else a portable loop. Tests
-//! compare them.
+//! the latency of one FMA chain; the bytes `qdot::prefetch_distance()` ahead are requested as
+//! it goes. AVX-512 where the build targets it, else AVX2 (8-value chunks), else a portable
+//! loop. Tests compare them.
 
 /// sum_j bf16(b[2j..2j+2]) * x[j], portable.
 pub fn dot_bf16_scalar(b: &[u8], x: &[f32]) -> f32 {
@@ -31,11 +31,13 @@ pub fn dot_bf16(b: &[u8], x: &[f32]) -> f32 {
         let widen = |p: *const u8| {
             _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(p as *const __m256i)), 16))
         };
-        let mut j = 0;
+        let (mut j, dist) = (0, crate::qdot::prefetch_distance());
         while j < main {
-            let ahead = b.as_ptr().wrapping_add(2 * j + crate::qdot::PREFETCH);
-            _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
-            _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64) as *const i8);
+            if dist != 0 {
+                let ahead = b.as_ptr().wrapping_add(2 * j + dist);
+                _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64) as *const i8);
+            }
             for (k, a) in acc.iter_mut().enumerate() {
                 let o = j + 16 * k;
                 *a = _mm512_fmadd_ps(widen(b.as_ptr().add(2 * o)), _mm512_loadu_ps(x.as_ptr().add(o)), *a);
@@ -59,9 +61,11 @@ pub fn dot_bf16(b: &[u8], x: &[f32]) -> f32 {
         let widen = |p: *const u8| {
             _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(p as *const __m128i)), 16))
         };
-        let mut j = 0;
+        let (mut j, dist) = (0, crate::qdot::prefetch_distance());
         while j < main {
-            _mm_prefetch::<_MM_HINT_T0>(b.as_ptr().wrapping_add(2 * j + crate::qdot::PREFETCH) as *const i8);
+            if dist != 0 {
+                _mm_prefetch::<_MM_HINT_T0>(b.as_ptr().wrapping_add(2 * j + dist) as *const i8);
+            }
             for (k, a) in acc.iter_mut().enumerate() {
                 let o = j + 8 * k;
                 *a = _mm256_fmadd_ps(widen(b.as_ptr().add(2 * o)), _mm256_loadu_ps(x.as_ptr().add(o)), *a);

@@ -11,10 +11,39 @@
 //! would wrap. Weights may take any int8 value.
 
 /// How far ahead of the weight bytes being read the decode kernels (here and in `fdot`) ask for
-/// the next ones (`prefetcht0`): a row and the rows after it stream from memory, and the
-/// hardware prefetcher alone kept decoding at about half of the read bandwidth. 4 KiB ahead
-/// measured best among 0.5-8 KiB (OLMoE Q8_0: about 45 -> 55-70 tokens/s).
+/// the next ones (`prefetcht0`) on Intel CPUs: a row and the rows after it stream from memory,
+/// and the hardware prefetcher alone kept decoding at about half of the read bandwidth. 4 KiB
+/// ahead measured best among 0.5-8 KiB (Intel Xeon, OLMoE Q8_0: about 45 -> 55-70 tokens/s).
 pub const PREFETCH: usize = 4096;
+
+/// The distance the kernels prefetch at on this machine, 0 for none: `PREFETCH`, but none on
+/// AMD CPUs, whose hardware prefetcher streams a row faster alone (AMD EPYC Zen 4, one thread,
+/// a 150 MB Q4_K weight: 16.1-16.6 GB/s without, 13.8-14.5 with prefetches 4 KiB ahead).
+/// `MOE_PREFETCH=BYTES` sets it (0: none), for measuring.
+pub fn prefetch_distance() -> usize {
+    static D: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *D.get_or_init(|| match std::env::var("MOE_PREFETCH").ok().and_then(|v| v.parse().ok()) {
+        Some(d) => d,
+        None if cpu_vendor() == *b"AuthenticAMD" => 0,
+        None => PREFETCH,
+    })
+}
+
+/// The CPU vendor string (cpuid leaf 0), zeros off x86-64.
+fn cpu_vendor() -> [u8; 12] {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // cpuid leaf 0 exists on every x86-64 CPU
+        let r = std::arch::x86_64::__cpuid(0);
+        let mut v = [0u8; 12];
+        for (i, w) in [r.ebx, r.edx, r.ecx].iter().enumerate() {
+            v[4 * i..4 * i + 4].copy_from_slice(&w.to_le_bytes());
+        }
+        v
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    [0; 12]
+}
 
 #[inline(always)]
 fn f16(b: &[u8]) -> f32 {

@@ -5,8 +5,9 @@
 //! sums in the same order, so the same results bit for bit, with less work per row).
 
 use super::lanes::{LaneKind, Lanes};
+use super::x86::ask_ahead;
 use super::x86::{load_q8_0, nibbles, rows};
-use super::{Q8Row, PREFETCH};
+use super::Q8Row;
 use std::arch::x86_64::*;
 
 /// Pairs of blocks (b, b+1) in one 512-bit `vpdpbusd` each, for N activation rows at once
@@ -29,6 +30,7 @@ unsafe fn pairs<const X_ORDER: i32, const N: usize>(
     lane_bias: i32,
     load: impl Fn(*const u8) -> __m512i,
 ) -> ([f32; N], usize) {
+    let ahead = super::prefetch_distance();
     let nb = x[0].xd.len();
     for r in &x {
         assert!(
@@ -42,7 +44,7 @@ unsafe fn pairs<const X_ORDER: i32, const N: usize>(
     while b + 2 <= nb {
         let p = row.as_ptr().add(blk_bytes * b);
         // the row (and the next ones, contiguous) streams from memory: ask ahead
-        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH) as *const i8);
+        ask_ahead(p, ahead, 1);
         let w = load(p);
         let d = pair_scales(p, blk_bytes);
         for (a, r) in acc.iter_mut().zip(&x) {
@@ -144,6 +146,7 @@ unsafe fn pairs_lanes<const N: usize>(
     idx: __m512i,
     load: impl Fn(*const u8) -> __m512i,
 ) -> ([f32; N], usize) {
+    let ahead = super::prefetch_distance();
     let pairs = x[0].v.len() / 3;
     for l in &x {
         assert!(l.v.len() == 3 * pairs && row.len() >= 2 * blk_bytes * pairs, "row and activations differ");
@@ -151,7 +154,7 @@ unsafe fn pairs_lanes<const N: usize>(
     let mut acc = [_mm512_setzero_ps(); N];
     for p in 0..pairs {
         let at = row.as_ptr().add(2 * blk_bytes * p);
-        _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(PREFETCH) as *const i8);
+        ask_ahead(at, ahead, 1);
         let w = load(at);
         let d = _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(pair_scales(at, blk_bytes)));
         for (a, l) in acc.iter_mut().zip(&x) {

@@ -5,7 +5,7 @@
 //! unpacked once for all of them); Q6_K one row. Where AVX-512 VNNI is there, `vnni` runs Q8_0 and Q4_0 in pairs of
 //! blocks and uses these for odd tails.
 
-use super::{Q8Row, PREFETCH};
+use super::Q8Row;
 use std::arch::x86_64::*;
 
 /// 8 partial i32 sums of w[j] * x[j] for 32 int8 pairs (x in [-127, 127]).
@@ -117,6 +117,18 @@ fn iq4_xs_scales(p: *const u8) -> __m256 {
     }
 }
 
+/// Asks for `lines` cache lines from `ahead` bytes past p; nothing when ahead is 0 (see
+/// `qdot::prefetch_distance`).
+#[inline(always)]
+pub(super) fn ask_ahead(p: *const u8, ahead: usize, lines: usize) {
+    if ahead != 0 {
+        for l in 0..lines {
+            // SAFETY: a prefetch never faults, whatever the address.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(ahead + 64 * l) as *const i8) };
+        }
+    }
+}
+
 #[inline(always)]
 pub(super) fn hsum(v: __m256) -> f32 {
     unsafe {
@@ -138,6 +150,7 @@ pub(super) fn rows<const N: usize, const STORED_M: bool, const SHIFT: i32>(
     x: [Q8Row; N],
     load: impl Fn(*const u8) -> __m256i,
 ) -> [f32; N] {
+    let ahead = super::prefetch_distance();
     let nb = row.len() / blk_bytes;
     for r in &x {
         // the activation loads below are unchecked
@@ -152,7 +165,7 @@ pub(super) fn rows<const N: usize, const STORED_M: bool, const SHIFT: i32>(
         for b in 0..nb {
             let p = row.as_ptr().add(blk_bytes * b);
             // the row (and the next ones, contiguous) streams from memory: ask ahead
-            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH) as *const i8);
+            ask_ahead(p, ahead, 1);
             let (w, d) = (load(p), f16x8(std::slice::from_raw_parts(p, 2)));
             for ((a, mn), r) in acc.iter_mut().zip(&mut mins).zip(&x) {
                 let xv = _mm256_loadu_si256(r.xq.as_ptr().add(32 * b) as *const __m256i);
@@ -260,6 +273,7 @@ pub fn dot_q4_0_n<const N: usize>(row: &[u8], x: [Q8Row; N]) -> [f32; N] {
 }
 
 pub fn dot_q6_k(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
+    let ahead = super::prefetch_distance();
     let nb = row.len() / 210;
     // The activation loads below are unchecked: a short activation row must stop here.
     assert!(xq.len() >= 256 * nb && xd.len() >= 8 * nb, "Q6_K row of {nb} super-blocks and activations differ");
@@ -270,9 +284,7 @@ pub fn dot_q6_k(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
         let mut acc = _mm256_setzero_ps();
         let (m4, m3, m32) = (_mm256_set1_epi8(0xF), _mm256_set1_epi8(3), _mm256_set1_epi8(32));
         for (b, blk) in row.chunks_exact(210).enumerate() {
-            for line in 0..4 {
-                _mm_prefetch::<_MM_HINT_T0>(blk.as_ptr().wrapping_add(PREFETCH + 64 * line) as *const i8);
-            }
+            ask_ahead(blk.as_ptr(), ahead, 4);
             let d = f16x8(&blk[208..210]);
             let mut sums = [_mm256_setzero_si256(); 8];
             for h in 0..2 {
@@ -309,6 +321,7 @@ pub fn dot_q45_k(row: &[u8], x: Q8Row, five: bool) -> f32 {
 }
 
 fn q45_k<const FIVE: bool>(row: &[u8], x: Q8Row) -> f32 {
+    let ahead = super::prefetch_distance();
     let bb = if FIVE { 176 } else { 144 };
     let nb = row.len() / bb;
     // the activation loads below are unchecked
@@ -319,9 +332,7 @@ fn q45_k<const FIVE: bool>(row: &[u8], x: Q8Row) -> f32 {
         let (m4, one) = (_mm256_set1_epi8(0xF), _mm256_set1_epi8(1));
         let (mut acc, mut mins) = (_mm256_setzero_ps(), _mm256_setzero_ps());
         for (b, blk) in row.chunks_exact(bb).enumerate() {
-            for line in 0..3 {
-                _mm_prefetch::<_MM_HINT_T0>(blk.as_ptr().wrapping_add(PREFETCH + 64 * line) as *const i8);
-            }
+            ask_ahead(blk.as_ptr(), ahead, 3);
             // the 8 sub-blocks' multipliers in vectors: d scale_s dx_s for the sums, dmin min_s
             // dx_s xs_s for the mins
             let (sc, m) = crate::quants::scales_mins(&blk[4..16]);
@@ -361,6 +372,7 @@ fn q45_k<const FIVE: bool>(row: &[u8], x: Q8Row) -> f32 {
 /// 16-31, scaled by their two 6-bit scales in integers; the 8 blocks' sums gathered in one
 /// vector and scaled by d dx in one FMA per super-block (as Q6_K: no chain of 8 FMAs).
 pub fn dot_q3_k(row: &[u8], x: Q8Row) -> f32 {
+    let ahead = super::prefetch_distance();
     let nb = row.len() / 110;
     // the activation loads below are unchecked
     assert!(x.xq.len() >= 256 * nb && x.xd.len() >= 8 * nb, "row and activations differ");
@@ -370,8 +382,7 @@ pub fn dot_q3_k(row: &[u8], x: Q8Row) -> f32 {
         let (m3, one) = (_mm256_set1_epi8(3), _mm256_set1_epi8(1));
         let mut acc = _mm256_setzero_ps();
         for (b, blk) in row.chunks_exact(110).enumerate() {
-            _mm_prefetch::<_MM_HINT_T0>(blk.as_ptr().wrapping_add(PREFETCH) as *const i8);
-            _mm_prefetch::<_MM_HINT_T0>(blk.as_ptr().wrapping_add(PREFETCH + 64) as *const i8);
+            ask_ahead(blk.as_ptr(), ahead, 2);
             let (sc, d) = (q3_scales(blk.as_ptr().add(96)), f16x8(&blk[108..]));
             let hm = _mm256_loadu_si256(blk.as_ptr() as *const __m256i);
             let mut sums = [_mm256_setzero_si256(); 8];
@@ -396,6 +407,7 @@ pub fn dot_q3_k(row: &[u8], x: Q8Row) -> f32 {
 /// IQ4_XS: per sub-block of 32, the nibbles' levels (pshufb) in one block product; the 8
 /// sub-blocks' sums gathered in one vector and scaled by d (scale - 32) dx in one FMA.
 pub fn dot_iq4_xs(row: &[u8], x: Q8Row) -> f32 {
+    let ahead = super::prefetch_distance();
     let nb = row.len() / 136;
     // the activation loads below are unchecked
     assert!(x.xq.len() >= 256 * nb && x.xd.len() >= 8 * nb, "row and activations differ");
@@ -405,8 +417,7 @@ pub fn dot_iq4_xs(row: &[u8], x: Q8Row) -> f32 {
         let levels = iq4_levels();
         let mut acc = _mm256_setzero_ps();
         for (b, blk) in row.chunks_exact(136).enumerate() {
-            _mm_prefetch::<_MM_HINT_T0>(blk.as_ptr().wrapping_add(PREFETCH) as *const i8);
-            _mm_prefetch::<_MM_HINT_T0>(blk.as_ptr().wrapping_add(PREFETCH + 64) as *const i8);
+            ask_ahead(blk.as_ptr(), ahead, 2);
             let sums: [__m256i; 8] = std::array::from_fn(|ib| {
                 let w = _mm256_shuffle_epi8(levels, nibbles(blk.as_ptr(), 8 + 16 * ib));
                 block(w, _mm256_loadu_si256(x.xq.as_ptr().add(32 * (8 * b + ib)) as *const __m256i))
