@@ -68,6 +68,10 @@ pub enum DropPolicy {
 /// The most layers a config may name (the largest released models have under 200).
 pub const MAX_LAYERS: usize = 4096;
 
+/// The most parameters a config may describe (an upper bound, see `ModelConfig::validate`):
+/// 10^12, past any CPU's memory.
+pub const MAX_PARAMS: u128 = 1_000_000_000_000;
+
 /// A decoder-only LLaMA-style transformer whose feed-forward block is dense or MoE per layer.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -372,6 +376,23 @@ impl ModelConfig {
         }
     }
 
+    /// An upper bound of the parameters (and position tables) the config describes, every
+    /// product checked in u128 (None: beyond it): hostile sizes stop here, before any size
+    /// arithmetic of the engine can overflow or any table is allocated.
+    fn param_bound(&self) -> Option<u128> {
+        let m = |f: &[usize]| f.iter().try_fold(1u128, |a, &x| a.checked_mul(x as u128));
+        let (c, d) = (self.hidden_size, self.head_dim());
+        let attn = m(&[2, c, self.num_attention_heads, d])?.checked_add(m(&[2, c, self.num_key_value_heads, d])?)?;
+        let experts = m(&[3, self.num_local_experts, c, self.moe_intermediate_size])?
+            .checked_add(m(&[self.num_local_experts, c])?)?
+            .checked_add(m(&[3, c, self.shared_expert_intermediate_size])?)?;
+        let layer = attn.checked_add(experts)?.checked_add(m(&[3, c, self.intermediate_size])?)?;
+        m(&[self.num_hidden_layers])?
+            .checked_mul(layer)?
+            .checked_add(m(&[2, self.vocab_size, c])?)?
+            .checked_add(m(&[self.max_position_embeddings, d])?)
+    }
+
     /// Checks every constraint the engine relies on.
     pub fn validate(&self) -> Result<()> {
         let positive = [
@@ -395,6 +416,17 @@ impl ModelConfig {
                 format!("num_hidden_layers is {}", self.num_hidden_layers),
                 format!("num_hidden_layers must be at most {MAX_LAYERS}"),
             ));
+        }
+        match self.param_bound() {
+            Some(n) if n <= MAX_PARAMS => {}
+            n => {
+                let n = n.map_or("more than 10^38".into(), |n| format!("up to {n:.3e}", n = n as f64));
+                return Err(Error::config(
+                    format!("the config describes {n} parameters"),
+                    "at most 10^12 (past any CPU's memory): check hidden_size, intermediate_size, \
+                     moe_intermediate_size, num_local_experts, vocab_size and max_position_embeddings",
+                ));
+            }
         }
         if self.head_dim == 0 && !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return Err(Error::config(

@@ -60,6 +60,16 @@ fn unknown_preset_and_bad_configs() {
     // the config_json fuzz target's find: a count of 5 x 10^13 was walked layer by layer
     let bad = ModelConfig { num_hidden_layers: 49_999_999_999_996, ..ModelConfig::tiny() };
     assert!(one_line(&bad.validate().unwrap_err()).contains("num_hidden_layers must be at most"));
+    // sizes whose products overflowed the size arithmetic (or asked for petabytes)
+    for bad in [
+        ModelConfig { hidden_size: 1 << 40, ..ModelConfig::tiny() },
+        ModelConfig { vocab_size: 1 << 45, ..ModelConfig::tiny() },
+        ModelConfig { num_local_experts: 1 << 40, ..ModelConfig::tiny() },
+        ModelConfig { moe_intermediate_size: usize::MAX, ..ModelConfig::tiny() },
+        ModelConfig { max_position_embeddings: usize::MAX, ..ModelConfig::tiny() },
+    ] {
+        assert!(one_line(&bad.validate().unwrap_err()).contains("parameters"), "{bad:?}");
+    }
     let bad = ModelConfig { router_aux_loss_coef: -1.0, ..ModelConfig::tiny() };
     assert!(one_line(&bad.validate().unwrap_err()).contains("router_aux_loss_coef"));
 }
