@@ -196,7 +196,8 @@ impl Builder {
     fn push_experts(&mut self, name: String, shape: &[usize], init: Init, shard: &Shard, moe_layer: usize) -> Span {
         let pl = shard.placement(moe_layer, shape[0]);
         let slots = pl.ranks[shard.rank].clone();
-        let primary = (0..slots.len()).map(|j| pl.hosts(slots[j])[0] == (shard.rank, j)).collect();
+        let first = pl.first_hosts();
+        let primary = (0..slots.len()).map(|j| first[slots[j]] == Some((shard.rank, j))).collect();
         let replicated = (0..shape[0]).filter(|&x| pl.replicas[x] > 1).collect();
         let local: Vec<usize> = std::iter::once(slots.len()).chain(shape[1..].iter().copied()).collect();
         let span = self.push(name, &local, init);

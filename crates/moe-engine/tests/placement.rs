@@ -48,3 +48,29 @@ fn equal_loads_stay_balanced_and_bad_shapes_are_refused() {
     assert!(e.contains("redundant"), "{e}");
     assert!(Placement::contiguous(10, 4).is_err());
 }
+
+/// `first_hosts` gives each expert's first host as `hosts` finds it, with replicas, in one pass.
+#[test]
+fn first_hosts_are_the_hosts_first() {
+    let p = balance(&zipf(16, 1.2), 4, 4).unwrap();
+    let first = p.first_hosts();
+    for (x, f) in first.iter().enumerate() {
+        assert_eq!(*f, p.hosts(x).first().copied(), "expert {x}");
+    }
+}
+
+/// A valid config of 97,777 tiny experts (found slow by the config_json fuzz target: placing
+/// the experts was quadratic, 11 s) builds its model at once; a thread bounds the wait so a
+/// regression fails instead of hanging.
+#[test]
+fn a_model_of_many_experts_builds_at_once() {
+    use moe_engine::config::ModelConfig;
+    let cfg = ModelConfig { num_local_experts: 97_777, moe_intermediate_size: 4, ..ModelConfig::tiny() };
+    cfg.validate().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(moe_engine::model::Model::<f32>::new(cfg).map(|m| m.layout.total));
+    });
+    let built = rx.recv_timeout(std::time::Duration::from_secs(30)).expect("still building after 30 s");
+    assert!(built.unwrap() > 97_777, "the experts' parameters are laid out");
+}

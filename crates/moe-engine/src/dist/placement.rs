@@ -106,6 +106,18 @@ impl Placement {
         v
     }
 
+    /// The first host (rank, slot) of every expert, in one pass over the slots (`hosts(x)[0]`
+    /// for each x, which took E passes: 11 s for 97,777 experts); None for an expert nobody hosts.
+    pub fn first_hosts(&self) -> Vec<Option<(usize, usize)>> {
+        let mut first = vec![None; self.replicas.len()];
+        for (r, slots) in self.ranks.iter().enumerate() {
+            for (j, &x) in slots.iter().enumerate() {
+                first[x].get_or_insert((r, j));
+            }
+        }
+        first
+    }
+
     /// Tokens each rank processes for expert loads `load`[E].
     pub fn rank_loads(&self, load: &[f64]) -> Vec<f64> {
         self.ranks.iter().map(|experts| experts.iter().map(|&x| load[x] / self.replicas[x] as f64).sum()).collect()
