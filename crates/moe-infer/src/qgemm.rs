@@ -80,6 +80,33 @@ const IQ4U: [u8; 16] = {
     t
 };
 
+/// An IQ4 block's 32 values (low nibbles of qs[..16] first, then the high ones) as their
+/// unsigned levels `IQ4U` into u[..32]: one `pshufb` per 16 where AVX2 is built (a table
+/// lookup per value took a third of the IQ4_XS prompt time), else a lookup each.
+#[inline(always)]
+fn iq4_levels_into(qs: &[u8], u: &mut [u8]) {
+    let (qs, u): (&[u8; 16], &mut [u8; 32]) =
+        (qs[..16].try_into().expect("16 bytes"), (&mut u[..32]).try_into().expect("32 values"));
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+    // SAFETY: AVX2 (and so SSSE3) is built in; the loads and stores stay inside qs, IQ4U and u.
+    unsafe {
+        use std::arch::x86_64::*;
+        let (b, m, t) = (
+            _mm_loadu_si128(qs.as_ptr() as *const __m128i),
+            _mm_set1_epi8(15),
+            _mm_loadu_si128(IQ4U.as_ptr() as *const __m128i),
+        );
+        let (lo, hi) = (_mm_and_si128(b, m), _mm_and_si128(_mm_srli_epi16(b, 4), m));
+        _mm_storeu_si128(u.as_mut_ptr() as *mut __m128i, _mm_shuffle_epi8(t, lo));
+        _mm_storeu_si128(u.as_mut_ptr().add(16) as *mut __m128i, _mm_shuffle_epi8(t, hi));
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
+    {
+        nibbles_into(qs, 0, u);
+        u.iter_mut().for_each(|o| *o = IQ4U[*o as usize & 15]);
+    }
+}
+
 /// Row `row` (bytes of a `supports` type) as unsigned values u[cols] and per scale block (of
 /// `granularity` values) the scale d and offset m, so that value j is d[j / g] u[j] + m[j / g].
 pub fn unpack_row(dtype: Dtype, row: &[u8], u: &mut [u8], d: &mut [f32], m: &mut [f32]) {
@@ -97,8 +124,7 @@ pub fn unpack_row(dtype: Dtype, row: &[u8], u: &mut [u8], d: &mut [f32], m: &mut
                         -128.0 * *d
                     }
                     Dtype::IQ4NL => {
-                        nibbles_into(&blk[2..], 0, u);
-                        u.iter_mut().for_each(|o| *o = IQ4U[*o as usize & 15]);
+                        iq4_levels_into(&blk[2..], u);
                         -128.0 * *d
                     }
                     Dtype::Q4_0 => {
@@ -149,8 +175,7 @@ pub fn unpack_row(dtype: Dtype, row: &[u8], u: &mut [u8], d: &mut [f32], m: &mut
                 let dd = f16(blk);
                 for (ib, qs) in blk[8..].chunks_exact(16).enumerate() {
                     let Some(((u, d), m)) = parts.next() else { return };
-                    nibbles_into(qs, 0, u);
-                    u.iter_mut().for_each(|o| *o = IQ4U[*o as usize & 15]);
+                    iq4_levels_into(qs, u);
                     *d = dd * crate::quants::iq4_xs_scale(blk, ib) as f32;
                     *m = -128.0 * *d;
                 }
