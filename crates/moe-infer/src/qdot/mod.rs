@@ -22,10 +22,15 @@ pub const PREFETCH: usize = 4096;
 /// `MOE_PREFETCH=BYTES` sets it (0: none), for measuring.
 pub fn prefetch_distance() -> usize {
     static D: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *D.get_or_init(|| match std::env::var("MOE_PREFETCH").ok().and_then(|v| v.parse().ok()) {
-        Some(d) => d,
-        None if cpu_vendor() == *b"AuthenticAMD" => 0,
-        None => PREFETCH,
+    *D.get_or_init(|| {
+        let default = if cpu_vendor() == *b"AuthenticAMD" { 0 } else { PREFETCH };
+        match std::env::var("MOE_PREFETCH") {
+            Err(_) => default,
+            Ok(v) => v.trim().parse().unwrap_or_else(|_| {
+                eprintln!("warning: MOE_PREFETCH={v:?} is not a byte count; prefetching {default} bytes ahead");
+                default
+            }),
+        }
     })
 }
 
