@@ -72,6 +72,11 @@ pub const MAX_LAYERS: usize = 4096;
 /// 10^12, past any CPU's memory.
 pub const MAX_PARAMS: u128 = 1_000_000_000_000;
 
+/// The most values the model's RoPE tables (cos and sin, max_position_embeddings x head_dim / 2
+/// each) may hold: 2^28 (1 GiB of f32), 2 M positions at head dim 128. A config of 1.8 x 10^9
+/// positions asked for 14 GB (the config_json fuzz target's third find).
+pub const MAX_ROPE_VALUES: u128 = 1 << 28;
+
 /// A decoder-only LLaMA-style transformer whose feed-forward block is dense or MoE per layer.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -427,6 +432,18 @@ impl ModelConfig {
                      moe_intermediate_size, num_local_experts, vocab_size and max_position_embeddings",
                 ));
             }
+        }
+        let rope = self.max_position_embeddings as u128 * self.head_dim() as u128;
+        if rope > MAX_ROPE_VALUES {
+            // the model holds cos and sin tables of max_position_embeddings x head_dim / 2 each
+            return Err(Error::config(
+                format!(
+                    "max_position_embeddings {} x head dim {} is {rope} RoPE table values",
+                    self.max_position_embeddings,
+                    self.head_dim()
+                ),
+                format!("at most {MAX_ROPE_VALUES} (1 GiB of f32 tables): lower max_position_embeddings"),
+            ));
         }
         if self.head_dim == 0 && !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return Err(Error::config(

@@ -70,6 +70,9 @@ fn unknown_preset_and_bad_configs() {
     ] {
         assert!(one_line(&bad.validate().unwrap_err()).contains("parameters"), "{bad:?}");
     }
+    // RoPE tables of 1.8 x 10^9 positions (14 GB)
+    let bad = ModelConfig { max_position_embeddings: 1_777_777_717, ..ModelConfig::tiny() };
+    assert!(one_line(&bad.validate().unwrap_err()).contains("lower max_position_embeddings"));
     let bad = ModelConfig { router_aux_loss_coef: -1.0, ..ModelConfig::tiny() };
     assert!(one_line(&bad.validate().unwrap_err()).contains("router_aux_loss_coef"));
 }
