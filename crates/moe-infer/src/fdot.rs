@@ -33,11 +33,7 @@ pub fn dot_bf16(b: &[u8], x: &[f32]) -> f32 {
         };
         let (mut j, dist) = (0, crate::qdot::prefetch_distance());
         while j < main {
-            if dist != 0 {
-                let ahead = b.as_ptr().wrapping_add(2 * j + dist);
-                _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
-                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64) as *const i8);
-            }
+            crate::qdot::x86::ask_ahead(b.as_ptr().wrapping_add(2 * j), dist, 2);
             for (k, a) in acc.iter_mut().enumerate() {
                 let o = j + 16 * k;
                 *a = _mm512_fmadd_ps(widen(b.as_ptr().add(2 * o)), _mm512_loadu_ps(x.as_ptr().add(o)), *a);
@@ -63,9 +59,7 @@ pub fn dot_bf16(b: &[u8], x: &[f32]) -> f32 {
         };
         let (mut j, dist) = (0, crate::qdot::prefetch_distance());
         while j < main {
-            if dist != 0 {
-                _mm_prefetch::<_MM_HINT_T0>(b.as_ptr().wrapping_add(2 * j + dist) as *const i8);
-            }
+            crate::qdot::x86::ask_ahead(b.as_ptr().wrapping_add(2 * j), dist, 1);
             for (k, a) in acc.iter_mut().enumerate() {
                 let o = j + 8 * k;
                 *a = _mm256_fmadd_ps(widen(b.as_ptr().add(2 * o)), _mm256_loadu_ps(x.as_ptr().add(o)), *a);

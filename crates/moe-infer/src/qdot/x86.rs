@@ -120,7 +120,7 @@ fn iq4_xs_scales(p: *const u8) -> __m256 {
 /// Asks for `lines` cache lines from `ahead` bytes past p; nothing when ahead is 0 (see
 /// `qdot::prefetch_distance`).
 #[inline(always)]
-pub(super) fn ask_ahead(p: *const u8, ahead: usize, lines: usize) {
+pub(crate) fn ask_ahead(p: *const u8, ahead: usize, lines: usize) {
     if ahead != 0 {
         for l in 0..lines {
             // SAFETY: a prefetch never faults, whatever the address.
