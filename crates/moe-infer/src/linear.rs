@@ -74,7 +74,7 @@ impl Linear {
     /// every token; chunks of output rows are split over the threads, and each chunk passes
     /// over the tokens in blocks of `TOKEN_BLOCK`. Types with integer kernels take the tokens
     /// quantised to Q8_0 blocks (laid out once for the pair kernels where the type has one),
-    /// four, two or one per kernel call.
+    /// four, two or one per kernel call; super-block types take a chunk's rows per call.
     pub fn dot_rows(&self, x: &[f32], n: usize, y: &mut [f32]) {
         let (i, o) = (self.inp, self.out);
         const CHUNK: usize = 64;
@@ -101,7 +101,19 @@ impl Linear {
             (false, _) => Vec::new(),
         };
         let mut t = vec![0.0f32; n * o]; // [o, n], so parallel chunks are contiguous
+                                         // (the pair kernels of Q8_0 and Q4_0 beat their one-token runs even for one token)
+        let d = self.w.dtype;
+        let runs = q8 && d.lane_kind().is_none() && (n == 1 || d.super_block().is_some());
         t.par_chunks_mut(CHUNK * n).enumerate().for_each(|(c, ts)| {
+            if runs {
+                // the chunk's rows in one kernel call per token (they stay in cache for the next)
+                let (mut run, m) = ([0.0f32; CHUNK], ts.len() / n);
+                for (tok, l) in lanes.iter().enumerate() {
+                    self.w.dot_rows_q8(c * CHUNK, l.x, &mut run[..m]);
+                    run[..m].iter().enumerate().for_each(|(k, &v)| ts[k * n + tok] = v);
+                }
+                return;
+            }
             // tokens in blocks whose activations stay in cache while the chunk's rows pass
             for t0 in (0..n).step_by(TOKEN_BLOCK) {
                 let t1 = (t0 + TOKEN_BLOCK).min(n);
@@ -181,6 +193,47 @@ fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
 mod tests {
     use super::*;
     use crate::weight::{Dtype, Quant};
+
+    /// Super-block weights (Q4_K, Q6_K) take a chunk's rows per kernel call: each token of a
+    /// batch gets exactly what it gets alone, close to the f32 product of the decoded weight.
+    #[test]
+    fn runs_of_super_block_rows_equal_one_token_at_a_time() {
+        let mut rng = moe_engine::rng::Rng::new(5);
+        let (rows, cols) = (70, 512); // more than one chunk of 64 rows, 2 super-blocks per row
+        for (dtype, bytes, scales) in [(Dtype::Q4K, 144, &[0, 2][..]), (Dtype::Q6K, 210, &[208])] {
+            let mut w: Vec<u8> = (0..rows * cols / 256 * bytes).map(|_| (rng.uniform() * 256.0) as u8).collect();
+            for blk in w.chunks_exact_mut(bytes) {
+                for (k, &at) in scales.iter().enumerate() {
+                    let v = half::f16::from_f32(0.01 - 0.004 * k as f32).to_bits().to_le_bytes();
+                    blk[at..at + 2].copy_from_slice(&v);
+                }
+            }
+            let q = Weight::from_bytes(w, dtype, rows, cols).unwrap();
+            let decoded = Linear::new(q.dequantize(), None);
+            let lin = Linear::new(q, None);
+            for n in [1, 2, 5] {
+                let x: Vec<f32> = (0..n * cols).map(|_| rng.uniform() as f32 - 0.5).collect();
+                let (mut y, mut want) = (vec![0.0; n * rows], vec![0.0; n * rows]);
+                lin.dot_rows(&x, n, &mut y);
+                decoded.forward(&x, n, &mut want);
+                for t in 0..n {
+                    let mut one = vec![0.0; rows];
+                    lin.dot_rows(&x[t * cols..(t + 1) * cols], 1, &mut one);
+                    assert_eq!(&y[t * rows..(t + 1) * rows], &one[..], "{dtype:?}: token {t} of {n}");
+                    // activations rounded to 8 bits per block of 32: each is off by at most half
+                    // a step, max |x| / 254 with |x| < 0.5
+                    let wf = decoded.w.as_f32().unwrap();
+                    for (r, (a, b)) in one.iter().zip(&want[t * rows..(t + 1) * rows]).enumerate() {
+                        let bound = wf[r * cols..(r + 1) * cols].iter().map(|v| v.abs()).sum::<f32>() * 0.5 / 254.0;
+                        assert!(
+                            (a - b).abs() <= bound + 1e-4 * b.abs(),
+                            "{dtype:?} row {r}: {a} vs {b} (bound {bound})"
+                        );
+                    }
+                }
+            }
+        }
+    }
 
     /// A batch of tokens through the integer dot products (laid-out activations, in blocks of
     /// tokens, four, two and one at a time) gives each token exactly what it gets alone, for

@@ -158,6 +158,18 @@ impl Dtype {
             _ => None,
         }
     }
+    /// The super-block format of this type, whose kernel takes a run of rows per call.
+    pub fn super_block(self) -> Option<crate::qdot::Super> {
+        use crate::qdot::Super;
+        match self {
+            Dtype::Q3K => Some(Super::Q3K),
+            Dtype::Q4K => Some(Super::Q4K),
+            Dtype::Q5K => Some(Super::Q5K),
+            Dtype::Q6K => Some(Super::Q6K),
+            Dtype::IQ4XS => Some(Super::IQ4XS),
+            _ => None,
+        }
+    }
     /// llama.cpp's block quantisations (GGUF files, or quantised on load).
     pub fn is_block_quant(self) -> bool {
         self.format().is_some()
@@ -454,21 +466,47 @@ impl Weight {
     /// The same for N activation rows at once (Q8_0 and Q4_0 read each weight block once for
     /// all of them).
     pub fn dot_row_q8_n<const N: usize>(&self, r: usize, x: [crate::qdot::Q8Row; N]) -> [f32; N] {
-        let rb = self.row_bytes();
-        let b = &self.map[self.start + r * rb..self.start + (r + 1) * rb];
-        match self.dtype {
-            Dtype::Q4_0 => crate::qdot::dot_q4_0_n(b, x),
-            Dtype::Q6K => x.map(|a| crate::qdot::dot_q6_k(b, a.xq, a.xd)),
-            Dtype::Q4K | Dtype::Q5K => x.map(|a| crate::qdot::dot_q45_k(b, a, self.dtype == Dtype::Q5K)),
-            Dtype::Q3K => x.map(|a| crate::qdot::dot_q3_k(b, a)),
-            Dtype::IQ4XS => x.map(|a| crate::qdot::dot_iq4_xs(b, a)),
-            Dtype::Q5_0 => crate::qdot::dot_q5_0_n(b, x),
-            Dtype::Q4_1 => crate::qdot::dot_q4_1_n(b, x),
-            Dtype::Q5_1 => crate::qdot::dot_q5_1_n(b, x),
-            Dtype::IQ4NL => crate::qdot::dot_iq4_nl_n(b, x),
-            Dtype::Q8_0 => crate::qdot::dot_q8_0_n(b, x),
-            d => unreachable!("{d:?} has no integer dot product (has_q8_dot is false)"),
+        let mut out = [[0.0; N]];
+        self.q8_runs(r, x, &mut out);
+        out[0]
+    }
+
+    /// Rows r0.. (as many as `out` holds) dotted with one activation row, the kernel chosen once
+    /// for the run (super-block types take the whole run in one call).
+    pub fn dot_rows_q8(&self, r0: usize, x: crate::qdot::Q8Row, out: &mut [f32]) {
+        match self.dtype.super_block() {
+            Some(kind) => crate::qdot::dot_super_rows(kind, self.rows_data(r0, out.len()), x, out),
+            None => self.q8_runs(r0, [x], out.as_chunks_mut::<1>().0),
         }
+    }
+
+    /// out[k] = row r0 + k dotted with each of the N activation rows (the one table of the
+    /// integer kernels).
+    fn q8_runs<const N: usize>(&self, r0: usize, x: [crate::qdot::Q8Row; N], out: &mut [[f32; N]]) {
+        use crate::qdot as q;
+        let rows = self.rows_data(r0, out.len());
+        fn run<const N: usize>(rows: &[u8], out: &mut [[f32; N]], f: impl Fn(&[u8]) -> [f32; N]) {
+            let rb = rows.len() / out.len().max(1);
+            rows.chunks_exact(rb.max(1)).zip(out).for_each(|(row, o)| *o = f(row));
+        }
+        match self.dtype {
+            Dtype::Q4_0 => run(rows, out, |b| q::dot_q4_0_n(b, x)),
+            Dtype::Q5_0 => run(rows, out, |b| q::dot_q5_0_n(b, x)),
+            Dtype::Q4_1 => run(rows, out, |b| q::dot_q4_1_n(b, x)),
+            Dtype::Q5_1 => run(rows, out, |b| q::dot_q5_1_n(b, x)),
+            Dtype::IQ4NL => run(rows, out, |b| q::dot_iq4_nl_n(b, x)),
+            Dtype::Q8_0 => run(rows, out, |b| q::dot_q8_0_n(b, x)),
+            d => match d.super_block() {
+                Some(kind) => run(rows, out, |b| x.map(|a| q::dot_super(kind, b, a))),
+                None => unreachable!("{d:?} has no integer dot product (has_q8_dot is false)"),
+            },
+        }
+    }
+
+    /// The stored bytes of rows r0..r0 + n.
+    fn rows_data(&self, r0: usize, n: usize) -> &[u8] {
+        let rb = self.row_bytes();
+        &self.map[self.start + r0 * rb..self.start + (r0 + n) * rb]
     }
 
     /// [`Weight::dot_row_q8_n`] on activations laid out for this type's pair kernel (rows of
@@ -486,8 +524,7 @@ impl Weight {
 
     /// The stored bytes of row r.
     pub fn row_data(&self, r: usize) -> &[u8] {
-        let rb = self.row_bytes();
-        &self.map[self.start + r * rb..self.start + (r + 1) * rb]
+        self.rows_data(r, 1)
     }
 
     /// Decodes row r into out[cols].

@@ -111,7 +111,11 @@ pub mod x86;
 ))]
 pub use vnni::{dot_q4_0_lanes, dot_q4_0_n, dot_q8_0_lanes, dot_q8_0_n};
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
-pub use x86::{dot_iq4_nl_n, dot_iq4_xs, dot_q3_k, dot_q45_k, dot_q4_1_n, dot_q5_0_n, dot_q5_1_n, dot_q6_k};
+pub use x86::{dot_iq4_nl_n, dot_q4_1_n, dot_q5_0_n, dot_q5_1_n};
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+mod superblock;
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+pub use superblock::dot_super_rows;
 #[cfg(all(
     target_arch = "x86_64",
     target_feature = "avx2",
@@ -121,9 +125,7 @@ pub use x86::{dot_iq4_nl_n, dot_iq4_xs, dot_q3_k, dot_q45_k, dot_q4_1_n, dot_q5_
 pub use x86::{dot_q4_0_n, dot_q8_0_n};
 
 #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")))]
-pub use scalar::{
-    dot_iq4_nl_n, dot_iq4_xs, dot_q3_k, dot_q45_k, dot_q4_0_n, dot_q4_1_n, dot_q5_0_n, dot_q5_1_n, dot_q6_k, dot_q8_0_n,
-};
+pub use scalar::{dot_iq4_nl_n, dot_q4_0_n, dot_q4_1_n, dot_q5_0_n, dot_q5_1_n, dot_q8_0_n, dot_super_rows};
 
 /// Where the pair kernels are not built, laid-out activations are multiplied as their plain rows.
 #[cfg(not(all(
@@ -150,6 +152,57 @@ mod plain_lanes {
     target_feature = "avx512vl"
 )))]
 pub use plain_lanes::{dot_q4_0_lanes, dot_q8_0_lanes};
+
+/// The super-block formats (256 values per block, a scale per 16 or 32), whose kernels
+/// (`dot_super_rows`) take a run of rows per call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Super {
+    Q3K,
+    Q4K,
+    Q5K,
+    Q6K,
+    IQ4XS,
+}
+
+impl Super {
+    /// Bytes per super-block.
+    pub const fn bytes(self) -> usize {
+        match self {
+            Super::Q3K => 110,
+            Super::Q4K => 144,
+            Super::Q5K => 176,
+            Super::Q6K => 210,
+            Super::IQ4XS => 136,
+        }
+    }
+}
+
+/// One row of a super-block format dotted with one activation row.
+pub fn dot_super(kind: Super, row: &[u8], x: Q8Row) -> f32 {
+    let mut out = [0.0];
+    dot_super_rows(kind, row, x, &mut out);
+    out[0]
+}
+
+/// Q6_K row dotted with one activation row (values and scales; Q6_K needs no block sums).
+pub fn dot_q6_k(row: &[u8], xq: &[i8], xd: &[f32]) -> f32 {
+    dot_super(Super::Q6K, row, Q8Row { xq, xd, xs: &[] })
+}
+
+/// Q4_K (or Q5_K: `five`) row dotted with one activation row.
+pub fn dot_q45_k(row: &[u8], x: Q8Row, five: bool) -> f32 {
+    dot_super(if five { Super::Q5K } else { Super::Q4K }, row, x)
+}
+
+/// Q3_K row dotted with one activation row.
+pub fn dot_q3_k(row: &[u8], x: Q8Row) -> f32 {
+    dot_super(Super::Q3K, row, x)
+}
+
+/// IQ4_XS row dotted with one activation row.
+pub fn dot_iq4_xs(row: &[u8], x: Q8Row) -> f32 {
+    dot_super(Super::IQ4XS, row, x)
+}
 
 /// Q8_0 row dotted with one activation row.
 pub fn dot_q8_0(row: &[u8], xq: &[i8], xd: &[f32], xs: &[i32]) -> f32 {
@@ -281,6 +334,45 @@ mod tests {
             }
             let (a, b) = (dot_q6_k(&row, &xq, &xd), scalar::dot_q6_k(&row, &xq, &xd));
             assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "Q6_K x{supers}: {a} vs {b}");
+        }
+    }
+
+    /// A run of rows in one call (the decode path) gives each row what it gets alone, bit for
+    /// bit, and what the scalar twin gives; a run that is not whole rows is refused.
+    #[test]
+    fn a_run_of_rows_equals_the_rows_one_at_a_time() {
+        let kinds = [
+            (Super::Q3K, &[108][..]),
+            (Super::Q4K, &[0, 2]),
+            (Super::Q5K, &[0, 2]),
+            (Super::Q6K, &[208]),
+            (Super::IQ4XS, &[0]),
+        ];
+        let mut seed = 11;
+        for (kind, scales) in kinds {
+            let (n, supers, bytes) = (7, 2, kind.bytes());
+            let (mut rows, xq, xd) = data(8 * n * supers, 32, &mut seed);
+            rows.truncate(n * supers * bytes);
+            for (i, blk) in rows.chunks_exact_mut(bytes).enumerate() {
+                for (k, &at) in scales.iter().enumerate() {
+                    let v = half::f16::from_f32(0.01 + 0.001 * i as f32 - 0.007 * k as f32);
+                    blk[at..at + 2].copy_from_slice(&v.to_bits().to_le_bytes());
+                }
+            }
+            let (xq, xd) = (&xq[..256 * supers], &xd[..8 * supers]);
+            let xs = block_sums(xq);
+            let x = Q8Row { xq, xd, xs: &xs };
+            let (mut run, mut twin) = (vec![0.0; n], vec![0.0; n]);
+            dot_super_rows(kind, &rows, x, &mut run);
+            scalar::dot_super_rows(kind, &rows, x, &mut twin);
+            // the rows' sums cancel: the tolerance is relative to the largest of them
+            let tol = 1e-5 * twin.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+            for (r, row) in rows.chunks_exact(supers * bytes).enumerate() {
+                assert_eq!(run[r].to_bits(), dot_super(kind, row, x).to_bits(), "{kind:?} row {r}");
+                assert!((run[r] - twin[r]).abs() <= tol, "{kind:?} row {r}: {run:?} vs {twin:?}");
+            }
+            let short = std::panic::catch_unwind(|| dot_super_rows(kind, &rows[1..], x, &mut [0.0; 7]));
+            assert!(short.is_err(), "{kind:?}: a run of partial rows was taken");
         }
     }
 

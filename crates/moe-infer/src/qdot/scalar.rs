@@ -165,3 +165,24 @@ pub fn dot_q4_1_n<const N: usize>(row: &[u8], x: [Q8Row; N]) -> [f32; N] {
 pub fn dot_q5_1_n<const N: usize>(row: &[u8], x: [Q8Row; N]) -> [f32; N] {
     x.map(|r| dot_min(24, row, r, |b| nibbles(&b[8..], Some(u32::from_le_bytes([b[4], b[5], b[6], b[7]])))))
 }
+
+/// out[r] = row r of `rows` (out.len() rows of whole super-blocks of `kind`) dotted with x.
+pub fn dot_super_rows(kind: super::Super, rows: &[u8], x: Q8Row, out: &mut [f32]) {
+    use super::Super;
+    let rb = rows.len().checked_div(out.len()).unwrap_or(0);
+    assert!(
+        rb * out.len() == rows.len() && rb.is_multiple_of(kind.bytes()),
+        "{} bytes are not {} rows of {kind:?}",
+        rows.len(),
+        out.len()
+    );
+    for (row, o) in rows.chunks_exact(rb.max(1)).zip(out) {
+        *o = match kind {
+            Super::Q3K => dot_q3_k(row, x),
+            Super::Q4K => dot_q45_k(row, x, false),
+            Super::Q5K => dot_q45_k(row, x, true),
+            Super::Q6K => dot_q6_k(row, x.xq, x.xd),
+            Super::IQ4XS => dot_iq4_xs(row, x),
+        };
+    }
+}
