@@ -101,15 +101,13 @@ impl Linear {
             (false, _) => Vec::new(),
         };
         let mut t = vec![0.0f32; n * o]; // [o, n], so parallel chunks are contiguous
-                                         // (the pair kernels of Q8_0 and Q4_0 beat their one-token runs even for one token)
-        let d = self.w.dtype;
-        let runs = q8 && d.lane_kind().is_none() && (n == 1 || d.super_block().is_some());
+        let runs = q8 && (n == 1 || self.w.dtype.super_block().is_some());
         t.par_chunks_mut(CHUNK * n).enumerate().for_each(|(c, ts)| {
             if runs {
                 // the chunk's rows in one kernel call per token (they stay in cache for the next)
                 let (mut run, m) = ([0.0f32; CHUNK], ts.len() / n);
                 for (tok, l) in lanes.iter().enumerate() {
-                    self.w.dot_rows_q8(c * CHUNK, l.x, &mut run[..m]);
+                    self.w.dot_rows_lanes(c * CHUNK, l, &mut run[..m]);
                     run[..m].iter().enumerate().for_each(|(k, &v)| ts[k * n + tok] = v);
                 }
                 return;

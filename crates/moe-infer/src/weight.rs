@@ -206,6 +206,13 @@ fn dot_in_place<const S: usize>(b: &[u8], x: &[f32], decode: impl Fn(&[u8]) -> f
 /// E2M1 code -> value.
 const FP4: [f32; 16] = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0];
 
+/// out[k] = f(row k) over a run of rows of equal length.
+#[inline(always)]
+fn run<const N: usize>(rows: &[u8], out: &mut [[f32; N]], f: impl Fn(&[u8]) -> [f32; N]) {
+    let rb = rows.len() / out.len().max(1);
+    rows.chunks_exact(rb.max(1)).zip(out).for_each(|(row, o)| *o = f(row));
+}
+
 #[derive(Clone)]
 pub struct Weight {
     map: Arc<Bytes>,
@@ -485,10 +492,6 @@ impl Weight {
     fn q8_runs<const N: usize>(&self, r0: usize, x: [crate::qdot::Q8Row; N], out: &mut [[f32; N]]) {
         use crate::qdot as q;
         let rows = self.rows_data(r0, out.len());
-        fn run<const N: usize>(rows: &[u8], out: &mut [[f32; N]], f: impl Fn(&[u8]) -> [f32; N]) {
-            let rb = rows.len() / out.len().max(1);
-            rows.chunks_exact(rb.max(1)).zip(out).for_each(|(row, o)| *o = f(row));
-        }
         match self.dtype {
             Dtype::Q4_0 => run(rows, out, |b| q::dot_q4_0_n(b, x)),
             Dtype::Q5_0 => run(rows, out, |b| q::dot_q5_0_n(b, x)),
@@ -500,6 +503,18 @@ impl Weight {
                 Some(kind) => run(rows, out, |b| x.map(|a| q::dot_super(kind, b, a))),
                 None => unreachable!("{d:?} has no integer dot product (has_q8_dot is false)"),
             },
+        }
+    }
+
+    /// Rows r0.. (as many as `out` holds) dotted with one token's activations laid out for this
+    /// type's pair kernel (which then runs row after row), or its plain row.
+    pub fn dot_rows_lanes(&self, r0: usize, x: &crate::qdot::Lanes, out: &mut [f32]) {
+        let laid_out = x.kind.is_some() && x.kind == self.dtype.lane_kind();
+        let (rows, runs) = (self.rows_data(r0, out.len()), out.as_chunks_mut::<1>().0);
+        match self.dtype {
+            Dtype::Q8_0 if laid_out => run(rows, runs, |b| crate::qdot::dot_q8_0_lanes(b, [x])),
+            Dtype::Q4_0 if laid_out => run(rows, runs, |b| crate::qdot::dot_q4_0_lanes(b, [x])),
+            _ => self.dot_rows_q8(r0, x.x, out),
         }
     }
 
