@@ -24,8 +24,9 @@ import urllib.parse
 
 def prompt(i, n):
     """n token ids (3..99: inside every vocabulary, clear of BOS/EOS) drawn at random, seeded by
-    the request number, so no two prompts share a prefix a server could reuse from its cache;
-    ids rather than text, so both servers see exactly the same tokens."""
+    the request's number in the whole run (warm-up and every level), so no two prompts share a
+    prefix a server could reuse from its cache (llama-server keeps each slot's last prompt); ids
+    rather than text, so both servers see exactly the same tokens."""
     rng = random.Random(1000 + i)
     return [rng.randrange(3, 100) for _ in range(n)]
 
@@ -56,12 +57,13 @@ def one(url, body):
     return (times[0] if times else float("nan")), times, tokens
 
 
-def level(url, model, clients, per_client, prompt_tokens, max_tokens):
+def level(url, model, clients, per_client, prompt_tokens, max_tokens, first):
+    """clients x per_client requests, numbered from `first` (their prompts' seeds)."""
     results, errors = [], []
 
     def client(k):
         for r in range(per_client):
-            body = {"model": model, "prompt": prompt(k * per_client + r, prompt_tokens), "max_tokens": max_tokens,
+            body = {"model": model, "prompt": prompt(first + k * per_client + r, prompt_tokens), "max_tokens": max_tokens,
                     "temperature": 0, "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}
             try:
                 results.append(one(url, body))
@@ -111,10 +113,12 @@ def main():
     p.add_argument("--max-tokens", type=int, default=32)
     p.add_argument("--label", default="")
     a = p.parse_args()
-    level(a.url, a.model, 1, 1, a.prompt_tokens, 4)  # warm-up (first-touch of the weights), not reported
+    level(a.url, a.model, 1, 1, a.prompt_tokens, 4, 0)  # warm-up (first-touch of the weights), not reported
+    used = 1
     for n in a.clients:
         per_client = max(a.requests_per_client, -(-8 // n))  # at least 8 requests per level
-        r = level(a.url, a.model, n, per_client, a.prompt_tokens, a.max_tokens)
+        r = level(a.url, a.model, n, per_client, a.prompt_tokens, a.max_tokens, used)
+        used += n * per_client
         r["label"] = a.label
         print(json.dumps(r), flush=True)
         print(f"{a.label:>24} {n:>3} clients: {r['tokens_per_s']:8.1f} tok/s  ttft {r['ttft_p50_s']}/{r['ttft_p99_s']} s  "
