@@ -4,6 +4,7 @@
 //! (decode rows are short: 4 super-blocks at width 1024). Per super-block, the 8 activation
 //! blocks' integer sums are gathered into the lanes of one vector, scaled (per 16 values in
 //! integers for Q3_K and Q6_K) and multiplied by their float scales in one FMA.
+//! SAFETY of every intrinsic here: the cfg that includes this module guarantees AVX2 and FMA.
 
 use super::x86::{ask_ahead, block, f16x8, hsum, iq4_levels, nibbles, ublock};
 use super::{Q8Row, Super};
