@@ -74,7 +74,8 @@ impl Linear {
     /// every token; chunks of output rows are split over the threads, and each chunk passes
     /// over the tokens in blocks of `TOKEN_BLOCK`. Types with integer kernels take the tokens
     /// quantised to Q8_0 blocks (laid out once for the pair kernels where the type has one),
-    /// four, two or one per kernel call; super-block types take a chunk's rows per call.
+    /// four, two or one per kernel call; one token (any type) and the super-block types (any
+    /// count) take a chunk's rows per kernel call and token instead.
     pub fn dot_rows(&self, x: &[f32], n: usize, y: &mut [f32]) {
         let (i, o) = (self.inp, self.out);
         const CHUNK: usize = 64;
