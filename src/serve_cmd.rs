@@ -12,8 +12,9 @@ pub struct ServeArgs {
     /// A Hugging Face model directory, or a llama.cpp GGUF file (its embedded tokenizer, or a tokenizer.json beside it).
     #[arg(long, required_unless_present = "checkpoint", conflicts_with = "checkpoint")]
     model: Option<PathBuf>,
-    /// A model trained here: a checkpoint or run directory (its latest checkpoint). Mixtral-form
-    /// models, with or without the default preset's selection bias.
+    /// A model trained here: a checkpoint or run directory (its latest checkpoint), in any form
+    /// `moe export` writes (Mixtral, Qwen2-MoE with shared experts and dense layers, OLMoE,
+    /// Qwen3-MoE, GraniteMoE, dense Llama/Qwen2) or with the default preset's selection bias.
     #[arg(long)]
     checkpoint: Option<PathBuf>,
     /// Directory of the tokenizer.json (default: the model directory; for a GGUF file, a tokenizer.json beside it, else the one embedded in the file).

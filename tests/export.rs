@@ -189,46 +189,53 @@ fn logits_both(ck: &std::path::Path, dir: &std::path::Path, ids: &[u32]) -> (Vec
 
 #[test]
 fn the_default_presets_selection_bias_runs_in_the_inference_engine_and_is_served() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = ModelConfig {
+    // Mixtral's form, and the default preset's (a shared expert: Qwen2-MoE's form); the last is served
+    let mixtral = ModelConfig {
         num_local_experts: 4,
         num_experts_per_tok: 2,
         norm_topk_prob: true,
         bias_update_rate: 0.05,
         ..ModelConfig::tiny()
     };
-    let ck = trained(cfg, dir.path());
-    let loaded = moe_engine::checkpoint::load(&ck).unwrap();
-    assert!(loaded.config.has_selection_bias());
-    // HF export refuses it; the inference layout with the bias gives the training engine's logits
-    let (code, _, err) =
-        moe(&["export", "--checkpoint", ck.to_str().unwrap(), "--out", dir.path().join("x").to_str().unwrap()]);
-    assert_eq!(code, 1);
-    assert!(err.contains("selection bias"), "{err}");
-    let out = dir.path().join("inf");
-    moe_infer::from_moe::write_hf(&loaded, &out, true).unwrap();
-    let ids = [3u32, 17, 5, 99, 42, 7, 120, 1, 64, 9, 33, 2];
-    let (got, want) = logits_both(&ck, &out, &ids);
-    let diff = max_diff(&got, &want);
-    assert!(diff < 1e-4, "logits differ by {diff}");
-    // without the bias they would differ: the test sees the bias
-    std::fs::remove_dir_all(&out).unwrap();
-    let mut plain = moe_engine::checkpoint::load(&ck).unwrap();
-    plain.config.bias_update_rate = 0.0;
-    let layout = moe_engine::params::Layout::new(&loaded.config);
-    let mut params = vec![];
-    for t in &layout.tensors {
-        if !t.name.ends_with("selection_bias") {
-            params.extend_from_slice(t.span.of(&loaded.params));
+    let shared = ModelConfig { shared_expert_intermediate_size: 8, ..mixtral.clone() };
+    let dir = tempfile::tempdir().unwrap();
+    let mut ck = std::path::PathBuf::new();
+    for (form, cfg) in [("mixtral", mixtral), ("qwen2_moe", shared)] {
+        let run = dir.path().join(form);
+        ck = trained(cfg, &run);
+        let loaded = moe_engine::checkpoint::load(&ck).unwrap();
+        assert!(loaded.config.has_selection_bias());
+        // HF export refuses it; the inference layout with the bias gives the training engine's logits
+        let x = run.join("x");
+        let (code, _, err) = moe(&["export", "--checkpoint", ck.to_str().unwrap(), "--out", x.to_str().unwrap()]);
+        assert_eq!(code, 1, "{form}");
+        assert!(err.contains("selection bias"), "{form}: {err}");
+        let out = run.join("inf");
+        moe_infer::from_moe::write_hf(&loaded, &out, true).unwrap();
+        let ids = [3u32, 17, 5, 99, 42, 7, 120, 1, 64, 9, 33, 2];
+        let (got, want) = logits_both(&ck, &out, &ids);
+        let diff = max_diff(&got, &want);
+        assert!(diff < 1e-4, "{form}: logits differ by {diff}");
+        // without the bias they would differ: the test sees the bias
+        std::fs::remove_dir_all(&out).unwrap();
+        let mut plain = moe_engine::checkpoint::load(&ck).unwrap();
+        plain.config.bias_update_rate = 0.0;
+        let layout = moe_engine::params::Layout::new(&loaded.config);
+        let mut params = vec![];
+        for t in &layout.tensors {
+            if !t.name.ends_with("selection_bias") {
+                params.extend_from_slice(t.span.of(&loaded.params));
+            }
         }
+        plain.params = params;
+        moe_infer::from_moe::write_hf(&plain, &out, false).unwrap();
+        let (unbiased, _) = logits_both(&ck, &out, &ids);
+        let off = unbiased.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert!(off > 1e-3, "{form}: the selection bias changed no routing ({off}); the test needs a stronger bias");
     }
-    plain.params = params;
-    moe_infer::from_moe::write_hf(&plain, &out, false).unwrap();
-    let (unbiased, _) = logits_both(&ck, &out, &ids);
-    let off = unbiased.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
-    assert!(off > 1e-3, "the selection bias changed no routing ({off}); the test needs a stronger bias");
 
-    // moe serve --checkpoint answers over loopback (with a tokenizer: these test runs train on raw ids)
+    // moe serve --checkpoint answers over loopback on the default preset's form (with a
+    // tokenizer: these test runs train on raw ids)
     let tk = concat!(env!("CARGO_MANIFEST_DIR"), "/crates/moe-infer/tests/fixtures/mixtral/tokenizer.json");
     std::fs::copy(tk, ck.join("tokenizer.json")).unwrap();
     let mut srv = std::process::Command::new(env!("CARGO_BIN_EXE_moe"))
