@@ -478,17 +478,8 @@ impl Weight {
         out[0]
     }
 
-    /// Rows r0.. (as many as `out` holds) dotted with one activation row, the kernel chosen once
-    /// for the run (super-block types take the whole run in one call).
-    pub fn dot_rows_q8(&self, r0: usize, x: crate::qdot::Q8Row, out: &mut [f32]) {
-        match self.dtype.super_block() {
-            Some(kind) => crate::qdot::dot_super_rows(kind, self.rows_data(r0, out.len()), x, out),
-            None => self.q8_runs(r0, [x], out.as_chunks_mut::<1>().0),
-        }
-    }
-
     /// out[k] = row r0 + k dotted with each of the N activation rows (the one table of the
-    /// integer kernels).
+    /// integer kernels; one activation row over super-block rows takes the whole run per call).
     fn q8_runs<const N: usize>(&self, r0: usize, x: [crate::qdot::Q8Row; N], out: &mut [[f32; N]]) {
         use crate::qdot as q;
         let rows = self.rows_data(r0, out.len());
@@ -500,6 +491,7 @@ impl Weight {
             Dtype::IQ4NL => run(rows, out, |b| q::dot_iq4_nl_n(b, x)),
             Dtype::Q8_0 => run(rows, out, |b| q::dot_q8_0_n(b, x)),
             d => match d.super_block() {
+                Some(kind) if N == 1 => q::dot_super_rows(kind, rows, x[0], out.as_flattened_mut()),
                 Some(kind) => run(rows, out, |b| x.map(|a| q::dot_super(kind, b, a))),
                 None => unreachable!("{d:?} has no integer dot product (has_q8_dot is false)"),
             },
@@ -509,12 +501,27 @@ impl Weight {
     /// Rows r0.. (as many as `out` holds) dotted with one token's activations laid out for this
     /// type's pair kernel (which then runs row after row), or its plain row.
     pub fn dot_rows_lanes(&self, r0: usize, x: &crate::qdot::Lanes, out: &mut [f32]) {
-        let laid_out = x.kind.is_some() && x.kind == self.dtype.lane_kind();
-        let (rows, runs) = (self.rows_data(r0, out.len()), out.as_chunks_mut::<1>().0);
+        self.lanes_runs(r0, [x], out.as_chunks_mut::<1>().0)
+    }
+
+    /// [`Weight::dot_row_q8_n`] on activations laid out for this type's pair kernel (rows of
+    /// another type, or laid out for another, take their plain rows).
+    pub fn dot_row_lanes_n<const N: usize>(&self, r: usize, x: [&crate::qdot::Lanes; N]) -> [f32; N] {
+        let mut out = [[0.0; N]];
+        self.lanes_runs(r, x, &mut out);
+        out[0]
+    }
+
+    /// [`Weight::q8_runs`] on laid-out activations: the pair kernels of Q8_0 and Q4_0 where the
+    /// layout is theirs, the plain rows otherwise.
+    fn lanes_runs<const N: usize>(&self, r0: usize, x: [&crate::qdot::Lanes; N], out: &mut [[f32; N]]) {
+        let kind = self.dtype.lane_kind();
+        let laid_out = kind.is_some() && x.iter().all(|l| l.kind == kind);
+        let rows = self.rows_data(r0, out.len());
         match self.dtype {
-            Dtype::Q8_0 if laid_out => run(rows, runs, |b| crate::qdot::dot_q8_0_lanes(b, [x])),
-            Dtype::Q4_0 if laid_out => run(rows, runs, |b| crate::qdot::dot_q4_0_lanes(b, [x])),
-            _ => self.dot_rows_q8(r0, x.x, out),
+            Dtype::Q8_0 if laid_out => run(rows, out, |b| crate::qdot::dot_q8_0_lanes(b, x)),
+            Dtype::Q4_0 if laid_out => run(rows, out, |b| crate::qdot::dot_q4_0_lanes(b, x)),
+            _ => self.q8_runs(r0, x.map(|l| l.x), out),
         }
     }
 
@@ -522,19 +529,6 @@ impl Weight {
     fn rows_data(&self, r0: usize, n: usize) -> &[u8] {
         let rb = self.row_bytes();
         &self.map[self.start + r0 * rb..self.start + (r0 + n) * rb]
-    }
-
-    /// [`Weight::dot_row_q8_n`] on activations laid out for this type's pair kernel (rows of
-    /// another type, or laid out for another, take their plain rows).
-    pub fn dot_row_lanes_n<const N: usize>(&self, r: usize, x: [&crate::qdot::Lanes; N]) -> [f32; N] {
-        let rb = self.row_bytes();
-        let b = &self.map[self.start + r * rb..self.start + (r + 1) * rb];
-        let kind = self.dtype.lane_kind();
-        match self.dtype {
-            Dtype::Q8_0 if kind.is_some() && x.iter().all(|l| l.kind == kind) => crate::qdot::dot_q8_0_lanes(b, x),
-            Dtype::Q4_0 if kind.is_some() && x.iter().all(|l| l.kind == kind) => crate::qdot::dot_q4_0_lanes(b, x),
-            _ => self.dot_row_q8_n(r, x.map(|l| l.x)),
-        }
     }
 
     /// The stored bytes of row r.
