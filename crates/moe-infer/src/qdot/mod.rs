@@ -177,6 +177,14 @@ impl Super {
     }
 }
 
+/// The bytes of each row of a run of `n` rows of `kind` over `len` bytes. Panics unless the
+/// run splits into n rows of whole super-blocks.
+fn run_row_bytes(kind: Super, len: usize, n: usize) -> usize {
+    let rb = len.checked_div(n).unwrap_or(0);
+    assert!(rb * n == len && rb.is_multiple_of(kind.bytes()), "{len} bytes are not {n} rows of {kind:?}");
+    rb
+}
+
 /// One row of a super-block format dotted with one activation row.
 pub fn dot_super(kind: Super, row: &[u8], x: Q8Row) -> f32 {
     let mut out = [0.0];

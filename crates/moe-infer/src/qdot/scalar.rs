@@ -169,13 +169,7 @@ pub fn dot_q5_1_n<const N: usize>(row: &[u8], x: [Q8Row; N]) -> [f32; N] {
 /// out[r] = row r of `rows` (out.len() rows of whole super-blocks of `kind`) dotted with x.
 pub fn dot_super_rows(kind: super::Super, rows: &[u8], x: Q8Row, out: &mut [f32]) {
     use super::Super;
-    let rb = rows.len().checked_div(out.len()).unwrap_or(0);
-    assert!(
-        rb * out.len() == rows.len() && rb.is_multiple_of(kind.bytes()),
-        "{} bytes are not {} rows of {kind:?}",
-        rows.len(),
-        out.len()
-    );
+    let rb = super::run_row_bytes(kind, rows.len(), out.len());
     for (row, o) in rows.chunks_exact(rb.max(1)).zip(out) {
         *o = match kind {
             Super::Q3K => dot_q3_k(row, x),

@@ -34,14 +34,7 @@ fn each_row(
     out: &mut [f32],
     sb: impl Fn(*const u8, usize, &Q8Row, __m256) -> __m256,
 ) {
-    let bb = kind.bytes();
-    let rb = rows.len().checked_div(out.len()).unwrap_or(0);
-    assert!(
-        rb * out.len() == rows.len() && rb.is_multiple_of(bb),
-        "{} bytes are not {} rows of {kind:?}",
-        rows.len(),
-        out.len()
-    );
+    let (bb, rb) = (kind.bytes(), super::run_row_bytes(kind, rows.len(), out.len()));
     let nb = rb / bb;
     // the activation loads of the kernels are unchecked: a short activation row must stop here
     let xs_needed = if matches!(kind, Super::Q4K | Super::Q5K) { 8 * nb } else { 0 };

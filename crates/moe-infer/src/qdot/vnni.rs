@@ -176,10 +176,8 @@ pub fn dot_q8_0_lanes<const N: usize>(row: &[u8], x: [&Lanes; N]) -> [f32; N] {
         let flip = _mm512_set1_epi8(-128);
         pairs_lanes(34, row, x, lane_idx(LaneKind::Q8_0), |p| pair_q8_0(p, flip))
     };
-    if 34 * b < row.len() {
-        let tail = rows::<N, false, 0>(34, &row[34 * b..], x.map(|l| l.x.skip(b)), load_q8_0);
-        total.iter_mut().zip(tail).for_each(|(t, v)| *t += v);
-    }
+    let tail = rows::<N, false, 0>(34, &row[34 * b..], x.map(|l| l.x.skip(b)), load_q8_0);
+    total.iter_mut().zip(tail).for_each(|(t, v)| *t += v);
     total
 }
 
@@ -191,9 +189,7 @@ pub fn dot_q4_0_lanes<const N: usize>(row: &[u8], x: [&Lanes; N]) -> [f32; N] {
         let m = _mm256_set1_epi8(15);
         pairs_lanes(18, row, x, lane_idx(LaneKind::Q4_0), |p| pair_q4_0(p, m))
     };
-    if 18 * b < row.len() {
-        let tail = rows::<N, false, 8>(18, &row[18 * b..], x.map(|l| l.x.skip(b)), |p| nibbles(p, 2));
-        total.iter_mut().zip(tail).for_each(|(t, v)| *t += v);
-    }
+    let tail = rows::<N, false, 8>(18, &row[18 * b..], x.map(|l| l.x.skip(b)), |p| nibbles(p, 2));
+    total.iter_mut().zip(tail).for_each(|(t, v)| *t += v);
     total
 }

@@ -81,8 +81,12 @@ pub(super) fn rows<const N: usize, const STORED_M: bool, const SHIFT: i32>(
     x: [Q8Row; N],
     load: impl Fn(*const u8) -> __m256i,
 ) -> [f32; N] {
-    let ahead = super::prefetch_distance();
     let nb = row.len() / blk_bytes;
+    if nb == 0 {
+        // an empty tail (the pair kernels' rows of an even block count): nothing to check or ask
+        return [0.0; N];
+    }
+    let ahead = super::prefetch_distance();
     for r in &x {
         // the activation loads below are unchecked
         assert!(r.xq.len() >= 32 * nb && r.xd.len() >= nb && r.xs.len() >= nb, "row and activations differ");
