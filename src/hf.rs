@@ -4,9 +4,9 @@ use anyhow::{bail, Result};
 use clap::Args;
 use moe_engine::dist::Comm;
 use moe_engine::generate::{GenStats, Sampling};
+use moe_engine::tokenizer::Tokenizer;
 use moe_infer::generate::{eos_ids, generate};
 use moe_infer::inspect::gib;
-use moe_infer::tokenizer::HfTokenizer;
 use moe_infer::{Cache, Model};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -24,12 +24,12 @@ pub fn tokenizer_dir(model: &Path, flag: Option<&Path>) -> PathBuf {
 
 /// The tokenizer of `model`: the tokenizer.json in `flag` or beside the model, else (a GGUF
 /// file) the tokenizer embedded in the file, so a lone .gguf works.
-pub fn tokenizer(model: &Path, flag: Option<&Path>) -> Result<HfTokenizer> {
+pub fn tokenizer(model: &Path, flag: Option<&Path>) -> Result<Tokenizer> {
     let dir = tokenizer_dir(model, flag);
     if flag.is_none() && model.is_file() && !dir.join("tokenizer.json").is_file() {
-        return Ok(HfTokenizer::from_gguf(model)?);
+        return Ok(moe_infer::gguf_tokenizer::load(model)?);
     }
-    Ok(HfTokenizer::load(&dir)?)
+    Ok(Tokenizer::open(&dir)?)
 }
 
 /// True when `dir` holds a Hugging Face checkpoint (config.json naming an architecture).
@@ -114,7 +114,7 @@ pub fn generate_cmd(dir: &Path, prompt: &str, o: &GenOpts, max_new: usize, s: &S
         msgs.push(("user".to_string(), prompt.to_string()));
         tok.encode_chat(&msgs)?
     } else {
-        let mut ids = tok.encode(prompt, true)?;
+        let mut ids = tok.encode_with_specials(prompt)?;
         if ids.is_empty() {
             ids.extend(model.spec.bos);
         }
@@ -218,7 +218,7 @@ pub struct LogitsArgs {
 pub fn logits(a: LogitsArgs) -> Result<()> {
     let m = load(&a.model, a.quant.as_deref(), None)?;
     let ids = match &a.prompt {
-        Some(p) => tokenizer(&a.model, a.tokenizer.as_deref())?.encode(p, true)?,
+        Some(p) => tokenizer(&a.model, a.tokenizer.as_deref())?.encode_with_specials(p)?,
         None => a.ids,
     };
     let mut cache = Cache::new(&m.spec);

@@ -31,7 +31,7 @@ pub struct PerplexityArgs {
 pub fn perplexity(a: PerplexityArgs) -> Result<()> {
     let m = crate::hf::load(&a.model, a.quant.as_deref(), None)?;
     let text = std::fs::read_to_string(&a.text).map_err(|e| anyhow::anyhow!("{}: {e}", a.text.display()))?;
-    let mut ids = crate::hf::tokenizer(&a.model, a.tokenizer.as_deref())?.encode(&text, false)?;
+    let mut ids = crate::hf::tokenizer(&a.model, a.tokenizer.as_deref())?.encode(&text)?;
     ids.truncate(a.max_tokens);
     let w = a.window.unwrap_or(m.spec.max_pos.min(512)).min(m.spec.max_pos);
     if ids.len() < 2 || w < 2 {

@@ -130,7 +130,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
             .and_then(|t| t.parent().map(Path::to_path_buf)),
         _ => None,
     };
-    let chat = chat_dir.map(|d| moe_infer::chat_data::chat_encoder(&d)).transpose()?;
+    let chat = chat_dir.map(|d| moe_engine::chat_data::chat_encoder(&d)).transpose()?;
     let tc = TrainConfig {
         steps: a.steps.unwrap_or(TrainConfig::default().steps),
         eval_every: a.eval_every,

@@ -7,7 +7,7 @@
 use axum::body::{to_bytes, Body};
 use axum::http::{header, Method, Request};
 use moe_infer::generate::eos_ids;
-use moe_infer::tokenizer::HfTokenizer;
+use moe_engine::tokenizer::Tokenizer;
 use moe_infer::Model;
 use moe_serve::ServeOptions;
 use std::path::PathBuf;
@@ -26,7 +26,7 @@ fn server() -> &'static Server {
     S.get_or_init(|| {
         let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../crates/moe-infer/tests/fixtures/qwen3_moe");
         let model = Model::load(&dir).expect("the qwen3_moe fixture loads");
-        let tok = HfTokenizer::load(&dir).expect("its tokenizer loads");
+        let tok = Tokenizer::open(&dir).expect("its tokenizer loads");
         let eos = eos_ids(&dir, &model, &tok);
         let o = ServeOptions {
             name: "tiny".into(),

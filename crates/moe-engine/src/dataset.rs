@@ -34,7 +34,7 @@ pub const NOT_TARGET: u32 = 1 << 31;
 
 /// Encodes one document into the token stream (ids, flagged with [`NOT_TARGET`] where the model
 /// reads but does not learn to predict them), with the corpus's tokenizer. A chat renderer of
-/// JSONL conversations is one (`moe_infer::chat_data`).
+/// JSONL conversations is one (`moe_engine::chat_data`).
 #[derive(Clone)]
 pub struct DocEncoder(pub Arc<EncodeFn>);
 

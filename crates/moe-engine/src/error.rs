@@ -17,6 +17,8 @@ pub enum Error {
     NotUtf8 { path: PathBuf, offset: usize },
     #[error("tokenizer: {what}; {hint}")]
     Tokenizer { what: String, hint: String },
+    #[error("chat template: {0}")]
+    Template(String),
     #[error("checkpoint {path}: {what}; {hint}")]
     Checkpoint { path: PathBuf, what: String, hint: String },
     #[error("checkpoint {path}: tensor `{tensor}` has shape {found:?}, the config expects {expected:?}; the weights do not belong to this config")]

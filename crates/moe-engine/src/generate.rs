@@ -1,12 +1,27 @@
-//! Text generation with a KV cache: prefill the prompt in one forward, then one token per
-//! forward; temperature, top-k and top-p (nucleus) sampling from a seeded generator; text is
-//! streamed through a callback as soon as it decodes to whole characters.
+//! Text generation, the one loop for every model moe runs: prefill the prompt in one forward,
+//! then one token per forward through the model's KV cache (any [`Decoder`]: the training
+//! model here, the inference model of moe-infer); temperature, top-k and top-p (nucleus)
+//! sampling from a seeded generator; text streamed through a callback as soon as it decodes to
+//! whole characters (`text::TextStream`); stops at an end-of-sequence token, after `max_new`
+//! tokens or when the context is full.
 
 use crate::error::{Error, Result};
 use crate::model::{Acts, KvCache, Model};
 use crate::rng::Rng;
+use crate::text::TextStream;
 use crate::tokenizer::Tokenizer;
 use std::time::Instant;
+
+/// A model that decodes: tokens appended to its KV cache, the next token's logits back.
+pub trait Decoder {
+    type Error: From<Error>;
+    /// Positions the cache holds in all.
+    fn context(&self) -> usize;
+    /// Positions already in the cache.
+    fn cached(&self) -> usize;
+    /// Appends `ids` (at least one) to the cache; the logits [V] after the last of them.
+    fn feed(&mut self, ids: &[u32]) -> std::result::Result<Vec<f32>, Self::Error>;
+}
 
 /// Sampling settings. temperature 0 means greedy.
 #[derive(Clone, Debug)]
@@ -82,22 +97,107 @@ pub fn argmax(x: &[f32]) -> u32 {
     best as u32
 }
 
-/// Generates up to `max_new` tokens after `prompt`, calling `emit` with each new piece of text.
-pub fn generate(
-    model: &Model<f32>,
-    params: &[f32],
+/// Generates up to `max_new` tokens after the `prompt` ids with `dec`, calling `emit` with each
+/// new piece of text; a token of `eos` ends generation (pass none to always produce `max_new`).
+/// Returns the new ids.
+pub fn generate<D: Decoder>(
+    dec: &mut D,
     tk: &Tokenizer,
-    prompt: &str,
+    prompt: &[u32],
     max_new: usize,
     s: &Sampling,
+    eos: &[u32],
     emit: &mut dyn FnMut(&str),
-) -> Result<GenStats> {
-    generate_on(model, params, tk, prompt, max_new, s, emit, None)
+) -> std::result::Result<(Vec<u32>, GenStats), D::Error> {
+    let mut rng = Rng::new(s.seed);
+    let mut scratch = vec![];
+    let mut stats = GenStats { prompt_tokens: prompt.len(), ..Default::default() };
+    let t0 = Instant::now();
+    let mut logits = dec.feed(prompt)?;
+    stats.prefill_s = t0.elapsed().as_secs_f64();
+    let t1 = Instant::now();
+    let (mut out, mut text) = (vec![], TextStream::new(vec![]));
+    while out.len() < max_new {
+        let next = sample(&logits, s, &mut rng, &mut scratch);
+        out.push(next);
+        stats.new_tokens += 1;
+        let (piece, _) = text.push(tk, next)?;
+        if !piece.is_empty() {
+            emit(&piece);
+        }
+        if eos.contains(&next) || out.len() == max_new {
+            break;
+        }
+        if dec.cached() >= dec.context() {
+            stats.hit_context = true;
+            break;
+        }
+        logits = dec.feed(&[next])?;
+    }
+    stats.decode_s = t1.elapsed().as_secs_f64();
+    Ok((out, stats))
 }
 
-/// As [`generate`]; with `comm`, `model` and `params` are this rank's shard of an
-/// expert-parallel job whose ranks all run the same call: every rank decodes the same tokens
+/// The training model with its KV cache, as a [`Decoder`]; with `comm`, `model` and `params`
+/// are this rank's shard of an expert-parallel job whose ranks all decode the same tokens
 /// (identical logits, same seed) while each holds only its experts.
+pub struct ModelDecoder<'a> {
+    model: &'a Model<f32>,
+    params: &'a [f32],
+    acts: Acts<f32>,
+    cache: KvCache<f32>,
+    pos: usize,
+}
+
+impl<'a> ModelDecoder<'a> {
+    /// Room for prompts of up to `prompt_max` tokens.
+    pub fn new(
+        model: &'a Model<f32>,
+        params: &'a [f32],
+        prompt_max: usize,
+        comm: Option<std::sync::Arc<dyn crate::dist::Comm>>,
+    ) -> Self {
+        let ctx = model.cfg.max_position_embeddings;
+        let mut acts = Acts::new(&model.cfg, 1, prompt_max.clamp(1, ctx), ctx);
+        if let Some(c) = comm {
+            acts.attach_expert_parallel(&model.cfg, c, &model.shard);
+        }
+        ModelDecoder { model, params, acts, cache: KvCache::new(&model.cfg, 1, ctx), pos: 0 }
+    }
+}
+
+impl Decoder for ModelDecoder<'_> {
+    type Error = Error;
+    fn context(&self) -> usize {
+        self.cache.cap
+    }
+    fn cached(&self) -> usize {
+        self.pos
+    }
+    fn feed(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
+        let v = self.model.cfg.vocab_size;
+        if ids.is_empty() || ids.len() > self.acts.tq_max || self.pos + ids.len() > self.cache.cap {
+            return Err(Error::Config {
+                what: format!("{} tokens after {} do not fit the decoder's buffers", ids.len(), self.pos),
+                hint: "report this as a bug".into(),
+            });
+        }
+        if let Some(&bad) = ids.iter().find(|&&t| t as usize >= v) {
+            return Err(Error::Tokenizer {
+                what: format!("token id {bad} is outside the model's vocabulary of {v}"),
+                hint: "use the tokenizer saved with the checkpoint".into(),
+            });
+        }
+        self.model.forward(self.params, &mut self.acts, &mut self.cache, ids, self.pos);
+        self.pos += ids.len();
+        let n = ids.len();
+        Ok(self.acts.logits[(n - 1) * v..n * v].to_vec())
+    }
+}
+
+/// Generates up to `max_new` tokens after the text `prompt` with a model of ours (see
+/// [`ModelDecoder`] for `comm`), calling `emit` with each new piece of text; a prompt longer
+/// than the context keeps its last tokens.
 #[allow(clippy::too_many_arguments)]
 pub fn generate_on(
     model: &Model<f32>,
@@ -123,49 +223,7 @@ pub fn generate_on(
     if ids.len() >= ctx {
         ids.drain(..ids.len() + 1 - ctx); // keep the last ctx-1 tokens
     }
-    let v = model.cfg.vocab_size;
-    if let Some(&bad) = ids.iter().find(|&&t| t as usize >= v) {
-        return Err(Error::Tokenizer {
-            what: format!("token id {bad} is outside the model's vocabulary of {v}"),
-            hint: "use the tokenizer saved with the checkpoint".into(),
-        });
-    }
-    let mut acts = Acts::new(&model.cfg, 1, ids.len().max(1), ctx);
-    if let Some(c) = comm {
-        acts.attach_expert_parallel(&model.cfg, c, &model.shard);
-    }
-    let mut cache = KvCache::new(&model.cfg, 1, ctx);
-    let mut rng = Rng::new(s.seed);
-    let mut scratch = Vec::with_capacity(v);
-    let mut stats = GenStats { prompt_tokens: ids.len(), ..Default::default() };
-    let t0 = Instant::now();
-    model.forward(params, &mut acts, &mut cache, &ids, 0);
-    let n = ids.len();
-    let mut next = sample(&acts.logits[(n - 1) * v..n * v], s, &mut rng, &mut scratch);
-    stats.prefill_s = t0.elapsed().as_secs_f64();
-    let t1 = Instant::now();
-    let mut out_ids: Vec<u32> = vec![];
-    let mut printed = 0;
-    let mut pos = n;
-    loop {
-        out_ids.push(next);
-        stats.new_tokens += 1;
-        let text = tk.decode(&out_ids)?;
-        if !text.ends_with('\u{FFFD}') && text.len() > printed {
-            emit(&text[printed..]);
-            printed = text.len();
-        }
-        if stats.new_tokens >= max_new || Some(next) == tk.eos_id() {
-            break;
-        }
-        if pos >= ctx {
-            stats.hit_context = true;
-            break;
-        }
-        model.forward(params, &mut acts, &mut cache, &[next], pos);
-        pos += 1;
-        next = sample(&acts.logits[..v], s, &mut rng, &mut scratch);
-    }
-    stats.decode_s = t1.elapsed().as_secs_f64();
-    Ok(stats)
+    let mut dec = ModelDecoder::new(model, params, ids.len(), comm);
+    let eos: Vec<u32> = tk.eos_id().into_iter().collect();
+    Ok(generate(&mut dec, tk, &ids, max_new, s, &eos, emit)?.1)
 }

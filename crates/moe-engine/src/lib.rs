@@ -3,6 +3,8 @@
 //! lives in the `moe` binary.
 
 pub mod bench;
+pub mod chat_data;
+pub mod chat_template;
 pub mod checkpoint;
 pub mod checksum;
 pub mod clock;
@@ -37,6 +39,7 @@ pub mod routes;
 pub mod run;
 pub mod rustdocs;
 pub mod st_write;
+pub mod text;
 pub mod tokenizer;
 pub mod train;
 

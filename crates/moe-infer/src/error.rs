@@ -22,6 +22,9 @@ pub enum Error {
     Template(String),
     #[error("{0}")]
     Input(String),
+    /// From the shared parts (tokenizer, chat template, checkpoints): they name the problem.
+    #[error(transparent)]
+    Engine(#[from] moe_engine::error::Error),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

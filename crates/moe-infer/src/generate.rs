@@ -1,18 +1,15 @@
-//! Text generation with a Hugging Face model: prefill the prompt, then one token per forward
-//! through the KV cache; greedy or temperature/top-k/top-p sampling (moe-engine's sampler);
-//! text streamed as soon as it decodes to whole characters (`text::TextStream`); stops at an end-of-sequence token.
+//! Text generation with the inference model: the model and its KV cache as a
+//! `moe_engine::generate::Decoder`, run by the one generation loop (`moe_engine::generate`),
+//! and the end-of-sequence ids a Hugging Face checkpoint names.
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::model::{Cache, Model};
-use crate::text::TextStream;
-use crate::tokenizer::HfTokenizer;
-use moe_engine::generate::{sample, GenStats, Sampling};
-use moe_engine::rng::Rng;
+use moe_engine::generate::{Decoder, GenStats, Sampling};
+use moe_engine::tokenizer::Tokenizer;
 use std::path::Path;
-use std::time::Instant;
 
 /// End-of-sequence ids: config.json, generation_config.json and the tokenizer's eos token.
-pub fn eos_ids(dir: &Path, model: &Model, tok: &HfTokenizer) -> Vec<u32> {
+pub fn eos_ids(dir: &Path, model: &Model, tok: &Tokenizer) -> Vec<u32> {
     let mut ids = model.spec.eos.clone();
     if let Ok(text) = std::fs::read_to_string(dir.join("generation_config.json")) {
         if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
@@ -29,43 +26,41 @@ pub fn eos_ids(dir: &Path, model: &Model, tok: &HfTokenizer) -> Vec<u32> {
     ids
 }
 
-/// Generates up to `max_new` tokens after `prompt`; `eos` ends generation (pass none to
-/// always produce `max_new`). Returns the new ids.
+/// The inference model with a KV cache of its own, as a `Decoder`.
+pub struct CacheDecoder<'a> {
+    model: &'a Model,
+    cache: Cache,
+}
+
+impl<'a> CacheDecoder<'a> {
+    pub fn new(model: &'a Model) -> Self {
+        CacheDecoder { model, cache: Cache::new(&model.spec) }
+    }
+}
+
+impl Decoder for CacheDecoder<'_> {
+    type Error = Error;
+    fn context(&self) -> usize {
+        self.model.spec.max_pos
+    }
+    fn cached(&self) -> usize {
+        self.cache.len
+    }
+    fn feed(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
+        self.model.forward(ids, &mut self.cache, false)
+    }
+}
+
+/// Generates up to `max_new` tokens after `prompt` with `model` (`moe_engine::generate::generate`);
+/// `eos` ends generation (pass none to always produce `max_new`). Returns the new ids.
 pub fn generate(
     model: &Model,
-    tok: &HfTokenizer,
+    tok: &Tokenizer,
     prompt: &[u32],
     max_new: usize,
     s: &Sampling,
     eos: &[u32],
     emit: &mut dyn FnMut(&str),
 ) -> Result<(Vec<u32>, GenStats)> {
-    let mut cache = Cache::new(&model.spec);
-    let mut rng = Rng::new(s.seed);
-    let mut scratch = Vec::with_capacity(model.spec.vocab);
-    let mut stats = GenStats { prompt_tokens: prompt.len(), ..Default::default() };
-    let t0 = Instant::now();
-    let mut logits = model.forward(prompt, &mut cache, false)?;
-    stats.prefill_s = t0.elapsed().as_secs_f64();
-    let t1 = Instant::now();
-    let (mut out, mut text) = (vec![], TextStream::new(vec![]));
-    while out.len() < max_new {
-        let next = sample(&logits, s, &mut rng, &mut scratch);
-        out.push(next);
-        stats.new_tokens += 1;
-        let (piece, _) = text.push(tok, next)?;
-        if !piece.is_empty() {
-            emit(&piece);
-        }
-        if eos.contains(&next) || out.len() == max_new {
-            break;
-        }
-        if cache.len >= model.spec.max_pos {
-            stats.hit_context = true;
-            break;
-        }
-        logits = model.forward(&[next], &mut cache, false)?;
-    }
-    stats.decode_s = t1.elapsed().as_secs_f64();
-    Ok((out, stats))
+    moe_engine::generate::generate(&mut CacheDecoder::new(model), tok, prompt, max_new, s, eos, emit)
 }

@@ -10,8 +10,9 @@
 //! Control tokens (type 3) become special added tokens, user-defined ones (type 4) added
 //! tokens; BOS is prepended when tokenizer.ggml.add_bos_token says so.
 
-use crate::error::{Error, Result};
+use crate::error::{io, Error, Result};
 use crate::gguf::Gguf;
+use moe_engine::tokenizer::Tokenizer;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 
@@ -35,6 +36,19 @@ pub struct Embedded {
 
 fn bad(g: &Gguf, msg: String) -> Error {
     Error::Tokenizer { path: g.path.clone(), msg }
+}
+
+/// The tokenizer embedded in the GGUF file at `path`.
+pub fn load(path: &std::path::Path) -> Result<Tokenizer> {
+    let file = std::fs::File::open(path).map_err(io(path))?;
+    // SAFETY: a read-only map, read while the file is open (as the model loader does).
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io(path))?;
+    let g = Gguf::parse(&map, path)?;
+    let e = embedded(&g)?.ok_or_else(|| Error::Tokenizer {
+        path: path.to_path_buf(),
+        msg: "has no embedded tokenizer (no tokenizer.ggml.model); put the model's tokenizer.json next to it or pass --tokenizer DIR".into(),
+    })?;
+    Ok(Tokenizer::from_json(&e.json.to_string(), e.template, e.bos, e.eos, path)?)
 }
 
 pub fn embedded(g: &Gguf) -> Result<Option<Embedded>> {

@@ -4,7 +4,6 @@
 
 pub mod attention;
 pub mod bench;
-pub mod chat_data;
 pub mod config;
 pub mod error;
 pub mod expert_cache;
@@ -29,8 +28,6 @@ pub mod qgemm;
 pub mod quants;
 pub mod rope;
 pub mod store;
-pub mod text;
-pub mod tokenizer;
 pub mod weight;
 
 pub use error::{Error, Result};

@@ -2,9 +2,9 @@
 //! Llama fixture's), with only the assistant turns (their content and end-of-turn token) left
 //! as training targets; malformed lines are errors naming the line.
 
+use moe_engine::chat_data::chat_encoder;
 use moe_engine::dataset::NOT_TARGET;
 use moe_engine::tokenizer::Tokenizer;
-use moe_infer::chat_data::chat_encoder;
 use std::path::PathBuf;
 
 fn dir() -> PathBuf {

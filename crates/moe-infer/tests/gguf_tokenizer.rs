@@ -3,7 +3,6 @@
 //! scripts/gguf_tokenizer_fixtures.py: a SentencePiece BPE (Llama-style, byte fallback) and a
 //! byte-level BPE with Qwen2's pre-tokenizer, converted by llama.cpp's convert_hf_to_gguf.py.
 
-use moe_infer::tokenizer::HfTokenizer;
 use serde_json::Value;
 use std::path::PathBuf;
 
@@ -13,12 +12,13 @@ fn dir() -> PathBuf {
 
 fn check(name: &str) {
     let r: Value = serde_json::from_str(&std::fs::read_to_string(dir().join("reference.json")).unwrap()).unwrap();
-    let tok = HfTokenizer::from_gguf(&dir().join(format!("{name}.gguf"))).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let tok =
+        moe_infer::gguf_tokenizer::load(&dir().join(format!("{name}.gguf"))).unwrap_or_else(|e| panic!("{name}: {e}"));
     let want = &r[name];
     for (i, text) in r["tests"].as_array().unwrap().iter().enumerate() {
         let text = text.as_str().unwrap();
         let ids: Vec<u32> = serde_json::from_value(want["ids"][i].clone()).unwrap();
-        assert_eq!(tok.encode(text, true).unwrap(), ids, "{name}: ids of {text:?}");
+        assert_eq!(tok.encode_with_specials(text).unwrap(), ids, "{name}: ids of {text:?}");
         assert_eq!(tok.decode(&ids).unwrap(), want["decoded"][i].as_str().unwrap(), "{name}: decoding {text:?}");
     }
     let chat: Vec<(String, String)> = r["chat"]
@@ -53,6 +53,6 @@ fn a_gguf_without_a_vocabulary_says_what_to_do() {
     b.extend(0u64.to_le_bytes());
     let p = tmp.path().join("empty.gguf");
     std::fs::write(&p, b).unwrap();
-    let e = HfTokenizer::from_gguf(&p).err().expect("no vocabulary").to_string();
+    let e = moe_infer::gguf_tokenizer::load(&p).err().expect("no vocabulary").to_string();
     assert!(e.contains("no embedded tokenizer") && e.contains("--tokenizer"), "{e}");
 }

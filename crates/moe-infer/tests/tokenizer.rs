@@ -1,8 +1,10 @@
 //! Tokenizer and chat template against transformers (ids written by scripts/hf_checkpoints.py):
 //! the prompt's ids, and apply_chat_template's ids, for a template in chat_template.jinja
-//! (transformers 5) and one inside tokenizer_config.json (older hub repositories).
+//! (transformers 5) and one inside tokenizer_config.json (older hub repositories); text streamed
+//! as generation releases it.
 
-use moe_infer::tokenizer::HfTokenizer;
+use moe_engine::text::TextStream;
+use moe_engine::tokenizer::Tokenizer;
 use safetensors::SafeTensors;
 use std::path::PathBuf;
 
@@ -26,14 +28,14 @@ fn chat() -> Vec<(String, String)> {
 #[test]
 fn prompt_ids_match_transformers() {
     for name in ["mixtral", "deepseek_v3"] {
-        let tok = HfTokenizer::load(&dir(name)).unwrap();
-        assert_eq!(tok.encode(PROMPT, true).unwrap(), ids(name, "input_ids"), "{name}");
+        let tok = Tokenizer::open(&dir(name)).unwrap();
+        assert_eq!(tok.encode_with_specials(PROMPT).unwrap(), ids(name, "input_ids"), "{name}");
     }
 }
 
 #[test]
 fn chat_template_from_jinja_file_matches_transformers() {
-    let tok = HfTokenizer::load(&dir("mixtral")).unwrap();
+    let tok = Tokenizer::open(&dir("mixtral")).unwrap();
     assert!(dir("mixtral").join("chat_template.jinja").is_file());
     assert_eq!(tok.encode_chat(&chat()).unwrap(), ids("mixtral", "chat_ids"));
     let text = tok.render_chat(&chat(), true).unwrap();
@@ -43,13 +45,13 @@ fn chat_template_from_jinja_file_matches_transformers() {
 #[test]
 fn chat_template_from_tokenizer_config_matches_transformers() {
     assert!(!dir("qwen2_moe").join("chat_template.jinja").exists());
-    let tok = HfTokenizer::load(&dir("qwen2_moe")).unwrap();
+    let tok = Tokenizer::open(&dir("qwen2_moe")).unwrap();
     assert_eq!(tok.encode_chat(&chat()).unwrap(), ids("qwen2_moe", "chat_ids"));
 }
 
 #[test]
 fn template_errors_are_reported_not_panics() {
-    let mut tok = HfTokenizer::load(&dir("mixtral")).unwrap();
+    let mut tok = Tokenizer::open(&dir("mixtral")).unwrap();
     tok.template = Some("{% if messages|length > 1 %}{{ raise_exception('only one message') }}{% endif %}".into());
     let e = tok.render_chat(&chat(), true).unwrap_err().to_string();
     assert!(e.contains("only one message"), "{e}");
@@ -72,11 +74,40 @@ fn template_errors_are_reported_not_panics() {
 
 #[test]
 fn python_string_methods_work_in_templates() {
-    let mut tok = HfTokenizer::load(&dir("mixtral")).unwrap();
+    let mut tok = Tokenizer::open(&dir("mixtral")).unwrap();
     tok.template = Some("{% for m in messages %}{{ m['content'].strip().upper() }}|{% endfor %}".into());
     assert_eq!(tok.render_chat(&chat(), false).unwrap(), "BE BRIEF|WHAT IS A ROUTER|");
     tok.template = Some("{{ strftime_now('%d %b %Y') }}".into());
     let date = tok.render_chat(&chat(), false).unwrap();
     let parts: Vec<&str> = date.split(' ').collect();
     assert!(parts.len() == 3 && parts[0].len() == 2 && parts[1].len() == 3 && parts[2].len() == 4, "{date}");
+}
+
+/// The pieces `TextStream` releases for `text` with `stop`, and whether a stop string ended it.
+fn stream(text: &str, stop: &[&str]) -> (Vec<String>, bool) {
+    let t = Tokenizer::open(&dir("qwen3_moe")).unwrap();
+    let mut s = TextStream::new(stop.iter().map(|x| x.to_string()).collect());
+    let mut pieces = vec![];
+    for id in t.encode(text).unwrap() {
+        let (p, stopped) = s.push(&t, id).unwrap();
+        pieces.push(p);
+        if stopped {
+            return (pieces, true);
+        }
+    }
+    pieces.push(s.finish());
+    (pieces, false)
+}
+
+#[test]
+fn streamed_pieces_add_up_to_the_text_and_stop_strings_cut_it() {
+    let text = "the cat sat on the mat"; // (the fixture vocabulary has no capitals)
+    let (pieces, stopped) = stream(text, &[]);
+    assert_eq!((pieces.concat(), stopped), (text.to_string(), false));
+    let (pieces, stopped) = stream(text, &["t on", "zzz"]);
+    assert_eq!((pieces.concat(), stopped), ("the cat sa".to_string(), true));
+    // a piece that could start a stop string is held back: no released piece ever holds "t o"
+    assert!(pieces.iter().all(|p| !p.contains("t o")), "{pieces:?}");
+    let (pieces, stopped) = stream(text, &["mat!"]);
+    assert_eq!((pieces.concat(), stopped), (text.to_string(), false), "a partial match at the end is released");
 }

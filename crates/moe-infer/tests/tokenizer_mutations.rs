@@ -5,7 +5,7 @@
 //! never a panic.
 
 mod common;
-use moe_infer::tokenizer::HfTokenizer;
+use moe_engine::tokenizer::Tokenizer;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 
@@ -28,9 +28,9 @@ fn write(src: &Path, dst: &Path, tokenizer: &Value, template: Option<&str>) {
 fn exercise(dir: &Path) -> Result<bool, String> {
     let dir = dir.to_path_buf();
     common::no_panic(move || {
-        let loaded = HfTokenizer::load(&dir);
+        let loaded = Tokenizer::open(&dir);
         if let Ok(t) = &loaded {
-            if let Ok(ids) = t.encode("fn main() { println!(\"héllo\"); } <s>", true) {
+            if let Ok(ids) = t.encode_with_specials("fn main() { println!(\"héllo\"); } <s>") {
                 let _ = t.decode(&ids);
             }
             let _ = t.decode(&[0, 1, 2, 1_000_000, u32::MAX]);
@@ -53,7 +53,7 @@ fn no_tokenizer_or_template_mutation_panics() {
         let base: Value = serde_json::from_slice(&std::fs::read(src.join("tokenizer.json")).unwrap()).unwrap();
         let template = std::fs::read_to_string(src.join("chat_template.jinja")).ok();
         write(&src, &dir, &base, template.as_deref());
-        if let Err(e) = HfTokenizer::load(&dir) {
+        if let Err(e) = Tokenizer::open(&dir) {
             panic!("{family}: the unmutated tokenizer, rewritten, does not load: {e}");
         }
         let mut cases: Vec<(String, Value)> = vec![];
@@ -131,7 +131,7 @@ fn a_broken_decoder_is_an_error_not_a_panic() {
     std::fs::write(tmp.path().join("tokenizer.json"), &broken).unwrap();
     let e = common::no_panic({
         let dir = tmp.path().to_path_buf();
-        move || HfTokenizer::load(&dir).err().map(|e| e.to_string())
+        move || Tokenizer::open(&dir).err().map(|e| e.to_string())
     })
     .unwrap()
     .expect("a broken decoder must not load");

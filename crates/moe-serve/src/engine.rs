@@ -10,8 +10,8 @@ use crate::kv::{KvPool, BLOCK};
 use crate::metrics::Metrics;
 use moe_engine::generate::{sample, Sampling};
 use moe_engine::rng::Rng;
-use moe_infer::text::TextStream;
-use moe_infer::tokenizer::HfTokenizer;
+use moe_engine::text::TextStream;
+use moe_engine::tokenizer::Tokenizer;
 use moe_infer::{Cache, Model, Seq};
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -79,7 +79,7 @@ impl Engine {
     /// Starts the scheduler thread.
     pub fn start(
         model: Arc<Model>,
-        tok: Arc<HfTokenizer>,
+        tok: Arc<Tokenizer>,
         eos: Vec<u32>,
         cfg: EngineConfig,
         metrics: Arc<Metrics>,
@@ -121,7 +121,7 @@ struct Running {
 
 struct Scheduler {
     model: Arc<Model>,
-    tok: Arc<HfTokenizer>,
+    tok: Arc<Tokenizer>,
     eos: Vec<u32>,
     cfg: EngineConfig,
     metrics: Arc<Metrics>,
@@ -132,7 +132,7 @@ struct Scheduler {
 }
 
 impl Scheduler {
-    fn new(model: Arc<Model>, tok: Arc<HfTokenizer>, eos: Vec<u32>, cfg: EngineConfig, metrics: Arc<Metrics>) -> Self {
+    fn new(model: Arc<Model>, tok: Arc<Tokenizer>, eos: Vec<u32>, cfg: EngineConfig, metrics: Arc<Metrics>) -> Self {
         let pool = KvPool::new(Cache::bytes_per_token(&model.spec), cfg.kv_bytes);
         Metrics::set(&metrics.kv_capacity_bytes, pool.total as u64 * pool.block_bytes);
         Scheduler { model, tok, eos, cfg, metrics, pool, waiting: VecDeque::new(), running: vec![], scratch: vec![] }

@@ -14,7 +14,7 @@ use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use moe_infer::tokenizer::HfTokenizer;
+use moe_engine::tokenizer::Tokenizer;
 use moe_infer::Model;
 use serde_json::{json, Value};
 use std::collections::VecDeque;
@@ -26,7 +26,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 /// What the handlers share.
 pub struct App {
     pub model: Arc<Model>,
-    pub tok: Arc<HfTokenizer>,
+    pub tok: Arc<Tokenizer>,
     /// The model id clients name (GET /v1/models lists it).
     pub name: String,
     pub engine: Engine,
@@ -134,7 +134,8 @@ async fn completions(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejec
             Prompt::Texts(mut v) if v.len() == 1 => v.remove(0),
             Prompt::Texts(_) => return Err(ApiError::bad("send one prompt per request").param("prompt")),
         };
-        let mut ids = app.tok.encode(&text, true).map_err(|e| ApiError::bad(format!("tokenising failed: {e}")))?;
+        let mut ids =
+            app.tok.encode_with_specials(&text).map_err(|e| ApiError::bad(format!("tokenising failed: {e}")))?;
         if ids.is_empty() {
             ids.extend(app.model.spec.bos);
         }

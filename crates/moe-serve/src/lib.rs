@@ -18,7 +18,7 @@ pub mod metrics;
 use engine::{Engine, EngineConfig};
 use http::App;
 use metrics::Metrics;
-use moe_infer::tokenizer::HfTokenizer;
+use moe_engine::tokenizer::Tokenizer;
 use moe_infer::{Cache, Model};
 use std::future::Future;
 use std::sync::Arc;
@@ -43,7 +43,7 @@ pub struct ServeOptions {
 }
 
 /// Starts the scheduler and returns the HTTP routes; serve them with `serve`.
-pub fn app(mut model: Model, tok: HfTokenizer, eos: Vec<u32>, o: ServeOptions) -> Result<axum::Router, String> {
+pub fn app(mut model: Model, tok: Tokenizer, eos: Vec<u32>, o: ServeOptions) -> Result<axum::Router, String> {
     if o.parallel == 0 || o.ctx < 2 || o.prefill_chunk == 0 {
         return Err("--parallel, --ctx-size (at least 2) and --prefill-chunk must be positive".into());
     }

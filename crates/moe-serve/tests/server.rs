@@ -6,8 +6,8 @@
 mod common;
 
 use common::*;
+use moe_engine::tokenizer::Tokenizer;
 use moe_infer::generate::{eos_ids, generate};
-use moe_infer::tokenizer::HfTokenizer;
 use moe_infer::Model;
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader};
@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 /// What greedy generation of `prompt` gives alone, through moe-infer's one-sequence path.
 fn greedy_alone(prompt: &[u32], max_new: usize) -> String {
-    let (model, tok) = (Model::load(&fixture()).unwrap(), HfTokenizer::load(&fixture()).unwrap());
+    let (model, tok) = (Model::load(&fixture()).unwrap(), Tokenizer::open(&fixture()).unwrap());
     let eos = eos_ids(&fixture(), &model, &tok);
     let s = moe_engine::generate::Sampling { temperature: 0.0, top_k: 0, top_p: 1.0, seed: 0 };
     let (ids, _) = generate(&model, &tok, prompt, max_new, &s, &eos, &mut |_| {}).unwrap();
@@ -33,7 +33,7 @@ fn answers_whole_and_streamed_like_generation_alone() {
     let models = request(a, "GET", "/v1/models", "").json();
     assert_eq!(models["data"][0]["id"], NAME);
 
-    let tok = HfTokenizer::load(&fixture()).unwrap();
+    let tok = Tokenizer::open(&fixture()).unwrap();
     let msgs = [("user".to_string(), "hello there".to_string())];
     let want = greedy_alone(&tok.encode_chat(&msgs).unwrap(), 12);
     let r = post(
@@ -66,7 +66,7 @@ fn answers_whole_and_streamed_like_generation_alone() {
     assert_eq!(ev[n - 1]["usage"]["completion_tokens"], 12);
 
     // completions: a stop string cuts the text before it
-    let prompt = tok.encode("The cat", true).unwrap();
+    let prompt = tok.encode_with_specials("The cat").unwrap();
     let full = greedy_alone(&prompt, 10);
     let r = post(a, "/v1/completions", json!({"model": NAME, "prompt": "The cat", "max_tokens": 10, "temperature": 0}))
         .json();
@@ -87,7 +87,7 @@ fn answers_whole_and_streamed_like_generation_alone() {
 fn concurrent_streams_are_batched_and_each_equals_its_generation_alone() {
     let srv = Server::start(options());
     let a = srv.addr;
-    let tok = HfTokenizer::load(&fixture()).unwrap();
+    let tok = Tokenizer::open(&fixture()).unwrap();
     let prompts: Vec<String> = (0..12).map(|i| format!("prompt number {i} {}", "word ".repeat(i % 4))).collect();
     let handles: Vec<_> = prompts
         .iter()
@@ -100,7 +100,7 @@ fn concurrent_streams_are_batched_and_each_equals_its_generation_alone() {
         let r = h.join().unwrap();
         assert_eq!(r.status, 200);
         let text: String = r.events().iter().filter_map(|e| e["choices"][0]["text"].as_str()).collect();
-        assert_eq!(text, greedy_alone(&tok.encode(p, true).unwrap(), 16), "prompt {p:?}");
+        assert_eq!(text, greedy_alone(&tok.encode_with_specials(p).unwrap(), 16), "prompt {p:?}");
     }
     assert!(metric(a, "moe_batch_sequences_peak") > 1.0, "no step ran more than one sequence");
     assert_eq!(metric(a, "moe_requests_total"), 12.0);

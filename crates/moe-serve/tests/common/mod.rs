@@ -2,8 +2,8 @@
 //! tests. Every loop here is bounded.
 #![allow(dead_code)] // each test file uses a part
 
+use moe_engine::tokenizer::Tokenizer;
 use moe_infer::generate::eos_ids;
-use moe_infer::tokenizer::HfTokenizer;
 use moe_infer::Model;
 use moe_serve::ServeOptions;
 use serde_json::Value;
@@ -44,7 +44,11 @@ impl Server {
     }
 
     pub fn start_on(dir: &Path, o: ServeOptions) -> Server {
-        let tok = if dir.is_file() { HfTokenizer::from_gguf(dir) } else { HfTokenizer::load(dir) };
+        let tok = if dir.is_file() {
+            moe_infer::gguf_tokenizer::load(dir)
+        } else {
+            Tokenizer::open(dir).map_err(moe_infer::Error::from)
+        };
         let (model, tok) = (Model::load(dir).unwrap(), tok.unwrap());
         let eos = eos_ids(dir, &model, &tok);
         let router = moe_serve::app(model, tok, eos, o).unwrap();

@@ -6,17 +6,16 @@
 //! with the generation prompt to the rendering through it; a template that does not render a
 //! conversation as the prefix of its continuation is refused.
 
-use crate::tokenizer::HfTokenizer;
-use moe_engine::dataset::{DocEncoder, NOT_TARGET};
-use moe_engine::error::Error as EngineError;
-use moe_engine::tokenizer::Tokenizer;
+use crate::dataset::{DocEncoder, NOT_TARGET};
+use crate::error::{Error, Result};
+use crate::tokenizer::Tokenizer;
 use serde_json::Value;
 use std::ops::Range;
 use std::path::Path;
 use std::sync::Arc;
 
-fn bad(what: String) -> EngineError {
-    EngineError::Corpus {
+fn bad(what: String) -> Error {
+    Error::Corpus {
         what,
         hint: "give one conversation per line: {\"messages\": [{\"role\": \"user\", \"content\": \"...\"}, ...]}"
             .into(),
@@ -24,7 +23,7 @@ fn bad(what: String) -> EngineError {
 }
 
 /// The (role, content) pairs of one JSONL line.
-fn messages(line: &str, n: usize) -> Result<Vec<(String, String)>, EngineError> {
+fn messages(line: &str, n: usize) -> Result<Vec<(String, String)>> {
     let v: Value = serde_json::from_str(line).map_err(|e| bad(format!("line {n} is not JSON ({e})")))?;
     let list = v["messages"].as_array().ok_or_else(|| bad(format!("line {n} has no \"messages\" list")))?;
     list.iter()
@@ -36,7 +35,7 @@ fn messages(line: &str, n: usize) -> Result<Vec<(String, String)>, EngineError> 
 }
 
 /// The rendered conversation and the byte ranges of its assistant turns.
-fn render(hf: &HfTokenizer, msgs: &[(String, String)], n: usize) -> Result<(String, Vec<Range<usize>>), EngineError> {
+fn render(hf: &Tokenizer, msgs: &[(String, String)], n: usize) -> Result<(String, Vec<Range<usize>>)> {
     let r = |m: &[(String, String)], gen: bool| hf.render_chat(m, gen).map_err(|e| bad(format!("line {n}: {e}")));
     let full = r(msgs, false)?;
     let mut spans = vec![];
@@ -53,8 +52,8 @@ fn render(hf: &HfTokenizer, msgs: &[(String, String)], n: usize) -> Result<(Stri
 }
 
 /// The encoder of JSONL conversations with the chat template of the model in `dir`.
-pub fn chat_encoder(dir: &Path) -> crate::Result<DocEncoder> {
-    let hf = HfTokenizer::load(dir)?;
+pub fn chat_encoder(dir: &Path) -> Result<DocEncoder> {
+    let hf = Tokenizer::open(dir)?;
     // fail now, not in the middle of the corpus, when there is no template
     hf.render_chat(&[("user".into(), "hi".into())], true)?;
     Ok(DocEncoder(Arc::new(move |tk: &Tokenizer, text: &str| {
