@@ -4,9 +4,9 @@ use anyhow::{bail, Result};
 use clap::Args;
 use moe_engine::dist::Comm;
 use moe_engine::generate::{GenStats, Sampling};
+use moe_engine::inspect::bytes as gib;
 use moe_engine::tokenizer::Tokenizer;
 use moe_infer::generate::{eos_ids, generate};
-use moe_infer::inspect::gib;
 use moe_infer::{Cache, Model};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -30,14 +30,6 @@ pub fn tokenizer(model: &Path, flag: Option<&Path>) -> Result<Tokenizer> {
         return Ok(moe_infer::gguf_tokenizer::load(model)?);
     }
     Ok(Tokenizer::open(&dir)?)
-}
-
-/// True when `dir` holds a Hugging Face checkpoint (config.json naming an architecture).
-pub fn is_hf_dir(dir: &Path) -> bool {
-    let Ok(text) = std::fs::read_to_string(dir.join("config.json")) else { return false };
-    serde_json::from_str::<serde_json::Value>(&text)
-        .map(|v| v.get("architectures").is_some() || v.get("model_type").is_some())
-        .unwrap_or(false)
 }
 
 /// Opens a model; with `comm`, keeps only this rank's experts (before quantising).
@@ -183,13 +175,6 @@ fn report(s: &GenStats) {
         s.new_tokens as f64 / s.decode_s.max(1e-9),
         if s.hit_context { " (stopped at the model's context length)" } else { "" }
     );
-}
-
-/// `moe inspect DIR` on a Hugging Face checkpoint.
-pub fn inspect(dir: &Path) -> Result<()> {
-    let m = Model::load(dir)?;
-    print!("{}", moe_infer::inspect::report(&m));
-    Ok(())
 }
 
 #[derive(Args)]

@@ -6,6 +6,7 @@ mod compare_cmd;
 mod dist_cmd;
 mod export_cmd;
 mod hf;
+mod inspect_cmd;
 mod merge_cmd;
 mod perplexity_cmd;
 mod plan_cmd;
@@ -17,7 +18,7 @@ use args::parse_enum;
 use clap::{Args, Parser, Subcommand};
 use moe_engine::checkpoint;
 use moe_engine::compare::spec::preset_or_variant;
-use moe_engine::config::{ModelConfig, PRESETS};
+use moe_engine::config::ModelConfig;
 use moe_engine::corpus::Source;
 use moe_engine::generate::{generate_on, Sampling};
 use moe_engine::model::Model;
@@ -48,7 +49,7 @@ enum Cmd {
     /// Serve a Hugging Face or GGUF model over an OpenAI-compatible HTTP API (continuous batching).
     Serve(serve_cmd::ServeArgs),
     /// Show parameters, FLOPs and memory of a preset, config file, checkpoint or Hugging Face model.
-    Inspect(InspectArgs),
+    Inspect(inspect_cmd::InspectArgs),
     /// Write the float32 logits of every position of a Hugging Face model to a .npy file.
     Logits(hf::LogitsArgs),
     /// Plot one run (loss, expert-load heatmap, load balance) or compare several.
@@ -169,22 +170,6 @@ struct GenerateArgs {
     expert_parallel: Option<usize>,
 }
 
-#[derive(Args)]
-struct InspectArgs {
-    /// A preset name, a config JSON file, a checkpoint/run directory or a Hugging Face model directory.
-    #[arg(default_value = "default")]
-    target: String,
-    /// Micro-batch for the training memory estimate.
-    #[arg(long, default_value_t = 16)]
-    batch_size: usize,
-    /// Sequence length for FLOPs and memory (default: the model context).
-    #[arg(long)]
-    seq_len: Option<usize>,
-    /// Print the config as JSON (a starting point for --config).
-    #[arg(long)]
-    print_config: bool,
-}
-
 #[derive(Subcommand)]
 enum BenchCmd {
     /// Training and forward tokens/s of presets on random tokens.
@@ -238,7 +223,7 @@ fn real_main() -> Result<()> {
         Cmd::Upcycle(a) => compare_cmd::upcycle_cmd(*a),
         Cmd::Generate(a) => generate_cmd(a),
         Cmd::Serve(a) => serve_cmd::serve(a),
-        Cmd::Inspect(a) => inspect(a),
+        Cmd::Inspect(a) => inspect_cmd::inspect(a),
         Cmd::Logits(a) => hf::logits(a),
         Cmd::Plot(a) => plot(a),
         Cmd::Routes(a) => routes(a),
@@ -324,30 +309,6 @@ fn generate_cmd(a: GenerateArgs) -> Result<()> {
         stats.new_tokens as f64 / stats.decode_s.max(1e-9),
         if stats.hit_context { " (stopped at the model's context length)" } else { "" }
     );
-    Ok(())
-}
-
-fn inspect(a: InspectArgs) -> Result<()> {
-    let path = PathBuf::from(&a.target);
-    if (path.is_dir() && hf::is_hf_dir(&path)) || moe_infer::gguf_model::is_gguf(&path) {
-        return hf::inspect(&path);
-    }
-    let cfg = if PRESETS.contains(&a.target.as_str()) {
-        ModelConfig::preset(&a.target)?
-    } else if path.is_dir() {
-        checkpoint::load(&path)?.config
-    } else if path.is_file() {
-        let text = std::fs::read_to_string(&path)?;
-        serde_json::from_str(&text).with_context(|| format!("{}: invalid model config", path.display()))?
-    } else {
-        bail!("`{}` is neither a preset ({}) nor a config file or checkpoint directory", a.target, PRESETS.join(", "));
-    };
-    cfg.validate()?;
-    if a.print_config {
-        println!("{}", serde_json::to_string_pretty(&cfg)?);
-        return Ok(());
-    }
-    print!("{}", moe_engine::inspect::report(&cfg, a.batch_size, a.seq_len.unwrap_or(cfg.max_position_embeddings)));
     Ok(())
 }
 

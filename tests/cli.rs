@@ -61,6 +61,26 @@ fn hugging_face_model_commands() {
     let (code, out, err) = moe(&["inspect", &mixtral]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("MixtralForCausalLM") && out.contains("top-2") && out.contains("active per token"), "{out}");
+    // the files' count and the training form's formulas agree on total and active parameters
+    let counts: Vec<(&str, &str)> = out
+        .lines()
+        .filter(|l| l.trim_start().starts_with("parameters"))
+        .map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            (w[1], w[4])
+        })
+        .collect();
+    assert!(out.contains("fine-tuned with `moe train --init`") && counts.len() == 2, "{out}");
+    assert_eq!(counts[0], counts[1], "{out}");
+    let (code, out, _) = moe(&["inspect", &format!("{HF}/deepseek_v3")]);
+    assert_eq!(code, 0);
+    assert!(out.contains("not trainable here") && out.contains("MLA"), "{out}");
+    let (code, out, err) = moe(&["inspect", &format!("{HF}/llama_dense")]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("not run by the inference engine") && out.contains("architecture      decoder-only, dense"),
+        "{out}"
+    );
 
     // greedy generation streams the text of transformers' greedy ids (scripts/hf_checkpoints.py)
     let (code, out, err) = moe(&[

@@ -1,5 +1,7 @@
-//! Size accounting of a model config: parameters (total and active per token), FLOPs per token
-//! and memory for training and inference. One place for these formulas.
+//! `moe inspect`: size accounting of a model config (parameters, total and active per token;
+//! FLOPs per token; memory for training and inference; one place for these formulas), its
+//! report, and the number formats every inspect report uses (a Hugging Face or GGUF
+//! checkpoint adds what its files hold, `moe_infer::sizes`).
 
 use crate::config::ModelConfig;
 use crate::params::Layout;
@@ -49,8 +51,16 @@ pub fn sizes(cfg: &ModelConfig, b: usize, t: usize) -> Sizes {
             active_mm += 3 * c * fd;
         }
     }
-    let norms = (2 * l + 1) * c;
-    let active = active_mm + norms + c; // one embedding row
+    // norms (query/key norms too) and query/key/value biases: read whole by every token
+    let small: usize = layout
+        .layers
+        .iter()
+        .map(|sp| {
+            let spans = sp.qkv_bias.iter().flatten().chain(sp.qk_norm.iter().flatten());
+            sp.ln1.len + sp.ln2.len + spans.map(|s| s.len).sum::<usize>()
+        })
+        .sum();
+    let active = active_mm + small + layout.norm.len + c; // one embedding row
     let fwd = 2.0 * active_mm as f64 + (l as f64) * 2.0 * 2.0 * hd as f64 * t as f64 / 2.0;
     // Activations per token, mirroring model::Acts (f32).
     let n = b * t;
@@ -77,21 +87,27 @@ pub fn sizes(cfg: &ModelConfig, b: usize, t: usize) -> Sizes {
     }
 }
 
-fn human(bytes: usize) -> String {
-    let b = bytes as f64;
-    if b >= 1024f64.powi(3) {
-        format!("{:.2} GiB", b / 1024f64.powi(3))
-    } else {
-        format!("{:.1} MiB", b / 1024f64.powi(2))
+/// Bytes in GiB, MiB or KiB.
+pub fn bytes(b: u64) -> String {
+    match b {
+        b if b >= 1 << 30 => format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64),
+        b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
+        b => format!("{:.1} KiB", b as f64 / 1024.0),
     }
 }
 
-fn count(n: usize) -> String {
-    if n >= 1_000_000_000 {
-        format!("{:.2} B", n as f64 / 1e9)
-    } else {
-        format!("{:.2} M", n as f64 / 1e6)
+/// A count in billions, millions or thousands.
+pub fn count(n: u64) -> String {
+    match n {
+        n if n >= 1_000_000_000 => format!("{:.2} B", n as f64 / 1e9),
+        n if n >= 1_000_000 => format!("{:.2} M", n as f64 / 1e6),
+        n if n >= 1_000 => format!("{:.1} K", n as f64 / 1e3),
+        n => n.to_string(),
     }
+}
+
+fn human(b: usize) -> String {
+    bytes(b as u64)
 }
 
 /// Human-readable report of a config, with training sizes for a micro-batch of B x T.
@@ -130,9 +146,9 @@ pub fn report(cfg: &ModelConfig, b: usize, t: usize) -> String {
     }
     r += &format!(
         "parameters        {} total, {} active per token ({} in experts)\n",
-        count(s.total_params),
-        count(s.active_params),
-        count(s.expert_params)
+        count(s.total_params as u64),
+        count(s.active_params as u64),
+        count(s.expert_params as u64)
     );
     let lora = cfg.lora.as_ref().map(|l| {
         let layout = crate::params::Layout::new(cfg);
@@ -150,7 +166,7 @@ pub fn report(cfg: &ModelConfig, b: usize, t: usize) -> String {
             l.rank,
             l.alpha,
             targets.join(", "),
-            count(adapters),
+            count(adapters as u64),
             l.base
         );
         (base_bytes, adapters * 16)

@@ -34,9 +34,10 @@ pub struct HfCheckpoint {
     pub tokenizer: Option<PathBuf>,
 }
 
-/// Whether `dir` holds a Hugging Face checkpoint (a config.json with `architectures`).
+/// Whether `dir` holds a Hugging Face checkpoint (a config.json naming `architectures` or a
+/// `model_type`).
 pub fn is_hf_dir(dir: &Path) -> bool {
-    read_config(dir).is_ok_and(|c| c.get("architectures").is_some())
+    read_config(dir).is_ok_and(|c| c.get("architectures").is_some() || c.get("model_type").is_some())
 }
 
 /// The training config of the dense Hugging Face config `c` (read from `path`).
@@ -93,13 +94,30 @@ pub fn dense_config(c: &Value, path: &Path) -> Result<ModelConfig> {
     Ok(cfg)
 }
 
+/// Whether a checkpoint's config goes through the inference loader (the MoE families it
+/// reads), not the dense reader.
+fn through_loader(dir: &Path, raw: &Value) -> bool {
+    let arch = raw["architectures"][0].as_str().unwrap_or("");
+    !matches!(arch, "LlamaForCausalLM" | "MistralForCausalLM") && Spec::from_dir(dir).is_ok()
+}
+
+/// The training config of the checkpoint in `dir` without reading its weights, or what the
+/// training model lacks to hold it.
+pub fn training_config(dir: &Path) -> Result<ModelConfig> {
+    let raw = read_config(dir)?;
+    let path = dir.join("config.json");
+    if through_loader(dir, &raw) {
+        return moe_config(&Spec::from_dir(dir)?, &raw, &path);
+    }
+    dense_config(&raw, &path)
+}
+
 /// Reads the checkpoint in `dir` (dense or MoE).
 pub fn read_checkpoint(dir: &Path) -> Result<HfCheckpoint> {
     let raw = read_config(dir)?;
-    let arch = raw["architectures"][0].as_str().unwrap_or("");
     // the MoE families the inference engine reads go through its loader (and are refused there
     // with what the training model lacks)
-    if !matches!(arch, "LlamaForCausalLM" | "MistralForCausalLM") && Spec::from_dir(dir).is_ok() {
+    if through_loader(dir, &raw) {
         return load_moe(dir, &raw);
     }
     let config = dense_config(&raw, &dir.join("config.json"))?;

@@ -16,7 +16,6 @@ pub mod gguf_model;
 pub mod gguf_tokenizer;
 pub mod gguf_write;
 pub mod hf_train;
-pub mod inspect;
 pub mod linear;
 pub mod load;
 pub mod mla;
@@ -27,6 +26,7 @@ pub mod qdot;
 pub mod qgemm;
 pub mod quants;
 pub mod rope;
+pub mod sizes;
 pub mod store;
 pub mod weight;
 
