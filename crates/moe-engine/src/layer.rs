@@ -204,7 +204,7 @@ impl<T: Float> Model<T> {
             }
             Kv::Read(ck, cv) => (ck, cv),
         };
-        let dims = AttnDims { b, tq, tk: pos0 + tq, tcap: cap, h, g, d };
+        let dims = AttnDims { b, tq, tk: pos0 + tq, tcap: cap, h, g, d, dv: d };
         attention_forward(&mut la.attn[..n * hd], &mut la.att, &la.q[..n * hd], ck, cv, dims);
         let wo = Lin::at(ws, ls.wo, ls.attn_lora.map(|l| l[3]));
         wo.forward(&mut la.mid[..n * c], &la.attn[..n * hd], n, hd, c, true);

@@ -76,7 +76,7 @@ fn attend_gemm(out: &mut [f32], q: &[f32], k: &[f32], v: &[f32], d: Dims, scale:
     use moe_kernels::attention::{attention_forward, AttnDims};
     let Dims { t, pos0, h, g, dk, .. } = d;
     let tk = pos0 + t;
-    let dims = AttnDims { b: 1, tq: t, tk, tcap: tk, h, g, d: dk };
+    let dims = AttnDims { b: 1, tq: t, tk, tcap: tk, h, g, d: dk, dv: dk };
     let adjust = scale * (dk as f32).sqrt();
     let scaled: Vec<f32>;
     let q = if adjust == 1.0 {

@@ -1,6 +1,7 @@
 //! Causal multi-head attention with grouped-query heads (G key/value heads shared by H/G
-//! query heads). Inputs are already projected and rotated; the probabilities are saved for
-//! the backward. Queries may be a suffix of the keys (KV-cache decoding): query i sits at
+//! query heads), query/key heads of width D and value heads of width Dv (they differ under
+//! DeepSeek's latent attention). Inputs are already projected and rotated; the probabilities are
+//! saved for the backward. Queries may be a suffix of the keys (KV-cache decoding): query i sits at
 //! absolute position tk - tq + i and sees keys 0..=that position.
 
 use crate::matmul::{matmul_raw, Mat};
@@ -16,19 +17,28 @@ pub struct AttnDims {
     pub tcap: usize,
     pub h: usize,
     pub g: usize,
+    /// Query/key head width (scores scaled by 1/sqrt(d)) and value head width.
     pub d: usize,
+    pub dv: usize,
 }
 
 impl AttnDims {
     /// Training shape: queries and keys are the same T positions.
     pub fn causal(b: usize, t: usize, h: usize, g: usize, d: usize) -> Self {
-        AttnDims { b, tq: t, tk: t, tcap: t, h, g, d }
+        AttnDims { b, tq: t, tk: t, tcap: t, h, g, d, dv: d }
     }
     fn q_off(&self, b: usize, t: usize, h: usize) -> usize {
         ((b * self.tq + t) * self.h + h) * self.d
     }
     fn k_off(&self, b: usize, t: usize, g: usize) -> usize {
         ((b * self.tcap + t) * self.g + g) * self.d
+    }
+    /// Offsets in the outputs [B, Tq, H, Dv] and values [B, Tcap, G, Dv].
+    fn o_off(&self, b: usize, t: usize, h: usize) -> usize {
+        ((b * self.tq + t) * self.h + h) * self.dv
+    }
+    fn v_off(&self, b: usize, t: usize, g: usize) -> usize {
+        ((b * self.tcap + t) * self.g + g) * self.dv
     }
     fn a_off(&self, b: usize, h: usize, t: usize) -> usize {
         ((b * self.h + h) * self.tq + t) * self.tk
@@ -52,24 +62,26 @@ fn query_blocks(s: &AttnDims) -> impl Iterator<Item = (usize, usize, usize)> {
     })
 }
 
-/// out[B,Tq,H,D] = softmax(q k^T / sqrt(D), causal) v; att[B,H,Tq,Tk] keeps the probabilities.
-/// q[B,Tq,H,D], k/v[B,Tcap,G,D]. One job per (b, h); per block of query rows, two GEMMs
-/// against the keys the block sees and a masked softmax.
+/// out[B,Tq,H,Dv] = softmax(q k^T / sqrt(D), causal) v; att[B,H,Tq,Tk] keeps the probabilities.
+/// q[B,Tq,H,D], k[B,Tcap,G,D], v[B,Tcap,G,Dv]. One job per (b, h); per block of query rows, two
+/// GEMMs against the keys the block sees and a masked softmax.
 pub fn attention_forward<T: Float>(out: &mut [T], att: &mut [T], q: &[T], k: &[T], v: &[T], s: AttnDims) {
     let scale = T::from_f64(1.0 / (s.d as f64).sqrt());
-    assert!(out.len() >= s.b * s.tq * s.h * s.d && att.len() >= s.b * s.h * s.tq * s.tk);
+    assert!(out.len() >= s.b * s.tq * s.h * s.dv && att.len() >= s.b * s.h * s.tq * s.tk);
     assert!(
-        q.len() >= s.b * s.tq * s.h * s.d && k.len() >= s.b * s.tcap * s.g * s.d && v.len() >= s.b * s.tcap * s.g * s.d
+        q.len() >= s.b * s.tq * s.h * s.d
+            && k.len() >= s.b * s.tcap * s.g * s.d
+            && v.len() >= s.b * s.tcap * s.g * s.dv
     );
     let (po, pa) = (SendPtr(out.as_mut_ptr()), SendPtr(att.as_mut_ptr()));
-    let (hd, gd) = (s.h * s.d, s.g * s.d);
+    let (hd, gd, hdv, gdv) = (s.h * s.d, s.g * s.d, s.h * s.dv, s.g * s.dv);
     (0..s.b * s.h).into_par_iter().for_each(|bh| {
         let (b, h) = (bh / s.h, bh % s.h);
         let g = h / (s.h / s.g);
         for (q0, rows, kend) in query_blocks(&s) {
             let qv = view(q, s.q_off(b, q0, h), rows, s.d, hd);
             let kv = view(k, s.k_off(b, 0, g), kend, s.d, gd);
-            let vv = view(v, s.k_off(b, 0, g), kend, s.d, gd);
+            let vv = view(v, s.v_off(b, 0, g), kend, s.dv, gdv);
             // SAFETY: job (b, h) owns the att block [b, h] and the (b, *, h) rows of out.
             unsafe {
                 let a_ptr = pa.at(s.a_off(b, h, q0));
@@ -86,7 +98,7 @@ pub fn attention_forward<T: Float>(out: &mut [T], att: &mut [T], q: &[T], k: &[T
                     masked.fill(T::ZERO);
                 }
                 let pv = Mat { data: &*block, rows, cols: kend, rs: s.tk, cs: 1 };
-                matmul_raw(po.at(s.q_off(b, q0, h)), hd, pv, vv, false, false);
+                matmul_raw(po.at(s.o_off(b, q0, h)), hdv, pv, vv, false, false);
             }
         }
     });
@@ -110,12 +122,12 @@ pub fn attention_backward<T: Float>(
     s: AttnDims,
 ) {
     assert!(s.tq == s.tk && s.tk == s.tcap, "backward needs the training shape");
-    let (t, hd, gd) = (s.tq, s.h * s.d, s.g * s.d);
+    let (t, hd, gd, hdv, gdv) = (s.tq, s.h * s.d, s.g * s.d, s.h * s.dv, s.g * s.dv);
     assert!(
         scratch.len() >= s.b * s.g * t * t
             && dq.len() >= s.b * t * hd
             && dk.len() >= s.b * t * gd
-            && dv.len() >= s.b * t * gd
+            && dv.len() >= s.b * t * gdv
     );
     let scale = T::from_f64(1.0 / (s.d as f64).sqrt());
     let (pq, pk, pv) = (SendPtr(dq.as_mut_ptr()), SendPtr(dk.as_mut_ptr()), SendPtr(dv.as_mut_ptr()));
@@ -125,14 +137,14 @@ pub fn attention_backward<T: Float>(
         for h in g * hpg..(g + 1) * hpg {
             for (q0, rows, kend) in query_blocks(&s) {
                 let kv = view(k, s.k_off(b, 0, g), kend, s.d, gd);
-                let vv = view(v, s.k_off(b, 0, g), kend, s.d, gd);
+                let vv = view(v, s.v_off(b, 0, g), kend, s.dv, gdv);
                 let p = view(att, s.a_off(b, h, q0), rows, kend, t);
-                let dov = view(dout, s.q_off(b, q0, h), rows, s.d, hd);
+                let dov = view(dout, s.o_off(b, q0, h), rows, s.dv, hdv);
                 let qv = view(q, s.q_off(b, q0, h), rows, s.d, hd);
                 let dpb = &mut dp[..rows * t];
                 // SAFETY: job (b, g) owns rows (b, *, g) of dk/dv and (b, *, h) of dq for h in g.
                 unsafe {
-                    matmul_raw(pv.at(s.k_off(b, 0, g)), gd, p.t(), dov, true, false); // dV += P^T dO
+                    matmul_raw(pv.at(s.v_off(b, 0, g)), gdv, p.t(), dov, true, false); // dV += P^T dO
                     matmul_raw(dpb.as_mut_ptr(), t, dov, vv.t(), false, false); // dP = dO V^T
                 }
                 // dS = P * (dP - rowsum(P * dP)) * scale, zero past each row's last key
@@ -174,12 +186,12 @@ pub fn attention_forward_naive<T: Float>(out: &mut [T], att: &mut [T], q: &[T], 
                 }
                 let m = sc.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                 let z: f64 = sc.iter().map(|&x| (x - m).exp()).sum();
-                for i in 0..s.d {
+                for i in 0..s.dv {
                     let mut acc = 0.0;
                     for (j, &scj) in sc.iter().enumerate() {
-                        acc += (scj - m).exp() / z * v[s.k_off(b, j, g) + i].to_f64();
+                        acc += (scj - m).exp() / z * v[s.v_off(b, j, g) + i].to_f64();
                     }
-                    out[s.q_off(b, t, h) + i] = T::from_f64(acc);
+                    out[s.o_off(b, t, h) + i] = T::from_f64(acc);
                 }
                 for (j, &scj) in sc.iter().enumerate() {
                     att[s.a_off(b, h, t) + j] = T::from_f64((scj - m).exp() / z);
@@ -209,15 +221,19 @@ pub fn attention_backward_naive<T: Float>(
             let g = h * s.g / s.h;
             for t in 0..s.tq {
                 let p = |j: usize| f(att[s.a_off(b, h, t) + j]);
-                let dot =
-                    |x: &[T], xo: usize, y: &[T], yo: usize| (0..s.d).map(|i| f(x[xo + i]) * f(y[yo + i])).sum::<f64>();
-                let dp: Vec<f64> = (0..s.tk).map(|j| dot(dout, s.q_off(b, t, h), v, s.k_off(b, j, g))).collect();
+                let dot = |x: &[T], xo: usize, y: &[T], yo: usize, n: usize| {
+                    (0..n).map(|i| f(x[xo + i]) * f(y[yo + i])).sum::<f64>()
+                };
+                let dp: Vec<f64> = (0..s.tk).map(|j| dot(dout, s.o_off(b, t, h), v, s.v_off(b, j, g), s.dv)).collect();
                 let sum: f64 = (0..s.tk).map(|j| p(j) * dp[j]).sum();
                 for (j, &dpj) in dp.iter().enumerate() {
                     let ds = p(j) * (dpj - sum) * scale;
+                    for i in 0..s.dv {
+                        let (oi, vi) = (s.o_off(b, t, h) + i, s.v_off(b, j, g) + i);
+                        dv[vi] = T::from_f64(f(dv[vi]) + p(j) * f(dout[oi]));
+                    }
                     for i in 0..s.d {
                         let (qi, ki) = (s.q_off(b, t, h) + i, s.k_off(b, j, g) + i);
-                        dv[ki] = T::from_f64(f(dv[ki]) + p(j) * f(dout[qi]));
                         dq[qi] = T::from_f64(f(dq[qi]) + ds * f(k[ki]));
                         dk[ki] = T::from_f64(f(dk[ki]) + ds * f(q[qi]));
                     }

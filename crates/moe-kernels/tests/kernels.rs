@@ -136,12 +136,14 @@ fn rope_backward_finite_difference_and_position_offset() {
 #[test]
 fn attention_matches_naive_and_backward_finite_difference() {
     let mut rng = Rng::new(5);
-    for &(b, t, h, g, d) in &[(1, 1, 1, 1, 1), (2, 3, 2, 1, 4), (1, 5, 4, 2, 3), (2, 4, 3, 3, 2), (1, 19, 2, 1, 17)] {
-        let s = AttnDims::causal(b, t, h, g, d);
-        let (q, k, v) = (rng.vec(b * t * h * d), rng.vec(b * t * g * d), rng.vec(b * t * g * d));
-        let r = rng.vec(b * t * h * d);
+    // the last two: value heads narrower and wider than query/key heads (latent attention)
+    let shapes = [(1, 1, 1, 1, 1, 1), (2, 3, 2, 1, 4, 4), (1, 5, 4, 2, 3, 3), (2, 4, 3, 3, 2, 2), (1, 19, 2, 1, 17, 17)];
+    for &(b, t, h, g, d, dvw) in shapes.iter().chain(&[(2, 5, 3, 3, 6, 4), (1, 4, 2, 2, 3, 5)]) {
+        let s = AttnDims { dv: dvw, ..AttnDims::causal(b, t, h, g, d) };
+        let (q, k, v) = (rng.vec(b * t * h * d), rng.vec(b * t * g * d), rng.vec(b * t * g * dvw));
+        let r = rng.vec(b * t * h * dvw);
         let run = |q: &[f64], k: &[f64], v: &[f64]| {
-            let (mut o, mut a) = (vec![0.0; b * t * h * d], vec![0.0; b * h * t * t]);
+            let (mut o, mut a) = (vec![0.0; b * t * h * dvw], vec![0.0; b * h * t * t]);
             attention_forward(&mut o, &mut a, q, k, v, s);
             (o, a)
         };
@@ -156,6 +158,11 @@ fn attention_matches_naive_and_backward_finite_difference() {
         check_grad("attn dq", &q, &dq, |q| dotp(&run(q, &k, &v).0, &r));
         check_grad("attn dk", &k, &dk, |k| dotp(&run(&q, k, &v).0, &r));
         check_grad("attn dv", &v, &dv, |v| dotp(&run(&q, &k, v).0, &r));
+        let (mut dqn, mut dkn, mut dvn) = (vec![0.0; q.len()], vec![0.0; k.len()], vec![0.0; v.len()]);
+        attention_backward_naive(&mut dqn, &mut dkn, &mut dvn, &r, &an, &q, &k, &v, s);
+        for (x, y) in [(&dq, &dqn), (&dk, &dkn), (&dv, &dvn)] {
+            assert!(x.iter().zip(y).all(|(x, y)| (x - y).abs() < 1e-10), "backward vs naive");
+        }
     }
 }
 
@@ -206,7 +213,7 @@ fn attention_decode_suffix_equals_full_sequence() {
     for bi in 0..b {
         qs[bi * h * d..][..h * d].copy_from_slice(&q[(bi * t + t - 1) * h * d..][..h * d]);
     }
-    let dec = AttnDims { b, tq: 1, tk: t, tcap, h, g, d };
+    let dec = AttnDims { b, tq: 1, tk: t, tcap, h, g, d, dv: d };
     let (mut od, mut ad) = (vec![0f32; b * h * d], vec![0f32; b * h * t]);
     attention_forward(&mut od, &mut ad, &qs, &kc, &vc, dec);
     for bi in 0..b {
