@@ -34,6 +34,42 @@ pub enum QkNorm {
     Whole,
 }
 
+/// DeepSeek's multi-head latent attention (MLA, DeepSeek-V2/V3) in place of the q/k/v
+/// projections (see `mla`): queries from x (through a rank-`q_lora_rank` bottleneck with its
+/// RMSNorm, or one projection when 0), keys and values of every head up-projected from one
+/// normed latent of `kv_lora_rank` per position, plus one rotated key of `qk_rope_head_dim`
+/// shared by all heads. Query/key heads are `qk_nope_head_dim + qk_rope_head_dim` wide, value
+/// heads `v_head_dim`; Hugging Face's DeepseekV3Config field names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MlaConfig {
+    #[serde(default)]
+    pub q_lora_rank: usize,
+    pub kv_lora_rank: usize,
+    pub qk_nope_head_dim: usize,
+    pub qk_rope_head_dim: usize,
+    pub v_head_dim: usize,
+    /// RoPE on adjacent pairs of the rope dims, written de-interleaved (DeepSeek-V3's
+    /// `rope_interleave`); else on pairs (i, i + rope/2).
+    #[serde(default = "yes")]
+    pub rope_interleave: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The attention's head geometry: H query heads and G key/value heads, query/key heads of
+/// width `d` (of which the last `rope` dims are rotated), value heads of width `dv`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttnShape {
+    pub h: usize,
+    pub g: usize,
+    pub d: usize,
+    pub dv: usize,
+    pub rope: usize,
+}
+
 /// How the router scores experts and picks them (see `moe::router`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
@@ -175,6 +211,9 @@ pub struct ModelConfig {
     pub residual_multiplier: f64,
     #[serde(default = "one_f", skip_serializing_if = "is_one")]
     pub logits_scaling: f64,
+    /// Latent attention instead of q/k/v projections (DeepSeek); None = the usual attention.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mla: Option<MlaConfig>,
 }
 
 fn one() -> usize {
@@ -237,6 +276,7 @@ impl ModelConfig {
             attention_multiplier: 0.0,
             residual_multiplier: 1.0,
             logits_scaling: 1.0,
+            mla: None,
         }
     }
     /// 8 experts, top-2, expert width 512: the active compute of `bench_dense`.
@@ -329,7 +369,24 @@ impl ModelConfig {
         if self.attention_multiplier > 0.0 {
             self.attention_multiplier
         } else {
-            1.0 / (self.head_dim() as f64).sqrt()
+            1.0 / (self.attn_shape().d as f64).sqrt()
+        }
+    }
+    /// The head geometry: D = head_dim() for q, k and v and G key/value heads, or MLA's.
+    pub fn attn_shape(&self) -> AttnShape {
+        let h = self.num_attention_heads;
+        match self.mla {
+            Some(m) => AttnShape {
+                h,
+                g: h,
+                d: m.qk_nope_head_dim + m.qk_rope_head_dim,
+                dv: m.v_head_dim,
+                rope: m.qk_rope_head_dim,
+            },
+            None => {
+                let d = self.head_dim();
+                AttnShape { h, g: self.num_key_value_heads, d, dv: d, rope: d }
+            }
         }
     }
     /// D
@@ -391,7 +448,18 @@ impl ModelConfig {
         let experts = m(&[3, self.num_local_experts, c, self.moe_intermediate_size])?
             .checked_add(m(&[self.num_local_experts, c])?)?
             .checked_add(m(&[3, c, self.shared_expert_intermediate_size])?)?;
-        let layer = attn.checked_add(experts)?.checked_add(m(&[3, c, self.intermediate_size])?)?;
+        let mla = match self.mla {
+            Some(a) => {
+                let (h, dqk) = (self.num_attention_heads, a.qk_nope_head_dim.checked_add(a.qk_rope_head_dim)?);
+                m(&[a.q_lora_rank.checked_add(c)?, h, dqk])?
+                    .checked_add(m(&[a.q_lora_rank, c])?)?
+                    .checked_add(m(&[c, a.kv_lora_rank.checked_add(a.qk_rope_head_dim)?])?)?
+                    .checked_add(m(&[a.kv_lora_rank, h, a.qk_nope_head_dim.checked_add(a.v_head_dim)?])?)?
+                    .checked_add(m(&[c, h, a.v_head_dim])?)?
+            }
+            None => 0,
+        };
+        let layer = attn.checked_add(mla)?.checked_add(experts)?.checked_add(m(&[3, c, self.intermediate_size])?)?;
         m(&[self.num_hidden_layers])?
             .checked_mul(layer)?
             .checked_add(m(&[2, self.vocab_size, c])?)?
@@ -457,6 +525,9 @@ impl ModelConfig {
         if !self.head_dim().is_multiple_of(2) {
             return Err(Error::config(format!("head dim {} is odd", self.head_dim()), "RoPE needs an even head dim"));
         }
+        if let Some(a) = self.mla {
+            self.validate_mla(a)?;
+        }
         if !self.num_attention_heads.is_multiple_of(self.num_key_value_heads) {
             return Err(Error::config(
                 format!(
@@ -509,6 +580,29 @@ impl ModelConfig {
         }
         if let Some(l) = &self.lora {
             l.validate(self)?;
+        }
+        Ok(())
+    }
+
+    fn validate_mla(&self, a: MlaConfig) -> Result<()> {
+        for (name, v) in
+            [("kv_lora_rank", a.kv_lora_rank), ("qk_rope_head_dim", a.qk_rope_head_dim), ("v_head_dim", a.v_head_dim)]
+        {
+            if v == 0 {
+                return Err(Error::config(format!("mla.{name} is 0"), format!("set mla.{name} to a positive value")));
+            }
+        }
+        if !a.qk_rope_head_dim.is_multiple_of(2) {
+            return Err(Error::config(
+                format!("mla.qk_rope_head_dim {} is odd", a.qk_rope_head_dim),
+                "RoPE needs an even number of rotated dims",
+            ));
+        }
+        if self.qkv_bias || self.qk_norm != QkNorm::None || self.attention_multiplier > 0.0 {
+            return Err(Error::config(
+                "latent attention (mla) has no query/key/value biases, query/key norms or attention multiplier",
+                "leave qkv_bias, qk_norm and attention_multiplier unset with mla",
+            ));
         }
         Ok(())
     }

@@ -33,15 +33,19 @@ pub fn sizes(cfg: &ModelConfig, b: usize, t: usize) -> Sizes {
     let layout = Layout::new(cfg);
     let total = layout.total;
     let (c, v, l) = (cfg.hidden_size, cfg.vocab_size, cfg.num_hidden_layers);
-    let d = cfg.head_dim();
-    let (hd, gd) = (cfg.num_attention_heads * d, cfg.num_key_value_heads * d);
-    let attn = c * hd * 2 + c * gd * 2;
+    let sh = cfg.attn_shape();
+    let (hd, gd, hdv, gdv) = (sh.h * sh.d, sh.g * sh.d, sh.h * sh.dv, sh.g * sh.dv);
+    // the attention's matrices (q, k, v, o, or latent attention's five), as laid out
+    let attn = |sp: &crate::params::LayerSpans| {
+        let q_a = sp.mla.and_then(|m| m.q_a).map_or(0, |[w, _]| w.len);
+        sp.wq.len + sp.wk.len + sp.wv.len + sp.wo.len + q_a
+    };
     let (e, k, fe, fd) =
         (cfg.num_local_experts, cfg.num_experts_per_tok, cfg.moe_intermediate_size, cfg.intermediate_size);
     let mut active_mm = c * v; // lm_head
     let mut experts = 0;
-    for li in 0..l {
-        active_mm += attn;
+    for (li, sp) in layout.layers.iter().enumerate() {
+        active_mm += attn(sp);
         if cfg.is_moe_layer(li) {
             let fs = cfg.shared_expert_intermediate_size;
             let shared = if fs > 0 { 3 * c * fs + usize::from(cfg.shared_expert_gate) * c } else { 0 };
@@ -56,23 +60,25 @@ pub fn sizes(cfg: &ModelConfig, b: usize, t: usize) -> Sizes {
         .layers
         .iter()
         .map(|sp| {
-            let spans = sp.qkv_bias.iter().flatten().chain(sp.qk_norm.iter().flatten());
+            let mla_norms = sp.mla.iter().flat_map(|m| m.q_a.map(|[_, n]| n).into_iter().chain([m.kv_a_norm]));
+            let spans = sp.qkv_bias.iter().flatten().chain(sp.qk_norm.iter().flatten()).copied().chain(mla_norms);
             sp.ln1.len + sp.ln2.len + spans.map(|s| s.len).sum::<usize>()
         })
         .sum();
     let active = active_mm + small + layout.norm.len + c; // one embedding row
-    let fwd = 2.0 * active_mm as f64 + (l as f64) * 2.0 * 2.0 * hd as f64 * t as f64 / 2.0;
+                                                          // scores (D wide) and values (Dv wide) over t/2 keys on average
+    let fwd = 2.0 * active_mm as f64 + (l as f64) * 2.0 * (hd + hdv) as f64 * t as f64 / 2.0;
     // Activations per token, mirroring model::Acts (f32).
     let n = b * t;
     let mut per_tok = c * (l + 1) + 2 * c + v + 1 + 1; // resid, lnf, logits, losses, rstdf
-    per_tok += 4 * c + hd * 4 + gd * 4; // backward scratch
+    per_tok += 4 * c + 2 * hd + 2 * hdv + 2 * gd + 2 * gdv; // backward scratch
     for li in 0..l {
-        per_tok += 3 * c + 2 + 2 * hd + 2 * gd;
+        per_tok += 3 * c + 2 + hd + hdv + gd + gdv;
         per_tok +=
             if cfg.is_moe_layer(li) { 2 * e + 1 + 2 * k + k * (4 * c + 6 * fe + 1) + 2 * e + 2 * k } else { 3 * fd };
     }
     let att = l * b * cfg.num_attention_heads * t * t;
-    let kv = l * 2 * t * gd;
+    let kv = l * t * (gd + gdv);
     Sizes {
         total_params: total,
         active_params: active,
@@ -131,6 +137,12 @@ pub fn report(cfg: &ModelConfig, b: usize, t: usize) -> String {
     };
     let mut r = String::new();
     r += &format!("architecture      decoder-only, {kind}\n");
+    if let Some(a) = cfg.mla {
+        r += &format!(
+            "attention         latent (MLA): kv rank {}, q rank {}, query/key head {} + {} rotated, value head {}\n",
+            a.kv_lora_rank, a.q_lora_rank, a.qk_nope_head_dim, a.qk_rope_head_dim, a.v_head_dim
+        );
+    }
     r += &format!(
         "shape             vocab {}, width {}, {} layers, {} heads ({} kv), head dim {}, context {}\n",
         cfg.vocab_size,

@@ -1,4 +1,4 @@
-//! One decoder layer, forward and backward: x -> RMSNorm -> q, k, v (`qkv`) -> attention
+//! One decoder layer, forward and backward: x -> RMSNorm -> q, k, v (`qkv`, or `mla`) -> attention
 //! (keys and values through the KV cache) -> o_proj -> + x = mid -> RMSNorm -> dense or MoE
 //! feed-forward -> + mid = out. `Model` runs the layers in order (`model`); under activation
 //! recomputation (`Acts::recompute`) the backward runs a layer's forward again from its saved
@@ -7,6 +7,7 @@
 use crate::config::ModelConfig;
 use crate::ffn::{mlp_backward, mlp_forward, MlpActs, MlpGrads, MlpWeights};
 use crate::linear::{GradCursor, Lin};
+use crate::mla::{mla_backward, mla_forward, MlaActs, MlaStep};
 use crate::model::Model;
 use crate::moe::router::{RouterGrads, RouterWeights};
 use crate::moe::shared::{SharedGrads, SharedWeights};
@@ -35,12 +36,12 @@ pub struct LayerActs<T> {
     pub rstd1: Vec<T>,
     /// [N, H*D] rotated queries.
     pub q: Vec<T>,
-    /// [N, G*D] new rotated keys / values before they enter the cache.
+    /// [N, G*D] new rotated keys and [N, G*Dv] values before they enter the cache.
     pub k_new: Vec<T>,
     pub v_new: Vec<T>,
     /// [B, H, Tq, Tcap] attention probabilities.
     pub att: Vec<T>,
-    /// [N, H*D] attention output before o_proj.
+    /// [N, H*Dv] attention output before o_proj.
     pub attn: Vec<T>,
     /// [N, C] residual stream after attention.
     pub mid: Vec<T>,
@@ -49,27 +50,30 @@ pub struct LayerActs<T> {
     pub ffn: FfnActs<T>,
     /// The q/k norms' saved values (empty without them).
     pub qk_norm: QkNormActs<T>,
+    /// Latent attention's saved values (empty without it).
+    pub mla: MlaActs<T>,
 }
 
 impl<T: Float> LayerActs<T> {
     /// Buffers of layer `l` for N = b * tq_max tokens against a cache of `tcap` positions.
     pub fn new(cfg: &ModelConfig, l: usize, b: usize, tq_max: usize, tcap: usize) -> Self {
         let n = b * tq_max;
-        let (c, d) = (cfg.hidden_size, cfg.head_dim());
-        let (hd, gd) = (cfg.num_attention_heads * d, cfg.num_key_value_heads * d);
+        let (c, s) = (cfg.hidden_size, cfg.attn_shape());
+        let (hd, gd, hdv, gdv) = (s.h * s.d, s.g * s.d, s.h * s.dv, s.g * s.dv);
         let z = moe_kernels::buffer::zeroed::<T>;
         LayerActs {
             ln1: z(n * c),
             rstd1: z(n),
             q: z(n * hd),
             k_new: z(n * gd),
-            v_new: z(n * gd),
-            att: z(b * cfg.num_attention_heads * tq_max * tcap),
-            attn: z(n * hd),
+            v_new: z(n * gdv),
+            att: z(b * s.h * tq_max * tcap),
+            attn: z(n * hdv),
             mid: z(n * c),
             ln2: z(n * c),
             rstd2: z(n),
             qk_norm: QkNormActs::new(cfg, n),
+            mla: MlaActs::new(cfg, n),
             ffn: if cfg.is_moe_layer(l) {
                 FfnActs::Moe(Box::new(MoeActs::new(MoeSpec::new(cfg, n, tq_max))))
             } else {
@@ -99,8 +103,8 @@ pub struct Scratch<T> {
 impl<T: Float> Scratch<T> {
     pub fn new(cfg: &ModelConfig, b: usize, tq_max: usize, tcap: usize) -> Self {
         let n = b * tq_max;
-        let (c, d) = (cfg.hidden_size, cfg.head_dim());
-        let (hd, gd) = (cfg.num_attention_heads * d, cfg.num_key_value_heads * d);
+        let (c, s) = (cfg.hidden_size, cfg.attn_shape());
+        let (hd, gd, hdv, gdv) = (s.h * s.d, s.g * s.d, s.h * s.dv, s.g * s.dv);
         let z = moe_kernels::buffer::zeroed::<T>;
         let fd = if (0..cfg.num_hidden_layers).any(|l| !cfg.is_moe_layer(l)) { n * cfg.intermediate_size } else { 0 };
         Scratch {
@@ -108,16 +112,16 @@ impl<T: Float> Scratch<T> {
             dln: z(n * c),
             dq: z(n * hd),
             dk: z(n * gd),
-            dv: z(n * gd),
-            dattn: z(n * hd),
-            datt: z(b * cfg.num_key_value_heads * tq_max * tcap),
+            dv: z(n * gdv),
+            dattn: z(n * hdv),
+            datt: z(b * s.g * tq_max * tcap),
             dense_scratch: [z(fd), z(fd), z(fd)],
             dy: z(if cfg.residual_multiplier != 1.0 { n * c } else { 0 }),
         }
     }
 }
 
-/// The layer's keys and values in the cache [B, cap, G, D]: appended by this forward, or
+/// The layer's keys [B, cap, G, D] and values [B, cap, G, Dv] in the cache: appended by this forward, or
 /// (a recomputed forward) already there.
 pub enum Kv<'a, T> {
     Write(&'a mut [T], &'a mut [T]),
@@ -168,7 +172,24 @@ impl<T: Float> Model<T> {
     /// The factor on the rotated queries that turns the kernel's 1/sqrt(D) into the config's
     /// attention scale (1 unless Granite's `attention_multiplier` is set).
     fn q_scale(&self) -> T {
-        T::from_f64(self.cfg.attention_scale() * (self.cfg.head_dim() as f64).sqrt())
+        T::from_f64(self.cfg.attention_scale() * (self.cfg.attn_shape().d as f64).sqrt())
+    }
+
+    /// q, k, v of the normed input through the layer's projections (or latent attention).
+    #[allow(clippy::too_many_arguments)]
+    fn project(&self, l: usize, ws: Weights<T>, la: &mut LayerActs<T>, n: usize, t: usize, pos0: usize) {
+        let (cfg, ls) = (&self.cfg, &self.layout.layers[l]);
+        let (c, sh) = (cfg.hidden_size, cfg.attn_shape());
+        let (q, k, v) =
+            (&mut la.q[..n * sh.h * sh.d], &mut la.k_new[..n * sh.g * sh.d], &mut la.v_new[..n * sh.g * sh.dv]);
+        if ls.mla.is_some() {
+            let s = MlaStep { t, pos0, c, shape: sh, cos: &self.cos, sin: &self.sin };
+            mla_forward(q, k, v, &la.ln1[..n * c], ls, ws, &mut la.mla, s);
+        } else {
+            let (h, g, d) = (sh.h, sh.g, sh.d);
+            let s = Qkv { t, pos0, c, h, g, d, cos: &self.cos, sin: &self.sin, q_scale: self.q_scale() };
+            qkv_forward(q, k, v, &la.ln1[..n * c], ls, ws, &mut la.qk_norm, s);
+        }
     }
 
     /// out[N,C] = layer l of x[N,C] (N = B * tq), its activations saved in `la`.
@@ -185,29 +206,27 @@ impl<T: Float> Model<T> {
     ) {
         let cfg = &self.cfg;
         let LayerStep { b, tq, pos0, cap, noise_seed } = step;
-        let (n, c, d) = (b * tq, cfg.hidden_size, cfg.head_dim());
-        let (h, g) = (cfg.num_attention_heads, cfg.num_key_value_heads);
-        let (hd, gd) = (h * d, g * d);
+        let (n, c, sh) = (b * tq, cfg.hidden_size, cfg.attn_shape());
+        let (h, g, d, dv) = (sh.h, sh.g, sh.d, sh.dv);
+        let (hd, gd, hdv, gdv) = (h * d, g * d, h * dv, g * dv);
         let (ls, p) = (&self.layout.layers[l], ws.p);
         rmsnorm_forward(&mut la.ln1[..n * c], &mut la.rstd1[..n], x, ls.ln1.of(p), c, cfg.rms_norm_eps);
-        let s = Qkv { t: tq, pos0, c, h, g, d, cos: &self.cos, sin: &self.sin, q_scale: self.q_scale() };
-        let (q, k, v) = (&mut la.q[..n * hd], &mut la.k_new[..n * gd], &mut la.v_new[..n * gd]);
-        qkv_forward(q, k, v, &la.ln1[..n * c], ls, ws, &mut la.qk_norm, s);
+        self.project(l, ws, la, n, tq, pos0);
         let (ck, cv): (&[T], &[T]) = match kv {
             Kv::Write(ck, cv) => {
                 for bi in 0..b {
-                    let dst = (bi * cap + pos0) * gd;
-                    ck[dst..dst + tq * gd].copy_from_slice(&la.k_new[bi * tq * gd..(bi + 1) * tq * gd]);
-                    cv[dst..dst + tq * gd].copy_from_slice(&la.v_new[bi * tq * gd..(bi + 1) * tq * gd]);
+                    let (dk, dvv) = ((bi * cap + pos0) * gd, (bi * cap + pos0) * gdv);
+                    ck[dk..dk + tq * gd].copy_from_slice(&la.k_new[bi * tq * gd..(bi + 1) * tq * gd]);
+                    cv[dvv..dvv + tq * gdv].copy_from_slice(&la.v_new[bi * tq * gdv..(bi + 1) * tq * gdv]);
                 }
                 (ck, cv)
             }
             Kv::Read(ck, cv) => (ck, cv),
         };
-        let dims = AttnDims { b, tq, tk: pos0 + tq, tcap: cap, h, g, d, dv: d };
-        attention_forward(&mut la.attn[..n * hd], &mut la.att, &la.q[..n * hd], ck, cv, dims);
+        let dims = AttnDims { b, tq, tk: pos0 + tq, tcap: cap, h, g, d, dv };
+        attention_forward(&mut la.attn[..n * hdv], &mut la.att, &la.q[..n * hd], ck, cv, dims);
         let wo = Lin::at(ws, ls.wo, ls.attn_lora.map(|l| l[3]));
-        wo.forward(&mut la.mid[..n * c], &la.attn[..n * hd], n, hd, c, true);
+        wo.forward(&mut la.mid[..n * c], &la.attn[..n * hdv], n, hdv, c, true);
         let r = T::from_f64(cfg.residual_multiplier);
         la.mid[..n * c].iter_mut().zip(x).for_each(|(m, &xv)| *m = *m * r + xv);
         rmsnorm_forward(&mut la.ln2[..n * c], &mut la.rstd2[..n], &la.mid[..n * c], ls.ln2.of(p), c, cfg.rms_norm_eps);
@@ -244,10 +263,10 @@ impl<T: Float> Model<T> {
         moe: Option<(&[f64], f64)>,
     ) {
         let cfg = &self.cfg;
-        let (n, c, d) = (x.len() / cfg.hidden_size, cfg.hidden_size, cfg.head_dim());
+        let (n, c, sh) = (x.len() / cfg.hidden_size, cfg.hidden_size, cfg.attn_shape());
         let b = n / t;
-        let (h, g) = (cfg.num_attention_heads, cfg.num_key_value_heads);
-        let (hd, gd) = (h * d, g * d);
+        let (h, g, d, dv) = (sh.h, sh.g, sh.d, sh.dv);
+        let (hd, gd, hdv, gdv) = (h * d, g * d, h * dv, g * dv);
         let (ls, p) = (&self.layout.layers[l], ws.p);
         // out = mid + r ffn(ln2(mid)): the FFN's output gradient is r dres
         let scaled = cfg.residual_multiplier != 1.0;
@@ -312,27 +331,32 @@ impl<T: Float> Model<T> {
         let dmid = if scaled { &sc.dy[..n * c] } else { &sc.dres[..n * c] };
         let lora_o = ls.attn_lora.map(|l| l[3]);
         let (wo, g_wo) = (Lin::at(ws, ls.wo, lora_o), self.grads(gr).lin(ls.wo, lora_o));
-        wo.backward(&mut sc.dattn[..n * hd], g_wo, dmid, &la.attn[..n * hd], n, hd, c, false, true);
+        wo.backward(&mut sc.dattn[..n * hdv], g_wo, dmid, &la.attn[..n * hdv], n, hdv, c, false, true);
         sc.dq[..n * hd].fill(T::ZERO);
         sc.dk[..n * gd].fill(T::ZERO);
-        sc.dv[..n * gd].fill(T::ZERO);
-        let dims = AttnDims::causal(b, t, h, g, d);
+        sc.dv[..n * gdv].fill(T::ZERO);
+        let dims = AttnDims { dv, ..AttnDims::causal(b, t, h, g, d) };
         attention_backward(
             &mut sc.dq[..n * hd],
             &mut sc.dk[..n * gd],
-            &mut sc.dv[..n * gd],
+            &mut sc.dv[..n * gdv],
             &mut sc.datt,
-            &sc.dattn[..n * hd],
+            &sc.dattn[..n * hdv],
             &la.att,
             &la.q[..n * hd],
             kv.0,
             kv.1,
             dims,
         );
-        let s = Qkv { t, pos0: 0, c, h, g, d, cos: &self.cos, sin: &self.sin, q_scale: self.q_scale() };
-        let (dq, dk, dv) = (&mut sc.dq[..n * hd], &mut sc.dk[..n * gd], &sc.dv[..n * gd]);
-        let gc = self.grads(gr);
-        qkv_backward(&mut sc.dln[..n * c], gc, dq, dk, dv, &la.ln1[..n * c], ls, ws, &mut la.qk_norm, s);
+        let (dq, dk, dvs) = (&mut sc.dq[..n * hd], &mut sc.dk[..n * gd], &sc.dv[..n * gdv]);
+        let (gc, xn) = (self.grads(gr), &la.ln1[..n * c]);
+        if ls.mla.is_some() {
+            let s = MlaStep { t, pos0: 0, c, shape: sh, cos: &self.cos, sin: &self.sin };
+            mla_backward(&mut sc.dln[..n * c], gc, dq, dk, dvs, xn, ls, ws, &mut la.mla, s);
+        } else {
+            let s = Qkv { t, pos0: 0, c, h, g, d, cos: &self.cos, sin: &self.sin, q_scale: self.q_scale() };
+            qkv_backward(&mut sc.dln[..n * c], gc, dq, dk, dvs, xn, ls, ws, &mut la.qk_norm, s);
+        }
         rmsnorm_backward(
             &mut sc.dres[..n * c],
             self.grads(gr).take(ls.ln1),

@@ -21,6 +21,7 @@ pub mod inspect;
 pub mod layer;
 pub mod linear;
 pub mod lora;
+pub mod mla;
 pub mod model;
 pub mod moe;
 pub mod nonfinite;

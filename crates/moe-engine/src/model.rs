@@ -28,12 +28,12 @@ pub struct Model<T> {
     /// The frozen base's weight matrices, packed (LoRA over a bf16 or Q8_0 base); their spans
     /// in the parameter buffer are then unused.
     pub packed: Option<PackedBase>,
-    /// [T_max, D/2]
+    /// [T_max, rope/2]
     pub(crate) cos: Vec<T>,
     pub(crate) sin: Vec<T>,
 }
 
-/// Keys and values of every layer: [B, Tcap, G, D] each.
+/// Keys and values of every layer: [B, Tcap, G, D] and [B, Tcap, G, Dv].
 pub struct KvCache<T> {
     pub k: Vec<Vec<T>>,
     pub v: Vec<Vec<T>>,
@@ -43,9 +43,10 @@ pub struct KvCache<T> {
 
 impl<T: Float> KvCache<T> {
     pub fn new(cfg: &ModelConfig, b: usize, cap: usize) -> Self {
-        let n = b * cap * cfg.num_key_value_heads * cfg.head_dim();
+        let s = cfg.attn_shape();
         let layers = cfg.num_hidden_layers;
-        KvCache { k: vec![vec![T::ZERO; n]; layers], v: vec![vec![T::ZERO; n]; layers], b, cap }
+        let (nk, nv) = (b * cap * s.g * s.d, b * cap * s.g * s.dv);
+        KvCache { k: vec![vec![T::ZERO; nk]; layers], v: vec![vec![T::ZERO; nv]; layers], b, cap }
     }
 }
 
@@ -223,9 +224,10 @@ impl<T: Float> Model<T> {
             shard.validate(cfg.num_moe_layers(), cfg.num_local_experts)?;
         }
         let layout = Layout::sharded(&cfg, &shard);
-        let (t, half) = (cfg.max_position_embeddings, cfg.head_dim() / 2);
-        let (mut cos, mut sin) = (vec![T::ZERO; t * half], vec![T::ZERO; t * half]);
-        rope_tables(&mut cos, &mut sin, t, cfg.head_dim(), cfg.rope_theta);
+        // over the rotated dims of a head (all of them, or MLA's rope part)
+        let (t, rope) = (cfg.max_position_embeddings, cfg.attn_shape().rope);
+        let (mut cos, mut sin) = (vec![T::ZERO; t * rope / 2], vec![T::ZERO; t * rope / 2]);
+        rope_tables(&mut cos, &mut sin, t, rope, cfg.rope_theta);
         Ok(Model { cfg, shard, layout, packed: None, cos, sin })
     }
 

@@ -141,6 +141,7 @@ impl Layout {
     pub fn linear_weights(&self) -> Vec<Span> {
         let mut out = vec![];
         for ls in &self.layers {
+            out.extend(ls.mla.and_then(|m| m.q_a).map(|[q_a, _]| q_a));
             out.extend([ls.wq, ls.wk, ls.wv, ls.wo]);
             match &ls.ffn {
                 crate::params::FfnSpans::Dense { gate, up, down, .. } => out.extend([*gate, *up, *down]),

@@ -158,6 +158,18 @@ pub struct LayerSpans {
     pub ffn: FfnSpans,
     /// LoRA adapters of q, k, v, o.
     pub attn_lora: Option<[LoraSpans; 4]>,
+    /// Latent attention's other tensors (`mla`); then wq is q_proj, or q_b_proj [H*D, q_lora]
+    /// after `q_a`; wk is kv_a_proj_with_mqa [kv_lora + rope, C]; wv is kv_b_proj
+    /// [H*(nope + v), kv_lora].
+    pub mla: Option<MlaSpans>,
+}
+
+/// Latent attention's tensors besides wq, wk, wv, in layout order: q_a_proj [q_lora, C] and
+/// q_a_layernorm [q_lora] before wq (with a query rank), kv_a_layernorm [kv_lora] between wk and wv.
+#[derive(Clone, Copy, Debug)]
+pub struct MlaSpans {
+    pub q_a: Option<[Span; 2]>,
+    pub kv_a_norm: Span,
 }
 
 /// The whole layout.
@@ -239,6 +251,7 @@ impl Layout {
     pub fn sharded(cfg: &ModelConfig, shard: &Shard) -> Self {
         let (c, v, d) = (cfg.hidden_size, cfg.vocab_size, cfg.head_dim());
         let (h, g) = (cfg.num_attention_heads, cfg.num_key_value_heads);
+        let shape = cfg.attn_shape();
         let std = 0.02;
         // Residual projections scaled down with depth (GPT-2).
         let std_out = std / (2.0 * cfg.num_hidden_layers as f64).sqrt();
@@ -249,9 +262,31 @@ impl Layout {
         for l in 0..cfg.num_hidden_layers {
             let p = format!("model.layers.{l}");
             let ln1 = b.push(format!("{p}.input_layernorm.weight"), &[c], Init::Ones);
-            let wq = b.push(format!("{p}.self_attn.q_proj.weight"), &[h * d, c], Init::Normal(std));
-            let wk = b.push(format!("{p}.self_attn.k_proj.weight"), &[g * d, c], Init::Normal(std));
-            let wv = b.push(format!("{p}.self_attn.v_proj.weight"), &[g * d, c], Init::Normal(std));
+            let (wq, wk, wv, mla) = match cfg.mla {
+                Some(a) => {
+                    let (ql, kvl) = (a.q_lora_rank, a.kv_lora_rank);
+                    let name = |x: &str| format!("{p}.self_attn.{x}");
+                    let q_a = (ql > 0).then(|| {
+                        [
+                            b.push(name("q_a_proj.weight"), &[ql, c], Init::Normal(std)),
+                            b.push(name("q_a_layernorm.weight"), &[ql], Init::Ones),
+                        ]
+                    });
+                    let (q_in, q_name) = if ql > 0 { (ql, "q_b_proj.weight") } else { (c, "q_proj.weight") };
+                    let wq = b.push(name(q_name), &[h * shape.d, q_in], Init::Normal(std));
+                    let wk = b.push(name("kv_a_proj_with_mqa.weight"), &[kvl + shape.rope, c], Init::Normal(std));
+                    let kv_a_norm = b.push(name("kv_a_layernorm.weight"), &[kvl], Init::Ones);
+                    let kv_b = &[h * (a.qk_nope_head_dim + shape.dv), kvl];
+                    let wv = b.push(name("kv_b_proj.weight"), kv_b, Init::Normal(std));
+                    (wq, wk, wv, Some(MlaSpans { q_a, kv_a_norm }))
+                }
+                None => (
+                    b.push(format!("{p}.self_attn.q_proj.weight"), &[h * d, c], Init::Normal(std)),
+                    b.push(format!("{p}.self_attn.k_proj.weight"), &[g * d, c], Init::Normal(std)),
+                    b.push(format!("{p}.self_attn.v_proj.weight"), &[g * d, c], Init::Normal(std)),
+                    None,
+                ),
+            };
             let qkv_bias = cfg.qkv_bias.then(|| {
                 [("q", h * d), ("k", g * d), ("v", g * d)]
                     .map(|(x, n)| b.push(format!("{p}.self_attn.{x}_proj.bias"), &[n], Init::Zeros))
@@ -264,7 +299,7 @@ impl Layout {
             let qk_norm = qk_widths.map(|[wq, wk]| {
                 [("q", wq), ("k", wk)].map(|(x, n)| b.push(format!("{p}.self_attn.{x}_norm.weight"), &[n], Init::Ones))
             });
-            let wo = b.push(format!("{p}.self_attn.o_proj.weight"), &[c, h * d], Init::Normal(std_out));
+            let wo = b.push(format!("{p}.self_attn.o_proj.weight"), &[c, h * shape.dv], Init::Normal(std_out));
             let ln2 = b.push(format!("{p}.post_attention_layernorm.weight"), &[c], Init::Ones);
             let ffn = if cfg.is_moe_layer(l) {
                 let (e, f, fs) =
@@ -323,7 +358,7 @@ impl Layout {
                     lora: None,
                 }
             };
-            layers.push(LayerSpans { ln1, wq, wk, wv, qkv_bias, qk_norm, wo, ln2, ffn, attn_lora: None });
+            layers.push(LayerSpans { ln1, wq, wk, wv, qkv_bias, qk_norm, wo, ln2, ffn, attn_lora: None, mla });
         }
         let norm = b.push("model.norm.weight".into(), &[c], Init::Ones);
         let lm_head = b.push("lm_head.weight".into(), &[v, c], Init::Normal(std));

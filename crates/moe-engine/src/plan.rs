@@ -61,12 +61,16 @@ pub struct Hardware {
 impl PlanModel {
     /// From a config of ours.
     pub fn from_config(name: &str, cfg: &ModelConfig) -> Self {
-        let (c, d) = (cfg.hidden_size as u64, cfg.head_dim() as u64);
-        let (h, g) = (cfg.num_attention_heads as u64, cfg.num_key_value_heads as u64);
+        let c = cfg.hidden_size as u64;
+        let sh = cfg.attn_shape();
+        let layout = crate::params::Layout::new(cfg);
         let layers = (0..cfg.num_hidden_layers)
             .map(|l| {
-                let attn = 2 * c * h * d + 2 * c * g * d + 2 * c;
-                let kv_per_token = 2 * g * d;
+                // the attention's matrices and the layer's two norms (latent attention's norms too)
+                let sp = &layout.layers[l];
+                let mla = sp.mla.map_or(0, |m| m.q_a.map_or(0, |[w, n]| w.len + n.len) + m.kv_a_norm.len);
+                let attn = (sp.wq.len + sp.wk.len + sp.wv.len + sp.wo.len + mla) as u64 + 2 * c;
+                let kv_per_token = (sh.g * (sh.d + sh.dv)) as u64;
                 if cfg.is_moe_layer(l) {
                     let (e, fe, fs) = (
                         cfg.num_local_experts as u64,

@@ -237,3 +237,43 @@ fn granite_multipliers_gradients() {
     };
     check_model(cfg, 31);
 }
+
+fn mla(q_lora_rank: usize, rope_interleave: bool) -> moe_engine::config::MlaConfig {
+    moe_engine::config::MlaConfig {
+        q_lora_rank,
+        kv_lora_rank: 6,
+        qk_nope_head_dim: 4,
+        qk_rope_head_dim: 4,
+        v_head_dim: 3,
+        rope_interleave,
+    }
+}
+
+#[test]
+fn latent_attention_gradients() {
+    // DeepSeek's MLA: with a query rank and interleaved RoPE, and with a plain q_proj and
+    // rotate-half RoPE (value heads narrower than query/key heads in both)
+    check_model(ModelConfig { mla: Some(mla(5, true)), ..mixed_config(BalanceScope::Global) }, 41);
+    check_model(ModelConfig { num_local_experts: 0, mla: Some(mla(0, false)), ..ModelConfig::tiny() }, 42);
+}
+
+#[test]
+fn latent_attention_kv_cache_decoding_equals_full_recompute() {
+    let m = Model::<f32>::new(ModelConfig { mla: Some(mla(5, true)), ..ModelConfig::tiny() }).unwrap();
+    let p: Vec<f32> = m.layout.init(5);
+    let (t, v) = (9, m.cfg.vocab_size);
+    let x = tokens(6, t, v);
+    let mut full = Acts::new(&m.cfg, 1, t, t);
+    let mut kv = KvCache::new(&m.cfg, 1, t);
+    m.forward(&p, &mut full, &mut kv, &x, 0);
+    let cap = m.cfg.max_position_embeddings;
+    let (mut a, mut cache) = (Acts::new(&m.cfg, 1, cap, cap), KvCache::new(&m.cfg, 1, cap));
+    m.forward(&p, &mut a, &mut cache, &x[..4], 0);
+    let mut got: Vec<f32> = a.logits[..4 * v].to_vec();
+    for pos in 4..t {
+        m.forward(&p, &mut a, &mut cache, &x[pos..pos + 1], pos);
+        got.extend_from_slice(&a.logits[..v]);
+    }
+    let err = got.iter().zip(&full.logits[..t * v]).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+    assert!(err < 1e-5, "cached decoding differs from the full pass by {err}");
+}

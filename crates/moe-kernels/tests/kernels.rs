@@ -137,7 +137,8 @@ fn rope_backward_finite_difference_and_position_offset() {
 fn attention_matches_naive_and_backward_finite_difference() {
     let mut rng = Rng::new(5);
     // the last two: value heads narrower and wider than query/key heads (latent attention)
-    let shapes = [(1, 1, 1, 1, 1, 1), (2, 3, 2, 1, 4, 4), (1, 5, 4, 2, 3, 3), (2, 4, 3, 3, 2, 2), (1, 19, 2, 1, 17, 17)];
+    let shapes =
+        [(1, 1, 1, 1, 1, 1), (2, 3, 2, 1, 4, 4), (1, 5, 4, 2, 3, 3), (2, 4, 3, 3, 2, 2), (1, 19, 2, 1, 17, 17)];
     for &(b, t, h, g, d, dvw) in shapes.iter().chain(&[(2, 5, 3, 3, 6, 4), (1, 4, 2, 2, 3, 5)]) {
         let s = AttnDims { dv: dvw, ..AttnDims::causal(b, t, h, g, d) };
         let (q, k, v) = (rng.vec(b * t * h * d), rng.vec(b * t * g * d), rng.vec(b * t * g * dvw));
