@@ -5,7 +5,9 @@ For a tiny random MixtralForCausalLM (MoE), LlamaForCausalLM (dense), Qwen2MoeFo
 (shared expert with its sigmoid gate, query/key/value biases, unnormalised top-k), OlmoeForCausalLM
 (query/key norms over the whole projections), Qwen3MoeForCausalLM (per-head query/key norms,
 heads wider than hidden / heads), GraniteMoeForCausalLM (embedding, attention, residual and logit
-multipliers, top-k softmax router) and the Llama
+multipliers, top-k softmax router), DeepseekV3ForCausalLM (latent attention with a query rank and
+interleaved RoPE, a dense first layer, sigmoid group-limited routing with its selection bias,
+shared experts; no balancing loss) and the Llama
 with PEFT's LoRA adapters on every linear layer (llama_lora: gradients of the adapters only), in
 float64:
   config.json            our ModelConfig (Hugging Face field names)
@@ -17,7 +19,7 @@ loss = cross_entropy(logits, targets) + router_aux_loss_coef * aux_loss, where a
 transformers' own load_balancing_loss_func (pooled over layers; see the Rust test).
 
     pip install torch transformers safetensors peft
-    python scripts/hf_fixtures.py            # from the project root
+    python scripts/hf_fixtures.py [KIND ...] # from the project root; default: every model
 """
 import json
 import os
@@ -54,7 +56,10 @@ def our_tensors(named, experts_f):
     out = {}
     for name, t in named.items():
         name = name.replace(".block_sparse_moe.", ".mlp.")  # GraniteMoE
-        if name.endswith("mlp.gate.weight"):
+        name = name.replace(".mlp.shared_experts.", ".mlp.shared_expert.")  # DeepSeek
+        if name.endswith("mlp.gate.e_score_correction_bias"):
+            out[name.replace("mlp.gate.e_score_correction_bias", "mlp.router.selection_bias")] = t
+        elif name.endswith("mlp.gate.weight"):
             out[name.replace("mlp.gate.weight", "mlp.router.weight")] = t
         elif name.endswith("mlp.experts.gate_up_proj"):
             base = name[: -len("gate_up_proj")]
@@ -73,7 +78,7 @@ def peft_name(name):
 
 def build(kind):
     torch.manual_seed({"mixtral": 0, "llama": 1, "qwen2_moe": 2, "llama_lora": 3, "olmoe": 4, "qwen3_moe": 5,
-                       "granitemoe": 6}[kind])
+                       "granitemoe": 6, "deepseek_v3": 7}[kind])
     if kind == "qwen2_moe":
         hf = Qwen2MoeConfig(**COMMON, intermediate_size=16, moe_intermediate_size=16, shared_expert_intermediate_size=16,
                             num_experts=4, num_experts_per_tok=2, norm_topk_prob=False, qkv_bias=True,
@@ -106,6 +111,21 @@ def build(kind):
         model = GraniteMoeForCausalLM(hf)
         cfg = our_config(hf, 4, 2, 16, 0.02, router="topk_softmax", embedding_multiplier=2.0,
                          attention_multiplier=0.3, residual_multiplier=0.5, logits_scaling=4.0)
+    elif kind == "deepseek_v3":
+        from transformers import DeepseekV3Config, DeepseekV3ForCausalLM
+        common = {k: v for k, v in COMMON.items() if k != "num_key_value_heads"}
+        hf = DeepseekV3Config(**common, num_key_value_heads=4, intermediate_size=24, moe_intermediate_size=16,
+                              n_routed_experts=4, num_experts_per_tok=2, n_group=2, topk_group=1,
+                              routed_scaling_factor=1.5, norm_topk_prob=True, n_shared_experts=1,
+                              first_k_dense_replace=1, q_lora_rank=6, kv_lora_rank=8, qk_nope_head_dim=4,
+                              qk_rope_head_dim=4, v_head_dim=6, rope_interleave=True, rope_parameters=ROPE,
+                              eos_token_id=None, pad_token_id=None, bos_token_id=None, experts_implementation="eager")
+        model = DeepseekV3ForCausalLM(hf)
+        cfg = our_config(hf, 4, 2, 16, 0.0, router="sigmoid_group", n_group=2, topk_group=1,
+                         routed_scaling_factor=1.5, shared_expert_intermediate_size=16, first_k_dense_replace=1,
+                         mla={"q_lora_rank": 6, "kv_lora_rank": 8, "qk_nope_head_dim": 4, "qk_rope_head_dim": 4,
+                              "v_head_dim": 6, "rope_interleave": True})
+        cfg["first_k_dense_replace"] = 1
     elif kind == "mixtral":
         hf = MixtralConfig(**COMMON, intermediate_size=16, num_local_experts=4, num_experts_per_tok=2,
                            router_aux_loss_coef=0.02, output_router_logits=True, sliding_window=None,
@@ -124,6 +144,9 @@ def build(kind):
                 p.copy_(1.0 + 0.1 * torch.randn_like(p))
             else:
                 p.copy_(0.15 * torch.randn_like(p))
+        for name, buf in model.named_buffers():
+            if name.endswith("e_score_correction_bias"):
+                buf.copy_(0.1 * torch.randn_like(buf))
     if kind == "llama_lora":
         # PEFT's LoRA on every linear layer (rank 4, alpha 8: scale 2), A and B random so every
         # adapter carries a gradient; only the adapters train.
@@ -137,14 +160,15 @@ def build(kind):
         cfg["lora"] = {"rank": 4, "alpha": 8.0, "targets": ["attn", "mlp"]}
     ids = torch.randint(0, hf.vocab_size, (B, T))
     targets = torch.randint(0, hf.vocab_size, (B, T))
-    moe = kind not in ("llama", "llama_lora")
-    out = model(input_ids=ids, output_router_logits=moe)
+    aux_loss = kind not in ("llama", "llama_lora", "deepseek_v3")
+    out = model(input_ids=ids, output_router_logits=True) if aux_loss else model(input_ids=ids)
     logits = out.logits
     ce = F.cross_entropy(logits.reshape(-1, hf.vocab_size), targets.reshape(-1))
-    aux = out.aux_loss if moe else torch.zeros((), dtype=torch.float64)
+    aux = out.aux_loss if aux_loss else torch.zeros((), dtype=torch.float64)
     loss = ce + cfg["router_aux_loss_coef"] * aux
     loss.backward()
     named = {peft_name(k): v for k, v in model.named_parameters()}
+    named.update({k: v for k, v in model.named_buffers() if k.endswith("e_score_correction_bias")})
     weights = our_tensors({k: v for k, v in named.items()}, 16)
     grads = our_tensors({k: v.grad for k, v in named.items() if v.grad is not None}, 16)
     ref = {"input_ids": ids.to(torch.int64), "targets": targets.to(torch.int64),
@@ -159,16 +183,6 @@ def build(kind):
     save_file(weights, os.path.join(d, "model.safetensors"))
     save_file(ref, os.path.join(d, "reference.safetensors"))
     print(f"{kind}: loss {loss.item():.6f} (ce {ce.item():.6f}, aux {aux.item():.6f}), {len(weights)} tensors -> {d}")
-
-
-if __name__ == "__main__":
-    build("mixtral")
-    build("llama")
-    build("qwen2_moe")
-    build("llama_lora")
-    build("olmoe")
-    build("qwen3_moe")
-    build("granitemoe")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -266,5 +280,11 @@ def our_config_layer(c, experts, top_k, f, router, norm, n_group=1, topk_group=1
 
 
 if __name__ == "__main__":
-    build_layer("deepseek_v3")
-    build_layer("qwen2_moe")
+    import sys
+    # python scripts/hf_fixtures.py [KIND ...]: only those (default: every model and layer)
+    models = ["mixtral", "llama", "qwen2_moe", "llama_lora", "olmoe", "qwen3_moe", "granitemoe", "deepseek_v3"]
+    for kind in sys.argv[1:] or models + ["layer_deepseek_v3", "layer_qwen2_moe"]:
+        if kind.startswith("layer_"):
+            build_layer(kind.removeprefix("layer_"))
+        else:
+            build(kind)

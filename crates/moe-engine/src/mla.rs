@@ -18,6 +18,10 @@ use moe_kernels::rmsnorm::{rmsnorm_backward, rmsnorm_forward};
 use moe_kernels::rope::{rope_backward, rope_forward};
 use moe_kernels::Float;
 
+/// The epsilon of the query and latent RMSNorms: transformers builds them with its default
+/// (DeepseekV3RMSNorm's 1e-6), not the config's rms_norm_eps.
+pub const LATENT_NORM_EPS: f64 = 1e-6;
+
 /// Sizes of one call: N = B*T rows at positions pos0.. of sequences of T, width C; the
 /// attention's head shape; the RoPE tables (over `rope` dims).
 #[derive(Clone, Copy)]
@@ -50,12 +54,11 @@ pub struct MlaActs<T> {
     dqa: Vec<T>,
     dqa_pre: Vec<T>,
     dc: Vec<T>,
-    /// q_lora, kv_lora, nope; interleaved RoPE; the norms' eps.
+    /// q_lora, kv_lora, nope; interleaved RoPE.
     ql: usize,
     kvl: usize,
     nope: usize,
     interleave: bool,
-    eps: f64,
 }
 
 impl<T: Float> MlaActs<T> {
@@ -90,7 +93,6 @@ impl<T: Float> MlaActs<T> {
             kvl,
             nope,
             interleave: a.rope_interleave,
-            eps: cfg.rms_norm_eps,
         }
     }
 }
@@ -146,7 +148,7 @@ pub fn mla_forward<T: Float>(
         Some([qa_w, qa_norm]) => {
             Lin::at(ws, qa_w, None).forward(&mut a.qa_pre[..n * ql], x, n, c, ql, true);
             let (qa, rstd) = (&mut a.qa[..n * ql], &mut a.rstd_qa[..n]);
-            rmsnorm_forward(qa, rstd, &a.qa_pre[..n * ql], qa_norm.of(ws.p), ql, a.eps);
+            rmsnorm_forward(qa, rstd, &a.qa_pre[..n * ql], qa_norm.of(ws.p), ql, LATENT_NORM_EPS);
             wq.forward(q, &a.qa[..n * ql], n, ql, h * d, true);
         }
         None => wq.forward(q, x, n, c, h * d, true),
@@ -172,7 +174,7 @@ pub fn mla_forward<T: Float>(
     }
     rope_forward(kr, s.cos, s.sin, s.t, 1, rope, s.pos0);
     let (cn, rstd) = (&mut a.c[..n * kvl], &mut a.rstd_c[..n]);
-    rmsnorm_forward(cn, rstd, &a.c_pre[..n * kvl], sp.kv_a_norm.of(ws.p), kvl, a.eps);
+    rmsnorm_forward(cn, rstd, &a.c_pre[..n * kvl], sp.kv_a_norm.of(ws.p), kvl, LATENT_NORM_EPS);
     let kvb = &mut a.kvb[..n * h * (nope + dv)];
     Lin::at(ws, ls.wv, lora(2)).forward(kvb, &a.c[..n * kvl], n, kvl, h * (nope + dv), true);
     for (((kt, vt), bt), r) in k

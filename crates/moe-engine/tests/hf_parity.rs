@@ -1,7 +1,8 @@
 //! Parity with Hugging Face transformers: tiny random MixtralForCausalLM, LlamaForCausalLM,
 //! Qwen2MoeForCausalLM (shared expert with its gate, q/k/v biases), OlmoeForCausalLM (q/k norms
 //! over the projections), Qwen3MoeForCausalLM (per-head q/k norms, wide heads), GraniteMoeForCausalLM
-//! (multipliers, top-k softmax router) and the Llama with PEFT's
+//! (multipliers, top-k softmax router), DeepseekV3ForCausalLM (latent attention, sigmoid
+//! group-limited routing with a selection bias, shared experts, a dense first layer) and the Llama with PEFT's
 //! LoRA adapters on every linear layer, written by `scripts/hf_fixtures.py` (weights, inputs,
 //! and transformers' logits, loss and every trained parameter's gradient, float64). Our model, in f32 and in f64, must match logits, loss
 //! and all gradients to 1e-4 relative (max abs error over a tensor / max abs of the reference).
@@ -64,7 +65,9 @@ fn check<T: Float>(name: &str) {
     let e = rel_err(&a.logits[..b * t * v], &r.f32s("logits"));
     assert!(e < 1e-4, "{name}: logits differ by {e:e}");
     let parts = m.loss(&mut a, &y);
-    for (what, got) in [("ce", parts.ce), ("aux", parts.aux), ("loss", parts.total)] {
+    // DeepSeek-V3 has no balancing loss in transformers (the fixture's coefficient is 0)
+    let aux = (m.cfg.router_aux_loss_coef > 0.0).then_some(("aux", parts.aux));
+    for (what, got) in [("ce", parts.ce), ("loss", parts.total)].into_iter().chain(aux) {
         let want = r.f32s(what)[0];
         assert!((got - want).abs() <= 1e-4 * want.abs().max(1e-6), "{name}: {what} {got} vs transformers {want}");
     }
@@ -129,4 +132,10 @@ fn qwen3_moe_logits_loss_and_gradients_match_transformers() {
 fn granitemoe_logits_loss_and_gradients_match_transformers() {
     check::<f32>("granitemoe");
     check::<f64>("granitemoe");
+}
+
+#[test]
+fn deepseek_v3_latent_attention_logits_loss_and_gradients_match_transformers() {
+    check::<f64>("deepseek_v3");
+    check::<f32>("deepseek_v3");
 }

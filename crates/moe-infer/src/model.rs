@@ -367,7 +367,7 @@ impl Model {
                     Some((qa, qn)) => {
                         let mut lat = vec![0.0; t * qa.out];
                         qa.forward(x, t, &mut lat);
-                        rms_rows(&mut lat, qn, qa.out, s.eps);
+                        rms_rows(&mut lat, qn, qa.out, moe_engine::mla::LATENT_NORM_EPS);
                         qp.forward(&lat, t, &mut q);
                     }
                     None => qp.forward(x, t, &mut q),
@@ -379,7 +379,7 @@ impl Model {
                 for (l, r) in lat.chunks_exact_mut(m.kv_lora).zip(ckv.chunks_exact(w)) {
                     l.copy_from_slice(&r[..m.kv_lora]);
                 }
-                rms_rows(&mut lat, kv_norm, m.kv_lora, s.eps);
+                rms_rows(&mut lat, kv_norm, m.kv_lora, moe_engine::mla::LATENT_NORM_EPS);
                 rot(&mut q, nh, d, m.nope);
                 rot(&mut ckv, 1, w, m.kv_lora);
                 for (&(r, n), cache) in spans.iter().zip(caches.iter_mut()) {
