@@ -13,7 +13,7 @@ The reference runs in float32 on the weights as stored (bf16/f16 weights are upc
 engine must match it to 1e-4.
 
     pip install torch transformers safetensors tokenizers
-    python scripts/hf_checkpoints.py          # from the project root
+    python scripts/hf_checkpoints.py [NAME ...] # from the project root; default: every one
 """
 import copy
 import json
@@ -64,6 +64,15 @@ ARCHS = {
                                           "original_max_position_embeddings": 16, "beta_fast": 32.0,
                                           "beta_slow": 1.0, "mscale": 1.0, "mscale_all_dim": 1.0}),
                     torch.bfloat16, None),
+    # DeepSeek-V3 for fine-tuning through the training engine: no RoPE scaling, a plain q_proj, and
+    # a config eps other than the latent norms' 1e-6
+    "deepseek_v3_plain": (tf.DeepseekV3Config, tf.DeepseekV3ForCausalLM,
+                          dict(num_hidden_layers=3, num_key_value_heads=4, intermediate_size=40,
+                               moe_intermediate_size=24, n_routed_experts=8, num_experts_per_tok=2, n_group=4,
+                               topk_group=2, first_k_dense_replace=1, n_shared_experts=1, q_lora_rank=None,
+                               kv_lora_rank=16, qk_nope_head_dim=8, qk_rope_head_dim=4, v_head_dim=12,
+                               routed_scaling_factor=2.5, rope_interleave=True, rms_norm_eps=1e-5),
+                          torch.bfloat16, None),
     "granitemoe": (tf.GraniteMoeConfig, tf.GraniteMoeForCausalLM,
                    dict(intermediate_size=24, num_local_experts=4, num_experts_per_tok=2, embedding_multiplier=2.0,
                         attention_multiplier=0.3, residual_multiplier=0.5, logits_scaling=4.0), torch.float32, None),
@@ -227,6 +236,11 @@ def legacy_chat_template(name):
 
 
 if __name__ == "__main__":
+    import sys
+    if len(sys.argv) > 1:  # python scripts/hf_checkpoints.py NAME ...: only those
+        for arch in sys.argv[1:]:
+            build(arch)
+        sys.exit(0)
     for arch in ARCHS:
         if arch not in ("mixtral", "gpt_oss"):
             build(arch)

@@ -6,7 +6,9 @@
 //! - MoE checkpoints through the inference loader (`load`: per-expert or fused expert tensors,
 //!   every dtype it reads), of the families whose blocks the training model has: Mixtral,
 //!   Qwen2-MoE whose dense layers come first (Qwen1.5-MoE has none), OLMoE without clipping
-//!   (q/k norms over whole projections) and Qwen3-MoE (q/k norms per head, wide heads).
+//!   (q/k norms over whole projections), Qwen3-MoE (q/k norms per head, wide heads),
+//!   GraniteMoE (multipliers) and DeepSeek-V3 (latent attention, sigmoid group-limited routing
+//!   with its score bias as the selection bias, shared experts, dense first layers).
 //!
 //! What the training model cannot express is refused with the reason (biases, RoPE scaling,
 //! activations other than SiLU, ...); tied
@@ -151,24 +153,41 @@ fn load_moe(dir: &Path, raw: &Value) -> Result<HfCheckpoint> {
     for (l, sp) in m.w.layers.iter().zip(&layout.layers) {
         sp.ln1.of_mut(&mut p).copy_from_slice(&l.in_norm.w);
         sp.ln2.of_mut(&mut p).copy_from_slice(&l.post_norm.w);
-        let Attn::Std { q, k, v, o, q_norm, k_norm, .. } = &l.attn else { unreachable!("checked by moe_config") };
-        if let (Some([sq, sk]), Some(nq), Some(nk)) = (sp.qk_norm, q_norm, k_norm) {
-            sq.of_mut(&mut p).copy_from_slice(&nq.w);
-            sk.of_mut(&mut p).copy_from_slice(&nk.w);
-        }
-        for (lin, span) in [(q, sp.wq), (k, sp.wk), (v, sp.wv), (o, sp.wo)] {
-            rows(&lin.w, span, &mut p);
-        }
-        if let Some(spans) = sp.qkv_bias {
-            for (lin, span) in [q, k, v].into_iter().zip(spans) {
-                let b = lin.bias.as_ref().ok_or_else(|| Error::Input("a projection bias is missing".into()))?;
-                span.of_mut(&mut p).copy_from_slice(b);
+        match (&l.attn, sp.mla) {
+            (Attn::Std { q, k, v, o, q_norm, k_norm, .. }, None) => {
+                if let (Some([sq, sk]), Some(nq), Some(nk)) = (sp.qk_norm, q_norm, k_norm) {
+                    sq.of_mut(&mut p).copy_from_slice(&nq.w);
+                    sk.of_mut(&mut p).copy_from_slice(&nk.w);
+                }
+                for (lin, span) in [(q, sp.wq), (k, sp.wk), (v, sp.wv), (o, sp.wo)] {
+                    rows(&lin.w, span, &mut p);
+                }
+                if let Some(spans) = sp.qkv_bias {
+                    for (lin, span) in [q, k, v].into_iter().zip(spans) {
+                        let b = lin.bias.as_ref().ok_or_else(|| Error::Input("a projection bias is missing".into()))?;
+                        span.of_mut(&mut p).copy_from_slice(b);
+                    }
+                }
             }
+            (Attn::Mla { q_a, q, kv_a, kv_norm, kv_b, o }, Some(ms)) => {
+                if let (Some((qa, qa_norm)), Some([wa, na])) = (q_a, ms.q_a) {
+                    rows(&qa.w, wa, &mut p);
+                    na.of_mut(&mut p).copy_from_slice(&qa_norm.w);
+                }
+                for (lin, span) in [(q, sp.wq), (kv_a, sp.wk), (kv_b, sp.wv), (o, sp.wo)] {
+                    rows(&lin.w, span, &mut p);
+                }
+                ms.kv_a_norm.of_mut(&mut p).copy_from_slice(&kv_norm.w);
+            }
+            _ => unreachable!("checked by moe_config"),
         }
         match (&l.ffn, &sp.ffn) {
             (FfnW::Dense(e), FfnSpans::Dense { gate, up, down, .. }) => expert(e, [*gate, *up, *down], &mut p)?,
             (FfnW::Moe(mw), FfnSpans::Moe(ms)) => {
                 rows(&mw.router.w, ms.router, &mut p);
+                if let (Some(b), Some(span)) = (&mw.score_bias, ms.selection_bias) {
+                    span.of_mut(&mut p).copy_from_slice(b);
+                }
                 let n = [ms.gate, ms.up, ms.down].map(|s| s.len / config.num_local_experts);
                 for (e, ex) in mw.experts.iter().enumerate() {
                     let ex = ex.as_ref().ok_or_else(|| Error::Input("an expert is missing".into()))?;
@@ -225,8 +244,10 @@ fn moe_config(s: &Spec, raw: &Value, path: &Path) -> Result<ModelConfig> {
     let theta = raw.get("rope_parameters").and_then(|r| r["rope_theta"].as_f64()).or(raw["rope_theta"].as_f64());
     let theta = theta.unwrap_or(10000.0);
     let d = s.head_dim;
-    let plain_rope = (0..d / 2).all(|i| {
-        let want = theta.powf(-((2 * i) as f64) / d as f64);
+    // RoPE over the whole head, or over latent attention's rotated part
+    let rd = s.mla.map_or(d, |m| m.rope);
+    let plain_rope = (0..rd / 2).all(|i| {
+        let want = theta.powf(-((2 * i) as f64) / rd as f64);
         s.rope.inv_freq.get(i).is_some_and(|&f| (f - want).abs() <= 1e-9 * want)
     });
     if s.norm != Norm::Rms {
@@ -235,24 +256,41 @@ fn moe_config(s: &Spec, raw: &Value, path: &Path) -> Result<ModelConfig> {
     if s.o_bias || s.lm_head_bias || s.moe.router_bias || s.moe.expert_bias {
         return bad("biases other than the query/key/value ones");
     }
-    if s.mla.is_some() || s.sinks || s.clip_qkv.is_some() || s.mxfp4 {
-        return bad("MLA, attention sinks, clipped activations or MXFP4 experts");
+    if s.sinks || s.clip_qkv.is_some() || s.mxfp4 {
+        return bad("attention sinks, clipped activations or MXFP4 experts");
     }
-    if !plain_rope || s.rope.dim != d || s.rope.long.is_some() || s.rope.factor != 1.0 || s.rope.interleave {
+    // interleaved RoPE only as latent attention's (a GGUF file's permuted rows are not read here)
+    let interleave_ok = !s.rope.interleave || s.mla.is_some();
+    if !plain_rope || s.rope.dim != rd || s.rope.long.is_some() || s.rope.factor != 1.0 || !interleave_ok {
         return bad("RoPE scaling or partial or interleaved RoPE");
     }
-    if s.v_dim != d {
+    if s.v_dim != d && s.mla.is_none() {
         return bad("value heads of another width than the query heads");
     }
     if s.moe.act != Act::Swiglu {
         return bad("an activation other than SwiGLU");
     }
+    use moe_engine::config::RouterKind;
+    let (mut n_group, mut topk_group, mut scale) = (1, 1, 1.0);
     let (router, renorm) = match s.moe.router {
-        Router::SoftmaxTopk { renorm } => (moe_engine::config::RouterKind::SoftmaxTopk, renorm),
+        Router::SoftmaxTopk { renorm } => (RouterKind::SoftmaxTopk, renorm),
         // GraniteMoE: softmax over the k largest logits
-        Router::TopkSoftmax => (moe_engine::config::RouterKind::TopkSoftmax, true),
-        _ => return bad("a router other than softmax top-k or top-k softmax"),
+        Router::TopkSoftmax => (RouterKind::TopkSoftmax, true),
+        // DeepSeek-V3: sigmoid scores, group-limited selection with the score bias
+        Router::SigmoidGroup { n_group: g, topk_group: k, renorm, scale: f } => {
+            (n_group, topk_group, scale) = (g, k, f as f64);
+            (RouterKind::SigmoidGroup, renorm)
+        }
+        _ => return bad("a router other than softmax top-k, top-k softmax or sigmoid group-limited top-k"),
     };
+    let mla = s.mla.map(|m| moe_engine::config::MlaConfig {
+        q_lora_rank: m.q_lora.unwrap_or(0),
+        kv_lora_rank: m.kv_lora,
+        qk_nope_head_dim: m.nope,
+        qk_rope_head_dim: m.rope,
+        v_head_dim: m.v,
+        rope_interleave: s.rope.interleave,
+    });
     // GraniteMoE's multipliers (1 and 1/sqrt(D) elsewhere)
     let default_scale = (s.attn_scale - 1.0 / (d as f32).sqrt()).abs() <= 1e-6;
     // dense layers: the first k, or every layer not a multiple of a step
@@ -271,7 +309,8 @@ fn moe_config(s: &Spec, raw: &Value, path: &Path) -> Result<ModelConfig> {
         hidden_size: s.hidden,
         num_hidden_layers: s.layers,
         num_attention_heads: s.heads,
-        num_key_value_heads: s.kv_heads,
+        // latent attention has a key and a value per query head
+        num_key_value_heads: if mla.is_some() { s.heads } else { s.kv_heads },
         intermediate_size: dense_width.unwrap_or(s.moe.inter),
         max_position_embeddings: context,
         rms_norm_eps: s.eps,
@@ -281,6 +320,10 @@ fn moe_config(s: &Spec, raw: &Value, path: &Path) -> Result<ModelConfig> {
         moe_intermediate_size: s.moe.inter,
         norm_topk_prob: renorm,
         router,
+        n_group,
+        topk_group,
+        routed_scaling_factor: scale,
+        mla,
         embedding_multiplier: s.embed_mult as f64,
         attention_multiplier: if default_scale { 0.0 } else { s.attn_scale as f64 },
         residual_multiplier: s.residual_mult as f64,
@@ -292,7 +335,7 @@ fn moe_config(s: &Spec, raw: &Value, path: &Path) -> Result<ModelConfig> {
         bias_update_rate: 0.0,
         router_bias: false,
         qkv_bias: s.qkv_bias,
-        head_dim: if d * s.heads == s.hidden { 0 } else { d },
+        head_dim: if d * s.heads == s.hidden || mla.is_some() { 0 } else { d },
         qk_norm: match s.qk_norm {
             QkNorm::None => moe_engine::config::QkNorm::None,
             QkNorm::PerHead => moe_engine::config::QkNorm::PerHead,

@@ -114,6 +114,8 @@ fn olmoe_qk_norm_clip() {
 #[test]
 fn deepseek_v3_mla_group_routing_yarn() {
     check("deepseek_v3");
+    // no RoPE scaling, a plain q_proj, a config eps (1e-5) that the latent norms do not use
+    check("deepseek_v3_plain");
 }
 
 /// MLA caches one latent row per position and layer: the compressed KV and the rope key.
