@@ -2,12 +2,13 @@
 """moe's exports checked against the tools people load them with (run by hand, never by CI;
 needs torch, transformers and tokenizers; llama.cpp optional).
 
-Trains the tiny preset for a few steps on README.md in nine forms: Mixtral's (no selection
+Trains the tiny preset for a few steps on README.md in ten forms: Mixtral's (no selection
 bias), Qwen2-MoE's (a shared expert without gate, a dense first layer, weights not renormalised),
 Qwen2-MoE's with Switch routing, a gated shared expert and query/key/value biases, OLMoE's
 (query/key norms over the projections), Qwen3-MoE's (per-head query/key norms, heads wider
 than hidden / heads, a dense first layer; and with every layer MoE), GraniteMoE's (its four multipliers, top-k softmax
-routing), and two dense models (Llama's; Qwen2's with biases:
+routing), DeepSeek-V3's (latent attention, sigmoid group-limited routing with a trained selection
+bias, shared experts, a dense first layer), and two dense models (Llama's; Qwen2's with biases:
 their logits are compared with the training engine's by tests/export.rs). Exports
 each as a Hugging Face directory, and as a GGUF file where llama.cpp has the form (Mixtral's as
 `llama` with experts, the third as `qwen2moe`, OLMoE's as `olmoe`, the all-MoE Qwen3-MoE as
@@ -20,7 +21,7 @@ each as a Hugging Face directory, and as a GGUF file where llama.cpp has the for
   its next-token probabilities after the prompt equal transformers' (top 5, 1e-3).
 With --fixture, writes each exported directory and transformers' outputs (reference.safetensors:
 input_ids, logits, greedy) to crates/moe-infer/tests/fixtures/moe_export{,_qwen2,_qwen2_switch,_olmoe,_qwen3,
-_qwen3_moe_only,_granite,_llama,_qwen2_dense},
+_qwen3_moe_only,_granite,_deepseek,_llama,_qwen2_dense},
 which
 crates/moe-infer/tests/hf_models.rs compares moe to on every test run.
 
@@ -57,6 +58,13 @@ FORMS = [("moe_export", {}),
          ("moe_export_qwen3_moe_only", {"qk_norm": "per_head", "head_dim": 8}),
          ("moe_export_granite", {"router": "topk_softmax", "embedding_multiplier": 2.0, "attention_multiplier": 0.3,
                                  "residual_multiplier": 0.5, "logits_scaling": 4.0}),
+         # latent attention, sigmoid group-limited routing with a trained selection bias, shared experts,
+         # a dense first layer: DeepseekV3ForCausalLM
+         ("moe_export_deepseek", {"first_k_dense_replace": 1, "num_key_value_heads": 4, "router": "sigmoid_group",
+                                  "n_group": 2, "topk_group": 1, "routed_scaling_factor": 1.5,
+                                  "shared_expert_intermediate_size": 12, "bias_update_rate": 0.01,
+                                  "mla": {"q_lora_rank": 6, "kv_lora_rank": 8, "qk_nope_head_dim": 4,
+                                          "qk_rope_head_dim": 4, "v_head_dim": 6, "rope_interleave": True}}),
          # dense models (a merged LoRA fine-tune): LlamaForCausalLM, Qwen2ForCausalLM with biases
          ("moe_export_llama", {"num_local_experts": 0, "num_experts_per_tok": 0, "moe_intermediate_size": 0}),
          ("moe_export_qwen2_dense", {"num_local_experts": 0, "num_experts_per_tok": 0, "moe_intermediate_size": 0,
@@ -165,12 +173,14 @@ def main():
     ap.add_argument("--moe", default=os.path.join(ROOT, "target", "release", "moe"))
     ap.add_argument("--llama-bin", help="llama.cpp's build/bin directory")
     ap.add_argument("--fixture", action="store_true", help=f"write the exports and the references to {FIXTURES}")
+    ap.add_argument("forms", nargs="*", help="only these forms (fixture names; default: all)")
     a = ap.parse_args()
     tmp = tempfile.mkdtemp()
     tiny = json.loads(run(a.moe, "inspect", "--print-config", "tiny").stdout)
     ok = True
     for name, changes in FORMS:
-        ok &= check_form(a, tmp, name, dict(tiny, bias_update_rate=0.0, **changes))
+        if not a.forms or name in a.forms:
+            ok &= check_form(a, tmp, name, dict(tiny, **{"bias_update_rate": 0.0, **changes}))
     shutil.rmtree(tmp)
     print("all checks passed" if ok else "SOME CHECKS FAILED")
     sys.exit(0 if ok else 1)

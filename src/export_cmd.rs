@@ -43,17 +43,8 @@ pub fn export(a: ExportArgs) -> Result<()> {
             },
         )
     } else {
-        use moe_infer::from_moe::HfForm;
         let (params, form) = moe_infer::from_moe::write_hf(&ck, &a.out, false)?;
-        let class = match form {
-            HfForm::Mixtral => "MixtralForCausalLM",
-            HfForm::Qwen2Moe => "Qwen2MoeForCausalLM",
-            HfForm::Olmoe => "OlmoeForCausalLM",
-            HfForm::Qwen3Moe => "Qwen3MoeForCausalLM",
-            HfForm::Llama => "LlamaForCausalLM",
-            HfForm::Qwen2 => "Qwen2ForCausalLM",
-            HfForm::GraniteMoe => "GraniteMoeForCausalLM",
-        };
+        let class = form.class();
         (params, class.to_string())
     };
     let params = params as f64 / 1e6;

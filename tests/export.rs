@@ -359,3 +359,69 @@ fn dense_models_export_as_llama_and_qwen2() {
         assert!(code == 1 && err.contains("dense models are not written as GGUF yet"), "{err}");
     }
 }
+
+/// Latent attention with the sigmoid group-limited router, shared experts and a dense first
+/// layer (a DeepSeek-V3 fine-tune): written as DeepseekV3ForCausalLM (its selection bias as the
+/// score correction bias), read back by the inference engine with the training engine's logits
+/// (transformers loads it too: checked by hand, scripts/export_check.py's deepseek form); what
+/// the form cannot hold, and its GGUF file, are refused with the reason.
+#[test]
+fn deepseek_v3_form_gives_the_training_engines_logits() {
+    use moe_engine::config::{MlaConfig, RouterKind};
+    let dir = tempfile::tempdir().unwrap();
+    let mla = MlaConfig {
+        q_lora_rank: 6,
+        kv_lora_rank: 8,
+        qk_nope_head_dim: 4,
+        qk_rope_head_dim: 4,
+        v_head_dim: 6,
+        rope_interleave: true,
+    };
+    let deepseek = ModelConfig {
+        num_hidden_layers: 3,
+        first_k_dense_replace: 1,
+        num_key_value_heads: 4,
+        router: RouterKind::SigmoidGroup,
+        n_group: 2,
+        topk_group: 1,
+        routed_scaling_factor: 1.5,
+        shared_expert_intermediate_size: 24,
+        bias_update_rate: 0.01,
+        mla: Some(mla),
+        ..ModelConfig::tiny()
+    };
+    let ck = trained(deepseek.clone(), &dir.path().join("ds"));
+    let loaded = moe_engine::checkpoint::load(&ck).unwrap();
+    let bias = loaded.config.has_selection_bias();
+    let biases: Vec<f32> = moe_engine::params::Layout::new(&loaded.config)
+        .tensors
+        .iter()
+        .filter(|t| t.name.ends_with("selection_bias"))
+        .flat_map(|t| t.span.of(&loaded.params).to_vec())
+        .collect();
+    assert!(bias && biases.iter().any(|&b| b != 0.0), "training moved the selection bias");
+    let out = dir.path().join("hf");
+    let (code, _, err) = moe(&["export", "--checkpoint", ck.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("DeepseekV3ForCausalLM"), "{err}");
+    let ids = [3u32, 17, 5, 99, 42, 7, 120, 1];
+    let (got, want) = logits_both(&ck, &out, &ids);
+    let diff = max_diff(&got, &want);
+    assert!(diff < 1e-4, "DeepSeek-V3 form: exported logits differ by {diff}");
+    let gguf = dir.path().join("x.gguf");
+    let (code, _, err) = moe(&["export", "--checkpoint", ck.to_str().unwrap(), "--out", gguf.to_str().unwrap()]);
+    assert!(code == 1 && err.contains("not written as GGUF yet"), "{err}");
+    for (cfg, says) in [
+        (
+            ModelConfig { router: RouterKind::SoftmaxTopk, n_group: 1, topk_group: 1, ..deepseek.clone() },
+            "latent attention is exported only",
+        ),
+        (ModelConfig { mla: None, ..deepseek.clone() }, "which has latent attention"),
+        (ModelConfig { shared_expert_intermediate_size: 0, ..deepseek.clone() }, "shared experts"),
+    ] {
+        let ck = trained(cfg, &dir.path().join(says));
+        let out = dir.path().join("refused");
+        let (code, _, err) = moe(&["export", "--checkpoint", ck.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+        assert!(code == 1 && err.contains(says), "{says}: {err}");
+    }
+}

@@ -116,7 +116,7 @@ pub fn generate<D: Decoder>(
     let mut logits = dec.feed(prompt)?;
     stats.prefill_s = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
-    let (mut out, mut text) = (vec![], TextStream::new(vec![]));
+    let (mut out, mut text) = (vec![], TextStream::new(vec![]).after(prompt.last().copied()));
     while out.len() < max_new {
         let next = sample(&logits, s, &mut rng, &mut scratch);
         out.push(next);

@@ -20,6 +20,14 @@ impl TextStream {
         TextStream { ids: vec![], prefix: 0, read: 0, held: String::new(), stop }
     }
 
+    /// The same, after the prompt's last token `id`: the first generated token is decoded with
+    /// it as left context (so a SentencePiece tokenizer keeps that token's leading space).
+    pub fn after(mut self, id: Option<u32>) -> Self {
+        self.ids.extend(id);
+        self.read = self.ids.len();
+        self
+    }
+
     /// Adds the token `id`; returns the text it releases and whether a stop string ended the
     /// text (the stop string and what follows are dropped).
     pub fn push(&mut self, tok: &Tokenizer, id: u32) -> crate::Result<(String, bool)> {

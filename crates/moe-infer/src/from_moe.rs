@@ -18,8 +18,10 @@
 //! Granite's multipliers make GraniteMoE (every layer MoE, renormalised top-k), its experts
 //! fused as the hub's checkpoints hold them.
 //!
-//! Sigmoid-group and expert-choice routers, and router biases, have no such class and are
-//! refused with the reason. Capacity limits apply in training only (both classes are dropless).
+//! Latent attention with the sigmoid group-limited router, shared experts and dense first layers
+//! makes DeepSeek-V3 (its selection bias is DeepSeek's score correction bias). Expert-choice
+//! routers, router biases and the sigmoid router without latent attention have no such class
+//! and are refused with the reason. Capacity limits apply in training only (both classes are dropless).
 //! The aux-loss-free selection bias of moe's default preset is one step further: with
 //! `selection_bias`, it is written as `gate.e_score_correction_bias` (DeepSeek-V3's name), which
 //! this crate adds to the softmax scores for selection only, as training did; transformers
@@ -48,10 +50,31 @@ pub enum HfForm {
     Qwen2,
     /// Granite's embedding, attention, residual and logit multipliers: GraniteMoeForCausalLM.
     GraniteMoe,
+    /// Latent attention with sigmoid group-limited routing and shared experts: DeepseekV3ForCausalLM.
+    DeepseekV3,
+}
+
+impl HfForm {
+    /// The transformers class of the form.
+    pub fn class(self) -> &'static str {
+        match self {
+            HfForm::Mixtral => "MixtralForCausalLM",
+            HfForm::Qwen2Moe => "Qwen2MoeForCausalLM",
+            HfForm::Olmoe => "OlmoeForCausalLM",
+            HfForm::Qwen3Moe => "Qwen3MoeForCausalLM",
+            HfForm::Llama => "LlamaForCausalLM",
+            HfForm::Qwen2 => "Qwen2ForCausalLM",
+            HfForm::GraniteMoe => "GraniteMoeForCausalLM",
+            HfForm::DeepseekV3 => "DeepseekV3ForCausalLM",
+        }
+    }
 }
 
 /// The form `cfg` is written in, or why it cannot be (with or without the selection bias).
 pub fn hf_form(cfg: &ModelConfig, selection_bias: bool) -> std::result::Result<HfForm, String> {
+    if cfg.mla.is_some() || cfg.router == RouterKind::SigmoidGroup {
+        return deepseek_form(cfg);
+    }
     if cfg.num_local_experts == 0 {
         return match (cfg.qk_norm, cfg.qkv_bias) {
             (QkNorm::None, false) => Ok(HfForm::Llama),
@@ -109,6 +132,34 @@ pub fn hf_form(cfg: &ModelConfig, selection_bias: bool) -> std::result::Result<H
     Err(why.to_string())
 }
 
+/// DeepSeek-V3's form, or why `cfg` (latent attention or sigmoid routing) does not fit it: every
+/// layer after the first dense ones MoE, latent attention, the sigmoid group-limited router
+/// (its selection bias is DeepSeek's score correction bias, which transformers applies), shared
+/// experts a whole number of routed experts wide and without gate, nothing else.
+fn deepseek_form(cfg: &ModelConfig) -> std::result::Result<HfForm, String> {
+    let (fe, fs) = (cfg.moe_intermediate_size, cfg.shared_expert_intermediate_size);
+    let why = if cfg.mla.is_none() {
+        "its sigmoid group-limited router is exported only in DeepSeek-V3's form, which has latent attention (mla)"
+    } else if cfg.router != RouterKind::SigmoidGroup || cfg.num_local_experts == 0 {
+        "latent attention is exported only in DeepSeek-V3's form, an MoE with the sigmoid_group router"
+    } else if cfg.decoder_sparse_step != 1 {
+        "DeepSeek-V3 has dense layers only before its MoE layers (first_k_dense_replace)"
+    } else if fs == 0 || !fs.is_multiple_of(fe) || cfg.shared_expert_gate {
+        "DeepSeek-V3's shared experts are a whole number of routed experts wide, without gate"
+    } else if cfg.router_bias
+        || cfg.qkv_bias
+        || cfg.qk_norm != QkNorm::None
+        || cfg.embedding_multiplier != 1.0
+        || cfg.residual_multiplier != 1.0
+        || cfg.logits_scaling != 1.0
+    {
+        "DeepSeek-V3 has no router bias, projection biases, query/key norms or multipliers"
+    } else {
+        return Ok(HfForm::DeepseekV3);
+    };
+    Err(why.into())
+}
+
 /// The Hugging Face name of tensor `name` of our layout in `form`, and whether it is stacked per
 /// expert (`{e}` is the expert).
 fn hf_name(form: HfForm, name: &str) -> (String, bool) {
@@ -126,6 +177,9 @@ fn hf_name(form: HfForm, name: &str) -> (String, bool) {
         if let Some(prefix) = name.strip_suffix(ours) {
             return (format!("{prefix}{hf}"), hf.contains("{e}"));
         }
+    }
+    if form == HfForm::DeepseekV3 {
+        return (name.replace(".mlp.shared_expert.", ".mlp.shared_experts."), false);
     }
     (name.to_string(), false)
 }
@@ -196,6 +250,31 @@ fn config(cfg: &ModelConfig, form: HfForm) -> serde_json::Value {
             "logits_scaling": cfg.logits_scaling,
             "attention_bias": false,
         }),
+        HfForm::DeepseekV3 => {
+            let a = cfg.mla.expect("the DeepSeek-V3 form has latent attention");
+            json!({
+                "architectures": ["DeepseekV3ForCausalLM"],
+                "model_type": "deepseek_v3",
+                // the rotary dims (transformers' DeepseekV3Config sets head_dim to them)
+                "head_dim": a.qk_rope_head_dim,
+                "intermediate_size": cfg.intermediate_size,
+                "moe_intermediate_size": cfg.moe_intermediate_size,
+                "n_routed_experts": cfg.num_local_experts,
+                "n_shared_experts": cfg.shared_expert_intermediate_size / cfg.moe_intermediate_size,
+                "n_group": cfg.n_group,
+                "topk_group": cfg.topk_group,
+                "routed_scaling_factor": cfg.routed_scaling_factor,
+                "norm_topk_prob": cfg.norm_topk_prob,
+                "first_k_dense_replace": cfg.first_k_dense_replace,
+                "q_lora_rank": if a.q_lora_rank > 0 { json!(a.q_lora_rank) } else { json!(null) },
+                "kv_lora_rank": a.kv_lora_rank,
+                "qk_nope_head_dim": a.qk_nope_head_dim,
+                "qk_rope_head_dim": a.qk_rope_head_dim,
+                "v_head_dim": a.v_head_dim,
+                "rope_interleave": a.rope_interleave,
+                "attention_bias": false,
+            })
+        }
         HfForm::Llama => json!({
             "architectures": ["LlamaForCausalLM"],
             "model_type": "llama",

@@ -147,6 +147,9 @@ pub fn write_gguf(ck: &Checkpoint, out: &Path) -> Result<(usize, &'static str)> 
         Ok(HfForm::GraniteMoe) => {
             Err("Granite's multipliers are not written as GGUF yet; export a Hugging Face directory instead".into())
         }
+        Ok(HfForm::DeepseekV3) => Err(
+            "DeepSeek-V3's form is not written as GGUF yet; export a Hugging Face directory (llama.cpp's convert_hf_to_gguf.py converts it)".into(),
+        ),
         Err(why) => Err(why),
     };
     let arch: &'static str = arch.map_err(|why: String| {

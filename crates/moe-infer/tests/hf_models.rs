@@ -93,6 +93,12 @@ fn moe_export_olmoe_qwen3_and_granite_forms_as_loaded_by_transformers() {
     check("moe_export_olmoe");
     check("moe_export_qwen3");
     check("moe_export_granite");
+}
+
+#[test]
+fn moe_export_deepseek_v3_form_as_loaded_by_transformers() {
+    // latent attention, sigmoid group-limited routing with a trained selection bias, shared experts
+    check("moe_export_deepseek");
     check("moe_export_qwen3_moe_only");
 }
 #[test]

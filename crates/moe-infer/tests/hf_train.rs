@@ -45,6 +45,7 @@ fn checkpoints_give_transformers_logits_and_dense_ones_upcycle_exactly() {
         "qwen3_moe",
         "granitemoe",
         "deepseek_v3_plain",
+        "moe_export_deepseek",
         "moe_export_llama",
         "moe_export_qwen2_dense",
     ] {

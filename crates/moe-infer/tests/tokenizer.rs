@@ -111,3 +111,20 @@ fn streamed_pieces_add_up_to_the_text_and_stop_strings_cut_it() {
     let (pieces, stopped) = stream(text, &["mat!"]);
     assert_eq!((pieces.concat(), stopped), (text.to_string(), false), "a partial match at the end is released");
 }
+
+/// After the prompt's last token, the first generated piece keeps its leading space under a
+/// SentencePiece tokenizer (Metaspace strips it at the start of a decoded sequence).
+#[test]
+fn the_first_streamed_piece_keeps_its_space_after_the_prompt() {
+    let t = Tokenizer::open(&dir("mixtral")).unwrap();
+    let ids = t.encode("the router sends").unwrap();
+    let (prompt, rest) = ids.split_at(ids.len() - 1); // "▁the ▁ro uter" and "▁sends"
+    let text = |mut s: TextStream| {
+        let mut out: String = rest.iter().map(|&id| s.push(&t, id).unwrap().0).collect();
+        out.push_str(&s.finish());
+        out
+    };
+    assert_eq!(t.decode(prompt).unwrap(), "the router");
+    assert_eq!(text(TextStream::new(vec![]).after(prompt.last().copied())), " sends");
+    assert_eq!(text(TextStream::new(vec![])), "sends", "without context the decoder strips the space");
+}

@@ -200,7 +200,7 @@ impl Scheduler {
                 last: 0,
                 generated: 0,
                 rng: Rng::new(req.sampling.seed),
-                text: TextStream::new(req.stop.clone()),
+                text: TextStream::new(req.stop.clone()).after(req.prompt.last().copied()),
                 step: Step::Idle,
                 req,
             });

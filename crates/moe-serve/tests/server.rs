@@ -15,14 +15,17 @@ use std::net::TcpStream;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-/// What greedy generation of `prompt` gives alone, through moe-infer's one-sequence path.
+/// What greedy generation of `prompt` gives alone, through moe-infer's one-sequence path: the
+/// new ids decoded after the prompt's last token (so a leading space stays, as in a completion).
 fn greedy_alone(prompt: &[u32], max_new: usize) -> String {
     let (model, tok) = (Model::load(&fixture()).unwrap(), Tokenizer::open(&fixture()).unwrap());
     let eos = eos_ids(&fixture(), &model, &tok);
     let s = moe_engine::generate::Sampling { temperature: 0.0, top_k: 0, top_p: 1.0, seed: 0 };
     let (ids, _) = generate(&model, &tok, prompt, max_new, &s, &eos, &mut |_| {}).unwrap();
-    let ids: Vec<u32> = ids.into_iter().filter(|i| !eos.contains(i)).collect();
-    tok.decode(&ids).unwrap()
+    let last = &prompt[prompt.len() - 1..];
+    let ids: Vec<u32> = last.iter().copied().chain(ids.into_iter().filter(|i| !eos.contains(i))).collect();
+    let (with, before) = (tok.decode(&ids).unwrap(), tok.decode(last).unwrap());
+    with.strip_prefix(before.as_str()).expect("decoding extends the prompt's last token").to_string()
 }
 
 #[test]
