@@ -2,13 +2,14 @@
 """moe's exports checked against the tools people load them with (run by hand, never by CI;
 needs torch, transformers and tokenizers; llama.cpp optional).
 
-Trains the tiny preset for a few steps on README.md in ten forms: Mixtral's (no selection
+Trains the tiny preset for a few steps on README.md in twelve forms: Mixtral's (no selection
 bias), Qwen2-MoE's (a shared expert without gate, a dense first layer, weights not renormalised),
 Qwen2-MoE's with Switch routing, a gated shared expert and query/key/value biases, OLMoE's
 (query/key norms over the projections), Qwen3-MoE's (per-head query/key norms, heads wider
 than hidden / heads, a dense first layer; and with every layer MoE), GraniteMoE's (its four multipliers, top-k softmax
 routing), DeepSeek-V3's (latent attention, sigmoid group-limited routing with a trained selection
-bias, shared experts, a dense first layer), and two dense models (Llama's; Qwen2's with biases:
+bias, shared experts, a dense first layer; and with YaRN RoPE scaling), Mixtral's with Llama 3's
+RoPE scaling, and two dense models (Llama's; Qwen2's with biases:
 their logits are compared with the training engine's by tests/export.rs). Exports
 each as a Hugging Face directory, and as a GGUF file where llama.cpp has the form (Mixtral's as
 `llama` with experts, the third as `qwen2moe`, OLMoE's as `olmoe`, the all-MoE Qwen3-MoE as
@@ -65,6 +66,18 @@ FORMS = [("moe_export", {}),
                                   "shared_expert_intermediate_size": 12, "bias_update_rate": 0.01,
                                   "mla": {"q_lora_rank": 6, "kv_lora_rank": 8, "qk_nope_head_dim": 4,
                                           "qk_rope_head_dim": 4, "v_head_dim": 6, "rope_interleave": True}}),
+         # the same with YaRN RoPE scaling and the attention scale DeepSeek derives from it (1/sqrt(8) x
+         # mscale(4, 0.7)^2), and a Mixtral with Llama 3's RoPE scaling
+         ("moe_export_deepseek_yarn", {"first_k_dense_replace": 1, "num_key_value_heads": 4, "router": "sigmoid_group",
+                                       "n_group": 2, "topk_group": 1, "routed_scaling_factor": 1.5,
+                                       "shared_expert_intermediate_size": 12, "bias_update_rate": 0.01,
+                                       "attention_multiplier": 8 ** -0.5 * (0.1 * 0.7 * __import__("math").log(4) + 1) ** 2,
+                                       "rope_scaling": {"rope_type": "yarn", "factor": 4.0, "mscale": 0.7,
+                                                        "mscale_all_dim": 0.7, "original_max_position_embeddings": 4},
+                                       "mla": {"q_lora_rank": 6, "kv_lora_rank": 8, "qk_nope_head_dim": 4,
+                                               "qk_rope_head_dim": 4, "v_head_dim": 6, "rope_interleave": True}}),
+         ("moe_export_llama3_rope", {"rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                                      "high_freq_factor": 4.0, "original_max_position_embeddings": 4}}),
          # dense models (a merged LoRA fine-tune): LlamaForCausalLM, Qwen2ForCausalLM with biases
          ("moe_export_llama", {"num_local_experts": 0, "num_experts_per_tok": 0, "moe_intermediate_size": 0}),
          ("moe_export_qwen2_dense", {"num_local_experts": 0, "num_experts_per_tok": 0, "moe_intermediate_size": 0,

@@ -85,6 +85,13 @@ ARCHS = {
                torch.float32, None),
     # dense checkpoints for `moe upcycle --from DIR` (read by the training engine)
     "llama_dense": (tf.LlamaConfig, tf.LlamaForCausalLM, dict(intermediate_size=48), torch.bfloat16, None),
+    # Llama 3.1's RoPE scaling (rope_type llama3), for fine-tuning and upcycling
+    "llama3_dense": (tf.LlamaConfig, tf.LlamaForCausalLM,
+                     dict(intermediate_size=48, rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0,
+                                                                 "factor": 8.0, "low_freq_factor": 1.0,
+                                                                 "high_freq_factor": 4.0,
+                                                                 "original_max_position_embeddings": 16}),
+                     torch.bfloat16, None),
     "mistral_dense": (tf.MistralConfig, tf.MistralForCausalLM,
                       dict(intermediate_size=48, tie_word_embeddings=True, sliding_window=32), torch.float16, None),
     # OLMoE as released (no clip_qkv), for fine-tuning through the training engine

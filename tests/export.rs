@@ -411,6 +411,31 @@ fn deepseek_v3_form_gives_the_training_engines_logits() {
     let gguf = dir.path().join("x.gguf");
     let (code, _, err) = moe(&["export", "--checkpoint", ck.to_str().unwrap(), "--out", gguf.to_str().unwrap()]);
     assert!(code == 1 && err.contains("not written as GGUF yet"), "{err}");
+    // with YaRN RoPE scaling and the attention scale DeepSeek derives from it, and a Mixtral form
+    // with Llama 3's scaling: the scaling travels in config.json
+    let yarn = serde_json::json!({"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 4,
+        "mscale": 0.7, "mscale_all_dim": 0.7});
+    let theta = serde_json::json!({"rope_theta": deepseek.rope_theta, "rope_type": "yarn", "factor": 4.0,
+        "mscale_all_dim": 0.7});
+    let scale = moe_engine::rope::deepseek_attention_scale(deepseek.attn_shape().d, Some(&theta));
+    let llama3 = serde_json::json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0, "original_max_position_embeddings": 4});
+    let scaled = [
+        ModelConfig { rope_scaling: Some(yarn), attention_multiplier: scale, ..deepseek.clone() },
+        ModelConfig { num_local_experts: 4, num_experts_per_tok: 2, rope_scaling: Some(llama3), ..ModelConfig::tiny() },
+    ];
+    for (i, cfg) in scaled.into_iter().enumerate() {
+        let ck = trained(cfg, &dir.path().join(format!("scaled{i}")));
+        let out = dir.path().join(format!("scaled-hf{i}"));
+        let (code, _, err) = moe(&["export", "--checkpoint", ck.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+        assert_eq!(code, 0, "{err}");
+        let (got, want) = logits_both(&ck, &out, &ids);
+        let diff = max_diff(&got, &want);
+        assert!(diff < 1e-4, "scaled RoPE {i}: exported logits differ by {diff}");
+        let gguf = dir.path().join(format!("scaled{i}.gguf"));
+        let (code, _, err) = moe(&["export", "--checkpoint", ck.to_str().unwrap(), "--out", gguf.to_str().unwrap()]);
+        assert!(code == 1 && err.contains("RoPE scaling is not written as GGUF"), "{err}");
+    }
     for (cfg, says) in [
         (
             ModelConfig { router: RouterKind::SoftmaxTopk, n_group: 1, topk_group: 1, ..deepseek.clone() },
@@ -418,6 +443,7 @@ fn deepseek_v3_form_gives_the_training_engines_logits() {
         ),
         (ModelConfig { mla: None, ..deepseek.clone() }, "which has latent attention"),
         (ModelConfig { shared_expert_intermediate_size: 0, ..deepseek.clone() }, "shared experts"),
+        (ModelConfig { attention_multiplier: 0.5, ..deepseek.clone() }, "attention scale"),
     ] {
         let ck = trained(cfg, &dir.path().join(says));
         let out = dir.path().join("refused");

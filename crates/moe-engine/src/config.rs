@@ -214,6 +214,10 @@ pub struct ModelConfig {
     /// Latent attention instead of q/k/v projections (DeepSeek); None = the usual attention.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mla: Option<MlaConfig>,
+    /// RoPE scaling as Hugging Face writes it (`rope_type` linear, llama3 or yarn with its
+    /// fields; `rope::Rope` computes the schedule); None = plain RoPE of `rope_theta`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_scaling: Option<serde_json::Value>,
 }
 
 fn one() -> usize {
@@ -277,6 +281,7 @@ impl ModelConfig {
             residual_multiplier: 1.0,
             logits_scaling: 1.0,
             mla: None,
+            rope_scaling: None,
         }
     }
     /// 8 experts, top-2, expert width 512: the active compute of `bench_dense`.
@@ -371,6 +376,21 @@ impl ModelConfig {
         } else {
             1.0 / (self.attn_shape().d as f64).sqrt()
         }
+    }
+    /// The RoPE schedule of a scaled config (None for plain RoPE), or what is wrong with it.
+    pub fn rope(&self) -> Result<Option<crate::rope::Rope>> {
+        let Some(scaling) = &self.rope_scaling else { return Ok(None) };
+        let params = serde_json::json!({ "rope_theta": self.rope_theta, "rope_scaling": scaling });
+        let dim = self.attn_shape().rope;
+        let rope = crate::rope::Rope::from_config(&params, dim, self.max_position_embeddings, false, false)
+            .map_err(|e| Error::config(format!("rope_scaling: {e}"), "fix rope_scaling or leave it out"))?;
+        if rope.long.is_some() {
+            return Err(Error::config(
+                "rope_scaling: LongRoPE switches its schedule with the sequence length, which training does not",
+                "use default, linear, llama3 or yarn RoPE",
+            ));
+        }
+        Ok(Some(rope))
     }
     /// The head geometry: D = head_dim() for q, k and v and G key/value heads, or MLA's.
     pub fn attn_shape(&self) -> AttnShape {
@@ -528,6 +548,7 @@ impl ModelConfig {
         if let Some(a) = self.mla {
             self.validate_mla(a)?;
         }
+        self.rope()?;
         if !self.num_attention_heads.is_multiple_of(self.num_key_value_heads) {
             return Err(Error::config(
                 format!(
@@ -598,10 +619,10 @@ impl ModelConfig {
                 "RoPE needs an even number of rotated dims",
             ));
         }
-        if self.qkv_bias || self.qk_norm != QkNorm::None || self.attention_multiplier > 0.0 {
+        if self.qkv_bias || self.qk_norm != QkNorm::None {
             return Err(Error::config(
-                "latent attention (mla) has no query/key/value biases, query/key norms or attention multiplier",
-                "leave qkv_bias, qk_norm and attention_multiplier unset with mla",
+                "latent attention (mla) has no query/key/value biases or query/key norms",
+                "leave qkv_bias and qk_norm unset with mla",
             ));
         }
         Ok(())

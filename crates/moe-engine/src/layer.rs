@@ -183,7 +183,7 @@ impl<T: Float> Model<T> {
         let (q, k, v) =
             (&mut la.q[..n * sh.h * sh.d], &mut la.k_new[..n * sh.g * sh.d], &mut la.v_new[..n * sh.g * sh.dv]);
         if ls.mla.is_some() {
-            let s = MlaStep { t, pos0, c, shape: sh, cos: &self.cos, sin: &self.sin };
+            let s = MlaStep { t, pos0, c, shape: sh, cos: &self.cos, sin: &self.sin, q_scale: self.q_scale() };
             mla_forward(q, k, v, &la.ln1[..n * c], ls, ws, &mut la.mla, s);
         } else {
             let (h, g, d) = (sh.h, sh.g, sh.d);
@@ -351,7 +351,7 @@ impl<T: Float> Model<T> {
         let (dq, dk, dvs) = (&mut sc.dq[..n * hd], &mut sc.dk[..n * gd], &sc.dv[..n * gdv]);
         let (gc, xn) = (self.grads(gr), &la.ln1[..n * c]);
         if ls.mla.is_some() {
-            let s = MlaStep { t, pos0: 0, c, shape: sh, cos: &self.cos, sin: &self.sin };
+            let s = MlaStep { t, pos0: 0, c, shape: sh, cos: &self.cos, sin: &self.sin, q_scale: self.q_scale() };
             mla_backward(&mut sc.dln[..n * c], gc, dq, dk, dvs, xn, ls, ws, &mut la.mla, s);
         } else {
             let s = Qkv { t, pos0: 0, c, h, g, d, cos: &self.cos, sin: &self.sin, q_scale: self.q_scale() };

@@ -36,6 +36,7 @@ pub mod registry;
 pub mod replicas;
 pub mod report;
 pub mod rng;
+pub mod rope;
 pub mod routes;
 pub mod run;
 pub mod rustdocs;

@@ -32,6 +32,9 @@ pub struct MlaStep<'a, T> {
     pub shape: AttnShape,
     pub cos: &'a [T],
     pub sin: &'a [T],
+    /// Factor on the queries for an attention scale other than 1/sqrt(D) (DeepSeek's YaRN
+    /// mscale); 1 else.
+    pub q_scale: T,
 }
 
 /// What the forward keeps for the backward, and the scratch of both (empty without MLA).
@@ -160,6 +163,9 @@ pub fn mla_forward<T: Float>(
     }
     rope_forward(qr, s.cos, s.sin, s.t, h, rope, s.pos0);
     rope_dims(q, qr, d, rope, false);
+    if s.q_scale != T::ONE {
+        q.iter_mut().for_each(|v| *v *= s.q_scale);
+    }
     // the latent, the shared rotated key, and the per-head keys and values
     let ckv = &mut a.ckv[..n * (kvl + rope)];
     Lin::at(ws, ls.wk, lora(1)).forward(ckv, x, n, c, kvl + rope, true);
@@ -216,6 +222,9 @@ pub fn mla_backward<T: Float>(
     let (gq, gk) = (gc.lin(ls.wq, lora(0)), gc.lin(ls.wk, lora(1)));
     let g_norm = gc.take(sp.kv_a_norm);
     let gv = gc.lin(ls.wv, lora(2));
+    if s.q_scale != T::ONE {
+        dq.iter_mut().for_each(|v| *v *= s.q_scale);
+    }
     // the queries' rotated dims back through RoPE
     let qr = &mut a.qr[..n * h * rope];
     rope_dims(dq, qr, d, rope, true);

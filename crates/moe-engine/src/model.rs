@@ -224,10 +224,21 @@ impl<T: Float> Model<T> {
             shard.validate(cfg.num_moe_layers(), cfg.num_local_experts)?;
         }
         let layout = Layout::sharded(&cfg, &shard);
-        // over the rotated dims of a head (all of them, or MLA's rope part)
+        // over the rotated dims of a head (all of them, or MLA's rope part); a scaled schedule's
+        // frequencies and cos/sin factor from `rope::Rope`
         let (t, rope) = (cfg.max_position_embeddings, cfg.attn_shape().rope);
         let (mut cos, mut sin) = (vec![T::ZERO; t * rope / 2], vec![T::ZERO; t * rope / 2]);
-        rope_tables(&mut cos, &mut sin, t, rope, cfg.rope_theta);
+        match cfg.rope()? {
+            None => rope_tables(&mut cos, &mut sin, t, rope, cfg.rope_theta),
+            Some(r) => {
+                for (p, (c, s)) in cos.chunks_exact_mut(rope / 2).zip(sin.chunks_exact_mut(rope / 2)).enumerate() {
+                    for ((c, s), &fr) in c.iter_mut().zip(s.iter_mut()).zip(&r.inv_freq) {
+                        let a = p as f64 * fr;
+                        (*c, *s) = (T::from_f64(a.cos() * r.factor), T::from_f64(a.sin() * r.factor));
+                    }
+                }
+            }
+        }
         Ok(Model { cfg, shard, layout, packed: None, cos, sin })
     }
 

@@ -277,3 +277,21 @@ fn latent_attention_kv_cache_decoding_equals_full_recompute() {
     let err = got.iter().zip(&full.logits[..t * v]).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
     assert!(err < 1e-5, "cached decoding differs from the full pass by {err}");
 }
+
+#[test]
+fn scaled_rope_gradients() {
+    // Llama 3's and YaRN's schedules (scaled frequencies, and YaRN's cos/sin factor); latent
+    // attention with an attention scale of its own (DeepSeek's YaRN mscale)
+    let llama3 = serde_json::json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0, "original_max_position_embeddings": 4});
+    let yarn = serde_json::json!({"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 4,
+        "mscale": 1.0, "mscale_all_dim": 0.5});
+    check_model(ModelConfig { num_local_experts: 0, rope_scaling: Some(llama3), ..ModelConfig::tiny() }, 51);
+    let mla = ModelConfig {
+        mla: Some(mla(5, true)),
+        attention_multiplier: 0.4,
+        rope_scaling: Some(yarn),
+        ..mixed_config(BalanceScope::Global)
+    };
+    check_model(mla, 52);
+}

@@ -3,7 +3,7 @@
 //! Defaults are transformers' defaults for fields a config leaves out.
 
 use crate::error::{io, Error, Result};
-use crate::rope::Rope;
+use moe_engine::rope::Rope;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
@@ -257,14 +257,7 @@ impl Spec {
         }
         if arch == DeepseekV3 {
             let p = v.get("rope_parameters").or(v.get("rope_scaling"));
-            let get = |k: &str| p.and_then(|p| p.get(k)).and_then(|x| x.as_f64());
-            let kind = p.and_then(|p| p.get("rope_type").or(p.get("type"))).and_then(|x| x.as_str());
-            if let (Some(k), Some(m), Some(fac)) = (kind, get("mscale_all_dim"), get("factor")) {
-                if k != "default" && m != 0.0 && fac > 1.0 {
-                    let ms = 0.1 * m * fac.ln() + 1.0;
-                    attn_scale *= ms * ms;
-                }
-            }
+            attn_scale = moe_engine::rope::deepseek_attention_scale(head_dim, p);
         }
         // sliding windows per layer
         let window = c.opt_usize("sliding_window").filter(|&w| w > 0);

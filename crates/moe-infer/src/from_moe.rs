@@ -154,10 +154,25 @@ fn deepseek_form(cfg: &ModelConfig) -> std::result::Result<HfForm, String> {
         || cfg.logits_scaling != 1.0
     {
         "DeepSeek-V3 has no router bias, projection biases, query/key norms or multipliers"
+    } else if (cfg.attention_scale() - deepseek_scale(cfg)).abs() > 1e-9 * cfg.attention_scale() {
+        "its attention scale is not the one DeepSeek-V3 derives from its RoPE parameters (YaRN's mscale_all_dim)"
     } else {
         return Ok(HfForm::DeepseekV3);
     };
     Err(why.into())
+}
+
+/// The attention scale transformers computes for `cfg` in DeepSeek-V3's form.
+fn deepseek_scale(cfg: &ModelConfig) -> f64 {
+    let params = rope_parameters(cfg);
+    moe_engine::rope::deepseek_attention_scale(cfg.attn_shape().d, params.as_ref())
+}
+
+/// config.json's `rope_parameters` of a scaled RoPE (theta and the scaling's fields).
+fn rope_parameters(cfg: &ModelConfig) -> Option<serde_json::Value> {
+    let mut p = cfg.rope_scaling.clone()?;
+    p.as_object_mut()?.insert("rope_theta".into(), json!(cfg.rope_theta));
+    Some(p)
 }
 
 /// The Hugging Face name of tensor `name` of our layout in `form`, and whether it is stacked per
@@ -303,6 +318,9 @@ fn config(cfg: &ModelConfig, form: HfForm) -> serde_json::Value {
         }),
     };
     c.as_object_mut().into_iter().zip(extra.as_object()).for_each(|(c, e)| c.extend(e.clone()));
+    if let (Some(p), Some(o)) = (rope_parameters(cfg), c.as_object_mut()) {
+        o.insert("rope_parameters".into(), p);
+    }
     c
 }
 

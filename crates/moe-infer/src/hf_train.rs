@@ -10,8 +10,8 @@
 //!   GraniteMoE (multipliers) and DeepSeek-V3 (latent attention, sigmoid group-limited routing
 //!   with its score bias as the selection bias, shared experts, dense first layers).
 //!
-//! What the training model cannot express is refused with the reason (biases, RoPE scaling,
-//! activations other than SiLU, ...); tied
+//! RoPE scaling (linear, Llama 3, YaRN) is kept; what the training model cannot express is
+//! refused with the reason (biases, LongRoPE, activations other than SiLU, ...); tied
 //! embeddings are copied into the LM head (the same function; training then unties them); a
 //! sliding window caps the context, so that attention over it equals the full attention the
 //! training model computes.
@@ -64,13 +64,7 @@ pub fn dense_config(c: &Value, path: &Path) -> Result<ModelConfig> {
     if c.get("hidden_act").and_then(Value::as_str).is_some_and(|a| a != "silu") {
         return Err(bad(format!("hidden_act {}: the training model's MLP is SwiGLU (silu)", c["hidden_act"])));
     }
-    // transformers 5 keeps theta and scaling in rope_parameters, 4.x in rope_theta and rope_scaling
-    let rope = c.get("rope_parameters").filter(|v| v.is_object());
-    let kind = rope.and_then(|r| r["rope_type"].as_str()).or(c["rope_scaling"]["rope_type"].as_str());
-    if let Some(k) = kind.filter(|k| *k != "default") {
-        return Err(bad(format!("RoPE scaling `{k}`: the training model has plain RoPE")));
-    }
-    let theta = rope.and_then(|r| r["rope_theta"].as_f64()).or(c["rope_theta"].as_f64()).unwrap_or(10000.0);
+    let (theta, rope_scaling) = rope_of(c);
     let mut context = need("max_position_embeddings")?;
     // Qwen2 names a window it does not use unless use_sliding_window
     let windowed = !qwen2 || c.get("use_sliding_window").and_then(Value::as_bool) == Some(true);
@@ -87,6 +81,7 @@ pub fn dense_config(c: &Value, path: &Path) -> Result<ModelConfig> {
         max_position_embeddings: context,
         rms_norm_eps: c["rms_norm_eps"].as_f64().unwrap_or(1e-6),
         rope_theta: theta,
+        rope_scaling,
         num_local_experts: 0,
         qkv_bias: qwen2,
         head_dim,
@@ -94,6 +89,20 @@ pub fn dense_config(c: &Value, path: &Path) -> Result<ModelConfig> {
     };
     cfg.validate().map_err(|e| bad(e.to_string()))?;
     Ok(cfg)
+}
+
+/// RoPE's theta and scaling (the parameters besides theta; None when plain) of config.json
+/// `c`: transformers 5 keeps both in rope_parameters, 4.x in rope_theta and rope_scaling.
+fn rope_of(c: &Value) -> (f64, Option<Value>) {
+    let params = c.get("rope_parameters").filter(|v| v.is_object()).or(c.get("rope_scaling").filter(|v| v.is_object()));
+    let theta = params.and_then(|r| r["rope_theta"].as_f64()).or(c["rope_theta"].as_f64()).unwrap_or(10000.0);
+    let scaling = params.cloned().map(|mut p| {
+        p.as_object_mut().map(|o| o.remove("rope_theta"));
+        p
+    });
+    let scaled =
+        |p: &Value| p.get("rope_type").or(p.get("type")).and_then(Value::as_str).is_some_and(|k| k != "default");
+    (theta, scaling.filter(scaled))
 }
 
 /// Whether a checkpoint's config goes through the inference loader (the MoE families it
@@ -241,15 +250,10 @@ fn moe_config(s: &Spec, raw: &Value, path: &Path) -> Result<ModelConfig> {
     let bad = |msg: &str| {
         Err(Error::Config { path: path.to_path_buf(), msg: format!("{msg}; the training model cannot hold it") })
     };
-    let theta = raw.get("rope_parameters").and_then(|r| r["rope_theta"].as_f64()).or(raw["rope_theta"].as_f64());
-    let theta = theta.unwrap_or(10000.0);
+    let (theta, rope_scaling) = rope_of(raw);
     let d = s.head_dim;
     // RoPE over the whole head, or over latent attention's rotated part
     let rd = s.mla.map_or(d, |m| m.rope);
-    let plain_rope = (0..rd / 2).all(|i| {
-        let want = theta.powf(-((2 * i) as f64) / rd as f64);
-        s.rope.inv_freq.get(i).is_some_and(|&f| (f - want).abs() <= 1e-9 * want)
-    });
     if s.norm != Norm::Rms {
         return bad("LayerNorm");
     }
@@ -261,8 +265,8 @@ fn moe_config(s: &Spec, raw: &Value, path: &Path) -> Result<ModelConfig> {
     }
     // interleaved RoPE only as latent attention's (a GGUF file's permuted rows are not read here)
     let interleave_ok = !s.rope.interleave || s.mla.is_some();
-    if !plain_rope || s.rope.dim != rd || s.rope.long.is_some() || s.rope.factor != 1.0 || !interleave_ok {
-        return bad("RoPE scaling or partial or interleaved RoPE");
+    if s.rope.dim != rd || s.rope.long.is_some() || !interleave_ok {
+        return bad("LongRoPE or partial or interleaved RoPE");
     }
     if s.v_dim != d && s.mla.is_none() {
         return bad("value heads of another width than the query heads");
@@ -315,6 +319,7 @@ fn moe_config(s: &Spec, raw: &Value, path: &Path) -> Result<ModelConfig> {
         max_position_embeddings: context,
         rms_norm_eps: s.eps,
         rope_theta: theta,
+        rope_scaling,
         num_local_experts: s.moe.experts,
         num_experts_per_tok: s.moe.top_k,
         moe_intermediate_size: s.moe.inter,

@@ -25,7 +25,6 @@ pub mod npy;
 pub mod qdot;
 pub mod qgemm;
 pub mod quants;
-pub mod rope;
 pub mod sizes;
 pub mod store;
 pub mod weight;

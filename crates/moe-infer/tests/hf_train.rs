@@ -35,6 +35,7 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
 fn checkpoints_give_transformers_logits_and_dense_ones_upcycle_exactly() {
     for name in [
         "llama_dense",
+        "llama3_dense",
         "mistral_dense",
         "qwen2_dense",
         "mixtral",
@@ -45,6 +46,7 @@ fn checkpoints_give_transformers_logits_and_dense_ones_upcycle_exactly() {
         "qwen3_moe",
         "granitemoe",
         "deepseek_v3_plain",
+        "deepseek_v3",
         "moe_export_deepseek",
         "moe_export_llama",
         "moe_export_qwen2_dense",
@@ -92,7 +94,6 @@ fn families_the_training_model_cannot_hold_are_refused() {
     for (name, says) in [
         ("qwen2_moe", "dense layers other than the first"),
         ("olmoe", "clipped"),
-        ("deepseek_v3", "RoPE scaling"),
         ("gpt_oss", "biases"),
         ("phimoe", "LayerNorm"),
     ] {
@@ -108,7 +109,13 @@ fn what_the_training_model_cannot_express_is_refused() {
     let path = std::path::Path::new("config.json");
     for (key, value, says) in [
         ("attention_bias", serde_json::json!(true), "no biases"),
-        ("rope_parameters", serde_json::json!({"rope_type": "llama3", "rope_theta": 5e5}), "RoPE scaling"),
+        ("rope_parameters", serde_json::json!({"rope_type": "llama3", "rope_theta": 5e5}), "original_max_position"),
+        (
+            "rope_parameters",
+            serde_json::json!({"rope_type": "longrope", "rope_theta": 1e4, "original_max_position_embeddings": 16,
+                "short_factor": [1.0, 1.0, 1.0, 1.0], "long_factor": [2.0, 2.0, 2.0, 2.0]}),
+            "LongRoPE switches",
+        ),
         ("architectures", serde_json::json!(["Qwen3ForCausalLM"]), "LlamaForCausalLM"),
     ] {
         let mut c = base.clone();

@@ -1,7 +1,9 @@
-//! Rotary position embeddings as Hugging Face computes them: the default, linear, YaRN and
-//! LongRoPE frequency schedules, the attention factor that scales cos/sin, and two layouts:
-//! rotate-half (pairs i, i + d/2) and interleaved (pairs 2i, 2i+1, DeepSeek), whose output is
-//! written de-interleaved as transformers does.
+//! Rotary position embeddings as Hugging Face computes them, for both engines: the default,
+//! linear, Llama 3, YaRN and LongRoPE frequency schedules, the attention factor that scales
+//! cos/sin, and two layouts: rotate-half (pairs i, i + d/2) and interleaved (pairs 2i, 2i+1,
+//! DeepSeek), whose output is written de-interleaved as transformers does. The training model
+//! takes the schedule's frequencies and factor for its tables (`Model::sharded`); the
+//! inference model also `tables` and `apply`.
 
 use serde_json::Value;
 
@@ -58,6 +60,26 @@ impl Rope {
             "linear" => {
                 let k = f(&p, "factor").ok_or("rope linear without `factor`")?;
                 rope.inv_freq = freqs(&|_| k);
+            }
+            "llama3" => {
+                // Llama 3.1: long wavelengths slowed by `factor`, short ones kept, a smooth blend between
+                let orig = original.ok_or("llama3 rope without original_max_position_embeddings")? as f64;
+                let k = f(&p, "factor").ok_or("rope llama3 without `factor`")?;
+                let low = f(&p, "low_freq_factor").ok_or("rope llama3 without `low_freq_factor`")?;
+                let high = f(&p, "high_freq_factor").ok_or("rope llama3 without `high_freq_factor`")?;
+                if high <= low {
+                    return Err(format!("rope llama3 needs high_freq_factor {high} > low_freq_factor {low}"));
+                }
+                let (low_wavelen, high_wavelen) = (orig / low, orig / high);
+                for fr in rope.inv_freq.iter_mut() {
+                    let wavelen = 2.0 * std::f64::consts::PI / *fr;
+                    if wavelen > low_wavelen {
+                        *fr /= k;
+                    } else if wavelen >= high_wavelen {
+                        let smooth = (orig / wavelen - low) / (high - low);
+                        *fr = (1.0 - smooth) * *fr / k + smooth * *fr;
+                    }
+                }
             }
             "yarn" => {
                 let orig = original.ok_or("yarn rope without original_max_position_embeddings")? as f64;
@@ -120,7 +142,11 @@ impl Rope {
                     rope.long = Some((freqs(&|i| long[i]), attn));
                 }
             }
-            other => return Err(format!("rope_type `{other}` is not supported (default, linear, yarn, longrope are)")),
+            other => {
+                return Err(format!(
+                    "rope_type `{other}` is not supported (default, linear, llama3, yarn, longrope are)"
+                ))
+            }
         }
         Ok(rope)
     }
@@ -163,5 +189,20 @@ impl Rope {
                 x[i + h] = b * cos[i] + a * sin[i];
             }
         }
+    }
+}
+
+/// DeepSeek's attention scale: 1/sqrt(d), times YaRN's mscale(factor, mscale_all_dim)^2 when
+/// its rope parameters (`rope_parameters` or `rope_scaling` of config.json) scale RoPE.
+pub fn deepseek_attention_scale(d: usize, params: Option<&Value>) -> f64 {
+    let get = |k: &str| params.and_then(|p| p.get(k)).and_then(|x| x.as_f64());
+    let kind = params.and_then(|p| p.get("rope_type").or(p.get("type"))).and_then(|x| x.as_str());
+    let scale = (d as f64).powf(-0.5);
+    match (kind, get("mscale_all_dim"), get("factor")) {
+        (Some(k), Some(m), Some(fac)) if k != "default" && m != 0.0 && fac > 1.0 => {
+            let ms = 0.1 * m * fac.ln() + 1.0;
+            scale * ms * ms
+        }
+        _ => scale,
     }
 }
