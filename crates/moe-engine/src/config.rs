@@ -59,6 +59,14 @@ fn yes() -> bool {
     true
 }
 
+/// A layer's attention span (Hugging Face's `layer_types` entries).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LayerType {
+    FullAttention,
+    SlidingAttention,
+}
+
 /// The attention's head geometry: H query heads and G key/value heads, query/key heads of
 /// width `d` (of which the last `rope` dims are rotated), value heads of width `dv`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -214,6 +222,18 @@ pub struct ModelConfig {
     /// Latent attention instead of q/k/v projections (DeepSeek); None = the usual attention.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mla: Option<MlaConfig>,
+    /// Sliding-window attention: a key at j is seen from position p when p - j < window (0 =
+    /// none), in the layers `layer_types` names `sliding_attention` (every layer when it is empty).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub sliding_window: usize,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub layer_types: Vec<LayerType>,
+    /// A learned logit per head that joins each softmax denominator (gpt-oss's `sinks`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub attention_sinks: bool,
+    /// A bias on the attention's output projection (gpt-oss).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub o_proj_bias: bool,
     /// RoPE scaling as Hugging Face writes it (`rope_type` linear, llama3 or yarn with its
     /// fields; `rope::Rope` computes the schedule); None = plain RoPE of `rope_theta`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -282,6 +302,10 @@ impl ModelConfig {
             logits_scaling: 1.0,
             mla: None,
             rope_scaling: None,
+            sliding_window: 0,
+            layer_types: vec![],
+            attention_sinks: false,
+            o_proj_bias: false,
         }
     }
     /// 8 experts, top-2, expert width 512: the active compute of `bench_dense`.
@@ -417,6 +441,13 @@ impl ModelConfig {
             self.hidden_size / self.num_attention_heads
         }
     }
+    /// The sliding window of layer `l` (0 = it sees every earlier position).
+    pub fn window(&self, l: usize) -> usize {
+        match self.layer_types.get(l) {
+            Some(LayerType::FullAttention) => 0,
+            _ => self.sliding_window,
+        }
+    }
     /// Whether layer `l` has an MoE feed-forward block.
     pub fn is_moe_layer(&self, l: usize) -> bool {
         self.num_local_experts > 0
@@ -549,6 +580,16 @@ impl ModelConfig {
             self.validate_mla(a)?;
         }
         self.rope()?;
+        if !self.layer_types.is_empty() && self.layer_types.len() != self.num_hidden_layers {
+            return Err(Error::config(
+                format!(
+                    "layer_types lists {} layers, the model has {}",
+                    self.layer_types.len(),
+                    self.num_hidden_layers
+                ),
+                "give one entry per layer or leave layer_types out",
+            ));
+        }
         if !self.num_attention_heads.is_multiple_of(self.num_key_value_heads) {
             return Err(Error::config(
                 format!(

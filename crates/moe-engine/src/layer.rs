@@ -16,6 +16,7 @@ use crate::packed::Weights;
 use crate::params::{FfnSpans, MoeSpans};
 use crate::qkv::{qkv_backward, qkv_forward, QkNormActs, Qkv};
 use moe_kernels::attention::{attention_backward, attention_forward, AttnDims};
+use moe_kernels::matmul::{add_bias, bias_backward};
 use moe_kernels::rmsnorm::{rmsnorm_backward, rmsnorm_forward};
 use moe_kernels::Float;
 
@@ -223,10 +224,14 @@ impl<T: Float> Model<T> {
             }
             Kv::Read(ck, cv) => (ck, cv),
         };
-        let dims = AttnDims { b, tq, tk: pos0 + tq, tcap: cap, h, g, d, dv };
-        attention_forward(&mut la.attn[..n * hdv], &mut la.att, &la.q[..n * hd], ck, cv, dims);
+        let dims = AttnDims { b, tq, tk: pos0 + tq, tcap: cap, h, g, d, dv, window: cfg.window(l) };
+        let sinks = ls.sinks.map(|s| s.of(p));
+        attention_forward(&mut la.attn[..n * hdv], &mut la.att, &la.q[..n * hd], ck, cv, sinks, dims);
         let wo = Lin::at(ws, ls.wo, ls.attn_lora.map(|l| l[3]));
         wo.forward(&mut la.mid[..n * c], &la.attn[..n * hdv], n, hdv, c, true);
+        if let Some(bo) = ls.o_bias {
+            add_bias(&mut la.mid[..n * c], bo.of(p));
+        }
         let r = T::from_f64(cfg.residual_multiplier);
         la.mid[..n * c].iter_mut().zip(x).for_each(|(m, &xv)| *m = *m * r + xv);
         rmsnorm_forward(&mut la.ln2[..n * c], &mut la.rstd2[..n], &la.mid[..n * c], ls.ln2.of(p), c, cfg.rms_norm_eps);
@@ -330,16 +335,22 @@ impl<T: Float> Model<T> {
         }
         let dmid = if scaled { &sc.dy[..n * c] } else { &sc.dres[..n * c] };
         let lora_o = ls.attn_lora.map(|l| l[3]);
-        let (wo, g_wo) = (Lin::at(ws, ls.wo, lora_o), self.grads(gr).lin(ls.wo, lora_o));
+        let mut gc = self.grads(gr);
+        let (wo, g_wo) = (Lin::at(ws, ls.wo, lora_o), gc.lin(ls.wo, lora_o));
+        let (g_ob, g_sinks) = (gc.opt(ls.o_bias), gc.opt(ls.sinks));
         wo.backward(&mut sc.dattn[..n * hdv], g_wo, dmid, &la.attn[..n * hdv], n, hdv, c, false, true);
+        if let Some(db) = g_ob {
+            bias_backward(db, dmid);
+        }
         sc.dq[..n * hd].fill(T::ZERO);
         sc.dk[..n * gd].fill(T::ZERO);
         sc.dv[..n * gdv].fill(T::ZERO);
-        let dims = AttnDims { dv, ..AttnDims::causal(b, t, h, g, d) };
+        let dims = AttnDims { dv, window: cfg.window(l), ..AttnDims::causal(b, t, h, g, d) };
         attention_backward(
             &mut sc.dq[..n * hd],
             &mut sc.dk[..n * gd],
             &mut sc.dv[..n * gdv],
+            g_sinks,
             &mut sc.datt,
             &sc.dattn[..n * hdv],
             &la.att,

@@ -158,6 +158,9 @@ pub struct LayerSpans {
     pub ffn: FfnSpans,
     /// LoRA adapters of q, k, v, o.
     pub attn_lora: Option<[LoraSpans; 4]>,
+    /// The output projection's bias [C] and the attention sinks [H] (gpt-oss).
+    pub o_bias: Option<Span>,
+    pub sinks: Option<Span>,
     /// Latent attention's other tensors (`mla`); then wq is q_proj, or q_b_proj [H*D, q_lora]
     /// after `q_a`; wk is kv_a_proj_with_mqa [kv_lora + rope, C]; wv is kv_b_proj
     /// [H*(nope + v), kv_lora].
@@ -300,6 +303,8 @@ impl Layout {
                 [("q", wq), ("k", wk)].map(|(x, n)| b.push(format!("{p}.self_attn.{x}_norm.weight"), &[n], Init::Ones))
             });
             let wo = b.push(format!("{p}.self_attn.o_proj.weight"), &[c, h * shape.dv], Init::Normal(std_out));
+            let o_bias = cfg.o_proj_bias.then(|| b.push(format!("{p}.self_attn.o_proj.bias"), &[c], Init::Zeros));
+            let sinks = cfg.attention_sinks.then(|| b.push(format!("{p}.self_attn.sinks"), &[h], Init::Zeros));
             let ln2 = b.push(format!("{p}.post_attention_layernorm.weight"), &[c], Init::Ones);
             let ffn = if cfg.is_moe_layer(l) {
                 let (e, f, fs) =
@@ -358,7 +363,21 @@ impl Layout {
                     lora: None,
                 }
             };
-            layers.push(LayerSpans { ln1, wq, wk, wv, qkv_bias, qk_norm, wo, ln2, ffn, attn_lora: None, mla });
+            layers.push(LayerSpans {
+                ln1,
+                wq,
+                wk,
+                wv,
+                qkv_bias,
+                qk_norm,
+                wo,
+                o_bias,
+                sinks,
+                ln2,
+                ffn,
+                attn_lora: None,
+                mla,
+            });
         }
         let norm = b.push("model.norm.weight".into(), &[c], Init::Ones);
         let lm_head = b.push("lm_head.weight".into(), &[v, c], Init::Normal(std));

@@ -295,3 +295,49 @@ fn scaled_rope_gradients() {
     };
     check_model(mla, 52);
 }
+
+fn gpt_oss_like() -> ModelConfig {
+    use moe_engine::config::{LayerType, RouterKind};
+    ModelConfig {
+        sliding_window: 3,
+        layer_types: vec![LayerType::SlidingAttention, LayerType::FullAttention, LayerType::SlidingAttention],
+        attention_sinks: true,
+        o_proj_bias: true,
+        qkv_bias: true,
+        router: RouterKind::TopkSoftmax,
+        router_bias: true,
+        ..mixed_config(BalanceScope::Global)
+    }
+}
+
+#[test]
+fn sliding_window_sink_and_output_bias_gradients() {
+    // gpt-oss's attention: windows in alternate layers, a learned sink per head, biases on every
+    // projection; its router (bias, softmax over the top-k logits)
+    check_model(gpt_oss_like(), 61);
+}
+
+#[test]
+fn sliding_window_kv_cache_decoding_equals_full_recompute() {
+    let m = Model::<f32>::new(ModelConfig { max_position_embeddings: 16, ..gpt_oss_like() }).unwrap();
+    let mut p: Vec<f32> = m.layout.init(5);
+    let mut rng = Rng::new(9);
+    for t in m.layout.tensors.iter().filter(|t| t.name.ends_with("sinks")) {
+        t.span.of_mut(&mut p).iter_mut().for_each(|v| *v = rng.normal() as f32);
+    }
+    let (t, v) = (9, m.cfg.vocab_size);
+    let x = tokens(6, t, v);
+    let mut full = Acts::new(&m.cfg, 1, t, t);
+    let mut kv = KvCache::new(&m.cfg, 1, t);
+    m.forward(&p, &mut full, &mut kv, &x, 0);
+    let cap = m.cfg.max_position_embeddings;
+    let (mut a, mut cache) = (Acts::new(&m.cfg, 1, cap, cap), KvCache::new(&m.cfg, 1, cap));
+    m.forward(&p, &mut a, &mut cache, &x[..4], 0);
+    let mut got: Vec<f32> = a.logits[..4 * v].to_vec();
+    for pos in 4..t {
+        m.forward(&p, &mut a, &mut cache, &x[pos..pos + 1], pos);
+        got.extend_from_slice(&a.logits[..v]);
+    }
+    let err = got.iter().zip(&full.logits[..t * v]).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+    assert!(err < 1e-5, "cached decoding differs from the full pass by {err}");
+}

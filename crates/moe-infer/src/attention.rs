@@ -76,7 +76,7 @@ fn attend_gemm(out: &mut [f32], q: &[f32], k: &[f32], v: &[f32], d: Dims, scale:
     use moe_kernels::attention::{attention_forward, AttnDims};
     let Dims { t, pos0, h, g, dk, .. } = d;
     let tk = pos0 + t;
-    let dims = AttnDims { b: 1, tq: t, tk, tcap: tk, h, g, d: dk, dv: dk };
+    let dims = AttnDims { b: 1, tq: t, tk, tcap: tk, h, g, d: dk, dv: dk, window: 0 };
     let adjust = scale * (dk as f32).sqrt();
     let scaled: Vec<f32>;
     let q = if adjust == 1.0 {
@@ -87,7 +87,7 @@ fn attend_gemm(out: &mut [f32], q: &[f32], k: &[f32], v: &[f32], d: Dims, scale:
     };
     let mut probs = PROBS.with(|p| std::mem::take(&mut *p.borrow_mut()));
     probs.resize(h * t * tk, 0.0);
-    attention_forward(&mut out[..t * h * dk], &mut probs, q, &k[..tk * g * dk], &v[..tk * g * dk], dims);
+    attention_forward(&mut out[..t * h * dk], &mut probs, q, &k[..tk * g * dk], &v[..tk * g * dk], None, dims);
     PROBS.with(|p| *p.borrow_mut() = probs);
 }
 

@@ -22,10 +22,10 @@ fn main() {
     let (mut fwd, mut bwd) = (vec![], vec![]);
     for _ in 0..21 {
         let t0 = Instant::now();
-        attention_forward(&mut out, &mut att, &q, &k, &v, s);
+        attention_forward(&mut out, &mut att, &q, &k, &v, None, s);
         fwd.push(t0.elapsed().as_secs_f64());
         let t0 = Instant::now();
-        attention_backward(&mut dq, &mut dk, &mut dv, &mut scratch, &dout, &att, &q, &k, &v, s);
+        attention_backward(&mut dq, &mut dk, &mut dv, None, &mut scratch, &dout, &att, &q, &k, &v, s);
         bwd.push(t0.elapsed().as_secs_f64());
     }
     let causal = (b * h * t * t / 2 * d) as f64;

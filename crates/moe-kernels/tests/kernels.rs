@@ -136,32 +136,48 @@ fn rope_backward_finite_difference_and_position_offset() {
 #[test]
 fn attention_matches_naive_and_backward_finite_difference() {
     let mut rng = Rng::new(5);
-    // the last two: value heads narrower and wider than query/key heads (latent attention)
+    // then value heads narrower and wider than query/key heads (latent attention), sliding
+    // windows and attention sinks (gpt-oss): (shape, window (0 = none), sinks)
     let shapes =
         [(1, 1, 1, 1, 1, 1), (2, 3, 2, 1, 4, 4), (1, 5, 4, 2, 3, 3), (2, 4, 3, 3, 2, 2), (1, 19, 2, 1, 17, 17)];
-    for &(b, t, h, g, d, dvw) in shapes.iter().chain(&[(2, 5, 3, 3, 6, 4), (1, 4, 2, 2, 3, 5)]) {
-        let s = AttnDims { dv: dvw, ..AttnDims::causal(b, t, h, g, d) };
+    let extra = [(2, 5, 3, 3, 6, 4), (1, 4, 2, 2, 3, 5)];
+    let cases = shapes.iter().chain(&extra).map(|&c| (c, 0, false)).chain([
+        ((2, 6, 4, 2, 4, 4), 3, false),
+        ((2, 5, 4, 2, 4, 4), 0, true),
+        ((1, 7, 2, 1, 3, 3), 2, true),
+    ]);
+    for ((b, t, h, g, d, dvw), window, with_sinks) in cases {
+        let s = AttnDims { dv: dvw, window, ..AttnDims::causal(b, t, h, g, d) };
         let (q, k, v) = (rng.vec(b * t * h * d), rng.vec(b * t * g * d), rng.vec(b * t * g * dvw));
         let r = rng.vec(b * t * h * dvw);
-        let run = |q: &[f64], k: &[f64], v: &[f64]| {
+        let sinks = rng.vec(h);
+        let sk = |x: &[f64]| -> Option<Vec<f64>> { with_sinks.then(|| x.to_vec()) };
+        let run = |q: &[f64], k: &[f64], v: &[f64], z: &[f64]| {
             let (mut o, mut a) = (vec![0.0; b * t * h * dvw], vec![0.0; b * h * t * t]);
-            attention_forward(&mut o, &mut a, q, k, v, s);
+            attention_forward(&mut o, &mut a, q, k, v, sk(z).as_deref(), s);
             (o, a)
         };
-        let (o, a) = run(&q, &k, &v);
+        let (o, a) = run(&q, &k, &v, &sinks);
         let (mut on, mut an) = (vec![0.0; o.len()], vec![0.0; a.len()]);
-        attention_forward_naive(&mut on, &mut an, &q, &k, &v, s);
+        attention_forward_naive(&mut on, &mut an, &q, &k, &v, sk(&sinks).as_deref(), s);
         assert!(o.iter().zip(&on).all(|(x, y)| (x - y).abs() < 1e-12), "forward vs naive");
         assert!(a.iter().zip(&an).all(|(x, y)| (x - y).abs() < 1e-12), "probs vs naive");
         let (mut dq, mut dk, mut dv) = (vec![0.0; q.len()], vec![0.0; k.len()], vec![0.0; v.len()]);
+        let mut ds = vec![0.0; h];
         let mut scratch = vec![0.0; b * g * t * t];
-        attention_backward(&mut dq, &mut dk, &mut dv, &mut scratch, &r, &a, &q, &k, &v, s);
-        check_grad("attn dq", &q, &dq, |q| dotp(&run(q, &k, &v).0, &r));
-        check_grad("attn dk", &k, &dk, |k| dotp(&run(&q, k, &v).0, &r));
-        check_grad("attn dv", &v, &dv, |v| dotp(&run(&q, &k, v).0, &r));
+        let dsinks = if with_sinks { Some(&mut ds[..]) } else { None };
+        attention_backward(&mut dq, &mut dk, &mut dv, dsinks, &mut scratch, &r, &a, &q, &k, &v, s);
+        check_grad("attn dq", &q, &dq, |q| dotp(&run(q, &k, &v, &sinks).0, &r));
+        check_grad("attn dk", &k, &dk, |k| dotp(&run(&q, k, &v, &sinks).0, &r));
+        check_grad("attn dv", &v, &dv, |v| dotp(&run(&q, &k, v, &sinks).0, &r));
+        if with_sinks {
+            check_grad("attn dsinks", &sinks, &ds, |z| dotp(&run(&q, &k, &v, z).0, &r));
+        }
         let (mut dqn, mut dkn, mut dvn) = (vec![0.0; q.len()], vec![0.0; k.len()], vec![0.0; v.len()]);
-        attention_backward_naive(&mut dqn, &mut dkn, &mut dvn, &r, &an, &q, &k, &v, s);
-        for (x, y) in [(&dq, &dqn), (&dk, &dkn), (&dv, &dvn)] {
+        let mut dsn = vec![0.0; h];
+        let dsinks = if with_sinks { Some(&mut dsn[..]) } else { None };
+        attention_backward_naive(&mut dqn, &mut dkn, &mut dvn, dsinks, &r, &an, &q, &k, &v, s);
+        for (x, y) in [(&dq, &dqn), (&dk, &dkn), (&dv, &dvn), (&ds, &dsn)] {
             assert!(x.iter().zip(y).all(|(x, y)| (x - y).abs() < 1e-10), "backward vs naive");
         }
     }
@@ -177,18 +193,18 @@ fn attention_over_several_query_blocks_matches_naive() {
     let (q, k, v) = (rng.vec32(b * t * h * d), rng.vec32(b * t * g * d), rng.vec32(b * t * g * d));
     let r = rng.vec32(b * t * h * d);
     let (mut o, mut a) = (vec![0f32; b * t * h * d], vec![0f32; b * h * t * t]);
-    attention_forward(&mut o, &mut a, &q, &k, &v, s);
+    attention_forward(&mut o, &mut a, &q, &k, &v, None, s);
     let (mut on, mut an) = (vec![0f32; o.len()], vec![0f32; a.len()]);
-    attention_forward_naive(&mut on, &mut an, &q, &k, &v, s);
+    attention_forward_naive(&mut on, &mut an, &q, &k, &v, None, s);
     assert!(max_abs_diff(&o, &on) < 1e-5, "forward: {}", max_abs_diff(&o, &on));
     assert!(max_abs_diff(&a, &an) < 1e-6, "probabilities: {}", max_abs_diff(&a, &an));
     let init = |n: usize, rng: &mut Rng| rng.vec32(n);
     let (dq0, dk0, dv0) = (init(q.len(), &mut rng), init(k.len(), &mut rng), init(v.len(), &mut rng));
     let (mut dq, mut dk, mut dv) = (dq0.clone(), dk0.clone(), dv0.clone());
     let mut scratch = vec![f32::NAN; b * g * t * t];
-    attention_backward(&mut dq, &mut dk, &mut dv, &mut scratch, &r, &a, &q, &k, &v, s);
+    attention_backward(&mut dq, &mut dk, &mut dv, None, &mut scratch, &r, &a, &q, &k, &v, s);
     let (mut dqn, mut dkn, mut dvn) = (dq0, dk0, dv0);
-    attention_backward_naive(&mut dqn, &mut dkn, &mut dvn, &r, &an, &q, &k, &v, s);
+    attention_backward_naive(&mut dqn, &mut dkn, &mut dvn, None, &r, &an, &q, &k, &v, s);
     for (name, x, y) in [("dq", &dq, &dqn), ("dk", &dk, &dkn), ("dv", &dv, &dvn)] {
         assert!(max_abs_diff(x, y) < 1e-4, "{name}: {}", max_abs_diff(x, y));
     }
@@ -202,7 +218,7 @@ fn attention_decode_suffix_equals_full_sequence() {
     let (q, k, v) = (rng.vec32(b * t * h * d), rng.vec32(b * t * g * d), rng.vec32(b * t * g * d));
     let full = AttnDims::causal(b, t, h, g, d);
     let (mut o, mut a) = (vec![0f32; b * t * h * d], vec![0f32; b * h * t * t]);
-    attention_forward(&mut o, &mut a, &q, &k, &v, full);
+    attention_forward(&mut o, &mut a, &q, &k, &v, None, full);
     // Cache of capacity 7 holding the 5 positions; one query (the last position).
     let (mut kc, mut vc) = (vec![0f32; b * tcap * g * d], vec![0f32; b * tcap * g * d]);
     for bi in 0..b {
@@ -214,9 +230,9 @@ fn attention_decode_suffix_equals_full_sequence() {
     for bi in 0..b {
         qs[bi * h * d..][..h * d].copy_from_slice(&q[(bi * t + t - 1) * h * d..][..h * d]);
     }
-    let dec = AttnDims { b, tq: 1, tk: t, tcap, h, g, d, dv: d };
+    let dec = AttnDims { b, tq: 1, tk: t, tcap, h, g, d, dv: d, window: 0 };
     let (mut od, mut ad) = (vec![0f32; b * h * d], vec![0f32; b * h * t]);
-    attention_forward(&mut od, &mut ad, &qs, &kc, &vc, dec);
+    attention_forward(&mut od, &mut ad, &qs, &kc, &vc, None, dec);
     for bi in 0..b {
         let want = &o[(bi * t + t - 1) * h * d..][..h * d];
         assert!(max_abs_diff(want, &od[bi * h * d..][..h * d]) < 1e-6);
