@@ -234,6 +234,13 @@ pub struct ModelConfig {
     /// A bias on the attention's output projection (gpt-oss).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub o_proj_bias: bool,
+    /// Biases on the experts' gate, up and down projections (gpt-oss).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub expert_bias: bool,
+    /// The experts' activation: gpt-oss's clamped SwiGLU with this limit (its `swiglu_limit`;
+    /// alpha 1.702 and up + 1, `ffn::Act::Clamped`), or SwiGLU when 0.
+    #[serde(default, skip_serializing_if = "is_zero_f")]
+    pub swiglu_limit: f64,
     /// RoPE scaling as Hugging Face writes it (`rope_type` linear, llama3 or yarn with its
     /// fields; `rope::Rope` computes the schedule); None = plain RoPE of `rope_theta`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -255,6 +262,9 @@ fn is_one(x: &f64) -> bool {
 fn is_zero_f(x: &f64) -> bool {
     *x == 0.0
 }
+
+/// gpt-oss's clamped SwiGLU slope (transformers hard-codes 1.702).
+pub const GPT_OSS_ALPHA: f64 = 1.702;
 
 /// Names of the presets, in the order `--help` lists them.
 pub const PRESETS: &[&str] = &["default", "small", "mini", "tiny", "bench-dense", "bench-moe8x2", "bench-moe16x4"];
@@ -306,6 +316,8 @@ impl ModelConfig {
             layer_types: vec![],
             attention_sinks: false,
             o_proj_bias: false,
+            expert_bias: false,
+            swiglu_limit: 0.0,
         }
     }
     /// 8 experts, top-2, expert width 512: the active compute of `bench_dense`.
@@ -439,6 +451,14 @@ impl ModelConfig {
             self.head_dim
         } else {
             self.hidden_size / self.num_attention_heads
+        }
+    }
+    /// The experts' activation.
+    pub fn expert_act(&self) -> crate::ffn::Act {
+        if self.swiglu_limit > 0.0 {
+            crate::ffn::Act::Clamped { alpha: GPT_OSS_ALPHA, limit: self.swiglu_limit }
+        } else {
+            crate::ffn::Act::Swiglu
         }
     }
     /// The sliding window of layer `l` (0 = it sees every earlier position).

@@ -141,7 +141,7 @@ pub struct LayerStep {
 }
 
 /// Views of an MoE block's weights.
-fn moe_weights<'a, T: Float>(ws: Weights<'a, T>, sp: &MoeSpans) -> MoeWeights<'a, T> {
+fn moe_weights<'a, T: Float>(ws: Weights<'a, T>, sp: &MoeSpans, act: crate::ffn::Act) -> MoeWeights<'a, T> {
     let p = ws.p;
     MoeWeights {
         router: RouterWeights {
@@ -149,7 +149,11 @@ fn moe_weights<'a, T: Float>(ws: Weights<'a, T>, sp: &MoeSpans) -> MoeWeights<'a
             bias: sp.router_bias.map(|s| s.of(p)),
             selection_bias: sp.selection_bias.map(|s| s.of(p)),
         },
-        experts: MlpWeights::at(ws, [sp.gate, sp.up, sp.down], sp.experts_lora),
+        experts: MlpWeights {
+            bias: sp.expert_bias.map(|b| b.map(|s| s.of(p))),
+            act,
+            ..MlpWeights::at(ws, [sp.gate, sp.up, sp.down], sp.experts_lora)
+        },
         shared: sp.shared.map(|w| SharedWeights {
             mlp: MlpWeights::at(ws, w, sp.shared_lora),
             gate: sp.shared_gate.map(|s| s.of(p)),
@@ -161,9 +165,9 @@ fn moe_weights<'a, T: Float>(ws: Weights<'a, T>, sp: &MoeSpans) -> MoeWeights<'a
 fn moe_grads<'a, T>(mut gc: GradCursor<'a, T>, sp: &MoeSpans) -> MoeGrads<'a, T> {
     let weight = gc.lin(sp.router, sp.router_lora);
     let bias = gc.opt(sp.router_bias);
-    let experts = MlpGrads::take(&mut gc, [sp.gate, sp.up, sp.down], sp.experts_lora);
+    let experts = MlpGrads::take(&mut gc, [sp.gate, sp.up, sp.down], sp.experts_lora, sp.expert_bias);
     let shared = sp.shared.map(|w| {
-        let mlp = MlpGrads::take(&mut gc, w, sp.shared_lora);
+        let mlp = MlpGrads::take(&mut gc, w, sp.shared_lora, None);
         SharedGrads { mlp, gate: gc.opt(sp.shared_gate) }
     });
     MoeGrads { router: RouterGrads { weight, bias }, experts, shared }
@@ -245,7 +249,7 @@ impl<T: Float> Model<T> {
             (FfnSpans::Moe(sp), FfnActs::Moe(m)) => {
                 let seed = noise_seed.map(|s| s ^ (l as u64 + 1).wrapping_mul(0x9E3779B97F4A7C15));
                 let spec = MoeSpec::new(cfg, n, tq);
-                moe_forward(out, &la.ln2[..n * c], moe_weights(ws, sp), m, spec, seed);
+                moe_forward(out, &la.ln2[..n * c], moe_weights(ws, sp, cfg.expert_act()), m, spec, seed);
             }
             _ => unreachable!("activations are built from the same config as the layout"),
         }
@@ -285,7 +289,7 @@ impl<T: Float> Model<T> {
                 let f = cfg.intermediate_size;
                 let w = MlpWeights::at(ws, [*gate, *up, *down], *lora);
                 let [s0, s1, s2] = &mut sc.dense_scratch;
-                let grads = MlpGrads::take(&mut self.grads(gr), [*gate, *up, *down], *lora);
+                let grads = MlpGrads::take(&mut self.grads(gr), [*gate, *up, *down], *lora, None);
                 let scratch = [&mut s0[..n * f], &mut s1[..n * f], &mut s2[..n * f]];
                 mlp_backward(
                     &mut sc.dln[..n * c],
@@ -305,7 +309,7 @@ impl<T: Float> Model<T> {
             }
             (FfnSpans::Moe(sp), FfnActs::Moe(m)) => {
                 let (bal, z_scale) = moe.expect("an MoE layer has its balancing gradient");
-                let (w, grads) = (moe_weights(ws, sp), moe_grads(self.grads(gr), sp));
+                let (w, grads) = (moe_weights(ws, sp, cfg.expert_act()), moe_grads(self.grads(gr), sp));
                 moe_backward(
                     &mut sc.dln[..n * c],
                     grads,

@@ -117,6 +117,8 @@ pub struct MoeSpans {
     pub gate: Span,
     pub up: Span,
     pub down: Span,
+    /// The experts' biases [E,F], [E,F], [E,C] (gpt-oss), after `down`.
+    pub expert_bias: Option<[Span; 3]>,
     /// Shared expert gate[Fs,C], up[Fs,C], down[C,Fs].
     pub shared: Option<[Span; 3]>,
     /// [1,C] sigmoid gate of the shared expert (Qwen2-MoE).
@@ -331,6 +333,12 @@ impl Layout {
                         moe_layer,
                     ),
                 );
+                let expert_bias = cfg.expert_bias.then(|| {
+                    let bias = |b: &mut Builder, x: &str, n: usize| {
+                        b.push_experts(format!("{p}.mlp.experts.{x}_proj_bias"), &[e, n], Init::Zeros, shard, moe_layer)
+                    };
+                    [bias(&mut b, "gate", f), bias(&mut b, "up", f), bias(&mut b, "down", c)]
+                });
                 moe_layer += 1;
                 let shared = (fs > 0).then(|| {
                     [
@@ -348,6 +356,7 @@ impl Layout {
                     gate,
                     up,
                     down,
+                    expert_bias,
                     shared,
                     shared_gate,
                     router_lora: None,

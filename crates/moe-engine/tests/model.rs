@@ -26,7 +26,7 @@ fn check_model(cfg: ModelConfig, seed: u64) {
     let mut rng = Rng::new(seed + 1);
     p.iter_mut().for_each(|v| *v = *v * 4.0 + if *v == 1.0 { rng.normal() * 0.1 } else { 0.0 });
     // Projection biases start at zero: random here, so that the forward adds something.
-    for t in m.layout.tensors.iter().filter(|t| t.name.ends_with("_proj.bias")) {
+    for t in m.layout.tensors.iter().filter(|t| t.name.ends_with("_proj.bias") || t.name.ends_with("_proj_bias")) {
         t.span.of_mut(&mut p).iter_mut().for_each(|v| *v = rng.normal() * 0.3);
     }
     let v = m.cfg.vocab_size;
@@ -315,6 +315,13 @@ fn sliding_window_sink_and_output_bias_gradients() {
     // gpt-oss's attention: windows in alternate layers, a learned sink per head, biases on every
     // projection; its router (bias, softmax over the top-k logits)
     check_model(gpt_oss_like(), 61);
+}
+
+#[test]
+fn expert_bias_and_clamped_swiglu_gradients() {
+    // gpt-oss's experts: biases on the three projections, the clamped SwiGLU (a limit low enough
+    // for the model's values to reach it)
+    check_model(ModelConfig { expert_bias: true, swiglu_limit: 0.6, ..gpt_oss_like() }, 62);
 }
 
 #[test]

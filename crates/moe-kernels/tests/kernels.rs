@@ -240,6 +240,33 @@ fn attention_decode_suffix_equals_full_sequence() {
 }
 
 #[test]
+fn clamped_swiglu_backward_finite_difference() {
+    // gpt-oss's: limit 0.8 on values of scale ~1 clamps some gates and ups, whose gradient is 0
+    let mut rng = Rng::new(17);
+    let n = 300;
+    let (g, u, r) = (rng.vec(n), rng.vec(n), rng.vec(n));
+    let (g, u): (Vec<f64>, Vec<f64>) = (g.iter().map(|x| 2.0 * x).collect(), u.iter().map(|x| 2.0 * x).collect());
+    let (alpha, limit) = (1.702, 0.8);
+    let loss = |g: &[f64], u: &[f64]| {
+        let mut h = vec![0.0; g.len()];
+        clamped_swiglu_forward(&mut h, g, u, alpha, limit);
+        dotp(&h, &r[..g.len()])
+    };
+    let (mut dg, mut du) = (vec![0.0; n], vec![0.0; n]);
+    clamped_swiglu_backward(&mut dg, &mut du, &r, &g, &u, alpha, limit);
+    // away from the clamp's kink, where a central difference straddles it
+    let clear = |x: &[f64], lo: f64| x.iter().all(|v| (v - limit).abs() > 1e-3 && (v + lo).abs() > 1e-3);
+    assert!(clear(&g, f64::INFINITY) && clear(&u, limit), "draw values away from +-limit");
+    assert!(g.iter().any(|&v| v > limit) && u.iter().any(|&v| v < -limit), "some values are clamped");
+    check_grad("clamped swiglu dg", &g, &dg, |gv| loss(gv, &u));
+    check_grad("clamped swiglu du", &u, &du, |uv| loss(&g, uv));
+    let mut h = vec![0.0; 1];
+    clamped_swiglu_forward(&mut h, &[0.5], &[-0.3], alpha, limit);
+    let want = (1.0 - 0.3) * 0.5 / (1.0 + (-alpha * 0.5f64).exp());
+    assert!((h[0] - want).abs() < 1e-15, "{} vs {want}", h[0]);
+}
+
+#[test]
 fn swiglu_backward_finite_difference() {
     let mut rng = Rng::new(7);
     for n in [1, 7, 5000] {
