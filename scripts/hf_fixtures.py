@@ -7,7 +7,8 @@ For a tiny random MixtralForCausalLM (MoE), LlamaForCausalLM (dense), Qwen2MoeFo
 heads wider than hidden / heads), GraniteMoeForCausalLM (embedding, attention, residual and logit
 multipliers, top-k softmax router), DeepseekV3ForCausalLM (latent attention with a query rank and
 interleaved RoPE, a dense first layer, sigmoid group-limited routing with its selection bias,
-shared experts; no balancing loss) and the Llama
+shared experts; no balancing loss), GptOssForCausalLM (attention sinks, alternating sliding
+windows, biases on every projection and expert, the clamped SwiGLU, YaRN) and the Llama
 with PEFT's LoRA adapters on every linear layer (llama_lora: gradients of the adapters only), in
 float64:
   config.json            our ModelConfig (Hugging Face field names)
@@ -70,6 +71,27 @@ def our_tensors(named, experts_f):
     return {k: v.detach().to(torch.float32).contiguous() for k, v in out.items()}
 
 
+def gpt_oss_names(named):
+    """gpt-oss's experts to ours: gate_up_proj [E, C, 2F] (gate and up columns alternating) and
+    down_proj [E, F, C] stored [in, out] become gate/up_proj [E, F, C] and down_proj [E, C, F];
+    their biases split the same way."""
+    out = {}
+    for name, t in named.items():
+        if name.endswith("mlp.experts.gate_up_proj"):
+            base = name[: -len("gate_up_proj")]
+            out[base + "gate_proj"] = t[:, :, ::2].transpose(1, 2)
+            out[base + "up_proj"] = t[:, :, 1::2].transpose(1, 2)
+        elif name.endswith("mlp.experts.gate_up_proj_bias"):
+            base = name[: -len("gate_up_proj_bias")]
+            out[base + "gate_proj_bias"] = t[:, ::2]
+            out[base + "up_proj_bias"] = t[:, 1::2]
+        elif name.endswith("mlp.experts.down_proj"):
+            out[name] = t.transpose(1, 2)
+        else:
+            out[name] = t
+    return out
+
+
 def peft_name(name):
     """PEFT's parameter name -> the wrapped model's (its adapters as <layer>.lora_A.weight)."""
     name = name.removeprefix("base_model.model.").replace(".base_layer.", ".")
@@ -78,7 +100,7 @@ def peft_name(name):
 
 def build(kind):
     torch.manual_seed({"mixtral": 0, "llama": 1, "qwen2_moe": 2, "llama_lora": 3, "olmoe": 4, "qwen3_moe": 5,
-                       "granitemoe": 6, "deepseek_v3": 7}[kind])
+                       "granitemoe": 6, "deepseek_v3": 7, "gpt_oss": 8}[kind])
     if kind == "qwen2_moe":
         hf = Qwen2MoeConfig(**COMMON, intermediate_size=16, moe_intermediate_size=16, shared_expert_intermediate_size=16,
                             num_experts=4, num_experts_per_tok=2, norm_topk_prob=False, qkv_bias=True,
@@ -126,6 +148,21 @@ def build(kind):
                          mla={"q_lora_rank": 6, "kv_lora_rank": 8, "qk_nope_head_dim": 4, "qk_rope_head_dim": 4,
                               "v_head_dim": 6, "rope_interleave": True})
         cfg["first_k_dense_replace"] = 1
+    elif kind == "gpt_oss":
+        from transformers import GptOssConfig, GptOssForCausalLM
+        yarn = {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "beta_fast": 32.0, "beta_slow": 1.0,
+                "truncate": False, "original_max_position_embeddings": 8}
+        common = {k: v for k, v in COMMON.items() if k != "tie_word_embeddings"}
+        hf = GptOssConfig(**common, tie_word_embeddings=False, intermediate_size=16, num_local_experts=4,
+                          num_experts_per_tok=2, head_dim=8, sliding_window=3, swiglu_limit=0.9,
+                          layer_types=["sliding_attention", "full_attention"], router_aux_loss_coef=0.02,
+                          output_router_logits=True, rope_parameters=yarn, eos_token_id=None, pad_token_id=None,
+                          bos_token_id=None, experts_implementation="eager")
+        model = GptOssForCausalLM(hf)
+        cfg = our_config(hf, 4, 2, 16, 0.02, router="topk_softmax", router_bias=True, qkv_bias=True,
+                         o_proj_bias=True, attention_sinks=True, expert_bias=True, swiglu_limit=0.9, head_dim=8,
+                         sliding_window=3, layer_types=["sliding_attention", "full_attention"],
+                         rope_scaling={k: v for k, v in yarn.items() if k != "rope_theta"})
     elif kind == "mixtral":
         hf = MixtralConfig(**COMMON, intermediate_size=16, num_local_experts=4, num_experts_per_tok=2,
                            router_aux_loss_coef=0.02, output_router_logits=True, sliding_window=None,
@@ -169,8 +206,12 @@ def build(kind):
     loss.backward()
     named = {peft_name(k): v for k, v in model.named_parameters()}
     named.update({k: v for k, v in model.named_buffers() if k.endswith("e_score_correction_bias")})
-    weights = our_tensors({k: v for k, v in named.items()}, 16)
-    grads = our_tensors({k: v.grad for k, v in named.items() if v.grad is not None}, 16)
+    if kind == "gpt_oss":
+        weights = our_tensors(gpt_oss_names({k: v for k, v in named.items()}), 16)
+        grads = our_tensors(gpt_oss_names({k: v.grad for k, v in named.items() if v.grad is not None}), 16)
+    else:
+        weights = our_tensors({k: v for k, v in named.items()}, 16)
+        grads = our_tensors({k: v.grad for k, v in named.items() if v.grad is not None}, 16)
     ref = {"input_ids": ids.to(torch.int64), "targets": targets.to(torch.int64),
            "logits": logits.detach().float().reshape(B * T, -1).contiguous(),
            "ce": ce.detach().float().reshape(1), "aux": aux.detach().float().reshape(1),
@@ -282,7 +323,8 @@ def our_config_layer(c, experts, top_k, f, router, norm, n_group=1, topk_group=1
 if __name__ == "__main__":
     import sys
     # python scripts/hf_fixtures.py [KIND ...]: only those (default: every model and layer)
-    models = ["mixtral", "llama", "qwen2_moe", "llama_lora", "olmoe", "qwen3_moe", "granitemoe", "deepseek_v3"]
+    models = ["mixtral", "llama", "qwen2_moe", "llama_lora", "olmoe", "qwen3_moe", "granitemoe", "deepseek_v3",
+              "gpt_oss"]
     for kind in sys.argv[1:] or models + ["layer_deepseek_v3", "layer_qwen2_moe"]:
         if kind.startswith("layer_"):
             build_layer(kind.removeprefix("layer_"))

@@ -451,3 +451,64 @@ fn deepseek_v3_form_gives_the_training_engines_logits() {
         assert!(code == 1 && err.contains(says), "{says}: {err}");
     }
 }
+
+/// gpt-oss's blocks (sinks, alternating sliding windows, biases on every projection, router and
+/// expert, the clamped SwiGLU): written as GptOssForCausalLM (experts fused and stored [in, out]
+/// as the hub holds them), read back by the inference engine with the training engine's logits
+/// (transformers too: scripts/export_check.py moe_export_gpt_oss, by hand); a Mixtral with a
+/// sliding window in every layer keeps it; partial or mixed forms and GGUF are refused.
+#[test]
+fn gpt_oss_form_and_windows_give_the_training_engines_logits() {
+    use moe_engine::config::{LayerType, RouterKind};
+    let dir = tempfile::tempdir().unwrap();
+    let gpt_oss = ModelConfig {
+        num_hidden_layers: 3,
+        sliding_window: 3,
+        layer_types: vec![LayerType::SlidingAttention, LayerType::FullAttention, LayerType::SlidingAttention],
+        attention_sinks: true,
+        o_proj_bias: true,
+        qkv_bias: true,
+        expert_bias: true,
+        swiglu_limit: 0.9,
+        router: RouterKind::TopkSoftmax,
+        router_bias: true,
+        ..ModelConfig::tiny()
+    };
+    let mixtral_window = ModelConfig { sliding_window: 3, ..ModelConfig::tiny() };
+    let ids = [3u32, 17, 5, 99, 42, 7, 120, 1];
+    for (i, (cfg, class)) in
+        [(gpt_oss.clone(), "GptOssForCausalLM"), (mixtral_window, "MixtralForCausalLM")].into_iter().enumerate()
+    {
+        let ck = trained(cfg, &dir.path().join(i.to_string()));
+        let out = dir.path().join(format!("hf{i}"));
+        let (code, _, err) = moe(&["export", "--checkpoint", ck.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+        assert_eq!(code, 0, "{class}: {err}");
+        assert!(err.contains(class), "{err}");
+        let (got, want) = logits_both(&ck, &out, &ids);
+        let diff = max_diff(&got, &want);
+        assert!(diff < 1e-4, "{class}: exported logits differ by {diff}");
+    }
+    let ck = trained(gpt_oss.clone(), &dir.path().join("g"));
+    let gguf = dir.path().join("x.gguf");
+    let (code, _, err) = moe(&["export", "--checkpoint", ck.to_str().unwrap(), "--out", gguf.to_str().unwrap()]);
+    assert!(code == 1 && err.contains("not written as GGUF yet"), "{err}");
+    for (cfg, says) in [
+        (ModelConfig { expert_bias: false, ..gpt_oss.clone() }, "needs all of its blocks"),
+        (ModelConfig { shared_expert_intermediate_size: 8, ..gpt_oss.clone() }, "no shared expert"),
+        (
+            ModelConfig {
+                attention_sinks: false,
+                o_proj_bias: false,
+                expert_bias: false,
+                swiglu_limit: 0.0,
+                ..gpt_oss
+            },
+            "some layers only",
+        ),
+    ] {
+        let ck = trained(cfg, &dir.path().join(says));
+        let out = dir.path().join("refused");
+        let (code, _, err) = moe(&["export", "--checkpoint", ck.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+        assert!(code == 1 && err.contains(says), "{says}: {err}");
+    }
+}

@@ -1,5 +1,5 @@
 //! `moe train --init HF_DIR`: Hugging Face checkpoints (the tiny Llama fixture in bf16, the
-//! sharded Mixtral one, OLMoE with its q/k norms, DeepSeek-V3 with latent attention) fine-tuned on a text with their own tokenizer. A run starts from
+//! sharded Mixtral one, OLMoE with its q/k norms, DeepSeek-V3 with latent attention, gpt-oss with MXFP4 experts) fine-tuned on a text with their own tokenizer. A run starts from
 //! exactly the checkpoint's weights, lowers the loss on the text, and resumes with the
 //! tokenizer it recorded.
 
@@ -17,6 +17,7 @@ const LLAMA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/crates/moe-infer/tests
 const MIXTRAL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/crates/moe-infer/tests/fixtures/mixtral");
 const OLMOE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/crates/moe-infer/tests/fixtures/olmoe_noclip");
 const DEEPSEEK: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/crates/moe-infer/tests/fixtures/deepseek_v3_plain");
+const GPT_OSS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/crates/moe-infer/tests/fixtures/gpt_oss_mxfp4");
 
 fn losses(run: &std::path::Path) -> Vec<f64> {
     let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
@@ -61,7 +62,7 @@ fn a_hugging_face_checkpoint_is_fine_tuned_from_its_own_weights() {
 
     // lr 1e-30 (updates far below the weights' f32 resolution) and no weight decay: the
     // checkpoint holds the fixture's weights exactly
-    for (i, from) in [LLAMA, MIXTRAL, OLMOE, DEEPSEEK].into_iter().enumerate() {
+    for (i, from) in [LLAMA, MIXTRAL, OLMOE, DEEPSEEK, GPT_OSS].into_iter().enumerate() {
         let frozen = dir.path().join(format!("frozen{i}"));
         let mut args = vec!["train", "--init", from, "--steps", "2", "--lr", "1e-30", "--weight-decay", "0"];
         args.extend(common);

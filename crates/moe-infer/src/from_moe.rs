@@ -52,6 +52,8 @@ pub enum HfForm {
     GraniteMoe,
     /// Latent attention with sigmoid group-limited routing and shared experts: DeepseekV3ForCausalLM.
     DeepseekV3,
+    /// Attention sinks, sliding windows, biases everywhere, the clamped SwiGLU: GptOssForCausalLM.
+    GptOss,
 }
 
 impl HfForm {
@@ -66,6 +68,7 @@ impl HfForm {
             HfForm::Qwen2 => "Qwen2ForCausalLM",
             HfForm::GraniteMoe => "GraniteMoeForCausalLM",
             HfForm::DeepseekV3 => "DeepseekV3ForCausalLM",
+            HfForm::GptOss => "GptOssForCausalLM",
         }
     }
 }
@@ -74,6 +77,12 @@ impl HfForm {
 pub fn hf_form(cfg: &ModelConfig, selection_bias: bool) -> std::result::Result<HfForm, String> {
     if cfg.mla.is_some() || cfg.router == RouterKind::SigmoidGroup {
         return deepseek_form(cfg);
+    }
+    if cfg.attention_sinks || cfg.o_proj_bias || cfg.expert_bias || cfg.swiglu_limit > 0.0 {
+        return gpt_oss_form(cfg);
+    }
+    if cfg.sliding_window > 0 && !cfg.layer_types.is_empty() {
+        return Err("it has sliding windows in some layers only, which moe exports in gpt-oss's form alone".into());
     }
     if cfg.num_local_experts == 0 {
         return match (cfg.qk_norm, cfg.qkv_bias) {
@@ -116,6 +125,8 @@ pub fn hf_form(cfg: &ModelConfig, selection_bias: bool) -> std::result::Result<H
             || cfg.has_selection_bias())
     {
         "it has Granite's multipliers with blocks GraniteMoE does not have (GraniteMoE: every layer MoE, renormalised top-k, no shared expert, biases, query/key norms or selection bias)"
+    } else if cfg.sliding_window > 0 && (multipliers || cfg.qk_norm != QkNorm::None) {
+        "it has a sliding window, which moe exports in Mixtral's and gpt-oss's forms"
     } else if multipliers {
         return Ok(HfForm::GraniteMoe);
     } else if cfg.qk_norm == QkNorm::Whole {
@@ -127,6 +138,9 @@ pub fn hf_form(cfg: &ModelConfig, selection_bias: bool) -> std::result::Result<H
             && cfg.num_moe_layers() == cfg.num_hidden_layers
             && cfg.shared_expert_intermediate_size == 0
             && !cfg.qkv_bias;
+        if cfg.sliding_window > 0 && !mixtral {
+            return Err("it has a sliding window, which moe exports in Mixtral's and gpt-oss's forms".into());
+        }
         return Ok(if mixtral { HfForm::Mixtral } else { HfForm::Qwen2Moe });
     };
     Err(why.to_string())
@@ -162,17 +176,98 @@ fn deepseek_form(cfg: &ModelConfig) -> std::result::Result<HfForm, String> {
     Err(why.into())
 }
 
-/// The attention scale transformers computes for `cfg` in DeepSeek-V3's form.
-fn deepseek_scale(cfg: &ModelConfig) -> f64 {
-    let params = rope_parameters(cfg);
-    moe_engine::rope::deepseek_attention_scale(cfg.attn_shape().d, params.as_ref())
+/// gpt-oss's form, or why `cfg` (sinks, output or expert biases, clamped SwiGLU) does not fit
+/// it: all of those, query/key/value and router biases, top-k softmax routing in every layer, no
+/// shared expert, query/key norms, latent attention, selection bias or multipliers.
+fn gpt_oss_form(cfg: &ModelConfig) -> std::result::Result<HfForm, String> {
+    let complete = cfg.attention_sinks
+        && cfg.o_proj_bias
+        && cfg.expert_bias
+        && cfg.swiglu_limit > 0.0
+        && cfg.qkv_bias
+        && cfg.router_bias
+        && cfg.router == RouterKind::TopkSoftmax;
+    let extra = cfg.num_moe_layers() != cfg.num_hidden_layers
+        || cfg.shared_expert_intermediate_size > 0
+        || cfg.qk_norm != QkNorm::None
+        || cfg.has_selection_bias()
+        || cfg.embedding_multiplier != 1.0
+        || cfg.attention_multiplier != 0.0
+        || cfg.residual_multiplier != 1.0
+        || cfg.logits_scaling != 1.0;
+    if !complete {
+        return Err("gpt-oss's form needs all of its blocks (sinks, biases on every projection, router and expert, the clamped SwiGLU, the top-k softmax router); this model has only some".into());
+    }
+    if extra {
+        return Err(
+            "gpt-oss has every layer MoE and no shared expert, query/key norms, selection bias or multipliers".into()
+        );
+    }
+    Ok(HfForm::GptOss)
 }
 
-/// config.json's `rope_parameters` of a scaled RoPE (theta and the scaling's fields).
-fn rope_parameters(cfg: &ModelConfig) -> Option<serde_json::Value> {
-    let mut p = cfg.rope_scaling.clone()?;
-    p.as_object_mut()?.insert("rope_theta".into(), json!(cfg.rope_theta));
-    Some(p)
+/// gpt-oss's tensors for tensor `t` of our layout (as its hub checkpoints hold them, [in, out]):
+/// `gate_up_proj` [E, C, 2F] with gate and up columns alternating (and its bias [E, 2F]),
+/// `down_proj` [E, F, C]; the up projection and its bias are written with the gate (empty
+/// lists); the router keeps its name; None for tensors named as ours.
+fn gpt_oss_tensor(layout: &Layout, t: &moe_engine::params::TensorInfo, p: &[f32]) -> Option<Vec<TensorBytes>> {
+    let bytes = checkpoint::to_bytes;
+    let (e, data) = (t.shape[0], t.span.of(p));
+    if t.name.ends_with(".mlp.router.weight") || t.name.ends_with(".mlp.router.bias") {
+        return Some(vec![(t.name.clone(), t.shape.clone(), bytes(data))]);
+    }
+    if t.name.ends_with(".mlp.experts.up_proj") || t.name.ends_with(".mlp.experts.up_proj_bias") {
+        return Some(vec![]);
+    }
+    if let Some(prefix) = t.name.strip_suffix(".mlp.experts.down_proj") {
+        // ours [E, C, F] -> [E, F, C]
+        let (c, f) = (t.shape[1], t.shape[2]);
+        let mut out = vec![0.0f32; data.len()];
+        for x in 0..e {
+            for i in 0..c {
+                for j in 0..f {
+                    out[(x * f + j) * c + i] = data[(x * c + i) * f + j];
+                }
+            }
+        }
+        return Some(vec![(format!("{prefix}.mlp.experts.down_proj"), vec![e, f, c], bytes(&out))]);
+    }
+    if let Some(prefix) = t.name.strip_suffix(".mlp.experts.gate_proj_bias") {
+        let up = layout.find(&format!("{prefix}.mlp.experts.up_proj_bias"))?.span.of(p);
+        let f = t.shape[1];
+        let fused: Vec<f32> = (0..e * f).flat_map(|i| [data[i], up[i]]).collect();
+        return Some(vec![(format!("{prefix}.mlp.experts.gate_up_proj_bias"), vec![e, 2 * f], bytes(&fused))]);
+    }
+    let prefix = t.name.strip_suffix(".mlp.experts.gate_proj")?;
+    let up = layout.find(&format!("{prefix}.mlp.experts.up_proj"))?.span.of(p);
+    // ours gate, up [E, F, C] -> [E, C, 2F], column 2j gate row j, column 2j + 1 up row j
+    let (f, c) = (t.shape[1], t.shape[2]);
+    let mut fused = vec![0.0f32; 2 * data.len()];
+    for x in 0..e {
+        for j in 0..f {
+            for i in 0..c {
+                let at = (x * c + i) * 2 * f + 2 * j;
+                fused[at] = data[(x * f + j) * c + i];
+                fused[at + 1] = up[(x * f + j) * c + i];
+            }
+        }
+    }
+    Some(vec![(format!("{prefix}.mlp.experts.gate_up_proj"), vec![e, c, 2 * f], bytes(&fused))])
+}
+
+/// The attention scale transformers computes for `cfg` in DeepSeek-V3's form.
+fn deepseek_scale(cfg: &ModelConfig) -> f64 {
+    moe_engine::rope::deepseek_attention_scale(cfg.attn_shape().d, Some(&rope_parameters(cfg)))
+}
+
+/// config.json's `rope_parameters`: theta and the scaling's fields, or the default type (so
+/// that a class whose default scales RoPE, as gpt-oss's YaRN, does not apply its own).
+fn rope_parameters(cfg: &ModelConfig) -> serde_json::Value {
+    let mut p = cfg.rope_scaling.clone().unwrap_or_else(|| json!({"rope_type": "default"}));
+    if let Some(o) = p.as_object_mut() {
+        o.insert("rope_theta".into(), json!(cfg.rope_theta));
+    }
+    p
 }
 
 /// The Hugging Face name of tensor `name` of our layout in `form`, and whether it is stacked per
@@ -232,6 +327,7 @@ fn config(cfg: &ModelConfig, form: HfForm) -> serde_json::Value {
             "model_type": "mixtral",
             "intermediate_size": cfg.moe_intermediate_size,
             "num_local_experts": cfg.num_local_experts,
+            "sliding_window": if cfg.sliding_window > 0 { json!(cfg.sliding_window) } else { json!(null) },
         }),
         HfForm::Olmoe => json!({
             "architectures": ["OlmoeForCausalLM"],
@@ -290,6 +386,23 @@ fn config(cfg: &ModelConfig, form: HfForm) -> serde_json::Value {
                 "attention_bias": false,
             })
         }
+        HfForm::GptOss => {
+            let window = if cfg.sliding_window > 0 { cfg.sliding_window } else { cfg.max_position_embeddings };
+            let types: Vec<&str> = (0..cfg.num_hidden_layers)
+                .map(|l| if cfg.window(l) > 0 { "sliding_attention" } else { "full_attention" })
+                .collect();
+            json!({
+                "architectures": ["GptOssForCausalLM"],
+                "model_type": "gpt_oss",
+                "intermediate_size": cfg.moe_intermediate_size,
+                "num_local_experts": cfg.num_local_experts,
+                "sliding_window": window,
+                "layer_types": types,
+                "swiglu_limit": cfg.swiglu_limit,
+                "swiglu_alpha": moe_engine::config::GPT_OSS_ALPHA,
+                "attention_bias": true,
+            })
+        }
         HfForm::Llama => json!({
             "architectures": ["LlamaForCausalLM"],
             "model_type": "llama",
@@ -318,8 +431,8 @@ fn config(cfg: &ModelConfig, form: HfForm) -> serde_json::Value {
         }),
     };
     c.as_object_mut().into_iter().zip(extra.as_object()).for_each(|(c, e)| c.extend(e.clone()));
-    if let (Some(p), Some(o)) = (rope_parameters(cfg), c.as_object_mut()) {
-        o.insert("rope_parameters".into(), p);
+    if let Some(o) = c.as_object_mut() {
+        o.insert("rope_parameters".into(), rope_parameters(cfg));
     }
     c
 }
@@ -400,6 +513,12 @@ pub fn write_hf(ck: &Checkpoint, out: &Path, selection_bias: bool) -> Result<(us
         let data = t.span.of(&ck.params);
         if form == HfForm::GraniteMoe {
             if let Some(g) = granite_tensor(&layout, t, &ck.params) {
+                tensors.extend(g);
+                continue;
+            }
+        }
+        if form == HfForm::GptOss {
+            if let Some(g) = gpt_oss_tensor(&layout, t, &ck.params) {
                 tensors.extend(g);
                 continue;
             }

@@ -7,14 +7,15 @@
 //!   every dtype it reads), of the families whose blocks the training model has: Mixtral,
 //!   Qwen2-MoE whose dense layers come first (Qwen1.5-MoE has none), OLMoE without clipping
 //!   (q/k norms over whole projections), Qwen3-MoE (q/k norms per head, wide heads),
-//!   GraniteMoE (multipliers) and DeepSeek-V3 (latent attention, sigmoid group-limited routing
-//!   with its score bias as the selection bias, shared experts, dense first layers).
+//!   GraniteMoE (multipliers), DeepSeek-V3 (latent attention, sigmoid group-limited routing
+//!   with its score bias as the selection bias, shared experts, dense first layers) and gpt-oss
+//!   (sinks, sliding windows, biases everywhere, the clamped SwiGLU, MXFP4 experts decoded).
 //!
 //! RoPE scaling (linear, Llama 3, YaRN) is kept; what the training model cannot express is
 //! refused with the reason (biases, LongRoPE, activations other than SiLU, ...); tied
-//! embeddings are copied into the LM head (the same function; training then unties them); a
-//! sliding window caps the context, so that attention over it equals the full attention the
-//! training model computes.
+//! embeddings are copied into the LM head (the same function; training then unties them); the
+//! MoE families' sliding windows are the training model's (gpt-oss: alternate layers), and a
+//! dense Mistral's window caps its context instead.
 
 use crate::config::{read_config, Act, Ffn, Norm, QkNorm, Router, Spec};
 use crate::error::{Error, Result};
@@ -163,7 +164,13 @@ fn load_moe(dir: &Path, raw: &Value) -> Result<HfCheckpoint> {
         sp.ln1.of_mut(&mut p).copy_from_slice(&l.in_norm.w);
         sp.ln2.of_mut(&mut p).copy_from_slice(&l.post_norm.w);
         match (&l.attn, sp.mla) {
-            (Attn::Std { q, k, v, o, q_norm, k_norm, .. }, None) => {
+            (Attn::Std { q, k, v, o, q_norm, k_norm, sinks }, None) => {
+                if let (Some(b), Some(span)) = (&o.bias, sp.o_bias) {
+                    span.of_mut(&mut p).copy_from_slice(b);
+                }
+                if let (Some(z), Some(span)) = (sinks, sp.sinks) {
+                    span.of_mut(&mut p).copy_from_slice(z);
+                }
                 if let (Some([sq, sk]), Some(nq), Some(nk)) = (sp.qk_norm, q_norm, k_norm) {
                     sq.of_mut(&mut p).copy_from_slice(&nq.w);
                     sk.of_mut(&mut p).copy_from_slice(&nk.w);
@@ -191,9 +198,12 @@ fn load_moe(dir: &Path, raw: &Value) -> Result<HfCheckpoint> {
             _ => unreachable!("checked by moe_config"),
         }
         match (&l.ffn, &sp.ffn) {
-            (FfnW::Dense(e), FfnSpans::Dense { gate, up, down, .. }) => expert(e, [*gate, *up, *down], &mut p)?,
+            (FfnW::Dense(e), FfnSpans::Dense { gate, up, down, .. }) => expert(e, [*gate, *up, *down], None, &mut p)?,
             (FfnW::Moe(mw), FfnSpans::Moe(ms)) => {
                 rows(&mw.router.w, ms.router, &mut p);
+                if let (Some(b), Some(span)) = (&mw.router.bias, ms.router_bias) {
+                    span.of_mut(&mut p).copy_from_slice(b);
+                }
                 if let (Some(b), Some(span)) = (&mw.score_bias, ms.selection_bias) {
                     span.of_mut(&mut p).copy_from_slice(b);
                 }
@@ -201,10 +211,14 @@ fn load_moe(dir: &Path, raw: &Value) -> Result<HfCheckpoint> {
                 for (e, ex) in mw.experts.iter().enumerate() {
                     let ex = ex.as_ref().ok_or_else(|| Error::Input("an expert is missing".into()))?;
                     let slot = |s: Span, n: usize| Span { off: s.off + e * n, len: n };
-                    expert(ex, [slot(ms.gate, n[0]), slot(ms.up, n[1]), slot(ms.down, n[2])], &mut p)?;
+                    let bias = ms.expert_bias.map(|b| {
+                        let nb = b.map(|s| s.len / config.num_local_experts);
+                        [slot(b[0], nb[0]), slot(b[1], nb[1]), slot(b[2], nb[2])]
+                    });
+                    expert(ex, [slot(ms.gate, n[0]), slot(ms.up, n[1]), slot(ms.down, n[2])], bias, &mut p)?;
                 }
                 if let (Some(sh), Some(spans)) = (&mw.shared, &ms.shared) {
-                    expert(sh, *spans, &mut p)?;
+                    expert(sh, *spans, None, &mut p)?;
                 }
                 if let (Some(g), Some(span)) = (&mw.shared_gate, ms.shared_gate) {
                     rows(&g.w, span, &mut p);
@@ -217,31 +231,60 @@ fn load_moe(dir: &Path, raw: &Value) -> Result<HfCheckpoint> {
     Ok(HfCheckpoint { config, params: p, tokenizer: tk.is_file().then_some(tk) })
 }
 
-/// An expert's gate [F, C], up [F, C] and down [C, F] into `spans`.
-fn expert(e: &Expert, spans: [Span; 3], p: &mut [f32]) -> Result<()> {
+/// A linear layer's weight as [out, in] f32 rows (transposing gpt-oss's [in, out] experts).
+fn rows_of(l: &crate::linear::Linear) -> Vec<f32> {
+    let (r, c) = (l.w.rows, l.w.cols);
+    let mut m = vec![0.0f32; r * c];
+    l.w.rows_f32(0, &mut m);
+    if !l.transposed {
+        return m;
+    }
+    let mut t = vec![0.0f32; r * c];
+    for (i, row) in m.chunks_exact(c).enumerate() {
+        for (j, &v) in row.iter().enumerate() {
+            t[j * r + i] = v;
+        }
+    }
+    t
+}
+
+/// An expert's gate [F, C], up [F, C] and down [C, F] into `spans`, and its biases (gate [F],
+/// up [F], down [C]) into `bias` when the model has them. Fused gate/up rows are all gate rows
+/// then all up rows, or alternating (gpt-oss, whose matrices are stored [in, out]).
+fn expert(e: &Expert, spans: [Span; 3], bias: Option<[Span; 3]>, p: &mut [f32]) -> Result<()> {
     let [g, u, d] = spans;
+    let missing = || Error::Input("an expert bias is missing".into());
     match &e.gate_up {
         GateUp::Split(gate, up) => {
-            gate.w.rows_f32(0, g.of_mut(p));
-            up.w.rows_f32(0, u.of_mut(p));
+            g.of_mut(p).copy_from_slice(&rows_of(gate));
+            u.of_mut(p).copy_from_slice(&rows_of(up));
+            if let Some([bg, bu, _]) = bias {
+                bg.of_mut(p).copy_from_slice(gate.bias.as_ref().ok_or_else(missing)?);
+                bu.of_mut(p).copy_from_slice(up.bias.as_ref().ok_or_else(missing)?);
+            }
         }
         GateUp::Fused { lin, interleaved } => {
             let c = lin.inp;
-            let mut both = vec![0.0f32; 2 * g.len];
-            lin.w.rows_f32(0, &mut both);
-            let (gs, us) = (g.off, u.off);
+            let (both, f) = (rows_of(lin), g.len / c);
+            // fused row r: gate or up, and which of its rows
+            let split = |r: usize| if *interleaved { (r % 2 == 0, r / 2) } else { (r < f, r % f) };
             for (r, row) in both.chunks_exact(c).enumerate() {
-                // fused rows: all gate rows then all up rows, or gate and up alternating
-                let (to_gate, i) = if *interleaved { (r % 2 == 0, r / 2) } else { (r < g.len / c, r % (g.len / c)) };
-                let at = if to_gate { gs } else { us } + i * c;
+                let (to_gate, i) = split(r);
+                let at = if to_gate { g.off } else { u.off } + i * c;
                 p[at..at + c].copy_from_slice(row);
+            }
+            if let Some([bg, bu, _]) = bias {
+                for (r, &v) in lin.bias.as_ref().ok_or_else(missing)?.iter().enumerate() {
+                    let (to_gate, i) = split(r);
+                    p[if to_gate { bg.off } else { bu.off } + i] = v;
+                }
             }
         }
     }
-    if e.down.transposed {
-        return Err(Error::Input("expert down projections stored transposed are not read for training".into()));
+    d.of_mut(p).copy_from_slice(&rows_of(&e.down));
+    if let Some([_, _, bd]) = bias {
+        bd.of_mut(p).copy_from_slice(e.down.bias.as_ref().ok_or_else(missing)?);
     }
-    e.down.w.rows_f32(0, d.of_mut(p));
     Ok(())
 }
 
@@ -257,11 +300,11 @@ fn moe_config(s: &Spec, raw: &Value, path: &Path) -> Result<ModelConfig> {
     if s.norm != Norm::Rms {
         return bad("LayerNorm");
     }
-    if s.o_bias || s.lm_head_bias || s.moe.router_bias || s.moe.expert_bias {
-        return bad("biases other than the query/key/value ones");
+    if s.lm_head_bias {
+        return bad("a bias on the LM head");
     }
-    if s.sinks || s.clip_qkv.is_some() || s.mxfp4 {
-        return bad("attention sinks, clipped activations or MXFP4 experts");
+    if s.clip_qkv.is_some() {
+        return bad("clipped query/key/value activations");
     }
     // interleaved RoPE only as latent attention's (a GGUF file's permuted rows are not read here)
     let interleave_ok = !s.rope.interleave || s.mla.is_some();
@@ -271,9 +314,27 @@ fn moe_config(s: &Spec, raw: &Value, path: &Path) -> Result<ModelConfig> {
     if s.v_dim != d && s.mla.is_none() {
         return bad("value heads of another width than the query heads");
     }
-    if s.moe.act != Act::Swiglu {
-        return bad("an activation other than SwiGLU");
+    let swiglu_limit = match s.moe.act {
+        Act::Swiglu => 0.0,
+        Act::ClampedSwiglu { alpha, limit } if (alpha as f64 - moe_engine::config::GPT_OSS_ALPHA).abs() < 1e-6 => {
+            limit as f64
+        }
+        Act::ClampedSwiglu { .. } => return bad("a clamped SwiGLU of another slope than gpt-oss's 1.702"),
+    };
+    // sliding windows: one width, in the layers that have one
+    let windows: Vec<usize> = s.windows.iter().flatten().copied().collect();
+    if windows.windows(2).any(|w| w[0] != w[1]) {
+        return bad("sliding windows of different widths");
     }
+    let layer_types = if windows.is_empty() || windows.len() == s.layers {
+        vec![]
+    } else {
+        use moe_engine::config::LayerType;
+        s.windows
+            .iter()
+            .map(|w| if w.is_some() { LayerType::SlidingAttention } else { LayerType::FullAttention })
+            .collect()
+    };
     use moe_engine::config::RouterKind;
     let (mut n_group, mut topk_group, mut scale) = (1, 1, 1.0);
     let (router, renorm) = match s.moe.router {
@@ -306,7 +367,7 @@ fn moe_config(s: &Spec, raw: &Value, path: &Path) -> Result<ModelConfig> {
     {
         return bad("dense layers other than the first ones");
     }
-    let context = s.windows.iter().flatten().fold(s.max_pos, |c, &w| c.min(w));
+    let context = s.max_pos;
     let (shared, gate) = s.moe.shared.unwrap_or((0, false));
     let cfg = ModelConfig {
         vocab_size: s.vocab,
@@ -338,7 +399,13 @@ fn moe_config(s: &Spec, raw: &Value, path: &Path) -> Result<ModelConfig> {
         shared_expert_intermediate_size: shared,
         shared_expert_gate: gate,
         bias_update_rate: 0.0,
-        router_bias: false,
+        router_bias: s.moe.router_bias,
+        o_proj_bias: s.o_bias,
+        expert_bias: s.moe.expert_bias,
+        attention_sinks: s.sinks,
+        swiglu_limit,
+        sliding_window: windows.first().copied().unwrap_or(0),
+        layer_types,
         qkv_bias: s.qkv_bias,
         head_dim: if d * s.heads == s.hidden || mla.is_some() { 0 } else { d },
         qk_norm: match s.qk_norm {

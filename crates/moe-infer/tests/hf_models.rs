@@ -99,6 +99,13 @@ fn moe_export_olmoe_qwen3_and_granite_forms_as_loaded_by_transformers() {
 fn moe_export_deepseek_v3_form_as_loaded_by_transformers() {
     // latent attention, sigmoid group-limited routing with a trained selection bias, shared experts
     check("moe_export_deepseek");
+}
+
+#[test]
+fn moe_export_gpt_oss_form_as_loaded_by_transformers() {
+    // sinks, alternating sliding windows, biases everywhere, the clamped SwiGLU; plain RoPE
+    // written explicitly (gpt-oss's class would apply its YaRN default)
+    check("moe_export_gpt_oss");
     check("moe_export_qwen3_moe_only");
 }
 #[test]
