@@ -1,5 +1,5 @@
 //! `moe train --init HF_DIR`: Hugging Face checkpoints (the tiny Llama fixture in bf16, the
-//! sharded Mixtral one, OLMoE with its q/k norms, DeepSeek-V3 with latent attention, gpt-oss with MXFP4 experts) fine-tuned on a text with their own tokenizer. A run starts from
+//! sharded Mixtral one, OLMoE with its q/k norms, DeepSeek-V3 with latent attention, gpt-oss) fine-tuned on a text with their own tokenizer. A run starts from
 //! exactly the checkpoint's weights, lowers the loss on the text, and resumes with the
 //! tokenizer it recorded.
 
@@ -17,7 +17,7 @@ const LLAMA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/crates/moe-infer/tests
 const MIXTRAL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/crates/moe-infer/tests/fixtures/mixtral");
 const OLMOE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/crates/moe-infer/tests/fixtures/olmoe_noclip");
 const DEEPSEEK: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/crates/moe-infer/tests/fixtures/deepseek_v3_plain");
-const GPT_OSS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/crates/moe-infer/tests/fixtures/gpt_oss_mxfp4");
+const GPT_OSS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/crates/moe-infer/tests/fixtures/gpt_oss");
 
 fn losses(run: &std::path::Path) -> Vec<f64> {
     let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();

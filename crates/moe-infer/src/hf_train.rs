@@ -267,7 +267,7 @@ fn expert(e: &Expert, spans: [Span; 3], bias: Option<[Span; 3]>, p: &mut [f32]) 
             let c = lin.inp;
             let (both, f) = (rows_of(lin), g.len / c);
             // fused row r: gate or up, and which of its rows
-            let split = |r: usize| if *interleaved { (r % 2 == 0, r / 2) } else { (r < f, r % f) };
+            let split = |r: usize| if *interleaved { (r.is_multiple_of(2), r / 2) } else { (r < f, r % f) };
             for (r, row) in both.chunks_exact(c).enumerate() {
                 let (to_gate, i) = split(r);
                 let at = if to_gate { g.off } else { u.off } + i * c;
