@@ -38,14 +38,14 @@ fn exported_mixtral_gives_the_training_engines_logits() {
     let cfg = ModelConfig { num_local_experts: 4, num_experts_per_tok: 2, norm_topk_prob: true, ..ModelConfig::tiny() };
     let ck = trained(cfg.clone(), dir.path());
     let out = dir.path().join("hf");
-    let (code, _, err) = moe(&["export", "--checkpoint", ck.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    let (code, err) = export(&ck, &out);
     assert_eq!(code, 0, "{err}");
     let ids = [3u32, 17, 5, 99, 42, 7, 120, 1];
     let (got, want) = logits_both(&ck, &out, &ids);
     let diff = max_diff(&got, &want);
     assert!(diff < 1e-4, "exported logits differ by {diff}");
     // Exporting twice into the same directory is refused.
-    let (code, _, err) = moe(&["export", "--checkpoint", ck.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    let (code, err) = export(&ck, &out);
     assert_eq!(code, 1);
     assert!(err.contains("already holds a model"), "{err}");
 }
@@ -66,7 +66,7 @@ fn exported_gguf_gives_the_training_engines_logits_and_token_ids() {
     tok.save(&tk_path).unwrap();
     let ck = trained_with(cfg, dir.path(), Some(&std::fs::read(&tk_path).unwrap()));
     let out = dir.path().join("model.gguf");
-    let (code, _, err) = moe(&["export", "--checkpoint", ck.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    let (code, err) = export(&ck, &out);
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("GGUF"), "{err}");
     let ids = [3u32, 17, 5, 99, 42, 7, 120, 1, 300, 64];
@@ -79,7 +79,7 @@ fn exported_gguf_gives_the_training_engines_logits_and_token_ids() {
         assert_eq!(embedded.encode(s).unwrap(), want, "{s:?}");
         assert_eq!(embedded.decode(&want).unwrap(), tok.decode(&want).unwrap());
     }
-    let (code, _, err) = moe(&["export", "--checkpoint", ck.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    let (code, err) = export(&ck, &out);
     assert_eq!(code, 1);
     assert!(err.contains("exists"), "{err}");
 }
@@ -124,7 +124,7 @@ fn qwen2_moe_forms_give_the_training_engines_logits_and_others_are_refused() {
     for (i, (what, cfg)) in cases.into_iter().enumerate() {
         let ck = trained(cfg, &dir.path().join(i.to_string()));
         let out = dir.path().join(format!("hf{i}"));
-        let (code, _, err) = moe(&["export", "--checkpoint", ck.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+        let (code, err) = export(&ck, &out);
         assert_eq!(code, 0, "{what}: {err}");
         assert!(err.contains("Qwen2MoeForCausalLM"), "{what}: {err}");
         let (got, want) = logits_both(&ck, &out, &ids);
@@ -132,7 +132,7 @@ fn qwen2_moe_forms_give_the_training_engines_logits_and_others_are_refused() {
         assert!(diff < 1e-4, "{what}: exported logits differ by {diff}");
         // GGUF: llama.cpp's qwen2moe takes unnormalised weights in every layer
         let gguf = dir.path().join(format!("x{i}.gguf"));
-        let (code, _, err) = moe(&["export", "--checkpoint", ck.to_str().unwrap(), "--out", gguf.to_str().unwrap()]);
+        let (code, err) = export(&ck, &gguf);
         match what {
             "shared expert" => assert!(code == 1 && err.contains("does not renormalise"), "{what}: {err}"),
             "gated shared expert, dense first layer" => assert!(code == 1 && err.contains("dense layers"), "{err}"),
@@ -148,7 +148,7 @@ fn qwen2_moe_forms_give_the_training_engines_logits_and_others_are_refused() {
     let cfg = ModelConfig { router: RouterKind::ExpertChoice, ..experts(2) };
     let ck = trained(cfg, &dir.path().join("ec"));
     let out = dir.path().join("ec-hf");
-    let (code, _, err) = moe(&["export", "--checkpoint", ck.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    let (code, err) = export(&ck, &out);
     assert_eq!(code, 1);
     assert!(err.contains("ExpertChoice") && err.contains("no transformers class"), "{err}");
 }
@@ -169,6 +169,12 @@ fn perplexity_of_a_text() {
     let (code, _, err) = moe(&["perplexity", "--model", f, "--text", empty.to_str().unwrap()]);
     assert_eq!(code, 1);
     assert!(err.contains("fewer than 2 tokens"), "{err}");
+}
+
+/// `moe export --checkpoint ck --out out`: its exit code and stderr.
+fn export(ck: &std::path::Path, out: &std::path::Path) -> (i32, String) {
+    let (code, _, err) = moe(&["export", "--checkpoint", ck.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    (code, err)
 }
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
@@ -207,7 +213,7 @@ fn the_default_presets_selection_bias_runs_in_the_inference_engine_and_is_served
         assert!(loaded.config.has_selection_bias());
         // HF export refuses it; the inference layout with the bias gives the training engine's logits
         let x = run.join("x");
-        let (code, _, err) = moe(&["export", "--checkpoint", ck.to_str().unwrap(), "--out", x.to_str().unwrap()]);
+        let (code, err) = export(&ck, &x);
         assert_eq!(code, 1, "{form}");
         assert!(err.contains("selection bias"), "{form}: {err}");
         let out = run.join("inf");
@@ -297,14 +303,14 @@ fn olmoe_qwen3_moe_and_granite_forms_give_the_training_engines_logits() {
     for (i, (class, cfg)) in cases.into_iter().enumerate() {
         let ck = trained(cfg, &dir.path().join(i.to_string()));
         let out = dir.path().join(format!("hf{i}"));
-        let (code, _, err) = moe(&["export", "--checkpoint", ck.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+        let (code, err) = export(&ck, &out);
         assert_eq!(code, 0, "{class}: {err}");
         assert!(err.contains(class), "{err}");
         let (got, want) = logits_both(&ck, &out, &ids);
         let diff = max_diff(&got, &want);
         assert!(diff < 1e-4, "{class}: exported logits differ by {diff}");
         let gguf = dir.path().join(format!("x{i}.gguf"));
-        let (code, _, err) = moe(&["export", "--checkpoint", ck.to_str().unwrap(), "--out", gguf.to_str().unwrap()]);
+        let (code, err) = export(&ck, &gguf);
         match class {
             "GraniteMoeForCausalLM" => assert!(code == 1 && err.contains("not written as GGUF yet"), "{err}"),
             _ => {
@@ -325,7 +331,7 @@ fn olmoe_qwen3_moe_and_granite_forms_give_the_training_engines_logits() {
     ] {
         let ck = trained(cfg, &dir.path().join(says));
         let gguf = dir.path().join("refused.gguf");
-        let (code, _, err) = moe(&["export", "--checkpoint", ck.to_str().unwrap(), "--out", gguf.to_str().unwrap()]);
+        let (code, err) = export(&ck, &gguf);
         assert!(code == 1 && err.contains(says), "{says}: {err}");
     }
 }
@@ -347,7 +353,7 @@ fn dense_models_export_as_llama_and_qwen2() {
     {
         let ck = trained(cfg.clone(), &dir.path().join(i.to_string()));
         let out = dir.path().join(format!("hf{i}"));
-        let (code, _, err) = moe(&["export", "--checkpoint", ck.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+        let (code, err) = export(&ck, &out);
         assert_eq!(code, 0, "{class}: {err}");
         assert!(err.contains(class), "{err}");
         let back = moe_infer::hf_train::read_checkpoint(&out).unwrap();
@@ -355,7 +361,7 @@ fn dense_models_export_as_llama_and_qwen2() {
         assert_eq!(back.config.qkv_bias, cfg.qkv_bias, "{class}");
         assert!(back.params == orig.params, "{class}: the export does not read back as the checkpoint");
         let gguf = dir.path().join(format!("x{i}.gguf"));
-        let (code, _, err) = moe(&["export", "--checkpoint", ck.to_str().unwrap(), "--out", gguf.to_str().unwrap()]);
+        let (code, err) = export(&ck, &gguf);
         assert!(code == 1 && err.contains("dense models are not written as GGUF yet"), "{err}");
     }
 }
@@ -401,7 +407,7 @@ fn deepseek_v3_form_gives_the_training_engines_logits() {
         .collect();
     assert!(bias && biases.iter().any(|&b| b != 0.0), "training moved the selection bias");
     let out = dir.path().join("hf");
-    let (code, _, err) = moe(&["export", "--checkpoint", ck.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    let (code, err) = export(&ck, &out);
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("DeepseekV3ForCausalLM"), "{err}");
     let ids = [3u32, 17, 5, 99, 42, 7, 120, 1];
@@ -409,7 +415,7 @@ fn deepseek_v3_form_gives_the_training_engines_logits() {
     let diff = max_diff(&got, &want);
     assert!(diff < 1e-4, "DeepSeek-V3 form: exported logits differ by {diff}");
     let gguf = dir.path().join("x.gguf");
-    let (code, _, err) = moe(&["export", "--checkpoint", ck.to_str().unwrap(), "--out", gguf.to_str().unwrap()]);
+    let (code, err) = export(&ck, &gguf);
     assert!(code == 1 && err.contains("not written as GGUF yet"), "{err}");
     // with YaRN RoPE scaling and the attention scale DeepSeek derives from it, and a Mixtral form
     // with Llama 3's scaling: the scaling travels in config.json
@@ -427,13 +433,13 @@ fn deepseek_v3_form_gives_the_training_engines_logits() {
     for (i, cfg) in scaled.into_iter().enumerate() {
         let ck = trained(cfg, &dir.path().join(format!("scaled{i}")));
         let out = dir.path().join(format!("scaled-hf{i}"));
-        let (code, _, err) = moe(&["export", "--checkpoint", ck.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+        let (code, err) = export(&ck, &out);
         assert_eq!(code, 0, "{err}");
         let (got, want) = logits_both(&ck, &out, &ids);
         let diff = max_diff(&got, &want);
         assert!(diff < 1e-4, "scaled RoPE {i}: exported logits differ by {diff}");
         let gguf = dir.path().join(format!("scaled{i}.gguf"));
-        let (code, _, err) = moe(&["export", "--checkpoint", ck.to_str().unwrap(), "--out", gguf.to_str().unwrap()]);
+        let (code, err) = export(&ck, &gguf);
         assert!(code == 1 && err.contains("RoPE scaling is not written as GGUF"), "{err}");
     }
     for (cfg, says) in [
@@ -447,7 +453,7 @@ fn deepseek_v3_form_gives_the_training_engines_logits() {
     ] {
         let ck = trained(cfg, &dir.path().join(says));
         let out = dir.path().join("refused");
-        let (code, _, err) = moe(&["export", "--checkpoint", ck.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+        let (code, err) = export(&ck, &out);
         assert!(code == 1 && err.contains(says), "{says}: {err}");
     }
 }
@@ -481,7 +487,7 @@ fn gpt_oss_form_and_windows_give_the_training_engines_logits() {
     {
         let ck = trained(cfg, &dir.path().join(i.to_string()));
         let out = dir.path().join(format!("hf{i}"));
-        let (code, _, err) = moe(&["export", "--checkpoint", ck.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+        let (code, err) = export(&ck, &out);
         assert_eq!(code, 0, "{class}: {err}");
         assert!(err.contains(class), "{err}");
         let (got, want) = logits_both(&ck, &out, &ids);
@@ -490,7 +496,7 @@ fn gpt_oss_form_and_windows_give_the_training_engines_logits() {
     }
     let ck = trained(gpt_oss.clone(), &dir.path().join("g"));
     let gguf = dir.path().join("x.gguf");
-    let (code, _, err) = moe(&["export", "--checkpoint", ck.to_str().unwrap(), "--out", gguf.to_str().unwrap()]);
+    let (code, err) = export(&ck, &gguf);
     assert!(code == 1 && err.contains("not written as GGUF yet"), "{err}");
     for (cfg, says) in [
         (ModelConfig { expert_bias: false, ..gpt_oss.clone() }, "needs all of its blocks"),
@@ -508,7 +514,7 @@ fn gpt_oss_form_and_windows_give_the_training_engines_logits() {
     ] {
         let ck = trained(cfg, &dir.path().join(says));
         let out = dir.path().join("refused");
-        let (code, _, err) = moe(&["export", "--checkpoint", ck.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+        let (code, err) = export(&ck, &out);
         assert!(code == 1 && err.contains(says), "{says}: {err}");
     }
 }

@@ -123,20 +123,22 @@ fn query_key_value_bias_gradients() {
     check_model(ModelConfig { qkv_bias: true, ..mixed_config(BalanceScope::Layer) }, 16);
 }
 
-#[test]
-fn kv_cache_decoding_equals_full_recompute() {
-    let cfg = ModelConfig::tiny();
+/// Prefilling 4 tokens and decoding the rest one at a time through the KV cache gives the logits
+/// of the full pass over all 9 (sinks, when the model has them, drawn at random).
+fn check_cached_decoding(cfg: ModelConfig) {
     let m = Model::<f32>::new(cfg).unwrap();
-    let p: Vec<f32> = m.layout.init(5);
+    let mut p: Vec<f32> = m.layout.init(5);
+    let mut rng = Rng::new(9);
+    for t in m.layout.tensors.iter().filter(|t| t.name.ends_with("sinks")) {
+        t.span.of_mut(&mut p).iter_mut().for_each(|v| *v = rng.normal() as f32);
+    }
     let (t, v) = (9, m.cfg.vocab_size);
     let x = tokens(6, t, v);
     let mut full = Acts::new(&m.cfg, 1, t, t);
     let mut kv = KvCache::new(&m.cfg, 1, t);
     m.forward(&p, &mut full, &mut kv, &x, 0);
-    // Prefill 4 tokens, then one at a time into a larger cache.
     let cap = m.cfg.max_position_embeddings;
-    let mut a = Acts::new(&m.cfg, 1, cap, cap);
-    let mut cache = KvCache::new(&m.cfg, 1, cap);
+    let (mut a, mut cache) = (Acts::new(&m.cfg, 1, cap, cap), KvCache::new(&m.cfg, 1, cap));
     m.forward(&p, &mut a, &mut cache, &x[..4], 0);
     let mut got: Vec<f32> = a.logits[..4 * v].to_vec();
     for pos in 4..t {
@@ -145,6 +147,11 @@ fn kv_cache_decoding_equals_full_recompute() {
     }
     let err = got.iter().zip(&full.logits[..t * v]).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
     assert!(err < 1e-5, "cached decoding differs from the full pass by {err}");
+}
+
+#[test]
+fn kv_cache_decoding_equals_full_recompute() {
+    check_cached_decoding(ModelConfig::tiny());
 }
 
 /// Targets of IGNORE (prompt tokens in chat fine-tuning) do not count: the loss is the mean over
@@ -259,23 +266,7 @@ fn latent_attention_gradients() {
 
 #[test]
 fn latent_attention_kv_cache_decoding_equals_full_recompute() {
-    let m = Model::<f32>::new(ModelConfig { mla: Some(mla(5, true)), ..ModelConfig::tiny() }).unwrap();
-    let p: Vec<f32> = m.layout.init(5);
-    let (t, v) = (9, m.cfg.vocab_size);
-    let x = tokens(6, t, v);
-    let mut full = Acts::new(&m.cfg, 1, t, t);
-    let mut kv = KvCache::new(&m.cfg, 1, t);
-    m.forward(&p, &mut full, &mut kv, &x, 0);
-    let cap = m.cfg.max_position_embeddings;
-    let (mut a, mut cache) = (Acts::new(&m.cfg, 1, cap, cap), KvCache::new(&m.cfg, 1, cap));
-    m.forward(&p, &mut a, &mut cache, &x[..4], 0);
-    let mut got: Vec<f32> = a.logits[..4 * v].to_vec();
-    for pos in 4..t {
-        m.forward(&p, &mut a, &mut cache, &x[pos..pos + 1], pos);
-        got.extend_from_slice(&a.logits[..v]);
-    }
-    let err = got.iter().zip(&full.logits[..t * v]).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
-    assert!(err < 1e-5, "cached decoding differs from the full pass by {err}");
+    check_cached_decoding(ModelConfig { mla: Some(mla(5, true)), ..ModelConfig::tiny() });
 }
 
 #[test]
@@ -326,25 +317,5 @@ fn expert_bias_and_clamped_swiglu_gradients() {
 
 #[test]
 fn sliding_window_kv_cache_decoding_equals_full_recompute() {
-    let m = Model::<f32>::new(ModelConfig { max_position_embeddings: 16, ..gpt_oss_like() }).unwrap();
-    let mut p: Vec<f32> = m.layout.init(5);
-    let mut rng = Rng::new(9);
-    for t in m.layout.tensors.iter().filter(|t| t.name.ends_with("sinks")) {
-        t.span.of_mut(&mut p).iter_mut().for_each(|v| *v = rng.normal() as f32);
-    }
-    let (t, v) = (9, m.cfg.vocab_size);
-    let x = tokens(6, t, v);
-    let mut full = Acts::new(&m.cfg, 1, t, t);
-    let mut kv = KvCache::new(&m.cfg, 1, t);
-    m.forward(&p, &mut full, &mut kv, &x, 0);
-    let cap = m.cfg.max_position_embeddings;
-    let (mut a, mut cache) = (Acts::new(&m.cfg, 1, cap, cap), KvCache::new(&m.cfg, 1, cap));
-    m.forward(&p, &mut a, &mut cache, &x[..4], 0);
-    let mut got: Vec<f32> = a.logits[..4 * v].to_vec();
-    for pos in 4..t {
-        m.forward(&p, &mut a, &mut cache, &x[pos..pos + 1], pos);
-        got.extend_from_slice(&a.logits[..v]);
-    }
-    let err = got.iter().zip(&full.logits[..t * v]).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
-    assert!(err < 1e-5, "cached decoding differs from the full pass by {err}");
+    check_cached_decoding(ModelConfig { max_position_embeddings: 16, ..gpt_oss_like() });
 }
