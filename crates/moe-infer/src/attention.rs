@@ -1,6 +1,8 @@
 //! Causal attention of new queries against a KV cache: grouped-query heads, separate q/k and v
 //! head dims (MLA), an optional sliding window, and optional per-head attention sinks (gpt-oss:
-//! a learned logit that joins the softmax denominator and is then dropped).
+//! a learned logit that joins the softmax denominator and is then dropped). A prompt's queries go
+//! through the training engine's attention kernel (`moe_kernels::attention`, which has all of
+//! these); a decode step's one query per sequence through a loop over heads.
 
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -37,10 +39,25 @@ pub fn attend(
     window: Option<usize>,
     sinks: Option<&[f32]>,
 ) {
-    let Dims { h, g, dk, dv, pos0, .. } = d;
-    if d.t > 1 && window.is_none() && sinks.is_none() && dk == dv {
-        return attend_gemm(out, q, k, v, d, scale);
+    if d.t > 1 {
+        return attend_gemm(out, q, k, v, d, scale, window, sinks);
     }
+    attend_loop(out, q, k, v, d, scale, window, sinks);
+}
+
+/// [`attend`] one query (head) at a time: decoding, where a step has one query per sequence.
+#[allow(clippy::too_many_arguments)]
+fn attend_loop(
+    out: &mut [f32],
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    d: Dims,
+    scale: f32,
+    window: Option<usize>,
+    sinks: Option<&[f32]>,
+) {
+    let Dims { h, g, dk, dv, pos0, .. } = d;
     out[..d.t * h * dv].par_chunks_mut(dv).enumerate().for_each(|(idx, o)| {
         let (i, head) = (idx / h, idx % h);
         let kvh = head / (h / g);
@@ -69,14 +86,25 @@ pub fn attend(
     });
 }
 
-/// Several queries without window or sinks and equal q/k/v head dims (prefill): the training
-/// engine's causal attention (per head and block of 64 queries, scores and outputs as GEMMs).
-/// Its scale is 1/sqrt(D), so the queries are rescaled first when `scale` differs.
-fn attend_gemm(out: &mut [f32], q: &[f32], k: &[f32], v: &[f32], d: Dims, scale: f32) {
+/// Several queries (prefill): the training engine's causal attention kernel (per head and block
+/// of 64 queries, scores and outputs as GEMMs; windows, sinks and value heads of their own width
+/// as there). Its scale is 1/sqrt(D), so the queries are rescaled first when `scale` differs
+/// (sinks are logits of the scaled scores, as here).
+#[allow(clippy::too_many_arguments)]
+fn attend_gemm(
+    out: &mut [f32],
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    d: Dims,
+    scale: f32,
+    window: Option<usize>,
+    sinks: Option<&[f32]>,
+) {
     use moe_kernels::attention::{attention_forward, AttnDims};
-    let Dims { t, pos0, h, g, dk, .. } = d;
+    let Dims { t, pos0, h, g, dk, dv } = d;
     let tk = pos0 + t;
-    let dims = AttnDims { b: 1, tq: t, tk, tcap: tk, h, g, d: dk, dv: dk, window: 0 };
+    let dims = AttnDims { b: 1, tq: t, tk, tcap: tk, h, g, d: dk, dv, window: window.unwrap_or(0) };
     let adjust = scale * (dk as f32).sqrt();
     let scaled: Vec<f32>;
     let q = if adjust == 1.0 {
@@ -87,7 +115,7 @@ fn attend_gemm(out: &mut [f32], q: &[f32], k: &[f32], v: &[f32], d: Dims, scale:
     };
     let mut probs = PROBS.with(|p| std::mem::take(&mut *p.borrow_mut()));
     probs.resize(h * t * tk, 0.0);
-    attention_forward(&mut out[..t * h * dk], &mut probs, q, &k[..tk * g * dk], &v[..tk * g * dk], None, dims);
+    attention_forward(&mut out[..t * h * dv], &mut probs, q, &k[..tk * g * dk], &v[..tk * g * dv], sinks, dims);
     PROBS.with(|p| *p.borrow_mut() = probs);
 }
 
@@ -97,20 +125,30 @@ mod tests {
 
     #[test]
     fn gemm_path_equals_the_per_query_loop() {
-        // A window longer than any sequence changes nothing but forces the per-query loop.
-        let (h, g, dk) = (4, 2, 16);
-        for (t, pos0, scale) in [(5, 0, 0.25f32), (70, 3, 0.1), (2, 9, 0.3)] {
+        // plain; a window; sinks; value heads narrower than query/key heads (latent attention)
+        let (h, g) = (4, 2);
+        let sinks = [0.3f32, -1.0, 2.0, 0.0];
+        let cases = [
+            (5, 0, 0.25f32, 16, 16, None, false),
+            (70, 3, 0.1, 16, 16, None, false),
+            (2, 9, 0.3, 16, 16, None, false),
+            (70, 3, 0.1, 16, 16, Some(9), false),
+            (6, 2, 0.2, 8, 8, Some(3), true),
+            (7, 0, 0.3, 12, 8, None, false),
+        ];
+        for (t, pos0, scale, dk, dv, window, with_sinks) in cases {
             let l = pos0 + t;
             let val = |i: usize, s: usize| ((i * 7919 + s * 104729) % 1000) as f32 / 500.0 - 1.0;
             let q: Vec<f32> = (0..t * h * dk).map(|i| val(i, 1)).collect();
             let k: Vec<f32> = (0..l * g * dk).map(|i| val(i, 2)).collect();
-            let v: Vec<f32> = (0..l * g * dk).map(|i| val(i, 3)).collect();
-            let d = Dims { t, pos0, h, g, dk, dv: dk };
-            let (mut a, mut b) = (vec![0.0; t * h * dk], vec![0.0; t * h * dk]);
-            attend(&mut a, &q, &k, &v, d, scale, None, None);
-            attend(&mut b, &q, &k, &v, d, scale, Some(1 << 20), None);
+            let v: Vec<f32> = (0..l * g * dv).map(|i| val(i, 3)).collect();
+            let d = Dims { t, pos0, h, g, dk, dv };
+            let z = with_sinks.then_some(&sinks[..]);
+            let (mut a, mut b) = (vec![0.0; t * h * dv], vec![0.0; t * h * dv]);
+            attend_gemm(&mut a, &q, &k, &v, d, scale, window, z);
+            attend_loop(&mut b, &q, &k, &v, d, scale, window, z);
             let err = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
-            assert!(err < 1e-5, "t {t} pos0 {pos0}: {err}");
+            assert!(err < 1e-5, "t {t} pos0 {pos0} window {window:?} sinks {with_sinks} dv {dv}: {err}");
         }
     }
 }
