@@ -234,6 +234,12 @@ pub struct ModelConfig {
     /// A bias on the attention's output projection (gpt-oss).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub o_proj_bias: bool,
+    /// LayerNorm (with biases) instead of RMSNorm everywhere (PhiMoE); `rms_norm_eps` is its eps.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub layer_norm: bool,
+    /// A bias on the LM head (PhiMoE).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub lm_head_bias: bool,
     /// Biases on the experts' gate, up and down projections (gpt-oss).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub expert_bias: bool,
@@ -318,6 +324,8 @@ impl ModelConfig {
             o_proj_bias: false,
             expert_bias: false,
             swiglu_limit: 0.0,
+            layer_norm: false,
+            lm_head_bias: false,
         }
     }
     /// 8 experts, top-2, expert width 512: the active compute of `bench_dense`.

@@ -61,12 +61,15 @@ pub fn sizes(cfg: &ModelConfig, b: usize, t: usize) -> Sizes {
         .iter()
         .map(|sp| {
             let mla_norms = sp.mla.iter().flat_map(|m| m.q_a.map(|[_, n]| n).into_iter().chain([m.kv_a_norm]));
-            let spans = sp.qkv_bias.iter().flatten().chain(sp.qk_norm.iter().flatten()).copied().chain(mla_norms);
+            let biases = [sp.ln1_bias, sp.ln2_bias, sp.o_bias, sp.sinks].into_iter().flatten();
+            let spans =
+                sp.qkv_bias.iter().flatten().chain(sp.qk_norm.iter().flatten()).copied().chain(mla_norms).chain(biases);
             sp.ln1.len + sp.ln2.len + spans.map(|s| s.len).sum::<usize>()
         })
         .sum();
-    let active = active_mm + small + layout.norm.len + c; // one embedding row
-                                                          // scores (D wide) and values (Dv wide) over t/2 keys on average
+    let heads = [layout.norm_bias, layout.lm_head_bias].into_iter().flatten().map(|s| s.len).sum::<usize>();
+    let active = active_mm + small + layout.norm.len + heads + c; // one embedding row
+                                                                  // scores (D wide) and values (Dv wide) over t/2 keys on average
     let fwd = 2.0 * active_mm as f64 + (l as f64) * 2.0 * (hd + hdv) as f64 * t as f64 / 2.0;
     // Activations per token, mirroring model::Acts (f32).
     let n = b * t;

@@ -1,4 +1,4 @@
-//! One decoder layer, forward and backward: x -> RMSNorm -> q, k, v (`qkv`, or `mla`) -> attention
+//! One decoder layer, forward and backward: x -> RMSNorm (or LayerNorm, `norm`) -> q, k, v (`qkv`, or `mla`) -> attention
 //! (keys and values through the KV cache) -> o_proj -> + x = mid -> RMSNorm -> dense or MoE
 //! feed-forward -> + mid = out. `Model` runs the layers in order (`model`); under activation
 //! recomputation (`Acts::recompute`) the backward runs a layer's forward again from its saved
@@ -12,12 +12,12 @@ use crate::model::Model;
 use crate::moe::router::{RouterGrads, RouterWeights};
 use crate::moe::shared::{SharedGrads, SharedWeights};
 use crate::moe::{moe_backward, moe_forward, MoeActs, MoeGrads, MoeSpec, MoeWeights};
+use crate::norm::{norm_backward, norm_forward};
 use crate::packed::Weights;
 use crate::params::{FfnSpans, MoeSpans};
 use crate::qkv::{qkv_backward, qkv_forward, QkNormActs, Qkv};
 use moe_kernels::attention::{attention_backward, attention_forward, AttnDims};
 use moe_kernels::matmul::{add_bias, bias_backward};
-use moe_kernels::rmsnorm::{rmsnorm_backward, rmsnorm_forward};
 use moe_kernels::Float;
 
 /// Feed-forward activations of one layer.
@@ -64,7 +64,7 @@ impl<T: Float> LayerActs<T> {
         let z = moe_kernels::buffer::zeroed::<T>;
         LayerActs {
             ln1: z(n * c),
-            rstd1: z(n),
+            rstd1: z(2 * n),
             q: z(n * hd),
             k_new: z(n * gd),
             v_new: z(n * gdv),
@@ -72,7 +72,7 @@ impl<T: Float> LayerActs<T> {
             attn: z(n * hdv),
             mid: z(n * c),
             ln2: z(n * c),
-            rstd2: z(n),
+            rstd2: z(2 * n),
             qk_norm: QkNormActs::new(cfg, n),
             mla: MlaActs::new(cfg, n),
             ffn: if cfg.is_moe_layer(l) {
@@ -215,7 +215,8 @@ impl<T: Float> Model<T> {
         let (h, g, d, dv) = (sh.h, sh.g, sh.d, sh.dv);
         let (hd, gd, hdv, gdv) = (h * d, g * d, h * dv, g * dv);
         let (ls, p) = (&self.layout.layers[l], ws.p);
-        rmsnorm_forward(&mut la.ln1[..n * c], &mut la.rstd1[..n], x, ls.ln1.of(p), c, cfg.rms_norm_eps);
+        let b1 = ls.ln1_bias.map(|s| s.of(p));
+        norm_forward(&mut la.ln1[..n * c], &mut la.rstd1[..2 * n], x, ls.ln1.of(p), b1, c, cfg.rms_norm_eps);
         self.project(l, ws, la, n, tq, pos0);
         let (ck, cv): (&[T], &[T]) = match kv {
             Kv::Write(ck, cv) => {
@@ -238,7 +239,8 @@ impl<T: Float> Model<T> {
         }
         let r = T::from_f64(cfg.residual_multiplier);
         la.mid[..n * c].iter_mut().zip(x).for_each(|(m, &xv)| *m = *m * r + xv);
-        rmsnorm_forward(&mut la.ln2[..n * c], &mut la.rstd2[..n], &la.mid[..n * c], ls.ln2.of(p), c, cfg.rms_norm_eps);
+        let (b2, eps) = (ls.ln2_bias.map(|s| s.of(p)), cfg.rms_norm_eps);
+        norm_forward(&mut la.ln2[..n * c], &mut la.rstd2[..2 * n], &la.mid[..n * c], ls.ln2.of(p), b2, c, eps);
         match (&ls.ffn, &mut la.ffn) {
             (FfnSpans::Dense { gate, up, down, lora }, FfnActs::Dense { g, u, h }) => {
                 let f = cfg.intermediate_size;
@@ -324,15 +326,10 @@ impl<T: Float> Model<T> {
             }
             _ => unreachable!("activations are built from the same config as the layout"),
         }
-        rmsnorm_backward(
-            &mut sc.dres[..n * c],
-            self.grads(gr).take(ls.ln2),
-            &sc.dln[..n * c],
-            &la.mid[..n * c],
-            ls.ln2.of(p),
-            &la.rstd2[..n],
-            c,
-        );
+        let mut gc = self.grads(gr);
+        let (g2, gb2) = (gc.take(ls.ln2), gc.opt(ls.ln2_bias));
+        let (mid, w2) = (&la.mid[..n * c], ls.ln2.of(p));
+        norm_backward(&mut sc.dres[..n * c], g2, gb2, &sc.dln[..n * c], mid, w2, &la.rstd2[..2 * n], c);
         // mid = x + r o_proj(attn)
         if scaled {
             sc.dy[..n * c].iter_mut().zip(&sc.dres[..n * c]).for_each(|(y, &d)| *y = r * d);
@@ -372,14 +369,8 @@ impl<T: Float> Model<T> {
             let s = Qkv { t, pos0: 0, c, h, g, d, cos: &self.cos, sin: &self.sin, q_scale: self.q_scale() };
             qkv_backward(&mut sc.dln[..n * c], gc, dq, dk, dvs, xn, ls, ws, &mut la.qk_norm, s);
         }
-        rmsnorm_backward(
-            &mut sc.dres[..n * c],
-            self.grads(gr).take(ls.ln1),
-            &sc.dln[..n * c],
-            x,
-            ls.ln1.of(p),
-            &la.rstd1[..n],
-            c,
-        );
+        let mut gc = self.grads(gr);
+        let (g1, gb1) = (gc.take(ls.ln1), gc.opt(ls.ln1_bias));
+        norm_backward(&mut sc.dres[..n * c], g1, gb1, &sc.dln[..n * c], x, ls.ln1.of(p), &la.rstd1[..2 * n], c);
     }
 }

@@ -25,6 +25,7 @@ pub mod mla;
 pub mod model;
 pub mod moe;
 pub mod nonfinite;
+pub mod norm;
 pub mod packed;
 pub mod params;
 pub mod plan;

@@ -11,11 +11,12 @@ pub use crate::layer::{FfnActs, LayerActs};
 use crate::layer::{Kv, LayerStep, Scratch};
 use crate::linear::{GradCursor, Lin};
 use crate::moe::MoeStats;
+use crate::norm::{norm_backward, norm_forward};
 use crate::packed::{PackedBase, Weights};
 use crate::params::Layout;
 use moe_kernels::cross_entropy::{cross_entropy_backward_inplace, cross_entropy_forward};
 use moe_kernels::embedding::{embedding_backward, embedding_forward};
-use moe_kernels::rmsnorm::{rmsnorm_backward, rmsnorm_forward};
+use moe_kernels::matmul::{add_bias, bias_backward};
 use moe_kernels::rope::rope_tables;
 use moe_kernels::Float;
 
@@ -118,7 +119,7 @@ impl<T: Float> Acts<T> {
             layers,
             slots,
             lnf: z(n * c),
-            rstdf: z(n),
+            rstdf: z(2 * n),
             logits: z(n * v),
             losses: z(n),
             recompute,
@@ -287,9 +288,13 @@ impl<T: Float> Model<T> {
             }
         }
         let last = &a.resid[cfg.num_hidden_layers][..n * c];
-        rmsnorm_forward(&mut a.lnf[..n * c], &mut a.rstdf[..n], last, self.layout.norm.of(p), c, cfg.rms_norm_eps);
+        let (w, b) = (self.layout.norm.of(p), self.layout.norm_bias.map(|s| s.of(p)));
+        norm_forward(&mut a.lnf[..n * c], &mut a.rstdf[..2 * n], last, w, b, c, cfg.rms_norm_eps);
         let head = Lin::at(ws, self.layout.lm_head, None);
         head.forward(&mut a.logits[..n * v], &a.lnf[..n * c], n, c, v, true);
+        if let Some(bias) = self.layout.lm_head_bias {
+            add_bias(&mut a.logits[..n * v], bias.of(p));
+        }
         if cfg.logits_scaling != 1.0 {
             let inv = T::from_f64(1.0 / cfg.logits_scaling);
             a.logits[..n * v].iter_mut().for_each(|x| *x *= inv);
@@ -394,19 +399,17 @@ impl<T: Float> Model<T> {
         }
         let ws = self.weights(p);
         let head = Lin::at(ws, self.layout.lm_head, None);
-        let g_head = self.grads(gr).lin(self.layout.lm_head, None);
+        let mut gc = self.grads(gr);
+        let g_norm = (gc.take(self.layout.norm), gc.opt(self.layout.norm_bias));
+        let (g_head, g_bias) = (gc.lin(self.layout.lm_head, None), gc.opt(self.layout.lm_head_bias));
         head.backward(&mut a.sc.dln[..n * c], g_head, &a.logits[..n * v], &a.lnf[..n * c], n, c, v, false, true);
+        if let Some(db) = g_bias {
+            bias_backward(db, &a.logits[..n * v]);
+        }
         a.sc.dres[..n * c].fill(T::ZERO);
         let last = &a.resid[cfg.num_hidden_layers][..n * c];
-        rmsnorm_backward(
-            &mut a.sc.dres[..n * c],
-            self.grads(gr).take(self.layout.norm),
-            &a.sc.dln[..n * c],
-            last,
-            self.layout.norm.of(p),
-            &a.rstdf[..n],
-            c,
-        );
+        let (dres, dln, w) = (&mut a.sc.dres[..n * c], &a.sc.dln[..n * c], self.layout.norm.of(p));
+        norm_backward(dres, g_norm.0, g_norm.1, dln, last, w, &a.rstdf[..2 * n], c);
         for l in (0..cfg.num_hidden_layers).rev() {
             let x = &a.resid[l][..n * c];
             let la = &mut a.layers[a.slots[l]];

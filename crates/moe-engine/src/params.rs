@@ -148,6 +148,9 @@ pub enum FfnSpans {
 #[derive(Clone, Debug)]
 pub struct LayerSpans {
     pub ln1: Span,
+    /// The norms' biases (LayerNorm), each right after its weight.
+    pub ln1_bias: Option<Span>,
+    pub ln2_bias: Option<Span>,
     pub wq: Span,
     pub wk: Span,
     pub wv: Span,
@@ -186,6 +189,9 @@ pub struct Layout {
     pub layers: Vec<LayerSpans>,
     pub norm: Span,
     pub lm_head: Span,
+    /// The final norm's bias (LayerNorm) and the LM head's bias.
+    pub norm_bias: Option<Span>,
+    pub lm_head_bias: Option<Span>,
     /// Where the LoRA adapters start: the base model is `[..base_total]` (= total without LoRA).
     pub base_total: usize,
 }
@@ -267,6 +273,7 @@ impl Layout {
         for l in 0..cfg.num_hidden_layers {
             let p = format!("model.layers.{l}");
             let ln1 = b.push(format!("{p}.input_layernorm.weight"), &[c], Init::Ones);
+            let ln1_bias = cfg.layer_norm.then(|| b.push(format!("{p}.input_layernorm.bias"), &[c], Init::Zeros));
             let (wq, wk, wv, mla) = match cfg.mla {
                 Some(a) => {
                     let (ql, kvl) = (a.q_lora_rank, a.kv_lora_rank);
@@ -308,6 +315,8 @@ impl Layout {
             let o_bias = cfg.o_proj_bias.then(|| b.push(format!("{p}.self_attn.o_proj.bias"), &[c], Init::Zeros));
             let sinks = cfg.attention_sinks.then(|| b.push(format!("{p}.self_attn.sinks"), &[h], Init::Zeros));
             let ln2 = b.push(format!("{p}.post_attention_layernorm.weight"), &[c], Init::Ones);
+            let ln2_bias =
+                cfg.layer_norm.then(|| b.push(format!("{p}.post_attention_layernorm.bias"), &[c], Init::Zeros));
             let ffn = if cfg.is_moe_layer(l) {
                 let (e, f, fs) =
                     (cfg.num_local_experts, cfg.moe_intermediate_size, cfg.shared_expert_intermediate_size);
@@ -374,6 +383,8 @@ impl Layout {
             };
             layers.push(LayerSpans {
                 ln1,
+                ln1_bias,
+                ln2_bias,
                 wq,
                 wk,
                 wv,
@@ -389,14 +400,16 @@ impl Layout {
             });
         }
         let norm = b.push("model.norm.weight".into(), &[c], Init::Ones);
+        let norm_bias = cfg.layer_norm.then(|| b.push("model.norm.bias".into(), &[c], Init::Zeros));
         let lm_head = b.push("lm_head.weight".into(), &[v, c], Init::Normal(std));
+        let lm_head_bias = cfg.lm_head_bias.then(|| b.push("lm_head.bias".into(), &[v], Init::Zeros));
         let base_total = b.total;
         if let Some(lc) = &cfg.lora {
             for ls in &mut layers {
                 add_adapters(&mut b, ls, lc);
             }
         }
-        Layout { tensors: b.tensors, total: b.total, embed, layers, norm, lm_head, base_total }
+        Layout { tensors: b.tensors, total: b.total, embed, layers, norm, lm_head, norm_bias, lm_head_bias, base_total }
     }
 
     /// Fresh parameters drawn from the init of each tensor (the adapters from a stream of

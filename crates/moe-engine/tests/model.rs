@@ -26,7 +26,14 @@ fn check_model(cfg: ModelConfig, seed: u64) {
     let mut rng = Rng::new(seed + 1);
     p.iter_mut().for_each(|v| *v = *v * 4.0 + if *v == 1.0 { rng.normal() * 0.1 } else { 0.0 });
     // Projection biases start at zero: random here, so that the forward adds something.
-    for t in m.layout.tensors.iter().filter(|t| t.name.ends_with("_proj.bias") || t.name.ends_with("_proj_bias")) {
+    let biased = |n: &str| {
+        n.ends_with("_proj.bias")
+            || n.ends_with("_proj_bias")
+            || n.ends_with("layernorm.bias")
+            || n.ends_with("lm_head.bias")
+            || n == "model.norm.bias"
+    };
+    for t in m.layout.tensors.iter().filter(|t| biased(&t.name)) {
         t.span.of_mut(&mut p).iter_mut().for_each(|v| *v = rng.normal() * 0.3);
     }
     let v = m.cfg.vocab_size;
@@ -318,4 +325,17 @@ fn expert_bias_and_clamped_swiglu_gradients() {
 #[test]
 fn sliding_window_kv_cache_decoding_equals_full_recompute() {
     check_cached_decoding(ModelConfig { max_position_embeddings: 16, ..gpt_oss_like() });
+}
+
+#[test]
+fn layer_norm_and_lm_head_bias_gradients() {
+    // PhiMoE's LayerNorms (weights and biases) and LM-head bias, with its attention biases
+    let cfg = ModelConfig {
+        layer_norm: true,
+        lm_head_bias: true,
+        qkv_bias: true,
+        o_proj_bias: true,
+        ..mixed_config(BalanceScope::Global)
+    };
+    check_model(cfg, 71);
 }

@@ -21,6 +21,7 @@ pub mod cross_entropy;
 pub mod dpbf16;
 pub mod embedding;
 pub mod float;
+pub mod layernorm;
 pub mod matmul;
 pub mod peak;
 pub mod q8_0;

@@ -107,6 +107,37 @@ fn rmsnorm_backward_finite_difference() {
 }
 
 #[test]
+fn layernorm_backward_finite_difference() {
+    use moe_kernels::layernorm::{layernorm_backward, layernorm_forward};
+    let mut rng = Rng::new(21);
+    for &(n, c) in &[(1, 1), (3, 5), (2, 300)] {
+        let (x, r) = (rng.vec(n * c), rng.vec(n * c));
+        let (w, b): (Vec<f64>, Vec<f64>) = (rng.vec(c).iter().map(|v| 1.0 + 0.3 * v).collect(), rng.vec(c));
+        let run = |x: &[f64], w: &[f64], b: &[f64]| {
+            let (mut y, mut m, mut s) = (vec![0.0; n * c], vec![0.0; n], vec![0.0; n]);
+            layernorm_forward(&mut y, &mut m, &mut s, x, w, b, c, 1e-5);
+            (y, m, s)
+        };
+        let loss = |x: &[f64], w: &[f64], b: &[f64]| dotp(&run(x, w, b).0, &r);
+        let (y, m, s) = run(&x, &w, &b);
+        // against the definition
+        for (i, row) in x.chunks(c).enumerate() {
+            let mu = row.iter().sum::<f64>() / c as f64;
+            let var = row.iter().map(|v| (v - mu) * (v - mu)).sum::<f64>() / c as f64;
+            for j in 0..c {
+                let want = (row[j] - mu) / (var + 1e-5).sqrt() * w[j] + b[j];
+                assert!((y[i * c + j] - want).abs() < 1e-12);
+            }
+        }
+        let (mut dx, mut dw, mut db) = (vec![0.0; n * c], vec![0.0; c], vec![0.0; c]);
+        layernorm_backward(&mut dx, &mut dw, &mut db, &r, &x, &w, &m, &s, c);
+        check_grad("layernorm dx", &x, &dx, |x| loss(x, &w, &b));
+        check_grad("layernorm dw", &w, &dw, |w| loss(&x, w, &b));
+        check_grad("layernorm db", &b, &db, |b| loss(&x, &w, b));
+    }
+}
+
+#[test]
 fn rope_backward_finite_difference_and_position_offset() {
     let mut rng = Rng::new(4);
     for &(b, t, nh, d) in &[(1, 1, 1, 2), (2, 3, 2, 4), (1, 5, 3, 8)] {
