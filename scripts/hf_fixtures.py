@@ -8,7 +8,8 @@ heads wider than hidden / heads), GraniteMoeForCausalLM (embedding, attention, r
 multipliers, top-k softmax router), DeepseekV3ForCausalLM (latent attention with a query rank and
 interleaved RoPE, a dense first layer, sigmoid group-limited routing with its selection bias,
 shared experts; no balancing loss), GptOssForCausalLM (attention sinks, alternating sliding
-windows, biases on every projection and expert, the clamped SwiGLU, YaRN) and the Llama
+windows, biases on every projection and expert, the clamped SwiGLU, YaRN), PhimoeForCausalLM in eval
+mode (LayerNorms, biases on attention and the LM head, the sparsemixer's inference routing) and the Llama
 with PEFT's LoRA adapters on every linear layer (llama_lora: gradients of the adapters only), in
 float64:
   config.json            our ModelConfig (Hugging Face field names)
@@ -100,7 +101,7 @@ def peft_name(name):
 
 def build(kind):
     torch.manual_seed({"mixtral": 0, "llama": 1, "qwen2_moe": 2, "llama_lora": 3, "olmoe": 4, "qwen3_moe": 5,
-                       "granitemoe": 6, "deepseek_v3": 7, "gpt_oss": 8}[kind])
+                       "granitemoe": 6, "deepseek_v3": 7, "gpt_oss": 8, "phimoe": 9}[kind])
     if kind == "qwen2_moe":
         hf = Qwen2MoeConfig(**COMMON, intermediate_size=16, moe_intermediate_size=16, shared_expert_intermediate_size=16,
                             num_experts=4, num_experts_per_tok=2, norm_topk_prob=False, qkv_bias=True,
@@ -163,6 +164,15 @@ def build(kind):
                          o_proj_bias=True, attention_sinks=True, expert_bias=True, swiglu_limit=0.9, head_dim=8,
                          sliding_window=3, layer_types=["sliding_attention", "full_attention"],
                          rope_scaling={k: v for k, v in yarn.items() if k != "rope_theta"})
+    elif kind == "phimoe":
+        from transformers import PhimoeConfig, PhimoeForCausalLM
+        hf = PhimoeConfig(**COMMON, intermediate_size=16, num_local_experts=4, num_experts_per_tok=2,
+                          attention_bias=True, lm_head_bias=True, router_jitter_noise=0.4, input_jitter_noise=0.0,
+                          router_aux_loss_coef=0.02, output_router_logits=True, rope_parameters=ROPE,
+                          eos_token_id=None, pad_token_id=None, bos_token_id=None, experts_implementation="eager")
+        model = PhimoeForCausalLM(hf)
+        cfg = our_config(hf, 4, 2, 16, 0.02, router="sparse_mixer", sparse_mixer_eps=0.4, layer_norm=True,
+                         lm_head_bias=True, qkv_bias=True, o_proj_bias=True)
     elif kind == "mixtral":
         hf = MixtralConfig(**COMMON, intermediate_size=16, num_local_experts=4, num_experts_per_tok=2,
                            router_aux_loss_coef=0.02, output_router_logits=True, sliding_window=None,
@@ -175,6 +185,8 @@ def build(kind):
         cfg = our_config(hf, 0, 0, 0, 0.0)
     model.config._attn_implementation = "eager"
     model = model.double()
+    if kind == "phimoe":
+        model.eval()  # the sparsemixer's inference routing (training samples its experts)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if p.dim() == 1:  # norms
@@ -324,7 +336,7 @@ if __name__ == "__main__":
     import sys
     # python scripts/hf_fixtures.py [KIND ...]: only those (default: every model and layer)
     models = ["mixtral", "llama", "qwen2_moe", "llama_lora", "olmoe", "qwen3_moe", "granitemoe", "deepseek_v3",
-              "gpt_oss"]
+              "gpt_oss", "phimoe"]
     for kind in sys.argv[1:] or models + ["layer_deepseek_v3", "layer_qwen2_moe"]:
         if kind.startswith("layer_"):
             build_layer(kind.removeprefix("layer_"))

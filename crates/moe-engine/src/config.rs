@@ -96,6 +96,12 @@ pub enum RouterKind {
     /// Expert choice (Zhou et al. 2022): each expert takes its top tokens by softmax probability,
     /// capacity = N * K / E * capacity_factor.
     ExpertChoice,
+    /// PhiMoE's sparsemixer as transformers runs it at inference (top-2): the first expert is the
+    /// largest logit, weighted by its softmax over the logits within `sparse_mixer_eps` of it
+    /// (relative); the second the largest of the rest, weighted the same way among them. Its
+    /// training-time estimator (sampled experts) is not used: the gradient is the exact one of
+    /// this deterministic routing.
+    SparseMixer,
 }
 
 /// Which routed assignments survive when an expert is over capacity.
@@ -234,6 +240,9 @@ pub struct ModelConfig {
     /// A bias on the attention's output projection (gpt-oss).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub o_proj_bias: bool,
+    /// The sparsemixer's relative threshold (PhiMoE's `router_jitter_noise`).
+    #[serde(default, skip_serializing_if = "is_zero_f")]
+    pub sparse_mixer_eps: f64,
     /// LayerNorm (with biases) instead of RMSNorm everywhere (PhiMoE); `rms_norm_eps` is its eps.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub layer_norm: bool,
@@ -326,6 +335,7 @@ impl ModelConfig {
             swiglu_limit: 0.0,
             layer_norm: false,
             lm_head_bias: false,
+            sparse_mixer_eps: 0.0,
         }
     }
     /// 8 experts, top-2, expert width 512: the active compute of `bench_dense`.
@@ -428,10 +438,13 @@ impl ModelConfig {
         let dim = self.attn_shape().rope;
         let rope = crate::rope::Rope::from_config(&params, dim, self.max_position_embeddings, false, false)
             .map_err(|e| Error::config(format!("rope_scaling: {e}"), "fix rope_scaling or leave it out"))?;
-        if rope.long.is_some() {
+        if rope.long.is_some() && self.max_position_embeddings > rope.original {
             return Err(Error::config(
-                "rope_scaling: LongRoPE switches its schedule with the sequence length, which training does not",
-                "use default, linear, llama3 or yarn RoPE",
+                format!(
+                    "rope_scaling: LongRoPE switches its schedule past {} positions, which training does not",
+                    rope.original
+                ),
+                "set max_position_embeddings to at most original_max_position_embeddings (its short schedule), or use default, linear, llama3 or yarn RoPE",
             ));
         }
         Ok(Some(rope))
@@ -699,6 +712,12 @@ impl ModelConfig {
 
     fn validate_routing(&self) -> Result<()> {
         let (e, k) = (self.num_local_experts, self.num_experts_per_tok);
+        if self.router == RouterKind::SparseMixer && k != 2 {
+            return Err(Error::config(
+                format!("the sparse_mixer router picks 2 experts, not {k}"),
+                "set num_experts_per_tok to 2",
+            ));
+        }
         if self.router == RouterKind::Switch && k != 1 {
             return Err(Error::config(
                 format!("the switch router needs num_experts_per_tok = 1, not {k}"),

@@ -3,7 +3,8 @@
 //! over the projections), Qwen3MoeForCausalLM (per-head q/k norms, wide heads), GraniteMoeForCausalLM
 //! (multipliers, top-k softmax router), DeepseekV3ForCausalLM (latent attention, sigmoid
 //! group-limited routing with a selection bias, shared experts, a dense first layer),
-//! GptOssForCausalLM (sinks, alternating sliding windows, biases, clamped SwiGLU, YaRN) and the Llama with PEFT's
+//! GptOssForCausalLM (sinks, alternating sliding windows, biases, clamped SwiGLU, YaRN),
+//! PhimoeForCausalLM in eval mode (LayerNorm, biases, the sparsemixer) and the Llama with PEFT's
 //! LoRA adapters on every linear layer, written by `scripts/hf_fixtures.py` (weights, inputs,
 //! and transformers' logits, loss and every trained parameter's gradient, float64). Our model, in f32 and in f64, must match logits, loss
 //! and all gradients to 1e-4 relative (max abs error over a tensor / max abs of the reference).
@@ -145,4 +146,10 @@ fn deepseek_v3_latent_attention_logits_loss_and_gradients_match_transformers() {
 fn gpt_oss_sinks_windows_biases_and_clamped_swiglu_match_transformers() {
     check::<f64>("gpt_oss");
     check::<f32>("gpt_oss");
+}
+
+#[test]
+fn phimoe_layernorm_biases_and_sparsemixer_match_transformers() {
+    check::<f64>("phimoe");
+    check::<f32>("phimoe");
 }

@@ -339,3 +339,20 @@ fn layer_norm_and_lm_head_bias_gradients() {
     };
     check_model(cfg, 71);
 }
+
+#[test]
+fn sparse_mixer_router_gradients() {
+    // PhiMoE's router as transformers runs it at inference, with thresholds that keep a few
+    // experts in each softmax (and LayerNorm, biases: the whole PhiMoE block)
+    use moe_engine::config::RouterKind;
+    let phimoe = ModelConfig {
+        router: RouterKind::SparseMixer,
+        sparse_mixer_eps: 0.4,
+        layer_norm: true,
+        lm_head_bias: true,
+        qkv_bias: true,
+        o_proj_bias: true,
+        ..mixed_config(BalanceScope::Global)
+    };
+    check_model(phimoe, 81);
+}

@@ -95,7 +95,7 @@ pub fn hf_form(cfg: &ModelConfig, selection_bias: bool) -> std::result::Result<H
         RouterKind::SoftmaxTopk => cfg.norm_topk_prob,
         RouterKind::TopkSoftmax => true,
         RouterKind::Switch => false,
-        RouterKind::SigmoidGroup | RouterKind::ExpertChoice => {
+        RouterKind::SigmoidGroup | RouterKind::ExpertChoice | RouterKind::SparseMixer => {
             return Err(format!(
                 "its router ({:?}) has no transformers class moe writes (softmax top-k, top-k softmax and Switch routers are exported)",
                 cfg.router

@@ -157,12 +157,24 @@ fn load_moe(dir: &Path, raw: &Value) -> Result<HfCheckpoint> {
     let mut p = vec![0.0f32; layout.total];
     let rows = |w: &Weight, span: Span, p: &mut [f32]| w.rows_f32(0, span.of_mut(p));
     rows(&m.w.embed, layout.embed, &mut p);
-    layout.norm.of_mut(&mut p).copy_from_slice(&m.w.norm.w);
+    // a weight, and a bias where the layout has one (LayerNorm, the LM head's)
+    let copy = |v: &[f32], span: Span, p: &mut [f32]| span.of_mut(p).copy_from_slice(v);
+    let bias = |b: &Option<Vec<f32>>, span: Option<Span>, p: &mut [f32]| -> Result<()> {
+        if let Some(span) = span {
+            copy(b.as_deref().ok_or_else(|| Error::Input("a bias is missing".into()))?, span, p);
+        }
+        Ok(())
+    };
+    copy(&m.w.norm.w, layout.norm, &mut p);
+    bias(&m.w.norm.b, layout.norm_bias, &mut p)?;
     let head = if s.tie { &m.w.embed } else { &m.w.lm_head.w };
     rows(head, layout.lm_head, &mut p);
+    bias(&m.w.lm_head.bias, layout.lm_head_bias, &mut p)?;
     for (l, sp) in m.w.layers.iter().zip(&layout.layers) {
-        sp.ln1.of_mut(&mut p).copy_from_slice(&l.in_norm.w);
-        sp.ln2.of_mut(&mut p).copy_from_slice(&l.post_norm.w);
+        copy(&l.in_norm.w, sp.ln1, &mut p);
+        copy(&l.post_norm.w, sp.ln2, &mut p);
+        bias(&l.in_norm.b, sp.ln1_bias, &mut p)?;
+        bias(&l.post_norm.b, sp.ln2_bias, &mut p)?;
         match (&l.attn, sp.mla) {
             (Attn::Std { q, k, v, o, q_norm, k_norm, sinks }, None) => {
                 if let (Some(b), Some(span)) = (&o.bias, sp.o_bias) {
@@ -297,19 +309,23 @@ fn moe_config(s: &Spec, raw: &Value, path: &Path) -> Result<ModelConfig> {
     let d = s.head_dim;
     // RoPE over the whole head, or over latent attention's rotated part
     let rd = s.mla.map_or(d, |m| m.rope);
-    if s.norm != Norm::Rms {
-        return bad("LayerNorm");
-    }
-    if s.lm_head_bias {
-        return bad("a bias on the LM head");
-    }
     if s.clip_qkv.is_some() {
         return bad("clipped query/key/value activations");
     }
     // interleaved RoPE only as latent attention's (a GGUF file's permuted rows are not read here)
     let interleave_ok = !s.rope.interleave || s.mla.is_some();
-    if s.rope.dim != rd || s.rope.long.is_some() || !interleave_ok {
-        return bad("LongRoPE or partial or interleaved RoPE");
+    if s.rope.dim != rd || !interleave_ok {
+        return bad("partial or interleaved RoPE");
+    }
+    // LongRoPE (PhiMoE): its short schedule, within the original context it holds for, with the
+    // schedule's cos/sin factor (PhiMoE's short_mscale) written out
+    let mut rope_scaling = rope_scaling;
+    let mut context = s.max_pos;
+    if s.rope.long.is_some() {
+        context = context.min(s.rope.original);
+        if let Some(o) = rope_scaling.as_mut().and_then(|r| r.as_object_mut()) {
+            o.insert("attention_factor".into(), serde_json::json!(s.rope.factor));
+        }
     }
     if s.v_dim != d && s.mla.is_none() {
         return bad("value heads of another width than the query heads");
@@ -336,7 +352,7 @@ fn moe_config(s: &Spec, raw: &Value, path: &Path) -> Result<ModelConfig> {
             .collect()
     };
     use moe_engine::config::RouterKind;
-    let (mut n_group, mut topk_group, mut scale) = (1, 1, 1.0);
+    let (mut n_group, mut topk_group, mut scale, mut mixer_eps) = (1, 1, 1.0, 0.0);
     let (router, renorm) = match s.moe.router {
         Router::SoftmaxTopk { renorm } => (RouterKind::SoftmaxTopk, renorm),
         // GraniteMoE: softmax over the k largest logits
@@ -346,7 +362,11 @@ fn moe_config(s: &Spec, raw: &Value, path: &Path) -> Result<ModelConfig> {
             (n_group, topk_group, scale) = (g, k, f as f64);
             (RouterKind::SigmoidGroup, renorm)
         }
-        _ => return bad("a router other than softmax top-k, top-k softmax or sigmoid group-limited top-k"),
+        // PhiMoE: the sparsemixer, as transformers runs it at inference
+        Router::SparseMixer { eps } => {
+            mixer_eps = eps as f64;
+            (RouterKind::SparseMixer, true)
+        }
     };
     let mla = s.mla.map(|m| moe_engine::config::MlaConfig {
         q_lora_rank: m.q_lora.unwrap_or(0),
@@ -367,7 +387,7 @@ fn moe_config(s: &Spec, raw: &Value, path: &Path) -> Result<ModelConfig> {
     {
         return bad("dense layers other than the first ones");
     }
-    let context = s.max_pos;
+
     let (shared, gate) = s.moe.shared.unwrap_or((0, false));
     let cfg = ModelConfig {
         vocab_size: s.vocab,
@@ -400,6 +420,9 @@ fn moe_config(s: &Spec, raw: &Value, path: &Path) -> Result<ModelConfig> {
         shared_expert_gate: gate,
         bias_update_rate: 0.0,
         router_bias: s.moe.router_bias,
+        sparse_mixer_eps: mixer_eps,
+        layer_norm: s.norm != Norm::Rms,
+        lm_head_bias: s.lm_head_bias,
         o_proj_bias: s.o_bias,
         expert_bias: s.moe.expert_bias,
         attention_sinks: s.sinks,

@@ -49,6 +49,7 @@ fn checkpoints_give_transformers_logits_and_dense_ones_upcycle_exactly() {
         "deepseek_v3",
         "gpt_oss",
         "gpt_oss_mxfp4",
+        "phimoe",
         "moe_export_deepseek",
         "moe_export_gpt_oss",
         "moe_export_llama",
@@ -94,9 +95,7 @@ fn checkpoints_give_transformers_logits_and_dense_ones_upcycle_exactly() {
 
 #[test]
 fn families_the_training_model_cannot_hold_are_refused() {
-    for (name, says) in
-        [("qwen2_moe", "dense layers other than the first"), ("olmoe", "clipped"), ("phimoe", "LayerNorm")]
-    {
+    for (name, says) in [("qwen2_moe", "dense layers other than the first"), ("olmoe", "clipped")] {
         let e = read_checkpoint(&dir(name)).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(e.contains(says), "{name}: {e}");
     }
@@ -114,7 +113,7 @@ fn what_the_training_model_cannot_express_is_refused() {
             "rope_parameters",
             serde_json::json!({"rope_type": "longrope", "rope_theta": 1e4, "original_max_position_embeddings": 16,
                 "short_factor": [1.0, 1.0, 1.0, 1.0], "long_factor": [2.0, 2.0, 2.0, 2.0]}),
-            "LongRoPE switches",
+            "LongRoPE switches its schedule past",
         ),
         ("architectures", serde_json::json!(["Qwen3ForCausalLM"]), "LlamaForCausalLM"),
     ] {

@@ -45,6 +45,8 @@ pub struct MoeSpec {
     pub routed_scaling_factor: f64,
     pub jitter: f64,
     pub drop_by_weight: bool,
+    /// The sparsemixer's threshold.
+    pub mixer_eps: f64,
 }
 
 impl MoeSpec {
@@ -67,6 +69,7 @@ impl MoeSpec {
             routed_scaling_factor: cfg.routed_scaling_factor,
             jitter: cfg.router_jitter_noise,
             drop_by_weight: cfg.drop_policy == DropPolicy::Probability,
+            mixer_eps: cfg.sparse_mixer_eps,
         }
     }
 }

@@ -143,7 +143,8 @@ fn select_token_choice<T: Float>(a: &mut RouterActs<T>, sel_bias: Option<&[T]>, 
     let (ng, tg) = (s.n_group, s.topk_group);
     let kind = s.router;
     let rsf = T::from_f64(s.routed_scaling_factor);
-    let keys_from_logits = kind == RouterKind::TopkSoftmax;
+    let keys_from_logits = matches!(kind, RouterKind::TopkSoftmax | RouterKind::SparseMixer);
+    let eps = T::from_f64(s.mixer_eps);
     a.keys[..n * e]
         .par_chunks_mut(e)
         .zip(a.groups.par_chunks_mut(ng).zip(a.group_ids.par_chunks_mut(tg)))
@@ -158,6 +159,13 @@ fn select_token_choice<T: Float>(a: &mut RouterActs<T>, sel_bias: Option<&[T]>, 
             topk_grouped(ids, keys, ng, groups, gids);
             toks.fill(n_idx as u32);
             match kind {
+                RouterKind::SparseMixer => {
+                    let (first, second) = mixer_picks(lg);
+                    ids.copy_from_slice(&[first as u32, second as u32]);
+                    for (wv, (pick, skip)) in wts.iter_mut().zip([(first, None), (second, Some(first))]) {
+                        *wv = mixer_softmax(lg, pick, skip, eps, |_, _| {});
+                    }
+                }
                 RouterKind::TopkSoftmax => {
                     // softmax over the selected logits
                     let m = ids.iter().map(|&i| lg[i as usize]).fold(lg[ids[0] as usize], |x, y| x.max(y));
@@ -181,6 +189,32 @@ fn select_token_choice<T: Float>(a: &mut RouterActs<T>, sel_bias: Option<&[T]>, 
                 }
             }
         });
+}
+
+/// The sparsemixer's two experts: the largest logit, then the largest of the others.
+fn mixer_picks<T: Float>(lg: &[T]) -> (usize, usize) {
+    let best = |skip: Option<usize>| {
+        (0..lg.len()).filter(|&j| Some(j) != skip).fold(None, |b: Option<usize>, j| match b {
+            Some(i) if lg[i] >= lg[j] => Some(i),
+            _ => Some(j),
+        })
+    };
+    let first = best(None).unwrap_or(0);
+    (first, best(Some(first)).unwrap_or(first))
+}
+
+/// The sparsemixer's weight of expert `pick`: its softmax over the logits j (other than `skip`)
+/// with (m - lg_j) / max(|lg_j|, m) <= 2 eps, m = lg[pick]. `each(j, p_j)` sees every such j with
+/// its probability (the backward's softmax Jacobian).
+fn mixer_softmax<T: Float>(lg: &[T], pick: usize, skip: Option<usize>, eps: T, mut each: impl FnMut(usize, T)) -> T {
+    let m = lg[pick];
+    let two = T::from_f64(2.0);
+    let kept = |j: usize| Some(j) != skip && (m - lg[j]) / lg[j].abs().max(m) <= two * eps;
+    let z: T = (0..lg.len()).filter(|&j| kept(j)).map(|j| (lg[j] - m).exp()).sum();
+    for j in (0..lg.len()).filter(|&j| kept(j)) {
+        each(j, (lg[j] - m).exp() / z);
+    }
+    T::ONE / z
 }
 
 fn select_expert_choice<T: Float>(a: &mut RouterActs<T>, s: &MoeSpec) {
@@ -237,8 +271,9 @@ pub fn router_backward<T: Float>(
         );
     }
     a.dlogits[..n * e].fill(T::ZERO);
-    // Routing weights -> scores (or logits for topk_softmax).
+    // Routing weights -> scores (or logits for topk_softmax and the sparsemixer).
     let rsf = T::from_f64(s.routed_scaling_factor);
+    let eps = T::from_f64(s.mixer_eps);
     match kind {
         RouterKind::ExpertChoice => {
             for ((&t, &x), &d) in a.token[..a.r].iter().zip(&a.expert[..a.r]).zip(dweight) {
@@ -251,8 +286,17 @@ pub fn router_backward<T: Float>(
                 .par_chunks_mut(e)
                 .zip(a.dlogits.par_chunks_mut(e))
                 .zip(a.expert.par_chunks(k).zip(a.weight.par_chunks(k)))
-                .zip(dweight.par_chunks(k).zip(a.scores.par_chunks(e)))
-                .for_each(|(((ds, dl), (ids, wts)), (dw, sc))| match kind {
+                .zip(dweight.par_chunks(k).zip(a.scores.par_chunks(e).zip(a.logits.par_chunks(e))))
+                .for_each(|(((ds, dl), (ids, wts)), (dw, (sc, lg)))| match kind {
+                    RouterKind::SparseMixer => {
+                        // w = p_pick of a softmax over a kept set: dl_j += dw w (delta_j,pick - p_j)
+                        let (first, second) = (ids[0] as usize, ids[1] as usize);
+                        for (slot, (pick, skip)) in [(first, None), (second, Some(first))].into_iter().enumerate() {
+                            let (wv, d) = (wts[slot], dw[slot]);
+                            mixer_softmax(lg, pick, skip, eps, |j, p| dl[j] -= d * wv * p);
+                            dl[pick] += d * wv;
+                        }
+                    }
                     RouterKind::TopkSoftmax => {
                         let dot: T = dw.iter().zip(wts).map(|(&x, &y)| x * y).sum();
                         for ((&i, &wv), &d) in ids.iter().zip(wts).zip(dw) {
