@@ -2,15 +2,15 @@
 """moe's exports checked against the tools people load them with (run by hand, never by CI;
 needs torch, transformers and tokenizers; llama.cpp optional).
 
-Trains the tiny preset for a few steps on README.md in thirteen forms: Mixtral's (no selection
+Trains the tiny preset for a few steps on README.md in fourteen forms: Mixtral's (no selection
 bias), Qwen2-MoE's (a shared expert without gate, a dense first layer, weights not renormalised),
 Qwen2-MoE's with Switch routing, a gated shared expert and query/key/value biases, OLMoE's
 (query/key norms over the projections), Qwen3-MoE's (per-head query/key norms, heads wider
 than hidden / heads, a dense first layer; and with every layer MoE), GraniteMoE's (its four multipliers, top-k softmax
 routing), DeepSeek-V3's (latent attention, sigmoid group-limited routing with a trained selection
 bias, shared experts, a dense first layer; and with YaRN RoPE scaling), Mixtral's with Llama 3's
-RoPE scaling, gpt-oss's (sinks, alternating sliding windows, biases, the clamped SwiGLU), and two
-dense models (Llama's; Qwen2's with biases:
+RoPE scaling, gpt-oss's (sinks, alternating sliding windows, biases, the clamped SwiGLU), PhiMoE's
+(the sparsemixer, LayerNorms, biases), and two dense models (Llama's; Qwen2's with biases:
 their logits are compared with the training engine's by tests/export.rs). Exports
 each as a Hugging Face directory, and as a GGUF file where llama.cpp has the form (Mixtral's as
 `llama` with experts, the third as `qwen2moe`, OLMoE's as `olmoe`, the all-MoE Qwen3-MoE as
@@ -23,7 +23,7 @@ each as a Hugging Face directory, and as a GGUF file where llama.cpp has the for
   its next-token probabilities after the prompt equal transformers' (top 5, 1e-3).
 With --fixture, writes each exported directory and transformers' outputs (reference.safetensors:
 input_ids, logits, greedy) to crates/moe-infer/tests/fixtures/moe_export{,_qwen2,_qwen2_switch,_olmoe,_qwen3,
-_qwen3_moe_only,_granite,_deepseek,_gpt_oss,_llama,_qwen2_dense},
+_qwen3_moe_only,_granite,_deepseek,_gpt_oss,_phimoe,_llama,_qwen2_dense},
 which
 crates/moe-infer/tests/hf_models.rs compares moe to on every test run.
 
@@ -83,6 +83,9 @@ FORMS = [("moe_export", {}),
          ("moe_export_gpt_oss", {"sliding_window": 3, "layer_types": ["sliding_attention", "full_attention"],
                                  "attention_sinks": True, "o_proj_bias": True, "qkv_bias": True, "expert_bias": True,
                                  "swiglu_limit": 0.9, "router": "topk_softmax", "router_bias": True}),
+         # PhiMoE's blocks: the sparsemixer router, LayerNorms, biases on attention and the LM head
+         ("moe_export_phimoe", {"router": "sparse_mixer", "sparse_mixer_eps": 0.3, "layer_norm": True,
+                                "lm_head_bias": True, "qkv_bias": True, "o_proj_bias": True}),
          # dense models (a merged LoRA fine-tune): LlamaForCausalLM, Qwen2ForCausalLM with biases
          ("moe_export_llama", {"num_local_experts": 0, "num_experts_per_tok": 0, "moe_intermediate_size": 0}),
          ("moe_export_qwen2_dense", {"num_local_experts": 0, "num_experts_per_tok": 0, "moe_intermediate_size": 0,

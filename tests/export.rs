@@ -518,3 +518,36 @@ fn gpt_oss_form_and_windows_give_the_training_engines_logits() {
         assert!(code == 1 && err.contains(says), "{says}: {err}");
     }
 }
+
+/// PhiMoE's blocks (the sparsemixer, LayerNorms, biases on attention and the LM head): written as
+/// PhimoeForCausalLM, read back by the inference engine with the training engine's logits
+/// (transformers too: scripts/export_check.py moe_export_phimoe, by hand); partial forms refused.
+#[test]
+fn phimoe_form_gives_the_training_engines_logits() {
+    use moe_engine::config::RouterKind;
+    let dir = tempfile::tempdir().unwrap();
+    let phimoe = ModelConfig {
+        router: RouterKind::SparseMixer,
+        sparse_mixer_eps: 0.3,
+        layer_norm: true,
+        lm_head_bias: true,
+        qkv_bias: true,
+        o_proj_bias: true,
+        ..ModelConfig::tiny()
+    };
+    let ck = trained(phimoe.clone(), &dir.path().join("p"));
+    let out = dir.path().join("hf");
+    let (code, err) = export(&ck, &out);
+    assert!(code == 0 && err.contains("PhimoeForCausalLM"), "{err}");
+    let (got, want) = logits_both(&ck, &out, &[3u32, 17, 5, 99, 42, 7, 120, 1]);
+    let diff = max_diff(&got, &want);
+    assert!(diff < 1e-4, "PhiMoE form: exported logits differ by {diff}");
+    for (cfg, says) in [
+        (ModelConfig { layer_norm: false, ..phimoe.clone() }, "needs all of its blocks"),
+        (ModelConfig { shared_expert_intermediate_size: 8, ..phimoe }, "no shared expert"),
+    ] {
+        let ck = trained(cfg, &dir.path().join(says));
+        let (code, err) = export(&ck, &dir.path().join("refused"));
+        assert!(code == 1 && err.contains(says), "{says}: {err}");
+    }
+}

@@ -54,6 +54,8 @@ pub enum HfForm {
     DeepseekV3,
     /// Attention sinks, sliding windows, biases everywhere, the clamped SwiGLU: GptOssForCausalLM.
     GptOss,
+    /// LayerNorms, attention and LM-head biases, the sparsemixer router: PhimoeForCausalLM.
+    Phimoe,
 }
 
 impl HfForm {
@@ -69,6 +71,7 @@ impl HfForm {
             HfForm::GraniteMoe => "GraniteMoeForCausalLM",
             HfForm::DeepseekV3 => "DeepseekV3ForCausalLM",
             HfForm::GptOss => "GptOssForCausalLM",
+            HfForm::Phimoe => "PhimoeForCausalLM",
         }
     }
 }
@@ -77,6 +80,9 @@ impl HfForm {
 pub fn hf_form(cfg: &ModelConfig, selection_bias: bool) -> std::result::Result<HfForm, String> {
     if cfg.mla.is_some() || cfg.router == RouterKind::SigmoidGroup {
         return deepseek_form(cfg);
+    }
+    if cfg.router == RouterKind::SparseMixer || cfg.layer_norm || cfg.lm_head_bias {
+        return phimoe_form(cfg);
     }
     if cfg.attention_sinks || cfg.o_proj_bias || cfg.expert_bias || cfg.swiglu_limit > 0.0 {
         return gpt_oss_form(cfg);
@@ -176,6 +182,36 @@ fn deepseek_form(cfg: &ModelConfig) -> std::result::Result<HfForm, String> {
     Err(why.into())
 }
 
+/// PhiMoE's form, or why `cfg` (the sparsemixer, LayerNorm or an LM-head bias) does not fit it:
+/// all three, with query/key/value and output biases, every layer MoE, and nothing PhiMoE lacks.
+fn phimoe_form(cfg: &ModelConfig) -> std::result::Result<HfForm, String> {
+    let complete = cfg.router == RouterKind::SparseMixer
+        && cfg.layer_norm
+        && cfg.lm_head_bias
+        && cfg.qkv_bias
+        && cfg.o_proj_bias
+        && cfg.num_moe_layers() == cfg.num_hidden_layers;
+    let extra = cfg.shared_expert_intermediate_size > 0
+        || cfg.qk_norm != QkNorm::None
+        || cfg.has_selection_bias()
+        || cfg.router_bias
+        || cfg.expert_bias
+        || cfg.attention_sinks
+        || cfg.swiglu_limit > 0.0
+        || !cfg.layer_types.is_empty()
+        || cfg.embedding_multiplier != 1.0
+        || cfg.attention_multiplier != 0.0
+        || cfg.residual_multiplier != 1.0
+        || cfg.logits_scaling != 1.0;
+    if !complete {
+        return Err("PhiMoE's form needs all of its blocks (the sparse_mixer router, LayerNorm, biases on attention and the LM head, every layer MoE); this model has only some".into());
+    }
+    if extra {
+        return Err("PhiMoE has no shared expert, query/key norms, router, expert or selection biases, sinks, clamped SwiGLU, per-layer windows or multipliers".into());
+    }
+    Ok(HfForm::Phimoe)
+}
+
 /// gpt-oss's form, or why `cfg` (sinks, output or expert biases, clamped SwiGLU) does not fit
 /// it: all of those, query/key/value and router biases, top-k softmax routing in every layer, no
 /// shared expert, query/key norms, latent attention, selection bias or multipliers.
@@ -273,9 +309,10 @@ fn rope_parameters(cfg: &ModelConfig) -> serde_json::Value {
 /// The Hugging Face name of tensor `name` of our layout in `form`, and whether it is stacked per
 /// expert (`{e}` is the expert).
 fn hf_name(form: HfForm, name: &str) -> (String, bool) {
-    let block = if form == HfForm::Mixtral { ".block_sparse_moe" } else { ".mlp" };
-    let (gate, up, down) =
-        if form == HfForm::Mixtral { ("w1", "w3", "w2") } else { ("gate_proj", "up_proj", "down_proj") };
+    // Mixtral's and PhiMoE's hub names
+    let hub = matches!(form, HfForm::Mixtral | HfForm::Phimoe);
+    let block = if hub { ".block_sparse_moe" } else { ".mlp" };
+    let (gate, up, down) = if hub { ("w1", "w3", "w2") } else { ("gate_proj", "up_proj", "down_proj") };
     let map = [
         (".mlp.router.weight", format!("{block}.gate.weight")),
         (".mlp.router.selection_bias", format!("{block}.gate.e_score_correction_bias")),
@@ -386,6 +423,17 @@ fn config(cfg: &ModelConfig, form: HfForm) -> serde_json::Value {
                 "attention_bias": false,
             })
         }
+        HfForm::Phimoe => json!({
+            "architectures": ["PhimoeForCausalLM"],
+            "model_type": "phimoe",
+            "intermediate_size": cfg.moe_intermediate_size,
+            "num_local_experts": cfg.num_local_experts,
+            "router_jitter_noise": cfg.sparse_mixer_eps,
+            "input_jitter_noise": 0.0,
+            "attention_bias": true,
+            "lm_head_bias": true,
+            "sliding_window": if cfg.sliding_window > 0 { json!(cfg.sliding_window) } else { json!(null) },
+        }),
         HfForm::GptOss => {
             let window = if cfg.sliding_window > 0 { cfg.sliding_window } else { cfg.max_position_embeddings };
             let types: Vec<&str> = (0..cfg.num_hidden_layers)

@@ -150,6 +150,9 @@ pub fn write_gguf(ck: &Checkpoint, out: &Path) -> Result<(usize, &'static str)> 
         Ok(HfForm::GraniteMoe) => {
             Err("Granite's multipliers are not written as GGUF yet; export a Hugging Face directory instead".into())
         }
+        Ok(HfForm::Phimoe) => Err(
+            "PhiMoE's form is not written as GGUF yet; export a Hugging Face directory (llama.cpp's convert_hf_to_gguf.py converts it)".into(),
+        ),
         Ok(HfForm::GptOss) => Err(
             "gpt-oss's form is not written as GGUF yet; export a Hugging Face directory (llama.cpp's convert_hf_to_gguf.py converts it)".into(),
         ),

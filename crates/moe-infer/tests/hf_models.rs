@@ -106,6 +106,12 @@ fn moe_export_gpt_oss_form_as_loaded_by_transformers() {
     // sinks, alternating sliding windows, biases everywhere, the clamped SwiGLU; plain RoPE
     // written explicitly (gpt-oss's class would apply its YaRN default)
     check("moe_export_gpt_oss");
+}
+
+#[test]
+fn moe_export_phimoe_form_as_loaded_by_transformers() {
+    // the sparsemixer router, LayerNorms, biases on attention and the LM head
+    check("moe_export_phimoe");
     check("moe_export_qwen3_moe_only");
 }
 #[test]

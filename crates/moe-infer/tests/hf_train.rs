@@ -52,6 +52,7 @@ fn checkpoints_give_transformers_logits_and_dense_ones_upcycle_exactly() {
         "phimoe",
         "moe_export_deepseek",
         "moe_export_gpt_oss",
+        "moe_export_phimoe",
         "moe_export_llama",
         "moe_export_qwen2_dense",
     ] {
