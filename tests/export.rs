@@ -551,3 +551,32 @@ fn phimoe_form_gives_the_training_engines_logits() {
         assert!(code == 1 && err.contains(says), "{says}: {err}");
     }
 }
+
+/// OLMoE's clamp of q, k and v and Qwen2-MoE's dense layers between MoE ones travel in
+/// config.json (clip_qkv, mlp_only_layers): the inference engine reads them back with the
+/// training engine's logits; clip_qkv is refused outside OLMoE's form and in GGUF.
+#[test]
+fn clip_qkv_and_mlp_only_layers_give_the_training_engines_logits() {
+    use moe_engine::config::QkNorm;
+    let dir = tempfile::tempdir().unwrap();
+    let experts = ModelConfig { num_hidden_layers: 3, num_key_value_heads: 4, ..ModelConfig::tiny() };
+    let olmoe = ModelConfig { qk_norm: QkNorm::Whole, norm_topk_prob: false, clip_qkv: 0.05, ..experts.clone() };
+    let qwen2 = ModelConfig { shared_expert_intermediate_size: 8, mlp_only_layers: vec![1], ..experts.clone() };
+    for (i, (cfg, class)) in
+        [(olmoe.clone(), "OlmoeForCausalLM"), (qwen2, "Qwen2MoeForCausalLM")].into_iter().enumerate()
+    {
+        let ck = trained(cfg, &dir.path().join(i.to_string()));
+        let out = dir.path().join(format!("hf{i}"));
+        let (code, err) = export(&ck, &out);
+        assert!(code == 0 && err.contains(class), "{err}");
+        let (got, want) = logits_both(&ck, &out, &[3u32, 17, 5, 99, 42, 7, 120, 1]);
+        let diff = max_diff(&got, &want);
+        assert!(diff < 1e-4, "{class}: exported logits differ by {diff}");
+    }
+    let ck = trained(olmoe, &dir.path().join("g"));
+    let (code, err) = export(&ck, &dir.path().join("x.gguf"));
+    assert!(code == 1 && err.contains("clip_qkv is not written as GGUF"), "{err}");
+    let ck = trained(ModelConfig { clip_qkv: 0.5, ..experts }, &dir.path().join("m"));
+    let (code, err) = export(&ck, &dir.path().join("refused"));
+    assert!(code == 1 && err.contains("OLMoE's form alone"), "{err}");
+}

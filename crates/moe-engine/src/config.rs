@@ -167,6 +167,9 @@ pub struct ModelConfig {
     /// Layer l (0-based) is MoE when (l + 1) % step == 0 (Qwen's `decoder_sparse_step`).
     #[serde(default = "one")]
     pub decoder_sparse_step: usize,
+    /// Layers that stay dense wherever they are (Qwen2-MoE's and Qwen3-MoE's `mlp_only_layers`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mlp_only_layers: Vec<usize>,
     #[serde(default)]
     pub router: RouterKind,
     /// A trainable router bias (gpt-oss).
@@ -240,6 +243,9 @@ pub struct ModelConfig {
     /// A bias on the attention's output projection (gpt-oss).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub o_proj_bias: bool,
+    /// q, k and v clamped to [-clip_qkv, clip_qkv] after the query/key norms (OLMoE; 0 = none).
+    #[serde(default, skip_serializing_if = "is_zero_f")]
+    pub clip_qkv: f64,
     /// The sparsemixer's relative threshold (PhiMoE's `router_jitter_noise`).
     #[serde(default, skip_serializing_if = "is_zero_f")]
     pub sparse_mixer_eps: f64,
@@ -306,6 +312,7 @@ impl ModelConfig {
             aux_loss_scope: BalanceScope::Global,
             first_k_dense_replace: 0,
             decoder_sparse_step: 1,
+            mlp_only_layers: vec![],
             router: RouterKind::SoftmaxTopk,
             router_bias: false,
             qkv_bias: false,
@@ -336,6 +343,7 @@ impl ModelConfig {
             layer_norm: false,
             lm_head_bias: false,
             sparse_mixer_eps: 0.0,
+            clip_qkv: 0.0,
         }
     }
     /// 8 experts, top-2, expert width 512: the active compute of `bench_dense`.
@@ -494,6 +502,7 @@ impl ModelConfig {
         self.num_local_experts > 0
             && l >= self.first_k_dense_replace
             && (l + 1).is_multiple_of(self.decoder_sparse_step)
+            && !self.mlp_only_layers.contains(&l)
     }
     /// Number of MoE layers.
     pub fn num_moe_layers(&self) -> usize {

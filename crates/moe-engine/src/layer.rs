@@ -192,7 +192,8 @@ impl<T: Float> Model<T> {
             mla_forward(q, k, v, &la.ln1[..n * c], ls, ws, &mut la.mla, s);
         } else {
             let (h, g, d) = (sh.h, sh.g, sh.d);
-            let s = Qkv { t, pos0, c, h, g, d, cos: &self.cos, sin: &self.sin, q_scale: self.q_scale() };
+            let (q_scale, clip) = (self.q_scale(), T::from_f64(cfg.clip_qkv));
+            let s = Qkv { t, pos0, c, h, g, d, cos: &self.cos, sin: &self.sin, q_scale, clip };
             qkv_forward(q, k, v, &la.ln1[..n * c], ls, ws, &mut la.qk_norm, s);
         }
     }
@@ -360,13 +361,14 @@ impl<T: Float> Model<T> {
             kv.1,
             dims,
         );
-        let (dq, dk, dvs) = (&mut sc.dq[..n * hd], &mut sc.dk[..n * gd], &sc.dv[..n * gdv]);
+        let (dq, dk, dvs) = (&mut sc.dq[..n * hd], &mut sc.dk[..n * gd], &mut sc.dv[..n * gdv]);
         let (gc, xn) = (self.grads(gr), &la.ln1[..n * c]);
         if ls.mla.is_some() {
             let s = MlaStep { t, pos0: 0, c, shape: sh, cos: &self.cos, sin: &self.sin, q_scale: self.q_scale() };
             mla_backward(&mut sc.dln[..n * c], gc, dq, dk, dvs, xn, ls, ws, &mut la.mla, s);
         } else {
-            let s = Qkv { t, pos0: 0, c, h, g, d, cos: &self.cos, sin: &self.sin, q_scale: self.q_scale() };
+            let (q_scale, clip) = (self.q_scale(), T::from_f64(cfg.clip_qkv));
+            let s = Qkv { t, pos0: 0, c, h, g, d, cos: &self.cos, sin: &self.sin, q_scale, clip };
             qkv_backward(&mut sc.dln[..n * c], gc, dq, dk, dvs, xn, ls, ws, &mut la.qk_norm, s);
         }
         let mut gc = self.grads(gr);

@@ -1,6 +1,7 @@
 //! The query, key and value projections of a decoder layer, forward and backward: the normed
 //! input x[N,C] -> q[N,H*D], k[N,G*D], v[N,G*D], with their biases when the config has them
-//! (Qwen2), the RMSNorm of q and k (per head: Qwen3; whole: OLMoE), RoPE on q and k, and the
+//! (Qwen2), the RMSNorm of q and k (per head: Qwen3; whole: OLMoE), OLMoE's clamp of q, k and v,
+//! RoPE on q and k, and the
 //! queries' factor for an attention scale other than 1/sqrt(D) (Granite): everything between the
 //! layer's first norm and the attention kernel.
 
@@ -27,6 +28,8 @@ pub struct Qkv<'a, T> {
     pub sin: &'a [T],
     /// Factor on the rotated queries (an attention scale other than 1/sqrt(D); 1 else).
     pub q_scale: T,
+    /// q, k and v clamped to [-clip, clip] after the norms (OLMoE's `clip_qkv`; 0 = none).
+    pub clip: T,
 }
 
 /// What the q/k norms keep for the backward, for N rows (empty without q/k norms): q and k
@@ -40,6 +43,8 @@ pub struct QkNormActs<T> {
     /// Normed row widths of q and k (D per head, or H*D and G*D); eps.
     widths: [usize; 2],
     eps: f64,
+    /// q, k, v before the clamp, one after the other (empty without `clip_qkv`).
+    unclipped: Vec<T>,
 }
 
 impl<T: Float> QkNormActs<T> {
@@ -59,6 +64,7 @@ impl<T: Float> QkNormActs<T> {
             scratch: z(n * h * d),
             widths,
             eps: cfg.rms_norm_eps,
+            unclipped: if cfg.clip_qkv > 0.0 { vec![T::ZERO; n * (h + 2 * g) * d] } else { vec![] },
         }
     }
 }
@@ -94,6 +100,16 @@ pub fn qkv_forward<T: Float>(
         rmsnorm_forward(q, &mut a.rstd_q[..q.len() / wq], qp, nq.of(p), wq, a.eps);
         rmsnorm_forward(k, &mut a.rstd_k[..k.len() / wk], kp, nk.of(p), wk, a.eps);
     }
+    if s.clip > T::ZERO {
+        let c = s.clip;
+        let (uq, rest) = a.unclipped.split_at_mut(q.len());
+        let (uk, uv) = rest.split_at_mut(k.len());
+        let nv = v.len();
+        for (x, u) in [(&mut *q, uq), (&mut *k, uk), (&mut *v, &mut uv[..nv])] {
+            u.copy_from_slice(x);
+            x.iter_mut().for_each(|y| *y = if *y > c { c } else { y.max(-c) });
+        }
+    }
     rope_forward(q, s.cos, s.sin, s.t, s.h, s.d, s.pos0);
     rope_forward(k, s.cos, s.sin, s.t, s.g, s.d, s.pos0);
     if s.q_scale != T::ONE {
@@ -116,7 +132,7 @@ pub fn qkv_backward<T: Float>(
     mut gc: GradCursor<T>,
     dq: &mut [T],
     dk: &mut [T],
-    dv: &[T],
+    dv: &mut [T],
     x: &[T],
     ls: &LayerSpans,
     ws: Weights<T>,
@@ -134,6 +150,15 @@ pub fn qkv_backward<T: Float>(
     }
     rope_backward(dq, s.cos, s.sin, s.t, s.h, s.d, s.pos0);
     rope_backward(dk, s.cos, s.sin, s.t, s.g, s.d, s.pos0);
+    if s.clip > T::ZERO {
+        // a clamped value passes no gradient
+        let (uq, rest) = a.unclipped.split_at(dq.len());
+        let (uk, uv) = rest.split_at(dk.len());
+        let nv = dv.len();
+        for (d, u) in [(&mut *dq, uq), (&mut *dk, uk), (&mut *dv, &uv[..nv])] {
+            d.iter_mut().zip(u).filter(|(_, &u)| u.abs() > s.clip).for_each(|(g, _)| *g = T::ZERO);
+        }
+    }
     if let (Some([nq, nk]), Some([gnq, gnk])) = (ls.qk_norm, norm_grads) {
         // through the norms: dq and dk become the gradients of q and k before them
         let [wq, wk] = a.widths;

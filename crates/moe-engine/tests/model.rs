@@ -356,3 +356,11 @@ fn sparse_mixer_router_gradients() {
     };
     check_model(phimoe, 81);
 }
+
+#[test]
+fn clipped_qkv_gradients() {
+    // OLMoE's clamp of q, k and v after its query/key norms, low enough to clamp some values
+    use moe_engine::config::QkNorm;
+    let olmoe = ModelConfig { qk_norm: QkNorm::Whole, clip_qkv: 0.9, ..mixed_config(BalanceScope::Global) };
+    check_model(olmoe, 91);
+}

@@ -78,6 +78,12 @@ impl HfForm {
 
 /// The form `cfg` is written in, or why it cannot be (with or without the selection bias).
 pub fn hf_form(cfg: &ModelConfig, selection_bias: bool) -> std::result::Result<HfForm, String> {
+    if cfg.clip_qkv > 0.0 && cfg.qk_norm != QkNorm::Whole {
+        return Err(
+            "it clamps q, k and v (clip_qkv), which moe exports in OLMoE's form alone (with its query/key norms)"
+                .into(),
+        );
+    }
     if cfg.mla.is_some() || cfg.router == RouterKind::SigmoidGroup {
         return deepseek_form(cfg);
     }
@@ -162,7 +168,7 @@ fn deepseek_form(cfg: &ModelConfig) -> std::result::Result<HfForm, String> {
         "its sigmoid group-limited router is exported only in DeepSeek-V3's form, which has latent attention (mla)"
     } else if cfg.router != RouterKind::SigmoidGroup || cfg.num_local_experts == 0 {
         "latent attention is exported only in DeepSeek-V3's form, an MoE with the sigmoid_group router"
-    } else if cfg.decoder_sparse_step != 1 {
+    } else if cfg.decoder_sparse_step != 1 || !cfg.mlp_only_layers.is_empty() {
         "DeepSeek-V3 has dense layers only before its MoE layers (first_k_dense_replace)"
     } else if fs == 0 || !fs.is_multiple_of(fe) || cfg.shared_expert_gate {
         "DeepSeek-V3's shared experts are a whole number of routed experts wide, without gate"
@@ -372,7 +378,7 @@ fn config(cfg: &ModelConfig, form: HfForm) -> serde_json::Value {
             "intermediate_size": cfg.moe_intermediate_size,
             "num_experts": cfg.num_local_experts,
             "norm_topk_prob": cfg.norm_topk_prob || cfg.router == RouterKind::TopkSoftmax,
-            "clip_qkv": null,
+            "clip_qkv": if cfg.clip_qkv > 0.0 { json!(cfg.clip_qkv) } else { json!(null) },
             "attention_bias": false,
         }),
         HfForm::Qwen3Moe => json!({

@@ -309,9 +309,6 @@ fn moe_config(s: &Spec, raw: &Value, path: &Path) -> Result<ModelConfig> {
     let d = s.head_dim;
     // RoPE over the whole head, or over latent attention's rotated part
     let rd = s.mla.map_or(d, |m| m.rope);
-    if s.clip_qkv.is_some() {
-        return bad("clipped query/key/value activations");
-    }
     // interleaved RoPE only as latent attention's (a GGUF file's permuted rows are not read here)
     let interleave_ok = !s.rope.interleave || s.mla.is_some();
     if s.rope.dim != rd || !interleave_ok {
@@ -378,14 +375,13 @@ fn moe_config(s: &Spec, raw: &Value, path: &Path) -> Result<ModelConfig> {
     });
     // GraniteMoE's multipliers (1 and 1/sqrt(D) elsewhere)
     let default_scale = (s.attn_scale - 1.0 / (d as f32).sqrt()).abs() <= 1e-6;
-    // dense layers: the first k, or every layer not a multiple of a step
+    // dense layers: the first k, and any others by index (one width for all)
     let moe_at: Vec<bool> = s.ffn.iter().map(|f| *f == Ffn::Moe).collect();
     let first_dense = moe_at.iter().take_while(|m| !**m).count();
+    let mlp_only_layers: Vec<usize> = (first_dense..s.layers).filter(|&l| !moe_at[l]).collect();
     let dense_width = s.ffn.iter().find_map(|f| if let Ffn::Dense(w) = f { Some(*w) } else { None });
-    if moe_at[first_dense..].iter().any(|m| !m)
-        || s.ffn.iter().any(|f| matches!(f, Ffn::Dense(w) if Some(*w) != dense_width))
-    {
-        return bad("dense layers other than the first ones");
+    if s.ffn.iter().any(|f| matches!(f, Ffn::Dense(w) if Some(*w) != dense_width)) {
+        return bad("dense layers of different widths");
     }
 
     let (shared, gate) = s.moe.shared.unwrap_or((0, false));
@@ -415,12 +411,14 @@ fn moe_config(s: &Spec, raw: &Value, path: &Path) -> Result<ModelConfig> {
         residual_multiplier: s.residual_mult as f64,
         logits_scaling: s.logits_div as f64,
         first_k_dense_replace: first_dense,
+        mlp_only_layers,
         decoder_sparse_step: 1,
         shared_expert_intermediate_size: shared,
         shared_expert_gate: gate,
         bias_update_rate: 0.0,
         router_bias: s.moe.router_bias,
         sparse_mixer_eps: mixer_eps,
+        clip_qkv: s.clip_qkv.map_or(0.0, |c| c as f64),
         layer_norm: s.norm != Norm::Rms,
         lm_head_bias: s.lm_head_bias,
         o_proj_bias: s.o_bias,
