@@ -177,6 +177,29 @@ fn export(ck: &std::path::Path, out: &std::path::Path) -> (i32, String) {
     (code, err)
 }
 
+/// Trains `cfg` into `dir`, exports it as a Hugging Face directory and checks that it is written
+/// as `class` and that the inference engine reads it back with the training engine's logits.
+/// Returns the checkpoint.
+fn exports_as(cfg: ModelConfig, dir: &std::path::Path, class: &str) -> std::path::PathBuf {
+    let ck = trained(cfg, dir);
+    let out = dir.join("hf");
+    let (code, err) = export(&ck, &out);
+    assert!(code == 0 && err.contains(class), "{class}: {err}");
+    let (got, want) = logits_both(&ck, &out, &[3u32, 17, 5, 99, 42, 7, 120, 1]);
+    let diff = max_diff(&got, &want);
+    assert!(diff < 1e-4, "{class}: exported logits differ by {diff}");
+    ck
+}
+
+/// Each config, trained under `dir`, is refused by `moe export` with an error containing its text.
+fn refused(dir: &std::path::Path, cases: Vec<(ModelConfig, &str)>) {
+    for (cfg, says) in cases {
+        let ck = trained(cfg, &dir.join(says));
+        let (code, err) = export(&ck, &dir.join("refused"));
+        assert!(code == 1 && err.contains(says), "{says}: {err}");
+    }
+}
+
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
@@ -367,12 +390,13 @@ fn dense_models_export_as_llama_and_qwen2() {
 }
 
 /// Latent attention with the sigmoid group-limited router, shared experts and a dense first
-/// layer (a DeepSeek-V3 fine-tune): written as DeepseekV3ForCausalLM (its selection bias as the
-/// score correction bias), read back by the inference engine with the training engine's logits
-/// (transformers loads it too: checked by hand, scripts/export_check.py's deepseek form); what
-/// the form cannot hold, and its GGUF file, are refused with the reason.
+/// layer (a DeepSeek-V3 fine-tune): written as DeepseekV3ForCausalLM (its trained selection bias
+/// as the score correction bias), read back by the inference engine with the training engine's
+/// logits, also with YaRN and the attention scale DeepSeek derives from it; a Mixtral with Llama
+/// 3's RoPE scaling keeps it (transformers loads these too: scripts/export_check.py, by hand).
+/// What the form cannot hold, and GGUF files of scaled RoPE or this form, are refused.
 #[test]
-fn deepseek_v3_form_gives_the_training_engines_logits() {
+fn deepseek_v3_form_and_scaled_rope_give_the_training_engines_logits() {
     use moe_engine::config::{MlaConfig, RouterKind};
     let dir = tempfile::tempdir().unwrap();
     let mla = MlaConfig {
@@ -396,29 +420,13 @@ fn deepseek_v3_form_gives_the_training_engines_logits() {
         mla: Some(mla),
         ..ModelConfig::tiny()
     };
-    let ck = trained(deepseek.clone(), &dir.path().join("ds"));
+    let ck = exports_as(deepseek.clone(), &dir.path().join("ds"), "DeepseekV3ForCausalLM");
     let loaded = moe_engine::checkpoint::load(&ck).unwrap();
-    let bias = loaded.config.has_selection_bias();
-    let biases: Vec<f32> = moe_engine::params::Layout::new(&loaded.config)
-        .tensors
-        .iter()
-        .filter(|t| t.name.ends_with("selection_bias"))
-        .flat_map(|t| t.span.of(&loaded.params).to_vec())
-        .collect();
-    assert!(bias && biases.iter().any(|&b| b != 0.0), "training moved the selection bias");
-    let out = dir.path().join("hf");
-    let (code, err) = export(&ck, &out);
-    assert_eq!(code, 0, "{err}");
-    assert!(err.contains("DeepseekV3ForCausalLM"), "{err}");
-    let ids = [3u32, 17, 5, 99, 42, 7, 120, 1];
-    let (got, want) = logits_both(&ck, &out, &ids);
-    let diff = max_diff(&got, &want);
-    assert!(diff < 1e-4, "DeepSeek-V3 form: exported logits differ by {diff}");
-    let gguf = dir.path().join("x.gguf");
-    let (code, err) = export(&ck, &gguf);
+    let layout = moe_engine::params::Layout::new(&loaded.config);
+    let mut biases = layout.tensors.iter().filter(|t| t.name.ends_with("selection_bias"));
+    assert!(biases.any(|t| t.span.of(&loaded.params).iter().any(|&b| b != 0.0)), "training moved the selection bias");
+    let (code, err) = export(&ck, &dir.path().join("x.gguf"));
     assert!(code == 1 && err.contains("not written as GGUF yet"), "{err}");
-    // with YaRN RoPE scaling and the attention scale DeepSeek derives from it, and a Mixtral form
-    // with Llama 3's scaling: the scaling travels in config.json
     let yarn = serde_json::json!({"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 4,
         "mscale": 0.7, "mscale_all_dim": 0.7});
     let theta = serde_json::json!({"rope_theta": deepseek.rope_theta, "rope_type": "yarn", "factor": 4.0,
@@ -426,46 +434,38 @@ fn deepseek_v3_form_gives_the_training_engines_logits() {
     let scale = moe_engine::rope::deepseek_attention_scale(deepseek.attn_shape().d, Some(&theta));
     let llama3 = serde_json::json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
         "high_freq_factor": 4.0, "original_max_position_embeddings": 4});
-    let scaled = [
-        ModelConfig { rope_scaling: Some(yarn), attention_multiplier: scale, ..deepseek.clone() },
-        ModelConfig { num_local_experts: 4, num_experts_per_tok: 2, rope_scaling: Some(llama3), ..ModelConfig::tiny() },
-    ];
-    for (i, cfg) in scaled.into_iter().enumerate() {
-        let ck = trained(cfg, &dir.path().join(format!("scaled{i}")));
-        let out = dir.path().join(format!("scaled-hf{i}"));
-        let (code, err) = export(&ck, &out);
-        assert_eq!(code, 0, "{err}");
-        let (got, want) = logits_both(&ck, &out, &ids);
-        let diff = max_diff(&got, &want);
-        assert!(diff < 1e-4, "scaled RoPE {i}: exported logits differ by {diff}");
-        let gguf = dir.path().join(format!("scaled{i}.gguf"));
-        let (code, err) = export(&ck, &gguf);
+    let yarn_ds = ModelConfig { rope_scaling: Some(yarn), attention_multiplier: scale, ..deepseek.clone() };
+    let llama3_mixtral = ModelConfig { rope_scaling: Some(llama3), ..ModelConfig::tiny() };
+    for (i, (cfg, class)) in
+        [(yarn_ds, "DeepseekV3ForCausalLM"), (llama3_mixtral, "MixtralForCausalLM")].into_iter().enumerate()
+    {
+        let ck = exports_as(cfg, &dir.path().join(format!("scaled{i}")), class);
+        let (code, err) = export(&ck, &dir.path().join(format!("scaled{i}.gguf")));
         assert!(code == 1 && err.contains("RoPE scaling is not written as GGUF"), "{err}");
     }
-    for (cfg, says) in [
-        (
-            ModelConfig { router: RouterKind::SoftmaxTopk, n_group: 1, topk_group: 1, ..deepseek.clone() },
-            "latent attention is exported only",
-        ),
-        (ModelConfig { mla: None, ..deepseek.clone() }, "which has latent attention"),
-        (ModelConfig { shared_expert_intermediate_size: 0, ..deepseek.clone() }, "shared experts"),
-        (ModelConfig { attention_multiplier: 0.5, ..deepseek.clone() }, "attention scale"),
-    ] {
-        let ck = trained(cfg, &dir.path().join(says));
-        let out = dir.path().join("refused");
-        let (code, err) = export(&ck, &out);
-        assert!(code == 1 && err.contains(says), "{says}: {err}");
-    }
+    let softmax = ModelConfig { router: RouterKind::SoftmaxTopk, n_group: 1, topk_group: 1, ..deepseek.clone() };
+    refused(
+        dir.path(),
+        vec![
+            (softmax, "latent attention is exported only"),
+            (ModelConfig { mla: None, ..deepseek.clone() }, "which has latent attention"),
+            (ModelConfig { shared_expert_intermediate_size: 0, ..deepseek.clone() }, "shared experts"),
+            (ModelConfig { attention_multiplier: 0.5, ..deepseek }, "attention scale"),
+        ],
+    );
 }
 
 /// gpt-oss's blocks (sinks, alternating sliding windows, biases on every projection, router and
 /// expert, the clamped SwiGLU): written as GptOssForCausalLM (experts fused and stored [in, out]
-/// as the hub holds them), read back by the inference engine with the training engine's logits
-/// (transformers too: scripts/export_check.py moe_export_gpt_oss, by hand); a Mixtral with a
-/// sliding window in every layer keeps it; partial or mixed forms and GGUF are refused.
+/// as the hub holds them); a Mixtral with a sliding window in every layer keeps it; PhiMoE's
+/// blocks (the sparsemixer, LayerNorms, biases on attention and the LM head) as
+/// PhimoeForCausalLM; OLMoE's clip_qkv and Qwen2-MoE's dense layers between MoE ones travel in
+/// config.json. Each is read back by the inference engine with the training engine's logits
+/// (transformers too: scripts/export_check.py, by hand); partial or mixed forms and their GGUF
+/// files are refused.
 #[test]
-fn gpt_oss_form_and_windows_give_the_training_engines_logits() {
-    use moe_engine::config::{LayerType, RouterKind};
+fn gpt_oss_phimoe_windows_clip_and_dense_layers_give_the_training_engines_logits() {
+    use moe_engine::config::{LayerType, QkNorm, RouterKind};
     let dir = tempfile::tempdir().unwrap();
     let gpt_oss = ModelConfig {
         num_hidden_layers: 3,
@@ -480,52 +480,6 @@ fn gpt_oss_form_and_windows_give_the_training_engines_logits() {
         router_bias: true,
         ..ModelConfig::tiny()
     };
-    let mixtral_window = ModelConfig { sliding_window: 3, ..ModelConfig::tiny() };
-    let ids = [3u32, 17, 5, 99, 42, 7, 120, 1];
-    for (i, (cfg, class)) in
-        [(gpt_oss.clone(), "GptOssForCausalLM"), (mixtral_window, "MixtralForCausalLM")].into_iter().enumerate()
-    {
-        let ck = trained(cfg, &dir.path().join(i.to_string()));
-        let out = dir.path().join(format!("hf{i}"));
-        let (code, err) = export(&ck, &out);
-        assert_eq!(code, 0, "{class}: {err}");
-        assert!(err.contains(class), "{err}");
-        let (got, want) = logits_both(&ck, &out, &ids);
-        let diff = max_diff(&got, &want);
-        assert!(diff < 1e-4, "{class}: exported logits differ by {diff}");
-    }
-    let ck = trained(gpt_oss.clone(), &dir.path().join("g"));
-    let gguf = dir.path().join("x.gguf");
-    let (code, err) = export(&ck, &gguf);
-    assert!(code == 1 && err.contains("not written as GGUF yet"), "{err}");
-    for (cfg, says) in [
-        (ModelConfig { expert_bias: false, ..gpt_oss.clone() }, "needs all of its blocks"),
-        (ModelConfig { shared_expert_intermediate_size: 8, ..gpt_oss.clone() }, "no shared expert"),
-        (
-            ModelConfig {
-                attention_sinks: false,
-                o_proj_bias: false,
-                expert_bias: false,
-                swiglu_limit: 0.0,
-                ..gpt_oss
-            },
-            "some layers only",
-        ),
-    ] {
-        let ck = trained(cfg, &dir.path().join(says));
-        let out = dir.path().join("refused");
-        let (code, err) = export(&ck, &out);
-        assert!(code == 1 && err.contains(says), "{says}: {err}");
-    }
-}
-
-/// PhiMoE's blocks (the sparsemixer, LayerNorms, biases on attention and the LM head): written as
-/// PhimoeForCausalLM, read back by the inference engine with the training engine's logits
-/// (transformers too: scripts/export_check.py moe_export_phimoe, by hand); partial forms refused.
-#[test]
-fn phimoe_form_gives_the_training_engines_logits() {
-    use moe_engine::config::RouterKind;
-    let dir = tempfile::tempdir().unwrap();
     let phimoe = ModelConfig {
         router: RouterKind::SparseMixer,
         sparse_mixer_eps: 0.3,
@@ -535,48 +489,39 @@ fn phimoe_form_gives_the_training_engines_logits() {
         o_proj_bias: true,
         ..ModelConfig::tiny()
     };
-    let ck = trained(phimoe.clone(), &dir.path().join("p"));
-    let out = dir.path().join("hf");
-    let (code, err) = export(&ck, &out);
-    assert!(code == 0 && err.contains("PhimoeForCausalLM"), "{err}");
-    let (got, want) = logits_both(&ck, &out, &[3u32, 17, 5, 99, 42, 7, 120, 1]);
-    let diff = max_diff(&got, &want);
-    assert!(diff < 1e-4, "PhiMoE form: exported logits differ by {diff}");
-    for (cfg, says) in [
-        (ModelConfig { layer_norm: false, ..phimoe.clone() }, "needs all of its blocks"),
-        (ModelConfig { shared_expert_intermediate_size: 8, ..phimoe }, "no shared expert"),
-    ] {
-        let ck = trained(cfg, &dir.path().join(says));
-        let (code, err) = export(&ck, &dir.path().join("refused"));
-        assert!(code == 1 && err.contains(says), "{says}: {err}");
-    }
-}
-
-/// OLMoE's clamp of q, k and v and Qwen2-MoE's dense layers between MoE ones travel in
-/// config.json (clip_qkv, mlp_only_layers): the inference engine reads them back with the
-/// training engine's logits; clip_qkv is refused outside OLMoE's form and in GGUF.
-#[test]
-fn clip_qkv_and_mlp_only_layers_give_the_training_engines_logits() {
-    use moe_engine::config::QkNorm;
-    let dir = tempfile::tempdir().unwrap();
     let experts = ModelConfig { num_hidden_layers: 3, num_key_value_heads: 4, ..ModelConfig::tiny() };
     let olmoe = ModelConfig { qk_norm: QkNorm::Whole, norm_topk_prob: false, clip_qkv: 0.05, ..experts.clone() };
     let qwen2 = ModelConfig { shared_expert_intermediate_size: 8, mlp_only_layers: vec![1], ..experts.clone() };
-    for (i, (cfg, class)) in
-        [(olmoe.clone(), "OlmoeForCausalLM"), (qwen2, "Qwen2MoeForCausalLM")].into_iter().enumerate()
-    {
-        let ck = trained(cfg, &dir.path().join(i.to_string()));
-        let out = dir.path().join(format!("hf{i}"));
-        let (code, err) = export(&ck, &out);
-        assert!(code == 0 && err.contains(class), "{err}");
-        let (got, want) = logits_both(&ck, &out, &[3u32, 17, 5, 99, 42, 7, 120, 1]);
-        let diff = max_diff(&got, &want);
-        assert!(diff < 1e-4, "{class}: exported logits differ by {diff}");
+    let cases = [
+        (gpt_oss.clone(), "GptOssForCausalLM"),
+        (ModelConfig { sliding_window: 3, ..ModelConfig::tiny() }, "MixtralForCausalLM"),
+        (phimoe.clone(), "PhimoeForCausalLM"),
+        (olmoe.clone(), "OlmoeForCausalLM"),
+        (qwen2, "Qwen2MoeForCausalLM"),
+    ];
+    for (i, (cfg, class)) in cases.into_iter().enumerate() {
+        let ck = exports_as(cfg, &dir.path().join(i.to_string()), class);
+        let (code, err) = export(&ck, &dir.path().join(format!("x{i}.gguf")));
+        // (Qwen2-MoE's dense layers are refused by llama.cpp's qwen2moe form, with its reason)
+        let says = if class == "Qwen2MoeForCausalLM" { "dense layers" } else { "GGUF" };
+        assert!(code == 1 && err.contains(says), "{class}: {err}");
     }
-    let ck = trained(olmoe, &dir.path().join("g"));
-    let (code, err) = export(&ck, &dir.path().join("x.gguf"));
-    assert!(code == 1 && err.contains("clip_qkv is not written as GGUF"), "{err}");
-    let ck = trained(ModelConfig { clip_qkv: 0.5, ..experts }, &dir.path().join("m"));
-    let (code, err) = export(&ck, &dir.path().join("refused"));
-    assert!(code == 1 && err.contains("OLMoE's form alone"), "{err}");
+    let partial = ModelConfig {
+        attention_sinks: false,
+        o_proj_bias: false,
+        expert_bias: false,
+        swiglu_limit: 0.0,
+        ..gpt_oss.clone()
+    };
+    refused(
+        dir.path(),
+        vec![
+            (ModelConfig { expert_bias: false, ..gpt_oss.clone() }, "needs all of its blocks"),
+            (ModelConfig { shared_expert_intermediate_size: 8, ..gpt_oss }, "no shared expert"),
+            (partial, "some layers only"),
+            (ModelConfig { layer_norm: false, ..phimoe.clone() }, "PhiMoE's form needs all of its blocks"),
+            (ModelConfig { shared_expert_intermediate_size: 8, ..phimoe }, "PhiMoE has no shared expert"),
+            (ModelConfig { clip_qkv: 0.5, ..experts }, "OLMoE's form alone"),
+        ],
+    );
 }

@@ -119,6 +119,9 @@ pub fn write_gguf(ck: &Checkpoint, out: &Path) -> Result<(usize, &'static str)> 
     let renormalised = cfg.norm_topk_prob || cfg.router == moe_engine::config::RouterKind::TopkSoftmax;
     let all_moe = cfg.num_moe_layers() == cfg.num_hidden_layers;
     let arch = match form {
+        _ if cfg.sliding_window > 0 => {
+            Err("its sliding window is not written as GGUF yet; export a Hugging Face directory instead".into())
+        }
         _ if cfg.clip_qkv > 0.0 => {
             Err("its clip_qkv is not written as GGUF yet; export a Hugging Face directory instead".into())
         }
