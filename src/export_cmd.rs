@@ -1,10 +1,11 @@
-//! `moe export`: a checkpoint trained by moe as a Hugging Face checkpoint (Mixtral, or
-//! Qwen2-MoE for shared experts, dense layers and unnormalised routing weights; OLMoE and
-//! Qwen3-MoE for query/key norms, GraniteMoE for its multipliers, Llama and Qwen2 for dense
-//! models; LoRA adapters merged first; config.json, model.safetensors with the hub's names,
-//! tokenizer.json) that the inference engine
-//! (`--model`, `--quant`, `--max-memory`), transformers and llama.cpp's converter run, or as a
-//! GGUF file with its tokenizer embedded (`--gguf`, Mixtral's form) for llama.cpp and `moe
+//! `moe export`: a checkpoint trained by moe as a Hugging Face checkpoint in the form of the
+//! family it fits (Mixtral; Qwen2-MoE for shared experts, dense layers and unnormalised routing
+//! weights; OLMoE and Qwen3-MoE for query/key norms; GraniteMoE for its multipliers; DeepSeek-V3
+//! for latent attention; gpt-oss for sinks and windows; PhiMoE for the sparsemixer; Llama and
+//! Qwen2 for dense models; LoRA adapters merged first; config.json, model.safetensors with the
+//! hub's names, tokenizer.json) that the inference engine (`--model`, `--quant`,
+//! `--max-memory`), transformers and llama.cpp's converter run, or as a GGUF file with its
+//! tokenizer embedded (`--gguf`; llama, qwen2moe, olmoe or qwen3moe) for llama.cpp and `moe
 //! serve`. Models with no such form are refused with the reason (the writers are
 //! `moe_infer::from_moe` and `from_moe_gguf`; `moe serve --checkpoint` shares the first).
 

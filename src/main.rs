@@ -65,7 +65,7 @@ enum Cmd {
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCmd),
-    /// Write a checkpoint trained by moe as a Hugging Face checkpoint (Mixtral, Qwen2-MoE, OLMoE, Qwen3-MoE, GraniteMoE, Llama, Qwen2) or a GGUF file.
+    /// Write a checkpoint trained by moe as a Hugging Face checkpoint (the eight MoE families, Llama, Qwen2) or a GGUF file.
     Export(export_cmd::ExportArgs),
     /// Fold the LoRA adapters of a fine-tuned checkpoint into its weights.
     MergeLora(merge_cmd::MergeLoraArgs),
