@@ -100,13 +100,15 @@ pub fn attention_forward<T: Float>(
         let (b, h) = (bh / s.h, bh % s.h);
         let g = h / (s.h / s.g);
         for (q0, rows, kend) in query_blocks(&s) {
+            // keys before the block's first window are seen by none of its rows: skipped
+            let k0 = s.lo(s.tk - s.tq + q0);
             let qv = view(q, s.q_off(b, q0, h), rows, s.d, hd);
-            let kv = view(k, s.k_off(b, 0, g), kend, s.d, gd);
-            let vv = view(v, s.v_off(b, 0, g), kend, s.dv, gdv);
+            let kv = view(k, s.k_off(b, k0, g), kend - k0, s.d, gd);
+            let vv = view(v, s.v_off(b, k0, g), kend - k0, s.dv, gdv);
             // SAFETY: job (b, h) owns the att block [b, h] and the (b, *, h) rows of out.
             unsafe {
                 let a_ptr = pa.at(s.a_off(b, h, q0));
-                matmul_raw(a_ptr, s.tk, qv, kv.t(), false, false);
+                matmul_raw(a_ptr.add(k0), s.tk, qv, kv.t(), false, false);
                 let block = std::slice::from_raw_parts_mut(a_ptr, rows * s.tk);
                 let sink = sinks.map(|x| x[h]);
                 for (t, row) in block.chunks_mut(s.tk).enumerate() {
@@ -122,7 +124,7 @@ pub fn attention_forward<T: Float>(
                     outside.fill(T::ZERO);
                     masked.fill(T::ZERO);
                 }
-                let pv = Mat { data: &*block, rows, cols: kend, rs: s.tk, cs: 1 };
+                let pv = Mat { data: &block[k0..], rows, cols: kend - k0, rs: s.tk, cs: 1 };
                 matmul_raw(po.at(s.o_off(b, q0, h)), hdv, pv, vv, false, false);
             }
         }
