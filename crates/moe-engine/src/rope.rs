@@ -53,6 +53,18 @@ impl Rope {
             (0..dim / 2).map(|i| 1.0 / (scale(i) * base.powf((2 * i) as f64 / dim as f64))).collect()
         };
         let original = p.get("original_max_position_embeddings").and_then(|v| v.as_u64()).map(|v| v as usize);
+        // scaling factors from a file: positive and finite, or an error naming them
+        for key in ["factor", "low_freq_factor", "high_freq_factor", "attention_factor", "beta_fast", "beta_slow"] {
+            if let Some(x) = f(&p, key).filter(|x| !(x.is_finite() && *x > 0.0)) {
+                return Err(format!("rope `{key}` is {x}; it must be a positive number"));
+            }
+        }
+        if !(base.is_finite() && base > 1.0) {
+            return Err(format!("rope_theta is {base}; it must be a number above 1"));
+        }
+        if original == Some(0) {
+            return Err("rope original_max_position_embeddings is 0".into());
+        }
         let mut rope =
             Rope { dim, inv_freq: freqs(&|_| 1.0), long: None, original: usize::MAX, factor: 1.0, interleave };
         match kind.as_str() {

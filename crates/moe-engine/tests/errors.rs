@@ -75,6 +75,26 @@ fn unknown_preset_and_bad_configs() {
     assert!(one_line(&bad.validate().unwrap_err()).contains("lower max_position_embeddings"));
     let bad = ModelConfig { router_aux_loss_coef: -1.0, ..ModelConfig::tiny() };
     assert!(one_line(&bad.validate().unwrap_err()).contains("router_aux_loss_coef"));
+    // RoPE scaling from a file: a factor of 0 would fill the tables with infinities
+    for (scaling, says) in [
+        (serde_json::json!({"rope_type": "linear", "factor": 0.0}), "`factor` is 0"),
+        (
+            serde_json::json!({"rope_type": "yarn", "factor": -2.0, "original_max_position_embeddings": 8}),
+            "`factor` is -2",
+        ),
+        (
+            serde_json::json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 4.0, "high_freq_factor": 1.0,
+            "original_max_position_embeddings": 8}),
+            "high_freq_factor",
+        ),
+        (serde_json::json!({"rope_type": "ntk"}), "not supported"),
+    ] {
+        let bad = ModelConfig { rope_scaling: Some(scaling), ..ModelConfig::tiny() };
+        let msg = one_line(&bad.validate().unwrap_err());
+        assert!(msg.contains("rope_scaling") && msg.contains(says), "{msg}");
+    }
+    let bad = ModelConfig { layer_types: vec![moe_engine::config::LayerType::FullAttention], ..ModelConfig::tiny() };
+    assert!(one_line(&bad.validate().unwrap_err()).contains("layer_types lists 1 layers"));
 }
 
 /// Trains 4 steps and returns the run directory.
