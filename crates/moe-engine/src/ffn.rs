@@ -82,8 +82,9 @@ impl<'a, T> MlpGrads<'a, T> {
     /// The gradients of each of `parts` stacked MLPs (experts).
     pub fn split(self, parts: usize) -> Vec<MlpGrads<'a, T>> {
         let (g, u, d) = (self.gate.split(parts), self.up.split(parts), self.down.split(parts));
-        let mut biases: Vec<Option<[&'a mut [T]; 3]>> = match self.bias {
+        let biases: Vec<Option<[&'a mut [T]; 3]>> = match self.bias {
             Some([bg, bu, bd]) => {
+                // a frozen base's gradients are empty: empty parts
                 let cut = |x: &'a mut [T]| -> Vec<&'a mut [T]> {
                     let n = x.len() / parts;
                     if n == 0 {
@@ -96,11 +97,10 @@ impl<'a, T> MlpGrads<'a, T> {
             }
             None => (0..parts).map(|_| None).collect(),
         };
-        let bias = biases.drain(..);
         g.into_iter()
             .zip(u)
             .zip(d)
-            .zip(bias)
+            .zip(biases)
             .map(|(((gate, up), down), bias)| MlpGrads { gate, up, down, bias })
             .collect()
     }

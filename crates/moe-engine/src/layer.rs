@@ -181,7 +181,6 @@ impl<T: Float> Model<T> {
     }
 
     /// q, k, v of the normed input through the layer's projections (or latent attention).
-    #[allow(clippy::too_many_arguments)]
     fn project(&self, l: usize, ws: Weights<T>, la: &mut LayerActs<T>, n: usize, t: usize, pos0: usize) {
         let (cfg, ls) = (&self.cfg, &self.layout.layers[l]);
         let (c, sh) = (cfg.hidden_size, cfg.attn_shape());

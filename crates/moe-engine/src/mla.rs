@@ -53,10 +53,11 @@ pub struct MlaActs<T> {
     /// The rotated dims of q [N, H, rope] and kr [N, rope] on their way through RoPE.
     qr: Vec<T>,
     kr: Vec<T>,
-    /// Backward scratch: [N, q_lora] twice, [N, kv_lora].
+    /// Backward scratch: [N, q_lora] twice, [N, kv_lora] twice.
     dqa: Vec<T>,
     dqa_pre: Vec<T>,
     dc: Vec<T>,
+    dc_pre: Vec<T>,
     /// q_lora, kv_lora, nope; interleaved RoPE.
     ql: usize,
     kvl: usize,
@@ -92,6 +93,7 @@ impl<T: Float> MlaActs<T> {
             dqa: z(n * ql),
             dqa_pre: z(n * ql),
             dc: z(n * kvl),
+            dc_pre: z(n * kvl),
             ql,
             kvl,
             nope,
@@ -257,8 +259,9 @@ pub fn mla_backward<T: Float>(
     // d ckv = [d c_pre | d kr], written into ckv (its values are no longer needed)
     let dckv = &mut a.ckv[..n * (kvl + rope)];
     dckv.fill(T::ZERO);
-    let mut dc_pre = vec![T::ZERO; n * kvl];
-    rmsnorm_backward(&mut dc_pre, g_norm, dc, &a.c_pre[..n * kvl], sp.kv_a_norm.of(ws.p), &a.rstd_c[..n], kvl);
+    let dc_pre = &mut a.dc_pre[..n * kvl];
+    dc_pre.fill(T::ZERO);
+    rmsnorm_backward(dc_pre, g_norm, dc, &a.c_pre[..n * kvl], sp.kv_a_norm.of(ws.p), &a.rstd_c[..n], kvl);
     for ((row, dcp), r) in dckv.chunks_exact_mut(kvl + rope).zip(dc_pre.chunks_exact(kvl)).zip(kr.chunks_exact(rope)) {
         row[..kvl].copy_from_slice(dcp);
         row[kvl..].copy_from_slice(r);

@@ -167,7 +167,8 @@ pub fn attention_backward<T: Float>(
         .enumerate()
         .map(|(job, dp)| {
             let (b, g) = (job / s.g, job % s.g);
-            let mut dsink = vec![T::ZERO; hpg];
+            let with_sinks = dsinks.is_some();
+            let mut dsink = vec![T::ZERO; if with_sinks { hpg } else { 0 }];
             for h in g * hpg..(g + 1) * hpg {
                 for (q0, rows, kend) in query_blocks(&s) {
                     let kv = view(k, s.k_off(b, 0, g), kend, s.d, gd);
@@ -187,7 +188,9 @@ pub fn attention_backward<T: Float>(
                         let live = q0 + r + 1;
                         let pr = &att[s.a_off(b, h, q0 + r)..][..live];
                         let sum = crate::float::dot(&dpr[..live], pr);
-                        dsink[h - g * hpg] -= (T::ONE - crate::float::sum(pr)) * sum;
+                        if with_sinks {
+                            dsink[h - g * hpg] -= (T::ONE - crate::float::sum(pr)) * sum;
+                        }
                         for (d, &pp) in dpr[..live].iter_mut().zip(pr) {
                             *d = pp * (*d - sum) * scale;
                         }
