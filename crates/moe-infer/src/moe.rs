@@ -58,11 +58,9 @@ impl Expert {
                 h
             }
             Act::ClampedSwiglu { alpha, limit } => {
-                for (gv, &uv) in g.iter_mut().zip(&u) {
-                    let (gc, uc) = (gv.min(limit), uv.clamp(-limit, limit));
-                    *gv = gc / (1.0 + (-gc * alpha).exp()) * (uc + 1.0);
-                }
-                g
+                let mut h = vec![0.0; n * inter];
+                moe_kernels::swiglu::clamped_swiglu_forward(&mut h, &g, &u, alpha, limit);
+                h
             }
         };
         self.down.forward(&h, n, y);
