@@ -13,6 +13,9 @@ mod plan_cmd;
 mod serve_cmd;
 mod train_cmd;
 
+#[cfg(test)]
+mod doc_claims;
+
 use anyhow::{bail, Context, Result};
 use args::parse_enum;
 use clap::{Args, Parser, Subcommand};
