@@ -14,7 +14,8 @@ RoPE scaling, gpt-oss's (sinks, alternating sliding windows, biases, the clamped
 their logits are compared with the training engine's by tests/export.rs). Exports
 each as a Hugging Face directory, and as a GGUF file where llama.cpp has the form (Mixtral's as
 `llama` with experts, the third as `qwen2moe`, OLMoE's as `olmoe`, the all-MoE Qwen3-MoE as
-`qwen3moe`), and checks:
+`qwen3moe`, DeepSeek-V3's as `deepseek2`, also with YaRN and trained with RoPE over halves), and
+checks:
 - transformers loads each directory (MixtralForCausalLM, Qwen2MoeForCausalLM) and its float32
   logits equal moe's (`moe logits`) on the same ids to 1e-4;
 - moe's logits from the GGUF files equal them too;
@@ -77,6 +78,13 @@ FORMS = [("moe_export", {}),
                                                         "mscale_all_dim": 0.7, "original_max_position_embeddings": 4},
                                        "mla": {"q_lora_rank": 6, "kv_lora_rank": 8, "qk_nope_head_dim": 4,
                                                "qk_rope_head_dim": 4, "v_head_dim": 6, "rope_interleave": True}}),
+         # trained with RoPE over halves: the GGUF file's rotary rows are permuted for llama.cpp's pairs
+         ("moe_export_deepseek_halves", {"first_k_dense_replace": 1, "num_key_value_heads": 4,
+                                         "router": "sigmoid_group", "n_group": 2, "topk_group": 1,
+                                         "routed_scaling_factor": 1.5, "shared_expert_intermediate_size": 12,
+                                         "bias_update_rate": 0.01,
+                                         "mla": {"q_lora_rank": 6, "kv_lora_rank": 8, "qk_nope_head_dim": 4,
+                                                 "qk_rope_head_dim": 4, "v_head_dim": 6, "rope_interleave": False}}),
          ("moe_export_llama3_rope", {"rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                                                       "high_freq_factor": 4.0, "original_max_position_embeddings": 4}}),
          # gpt-oss's blocks: sinks, alternating sliding windows, biases everywhere, the clamped SwiGLU

@@ -425,8 +425,16 @@ fn deepseek_v3_form_and_scaled_rope_give_the_training_engines_logits() {
     let layout = moe_engine::params::Layout::new(&loaded.config);
     let mut biases = layout.tensors.iter().filter(|t| t.name.ends_with("selection_bias"));
     assert!(biases.any(|t| t.span.of(&loaded.params).iter().any(|&b| b != 0.0)), "training moved the selection bias");
-    let (code, err) = export(&ck, &dir.path().join("x.gguf"));
-    assert!(code == 1 && err.contains("not written as GGUF yet"), "{err}");
+    deepseek_gguf(&ck, &dir.path().join("x.gguf"));
+    // trained with RoPE over halves: the GGUF file's rotary rows are permuted for llama.cpp's pairs
+    let halves = ModelConfig { mla: Some(MlaConfig { rope_interleave: false, ..mla }), ..deepseek.clone() };
+    let ck = exports_as(halves, &dir.path().join("halves"), "DeepseekV3ForCausalLM");
+    deepseek_gguf(&ck, &dir.path().join("halves.gguf"));
+    // without a query rank: the inference engine reads it, llama.cpp would not (V2-Lite's layer counts only)
+    let plain_q = ModelConfig { mla: Some(MlaConfig { q_lora_rank: 0, ..mla }), ..deepseek.clone() };
+    let ck = exports_as(plain_q, &dir.path().join("plain_q"), "DeepseekV3ForCausalLM");
+    let (code, err) = export(&ck, &dir.path().join("plain_q.gguf"));
+    assert!(code == 1 && err.contains("no query rank"), "{err}");
     let yarn = serde_json::json!({"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 4,
         "mscale": 0.7, "mscale_all_dim": 0.7});
     let theta = serde_json::json!({"rope_theta": deepseek.rope_theta, "rope_type": "yarn", "factor": 4.0,
@@ -440,9 +448,23 @@ fn deepseek_v3_form_and_scaled_rope_give_the_training_engines_logits() {
         [(yarn_ds, "DeepseekV3ForCausalLM"), (llama3_mixtral, "MixtralForCausalLM")].into_iter().enumerate()
     {
         let ck = exports_as(cfg, &dir.path().join(format!("scaled{i}")), class);
-        let (code, err) = export(&ck, &dir.path().join(format!("scaled{i}.gguf")));
-        assert!(code == 1 && err.contains("RoPE scaling is not written as GGUF"), "{err}");
+        let gguf = dir.path().join(format!("scaled{i}.gguf"));
+        if class == "DeepseekV3ForCausalLM" {
+            deepseek_gguf(&ck, &gguf); // llama.cpp's deepseek2 holds YaRN
+        } else {
+            let (code, err) = export(&ck, &gguf);
+            assert!(code == 1 && err.contains("RoPE scaling is not written as GGUF"), "{err}");
+        }
     }
+    let two_mscales = serde_json::json!({"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 4,
+        "mscale": 1.0, "mscale_all_dim": 0.7});
+    let theta = serde_json::json!({"rope_theta": deepseek.rope_theta, "rope_type": "yarn", "factor": 4.0,
+        "mscale": 1.0, "mscale_all_dim": 0.7});
+    let scale = moe_engine::rope::deepseek_attention_scale(deepseek.attn_shape().d, Some(&theta));
+    let cfg = ModelConfig { rope_scaling: Some(two_mscales), attention_multiplier: scale, ..deepseek.clone() };
+    let ck = exports_as(cfg, &dir.path().join("mscales"), "DeepseekV3ForCausalLM");
+    let (code, err) = export(&ck, &dir.path().join("mscales.gguf"));
+    assert!(code == 1 && err.contains("keeps one YaRN mscale"), "{err}");
     let softmax = ModelConfig { router: RouterKind::SoftmaxTopk, n_group: 1, topk_group: 1, ..deepseek.clone() };
     refused(
         dir.path(),
@@ -453,6 +475,21 @@ fn deepseek_v3_form_and_scaled_rope_give_the_training_engines_logits() {
             (ModelConfig { attention_multiplier: 0.5, ..deepseek }, "attention scale"),
         ],
     );
+}
+
+/// `moe export --gguf` of a DeepSeek-V3-form checkpoint: written as `deepseek2`, with
+/// llama.cpp's split of kv_b_proj, and read back by the inference engine with the training
+/// engine's logits.
+fn deepseek_gguf(ck: &std::path::Path, gguf: &std::path::Path) {
+    let (code, err) = export(ck, gguf);
+    assert!(code == 0 && err.contains("deepseek2"), "{err}");
+    let g = std::fs::read(gguf).unwrap();
+    let has = |name: &str| g.windows(name.len()).any(|w| w == name.as_bytes());
+    assert!(has("blk.1.attn_k_b.weight") && has("blk.1.attn_v_b.weight") && !has("attn_kv_b"), "kv_b_proj split");
+    assert!(has("blk.1.exp_probs_b.bias"), "the selection bias under llama.cpp's name");
+    let (got, want) = logits_both(ck, gguf, &[3u32, 17, 5, 99, 42, 7, 120, 1]);
+    let diff = max_diff(&got, &want);
+    assert!(diff < 1e-4, "deepseek2 GGUF logits differ by {diff}");
 }
 
 /// gpt-oss's blocks (sinks, alternating sliding windows, biases on every projection, router and

@@ -427,6 +427,10 @@ fn config(cfg: &ModelConfig, form: HfForm) -> serde_json::Value {
                 "v_head_dim": a.v_head_dim,
                 "rope_interleave": a.rope_interleave,
                 "attention_bias": false,
+                // transformers' class always scores with a sigmoid; llama.cpp's converter reads
+                // these keys (DeepSeek's released configs have them) and assumes softmax without
+                "scoring_func": "sigmoid",
+                "topk_method": "noaux_tc",
             })
         }
         HfForm::Phimoe => json!({

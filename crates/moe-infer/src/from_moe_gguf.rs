@@ -8,7 +8,10 @@
 //! gate and a doubled down projection, as in `from_moe`), the query/key/value biases if any.
 //! The OLMoE form becomes `olmoe` (weights not renormalised, as llama.cpp's olmoe computes) and
 //! the Qwen3-MoE form `qwen3moe` (renormalised, every layer MoE), their query/key norms as
-//! `attn_{q,k}_norm`.
+//! `attn_{q,k}_norm`. The DeepSeek-V3 form becomes `deepseek2` as llama.cpp's converter writes it
+//! (sigmoid gating, latent attention as MQA over the latent with `kv_b_proj` split per head into
+//! `attn_k_b` (transposed) and `attn_v_b`, YaRN if any); its RoPE rotates adjacent pairs, so a
+//! model trained without `rope_interleave` has its rotary rows permuted as for `llama`.
 
 use crate::error::{io, Error, Result};
 use crate::from_moe::{hf_form, HfForm};
@@ -37,16 +40,137 @@ fn gguf_name(cfg: &ModelConfig, name: &str, arch: &str) -> Option<(String, Optio
 /// 2i + j takes row j * d/2 + i.
 fn permute_rope_rows(w: &[f32], heads: usize, cols: usize) -> Vec<f32> {
     let d = w.len() / cols / heads;
-    let mut out = vec![0.0; w.len()];
-    for h in 0..heads {
-        for i in 0..d / 2 {
+    permute_rotary(w, heads, d, 0, d, cols)
+}
+
+/// [`permute_rope_rows`] for rows [blocks * width, C] whose rotary part is the `rope` rows from
+/// `start` of each block (latent attention: after each head's unrotated rows, or after the latent).
+fn permute_rotary(w: &[f32], blocks: usize, width: usize, start: usize, rope: usize, cols: usize) -> Vec<f32> {
+    let mut out = w.to_vec();
+    for b in 0..blocks {
+        let base = b * width + start;
+        for i in 0..rope / 2 {
             for j in 0..2 {
-                let (to, from) = (h * d + 2 * i + j, h * d + j * d / 2 + i);
+                let (to, from) = (base + 2 * i + j, base + j * rope / 2 + i);
                 out[to * cols..(to + 1) * cols].copy_from_slice(&w[from * cols..(from + 1) * cols]);
             }
         }
     }
     out
+}
+
+fn unnamed(name: &str) -> Error {
+    Error::Input(format!("tensor {name} has no GGUF name; report this as a bug"))
+}
+
+/// Why DeepSeek-V3's RoPE scaling has no `deepseek2` form, if it has none: only YaRN, and with
+/// mscale equal to mscale_all_dim (llama.cpp keeps only the latter).
+fn deepseek_rope(cfg: &ModelConfig) -> std::result::Result<(), String> {
+    let Some(p) = &cfg.rope_scaling else { return Ok(()) };
+    let kind = p["rope_type"].as_str().or(p["type"].as_str()).unwrap_or("default");
+    let (m, m_all) = (p["mscale"].as_f64().unwrap_or(0.0), p["mscale_all_dim"].as_f64().unwrap_or(0.0));
+    match kind {
+        "default" => Ok(()),
+        "yarn" if m == m_all => Ok(()),
+        "yarn" => Err(format!("llama.cpp's deepseek2 keeps one YaRN mscale, and this model's mscale {m} differs from its mscale_all_dim {m_all}; export a Hugging Face directory instead")),
+        _ => Err(format!("llama.cpp's deepseek2 scales RoPE only with YaRN, not `{kind}`; export a Hugging Face directory instead")),
+    }
+}
+
+/// The `deepseek2.*` keys of `cfg` (the DeepSeek-V3 form), as llama.cpp's converter writes them:
+/// latent attention as MQA over the latent (key_length = kv_lora + rope, value_length = kv_lora),
+/// the per-head sizes as *_mla, sigmoid gating (2).
+fn deepseek_keys(cfg: &ModelConfig) -> Vec<(&'static str, Meta)> {
+    let a = cfg.mla.expect("the DeepSeek-V3 form has latent attention");
+    let u = |x: usize| Meta::U32(x as u32);
+    let mut keys = vec![
+        ("block_count", u(cfg.num_hidden_layers)),
+        ("context_length", u(cfg.max_position_embeddings)),
+        ("embedding_length", u(cfg.hidden_size)),
+        ("feed_forward_length", u(cfg.intermediate_size)),
+        ("attention.head_count", u(cfg.num_attention_heads)),
+        ("attention.head_count_kv", u(1)),
+        ("attention.layer_norm_rms_epsilon", Meta::F32(cfg.rms_norm_eps as f32)),
+        ("rope.freq_base", Meta::F32(cfg.rope_theta as f32)),
+        ("rope.dimension_count", u(a.qk_rope_head_dim)),
+        ("expert_count", u(cfg.num_local_experts)),
+        ("expert_used_count", u(cfg.num_experts_per_tok)),
+        ("expert_group_count", u(cfg.n_group)),
+        ("expert_group_used_count", u(cfg.topk_group)),
+        ("expert_gating_func", u(2)),
+        ("expert_feed_forward_length", u(cfg.moe_intermediate_size)),
+        ("expert_shared_count", u(cfg.shared_expert_intermediate_size / cfg.moe_intermediate_size)),
+        ("expert_weights_scale", Meta::F32(cfg.routed_scaling_factor as f32)),
+        ("expert_weights_norm", Meta::Bool(cfg.norm_topk_prob)),
+        ("leading_dense_block_count", u(cfg.first_k_dense_replace)),
+        ("vocab_size", u(cfg.vocab_size)),
+        ("attention.kv_lora_rank", u(a.kv_lora_rank)),
+        ("attention.key_length", u(a.kv_lora_rank + a.qk_rope_head_dim)),
+        ("attention.value_length", u(a.kv_lora_rank)),
+        ("attention.key_length_mla", u(a.qk_nope_head_dim + a.qk_rope_head_dim)),
+        ("attention.value_length_mla", u(a.v_head_dim)),
+    ];
+    if a.q_lora_rank > 0 {
+        keys.push(("attention.q_lora_rank", u(a.q_lora_rank)));
+    }
+    if let Some(p) = &cfg.rope_scaling {
+        let f = |k: &str| Meta::F32(p[k].as_f64().unwrap_or(0.0) as f32);
+        if p["rope_type"].as_str().or(p["type"].as_str()) == Some("yarn") {
+            keys.push(("rope.scaling.type", Meta::Str("yarn".into())));
+            keys.push(("rope.scaling.factor", f("factor")));
+            keys.push((
+                "rope.scaling.original_context_length",
+                u(p["original_max_position_embeddings"].as_u64().unwrap_or(0) as usize),
+            ));
+            keys.push(("rope.scaling.yarn_beta_fast", Meta::F32(p["beta_fast"].as_f64().unwrap_or(32.0) as f32)));
+            keys.push(("rope.scaling.yarn_beta_slow", Meta::F32(p["beta_slow"].as_f64().unwrap_or(1.0) as f32)));
+            keys.push((
+                "rope.scaling.yarn_log_multiplier",
+                Meta::F32((0.1 * p["mscale_all_dim"].as_f64().unwrap_or(0.0)) as f32),
+            ));
+        }
+    }
+    keys
+}
+
+/// One tensor of the DeepSeek-V3 form under its `deepseek2` name(s): `kv_b_proj` [H*(nope+v),
+/// kv_lora] split per head into k_b [H, kv_lora, nope] (transposed) and v_b [H, v, kv_lora]; the
+/// rotary rows of the queries and of the shared key permuted unless trained interleaved.
+fn deepseek_tensor(w: &mut GgufWriter, cfg: &ModelConfig, name: &str, shape: &[usize], data: &[f32]) -> Result<()> {
+    let a = cfg.mla.expect("the DeepSeek-V3 form has latent attention");
+    let (h, kv, nope, rope, v) =
+        (cfg.num_attention_heads, a.kv_lora_rank, a.qk_nope_head_dim, a.qk_rope_head_dim, a.v_head_dim);
+    let hf = name.replace(".mlp.shared_expert.", ".mlp.shared_experts.");
+    if let Some(prefix) = hf.strip_suffix("self_attn.kv_b_proj.weight") {
+        let norm = format!("{prefix}self_attn.kv_a_layernorm.weight");
+        let (g, _) = gguf_name(cfg, &norm, "deepseek2").ok_or_else(|| unnamed(name))?;
+        let blk = g.trim_end_matches("attn_kv_a_norm.weight");
+        let (mut kb, mut vb) = (vec![0.0; h * kv * nope], vec![0.0; h * v * kv]);
+        for head in 0..h {
+            let rows = &data[head * (nope + v) * kv..(head + 1) * (nope + v) * kv];
+            for n in 0..nope {
+                for j in 0..kv {
+                    kb[(head * kv + j) * nope + n] = rows[n * kv + j];
+                }
+            }
+            vb[head * v * kv..(head + 1) * v * kv].copy_from_slice(&rows[nope * kv..]);
+        }
+        w.tensor(&format!("{blk}attn_k_b.weight"), &[h, kv, nope], kb);
+        w.tensor(&format!("{blk}attn_v_b.weight"), &[h, v, kv], vb);
+        return Ok(());
+    }
+    let hf = hf.replace(".mlp.router.selection_bias", ".mlp.gate.e_score_correction_bias");
+    let (g, _) = gguf_name(cfg, &hf, "deepseek2").ok_or_else(|| unnamed(name))?;
+    let cols = shape.last().copied().unwrap_or(1);
+    let q = hf.ends_with("self_attn.q_b_proj.weight") || hf.ends_with("self_attn.q_proj.weight");
+    let data = match () {
+        _ if a.rope_interleave => data.to_vec(),
+        _ if q => permute_rotary(data, h, nope + rope, nope, rope, cols),
+        _ if hf.ends_with("self_attn.kv_a_proj_with_mqa.weight") => permute_rotary(data, 1, kv + rope, kv, rope, cols),
+        _ => data.to_vec(),
+    };
+    w.tensor(&g, shape, data);
+    Ok(())
 }
 
 /// The tokenizer.json of a checkpoint (byte-level BPE, as moe trains them) as GGUF metadata:
@@ -125,6 +249,10 @@ pub fn write_gguf(ck: &Checkpoint, out: &Path) -> Result<(usize, &'static str)> 
         _ if cfg.clip_qkv > 0.0 => {
             Err("its clip_qkv is not written as GGUF yet; export a Hugging Face directory instead".into())
         }
+        Ok(HfForm::DeepseekV3) if cfg.mla.is_some_and(|a| a.q_lora_rank == 0) && ![26, 27].contains(&cfg.num_hidden_layers) => Err(
+            "it has no query rank (a plain q_proj), which llama.cpp's deepseek2 takes only at DeepSeek-V2-Lite's 26 or 27 layers; export a Hugging Face directory instead".into(),
+        ),
+        Ok(HfForm::DeepseekV3) => deepseek_rope(cfg).map(|_| "deepseek2"),
         _ if cfg.rope_scaling.is_some() => Err(
             "its RoPE scaling is not written as GGUF yet; export a Hugging Face directory (llama.cpp's convert_hf_to_gguf.py converts it)".into(),
         ),
@@ -161,9 +289,6 @@ pub fn write_gguf(ck: &Checkpoint, out: &Path) -> Result<(usize, &'static str)> 
         ),
         Ok(HfForm::GptOss) => Err(
             "gpt-oss's form is not written as GGUF yet; export a Hugging Face directory (llama.cpp's convert_hf_to_gguf.py converts it)".into(),
-        ),
-        Ok(HfForm::DeepseekV3) => Err(
-            "DeepSeek-V3's form is not written as GGUF yet; export a Hugging Face directory (llama.cpp's convert_hf_to_gguf.py converts it)".into(),
         ),
         Err(why) => Err(why),
     };
@@ -204,6 +329,9 @@ pub fn write_gguf(ck: &Checkpoint, out: &Path) -> Result<(usize, &'static str)> 
     if qwen2 {
         keys.push(("expert_shared_feed_forward_length", u(shared)));
     }
+    if arch == "deepseek2" {
+        keys = deepseek_keys(cfg);
+    }
     for (key, v) in keys {
         w.meta(&format!("{arch}.{key}"), v);
     }
@@ -216,8 +344,11 @@ pub fn write_gguf(ck: &Checkpoint, out: &Path) -> Result<(usize, &'static str)> 
     let layout = Layout::new(cfg);
     let c = cfg.hidden_size;
     for t in &layout.tensors {
-        let (name, heads) = gguf_name(cfg, &t.name, arch)
-            .ok_or_else(|| Error::Input(format!("tensor {} has no GGUF name; report this as a bug", t.name)))?;
+        if arch == "deepseek2" {
+            deepseek_tensor(&mut w, cfg, &t.name, &t.shape, t.span.of(&ck.params))?;
+            continue;
+        }
+        let (name, heads) = gguf_name(cfg, &t.name, arch).ok_or_else(|| unnamed(&t.name))?;
         let mut data = match heads {
             Some(h) => permute_rope_rows(t.span.of(&ck.params), h, c),
             None => t.span.of(&ck.params).to_vec(),

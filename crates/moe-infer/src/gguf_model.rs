@@ -200,7 +200,7 @@ pub fn hf_name(arch: &str, name: &str) -> Option<(String, Option<Vec<usize>>)> {
         // joined into kv_b_proj by `open`
         "attn_k_b" => "self_attn.k_b_proj",
         "attn_v_b" => "self_attn.v_b_proj",
-        "exp_probs_b" => return Some((format!("{p}mlp.gate.e_score_correction_bias"), None)),
+        "exp_probs_b" if suffix == "bias" => return Some((format!("{p}mlp.gate.e_score_correction_bias"), None)),
         "ffn_gate_inp" => "mlp.gate",
         "ffn_gate" => "mlp.gate_proj",
         "ffn_up" => "mlp.up_proj",
