@@ -14,7 +14,7 @@ RoPE scaling, gpt-oss's (sinks, alternating sliding windows, biases, the clamped
 their logits are compared with the training engine's by tests/export.rs). Exports
 each as a Hugging Face directory, and as a GGUF file where llama.cpp has the form (Mixtral's as
 `llama` with experts, the third as `qwen2moe`, OLMoE's as `olmoe`, the all-MoE Qwen3-MoE as
-`qwen3moe`, DeepSeek-V3's as `deepseek2`, also with YaRN and trained with RoPE over halves), and
+`qwen3moe`, GraniteMoE's as `granitemoe`, DeepSeek-V3's as `deepseek2`, also with YaRN and trained with RoPE over halves), and
 checks:
 - transformers loads each directory (MixtralForCausalLM, Qwen2MoeForCausalLM) and its float32
   logits equal moe's (`moe logits`) on the same ids to 1e-4;

@@ -1,7 +1,7 @@
 """GGUF fixtures for crates/moe-infer/tests/gguf.rs, written by llama.cpp's own converter.
 
 The tiny Hugging Face checkpoints of scripts/hf_checkpoints.py (Mixtral, Qwen3-MoE, OLMoE,
-DeepSeek-V3)
+GraniteMoE, DeepSeek-V3)
 go through llama.cpp's convert_hf_to_gguf.py (scripts/llama_convert.py) in f32 (and Mixtral
 also in Q8_0); a Q4_0
 copy of the Mixtral file is made the way llama-quantize does (every 2-D weight whose rows are
@@ -34,7 +34,8 @@ from llama_convert import convert  # noqa: E402
 
 os.makedirs(out_dir, exist_ok=True)
 # (The Qwen2-MoE fixture has a dense layer, which llama.cpp's qwen2moe cannot convert.)
-for name, outtype in [("mixtral", "f32"), ("mixtral", "q8_0"), ("qwen3_moe", "f32"), ("olmoe", "f32")]:
+for name, outtype in [("mixtral", "f32"), ("mixtral", "q8_0"), ("qwen3_moe", "f32"), ("olmoe", "f32"),
+                      ("granitemoe", "f32")]:
     out = os.path.join(out_dir, f"{name}-{outtype}.gguf")
     convert(llama, os.path.join(fixtures, name), out, outtype)
     print("wrote", out)

@@ -5,7 +5,7 @@
 //! Qwen2 for dense models; LoRA adapters merged first; config.json, model.safetensors with the
 //! hub's names, tokenizer.json) that the inference engine (`--model`, `--quant`,
 //! `--max-memory`), transformers and llama.cpp's converter run, or as a GGUF file with its
-//! tokenizer embedded (`--gguf`; llama, qwen2moe, olmoe, qwen3moe or deepseek2) for llama.cpp and `moe
+//! tokenizer embedded (`--gguf`; llama, qwen2moe, olmoe, qwen3moe, granitemoe or deepseek2) for llama.cpp and `moe
 //! serve`. Models with no such form are refused with the reason (the writers are
 //! `moe_infer::from_moe` and `from_moe_gguf`; `moe serve --checkpoint` shares the first).
 

@@ -128,7 +128,7 @@ struct GenerateArgs {
     #[arg(long, required_unless_present = "model", conflicts_with = "model")]
     checkpoint: Option<PathBuf>,
     /// A Hugging Face model directory (config.json, *.safetensors, tokenizer.json), or a
-    /// llama.cpp GGUF file (Mixtral, Qwen2/3-MoE, OLMoE, DeepSeek-V3/R1; its embedded tokenizer is used unless a tokenizer.json sits beside it).
+    /// llama.cpp GGUF file (Mixtral, Qwen2/3-MoE, OLMoE, GraniteMoE, DeepSeek-V3/R1; its embedded tokenizer is used unless a tokenizer.json sits beside it).
     #[arg(long)]
     model: Option<PathBuf>,
     /// Directory of the tokenizer.json (default: the model directory; for a GGUF file, a tokenizer.json beside it, else the one embedded in the file).

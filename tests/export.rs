@@ -299,8 +299,8 @@ fn the_default_presets_selection_bias_runs_in_the_inference_engine_and_is_served
 /// Query/key norms: over the whole projections, every layer MoE -> OLMoE; per head, with wide
 /// heads and a dense first layer -> Qwen3-MoE; Granite's multipliers -> GraniteMoE (experts
 /// fused as the hub holds them). Each gives the training engine's logits in the inference
-/// engine, and so do the GGUF files of the first two (llama.cpp's olmoe and qwen3moe); what those
-/// cannot hold, and Granite's GGUF form, are refused with the reason.
+/// engine, and so do their GGUF files (llama.cpp's granitemoe, olmoe and qwen3moe); what those
+/// cannot hold is refused with the reason.
 #[test]
 fn olmoe_qwen3_moe_and_granite_forms_give_the_training_engines_logits() {
     use moe_engine::config::QkNorm;
@@ -315,7 +315,7 @@ fn olmoe_qwen3_moe_and_granite_forms_give_the_training_engines_logits() {
         ..experts.clone()
     };
     let cases = [
-        ("GraniteMoeForCausalLM", granite),
+        ("GraniteMoeForCausalLM", granite.clone()),
         (
             "OlmoeForCausalLM",
             ModelConfig { qk_norm: QkNorm::Whole, norm_topk_prob: false, num_key_value_heads: 4, ..experts.clone() },
@@ -334,17 +334,16 @@ fn olmoe_qwen3_moe_and_granite_forms_give_the_training_engines_logits() {
         assert!(diff < 1e-4, "{class}: exported logits differ by {diff}");
         let gguf = dir.path().join(format!("x{i}.gguf"));
         let (code, err) = export(&ck, &gguf);
-        match class {
-            "GraniteMoeForCausalLM" => assert!(code == 1 && err.contains("not written as GGUF yet"), "{err}"),
-            _ => {
-                // OLMoE as llama.cpp's olmoe, Qwen3-MoE (every layer MoE) as qwen3moe
-                assert_eq!(code, 0, "{class}: {err}");
-                let (got, want) = logits_both(&ck, &gguf, &ids);
-                let diff = max_diff(&got, &want);
-                assert!(diff < 1e-4, "{class}: GGUF logits differ by {diff}");
-            }
-        }
+        // GraniteMoE as llama.cpp's granitemoe, OLMoE as olmoe, Qwen3-MoE (every layer MoE) as qwen3moe
+        assert_eq!(code, 0, "{class}: {err}");
+        let (got, want) = logits_both(&ck, &gguf, &ids);
+        let diff = max_diff(&got, &want);
+        assert!(diff < 1e-4, "{class}: GGUF logits differ by {diff}");
     }
+    let wide = ModelConfig { head_dim: 8, ..granite };
+    let ck = trained(wide, &dir.path().join("wide"));
+    let (code, err) = export(&ck, &dir.path().join("wide.gguf"));
+    assert!(code == 1 && err.contains("granitemoe assumes"), "{err}");
     // what llama.cpp's olmoe and qwen3moe cannot hold is refused with the reason
     for (cfg, says) in [
         (ModelConfig { qk_norm: QkNorm::Whole, norm_topk_prob: true, ..experts.clone() }, "does not renormalise"),

@@ -248,8 +248,10 @@ impl Spec {
                 "rotary dimension {rope_dim} exceeds the head dimension {head_dim} (partial_rotary_factor must be at most 1)"
             )));
         }
-        // DeepSeek-V3 interleaves; so does a Mixtral read from GGUF (its Q/K rows permuted).
-        let interleave = matches!(arch, DeepseekV3 | Mixtral) && c.bool_or("rope_interleave", arch == DeepseekV3);
+        // DeepSeek-V3 interleaves; so does a Mixtral or GraniteMoE read from GGUF (its Q/K rows
+        // permuted by llama.cpp's converter).
+        let interleave =
+            matches!(arch, DeepseekV3 | Mixtral | GraniteMoe) && c.bool_or("rope_interleave", arch == DeepseekV3);
         let rope = Rope::from_config(v, rope_dim, max_pos, interleave, arch == Phimoe).map_err(|m| c.err(m))?;
         let mut attn_scale = (head_dim as f64).powf(-0.5);
         if arch == GraniteMoe {

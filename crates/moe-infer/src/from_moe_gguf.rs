@@ -8,7 +8,9 @@
 //! gate and a doubled down projection, as in `from_moe`), the query/key/value biases if any.
 //! The OLMoE form becomes `olmoe` (weights not renormalised, as llama.cpp's olmoe computes) and
 //! the Qwen3-MoE form `qwen3moe` (renormalised, every layer MoE), their query/key norms as
-//! `attn_{q,k}_norm`. The DeepSeek-V3 form becomes `deepseek2` as llama.cpp's converter writes it
+//! `attn_{q,k}_norm`. The GraniteMoE form becomes `granitemoe` (queries and keys permuted as for
+//! `llama`, the four multipliers as `embedding_scale`, `attention.scale`, `residual_scale` and
+//! `logit_scale`). The DeepSeek-V3 form becomes `deepseek2` as llama.cpp's converter writes it
 //! (sigmoid gating, latent attention as MQA over the latent with `kv_b_proj` split per head into
 //! `attn_k_b` (transposed) and `attn_v_b`, YaRN if any); its RoPE rotates adjacent pairs, so a
 //! model trained without `rope_interleave` has its rotary rows permuted as for `llama`.
@@ -22,14 +24,21 @@ use moe_engine::params::Layout;
 use std::path::Path;
 
 /// The GGUF name of tensor `name` of our layout in GGUF architecture `arch` (the reader's table
-/// inverted; our router is the hub's `mlp.gate`), and the head count its rows are permuted over
-/// (the `llama` architecture's queries and keys), if any.
+/// inverted; our router is the hub's `mlp.gate`, GraniteMoE's `block_sparse_moe.router.layer`),
+/// and the head count its rows are permuted over (the queries and keys of `llama` and
+/// `granitemoe`, whose converter permutes them), if any.
 fn gguf_name(cfg: &ModelConfig, name: &str, arch: &str) -> Option<(String, Option<usize>)> {
-    let hf = name.replace(".mlp.router.weight", ".mlp.gate.weight");
+    let hf = if arch == "granitemoe" {
+        name.replace(".mlp.router.weight", ".block_sparse_moe.router.layer.weight")
+            .replace(".mlp.experts.", ".block_sparse_moe.experts.")
+    } else {
+        name.replace(".mlp.router.weight", ".mlp.gate.weight")
+    };
     let g = crate::gguf_model::gguf_name(arch, &hf)?;
+    let permuted = arch == "llama" || arch == "granitemoe";
     let heads = match g.rsplit('.').nth(1) {
-        Some("attn_q") if arch == "llama" => Some(cfg.num_attention_heads),
-        Some("attn_k") if arch == "llama" => Some(cfg.num_key_value_heads),
+        Some("attn_q") if permuted => Some(cfg.num_attention_heads),
+        Some("attn_k") if permuted => Some(cfg.num_key_value_heads),
         _ => None,
     };
     Some((g, heads))
@@ -281,9 +290,10 @@ pub fn write_gguf(ck: &Checkpoint, out: &Path) -> Result<(usize, &'static str)> 
         Ok(HfForm::Llama | HfForm::Qwen2) => Err(
             "dense models are not written as GGUF yet; export a Hugging Face directory (llama.cpp's convert_hf_to_gguf.py converts it)".into(),
         ),
-        Ok(HfForm::GraniteMoe) => {
-            Err("Granite's multipliers are not written as GGUF yet; export a Hugging Face directory instead".into())
-        }
+        Ok(HfForm::GraniteMoe) if cfg.head_dim() * cfg.num_attention_heads != cfg.hidden_size => Err(
+            "its heads are not hidden_size / heads wide, which llama.cpp's granitemoe assumes; export a Hugging Face directory instead".into(),
+        ),
+        Ok(HfForm::GraniteMoe) => Ok("granitemoe"),
         Ok(HfForm::Phimoe) => Err(
             "PhiMoE's form is not written as GGUF yet; export a Hugging Face directory (llama.cpp's convert_hf_to_gguf.py converts it)".into(),
         ),
@@ -331,6 +341,13 @@ pub fn write_gguf(ck: &Checkpoint, out: &Path) -> Result<(usize, &'static str)> 
     }
     if arch == "deepseek2" {
         keys = deepseek_keys(cfg);
+    }
+    if arch == "granitemoe" {
+        // as llama.cpp's converter names Granite's multipliers
+        keys.push(("embedding_scale", Meta::F32(cfg.embedding_multiplier as f32)));
+        keys.push(("attention.scale", Meta::F32(cfg.attention_scale() as f32)));
+        keys.push(("residual_scale", Meta::F32(cfg.residual_multiplier as f32)));
+        keys.push(("logit_scale", Meta::F32(cfg.logits_scaling as f32)));
     }
     for (key, v) in keys {
         w.meta(&format!("{arch}.{key}"), v);

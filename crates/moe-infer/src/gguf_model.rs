@@ -3,7 +3,7 @@
 //! row-major shape the Hugging Face loader asks for (the stacked `ffn_{gate,up,down}_exps`
 //! tensors as 3-D expert tensors), its data left in place in the memory map (F32, F16, BF16,
 //! Q8_0, Q4_0 and the k-quants Q4_K, Q5_K, Q6_K; other ggml types are refused by name). Architectures: Mixtral (llama.cpp's
-//! `llama` with `expert_count`), Qwen2-MoE, Qwen3-MoE, OLMoE and DeepSeek-V3/R1 (`deepseek2` with
+//! `llama` with `expert_count`), Qwen2-MoE, Qwen3-MoE, OLMoE, GraniteMoE and DeepSeek-V3/R1 (`deepseek2` with
 //! sigmoid gating). llama.cpp stores DeepSeek's `kv_b_proj` split per head into `attn_k_b`
 //! (transposed) and `attn_v_b`; they are joined back into `kv_b_proj` in f32 at open time.
 //!
@@ -28,6 +28,7 @@ fn hf_arch(g: &Gguf, arch: &str) -> Option<(&'static str, bool)> {
         "qwen2moe" => Some(("Qwen2MoeForCausalLM", false)),
         "qwen3moe" => Some(("Qwen3MoeForCausalLM", false)),
         "olmoe" => Some(("OlmoeForCausalLM", false)),
+        "granitemoe" => Some(("GraniteMoeForCausalLM", true)),
         // llama.cpp's expert_gating_func 2 = sigmoid (DeepSeek-V3); absent or 1 = softmax (V2)
         "deepseek2" if g.usize("deepseek2.expert_gating_func") == Some(2) => Some(("DeepseekV3ForCausalLM", false)),
         _ => None,
@@ -40,7 +41,7 @@ pub fn hf_config(g: &Gguf) -> Result<Value> {
     let arch = g.str("general.architecture").ok_or_else(|| bad("no general.architecture".into()))?;
     let (class, permuted) = hf_arch(g, arch).ok_or_else(|| {
         bad(format!(
-            "GGUF architecture `{arch}` is not supported as an MoE model; supported: llama with experts (Mixtral), qwen2moe, qwen3moe, olmoe, deepseek2 with sigmoid gating (DeepSeek-V3/R1; V2's softmax routing is not)"
+            "GGUF architecture `{arch}` is not supported as an MoE model; supported: llama with experts (Mixtral), qwen2moe, qwen3moe, olmoe, granitemoe, deepseek2 with sigmoid gating (DeepSeek-V3/R1; V2's softmax routing is not)"
         ))
     })?;
     let need =
@@ -103,6 +104,15 @@ pub fn hf_config(g: &Gguf) -> Result<Value> {
             }
         }
         "deepseek2" => deepseek_config(g, &mut c, experts, ffn)?,
+        "granitemoe" => {
+            c["num_local_experts"] = json!(experts);
+            c["intermediate_size"] = json!(ffn.ok_or_else(|| bad("missing granitemoe.feed_forward_length".into()))?);
+            let scale = |k: &str, default: f64| g.f64(&format!("granitemoe.{k}")).unwrap_or(default);
+            c["embedding_multiplier"] = json!(scale("embedding_scale", 1.0));
+            c["attention_multiplier"] = json!(scale("attention.scale", 1.0 / ((hidden / heads) as f64).sqrt()));
+            c["residual_multiplier"] = json!(scale("residual_scale", 1.0));
+            c["logits_scaling"] = json!(scale("logit_scale", 1.0));
+        }
         _ => {
             c["num_experts"] = json!(experts);
             c["intermediate_size"] = json!(expert_ffn.or(ffn).unwrap_or(0));
@@ -201,6 +211,7 @@ pub fn hf_name(arch: &str, name: &str) -> Option<(String, Option<Vec<usize>>)> {
         "attn_k_b" => "self_attn.k_b_proj",
         "attn_v_b" => "self_attn.v_b_proj",
         "exp_probs_b" if suffix == "bias" => return Some((format!("{p}mlp.gate.e_score_correction_bias"), None)),
+        "ffn_gate_inp" if arch == "granitemoe" => "block_sparse_moe.router.layer",
         "ffn_gate_inp" => "mlp.gate",
         "ffn_gate" => "mlp.gate_proj",
         "ffn_up" => "mlp.up_proj",
@@ -212,9 +223,11 @@ pub fn hf_name(arch: &str, name: &str) -> Option<(String, Option<Vec<usize>>)> {
             return Some((format!("{p}mlp.{shared}.{proj}_proj.{suffix}"), None));
         }
         // Stacked [E, ...] expert tensors carry no `.weight` suffix in transformers.
-        "ffn_gate_exps" => return Some((format!("{p}mlp.experts.gate_proj"), None)),
-        "ffn_up_exps" => return Some((format!("{p}mlp.experts.up_proj"), None)),
-        "ffn_down_exps" => return Some((format!("{p}mlp.experts.down_proj"), None)),
+        "ffn_gate_exps" | "ffn_up_exps" | "ffn_down_exps" => {
+            let blk = if arch == "granitemoe" { "block_sparse_moe" } else { "mlp" };
+            let proj = base.trim_start_matches("ffn_").trim_end_matches("_exps"); // gate, up, down
+            return Some((format!("{p}{blk}.experts.{proj}_proj"), None));
+        }
         "ffn_gate_inp_shexp" => return Some((format!("{p}mlp.shared_expert_gate.{suffix}"), Some(vec![]))),
         _ => return None,
     };

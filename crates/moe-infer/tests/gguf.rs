@@ -86,7 +86,12 @@ fn float_twin_diff_panels(file: &str) -> (f32, f32) {
 fn f32_gguf_files_give_the_logits_of_transformers() {
     // DeepSeek-V3: MLA with kv_b_proj joined back from llama.cpp's k_b/v_b, YaRN, grouped
     // sigmoid routing with the selection bias, a dense first layer and a shared expert.
-    for (file, hf) in [("mixtral-f32", "mixtral"), ("qwen3_moe-f32", "qwen3_moe"), ("deepseek_v3-f32", "deepseek_v3")] {
+    for (file, hf) in [
+        ("mixtral-f32", "mixtral"),
+        ("qwen3_moe-f32", "qwen3_moe"),
+        ("granitemoe-f32", "granitemoe"),
+        ("deepseek_v3-f32", "deepseek_v3"),
+    ] {
         let (err, got, want) = run(file, hf);
         assert!(err < 1e-4, "{file}: logits differ from transformers by {err:e}");
         assert_eq!(got, want, "{file}: greedy generation differs from transformers");
