@@ -39,6 +39,23 @@ fn documents() -> Vec<(String, String)> {
         .collect()
 }
 
+/// Runs `check` on every line of every document (file name, 1-based line number, line); it
+/// returns the problems of each item it checked. Fails with them all, or when fewer than
+/// `at_least` items were checked (the extraction would be broken).
+fn check_lines(what: &str, at_least: usize, mut check: impl FnMut(&str, usize, &str) -> Vec<Option<String>>) {
+    let (mut bad, mut checked) = (vec![], 0);
+    for (name, text) in documents() {
+        for (i, line) in text.lines().enumerate() {
+            for problem in check(&name, i + 1, line) {
+                checked += 1;
+                bad.extend(problem);
+            }
+        }
+    }
+    assert!(checked >= at_least, "only {checked} {what} found: is the extraction broken?");
+    assert!(bad.is_empty(), "{what} in the documents that do not hold:\n{}", bad.join("\n"));
+}
+
 /// The inline code spans of a line.
 fn code_spans(line: &str) -> Vec<&str> {
     line.split('`').skip(1).step_by(2).collect()
@@ -142,36 +159,27 @@ fn parse_error(args: &[String]) -> Option<String> {
 
 #[test]
 fn every_moe_command_in_the_documents_parses() {
-    let mut bad = vec![];
-    let mut checked = 0;
-    for (name, text) in documents() {
-        for (i, line) in text.lines().enumerate() {
-            let mut codes = code_spans(line);
-            if line.starts_with("    ") {
-                codes.push(line);
-            }
-            for code in codes {
-                let Some(args) = moe_args(code) else { continue };
-                if args.contains('$') {
-                    continue; // a shell variable: the script that sets it is checked by running it
-                }
-                let Some(words) = shell_words(args) else {
-                    bad.push(format!("{name}:{}: unbalanced quotes in `{args}`", i + 1));
-                    continue;
-                };
-                if words.first().is_none_or(|w| placeholder(w)) {
-                    continue; // `moe <command> --help`: any command
-                }
-                checked += 1;
-                if let Some(why) = parse_error(&concrete(words)) {
-                    let why = why.lines().next().unwrap_or("").to_string();
-                    bad.push(format!("{name}:{}: `moe {args}`: {why}", i + 1));
-                }
-            }
+    check_lines("moe commands", 100, |name, n, line| {
+        let mut codes = code_spans(line);
+        if line.starts_with("    ") {
+            codes.push(line);
         }
-    }
-    assert!(checked > 100, "only {checked} commands found: is the extraction broken?");
-    assert!(bad.is_empty(), "commands in the documents that today's CLI refuses:\n{}", bad.join("\n"));
+        let mut out = vec![];
+        for code in codes {
+            // a shell variable: the script that sets it is checked by running it
+            let Some(args) = moe_args(code).filter(|a| !a.contains('$')) else { continue };
+            let Some(words) = shell_words(args) else {
+                out.push(Some(format!("{name}:{n}: unbalanced quotes in `{args}`")));
+                continue;
+            };
+            if words.first().is_none_or(|w| placeholder(w)) {
+                continue; // `moe <command> --help`: any command
+            }
+            let why = parse_error(&concrete(words));
+            out.push(why.map(|w| format!("{name}:{n}: `moe {args}`: {}", w.lines().next().unwrap_or(""))));
+        }
+        out
+    });
 }
 
 /// The repository paths a line cites: words starting with one of the tree's top folders.
@@ -222,20 +230,9 @@ fn exists(p: &str) -> bool {
 
 #[test]
 fn every_file_the_documents_cite_exists() {
-    let mut bad = vec![];
-    let mut checked = 0;
-    for (name, text) in documents() {
-        for (i, line) in text.lines().enumerate() {
-            for p in cited_paths(line) {
-                checked += 1;
-                if !exists(&p) {
-                    bad.push(format!("{name}:{}: {p}", i + 1));
-                }
-            }
-        }
-    }
-    assert!(checked > 100, "only {checked} paths found: is the extraction broken?");
-    assert!(bad.is_empty(), "files the documents cite that are not in the tree:\n{}", bad.join("\n"));
+    check_lines("cited files", 100, |name, n, line| {
+        cited_paths(line).into_iter().map(|p| (!exists(&p)).then(|| format!("{name}:{n}: {p}"))).collect()
+    });
 }
 
 /// Every identifier of the sources (Rust, Python, shell, TOML) outside build output and runs.
@@ -264,30 +261,21 @@ const PEER_NAMES: [&str; 2] = ["custom_gmm_compile", "torch_gemm_bench"];
 fn every_test_function_and_field_the_documents_name_exists() {
     let mut idents = HashSet::new();
     source_identifiers(&root(), &mut idents);
-    let mut bad = vec![];
-    let mut checked = 0;
-    for (name, text) in documents() {
-        for (i, line) in text.lines().enumerate() {
-            for code in code_spans(line) {
-                // snake_case names of three words or more: tests, functions, config fields
-                for w in
-                    code.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '/' || c == '.'))
-                {
-                    let named = w.split('_').count() >= 3
-                        && w.chars().next().is_some_and(|c| c.is_ascii_lowercase())
-                        && w.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-                        && !w.contains("__");
-                    if !named {
-                        continue;
-                    }
-                    checked += 1;
-                    if !idents.contains(w) && !PEER_NAMES.contains(&w) {
-                        bad.push(format!("{name}:{}: {w}", i + 1));
-                    }
+    check_lines("named tests, functions and fields", 30, |name, n, line| {
+        let mut out = vec![];
+        for code in code_spans(line) {
+            // snake_case names of three words or more: tests, functions, config fields
+            for w in code.split(|c: char| !(c.is_ascii_alphanumeric() || "_-/.".contains(c))) {
+                let named = w.split('_').count() >= 3
+                    && w.chars().next().is_some_and(|c| c.is_ascii_lowercase())
+                    && w.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+                    && !w.contains("__");
+                if named {
+                    let known = idents.contains(w) || PEER_NAMES.contains(&w);
+                    out.push((!known).then(|| format!("{name}:{n}: {w}")));
                 }
             }
         }
-    }
-    assert!(checked > 30, "only {checked} names found: is the extraction broken?");
-    assert!(bad.is_empty(), "names the documents cite that no source defines:\n{}", bad.join("\n"));
+        out
+    });
 }

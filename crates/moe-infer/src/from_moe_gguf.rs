@@ -86,24 +86,24 @@ fn deepseek_rope(cfg: &ModelConfig) -> std::result::Result<(), String> {
     }
 }
 
-/// The `deepseek2.*` keys of `cfg` (the DeepSeek-V3 form), as llama.cpp's converter writes them:
-/// latent attention as MQA over the latent (key_length = kv_lora + rope, value_length = kv_lora),
-/// the per-head sizes as *_mla, sigmoid gating (2).
-fn deepseek_keys(cfg: &ModelConfig) -> Vec<(&'static str, Meta)> {
+/// Sets `key` to `v` in `keys`, replacing its value if it is there.
+fn set(keys: &mut Vec<(&'static str, Meta)>, key: &'static str, v: Meta) {
+    match keys.iter_mut().find(|(k, _)| *k == key) {
+        Some(entry) => entry.1 = v,
+        None => keys.push((key, v)),
+    }
+}
+
+/// The `deepseek2.*` keys of `cfg` (the DeepSeek-V3 form) over the common ones, as llama.cpp's
+/// converter writes them: latent attention as MQA over the latent (key_length = kv_lora + rope,
+/// value_length = kv_lora), the per-head sizes as *_mla, sigmoid gating (2).
+fn deepseek_keys(cfg: &ModelConfig, keys: &mut Vec<(&'static str, Meta)>) {
     let a = cfg.mla.expect("the DeepSeek-V3 form has latent attention");
     let u = |x: usize| Meta::U32(x as u32);
-    let mut keys = vec![
-        ("block_count", u(cfg.num_hidden_layers)),
-        ("context_length", u(cfg.max_position_embeddings)),
-        ("embedding_length", u(cfg.hidden_size)),
+    let mut ours = vec![
         ("feed_forward_length", u(cfg.intermediate_size)),
-        ("attention.head_count", u(cfg.num_attention_heads)),
         ("attention.head_count_kv", u(1)),
-        ("attention.layer_norm_rms_epsilon", Meta::F32(cfg.rms_norm_eps as f32)),
-        ("rope.freq_base", Meta::F32(cfg.rope_theta as f32)),
         ("rope.dimension_count", u(a.qk_rope_head_dim)),
-        ("expert_count", u(cfg.num_local_experts)),
-        ("expert_used_count", u(cfg.num_experts_per_tok)),
         ("expert_group_count", u(cfg.n_group)),
         ("expert_group_used_count", u(cfg.topk_group)),
         ("expert_gating_func", u(2)),
@@ -112,7 +112,6 @@ fn deepseek_keys(cfg: &ModelConfig) -> Vec<(&'static str, Meta)> {
         ("expert_weights_scale", Meta::F32(cfg.routed_scaling_factor as f32)),
         ("expert_weights_norm", Meta::Bool(cfg.norm_topk_prob)),
         ("leading_dense_block_count", u(cfg.first_k_dense_replace)),
-        ("vocab_size", u(cfg.vocab_size)),
         ("attention.kv_lora_rank", u(a.kv_lora_rank)),
         ("attention.key_length", u(a.kv_lora_rank + a.qk_rope_head_dim)),
         ("attention.value_length", u(a.kv_lora_rank)),
@@ -120,26 +119,29 @@ fn deepseek_keys(cfg: &ModelConfig) -> Vec<(&'static str, Meta)> {
         ("attention.value_length_mla", u(a.v_head_dim)),
     ];
     if a.q_lora_rank > 0 {
-        keys.push(("attention.q_lora_rank", u(a.q_lora_rank)));
+        ours.push(("attention.q_lora_rank", u(a.q_lora_rank)));
     }
-    if let Some(p) = &cfg.rope_scaling {
-        let f = |k: &str| Meta::F32(p[k].as_f64().unwrap_or(0.0) as f32);
-        if p["rope_type"].as_str().or(p["type"].as_str()) == Some("yarn") {
-            keys.push(("rope.scaling.type", Meta::Str("yarn".into())));
-            keys.push(("rope.scaling.factor", f("factor")));
-            keys.push((
-                "rope.scaling.original_context_length",
-                u(p["original_max_position_embeddings"].as_u64().unwrap_or(0) as usize),
-            ));
-            keys.push(("rope.scaling.yarn_beta_fast", Meta::F32(p["beta_fast"].as_f64().unwrap_or(32.0) as f32)));
-            keys.push(("rope.scaling.yarn_beta_slow", Meta::F32(p["beta_slow"].as_f64().unwrap_or(1.0) as f32)));
-            keys.push((
-                "rope.scaling.yarn_log_multiplier",
-                Meta::F32((0.1 * p["mscale_all_dim"].as_f64().unwrap_or(0.0)) as f32),
-            ));
-        }
+    if let Some(p) =
+        cfg.rope_scaling.as_ref().filter(|p| p["rope_type"].as_str().or(p["type"].as_str()) == Some("yarn"))
+    {
+        let f = |k: &str, default: f64| Meta::F32(p[k].as_f64().unwrap_or(default) as f32);
+        ours.push(("rope.scaling.type", Meta::Str("yarn".into())));
+        ours.push(("rope.scaling.factor", f("factor", 1.0)));
+        ours.push((
+            "rope.scaling.original_context_length",
+            u(p["original_max_position_embeddings"].as_u64().unwrap_or(0) as usize),
+        ));
+        ours.push(("rope.scaling.yarn_beta_fast", f("beta_fast", 32.0)));
+        ours.push(("rope.scaling.yarn_beta_slow", f("beta_slow", 1.0)));
+        // llama.cpp's converter writes 0.1 * mscale_all_dim here
+        ours.push((
+            "rope.scaling.yarn_log_multiplier",
+            Meta::F32((0.1 * p["mscale_all_dim"].as_f64().unwrap_or(0.0)) as f32),
+        ));
     }
-    keys
+    for (k, v) in ours {
+        set(keys, k, v);
+    }
 }
 
 /// One tensor of the DeepSeek-V3 form under its `deepseek2` name(s): `kv_b_proj` [H*(nope+v),
@@ -340,7 +342,7 @@ pub fn write_gguf(ck: &Checkpoint, out: &Path) -> Result<(usize, &'static str)> 
         keys.push(("expert_shared_feed_forward_length", u(shared)));
     }
     if arch == "deepseek2" {
-        keys = deepseek_keys(cfg);
+        deepseek_keys(cfg, &mut keys);
     }
     if arch == "granitemoe" {
         // as llama.cpp's converter names Granite's multipliers
