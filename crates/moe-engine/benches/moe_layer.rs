@@ -1,7 +1,7 @@
 //! Where the MoE layer's extra time goes: one MoE feed-forward layer (router, dispatch, experts,
 //! combine, shared expert, statistics; forward and backward) against the dense SwiGLU MLP of the
 //! same active compute, on one thread (a training replica's share of a step), at the `small`
-//! and `mini` presets' shapes with the `moe compare` variants 16x3+1 and 64x3+1. Prints each
+//! and `mini` presets' shapes with the `moe compare` variants 16x3+1, 32x3+1 and 64x3+1. Prints each
 //! stage's median time and the layer's time over the dense MLP's.
 //! `cargo bench -p moe-engine --bench moe_layer`.
 
@@ -153,7 +153,7 @@ fn main() {
             "{preset}: {n} tokens of width {c}, one thread; dense MLP (F {f_dense}) forward + backward {:.3} ms",
             d * 1e3
         );
-        for experts in [16, 64] {
+        for experts in [16, 32, 64] {
             // The `moe compare` variant EXk+1: experts a quarter of the dense width, top-3, one
             // shared expert of the same width (the same active compute as the dense MLP).
             let cfg = ModelConfig {
