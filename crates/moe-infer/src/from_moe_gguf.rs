@@ -174,11 +174,13 @@ fn deepseek_tensor(w: &mut GgufWriter, cfg: &ModelConfig, name: &str, shape: &[u
     let (g, _) = gguf_name(cfg, &hf, "deepseek2").ok_or_else(|| unnamed(name))?;
     let cols = shape.last().copied().unwrap_or(1);
     let q = hf.ends_with("self_attn.q_b_proj.weight") || hf.ends_with("self_attn.q_proj.weight");
-    let data = match () {
-        _ if a.rope_interleave => data.to_vec(),
-        _ if q => permute_rotary(data, h, nope + rope, nope, rope, cols),
-        _ if hf.ends_with("self_attn.kv_a_proj_with_mqa.weight") => permute_rotary(data, 1, kv + rope, kv, rope, cols),
-        _ => data.to_vec(),
+    let shared_key = hf.ends_with("self_attn.kv_a_proj_with_mqa.weight");
+    let data = if a.rope_interleave || !(q || shared_key) {
+        data.to_vec()
+    } else if q {
+        permute_rotary(data, h, nope + rope, nope, rope, cols) // each head: nope rows, then rope rows
+    } else {
+        permute_rotary(data, 1, kv + rope, kv, rope, cols) // the latent rows, then the shared rope key
     };
     w.tensor(&g, shape, data);
     Ok(())
