@@ -6,7 +6,7 @@
 # then dense against 16x3+1@0.6 with seed 1 (budget-share-s1) and @0.7 (budget-share-s1-70),
 # and against 16x3+1@0.6 and @0.7 with seeds 2, 3 and 4 (budget-share-s2, -s3, -s4); then
 # 32x3+1@0.6, 64x3+1@0.5 and 64x3+1@0.6 with seed 1234 (experts-budget), 32x3+1@0.6 with seeds
-# 1, 2 and 3 (experts-budget-s1, -s2, -s3).
+# 1, 2 and 3 (experts-budget-s1, -s2, -s3), and 32x3+1 at 50% and 55% (experts-budget-short).
 # The tables are spliced into RESULTS.md between the <!-- BEGIN name --> / <!-- END name -->
 # markers and the plots copied to results/name/.
 #   bash scripts/budget_share.sh     # from the project root; about two and a half hours on 2 cores
@@ -38,9 +38,12 @@ for seed in 1 2 3; do
         $moe compare --preset mini --moe 32x3+1@0.6 --tokens 18M --evals 16 --eval-batches 16 \
             --precision fp32 --seed $seed --quiet --out "$(dirname "$out")/experts-budget-s$seed"
 done
+[ -f "$(dirname "$out")/experts-budget-short/compare.md" ] ||
+    $moe compare --preset mini --moe 32x3+1@0.5 32x3+1@0.55 --tokens 18M --evals 16 --eval-batches 16 \
+        --precision fp32 --quiet --out "$(dirname "$out")/experts-budget-short"
 source scripts/splice.sh
 for name in budget-share budget-share-s1 budget-share-s1-70 budget-share-s2 budget-share-s3 budget-share-s4 \
-    experts-budget experts-budget-s1 experts-budget-s2 experts-budget-s3; do
+    experts-budget experts-budget-s1 experts-budget-s2 experts-budget-s3 experts-budget-short; do
     dir=$(dirname "$out")/$name
     mkdir -p results/$name
     cp "$dir/val_vs_tokens.png" "$dir/val_vs_seconds.png" "$dir/compare.json" results/$name/
