@@ -114,10 +114,7 @@ pub fn hf_form(cfg: &ModelConfig, selection_bias: bool) -> std::result::Result<H
             ))
         }
     };
-    let multipliers = cfg.embedding_multiplier != 1.0
-        || cfg.attention_multiplier != 0.0
-        || cfg.residual_multiplier != 1.0
-        || cfg.logits_scaling != 1.0;
+    let multipliers = granite_multipliers(cfg);
     let why = if cfg.router_bias {
         "its router has a bias"
     } else if cfg.has_selection_bias() && !selection_bias {
@@ -156,6 +153,14 @@ pub fn hf_form(cfg: &ModelConfig, selection_bias: bool) -> std::result::Result<H
         return Ok(if mixtral { HfForm::Mixtral } else { HfForm::Qwen2Moe });
     };
     Err(why.to_string())
+}
+
+/// Whether `cfg` uses any of Granite's four multipliers (embedding, attention, residual, logits).
+fn granite_multipliers(cfg: &ModelConfig) -> bool {
+    cfg.embedding_multiplier != 1.0
+        || cfg.attention_multiplier != 0.0
+        || cfg.residual_multiplier != 1.0
+        || cfg.logits_scaling != 1.0
 }
 
 /// DeepSeek-V3's form, or why `cfg` (latent attention or sigmoid routing) does not fit it: every
@@ -205,10 +210,7 @@ fn phimoe_form(cfg: &ModelConfig) -> std::result::Result<HfForm, String> {
         || cfg.attention_sinks
         || cfg.swiglu_limit > 0.0
         || !cfg.layer_types.is_empty()
-        || cfg.embedding_multiplier != 1.0
-        || cfg.attention_multiplier != 0.0
-        || cfg.residual_multiplier != 1.0
-        || cfg.logits_scaling != 1.0;
+        || granite_multipliers(cfg);
     if !complete {
         return Err("PhiMoE's form needs all of its blocks (the sparse_mixer router, LayerNorm, biases on attention and the LM head, every layer MoE); this model has only some".into());
     }
@@ -233,10 +235,7 @@ fn gpt_oss_form(cfg: &ModelConfig) -> std::result::Result<HfForm, String> {
         || cfg.shared_expert_intermediate_size > 0
         || cfg.qk_norm != QkNorm::None
         || cfg.has_selection_bias()
-        || cfg.embedding_multiplier != 1.0
-        || cfg.attention_multiplier != 0.0
-        || cfg.residual_multiplier != 1.0
-        || cfg.logits_scaling != 1.0;
+        || granite_multipliers(cfg);
     if !complete {
         return Err("gpt-oss's form needs all of its blocks (sinks, biases on every projection, router and expert, the clamped SwiGLU, the top-k softmax router); this model has only some".into());
     }

@@ -24,16 +24,22 @@ use moe_engine::params::Layout;
 use std::path::Path;
 
 /// The GGUF name of tensor `name` of our layout in GGUF architecture `arch` (the reader's table
-/// inverted; our router is the hub's `mlp.gate`, GraniteMoE's `block_sparse_moe.router.layer`),
+/// inverted, through the hub's names: our router is `mlp.gate`, GraniteMoE's
+/// `block_sparse_moe.router.layer`, our selection bias DeepSeek's `e_score_correction_bias`),
 /// and the head count its rows are permuted over (the queries and keys of `llama` and
 /// `granitemoe`, whose converter permutes them), if any.
 fn gguf_name(cfg: &ModelConfig, name: &str, arch: &str) -> Option<(String, Option<usize>)> {
-    let hf = if arch == "granitemoe" {
-        name.replace(".mlp.router.weight", ".block_sparse_moe.router.layer.weight")
-            .replace(".mlp.experts.", ".block_sparse_moe.experts.")
-    } else {
-        name.replace(".mlp.router.weight", ".mlp.gate.weight")
+    let hf = match arch {
+        "granitemoe" => name
+            .replace(".mlp.router.weight", ".block_sparse_moe.router.layer.weight")
+            .replace(".mlp.experts.", ".block_sparse_moe.experts."),
+        // DeepSeek names its shared experts in the plural
+        "deepseek2" => name.replace(".mlp.shared_expert.", ".mlp.shared_experts."),
+        _ => name.to_string(),
     };
+    let hf = hf
+        .replace(".mlp.router.weight", ".mlp.gate.weight")
+        .replace(".mlp.router.selection_bias", ".mlp.gate.e_score_correction_bias");
     let g = crate::gguf_model::gguf_name(arch, &hf)?;
     let permuted = arch == "llama" || arch == "granitemoe";
     let heads = match g.rsplit('.').nth(1) {
@@ -151,8 +157,7 @@ fn deepseek_tensor(w: &mut GgufWriter, cfg: &ModelConfig, name: &str, shape: &[u
     let a = cfg.mla.expect("the DeepSeek-V3 form has latent attention");
     let (h, kv, nope, rope, v) =
         (cfg.num_attention_heads, a.kv_lora_rank, a.qk_nope_head_dim, a.qk_rope_head_dim, a.v_head_dim);
-    let hf = name.replace(".mlp.shared_expert.", ".mlp.shared_experts.");
-    if let Some(prefix) = hf.strip_suffix("self_attn.kv_b_proj.weight") {
+    if let Some(prefix) = name.strip_suffix("self_attn.kv_b_proj.weight") {
         let norm = format!("{prefix}self_attn.kv_a_layernorm.weight");
         let (g, _) = gguf_name(cfg, &norm, "deepseek2").ok_or_else(|| unnamed(name))?;
         let blk = g.trim_end_matches("attn_kv_a_norm.weight");
@@ -170,11 +175,10 @@ fn deepseek_tensor(w: &mut GgufWriter, cfg: &ModelConfig, name: &str, shape: &[u
         w.tensor(&format!("{blk}attn_v_b.weight"), &[h, v, kv], vb);
         return Ok(());
     }
-    let hf = hf.replace(".mlp.router.selection_bias", ".mlp.gate.e_score_correction_bias");
-    let (g, _) = gguf_name(cfg, &hf, "deepseek2").ok_or_else(|| unnamed(name))?;
+    let (g, _) = gguf_name(cfg, name, "deepseek2").ok_or_else(|| unnamed(name))?;
     let cols = shape.last().copied().unwrap_or(1);
-    let q = hf.ends_with("self_attn.q_b_proj.weight") || hf.ends_with("self_attn.q_proj.weight");
-    let shared_key = hf.ends_with("self_attn.kv_a_proj_with_mqa.weight");
+    let q = name.ends_with("self_attn.q_b_proj.weight") || name.ends_with("self_attn.q_proj.weight");
+    let shared_key = name.ends_with("self_attn.kv_a_proj_with_mqa.weight");
     let data = if a.rope_interleave || !(q || shared_key) {
         data.to_vec()
     } else if q {
